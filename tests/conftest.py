@@ -1,0 +1,3 @@
+"""Shared pytest fixtures. Fixture modules are registered here as plugins."""
+
+pytest_plugins = ["tests.moto_server", "tests.vaultenv"]

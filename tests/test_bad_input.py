@@ -1,0 +1,145 @@
+"""Cold-tier rules and bad input: reported by path, skipped, exit status 3, the rest kept."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.trees import diff_r, write
+from tests.vaultenv import VaultEnv
+
+
+def wait_stopped(proc: subprocess.Popen[str]) -> None:
+    """Block until the process has stopped itself at a test point (SIGSTOP)."""
+    os.waitid(os.P_PID, proc.pid, os.WSTOPPED | os.WNOWAIT)
+
+
+def test_cold_collection_warns_on_modified_and_deleted(file_vault: VaultEnv) -> None:
+    src = file_vault.add_collection("photos", tier="cold")
+    write(src / "keep.raw", b"k" * 100)
+    write(src / "edit.raw", b"e" * 100)
+    write(src / "gone" / "old.raw", b"o" * 100)
+    file_vault.run("init")
+    file_vault.run("snapshot")
+    write(src / "edit.raw", b"E" * 100)
+    (src / "gone" / "old.raw").unlink()
+    (src / "gone").rmdir()
+    write(src / "new.raw", b"n" * 100)  # additions are normal on a cold collection
+    proc = file_vault.run("snapshot", expect=3)
+    assert "modified: edit.raw" in proc.stderr
+    assert "deleted: gone/old.raw" in proc.stderr
+    assert "keep.raw" not in proc.stderr and "new.raw" not in proc.stderr
+    assert [v["version"] for v in file_vault.versions("photos")] == [1, 2]  # still written
+    # The same changes on a warm collection are ordinary.
+    code = file_vault.add_collection("code", tier="warm")
+    write(code / "main.py", b"print(1)\n")
+    file_vault.run("snapshot", "code")
+    write(code / "main.py", b"print(2)\n")
+    file_vault.run("snapshot", "code", expect=0)
+
+
+def test_only_additions_on_cold_exit_zero(file_vault: VaultEnv) -> None:
+    src = file_vault.add_collection("photos")
+    write(src / "a.raw", b"a")
+    file_vault.run("init")
+    file_vault.run("snapshot")
+    write(src / "b.raw", b"b")
+    file_vault.run("snapshot", expect=0)
+
+
+@pytest.fixture
+def world_dir() -> Iterator[Path]:
+    """A temporary directory that another user can reach (pytest's tmp_path is 0700)."""
+    base = Path(tempfile.mkdtemp(prefix="vaultfs-test-"))
+    base.chmod(0o755)
+    yield base
+    subprocess.run(["chmod", "-R", "u+rwx", str(base)], check=False)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the snapshot as another user")
+def test_unreadable_file_and_directory_are_skipped(world_dir: Path) -> None:
+    env = VaultEnv(world_dir, f"file://{world_dir / 'store'}")
+    src = env.add_collection("photos")
+    write(src / "ok.raw", b"fine")
+    write(src / "locked.raw", b"secret").chmod(0o000)
+    (src / "locked_dir").mkdir()
+    write(src / "locked_dir" / "inside.raw", b"x")
+    (src / "locked_dir").chmod(0o000)
+    env.run("init")
+    subprocess.run(["chown", "-R", "65534:65534", str(world_dir)], check=True)
+    os.chown(src / "locked.raw", 0, 0)
+    os.chown(src / "locked_dir", 0, 0)
+    cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    proc = subprocess.run(
+        [*cmd, *file_vault_cmd(env), "snapshot"],
+        capture_output=True, text=True, env=env.env(HOME=str(world_dir)), cwd=world_dir,
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert "locked.raw: cannot read (Permission denied)" in proc.stderr
+    assert "locked_dir: cannot list directory (Permission denied)" in proc.stderr
+    out = world_dir / "out"
+    env.run("restore", "fetch", "photos", "--to", str(out))
+    assert sorted(p.name for p in out.iterdir()) == ["ok.raw"]
+
+
+def file_vault_cmd(env: VaultEnv) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "vaultfs.cli", "--config", str(env.config_path)]
+
+
+def test_file_vanishing_after_the_scan(file_vault: VaultEnv, tmp_path: Path) -> None:
+    src = file_vault.add_collection("photos")
+    write(src / "stays.raw", b"s" * 100)
+    write(src / "vanishes.raw", b"v" * 100)
+    file_vault.run("init")
+    proc = file_vault.popen("snapshot", env=file_vault.env(VAULTFS_TESTPOINTS="after-scan=stop"))
+    wait_stopped(proc)
+    (src / "vanishes.raw").unlink()
+    os.kill(proc.pid, signal.SIGCONT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, err
+    assert "vanishes.raw: vanished before it could be read" in err
+    restored = tmp_path / "out"
+    file_vault.run("restore", "fetch", "photos", "--to", str(restored))
+    assert sorted(p.name for p in restored.iterdir()) == ["stays.raw"]
+
+
+def test_file_changing_while_read_is_skipped(file_vault: VaultEnv, tmp_path: Path) -> None:
+    src = file_vault.add_collection("media")
+    write(src / "small.txt", b"small")
+    big = write(src / "video.bin", os.urandom(9 * 1024 * 1024))  # above the in-memory limit
+    file_vault.run("init")
+    proc = file_vault.popen("snapshot", env=file_vault.env(VAULTFS_TESTPOINTS="after-hash=stop"))
+    wait_stopped(proc)
+    with open(big, "r+b") as f:  # same size, new bytes: only the content check can tell
+        f.write(b"changed!")
+    os.kill(proc.pid, signal.SIGCONT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, err
+    assert "video.bin: changed while it was read" in err
+    restored = tmp_path / "out"
+    file_vault.run("restore", "fetch", "media", "--to", str(restored))
+    assert sorted(p.name for p in restored.iterdir()) == ["small.txt"]
+    # The next snapshot, with the file quiet again, takes it.
+    file_vault.run("snapshot", expect=0)
+    restored2 = tmp_path / "out2"
+    file_vault.run("restore", "fetch", "media", "--to", str(restored2))
+    assert diff_r(src, restored2) == []
+
+
+def test_missing_collection_path(file_vault: VaultEnv) -> None:
+    src = file_vault.add_collection("photos")
+    file_vault.run("init")
+    src.rmdir()
+    proc = file_vault.run("snapshot", expect=1)
+    assert "is not a directory (is the volume mounted?)" in proc.stderr
+    assert "Traceback" not in proc.stderr

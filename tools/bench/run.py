@@ -1,0 +1,509 @@
+#!/usr/bin/env python3
+"""Back up one directory with vaultfs, restic and borg side by side and compare them.
+
+    tools/bench/run.py --data DIR --work WORKDIR [--only vaultfs,restic,borg] [--json out.json]
+
+For each tool, into a fresh local repository under WORKDIR:
+
+1. warm the page cache by reading DIR through tar (caches are not dropped, every tool sees a
+   warm cache instead);
+2. initialise the repository (not timed);
+3. first snapshot: wall time and peak RSS; then the repository size on disk (like du -sb);
+4. second snapshot with nothing changed: wall time and peak RSS.
+
+Peak RSS is measured with GNU time (/usr/bin/time -f %M) when it is installed, otherwise by
+polling VmHWM/VmRSS of the process tree in /proc. A tool that fails is reported as "failed"
+with the tail of its stderr; the other tools still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+GNU_TIME = "/usr/bin/time"
+MIB = 1024 * 1024
+TOOLS = ("vaultfs", "restic", "borg")
+
+# vaultfs's targets from DESIGN.md: (label, ratio or absolute key, limit).
+TARGETS = (
+    ("first snapshot, vaultfs / restic", "first_vs_restic", 0.5),
+    ("no-change snapshot, vaultfs / restic", "nochange_vs_restic", 0.33),
+    ("repository size, vaultfs / borg zstd,3", "repo_vs_borg", 1.0),
+    ("peak RSS of vaultfs, MiB", "vaultfs_rss_mib", 150.0),
+)
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+@dataclass
+class Measured:
+    """One command run: exit status, wall time, peak RSS and where its output went."""
+
+    argv: list[str]
+    returncode: int
+    wall_s: float
+    peak_rss_kib: int | None
+    log: str
+    stderr_tail: str = ""
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of pid, read from /proc/<pid>/task/*/children."""
+    kids: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                kids += [int(c) for c in f.read().split()]
+    except OSError:
+        pass
+    return kids
+
+
+def _status_kib(pid: int, key: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+class TreeRssPoller(threading.Thread):
+    """Fallback when GNU time is missing: poll the process tree's memory every 50 ms.
+
+    The peak is the larger of any single process's VmHWM and the largest sum of VmRSS over the
+    tree seen at one poll (the sum can miss short spikes between polls).
+    """
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.peak_kib = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            pids, stack = [], [self.pid]
+            while stack:
+                p = stack.pop()
+                pids.append(p)
+                stack += _children(p)
+            hwm = max(_status_kib(p, "VmHWM") for p in pids)
+            total = sum(_status_kib(p, "VmRSS") for p in pids)
+            self.peak_kib = max(self.peak_kib, hwm, total)
+            self.done.wait(0.05)
+
+
+def run_measured(argv: Sequence[str], env: dict[str, str], log: Path) -> Measured:
+    """Run argv with stdout and stderr going to log files; time it and measure its peak RSS."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    err_path = log.with_suffix(".stderr")
+    use_gnu_time = os.access(GNU_TIME, os.X_OK)
+    rss_file = log.with_suffix(".rss")
+    full = [GNU_TIME, "-f", "%M", "-o", str(rss_file), *argv] if use_gnu_time else list(argv)
+    with open(log, "wb") as out, open(err_path, "wb") as err:
+        start = time.perf_counter()
+        try:
+            proc = subprocess.Popen(full, stdout=out, stderr=err, env=env, stdin=subprocess.DEVNULL)
+        except OSError as e:
+            return Measured(list(argv), 127, 0.0, None, str(log), stderr_tail=str(e))
+        poller = None if use_gnu_time else TreeRssPoller(proc.pid)
+        if poller:
+            poller.start()
+        returncode = proc.wait()
+        wall = time.perf_counter() - start
+        if poller:
+            poller.done.set()
+            poller.join()
+
+    peak: int | None = poller.peak_kib if poller else None
+    if use_gnu_time:
+        # GNU time writes "Command exited with non-zero status N" before %M on failure.
+        lines = rss_file.read_text().split() if rss_file.exists() else []
+        peak = int(lines[-1]) if lines and lines[-1].isdigit() else None
+    tail = ""
+    if returncode != 0:
+        text = err_path.read_text(errors="replace").strip()
+        if not text:
+            text = log.read_text(errors="replace").strip()
+        tail = "\n".join(text.splitlines()[-15:])
+    return Measured(list(argv), returncode, wall, peak, str(log), tail)
+
+
+def du_bytes(*paths: Path) -> int:
+    """Apparent size of files and directories under paths, hard links once (like du -sb)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for root in paths:
+        if not root.exists():
+            continue
+        for dirpath, dirnames, filenames in os.walk(root):
+            for name in [".", *dirnames, *filenames]:
+                st = os.lstat(os.path.join(dirpath, name))
+                if (st.st_dev, st.st_ino) not in seen:
+                    seen.add((st.st_dev, st.st_ino))
+                    total += st.st_size
+    return total
+
+
+def dataset_stats(data: Path) -> tuple[int, int, int]:
+    files = dirs = size = 0
+    for dirpath, dirnames, filenames in os.walk(data):
+        dirs += len(dirnames)
+        files += len(filenames)
+        size += sum(os.lstat(os.path.join(dirpath, n)).st_size for n in filenames)
+    return files, dirs, size
+
+
+def warm_page_cache(data: Path) -> float:
+    """Read every file through tar so all tools start from a warm page cache.
+
+    The archive goes to a pipe that is drained here: GNU tar skips reading file contents
+    when it sees its archive is /dev/null, so `tar cf /dev/null` would not warm anything.
+    """
+    start = time.perf_counter()
+    proc = subprocess.Popen(["tar", "-cf", "-", "-C", str(data), "."], stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    while proc.stdout.read(1 << 20):
+        pass
+    if proc.wait() != 0:
+        raise SystemExit(f"tar could not read {data}")
+    return time.perf_counter() - start
+
+
+def command_output(argv: Sequence[str], env: dict[str, str] | None = None) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"unavailable ({e})"
+    text = (done.stdout or done.stderr).strip()
+    if done.returncode != 0:
+        return f"unavailable (exit {done.returncode}: {text.splitlines()[-1] if text else ''})"
+    return text.splitlines()[0] if text else "unknown"
+
+
+# --------------------------------------------------------------------------- tools
+
+
+@dataclass
+class Tool:
+    """How to drive one backup tool against a repository under the work directory."""
+
+    name: str
+    env: dict[str, str]
+    version_cmd: list[str]
+    init_cmd: list[str]
+    snapshot_cmd: Callable[[int], list[str]]
+    repo_paths: list[Path]  # counted as the repository size
+    cache_paths: list[Path]  # local caches outside the repository, reported apart
+    settings: str
+
+
+def make_tools(data: Path, work: Path, vaultfs_bin: Path) -> dict[str, Tool]:
+    base_env = dict(os.environ)
+    restic_repo, restic_cache = work / "restic-repo", work / "restic-cache"
+    borg_repo, borg_home = work / "borg-repo", work / "borg-home"
+    vf_store, vf_state, vf_config = (
+        work / "vaultfs-store",
+        work / "vaultfs-state",
+        work / "vaultfs.toml",
+    )
+
+    restic_env = base_env | {"RESTIC_PASSWORD": "bench", "RESTIC_CACHE_DIR": str(restic_cache)}
+    borg_env = base_env | {
+        "BORG_PASSPHRASE": "bench",
+        "BORG_BASE_DIR": str(borg_home),  # cache, keys and security dir stay in WORKDIR
+        "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes",
+        "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes",
+    }
+    vf = [str(vaultfs_bin), "--config", str(vf_config)]
+    return {
+        "restic": Tool(
+            name="restic",
+            env=restic_env,
+            version_cmd=["restic", "version"],
+            init_cmd=["restic", "init", "--repo", str(restic_repo)],
+            snapshot_cmd=lambda n: ["restic", "backup", "--repo", str(restic_repo), str(data)],
+            repo_paths=[restic_repo],
+            cache_paths=[restic_cache],
+            settings="defaults (repository v2, compression auto = zstd), AES encryption on",
+        ),
+        "borg": Tool(
+            name="borg",
+            env=borg_env,
+            version_cmd=["borg", "--version"],
+            init_cmd=["borg", "init", "--encryption=none", str(borg_repo)],
+            snapshot_cmd=lambda n: [
+                "borg",
+                "create",
+                "--compression",
+                "zstd,3",
+                f"{borg_repo}::snap{n}",
+                str(data),
+            ],
+            repo_paths=[borg_repo],
+            cache_paths=[borg_home],
+            settings="--encryption=none, --compression zstd,3",
+        ),
+        "vaultfs": Tool(
+            name="vaultfs",
+            env=base_env,
+            version_cmd=[*vf, "--version"],
+            init_cmd=[*vf, "init"],
+            snapshot_cmd=lambda n: [*vf, "snapshot", "bench"],
+            # The state dir is vaultfs's local index (LMDB, rebuildable from the store,
+            # DESIGN §6): the counterpart of restic's and borg's local caches.
+            repo_paths=[vf_store],
+            cache_paths=[vf_state],
+            settings=f"file:// store, tier cold, config {vf_config.name}",
+        ),
+    }
+
+
+def _toml_str(value: str) -> str:
+    """A TOML basic string (JSON string escapes are valid TOML ones)."""
+    return json.dumps(value)
+
+
+def write_vaultfs_config(data: Path, work: Path) -> Path:
+    config = work / "vaultfs.toml"
+    config.write_text(
+        "[vault]\n"
+        f"store = {_toml_str((work / 'vaultfs-store').as_uri())}\n"
+        f"state_dir = {_toml_str(str(work / 'vaultfs-state'))}\n"
+        "\n"
+        "[collections.bench]\n"
+        f"path = {_toml_str(str(data))}\n"
+        'tier = "cold"\n'
+    )
+    return config
+
+
+@dataclass
+class ToolResult:
+    tool: str
+    version: str
+    settings: str
+    status: str = "ok"  # ok | failed
+    failed_step: str = ""
+    error: str = ""
+    warmup_s: float | None = None
+    first_s: float | None = None
+    repo_bytes: int | None = None
+    cache_bytes: int | None = None
+    nochange_s: float | None = None
+    first_rss_mib: float | None = None
+    nochange_rss_mib: float | None = None
+    steps: list[Measured] = field(default_factory=list)
+
+    @property
+    def peak_rss_mib(self) -> float | None:
+        values = [v for v in (self.first_rss_mib, self.nochange_rss_mib) if v is not None]
+        return max(values) if values else None
+
+
+def bench_tool(tool: Tool, data: Path, work: Path) -> ToolResult:
+    for path in [*tool.repo_paths, *tool.cache_paths]:
+        if path.exists():
+            shutil.rmtree(path)
+    if tool.name == "vaultfs":
+        write_vaultfs_config(data, work)
+    result = ToolResult(tool.name, command_output(tool.version_cmd, tool.env), tool.settings)
+    logs = work / "logs"
+
+    def step(label: str, argv: list[str]) -> Measured | None:
+        print(f"  {tool.name}: {label} ...", flush=True)
+        m = run_measured(argv, tool.env, logs / f"{tool.name}-{label}.log")
+        result.steps.append(m)
+        if m.returncode != 0:
+            result.status, result.failed_step = "failed", label
+            result.error = m.stderr_tail or f"exit status {m.returncode}"
+            print(f"  {tool.name}: {label} failed (exit {m.returncode})", flush=True)
+            return None
+        print(f"  {tool.name}: {label} {m.wall_s:.1f} s", flush=True)
+        return m
+
+    result.warmup_s = warm_page_cache(data)
+    if step("init", tool.init_cmd) is None:
+        return result
+    first = step("snapshot1", tool.snapshot_cmd(1))
+    if first is None:
+        return result
+    result.first_s = first.wall_s
+    result.first_rss_mib = first.peak_rss_kib / 1024 if first.peak_rss_kib else None
+    result.repo_bytes = du_bytes(*tool.repo_paths)
+    second = step("snapshot2", tool.snapshot_cmd(2))
+    if second is None:
+        return result
+    result.nochange_s = second.wall_s
+    result.nochange_rss_mib = second.peak_rss_kib / 1024 if second.peak_rss_kib else None
+    result.cache_bytes = du_bytes(*tool.cache_paths) if tool.cache_paths else 0
+    return result
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def compute_ratios(results: dict[str, ToolResult]) -> dict[str, float | None]:
+    vf, restic = results.get("vaultfs"), results.get("restic")
+    repo_mib = {
+        k: r.repo_bytes / MIB if r.repo_bytes is not None else None for k, r in results.items()
+    }
+    return {
+        "first_vs_restic": _ratio(vf and vf.first_s, restic and restic.first_s),
+        "nochange_vs_restic": _ratio(vf and vf.nochange_s, restic and restic.nochange_s),
+        "repo_vs_borg": _ratio(repo_mib.get("vaultfs"), repo_mib.get("borg")),
+        "vaultfs_rss_mib": vf.peak_rss_mib if vf else None,
+    }
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def markdown_table(results: dict[str, ToolResult]) -> str:
+    lines = [
+        "| tool | first snapshot s | repo MiB | no-change snapshot s | peak RSS MiB |"
+        " local cache MiB |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in results.values():
+        name = r.tool if r.status == "ok" else f"{r.tool} (failed: {r.failed_step})"
+        repo = r.repo_bytes / MIB if r.repo_bytes is not None else None
+        cache = r.cache_bytes / MIB if r.cache_bytes is not None else None
+        lines.append(
+            f"| {name} | {_fmt(r.first_s)} | {_fmt(repo)} | {_fmt(r.nochange_s, 2)} | "
+            f"{_fmt(r.peak_rss_mib)} | {_fmt(cache)} |"
+        )
+    return "\n".join(lines)
+
+
+def targets_table(ratios: dict[str, float | None]) -> str:
+    lines = ["| measure | value | target | met |", "|---|---:|---:|:---:|"]
+    for label, key, limit in TARGETS:
+        value = ratios[key]
+        met = "n/a" if value is None else ("yes" if value <= limit else "no")
+        absolute = key.endswith("_mib")
+        unit = "" if absolute else "×"
+        shown = "–" if value is None else f"{value:.{1 if absolute else 2}f}{unit}"
+        lines.append(f"| {label} | {shown} | ≤ {limit:g}{unit} | {met} |")
+    return "\n".join(lines)
+
+
+def environment() -> dict[str, str]:
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    mem = "unknown"
+    try:
+        with open("/proc/meminfo") as f:
+            mem = f"{int(f.readline().split()[1]) / 1024 / 1024:.1f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "host": platform.node(),
+        "kernel": platform.release(),
+        "cpu": cpu,
+        "cpus": str(os.cpu_count()),
+        "memory": mem,
+        "python": platform.python_version(),
+        "rss_method": "GNU time %M" if os.access(GNU_TIME, os.X_OK) else "/proc polling",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="directory to back up")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        required=True,
+        help="where repositories, caches and logs go (replaced per tool)",
+    )
+    parser.add_argument(
+        "--only", default=",".join(TOOLS), help="comma-separated subset of: " + ", ".join(TOOLS)
+    )
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--vaultfs",
+        type=Path,
+        default=REPO_ROOT / ".venv" / "bin" / "vaultfs",
+        help="vaultfs executable (default: the repo's .venv)",
+    )
+    args = parser.parse_args(argv)
+
+    data, work = args.data.resolve(), args.work.resolve()
+    if not data.is_dir():
+        parser.error(f"--data {data} is not a directory")
+    if data == work or data in work.parents or work in data.parents:
+        parser.error("--data and --work must not contain each other")
+    only = [t.strip() for t in args.only.split(",") if t.strip()]
+    unknown = sorted(set(only) - set(TOOLS))
+    if unknown:
+        parser.error(f"unknown tool(s): {', '.join(unknown)}")
+    work.mkdir(parents=True, exist_ok=True)
+
+    files, dirs, size = dataset_stats(data)
+    print(f"dataset {data}: {files} files, {dirs} directories, {size / MIB:.1f} MiB")
+    tools = make_tools(data, work, args.vaultfs)
+    results: dict[str, ToolResult] = {}
+    for name in TOOLS:  # fixed order so the table reads the same way every time
+        if name in only:
+            results[name] = bench_tool(tools[name], data, work)
+
+    ratios = compute_ratios(results)
+    env = environment()
+    print()
+    print(
+        f"{env['cpus']} × {env['cpu']}, {env['memory']} RAM, Linux {env['kernel']}; "
+        f"page cache warmed with tar before each tool; RSS via {env['rss_method']}"
+    )
+    for r in results.values():
+        print(f"{r.tool}: {r.version} — {r.settings}")
+    print()
+    print(markdown_table(results))
+    print()
+    print(targets_table(ratios))
+    for r in results.values():
+        if r.status != "ok":
+            print(f"\n{r.tool} failed at {r.failed_step}:\n{r.error}")
+
+    if args.json:
+        payload = {
+            "environment": env,
+            "dataset": {"path": str(data), "files": files, "directories": dirs, "bytes": size},
+            "tools": {k: asdict(r) | {"peak_rss_mib": r.peak_rss_mib} for k, r in results.items()},
+            "ratios": ratios,
+            "targets": {key: limit for _, key, limit in TARGETS},
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"\nwrote {args.json}")
+    return 0 if all(r.status == "ok" for r in results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,836 @@
+"""THE band format: seekable zstd frames over a POSIX pax tar stream. Writer and reader.
+
+A band file is (docs/band-format.md has the full specification)::
+
+    zstd frame 0 | zstd frame 1 | ... | catalog frame | seek table (skippable frame)
+
+* The concatenated decompressed frames are one pax tar stream: one regular-file
+  member per blob, then the member ``.vaultfs/catalog.json`` (the catalog), then
+  tar's end of archive (two zero blocks). ``zstd -dc band | tar -x`` restores it.
+* Data frames hold exactly ``frame_size`` uncompressed bytes (the last data frame
+  may be shorter, and a frame is also cut before each streamed member); every
+  frame has zstd's content checksum and content size.
+* The catalog member's header, JSON, padding and end of archive form the single
+  last frame; it begins on a fresh frame.
+* The seek table is the zstd seekable format's: skippable frame (magic
+  0x184D2A5E), entries ``<u32 compressed_size, u32 decompressed_size>`` (no
+  checksums), footer ``<u32 frames, u8 descriptor=0, u32 0x8F92EAB1>``.
+* Pax headers use only keywords GNU tar knows (path, size, mtime, uid, gid,
+  uname, gname, SCHILY.xattr.*); names that are not UTF-8 go into ``path`` raw
+  (GNU tar 1.34 warns about ``hdrcharset``, so it is not written).
+
+Concurrency: a `BandWriter` is used by one thread. It compresses frames in its
+own thread pool (zstd releases the GIL), at most ``threads + 1`` frames in
+flight, and writes them in order from the caller's thread. A `BandReader` may be
+shared by threads; it loads its seek table and catalog once, under a lock.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import hashlib
+import json
+import os
+import secrets
+import struct
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import zstandard
+
+from vaultfs.errors import CorruptionError
+
+FRAME_SIZE_DEFAULT = 8 * 1024 * 1024
+FRAME_SIZE_MAX = 1 << 31  # seek table entries are u32; leave room for zstd's overhead
+CATALOG_MEMBER = ".vaultfs/catalog.json"
+CATALOG_FORMAT = 1
+FRAME_CACHE_BYTES = 32 * 1024 * 1024  # per reader: recently decompressed frames
+TAIL_READ = 64 * 1024  # first read of a band's tail: seek table + catalog frame, usually
+CHEAP_LEVEL = -1  # for incompressible frames; see docs/band-format.md for the measurements
+SAMPLE_SLICES, SAMPLE_SLICE = 4, 16 * 1024  # incompressibility probe: 4 x 16 KiB at level 1
+INCOMPRESSIBLE_RATIO = 0.97  # probe must shrink by more than 3 % to use the configured level
+
+SKIPPABLE_MAGIC = 0x184D2A5E
+SEEKABLE_MAGIC = 0x8F92EAB1
+_FOOTER = struct.Struct("<IBI")
+_ENTRY = struct.Struct("<II")
+_BLOCK = 512
+_OCT7, _OCT11 = 0o7777777, 0o77777777777
+_EMPTY_SHA256 = hashlib.sha256().digest()
+
+
+@dataclass(frozen=True, slots=True)
+class MemberMeta:
+    """Metadata of the file a blob was first seen as (written into its tar header)."""
+
+    mode: int  # permission bits (st_mode & 0o7777)
+    uid: int
+    gid: int
+    mtime_ns: int
+    uname: str = ""
+    gname: str = ""
+    xattrs: tuple[tuple[bytes, bytes], ...] = ()  # (name, value)
+
+
+@dataclass(frozen=True, slots=True)
+class BlobLocation:
+    """Where one blob's content lies in a band's uncompressed tar stream."""
+
+    sha256: bytes  # 32 raw bytes
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One zstd frame: its bytes in the band file and in the uncompressed tar stream."""
+
+    compressed_offset: int
+    compressed_size: int
+    uncompressed_offset: int
+    uncompressed_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedBand:
+    """A band written, synced and re-checked; ``frame_levels[i]`` is frame i's zstd level."""
+
+    band_id: str
+    path: Path
+    size: int  # bytes of the whole file
+    sha256: bytes  # of the whole file
+    frames: tuple[Frame, ...]
+    blobs: tuple[BlobLocation, ...]
+    catalog: bytes  # the catalog JSON exactly as stored in the band
+    uncompressed_size: int
+    frame_levels: tuple[int, ...] = ()
+
+
+class ContentChanged(Exception):
+    """A streamed file did not yield the size or SHA-256 announced; the member was rolled back."""
+
+
+# --- tar headers -------------------------------------------------------------------------
+
+
+def _pax_record(key: bytes, value: bytes) -> bytes:
+    n = len(key) + len(value) + 3  # " ", "=", "\n"
+    digits = len(str(n))
+    total = n + digits
+    if len(str(total)) > digits:
+        total += 1
+    return b"%d %s=%s\n" % (total, key, value)
+
+
+_USTAR_TAIL = b"\0" * 100 + b"ustar\x0000"  # linkname, magic, version
+_USTAR_END = b"0000000\x000000000\x00" + b"\0" * 167  # devmajor, devminor, prefix, pad
+_CONST_SUM = 8 * ord(" ") + sum(_USTAR_TAIL) + sum(_USTAR_END)  # chksum field counts as spaces
+
+
+def _ustar(name: bytes, mode: int, uid: int, gid: int, size: int, mtime: int, typeflag: bytes,
+           uname: bytes, gname: bytes) -> bytes:
+    fields = b"%07o%07o%07o%011o%011o" % (mode, uid, gid, size, mtime)
+    # The checksum sums every byte; NULs add nothing, so sum only the non-constant bytes.
+    chksum = sum(b"%s%s%s%s%s" % (name, fields, typeflag, uname, gname)) + _CONST_SUM
+    return b"%s%s\0%s\0%s\0%s\0%s\0%06o\0 %s%s%s%s%s" % (
+        name.ljust(100, b"\0"), fields[:7], fields[7:14], fields[14:21], fields[21:32],
+        fields[32:], chksum, typeflag, _USTAR_TAIL, uname.ljust(32, b"\0"),
+        gname.ljust(32, b"\0"), _USTAR_END)
+
+
+@functools.lru_cache(maxsize=1024)
+def _pax_block(size: int) -> bytes:
+    return _ustar(b"././@PaxHeader", 0o644, 0, 0, size, 0, b"x", b"", b"")
+
+
+def _xattr_key(name: bytes) -> bytes:
+    # GNU tar percent-encodes '%' and '=' in xattr names (xheader.c: xattr_encode_keyword).
+    return b"SCHILY.xattr." + name.replace(b"%", b"%25").replace(b"=", b"%3D")
+
+
+def check_member_name(name: bytes) -> None:
+    """Raise ValueError unless `name` is a relative path that tar extracts without a warning."""
+    if (not name or b"\0" in name or name.startswith(b"/") or name.endswith(b"/")
+            or b".." in name.split(b"/") or name == CATALOG_MEMBER.encode()):
+        raise ValueError(f"invalid band member name {name!r}")
+
+
+def member_header(name: bytes, meta: MemberMeta, size: int) -> bytes:
+    """The tar header block(s) of a regular-file member: a pax 'x' header only when needed."""
+    records: list[bytes] = []
+    if len(name) <= 100 and name.isascii():
+        ustar_name = name
+    else:
+        records.append(_pax_record(b"path", name))
+        ustar_name = name[:100].decode("ascii", "replace").encode("ascii", "replace")
+    if size > _OCT11:
+        records.append(_pax_record(b"size", b"%d" % size))
+    # GNU tar warns about times before 1970 ("implausibly old time stamp"): clamp to 0.
+    sec, ns = divmod(max(meta.mtime_ns, 0), 1_000_000_000)
+    if ns or sec > _OCT11:
+        records.append(_pax_record(b"mtime", b"%d.%09d" % (sec, ns)))
+    uid, gid = meta.uid, meta.gid
+    if uid < 0 or gid < 0:
+        raise ValueError("negative uid/gid")
+    if uid > _OCT7:
+        records.append(_pax_record(b"uid", b"%d" % uid))
+    if gid > _OCT7:
+        records.append(_pax_record(b"gid", b"%d" % gid))
+    uname = meta.uname.encode("utf-8", "surrogateescape")
+    gname = meta.gname.encode("utf-8", "surrogateescape")
+    if len(uname) > 32 or not uname.isascii():
+        records.append(_pax_record(b"uname", uname))
+        uname = b""
+    if len(gname) > 32 or not gname.isascii():
+        records.append(_pax_record(b"gname", gname))
+        gname = b""
+    for xname, xvalue in meta.xattrs:
+        records.append(_pax_record(_xattr_key(xname), xvalue))
+    block = _ustar(ustar_name, meta.mode & 0o7777, uid if uid <= _OCT7 else 0,
+                   gid if gid <= _OCT7 else 0, size if size <= _OCT11 else 0,
+                   sec if sec <= _OCT11 else 0, b"0", uname, gname)
+    if not records:
+        return block
+    pax = b"".join(records)
+    return b"%s%s%s%s" % (_pax_block(len(pax)),
+                          pax, b"\0" * (-len(pax) % _BLOCK), block)
+
+
+def _parse_member(stream: bytes) -> tuple[bytes, int, int]:
+    """Parse the member at the start of `stream`: (name, content offset, size). ValueError."""
+    pax: dict[bytes, bytes] = {}
+    pos = 0
+    while True:
+        block = stream[pos:pos + _BLOCK]
+        if len(block) < _BLOCK or int(block[148:156].strip(b"\0 ") or b"-1", 8) != (
+                sum(block[:148]) + 256 + sum(block[156:])):
+            raise ValueError("bad tar header")
+        size = int(block[124:136].strip(b"\0 ") or b"0", 8)
+        pos += _BLOCK
+        if block[156:157] != b"x":
+            break
+        data, pos = stream[pos:pos + size], pos + size + (-size % _BLOCK)
+        while data:
+            length = int(data[:data.index(b" ")])
+            key, _, value = data[data.index(b" ") + 1:length - 1].partition(b"=")
+            pax[key], data = value, data[length:]
+    name = pax.get(b"path", block[:100].rstrip(b"\0"))
+    return name, pos, int(pax[b"size"]) if b"size" in pax else size
+
+
+# --- compression -----------------------------------------------------------------------
+
+_local = threading.local()
+
+
+def _compressor(level: int, checksum: bool = True) -> zstandard.ZstdCompressor:
+    cache: dict[tuple[int, bool], zstandard.ZstdCompressor] = _local.__dict__.setdefault("c", {})
+    if (level, checksum) not in cache:
+        cache[level, checksum] = zstandard.ZstdCompressor(
+            level=level, write_checksum=checksum, write_content_size=True)
+    return cache[level, checksum]
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    if not hasattr(_local, "d"):
+        _local.d = zstandard.ZstdDecompressor()
+    return _local.d
+
+
+def is_incompressible(data: bytes | bytearray) -> bool:
+    """Probe: do SAMPLE_SLICES slices of `data`, compressed at level 1, shrink by < 3 %?"""
+    n = len(data)
+    if n < SAMPLE_SLICES * SAMPLE_SLICE:
+        return False
+    step = (n - SAMPLE_SLICE) // (SAMPLE_SLICES - 1)
+    sample = b"".join(data[i * step:i * step + SAMPLE_SLICE] for i in range(SAMPLE_SLICES))
+    return len(_compressor(1, False).compress(sample)) > len(sample) * INCOMPRESSIBLE_RATIO
+
+
+def _compress_frame(data: bytes | bytearray, level: int) -> tuple[bytes, int]:
+    if level > CHEAP_LEVEL and is_incompressible(data):
+        level = CHEAP_LEVEL
+    return _compressor(level).compress(data), level
+
+
+def decompress_frames(data: bytes | memoryview, frames: Sequence[Frame]) -> bytes:
+    """Decompress consecutive `frames` whose compressed bytes are `data` (starting at
+    frames[0].compressed_offset). Each frame must carry a content checksum and decode to
+    exactly its stated size; anything else raises CorruptionError."""
+    return b"".join(_decompress_each(data, frames))
+
+
+def _decompress_each(data: bytes | memoryview, frames: Sequence[Frame]) -> list[bytes]:
+    view, pos, out = memoryview(data), 0, []
+    for f in frames:
+        piece = view[pos:pos + f.compressed_size]
+        pos += f.compressed_size
+        try:
+            if len(piece) != f.compressed_size:
+                raise CorruptionError("truncated frame")
+            params = zstandard.get_frame_parameters(piece)
+            if not params.has_checksum or params.content_size != f.uncompressed_size:
+                raise CorruptionError("frame header does not match the seek table")
+            chunk = _decompressor().decompress(piece, allow_extra_data=False)
+        except zstandard.ZstdError as e:
+            raise CorruptionError(f"zstd frame at {f.compressed_offset}: {e}") from e
+        if len(chunk) != f.uncompressed_size:
+            raise CorruptionError(f"zstd frame at {f.compressed_offset}: wrong size")
+        out.append(chunk)
+    return out
+
+
+# --- seek table ------------------------------------------------------------------------
+
+
+def encode_seek_table(frames: Sequence[Frame]) -> bytes:
+    """The seek table as a skippable frame (no per-entry checksums)."""
+    payload = b"".join(_ENTRY.pack(f.compressed_size, f.uncompressed_size) for f in frames)
+    payload += _FOOTER.pack(len(frames), 0, SEEKABLE_MAGIC)
+    return struct.pack("<II", SKIPPABLE_MAGIC, len(payload)) + payload
+
+
+def seek_table_length(tail: bytes) -> int:
+    """Bytes of the whole seek-table frame, from the last >= 9 bytes of a band."""
+    if len(tail) < _FOOTER.size:
+        raise CorruptionError("band too short for a seek table")
+    n, descriptor, magic = _FOOTER.unpack(tail[-_FOOTER.size:])
+    if magic != SEEKABLE_MAGIC or descriptor & 0x7C:
+        raise CorruptionError("no seek table at the end of the band")
+    return 8 + n * (12 if descriptor & 0x80 else 8) + _FOOTER.size
+
+
+def read_seek_table(tail: bytes) -> tuple[Frame, ...]:
+    """Parse the seek table from the last bytes of a band; `tail` must hold at least
+    `seek_table_length(tail)` bytes (else CorruptionError)."""
+    length = seek_table_length(tail)
+    if len(tail) < length:
+        raise CorruptionError(f"seek table needs {length} bytes, got {len(tail)}")
+    table = tail[len(tail) - length:]
+    magic, payload = struct.unpack_from("<II", table)
+    n, descriptor, _ = _FOOTER.unpack(table[-_FOOTER.size:])
+    if magic != SKIPPABLE_MAGIC or payload != length - 8:
+        raise CorruptionError("bad seek table frame header")
+    step = 12 if descriptor & 0x80 else 8
+    frames, coff, uoff = [], 0, 0
+    for i in range(n):
+        csize, usize = _ENTRY.unpack_from(table, 8 + i * step)
+        if csize == 0:
+            raise CorruptionError("empty frame in seek table")
+        frames.append(Frame(coff, csize, uoff, usize))
+        coff, uoff = coff + csize, uoff + usize
+    return tuple(frames)
+
+
+def frames_for_range(frames: Sequence[Frame], offset: int, length: int) -> Sequence[Frame]:
+    """The consecutive frames covering [offset, offset+length) of the uncompressed stream
+    (empty for length 0). ValueError if the range is not inside the stream."""
+    if length == 0:
+        return ()
+    end = frames[-1].uncompressed_offset + frames[-1].uncompressed_size if frames else 0
+    if offset < 0 or length < 0 or offset + length > end:
+        raise ValueError(f"range {offset}+{length} outside stream of {end} bytes")
+    first = bisect.bisect_right(frames, offset, key=lambda f: f.uncompressed_offset) - 1
+    last = bisect.bisect_left(frames, offset + length, key=lambda f: f.uncompressed_offset)
+    return frames[first:last]
+
+
+# --- writer ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Checkpoint:
+    frames: int
+    written: int
+    uncompressed: int
+    hasher: Any
+
+
+class BandWriter:
+    """Write one band file at `path` (created exclusively; deleted by `abort`).
+
+    Blobs go in with `add_blob` (in memory) or `add_blob_stream` (large files, rolled back on
+    ContentChanged). `close` writes the catalog, end of archive and seek table, fsyncs, and
+    re-reads the seek table and catalog from the file to check them. After `close` or `abort`
+    the writer is unusable.
+    """
+
+    def __init__(self, path: Path, band_id: str, *, level: int = 3,
+                 frame_size: int = FRAME_SIZE_DEFAULT, threads: int = 2) -> None:
+        if not 0 < frame_size <= FRAME_SIZE_MAX:
+            raise ValueError(f"frame_size must be in (0, {FRAME_SIZE_MAX}]")
+        self.path, self.band_id, self.level, self.frame_size = path, band_id, level, frame_size
+        self._file = open(path, "xb")  # noqa: SIM115 -- owned until close/abort
+        self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="band-zstd")
+        self._max_in_flight = max(1, threads) + 1
+        self._pending: deque[tuple[Future[tuple[bytes, int]], int, int]] = deque()
+        self._buf = bytearray()
+        self._submitted = 0  # uncompressed bytes handed to the pool
+        self._written = 0  # compressed bytes in the file
+        self._hasher = hashlib.sha256()
+        self._frames: list[Frame] = []
+        self._levels: list[int] = []
+        self._blobs: list[BlobLocation] = []
+        self._names: list[str] = []
+        self._open = True
+        self._closed = False  # close() succeeded: the file is a finished band
+
+    @property
+    def uncompressed_size(self) -> int:
+        """Tar bytes written so far."""
+        return self._submitted + len(self._buf)
+
+    def add_blob(self, name: bytes, meta: MemberMeta, data: bytes, sha256: bytes) -> BlobLocation:
+        """Append a member with `data`, whose SHA-256 the caller computed (not re-checked)."""
+        self._check(name, sha256)
+        self._append(member_header(name, meta, len(data)))
+        loc = BlobLocation(sha256, self.uncompressed_size, len(data))
+        self._append(data)
+        self._append(b"\0" * (-len(data) % _BLOCK))
+        return self._remember(name, loc)
+
+    def add_blob_stream(self, name: bytes, meta: MemberMeta, size: int, chunks: Iterable[bytes],
+                        sha256: bytes) -> BlobLocation:
+        """Append a member whose content comes from `chunks`, starting on a fresh frame.
+
+        If the chunks do not yield exactly `size` bytes hashing to `sha256` (or raise), the
+        band is rolled back to before this member and ContentChanged (or the chunks' error)
+        is raised; the writer stays usable.
+        """
+        self._check(name, sha256)
+        self._flush()
+        self._drain()
+        cp = _Checkpoint(len(self._frames), self._written, self._submitted, self._hasher.copy())
+        try:
+            self._append(member_header(name, meta, size))
+            loc = BlobLocation(sha256, self.uncompressed_size, size)
+            h, n = hashlib.sha256(), 0
+            for chunk in chunks:
+                n += len(chunk)
+                if n > size:
+                    raise ContentChanged(f"{name!r}: more than {size} bytes")
+                h.update(chunk)
+                self._append(chunk)
+            if n != size or h.digest() != sha256:
+                raise ContentChanged(f"{name!r}: size or SHA-256 changed while reading")
+            self._append(b"\0" * (-size % _BLOCK))
+        except BaseException:
+            self._rollback(cp)
+            raise
+        return self._remember(name, loc)
+
+    def close(self, extra: dict[str, Any]) -> ClosedBand:
+        """Write catalog (with `extra` keys), end of archive and seek table; fsync; re-check."""
+        self._check_open()
+        clash = {"format", "band", "blobs", "body_sha256"} & extra.keys()
+        if clash:
+            raise ValueError(f"extra keys clash with band keys: {sorted(clash)}")
+        self._flush()
+        self._drain()
+        blobs = [{"sha256": b.sha256.hex(), "name": nm, "offset": b.offset, "size": b.size}
+                 for b, nm in zip(self._blobs, self._names, strict=True)]
+        doc = {"format": CATALOG_FORMAT, "band": self.band_id, "blobs": blobs,
+               "body_sha256": self._hasher.hexdigest(), **extra}
+        catalog = json.dumps(doc, ensure_ascii=True, sort_keys=True,
+                             separators=(",", ":")).encode("ascii")
+        meta = MemberMeta(0o644, 0, 0, time.time_ns() // 10**9 * 10**9)
+        tail = b"".join((member_header(CATALOG_MEMBER.encode(), meta, len(catalog)), catalog,
+                         b"\0" * (-len(catalog) % _BLOCK + 2 * _BLOCK)))
+        if len(tail) > FRAME_SIZE_MAX:
+            raise ValueError("catalog too large for one frame")
+        self._buf = bytearray(tail)
+        self._flush()
+        self._drain()
+        table = encode_seek_table(self._frames)
+        self._file.write(table)
+        self._hasher.update(table)
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._pool.shutdown()
+        self._open = False
+        _fsync_dir(self.path.parent)
+        band = ClosedBand(self.band_id, self.path, self._written + len(table),
+                          self._hasher.digest(), tuple(self._frames), tuple(self._blobs), catalog,
+                          self._submitted, tuple(self._levels))
+        _verify_written(band)
+        self._closed = True
+        return band
+
+    def abort(self) -> None:
+        """Stop the compression threads and delete the file, unless `close` succeeded.
+        Idempotent."""
+        if self._closed:
+            return
+        if self._open:
+            self._open = False
+            for fut, _, _ in self._pending:
+                fut.cancel()
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pending.clear()
+            self._file.close()
+        self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> BandWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._open:
+            self.abort()
+
+    # internals
+
+    def _check_open(self) -> None:
+        if not self._open:
+            raise ValueError("band writer is closed")
+
+    def _check(self, name: bytes, sha256: bytes) -> None:
+        self._check_open()
+        check_member_name(name)
+        if len(sha256) != 32:
+            raise ValueError("sha256 must be 32 raw bytes")
+
+    def _remember(self, name: bytes, loc: BlobLocation) -> BlobLocation:
+        self._blobs.append(loc)
+        self._names.append(name.decode("utf-8", "surrogateescape"))
+        return loc
+
+    def _append(self, data: bytes | bytearray) -> None:
+        room = self.frame_size - len(self._buf)
+        if len(data) < room:
+            self._buf += data
+            return
+        view = memoryview(data)
+        while len(view) >= room:
+            self._buf += view[:room]
+            view = view[room:]
+            self._flush()
+            room = self.frame_size
+        self._buf += view
+
+    def _flush(self) -> None:
+        """Cut the buffer into a frame and hand it to the pool (writing finished frames)."""
+        if not self._buf:
+            return
+        buf, self._buf = self._buf, bytearray()
+        fut = self._pool.submit(_compress_frame, buf, self.level)
+        self._pending.append((fut, self._submitted, len(buf)))
+        self._submitted += len(buf)
+        while self._pending and (len(self._pending) > self._max_in_flight
+                                 or self._pending[0][0].done()):
+            self._write_one()
+
+    def _write_one(self) -> None:
+        fut, uoff, usize = self._pending.popleft()
+        data, level = fut.result()
+        self._file.write(data)
+        self._hasher.update(data)
+        self._frames.append(Frame(self._written, len(data), uoff, usize))
+        self._levels.append(level)
+        self._written += len(data)
+
+    def _drain(self) -> None:
+        while self._pending:
+            self._write_one()
+
+    def _rollback(self, cp: _Checkpoint) -> None:
+        for fut, _, _ in self._pending:
+            fut.cancel()
+        for fut, _, _ in self._pending:
+            if not fut.cancelled():
+                fut.exception()  # wait; a worker error is moot, the frame is dropped
+        self._pending.clear()
+        self._buf = bytearray()
+        self._file.truncate(cp.written)
+        self._file.seek(cp.written)
+        del self._frames[cp.frames:], self._levels[cp.frames:]
+        self._written, self._submitted, self._hasher = cp.written, cp.uncompressed, cp.hasher
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _verify_written(band: ClosedBand) -> None:
+    """Re-read the seek table and catalog from the file and compare (restic's verifyHeader)."""
+    with open(band.path, "rb") as f:
+        def read_range(start: int, length: int) -> bytes:
+            f.seek(start)
+            return f.read(length)
+
+        reader = BandReader(read_range, os.fstat(f.fileno()).st_size, label=band.band_id)
+        if (reader.size != band.size or reader.frames != band.frames
+                or reader.catalog_bytes != band.catalog):
+            raise CorruptionError(f"band {band.band_id}: file does not read back as written")
+
+
+# --- reader ----------------------------------------------------------------------------
+
+
+class BandReader:
+    """Random access to one band through `read_range(start, length) -> bytes` (a local file or
+    ranged GETs). The seek table (unless `frames` is given, e.g. from the sidecar) and the
+    catalog are loaded lazily from the tail: one read of TAIL_READ bytes usually gets both.
+    Every byte returned has passed its frame's zstd checksum; blobs also their SHA-256.
+    Structural or checksum failures raise CorruptionError naming the band (`label`).
+    """
+
+    def __init__(self, read_range: Callable[[int, int], bytes], size: int,
+                 frames: tuple[Frame, ...] | None = None, *, label: str = "?",
+                 cache_bytes: int = FRAME_CACHE_BYTES) -> None:
+        self._read, self.size, self.label = read_range, size, label
+        self._frames = frames
+        self._cache: OrderedDict[int, bytes] = OrderedDict()
+        self._cache_bytes = 0
+        self._cache_limit = cache_bytes
+        self._catalog_bytes: bytes | None = None
+        self._catalog: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def frames(self) -> tuple[Frame, ...]:
+        self._load()
+        assert self._frames is not None
+        return self._frames
+
+    @property
+    def catalog_bytes(self) -> bytes:
+        """The catalog JSON exactly as stored."""
+        self._load()
+        assert self._catalog_bytes is not None
+        return self._catalog_bytes
+
+    @property
+    def catalog(self) -> dict[str, Any]:
+        """The parsed catalog (shared: do not modify)."""
+        if self._catalog is None:
+            try:
+                doc = json.loads(self.catalog_bytes)
+            except ValueError as e:
+                raise CorruptionError(f"band {self.label}: catalog is not JSON: {e}") from e
+            if not isinstance(doc, dict) or doc.get("format") != CATALOG_FORMAT:
+                raise CorruptionError(f"band {self.label}: unknown catalog format")
+            self._catalog = doc
+        return self._catalog
+
+    def blobs(self) -> tuple[tuple[str, BlobLocation], ...]:
+        """(member name, location) of every blob listed in the catalog."""
+        try:
+            return tuple((b["name"], BlobLocation(bytes.fromhex(b["sha256"]), b["offset"],
+                                                  b["size"])) for b in self.catalog["blobs"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CorruptionError(f"band {self.label}: bad catalog entry: {e}") from e
+
+    @property
+    def uncompressed_size(self) -> int:
+        last = self.frames[-1]
+        return last.uncompressed_offset + last.uncompressed_size
+
+    def read_blob(self, loc: BlobLocation) -> bytes:
+        """The blob's bytes; CorruptionError unless they hash to loc.sha256."""
+        return b"".join(self.iter_blob(loc, chunk_frames=len(self.frames)))
+
+    def iter_blob(self, loc: BlobLocation, chunk_frames: int = 4) -> Iterator[bytes]:
+        """The blob's bytes, `chunk_frames` frames at a time. The SHA-256 is checked before the
+        last chunk is yielded, so a consumer that finishes has the right bytes."""
+        frames = self._blob_frames(loc)
+        h = hashlib.sha256()
+        if not frames:
+            if loc.sha256 != _EMPTY_SHA256:
+                raise CorruptionError(f"band {self.label}: empty blob has wrong SHA-256")
+            return
+        start, end = loc.offset, loc.offset + loc.size
+        for i in range(0, len(frames), max(1, chunk_frames)):
+            group = frames[i:i + max(1, chunk_frames)]
+            data = self._decompress(group)
+            base = group[0].uncompressed_offset
+            piece = data[max(start - base, 0):end - base]
+            h.update(piece)
+            if i + len(group) >= len(frames) and h.digest() != loc.sha256:
+                raise CorruptionError(
+                    f"band {self.label}: blob {loc.sha256.hex()} at {loc.offset} fails SHA-256")
+            yield piece
+
+    def read_uncompressed(self, offset: int, length: int) -> bytes:
+        """Bytes [offset, offset+length) of the tar stream, clipped at its end (like pread)."""
+        length = max(0, min(length, self.uncompressed_size - offset))
+        frames = frames_for_range(self.frames, offset, length)
+        if not frames:
+            return b""
+        base = frames[0].uncompressed_offset
+        return self._decompress(frames)[offset - base:offset - base + length]
+
+    # internals
+
+    def _blob_frames(self, loc: BlobLocation) -> Sequence[Frame]:
+        try:
+            return frames_for_range(self.frames[:-1], loc.offset, loc.size)  # not the catalog
+        except ValueError as e:
+            raise CorruptionError(f"band {self.label}: blob outside the band: {e}") from e
+
+    def _decompress(self, frames: Sequence[Frame]) -> bytes:
+        """The frames' bytes, from the LRU of recently decompressed frames where possible.
+
+        Reading many small files of one frame (a restore, a directory browsed in the
+        mount) then decompresses that frame once, not once per file.
+        """
+        with self._lock:
+            cached = [self._cache.get(f.compressed_offset) for f in frames]
+            for f, c in zip(frames, cached, strict=True):
+                if c is not None:
+                    self._cache.move_to_end(f.compressed_offset)
+        missing = [f for f, c in zip(frames, cached, strict=True) if c is None]
+        if missing:
+            first, last = missing[0], missing[-1]
+            span = [f for f in frames
+                    if first.compressed_offset <= f.compressed_offset <= last.compressed_offset]
+            start = first.compressed_offset
+            data = self._read(start, last.compressed_offset + last.compressed_size - start)
+            try:
+                pieces = _decompress_each(data, span)
+            except CorruptionError as e:
+                raise CorruptionError(f"band {self.label}: {e.message}") from e
+            fresh = {f.compressed_offset: p for f, p in zip(span, pieces, strict=True)}
+            cached = [c if c is not None else fresh[f.compressed_offset]
+                      for f, c in zip(frames, cached, strict=True)]
+            self._remember_frames(fresh)
+        return b"".join(c for c in cached if c is not None)
+
+    def _remember_frames(self, fresh: dict[int, bytes]) -> None:
+        with self._lock:
+            for offset, data in fresh.items():
+                if len(data) > self._cache_limit // 2 or offset in self._cache:
+                    continue
+                self._cache[offset] = data
+                self._cache_bytes += len(data)
+            while self._cache_bytes > self._cache_limit and self._cache:
+                _, old = self._cache.popitem(last=False)
+                self._cache_bytes -= len(old)
+
+    def _load(self) -> None:
+        with self._lock:
+            if self._catalog_bytes is not None:
+                return
+            try:
+                self._load_tail()
+            except CorruptionError as e:
+                raise CorruptionError(f"band {self.label}: {e.message}") from e
+
+    def _load_tail(self) -> None:
+        tail_start = max(0, self.size - TAIL_READ)
+        tail = self._read(tail_start, self.size - tail_start)
+        if len(tail) != self.size - tail_start:
+            raise CorruptionError("short read at the end of the band")
+        if self._frames is None:
+            need = seek_table_length(tail)
+            if need > self.size:
+                raise CorruptionError("seek table larger than the band")
+            if need > len(tail):
+                tail_start, tail = self.size - need, self._read(self.size - need, need)
+            frames = read_seek_table(tail)
+            if not frames or frames[-1].compressed_offset + frames[-1].compressed_size + need \
+                    != self.size:
+                raise CorruptionError("seek table does not match the band's size")
+            self._frames = frames
+        last = self._frames[-1]
+        if last.compressed_offset + last.compressed_size + 17 + 8 * len(self._frames) \
+                != self.size:
+            raise CorruptionError("frames do not match the band's size")
+        if last.compressed_offset >= tail_start:
+            rel = last.compressed_offset - tail_start
+            data = tail[rel:rel + last.compressed_size]
+        else:
+            data = self._read(last.compressed_offset, last.compressed_size)
+        stream = decompress_frames(data, (last,))
+        try:
+            name, pos, size = _parse_member(stream)
+        except (ValueError, IndexError) as e:
+            raise CorruptionError(f"bad catalog member header: {e}") from e
+        if name != CATALOG_MEMBER.encode() or stream[pos + size:] != bytes(
+                len(stream) - pos - size) or len(stream) - pos - size < 2 * _BLOCK:
+            raise CorruptionError("last frame is not the catalog and end of archive")
+        self._catalog_bytes = stream[pos:pos + size]
+
+
+# --- sidecar and ids -------------------------------------------------------------------
+
+
+def encode_sidecar(band: ClosedBand) -> bytes:
+    """zstd-compressed JSON: the catalog's keys plus band_size, band_sha256 and frames
+    ([[compressed_size, uncompressed_size], ...], the seek table's entries)."""
+    doc = json.loads(band.catalog)
+    doc.update(band_size=band.size, band_sha256=band.sha256.hex(),
+               frames=[[f.compressed_size, f.uncompressed_size] for f in band.frames])
+    text = json.dumps(doc, ensure_ascii=True, sort_keys=True, separators=(",", ":"))
+    return _compressor(3).compress(text.encode("ascii"))
+
+
+def decode_sidecar(data: bytes) -> dict[str, Any]:
+    """Parse a sidecar; CorruptionError when it does not decompress, verify or parse."""
+    try:
+        doc = json.loads(_decompressor().decompress(data, allow_extra_data=False))
+        if not isinstance(doc, dict) or doc.get("format") != CATALOG_FORMAT:
+            raise ValueError("not a band sidecar")
+        sidecar_frames(doc)
+    except (zstandard.ZstdError, ValueError, UnicodeDecodeError) as e:
+        raise CorruptionError(f"bad band sidecar: {e}") from e
+    return doc
+
+
+def sidecar_frames(doc: dict[str, Any]) -> tuple[Frame, ...]:
+    """The frames listed in a decoded sidecar (ValueError if malformed)."""
+    frames, coff, uoff = [], 0, 0
+    try:
+        for csize, usize in doc["frames"]:
+            if not (isinstance(csize, int) and isinstance(usize, int) and csize > 0 and usize >= 0):
+                raise ValueError("bad frame entry")
+            frames.append(Frame(coff, csize, uoff, usize))
+            coff, uoff = coff + csize, uoff + usize
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"bad frames: {e}") from e
+    return tuple(frames)
+
+
+def new_band_id(now: datetime | None = None) -> str:
+    """'YYYYMMDDTHHMMSSZ-<8 random hex>': sorts by creation time (UTC; naive means UTC)."""
+    now = datetime.now(UTC) if now is None else now
+    if now.tzinfo is not None:
+        now = now.astimezone(UTC)
+    return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
+
+
+def reopen_closed(path: Path) -> ClosedBand:
+    """A finished band file found in the spool, described as `BandWriter.close` did.
+
+    Used to resume: a band closed by a snapshot that was killed before it was
+    uploaded. The whole file is hashed and its structure checked.
+    """
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+        size = f.tell()
+
+        def read_range(start: int, length: int) -> bytes:
+            return os.pread(f.fileno(), length, start)
+
+        band_id = path.name.split(".", 1)[0]
+        reader = BandReader(read_range, size, label=band_id)
+        blobs = tuple(loc for _, loc in reader.blobs())
+        return ClosedBand(
+            band_id=band_id, path=path, size=size, sha256=h.digest(), frames=reader.frames,
+            blobs=blobs, catalog=reader.catalog_bytes,
+            uncompressed_size=reader.uncompressed_size,
+        )

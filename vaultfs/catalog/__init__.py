@@ -1,0 +1,8 @@
+"""The vault's live index on the NAS, in LMDB (the only package that imports lmdb).
+
+See `schema` for every database, key and value.
+"""
+
+from vaultfs.catalog.lmdb_catalog import Catalog, CatalogWriter, FileCacheRow
+
+__all__ = ["Catalog", "CatalogWriter", "FileCacheRow"]

@@ -1,0 +1,45 @@
+"""The LMDB schema of the local catalog (``<state_dir>/catalog.lmdb``).
+
+One environment, named databases. Keys and values are defined here; every
+other module goes through `vaultfs.catalog.Catalog`.
+
+=========  ==========================================  ==========================================
+database   key                                          value
+=========  ==========================================  ==========================================
+meta       ascii name (``vault_id``, ``store``,         utf-8 text
+           ``format``)
+versions   collection utf-8 + NUL + number (u64 BE)     version record JSON (`VersionInfo.to_json`)
+trees      tree id (32 raw bytes)                       canonical tree encoding (`model.encode_tree`)
+blobs      blob id (32 raw bytes)                       `BLOB_REF`: offset u64, size u64, band id ascii
+bands      band id ascii                                `BandInfo.to_json` as JSON
+files      collection utf-8 + NUL + path bytes          `FILE_CACHE`: dev, ino, size, mtime_ns,
+                                                        ctime_ns (u64/i64), blob id (32 bytes)
+=========  ==========================================  ==========================================
+
+``files`` is the per-collection files cache: a file whose (dev, inode, size,
+mtime_ns, ctime_ns) match its row is not read again; its blob id is reused,
+but only if ``blobs`` still knows that blob.
+
+Concurrency: one writer (a snapshot, holding the vault lock) and any number
+of readers (the mount, ``versions``) at once; LMDB gives each reader a
+consistent snapshot, and a reader sees a new version as soon as the writer's
+transaction commits. Transactions are short and never span a network call.
+"""
+
+from __future__ import annotations
+
+import struct
+
+FORMAT = "1"
+DATABASES = ("meta", "versions", "trees", "blobs", "bands", "files")
+
+BLOB_REF = struct.Struct(">QQ")  # followed by the band id
+FILE_CACHE = struct.Struct(">QQQqq32s")
+
+
+def version_key(collection: str, number: int) -> bytes:
+    return collection.encode() + b"\0" + number.to_bytes(8, "big")
+
+
+def collection_prefix(collection: str) -> bytes:
+    return collection.encode() + b"\0"

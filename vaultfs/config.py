@@ -1,0 +1,269 @@
+"""Parse the TOML configuration into a frozen `Config`.
+
+Only `cli.py` decides *which* file to read (``--config``, ``$VAULTFS_CONFIG``,
+``~/.config/vaultfs/vault.toml``, ``/etc/vaultfs/vault.toml``); this module
+turns text into validated records and names the bad key in every error.
+Unknown keys are errors too: a typo such as ``keep_version`` must not be
+silently ignored in a backup tool.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vaultfs.errors import ConfigError
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?i?B?)?\s*$", re.IGNORECASE)
+_UNITS = {
+    "": 1, "B": 1,
+    "K": 1000, "KB": 1000, "KIB": 1024,
+    "M": 1000**2, "MB": 1000**2, "MIB": 1024**2,
+    "G": 1000**3, "GB": 1000**3, "GIB": 1024**3,
+    "T": 1000**4, "TB": 1000**4, "TIB": 1024**4,
+    "P": 1000**5, "PB": 1000**5, "PIB": 1024**5,
+}
+_COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+DEFAULT_NO_RESTORE_PROCESSES = (
+    "tumblerd", "gdk-pixbuf-thumbnailer", "ffmpegthumbnailer", "totem-video-thumbnailer",
+    "evince-thumbnailer", "baloo_file_extractor", "kioslave5:thumbnail.so",
+    "kioworker:thumbnail.so",
+)
+
+
+def parse_size(value: object, key: str) -> int:
+    """``"4MiB"`` → 4194304; plain integers are bytes."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{key} = {value!r}: expected a size such as \"1GiB\" or a byte count")
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"{key} = {value}: a size cannot be negative")
+        return value
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if m and m.group(2) is not None and m.group(2).upper() in _UNITS:
+            return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+        if m and m.group(2) is None:
+            return int(float(m.group(1)))
+    raise ConfigError(f"{key} = {value!r}: expected a size such as \"1GiB\", \"4MiB\" or a byte count")
+
+
+@dataclass(frozen=True, slots=True)
+class S3Settings:
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    archive_class: str = "DEEP_ARCHIVE"
+    restore_tier: str = "Bulk"
+    restore_days: int = 7
+    multipart_threshold: int = 64 * 1024**2
+    multipart_chunksize: int = 64 * 1024**2
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionConfig:
+    name: str
+    path: Path
+    tier: str = "cold"
+    keep_versions: int | None = None
+    frame_size: int | None = None  # None: the tier's default
+    compression_level: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MountSettings:
+    auto_restore: bool = True
+    restore_budget_per_day: int = 200 * 1024**3
+    no_restore_processes: tuple[str, ...] = DEFAULT_NO_RESTORE_PROCESSES
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    store: str
+    state_dir: Path
+    band_size: int = 1024**3
+    compression_level: int = 3
+    threads: int = 2
+    s3: S3Settings = field(default_factory=S3Settings)
+    collections: tuple[CollectionConfig, ...] = ()
+    mount: MountSettings = field(default_factory=MountSettings)
+    source: Path | None = None  # the file it was read from, for messages
+
+    def collection(self, name: str) -> CollectionConfig:
+        for c in self.collections:
+            if c.name == name:
+                return c
+        known = ", ".join(c.name for c in self.collections) or "none"
+        raise ConfigError(f"no collection named {name!r} in the config (configured: {known})")
+
+
+def default_state_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/vaultfs")
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "vaultfs"
+
+
+class _Table:
+    """One TOML table being read: hands out keys, then complains about the rest."""
+
+    def __init__(self, data: dict[str, Any], where: str) -> None:
+        self.data = dict(data)
+        self.where = where
+
+    def key(self, name: str) -> str:
+        return f"{self.where}.{name}" if self.where else name
+
+    def take(self, name: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+        if name not in self.data:
+            return default
+        value = self.data.pop(name)
+        if isinstance(value, bool) and kind is not bool and kind != (bool,):
+            raise ConfigError(f"{self.key(name)} = {value!r}: expected {_kind_name(kind)}")
+        if not isinstance(value, kind):
+            raise ConfigError(f"{self.key(name)} = {value!r}: expected {_kind_name(kind)}")
+        return value
+
+    def require(self, name: str, kind: type) -> Any:
+        if name not in self.data:
+            raise ConfigError(f"{self.key(name)} is missing: it is required")
+        return self.take(name, kind)
+
+    def take_size(self, name: str, default: int) -> int:
+        if name not in self.data:
+            return default
+        return parse_size(self.data.pop(name), self.key(name))
+
+    def finish(self) -> None:
+        for name in self.data:
+            raise ConfigError(f"unknown key {self.key(name)!s}: check its spelling (see docs/config.md)")
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", bool: "true or false", list: "a list", dict: "a table"}
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a config file; ConfigError names the file and key on any problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config file {path} not found: create it (see docs/config.md) or pass --config FILE"
+        ) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config file {path}: {e}") from None
+    return parse_config(text, source=path)
+
+
+def parse_config(text: str, source: Path | None = None) -> Config:
+    where = f"{source}: " if source else ""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{where}not valid TOML: {e}") from None
+    try:
+        return _build(data, source)
+    except ConfigError as e:
+        raise ConfigError(f"{where}{e.message}") from None
+
+
+def _build(data: dict[str, Any], source: Path | None) -> Config:
+    top = _Table(data, "")
+    vault = _Table(top.require("vault", dict), "vault")
+    s3 = _Table(top.take("s3", dict, {}), "s3")
+    mount = _Table(top.take("mount", dict, {}), "mount")
+    collections_raw: dict[str, Any] = top.take("collections", dict, {})
+    top.finish()
+
+    store = vault.require("store", str)
+    if not (store.startswith("s3://") or store.startswith("file://")):
+        raise ConfigError(
+            f"vault.store = {store!r}: expected \"s3://bucket/prefix\" or \"file:///absolute/path\""
+        )
+    if store.startswith("s3://") and not store[5:].split("/", 1)[0]:
+        raise ConfigError(f"vault.store = {store!r}: the bucket name is missing")
+    if store.startswith("file://") and not store[7:].startswith("/"):
+        raise ConfigError(f"vault.store = {store!r}: a file:// store needs an absolute path")
+    state_dir_raw = vault.take("state_dir", str)
+    state_dir = Path(state_dir_raw).expanduser() if state_dir_raw else default_state_dir()
+    band_size = vault.take_size("band_size", 1024**3)
+    if band_size < 64 * 1024:
+        raise ConfigError(f"vault.band_size = {band_size}: must be at least 64KiB")
+    level = vault.take("compression_level", int, 3)
+    if not -7 <= level <= 22:
+        raise ConfigError(f"vault.compression_level = {level}: zstd levels run from -7 to 22")
+    threads = vault.take("threads", int, max(1, min(4, os.cpu_count() or 1)))
+    if threads < 1:
+        raise ConfigError(f"vault.threads = {threads}: must be at least 1")
+    vault.finish()
+
+    s3_settings = S3Settings(
+        endpoint_url=s3.take("endpoint_url", str),
+        region=s3.take("region", str),
+        profile=s3.take("profile", str),
+        archive_class=s3.take("archive_class", str, "DEEP_ARCHIVE"),
+        restore_tier=s3.take("restore_tier", str, "Bulk"),
+        restore_days=s3.take("restore_days", int, 7),
+        multipart_threshold=s3.take_size("multipart_threshold", 64 * 1024**2),
+        multipart_chunksize=s3.take_size("multipart_chunksize", 64 * 1024**2),
+    )
+    if s3_settings.restore_tier not in ("Bulk", "Standard"):
+        raise ConfigError(
+            f"s3.restore_tier = {s3_settings.restore_tier!r}: expected \"Bulk\" or \"Standard\""
+        )
+    if s3_settings.multipart_chunksize < 5 * 1024**2:
+        raise ConfigError("s3.multipart_chunksize: S3 needs parts of at least 5MiB")
+    s3.finish()
+
+    collections = []
+    for name, raw in collections_raw.items():
+        if not _COLLECTION_NAME.match(name):
+            raise ConfigError(
+                f"collections.{name}: a collection name uses letters, digits, '.', '_' and '-' only"
+            )
+        if not isinstance(raw, dict):
+            raise ConfigError(f"collections.{name}: expected a table [collections.{name}]")
+        t = _Table(raw, f"collections.{name}")
+        path = Path(t.require("path", str)).expanduser()
+        if not path.is_absolute():
+            raise ConfigError(f"collections.{name}.path = {str(path)!r}: must be an absolute path")
+        tier = t.take("tier", str, "cold")
+        if tier not in ("cold", "warm"):
+            raise ConfigError(f"collections.{name}.tier = {tier!r}: expected \"cold\" or \"warm\"")
+        keep = t.take("keep_versions", int)
+        if keep is not None and keep < 1:
+            raise ConfigError(f"collections.{name}.keep_versions = {keep}: must be at least 1")
+        frame = t.take_size("frame_size", 0) or None
+        if frame is not None and not 64 * 1024 <= frame <= 1024**3:
+            raise ConfigError(f"collections.{name}.frame_size: must be between 64KiB and 1GiB")
+        clevel = t.take("compression_level", int)
+        t.finish()
+        collections.append(CollectionConfig(name, path, tier, keep, frame, clevel))
+
+    mount_settings = MountSettings(
+        auto_restore=mount.take("auto_restore", bool, True),
+        restore_budget_per_day=mount.take_size("restore_budget_per_day", 200 * 1024**3),
+        no_restore_processes=tuple(
+            mount.take("no_restore_processes", list, list(DEFAULT_NO_RESTORE_PROCESSES))
+        ),
+    )
+    mount.finish()
+    return Config(
+        store=store,
+        state_dir=state_dir,
+        band_size=band_size,
+        compression_level=level,
+        threads=threads,
+        s3=s3_settings,
+        collections=tuple(collections),
+        mount=mount_settings,
+        source=source,
+    )

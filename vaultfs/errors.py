@@ -1,0 +1,51 @@
+"""User-facing errors.
+
+A `VaultError` is something the user can act on: it carries a one-line message
+that says what to do and the exit status the command line returns for it.
+Anything else that escapes is a bug and shows its traceback.
+
+Exit statuses (a contract, see docs/cli.md):
+  0 success; 1 error (nothing committed by the failing step);
+  2 usage or configuration error; 3 finished, but files were skipped or cold
+  data changed.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_WARNINGS = 3
+
+
+class VaultError(Exception):
+    """An error the user can fix; printed as one line, no traceback."""
+
+    exit_code = EXIT_ERROR
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(VaultError):
+    """The configuration is missing or invalid; the message names the key."""
+
+    exit_code = EXIT_USAGE
+
+
+class StoreSetupError(VaultError):
+    """The store cannot be used as configured (endpoint, bucket, credentials, foreign vault)."""
+
+    exit_code = EXIT_USAGE
+
+
+class CorruptionError(VaultError):
+    """Stored bytes failed verification (checksum, SHA-256, structure).
+
+    Never serve data past one of these: in the mount it becomes EIO.
+    """
+
+
+class LockedError(VaultError):
+    """Another process holds the vault's lock."""

@@ -1,0 +1,265 @@
+"""Frozen records shared by every layer, and the canonical tree encoding.
+
+A *tree* is one directory listing. Its id is the SHA-256 of its canonical
+encoding, so unchanged directories are shared between versions (a Merkle tree,
+as in git and restic). The encoding is defined here and nowhere else:
+
+    {"format": 1, "entries": [ENTRY, ...]}   entries sorted by name bytes
+
+serialised with ``json.dumps(sort_keys=True, separators=(",", ":"),
+ensure_ascii=True)``. ENTRY holds ``name`` and ``kind`` always, and the other
+fields only when they differ from their defaults (see `Entry`). Byte strings
+that may not be UTF-8 (names, symlink targets, hard-link paths) are decoded
+with ``surrogateescape``; ``ensure_ascii`` writes the lone surrogates as
+``\\udcXX`` escapes, which decode back to the same bytes. Digests are
+lower-case hex; xattr values are base64.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal, NewType
+
+BlobId = NewType("BlobId", bytes)  # 32-byte SHA-256 of a file's content
+TreeId = NewType("TreeId", bytes)  # 32-byte SHA-256 of a tree's canonical encoding
+BandId = NewType("BandId", str)  # "20261126T103000Z-1a2b3c4d", sorts by time
+
+Kind = Literal["file", "dir", "symlink", "fifo", "socket", "chardev", "blockdev"]
+KINDS: tuple[Kind, ...] = ("file", "dir", "symlink", "fifo", "socket", "chardev", "blockdev")
+TREE_FORMAT = 1
+
+
+def to_text(raw: bytes) -> str:
+    """Bytes that are usually UTF-8 (names, targets) → str that round-trips exactly."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def from_text(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One name in a directory, with the metadata vaultfs keeps for it."""
+
+    name: bytes
+    kind: Kind
+    mode: int = 0o644  # permission bits incl. setuid/setgid/sticky (st_mode & 0o7777)
+    uid: int = 0
+    gid: int = 0
+    mtime_ns: int = 0
+    size: int = 0  # files: content length; symlinks: target length
+    blob: BlobId | None = None  # files: content
+    tree: TreeId | None = None  # directories: listing
+    target: bytes | None = None  # symlinks, verbatim
+    rdev: int = 0  # device nodes
+    nlink: int = 1  # files: hard-link count seen in the source
+    # Second and later names of a hard-linked file: path (relative to the
+    # collection root, '/'-separated) of the first name seen in scan order.
+    hardlink: bytes | None = None
+    xattrs: tuple[tuple[bytes, bytes], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": to_text(self.name), "kind": self.kind}
+        if self.mode != 0o644:
+            d["mode"] = self.mode
+        if self.uid:
+            d["uid"] = self.uid
+        if self.gid:
+            d["gid"] = self.gid
+        if self.mtime_ns:
+            d["mtime_ns"] = self.mtime_ns
+        if self.size:
+            d["size"] = self.size
+        if self.blob is not None:
+            d["blob"] = self.blob.hex()
+        if self.tree is not None:
+            d["tree"] = self.tree.hex()
+        if self.target is not None:
+            d["target"] = to_text(self.target)
+        if self.rdev:
+            d["rdev"] = self.rdev
+        if self.nlink != 1:
+            d["nlink"] = self.nlink
+        if self.hardlink is not None:
+            d["hardlink"] = to_text(self.hardlink)
+        if self.xattrs:
+            d["xattrs"] = [
+                [to_text(k), base64.b64encode(v).decode("ascii")] for k, v in self.xattrs
+            ]
+        return d
+
+    @staticmethod
+    def from_json(d: dict[str, Any]) -> Entry:
+        kind = d["kind"]
+        if kind not in KINDS:
+            raise ValueError(f"unknown entry kind {kind!r}")
+        return Entry(
+            name=from_text(d["name"]),
+            kind=kind,
+            mode=d.get("mode", 0o644),
+            uid=d.get("uid", 0),
+            gid=d.get("gid", 0),
+            mtime_ns=d.get("mtime_ns", 0),
+            size=d.get("size", 0),
+            blob=BlobId(bytes.fromhex(d["blob"])) if "blob" in d else None,
+            tree=TreeId(bytes.fromhex(d["tree"])) if "tree" in d else None,
+            target=from_text(d["target"]) if "target" in d else None,
+            rdev=d.get("rdev", 0),
+            nlink=d.get("nlink", 1),
+            hardlink=from_text(d["hardlink"]) if "hardlink" in d else None,
+            xattrs=tuple((from_text(k), base64.b64decode(v)) for k, v in d.get("xattrs", ())),
+        )
+
+
+def encode_tree(entries: list[Entry] | tuple[Entry, ...]) -> bytes:
+    """Canonical encoding of a directory listing (see the module docstring)."""
+    ordered = sorted(entries, key=lambda e: e.name)
+    doc = {"format": TREE_FORMAT, "entries": [e.to_json() for e in ordered]}
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def tree_id(encoded: bytes) -> TreeId:
+    return TreeId(hashlib.sha256(encoded).digest())
+
+
+def decode_tree(encoded: bytes) -> tuple[Entry, ...]:
+    doc = json.loads(encoded)
+    if doc.get("format") != TREE_FORMAT:
+        raise ValueError(f"unknown tree format {doc.get('format')!r}")
+    return tuple(Entry.from_json(e) for e in doc["entries"])
+
+
+@dataclass(frozen=True, slots=True)
+class BlobRef:
+    """Where a blob's content lies: the band and its place in the band's tar stream."""
+
+    band: BandId
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeStats:
+    files: int = 0  # regular files in the version
+    bytes: int = 0  # their total size
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+    bytes_added: int = 0  # bytes of new blobs stored by this snapshot (uncompressed)
+
+    def to_json(self) -> dict[str, int]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+    @staticmethod
+    def from_json(d: dict[str, int]) -> ChangeStats:
+        return ChangeStats(**{k: d.get(k, 0) for k in ChangeStats.__slots__})
+
+
+@dataclass(frozen=True, slots=True)
+class VersionInfo:
+    """One immutable snapshot of a collection (the version commit record)."""
+
+    collection: str
+    number: int
+    created_ns: int  # UTC, nanoseconds since the epoch
+    root: TreeId
+    bands: tuple[BandId, ...]  # bands this snapshot wrote
+    stats: ChangeStats = field(default_factory=ChangeStats)
+    previous_created_ns: int | None = None
+    host: str = ""
+    verified_ns: tuple[int, ...] = ()  # later snapshots that found the tree unchanged
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": 1,
+            "collection": self.collection,
+            "number": self.number,
+            "created_ns": self.created_ns,
+            "root": self.root.hex(),
+            "bands": list(self.bands),
+            "stats": self.stats.to_json(),
+            "previous_created_ns": self.previous_created_ns,
+            "host": self.host,
+            "verified_ns": list(self.verified_ns),
+        }
+
+    @staticmethod
+    def from_json(d: dict[str, Any]) -> VersionInfo:
+        return VersionInfo(
+            collection=d["collection"],
+            number=int(d["number"]),
+            created_ns=int(d["created_ns"]),
+            root=TreeId(bytes.fromhex(d["root"])),
+            bands=tuple(BandId(b) for b in d["bands"]),
+            stats=ChangeStats.from_json(d.get("stats", {})),
+            previous_created_ns=d.get("previous_created_ns"),
+            host=d.get("host", ""),
+            verified_ns=tuple(d.get("verified_ns", ())),
+        )
+
+
+BandState = Literal["staging", "standard", "archived", "restoring", "restored", "cached"]
+
+
+@dataclass(frozen=True, slots=True)
+class BandInfo:
+    """What the vault knows about one band object."""
+
+    band: BandId
+    state: BandState
+    size: int  # bytes of the band object
+    sha256: bytes
+    uncompressed_size: int
+    frames: tuple[tuple[int, int], ...]  # (compressed_size, uncompressed_size) per frame
+    storage_class: str = "STANDARD"
+    collection: str = ""
+    blobs: int = 0
+    created_ns: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "band": self.band,
+            "state": self.state,
+            "size": self.size,
+            "sha256": self.sha256.hex(),
+            "uncompressed_size": self.uncompressed_size,
+            "frames": [list(f) for f in self.frames],
+            "storage_class": self.storage_class,
+            "collection": self.collection,
+            "blobs": self.blobs,
+            "created_ns": self.created_ns,
+        }
+
+    @staticmethod
+    def from_json(d: dict[str, Any]) -> BandInfo:
+        return BandInfo(
+            band=BandId(d["band"]),
+            state=d["state"],
+            size=d["size"],
+            sha256=bytes.fromhex(d["sha256"]),
+            uncompressed_size=d["uncompressed_size"],
+            frames=tuple((int(a), int(b)) for a, b in d["frames"]),
+            storage_class=d.get("storage_class", "STANDARD"),
+            collection=d.get("collection", ""),
+            blobs=d.get("blobs", 0),
+            created_ns=d.get("created_ns", 0),
+        )
+
+
+def band_key(band: str) -> str:
+    return f"bands/{band}.tar.zst"
+
+
+def sidecar_key(band: str) -> str:
+    return f"bands/{band}.catalog.zst"
+
+
+def version_key(collection: str, number: int) -> str:
+    return f"versions/{collection}/{number}.json"
+
+
+VAULT_KEY = "vault.json"

@@ -1,0 +1,360 @@
+"""Restore files of a version into a local directory (``vaultfs restore fetch``).
+
+Safety contract: nothing is ever written outside the target directory,
+whatever the catalog says. Every name is checked (no ``..``, ``.``, ``/``,
+NUL or empty names, no duplicates in one directory) and every path is walked
+component by component with directory file descriptors and ``O_NOFOLLOW``, so
+neither a crafted name nor a symlink restored earlier can redirect a write.
+
+Every file's content is verified against its SHA-256 before the file is
+given its final name; a mismatch leaves no file behind and is reported.
+Files are read in band order (band, offset) so each band is read once, front
+to back.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from vaultfs.errors import CorruptionError, VaultError
+from vaultfs.model import Entry, TreeId, VersionInfo
+from vaultfs.source import Problem, display_path
+from vaultfs.vault import Vault
+
+_FILE_BASE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class RestoreProgress(Protocol):
+    def reading(self, files_total: int, bytes_total: int) -> None: ...
+    def advance(self, files: int, size: int) -> None: ...
+
+
+@dataclass(slots=True)
+class RestoreResult:
+    version: VersionInfo
+    files: int = 0
+    bytes: int = 0
+    dirs: int = 0
+    others: int = 0  # symlinks, fifos, devices, hard links
+    problems: list[Problem] = field(default_factory=list)
+
+
+class UnsafeName(CorruptionError):
+    """A catalog entry whose name or link path would leave the target directory."""
+
+
+def check_name(name: bytes) -> bytes:
+    if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
+        raise UnsafeName(f"refusing unsafe name {name!r} from the catalog")
+    return name
+
+
+def split_path(path: bytes) -> tuple[bytes, ...]:
+    """A relative path from a user or a catalog → checked components."""
+    parts = tuple(p for p in path.split(b"/") if p not in (b"", b"."))
+    for p in parts:
+        check_name(p)
+    return parts
+
+
+def parse_selection(paths: list[str]) -> list[tuple[bytes, ...]]:
+    out = []
+    for p in paths:
+        try:
+            out.append(split_path(os.fsencode(p)))
+        except UnsafeName:
+            raise VaultError(f"path {p!r}: use a path inside the collection, without '..'") from None
+    return out
+
+
+@dataclass(slots=True)
+class _Item:
+    parts: tuple[bytes, ...]
+    entry: Entry
+
+
+class Restorer:
+    def __init__(self, vault: Vault, version: VersionInfo, target: Path) -> None:
+        self.vault = vault
+        self.version = version
+        self.target = target
+        self.result = RestoreResult(version)
+
+    def run(
+        self, selection: list[tuple[bytes, ...]], progress: RestoreProgress | None = None
+    ) -> RestoreResult:
+        try:
+            self.target.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise VaultError(f"cannot create {self.target}: {e.strerror}") from None
+        items = list(self._select(selection))
+        dirs = [i for i in items if i.entry.kind == "dir"]
+        files = [i for i in items if i.entry.kind == "file" and i.entry.hardlink is None]
+        links = [i for i in items if i.entry.kind == "file" and i.entry.hardlink is not None]
+        others = [i for i in items if i.entry.kind not in ("dir", "file")]
+        restored: set[tuple[bytes, ...]] = set()
+        root_fd = os.open(self.target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for item in dirs:
+                self._mkdir(root_fd, item)
+            files.sort(key=self._band_order)
+            if progress:
+                progress.reading(len(files), sum(i.entry.size for i in files))
+            for item in files:
+                if self._write_file(root_fd, item):
+                    restored.add(item.parts)
+                if progress:
+                    progress.advance(1, item.entry.size)
+            for item in links:
+                self._link(root_fd, item, restored)
+            for item in others:
+                self._special(root_fd, item)
+            for item in sorted(dirs, key=lambda i: len(i.parts), reverse=True):
+                self._dir_metadata(root_fd, item)
+        finally:
+            os.close(root_fd)
+        return self.result
+
+    # ---- selection ---------------------------------------------------------------------
+
+    def _select(self, selection: list[tuple[bytes, ...]]) -> Iterator[_Item]:
+        root = self.version.root
+        if not selection:
+            yield from self._walk(root, ())
+            return
+        for parts in selection:
+            entries = self._listing(root)
+            prefix: tuple[bytes, ...] = ()
+            found: Entry | None = None
+            for i, name in enumerate(parts):
+                found = entries.get(name)
+                if found is None:
+                    raise VaultError(
+                        f"{display_path(b'/'.join(parts))} is not in "
+                        f"{self.version.collection}@v{self.version.number}"
+                    )
+                prefix = (*prefix, name)
+                if i < len(parts) - 1:
+                    if found.kind != "dir" or found.tree is None:
+                        raise VaultError(f"{display_path(b'/'.join(prefix))} is not a directory")
+                    yield _Item(prefix, found)  # parents, so they exist with their metadata
+                    entries = self._listing(found.tree)
+            if found is None:
+                continue
+            yield _Item(prefix, found)
+            if found.kind == "dir" and found.tree is not None:
+                yield from self._walk(found.tree, prefix)
+
+    def _listing(self, tree: TreeId) -> dict[bytes, Entry]:
+        out: dict[bytes, Entry] = {}
+        for e in self.vault.tree(tree):
+            check_name(e.name)
+            if e.name in out:
+                raise UnsafeName(f"tree {tree.hex()[:16]} lists {e.name!r} twice")
+            out[e.name] = e
+        return out
+
+    def _walk(self, tree: TreeId, prefix: tuple[bytes, ...]) -> Iterator[_Item]:
+        for name, e in self._listing(tree).items():
+            parts = (*prefix, name)
+            yield _Item(parts, e)
+            if e.kind == "dir" and e.tree is not None:
+                yield from self._walk(e.tree, parts)
+
+    def _band_order(self, item: _Item) -> tuple[str, int]:
+        ref = self.vault.catalog.blob(item.entry.blob) if item.entry.blob else None
+        return (ref.band, ref.offset) if ref else ("", 0)
+
+    # ---- writing -----------------------------------------------------------------------
+
+    def _parent(self, root_fd: int, parts: tuple[bytes, ...]) -> int:
+        """An fd of the directory holding ``parts[-1]``, reached without following symlinks."""
+        fd = os.dup(root_fd)
+        for name in parts[:-1]:
+            try:
+                nfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            finally:
+                os.close(fd)
+            fd = nfd
+        return fd
+
+    def _problem(self, item: _Item, reason: str) -> None:
+        self.result.problems.append(Problem(b"/".join(item.parts), reason))
+
+    def _mkdir(self, root_fd: int, item: _Item) -> None:
+        fd = self._parent(root_fd, item.parts)
+        try:
+            os.mkdir(item.parts[-1], 0o700, dir_fd=fd)
+            self.result.dirs += 1
+        except FileExistsError:
+            st = os.stat(item.parts[-1], dir_fd=fd, follow_symlinks=False)
+            if not stat.S_ISDIR(st.st_mode):
+                raise VaultError(
+                    f"{self.target / display_path(b'/'.join(item.parts))} exists and is not a "
+                    "directory: restore into an empty directory"
+                ) from None
+        finally:
+            os.close(fd)
+
+    def _write_file(self, root_fd: int, item: _Item) -> bool:
+        e = item.entry
+        assert e.blob is not None
+        name = item.parts[-1]
+        tmp = b".vaultfs-restore-" + name[:200]
+        dfd = self._parent(root_fd, item.parts)
+        try:
+            _unlink_quiet(tmp, dfd)
+            fd = os.open(tmp, _FILE_BASE_FLAGS, 0o600, dir_fd=dfd)
+            try:
+                written = 0
+                for chunk in self.vault.iter_blob(e.blob):
+                    os.write(fd, chunk)
+                    written += len(chunk)
+                if written != e.size:
+                    raise CorruptionError(
+                        f"{display_path(b'/'.join(item.parts))}: restored {written} bytes, "
+                        f"the catalog says {e.size}"
+                    )
+                self._apply_metadata(fd, e)
+            except BaseException:
+                os.close(fd)
+                _unlink_quiet(tmp, dfd)
+                raise
+            os.close(fd)
+            _replace_nofollow(tmp, name, dfd)
+        except CorruptionError as err:
+            self._problem(item, f"not restored: {err.message}")
+            return False
+        finally:
+            os.close(dfd)
+        self.result.files += 1
+        self.result.bytes += e.size
+        return True
+
+    def _apply_metadata(self, fd: int, e: Entry) -> None:
+        for key, value in e.xattrs:
+            try:
+                os.setxattr(fd, key, value)
+            except OSError as err:
+                self._problem_text(e, f"extended attribute {key!r} not restored ({err.strerror})")
+        if os.geteuid() == 0:
+            os.fchown(fd, e.uid, e.gid)
+        os.fchmod(fd, e.mode)
+        os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
+
+    def _problem_text(self, e: Entry, reason: str) -> None:
+        self.result.problems.append(Problem(e.name, reason))
+
+    def _link(self, root_fd: int, item: _Item, restored: set[tuple[bytes, ...]]) -> None:
+        e = item.entry
+        assert e.hardlink is not None
+        target = split_path(e.hardlink)
+        if target in restored:
+            src = self._parent(root_fd, target)
+            dst = self._parent(root_fd, item.parts)
+            try:
+                _unlink_quiet(item.parts[-1], dst)
+                os.link(target[-1], item.parts[-1], src_dir_fd=src, dst_dir_fd=dst,
+                        follow_symlinks=False)
+                restored.add(item.parts)
+                self.result.others += 1
+            finally:
+                os.close(src)
+                os.close(dst)
+        elif self._write_file(root_fd, _Item(item.parts, _without_link(e))):
+            restored.add(item.parts)
+
+    def _special(self, root_fd: int, item: _Item) -> None:
+        e = item.entry
+        name = item.parts[-1]
+        dfd = self._parent(root_fd, item.parts)
+        try:
+            _unlink_quiet(name, dfd)
+            if e.kind == "symlink":
+                assert e.target is not None
+                os.symlink(e.target, name, dir_fd=dfd)
+            elif e.kind == "fifo":
+                os.mkfifo(name, 0o600, dir_fd=dfd)
+            elif e.kind in ("chardev", "blockdev"):
+                kind = stat.S_IFCHR if e.kind == "chardev" else stat.S_IFBLK
+                try:
+                    os.mknod(name, kind | 0o600, e.rdev, dir_fd=dfd)
+                except PermissionError:
+                    self._problem(item, "device node not restored: needs root")
+                    return
+            else:  # a socket belongs to the program that made it; nothing to restore
+                self._problem(item, "socket not restored (sockets are recreated by their programs)")
+                return
+            if os.geteuid() == 0:
+                os.chown(name, e.uid, e.gid, dir_fd=dfd, follow_symlinks=False)
+            if e.kind != "symlink":
+                os.chmod(name, e.mode, dir_fd=dfd)
+                for key, value in e.xattrs:
+                    os.setxattr(_proc_path(dfd, name), key, value, follow_symlinks=False)
+            os.utime(name, ns=(e.mtime_ns, e.mtime_ns), dir_fd=dfd, follow_symlinks=False)
+            self.result.others += 1
+        finally:
+            os.close(dfd)
+
+    def _dir_metadata(self, root_fd: int, item: _Item) -> None:
+        dfd = self._parent(root_fd, item.parts)
+        try:
+            fd = os.open(item.parts[-1], os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd)
+        finally:
+            os.close(dfd)
+        try:
+            self._apply_metadata(fd, item.entry)
+        finally:
+            os.close(fd)
+
+
+def _without_link(e: Entry) -> Entry:
+    from dataclasses import replace
+
+    return replace(e, hardlink=None)
+
+
+def _unlink_quiet(name: bytes, dir_fd: int) -> None:
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+    except IsADirectoryError:
+        raise VaultError(
+            f"{display_path(name)} exists as a directory: restore into an empty directory"
+        ) from None
+
+
+def _replace_nofollow(src: bytes, dst: bytes, dir_fd: int) -> None:
+    try:
+        os.rename(src, dst, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno in (errno.EISDIR, errno.ENOTEMPTY):
+            raise VaultError(
+                f"{display_path(dst)} exists as a directory: restore into an empty directory"
+            ) from None
+        raise
+
+
+def _proc_path(dir_fd: int, name: bytes) -> bytes:
+    return b"/proc/self/fd/%d/" % dir_fd + name
+
+
+def fetch(
+    vault: Vault,
+    collection: str,
+    number: int | None,
+    paths: list[str],
+    target: Path,
+    progress: RestoreProgress | None = None,
+) -> RestoreResult:
+    """``vaultfs restore fetch``: write the selected paths of a version under ``target``."""
+    version = vault.resolve_version(collection, number)
+    selection = parse_selection(paths)
+    return Restorer(vault, version, target).run(selection, progress)

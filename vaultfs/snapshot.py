@@ -1,0 +1,599 @@
+"""Snapshot one collection: scan, read what changed, pack bands, upload, commit.
+
+Order of work, and why it is safe to kill at any point:
+
+1. *Recover* the spool: a band finished by an earlier run but not uploaded is
+   uploaded now; half-written ``.part`` bands are deleted; unfinished
+   multipart uploads are aborted.
+2. *Scan* (stat only) and consult the files cache: a file whose (dev, inode,
+   size, mtime_ns, ctime_ns) did not change is not read.
+3. *Read* the others: hash, dedup against every blob of the vault, and pack
+   new content into bands in the spool. A closed band is uploaded by a
+   background thread while the next one fills; once on the store its blobs are
+   registered in the catalog, so a later run reuses them instead of sending
+   them again (resume at band granularity).
+4. *Trees*: directory listings are encoded bottom-up; a root equal to the
+   latest version's makes no new version.
+5. *Commit*: the last band carries the new trees and the version record in its
+   catalog; after it is stored, the version record is written with
+   If-None-Match (the commit point), then the catalog records the version.
+   Nothing is visible before that point.
+
+Threads: the caller's thread scans, reads and hashes; the band writer
+compresses in its own pool; one uploader thread sends closed bands.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from vaultfs import band as bandfmt
+from vaultfs import testpoints
+from vaultfs.catalog import FileCacheRow
+from vaultfs.config import CollectionConfig
+from vaultfs.errors import VaultError
+from vaultfs.model import (
+    BandId,
+    BlobId,
+    ChangeStats,
+    Entry,
+    TreeId,
+    VersionInfo,
+    encode_tree,
+    to_text,
+    tree_id,
+)
+from vaultfs.source import (
+    ChangedWhileReading,
+    Problem,
+    ScannedDir,
+    ScannedFile,
+    Scanner,
+    hash_stream,
+    iter_chunks,
+    open_source,
+    read_small,
+    same_file_state,
+)
+from vaultfs.vault import Vault
+
+SMALL_FILE = 8 * 1024 * 1024  # read whole into memory: one read serves hash and band
+WARM_FRAME_SIZE = 1024 * 1024
+
+
+class Progress(Protocol):
+    def scanned(self, files: int, size: int) -> None: ...
+    def reading(self, files_total: int, bytes_total: int) -> None: ...
+    def advance(self, files: int, size: int) -> None: ...
+    def stage(self, text: str) -> None: ...
+
+
+class NoProgress:
+    def scanned(self, files: int, size: int) -> None:
+        pass
+
+    def reading(self, files_total: int, bytes_total: int) -> None:
+        pass
+
+    def advance(self, files: int, size: int) -> None:
+        pass
+
+    def stage(self, text: str) -> None:
+        pass
+
+
+@dataclass(slots=True)
+class SnapshotResult:
+    collection: str
+    version: VersionInfo | None  # the new version, or None when nothing changed
+    latest: VersionInfo | None  # the latest version after this run
+    unchanged: bool
+    problems: list[Problem] = field(default_factory=list)
+    modified: list[bytes] = field(default_factory=list)  # cold collections: changed content
+    deleted: list[bytes] = field(default_factory=list)  # cold collections: vanished files
+    files_read: int = 0
+    bytes_read: int = 0
+    bands: int = 0
+    bytes_stored: int = 0
+    seconds: float = 0.0
+
+    @property
+    def cold_changes(self) -> bool:
+        return bool(self.modified or self.deleted)
+
+
+class Snapshot:
+    """One run of ``vaultfs snapshot`` for one collection; the caller holds the vault lock."""
+
+    def __init__(
+        self,
+        vault: Vault,
+        collection: CollectionConfig,
+        progress: Progress | None = None,
+        now: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.vault = vault
+        self.collection = collection
+        self.progress = progress or NoProgress()
+        self.now = now
+        cfg = vault.config
+        tier_frame = bandfmt.FRAME_SIZE_DEFAULT if collection.tier == "cold" else WARM_FRAME_SIZE
+        self.frame_size = collection.frame_size or tier_frame
+        self.level = (
+            collection.compression_level
+            if collection.compression_level is not None
+            else cfg.compression_level
+        )
+        self.band_size = cfg.band_size
+        self._band: bandfmt.BandWriter | None = None
+        self._band_ids: list[BandId] = []
+        self._new_blobs: set[BlobId] = set()
+        self._uploader = _Uploader(vault, collection.name)
+        self.result = SnapshotResult(collection.name, None, None, unchanged=False)
+
+    # ---- the run -----------------------------------------------------------------------
+
+    def run(self) -> SnapshotResult:
+        started = time.monotonic()
+        root = os.fsencode(self.collection.path)
+        if not os.path.isdir(root):
+            raise VaultError(
+                f"collection {self.collection.name}: {self.collection.path} is not a directory "
+                "(is the volume mounted?); fix [collections.{0}].path".format(self.collection.name)
+            )
+        self.progress.stage("recovering")
+        recover_spool(self.vault)
+        self.vault.adopt_committed_versions(self.collection.name)
+        self.progress.stage("scanning")
+        scanner = Scanner(root)
+        try:
+            top = scanner.scan()
+        except OSError as e:
+            raise VaultError(f"cannot read {self.collection.path}: {e.strerror}") from None
+        self.result.problems = scanner.problems
+        testpoints.reach("after-scan")
+        self._uploader.start()
+        try:
+            self._read_files(root, scanner.files)
+            latest = self.vault.catalog.latest_version(self.collection.name)
+            self.progress.stage("writing trees")
+            new_trees: dict[TreeId, bytes] = {}
+            stats = _Stats()
+            root_id = self._build_tree(top, latest.root if latest else None, new_trees, stats)
+            if latest is not None and root_id == latest.root:
+                self._finish_unchanged(latest)
+            else:
+                self._commit(root_id, latest, new_trees, stats)
+        except BaseException:
+            self._uploader.stop(abort=True)
+            if self._band is not None:
+                self._band.abort()
+            raise
+        self.result.seconds = time.monotonic() - started
+        return self.result
+
+    # ---- reading files -----------------------------------------------------------------
+
+    def _read_files(self, root: bytes, files: list[ScannedFile]) -> None:
+        catalog = self.vault.catalog
+        to_read: list[ScannedFile] = []
+        with catalog.files_reader(self.collection.name) as cache:
+            for f in files:
+                if f.link_of is not None:
+                    continue
+                row = cache.get(f.rel)
+                st = f.st
+                if (
+                    row is not None
+                    and row.dev == st.st_dev
+                    and row.ino == st.st_ino
+                    and row.size == st.st_size
+                    and row.mtime_ns == st.st_mtime_ns
+                    and row.ctime_ns == st.st_ctime_ns
+                    and catalog.blob(row.blob) is not None
+                ):
+                    f.blob = row.blob
+                    f.needs_read = False
+                else:
+                    to_read.append(f)
+        self.progress.reading(len(to_read), sum(f.st.st_size for f in to_read))
+        self._cache_rows: list[tuple[bytes, FileCacheRow]] = []
+        for f in to_read:
+            self._read_one(root, f)
+            self.progress.advance(1, f.st.st_size)
+        for f in files:  # hard links follow their first name
+            if f.link_of is not None:
+                f.blob = f.link_of.blob
+                f.skipped = f.link_of.skipped
+        self._close_band(final_extra=None)
+        self._uploader.drain()
+
+    def _read_one(self, root: bytes, f: ScannedFile) -> None:
+        path = root + b"/" + f.rel
+        try:
+            fd = open_source(path)
+        except FileNotFoundError:
+            return self._skip(f, "vanished before it could be read")
+        except OSError as e:
+            return self._skip(f, f"cannot read ({e.strerror})")
+        try:
+            before = os.fstat(fd)
+            if before.st_ino != f.st.st_ino:
+                return self._skip(f, "was replaced during the snapshot")
+            f.st = before
+            if before.st_size <= SMALL_FILE:
+                data, blob = read_small(fd, before)
+                if self._is_new(blob):
+                    self._make_room(len(data))
+                    assert self._band is not None
+                    self._band.add_blob(self._member_name(f), _meta(f), data, blob)
+                    self._blob_added(blob, len(data))
+            else:
+                blob = hash_stream(fd, before)
+                testpoints.reach("after-hash")
+                if self._is_new(blob):
+                    self._make_room(before.st_size)
+                    assert self._band is not None
+                    self._band.add_blob_stream(
+                        self._member_name(f), _meta(f), before.st_size,
+                        iter_chunks(fd, before.st_size), blob,
+                    )
+                    if not same_file_state(before, os.fstat(fd)):
+                        raise ChangedWhileReading
+                    self._blob_added(blob, before.st_size)
+            self.result.files_read += 1
+            self.result.bytes_read += before.st_size
+        except (ChangedWhileReading, bandfmt.ContentChanged):
+            return self._skip(f, "changed while it was read; back it up again when it is quiet")
+        except OSError as e:
+            return self._skip(f, f"cannot read ({e.strerror})")
+        finally:
+            os.close(fd)
+        f.blob = blob
+        st = f.st
+        self._cache_rows.append(
+            (f.rel, FileCacheRow(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, blob))
+        )
+        return None
+
+    def _skip(self, f: ScannedFile, reason: str) -> None:
+        f.skipped = True
+        self.result.problems.append(Problem(f.rel, reason))
+
+    def _is_new(self, blob: BlobId) -> bool:
+        return blob not in self._new_blobs and self.vault.catalog.blob(blob) is None
+
+    def _blob_added(self, blob: BlobId, size: int) -> None:
+        self._new_blobs.add(blob)
+        self._bytes_added = getattr(self, "_bytes_added", 0) + size
+        if self._band is not None and self._band.uncompressed_size >= self.band_size:
+            self._close_band(final_extra=None)
+
+    def _member_name(self, f: ScannedFile) -> bytes:
+        return self.collection.name.encode() + b"/" + f.rel
+
+    def _make_room(self, size: int) -> None:
+        """Close the current band first if this file would push it past band_size."""
+        band = self._band
+        if band is not None and band.uncompressed_size > 0 and (
+            band.uncompressed_size + size > self.band_size
+        ):
+            self._close_band(final_extra=None)
+        if self._band is None:
+            self._open_band()
+
+    def _open_band(self) -> bandfmt.BandWriter:
+        band_id = bandfmt.new_band_id()
+        path = self.vault.spool_dir / f"{band_id}.tar.zst.part"
+        self._band = bandfmt.BandWriter(
+            path, band_id, level=self.level, frame_size=self.frame_size,
+            threads=self.vault.config.threads,
+        )
+        self._band_ids.append(BandId(band_id))
+        return self._band
+
+    def _close_band(self, final_extra: dict[str, object] | None) -> bandfmt.ClosedBand | None:
+        band = self._band
+        if band is None:
+            return None
+        self._band = None
+        extra: dict[str, object] = {"collection": self.collection.name}
+        if final_extra:
+            extra.update(final_extra)
+        closed = band.close(extra)
+        final = closed.path.with_name(closed.path.name.removesuffix(".part"))
+        os.replace(closed.path, final)
+        _fsync_dir(final.parent)
+        closed = _moved(closed, final)
+        testpoints.reach("band-closed")
+        self._uploader.put(closed)
+        return closed
+
+    # ---- trees -------------------------------------------------------------------------
+
+    def _build_tree(
+        self,
+        node: ScannedDir,
+        previous: TreeId | None,
+        new_trees: dict[TreeId, bytes],
+        stats: _Stats,
+    ) -> TreeId:
+        prev_entries: dict[bytes, Entry] = {}
+        if previous is not None:
+            prev_entries = {e.name: e for e in self.vault.tree(previous)}
+        entries: list[Entry] = []
+        for child in node.children:
+            if isinstance(child, ScannedDir):
+                if child.unreadable:
+                    continue
+                old = prev_entries.get(child.name)
+                sub = self._build_tree(
+                    child, old.tree if old is not None and old.kind == "dir" else None,
+                    new_trees, stats,
+                )
+                entries.append(_dir_entry(child, sub))
+            elif isinstance(child, ScannedFile):
+                if child.skipped or child.blob is None:
+                    continue
+                entry = _file_entry(child)
+                entries.append(entry)
+                stats.files += 1
+                stats.size += entry.size
+                old = prev_entries.get(child.name)
+                if old is None or old.kind != "file":
+                    stats.added += 1
+                elif old.blob != entry.blob:
+                    stats.changed += 1
+                    stats.modified.append(child.rel)
+            else:
+                entries.append(child)
+        kinds_now = {e.name: e.kind for e in entries}
+        for name, old in prev_entries.items():
+            kind_now = kinds_now.get(name)
+            if kind_now == old.kind:
+                continue
+            rel = node.rel + b"/" + name if node.rel else name
+            self._count_removed(old, rel, stats)
+        encoded = encode_tree(entries)
+        tid = tree_id(encoded)
+        if tid not in new_trees and not self.vault.catalog.has_tree(tid):
+            new_trees[tid] = encoded
+        return tid
+
+    def _count_removed(self, old: Entry, rel: bytes, stats: _Stats) -> None:
+        if old.kind == "file":
+            stats.removed += 1
+            stats.deleted.append(rel)
+        elif old.kind == "dir" and old.tree is not None:
+            for e in self.vault.tree(old.tree):
+                self._count_removed(e, rel + b"/" + e.name, stats)
+
+    # ---- commit ------------------------------------------------------------------------
+
+    def _finish_unchanged(self, latest: VersionInfo) -> None:
+        self._uploader.stop(abort=False)
+        verified = VersionInfo.from_json(
+            {**latest.to_json(), "verified_ns": [*latest.verified_ns, self.now()]}
+        )
+        with self.vault.catalog.writer() as w:
+            w.put_version(verified)
+            self._write_files_cache(w, [])
+        self.result.unchanged = True
+        self.result.latest = verified
+        self._collect_band_stats()
+
+    def _commit(
+        self,
+        root_id: TreeId,
+        latest: VersionInfo | None,
+        new_trees: dict[TreeId, bytes],
+        stats: _Stats,
+    ) -> None:
+        self.progress.stage("committing")
+        now = self.now()
+        if self._band is None:
+            self._open_band()  # a metadata-only band carries the trees and the record
+        assert self._band is not None
+        version = VersionInfo(
+            collection=self.collection.name,
+            number=(latest.number + 1) if latest else 1,
+            created_ns=now,
+            root=root_id,
+            bands=tuple(self._band_ids),
+            stats=ChangeStats(
+                files=stats.files, bytes=stats.size, added=stats.added,
+                changed=stats.changed, removed=stats.removed,
+                bytes_added=getattr(self, "_bytes_added", 0),
+            ),
+            previous_created_ns=latest.created_ns if latest else None,
+            host=socket.gethostname(),
+        )
+        self._close_band(
+            final_extra={
+                "version": version.to_json(),
+                "trees": {tid.hex(): to_text(enc) for tid, enc in new_trees.items()},
+            }
+        )
+        self._uploader.stop(abort=False)
+        testpoints.reach("before-commit")
+        self.vault.commit_version(version)
+        testpoints.reach("version-record-written")
+        with self.vault.catalog.writer() as w:
+            for tid, enc in new_trees.items():
+                w.put_tree(tid, enc)
+            w.put_version(version)
+            self._write_files_cache(w, stats.deleted)
+        self.result.version = version
+        self.result.latest = version
+        if self.collection.tier == "cold" and latest is not None:
+            self.result.modified = stats.modified
+            self.result.deleted = stats.deleted
+        self._collect_band_stats()
+
+    def _write_files_cache(self, w: object, deleted: list[bytes]) -> None:
+        from vaultfs.catalog import CatalogWriter
+
+        assert isinstance(w, CatalogWriter)
+        for rel, row in getattr(self, "_cache_rows", []):
+            w.put_file(self.collection.name, rel, row)
+        for rel in deleted:
+            w.delete_file(self.collection.name, rel)
+
+    def _collect_band_stats(self) -> None:
+        self.result.bands = len(self._uploader.uploaded)
+        self.result.bytes_stored = sum(b.size for b in self._uploader.uploaded)
+
+
+@dataclass(slots=True)
+class _Stats:
+    files: int = 0
+    size: int = 0
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+    modified: list[bytes] = field(default_factory=list)
+    deleted: list[bytes] = field(default_factory=list)
+
+
+def _meta(f: ScannedFile) -> bandfmt.MemberMeta:
+    st = f.st
+    return bandfmt.MemberMeta(
+        mode=st.st_mode & 0o7777, uid=st.st_uid, gid=st.st_gid,
+        mtime_ns=st.st_mtime_ns, xattrs=f.xattrs,
+    )
+
+
+def _file_entry(f: ScannedFile) -> Entry:
+    st = f.st
+    return Entry(
+        name=f.name,
+        kind="file",
+        mode=st.st_mode & 0o7777,
+        uid=st.st_uid,
+        gid=st.st_gid,
+        mtime_ns=st.st_mtime_ns,
+        size=st.st_size,
+        blob=f.blob,
+        nlink=st.st_nlink,
+        hardlink=f.link_of.rel if f.link_of is not None else None,
+        xattrs=f.xattrs,
+    )
+
+
+def _dir_entry(d: ScannedDir, sub: TreeId) -> Entry:
+    st = d.st
+    return Entry(
+        name=d.name, kind="dir", mode=st.st_mode & 0o7777, uid=st.st_uid, gid=st.st_gid,
+        mtime_ns=st.st_mtime_ns, tree=sub, xattrs=d.xattrs,
+    )
+
+
+def _moved(closed: bandfmt.ClosedBand, path: Path) -> bandfmt.ClosedBand:
+    from dataclasses import replace
+
+    return replace(closed, path=path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _Uploader:
+    """Uploads closed bands in the background, one at a time, in order.
+
+    The queue holds at most one band waiting, so the spool never holds more
+    than the band being filled, one waiting and one in flight.
+    """
+
+    def __init__(self, vault: Vault, collection: str) -> None:
+        self.vault = vault
+        self.collection = collection
+        self.queue: queue.Queue[bandfmt.ClosedBand | None] = queue.Queue(maxsize=1)
+        self.uploaded: list = []
+        self.error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._abort = threading.Event()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="vaultfs-upload", daemon=True)
+        self._thread.start()
+
+    def put(self, closed: bandfmt.ClosedBand) -> None:
+        self._raise()
+        self.queue.put(closed)
+
+    def drain(self) -> None:
+        self.queue.join()
+        self._raise()
+
+    def stop(self, *, abort: bool) -> None:
+        if self._thread is None:
+            return
+        if abort:
+            self._abort.set()
+        self.queue.put(None)
+        self._thread.join()
+        self._thread = None
+        if not abort:
+            self._raise()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            err, self.error = self.error, None
+            raise err
+
+    def _run(self) -> None:
+        while True:
+            closed = self.queue.get()
+            try:
+                if closed is None:
+                    return
+                if self._abort.is_set() or self.error is not None:
+                    continue
+                info = self.vault.upload_band(closed, self.collection)
+                self.uploaded.append(info)
+                testpoints.reach("band-uploaded")
+                closed.path.unlink(missing_ok=True)
+            except BaseException as e:  # handed to the main thread
+                self.error = e
+            finally:
+                self.queue.task_done()
+
+
+def recover_spool(vault: Vault) -> list[str]:
+    """Finish what a killed snapshot left: upload complete bands, drop partial ones.
+
+    Returns the ids of the bands uploaded now.
+    """
+    recovered = []
+    for path in sorted(vault.spool_dir.iterdir()):
+        name = path.name
+        if name.endswith(".part"):
+            path.unlink()
+            continue
+        if not name.endswith(".tar.zst"):
+            continue
+        band_id = name.removesuffix(".tar.zst")
+        if vault.catalog.band(BandId(band_id)) is None:
+            closed = bandfmt.reopen_closed(path)
+            collection = str(json.loads(closed.catalog).get("collection", ""))
+            vault.upload_band(closed, collection)
+            recovered.append(band_id)
+        path.unlink()
+    vault.store.abort_incomplete_uploads("bands/")
+    return recovered
+
+

@@ -1,0 +1,265 @@
+"""Reading a source tree: the scan (stat only) and the careful read of one file.
+
+The scan walks a collection's directory with ``os.scandir`` on bytes paths (so
+names that are not UTF-8 survive), never follows symlinks, and records every
+kind of entry. It produces a `ScannedDir` skeleton; file contents are read
+later by `read_small` / `hash_stream` so that the total is known for progress
+and ETA before the slow part starts.
+
+A file that vanishes, cannot be read, or changes while it is read becomes a
+`Problem`; the caller reports it and leaves the file out of the version.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from vaultfs.model import BlobId, Entry, Kind, to_text
+
+READ_CHUNK = 1024 * 1024
+XATTR_NAMESPACES = (b"user.",)
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """A source entry that could not be backed up as it is."""
+
+    path: bytes  # relative to the collection root
+    reason: str
+
+    def display(self) -> str:
+        return f"{display_path(self.path)}: {self.reason}"
+
+
+def display_path(path: bytes) -> str:
+    """A path for a terminal or log: undecodable bytes shown as \\xNN escapes."""
+    return path.decode("utf-8", "backslashreplace") or "."
+
+
+@dataclass(slots=True)
+class ScannedFile:
+    """A regular file seen by the scan; ``blob`` is filled by the files cache or by reading."""
+
+    rel: bytes
+    name: bytes
+    st: os.stat_result
+    xattrs: tuple[tuple[bytes, bytes], ...]
+    blob: BlobId | None = None
+    needs_read: bool = True
+    skipped: bool = False
+    link_of: ScannedFile | None = None  # second and later names of a hard-linked file
+
+
+@dataclass(slots=True)
+class ScannedDir:
+    rel: bytes
+    name: bytes
+    st: os.stat_result
+    xattrs: tuple[tuple[bytes, bytes], ...]
+    children: list[ScannedDir | ScannedFile | Entry] = field(default_factory=list)
+    unreadable: bool = False  # listing failed: left out of the version, reported
+
+
+class Scanner:
+    """Walks one source tree. Problems are collected in ``problems``."""
+
+    def __init__(self, root: bytes) -> None:
+        self.root = root
+        self.problems: list[Problem] = []
+        self.files: list[ScannedFile] = []
+        self._inodes: dict[tuple[int, int], ScannedFile] = {}
+
+    def scan(self) -> ScannedDir:
+        st = os.lstat(self.root)
+        top = ScannedDir(b"", b"", st, read_xattrs(self.root, self.problems, b""))
+        self._walk(top, self.root)
+        return top
+
+    def _walk(self, node: ScannedDir, path: bytes) -> None:
+        try:
+            with os.scandir(path) as it:
+                names = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            if not node.rel:
+                raise
+            self.problems.append(Problem(node.rel, f"cannot list directory ({_why(e)})"))
+            node.unreadable = True
+            return
+        for de in names:
+            name = de.name
+            rel = node.rel + b"/" + name if node.rel else name
+            full = path + b"/" + name
+            try:
+                st = de.stat(follow_symlinks=False)
+            except OSError as e:
+                self.problems.append(Problem(rel, _vanished_or(e)))
+                continue
+            mode = st.st_mode
+            if stat.S_ISDIR(mode):
+                child = ScannedDir(rel, name, st, read_xattrs(full, self.problems, rel))
+                node.children.append(child)
+                self._walk(child, full)
+            elif stat.S_ISREG(mode):
+                f = ScannedFile(rel, name, st, read_xattrs(full, self.problems, rel))
+                if st.st_nlink > 1:
+                    first = self._inodes.setdefault((st.st_dev, st.st_ino), f)
+                    if first is not f:
+                        f.link_of = first
+                        f.needs_read = False
+                node.children.append(f)
+                self.files.append(f)
+            elif stat.S_ISLNK(mode):
+                try:
+                    target = os.readlink(full)
+                except OSError as e:
+                    self.problems.append(Problem(rel, _vanished_or(e)))
+                    continue
+                node.children.append(_entry(name, "symlink", st, target=target))
+            else:
+                kind: Kind = (
+                    "fifo" if stat.S_ISFIFO(mode)
+                    else "socket" if stat.S_ISSOCK(mode)
+                    else "chardev" if stat.S_ISCHR(mode)
+                    else "blockdev"
+                )
+                node.children.append(
+                    _entry(name, kind, st, xattrs=read_xattrs(full, self.problems, rel))
+                )
+
+
+def _entry(
+    name: bytes,
+    kind: Kind,
+    st: os.stat_result,
+    *,
+    target: bytes | None = None,
+    xattrs: tuple[tuple[bytes, bytes], ...] = (),
+) -> Entry:
+    return Entry(
+        name=name,
+        kind=kind,
+        mode=stat.S_IMODE(st.st_mode),
+        uid=st.st_uid,
+        gid=st.st_gid,
+        mtime_ns=st.st_mtime_ns,
+        size=len(target) if target is not None else 0,
+        target=target,
+        rdev=st.st_rdev if kind in ("chardev", "blockdev") else 0,
+        xattrs=xattrs,
+    )
+
+
+def read_xattrs(path: bytes, problems: list[Problem], rel: bytes) -> tuple[tuple[bytes, bytes], ...]:
+    """The ``user.*`` extended attributes of a path (not following symlinks)."""
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError as e:
+        if e.errno in (errno.ENOTSUP, errno.ENOENT, errno.EPERM, errno.EACCES):
+            return ()
+        problems.append(Problem(rel, f"cannot list extended attributes ({_why(e)})"))
+        return ()
+    if not names:
+        return ()
+    out = []
+    for name in sorted(names):
+        raw = os.fsencode(name)
+        if not raw.startswith(XATTR_NAMESPACES):
+            continue
+        try:
+            out.append((raw, os.getxattr(path, name, follow_symlinks=False)))
+        except OSError as e:
+            if e.errno != errno.ENODATA:
+                problems.append(Problem(rel, f"cannot read extended attribute {name} ({_why(e)})"))
+    return tuple(out)
+
+
+class ChangedWhileReading(Exception):
+    """The file's size or times moved while it was read."""
+
+
+def open_source(path: bytes) -> int:
+    """Open a source file for reading without following symlinks, without updating atime."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(path, flags | os.O_NOATIME)
+    except PermissionError:
+        return os.open(path, flags)
+
+
+def same_file_state(a: os.stat_result, b: os.stat_result) -> bool:
+    return (
+        a.st_ino == b.st_ino
+        and a.st_size == b.st_size
+        and a.st_mtime_ns == b.st_mtime_ns
+        and a.st_ctime_ns == b.st_ctime_ns
+    )
+
+
+def read_small(fd: int, before: os.stat_result) -> tuple[bytes, BlobId]:
+    """Read a whole (small) file; ChangedWhileReading if it moved meanwhile."""
+    chunks = []
+    remaining = before.st_size + 1  # one byte more: notice growth
+    while remaining > 0:
+        chunk = os.read(fd, min(remaining, 16 * READ_CHUNK))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    data = b"".join(chunks)
+    if len(data) != before.st_size or not same_file_state(before, os.fstat(fd)):
+        raise ChangedWhileReading
+    return data, BlobId(hashlib.sha256(data).digest())
+
+
+def iter_chunks(fd: int, size: int) -> Iterator[bytes]:
+    """The file's bytes from offset 0, at most ``size + 1`` of them (to notice growth)."""
+    offset = 0
+    while offset <= size:
+        chunk = os.pread(fd, min(READ_CHUNK, size + 1 - offset), offset)
+        if not chunk:
+            return
+        offset += len(chunk)
+        yield chunk
+
+
+def hash_stream(fd: int, before: os.stat_result) -> BlobId:
+    """SHA-256 of a large file read in chunks; ChangedWhileReading if it moved."""
+    h = hashlib.sha256()
+    n = 0
+    for chunk in iter_chunks(fd, before.st_size):
+        h.update(chunk)
+        n += len(chunk)
+    if n != before.st_size or not same_file_state(before, os.fstat(fd)):
+        raise ChangedWhileReading
+    return BlobId(h.digest())
+
+
+def _why(e: OSError) -> str:
+    return e.strerror or str(e)
+
+
+def _vanished_or(e: OSError) -> str:
+    if isinstance(e, FileNotFoundError):
+        return "vanished during the scan"
+    return f"cannot read ({_why(e)})"
+
+
+__all__ = [
+    "ChangedWhileReading",
+    "Problem",
+    "ScannedDir",
+    "ScannedFile",
+    "Scanner",
+    "display_path",
+    "hash_stream",
+    "iter_chunks",
+    "open_source",
+    "read_small",
+    "same_file_state",
+    "to_text",
+]

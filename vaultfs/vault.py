@@ -1,0 +1,334 @@
+"""A vault: the store, the local catalog, and the bands between them.
+
+`Vault` owns the objects in the store (``vault.json``, bands, sidecars,
+version records) and keeps the local catalog in step with them. It knows how
+to read a blob back (local spool/cache copy first, else ranged GETs on the
+store) and verifies every byte it returns.
+
+Concurrency: one process at a time may write (``lock()`` holds an flock on
+``<state_dir>/lock``); readers need no lock. A small LRU of decompressed frames
+is shared by the threads of one process.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from vaultfs import band as bandfmt
+from vaultfs.catalog import Catalog
+from vaultfs.config import Config
+from vaultfs.errors import CorruptionError, LockedError, StoreSetupError, VaultError
+from vaultfs.model import (
+    VAULT_KEY,
+    BandId,
+    BandInfo,
+    BlobId,
+    BlobRef,
+    Entry,
+    TreeId,
+    VersionInfo,
+    band_key,
+    sidecar_key,
+    version_key,
+)
+from vaultfs.store import ObjectExists, ObjectNotFound, ObjectStore, open_store
+
+VAULT_FORMAT = 1
+
+
+class Vault:
+    """An opened vault. Use `Vault.open` (existing) or `Vault.create` (``vaultfs init``)."""
+
+    def __init__(self, config: Config, store: ObjectStore, catalog: Catalog) -> None:
+        self.config = config
+        self.store = store
+        self.catalog = catalog
+        self.state_dir = config.state_dir
+        self.spool_dir = config.state_dir / "spool"
+        self.cache_dir = config.state_dir / "cache"
+        self._readers: dict[BandId, bandfmt.BandReader] = {}
+        self._readers_lock = threading.Lock()
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    @staticmethod
+    def create(config: Config) -> tuple[Vault, bool]:
+        """Create the store's ``vault.json`` and the local state; idempotent.
+
+        Returns the vault and whether anything new was created.
+        """
+        store = open_store(config.store, config.s3)
+        store.check_access()
+        _prepare_state_dir(config.state_dir)
+        catalog = Catalog(config.state_dir / "catalog.lmdb")
+        local_id = catalog.meta("vault_id")
+        try:
+            remote = json.loads(store.get(VAULT_KEY))
+        except ObjectNotFound:
+            remote = None
+        except ValueError:
+            raise StoreSetupError(
+                f"{config.store}/{VAULT_KEY} is not a vault description: "
+                "this store holds something else; choose another prefix or directory"
+            ) from None
+        created = False
+        if remote is None:
+            if local_id is not None:
+                raise StoreSetupError(
+                    f"the state directory {config.state_dir} belongs to vault {local_id}, "
+                    f"which is not on {config.store}: use another state_dir"
+                )
+            if any(True for _ in store.list("")):
+                raise StoreSetupError(
+                    f"{config.store} is not empty and holds no vault: "
+                    "choose an empty bucket prefix or directory"
+                )
+            remote = {
+                "format": VAULT_FORMAT,
+                "vault_id": uuid.uuid4().hex,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            try:
+                store.put(VAULT_KEY, json.dumps(remote, indent=1).encode(), if_none_match=True)
+            except ObjectExists:
+                remote = json.loads(store.get(VAULT_KEY))
+            created = True
+        vault_id = str(remote.get("vault_id", ""))
+        if remote.get("format") != VAULT_FORMAT or not vault_id:
+            raise StoreSetupError(
+                f"{config.store} holds a vault of an unknown format ({remote.get('format')!r}): "
+                "upgrade vaultfs"
+            )
+        if local_id is not None and local_id != vault_id:
+            raise StoreSetupError(
+                f"{config.store} holds a different vault ({vault_id}) than the state directory "
+                f"{config.state_dir} ({local_id}): point the config at the right store, "
+                "or use an empty state_dir"
+            )
+        if local_id is None:
+            # A store holding versions of a vault this NAS has never seen.
+            if not created and any(True for _ in store.list("versions/")):
+                raise StoreSetupError(
+                    f"{config.store} already holds vault {vault_id} with versions: "
+                    "to use it on this machine run `vaultfs index rebuild`"
+                )
+            with catalog.writer() as w:
+                w.set_meta("vault_id", vault_id)
+                w.set_meta("store", config.store)
+                w.set_meta("format", str(VAULT_FORMAT))
+            created = True
+        return Vault(config, store, catalog), created
+
+    @staticmethod
+    def open(config: Config, *, readonly: bool = False) -> Vault:
+        """Open an initialised vault; a clear error when ``vaultfs init`` has not run."""
+        lmdb_dir = config.state_dir / "catalog.lmdb"
+        if not (lmdb_dir / "data.mdb").exists():
+            raise VaultError(
+                f"no vault state in {config.state_dir}: run `vaultfs init` first "
+                "(or `vaultfs index rebuild` to recover an existing vault)"
+            )
+        catalog = Catalog(lmdb_dir, readonly=readonly)
+        if catalog.meta("store") != config.store:
+            raise StoreSetupError(
+                f"the state directory {config.state_dir} belongs to store "
+                f"{catalog.meta('store')}, not {config.store}: fix [vault].store or state_dir"
+            )
+        store = open_store(config.store, config.s3)
+        return Vault(config, store, catalog)
+
+    def close(self) -> None:
+        self.catalog.close()
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Exclusive writer lock (one snapshot at a time on this NAS)."""
+        path = self.state_dir / "lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+                raise LockedError(
+                    f"another vaultfs process is writing to this vault ({holder or 'unknown'}): "
+                    "wait for it to finish"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)
+
+    # ---- versions and trees ------------------------------------------------------------
+
+    def versions(self, collection: str) -> list[VersionInfo]:
+        return self.catalog.versions(collection)
+
+    def resolve_version(self, collection: str, number: int | None) -> VersionInfo:
+        if number is None:
+            version = self.catalog.latest_version(collection)
+            if version is None:
+                raise VaultError(f"collection {collection!r} has no versions yet: run `vaultfs snapshot`")
+            return version
+        version = self.catalog.version(collection, number)
+        if version is None:
+            raise VaultError(
+                f"{collection}@v{number} does not exist: `vaultfs versions {collection}` lists them"
+            )
+        return version
+
+    def adopt_committed_versions(self, collection: str) -> list[VersionInfo]:
+        """Register versions committed on the store but not yet in the local catalog.
+
+        A snapshot killed between writing its version record (the commit
+        point) and updating LMDB left such a version; its trees are in the
+        sidecar catalog of its last band.
+        """
+        adopted: list[VersionInfo] = []
+        latest = self.catalog.latest_version(collection)
+        number = (latest.number if latest else 0) + 1
+        while True:
+            try:
+                raw = self.store.get(version_key(collection, number))
+            except ObjectNotFound:
+                return adopted
+            version = VersionInfo.from_json(json.loads(raw))
+            sidecar = bandfmt.decode_sidecar(self.store.get(sidecar_key(version.bands[-1])))
+            trees = sidecar.get("trees", {})
+            with self.catalog.writer() as w:
+                for tid, text in trees.items():
+                    w.put_tree(TreeId(bytes.fromhex(tid)), text.encode("utf-8", "surrogateescape"))
+                w.put_version(version)
+            adopted.append(version)
+            number += 1
+
+    def tree(self, tree: TreeId) -> tuple[Entry, ...]:
+        return self.catalog.tree(tree)
+
+    # ---- bands -------------------------------------------------------------------------
+
+    def upload_band(self, closed: bandfmt.ClosedBand, collection: str) -> BandInfo:
+        """Put a closed spool band and its sidecar on the store and register its blobs.
+
+        Blobs are registered before any version refers to them: a snapshot that
+        dies later leaves bands whose content the next run reuses (resume).
+        """
+        self.store.put_file(band_key(closed.band_id), closed.path, sha256=closed.sha256)
+        self.store.put(sidecar_key(closed.band_id), bandfmt.encode_sidecar(closed))
+        info = BandInfo(
+            band=BandId(closed.band_id),
+            state="standard",
+            size=closed.size,
+            sha256=closed.sha256,
+            uncompressed_size=closed.uncompressed_size,
+            frames=tuple((f.compressed_size, f.uncompressed_size) for f in closed.frames),
+            collection=collection,
+            blobs=len(closed.blobs),
+            created_ns=time.time_ns(),
+        )
+        with self.catalog.writer() as w:
+            w.put_band(info)
+            for loc in closed.blobs:
+                w.put_blob(BlobId(loc.sha256), BlobRef(info.band, loc.offset, loc.size))
+        return info
+
+    def commit_version(self, version: VersionInfo) -> None:
+        """Write the version record on the store: the commit point of a snapshot."""
+        try:
+            self.store.put(
+                version_key(version.collection, version.number),
+                json.dumps(version.to_json(), indent=1, sort_keys=True).encode(),
+                if_none_match=True,
+            )
+        except ObjectExists:
+            raise VaultError(
+                f"{version.collection}@v{version.number} already exists on the store: another "
+                "machine snapshotted this collection at the same time; run `vaultfs index rebuild`"
+            ) from None
+
+    def _reader(self, band: BandId) -> bandfmt.BandReader:
+        with self._readers_lock:
+            reader = self._readers.get(band)
+            if reader is not None:
+                return reader
+        info = self.catalog.band(band)
+        if info is None:
+            raise CorruptionError(f"band {band} is not in the local catalog: run `vaultfs check`")
+        frames = _frames_from_sizes(info.frames)
+        local = self.cache_dir / f"{band}.tar.zst"
+        if local.exists() and local.stat().st_size == info.size:
+            reader = bandfmt.BandReader(_FileRange(local).read, info.size, frames)
+        else:
+            key = band_key(band)
+            store = self.store
+            reader = bandfmt.BandReader(
+                lambda start, length: store.get_range(key, start, length), info.size, frames
+            )
+        with self._readers_lock:
+            self._readers[band] = reader
+        return reader
+
+    def read_blob(self, blob: BlobId) -> bytes:
+        """A blob's whole content, SHA-256 verified."""
+        ref = self._ref(blob)
+        return self._reader(ref.band).read_blob(bandfmt.BlobLocation(blob, ref.offset, ref.size))
+
+    def iter_blob(self, blob: BlobId) -> Iterator[bytes]:
+        """A blob's content in chunks (bounded memory); verified before the last chunk."""
+        ref = self._ref(blob)
+        return self._reader(ref.band).iter_blob(bandfmt.BlobLocation(blob, ref.offset, ref.size))
+
+    def _ref(self, blob: BlobId) -> BlobRef:
+        ref = self.catalog.blob(blob)
+        if ref is None:
+            raise CorruptionError(
+                f"blob {blob.hex()[:16]} is not in the local catalog: run `vaultfs check`"
+            )
+        return ref
+
+
+def _frames_from_sizes(sizes: tuple[tuple[int, int], ...]) -> tuple[bandfmt.Frame, ...]:
+    frames = []
+    coff = uoff = 0
+    for csize, usize in sizes:
+        frames.append(bandfmt.Frame(coff, csize, uoff, usize))
+        coff += csize
+        uoff += usize
+    return tuple(frames)
+
+
+class _FileRange:
+    """pread-based range reads of a local band file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def read(self, start: int, length: int) -> bytes:
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            return os.pread(fd, length, start)
+        finally:
+            os.close(fd)
+
+
+def _prepare_state_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for sub in ("spool", "cache"):
+            (path / sub).mkdir(exist_ok=True)
+    except OSError as e:
+        raise StoreSetupError(
+            f"cannot create the state directory {path}: {e.strerror}; "
+            "set [vault].state_dir to a writable directory"
+        ) from None
+
