@@ -125,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     fp.add_argument("--to", required=True, metavar="DIR", help="target directory")
     fp.add_argument("--json", action="store_true", help="print a JSON result for scripts")
     fp.set_defaults(func=cmd_restore_fetch)
+
+    # Command groups that live in their own modules (each owns its commands' code).
+    from vaultfs import cli_index, cli_mount, cli_retention
+
+    for group in (cli_mount, cli_index, cli_retention):
+        group.register(sub, add)
     return p
 
 
