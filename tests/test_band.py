@@ -419,6 +419,41 @@ def test_stream_rollback_leaves_a_valid_band(tmp_path: Path, case: str) -> None:
         raw[:band.frames[-1].compressed_offset]).hexdigest()
 
 
+@pytest.mark.parametrize("case", ["duplicate", "fewer", "new"])
+def test_stream_without_known_hash_rolls_back_duplicates(tmp_path: Path, case: str) -> None:
+    """One read serves dedup and packing: a blob the vault has is rolled back afterwards,
+    also while frames written before the member are still being compressed."""
+    small = [(b"s%02d" % i, os.urandom(20_000)) for i in range(30)]
+    big = os.urandom(100_000)
+    w = B.BandWriter(tmp_path / "b", "band-skip", frame_size=4096, threads=4)
+    for name, data in small:
+        w.add_blob(name, META, data, sha(data))
+    seen: list[bytes] = []
+
+    def known(digest: bytes) -> bool:
+        seen.append(digest)
+        return case == "duplicate"
+
+    chunks = chunks_of(big[:-1]) if case == "fewer" else chunks_of(big)
+    if case == "fewer":
+        with pytest.raises(B.ContentChanged):
+            w.add_blob_stream(b"big", META, len(big), chunks, skip_if=known)
+        assert seen == []
+    else:
+        loc = w.add_blob_stream(b"big", META, len(big), chunks, skip_if=known)
+        assert seen == [sha(big)]
+        assert (loc is None) == (case == "duplicate")
+    band = w.close({})
+    names = [n for n, _ in open_reader(tmp_path / "b").blobs()]
+    expected = [n.decode() for n, _ in small] + (["big"] if case == "new" else [])
+    assert names == expected
+    check_band_file(tmp_path / "b")
+    reader = open_reader(tmp_path / "b")
+    contents = [d for _, d in small] + ([big] if case == "new" else [])
+    assert [reader.read_blob(b) for b in band.blobs] == contents
+    untar(tmp_path / "b", tmp_path / "out")
+
+
 # --- compression levels -----------------------------------------------------------------
 
 

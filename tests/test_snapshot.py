@@ -157,3 +157,29 @@ def test_restore_subset_and_older_version(file_vault: VaultEnv, tmp_path: Path) 
     assert not (out / "2019").exists()
     missing = file_vault.run("restore", "fetch", "photos@v9", "--to", str(out), expect=1)
     assert "photos@v9 does not exist" in missing.stderr
+
+
+def test_large_files_dedup_and_moves(file_vault: VaultEnv, tmp_path: Path) -> None:
+    """Files above the in-memory limit are read once, and still deduplicated."""
+    src = file_vault.add_collection("media")
+    video = os.urandom(9 * 1024 * 1024 + 17)
+    write(src / "a" / "clip.mp4", video)
+    write(src / "b" / "same_clip.mp4", video)
+    file_vault.run("init")
+    first = file_vault.json("snapshot")["collections"][0]
+    assert first["stats"]["bytes_added"] == len(video)
+    # A reorganised library: the file moves, keeping its size and mtime.
+    (src / "c").mkdir()
+    os.rename(src / "a" / "clip.mp4", src / "c" / "moved.mp4")
+    second = file_vault.json("snapshot", expect=3)["collections"][0]  # cold: a.clip deleted
+    assert second["version"] == 2
+    assert second["stats"]["bytes_added"] == 0
+    assert second["deleted"] == ["a/clip.mp4"]
+    out = tmp_path / "out"
+    file_vault.run("restore", "fetch", "media", "--to", str(out))
+    assert diff_r(src, out) == []
+    stored = sum(
+        (tmp_path / "store" / k).stat().st_size
+        for k in file_vault.store_keys("bands/") if k.endswith(".tar.zst")
+    )
+    assert len(video) < stored < len(video) + 64 * 1024

@@ -12,8 +12,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -206,14 +208,39 @@ def test_put_file_multipart(backend: Backend, tmp_path: Path) -> None:
     assert backend.incomplete_uploads() == []
 
 
+@pytest.fixture
+def other_fs_dir() -> Iterator[Path]:
+    """A directory on another filesystem than tmp_path (tmpfs), so a local store must copy."""
+    path = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.mark.parametrize("size", [1000, 6 * MiB])
-def test_put_file_wrong_sha_publishes_nothing(backend: Backend, tmp_path: Path, size: int) -> None:
-    path, _ = _file(tmp_path, "f", size)
+def test_put_file_wrong_sha_publishes_nothing(
+    backend: Backend, other_fs_dir: Path, size: int
+) -> None:
+    # A file on another filesystem: a local store copies it and must verify the copy.
+    path, _ = _file(other_fs_dir, "f", size)
     with pytest.raises(CorruptionError, match="SHA-256"):
         backend.store.put_file("bands/f", path, sha256=hashlib.sha256(b"other").digest())
     with pytest.raises(ObjectNotFound):
         backend.store.head("bands/f")
     assert backend.incomplete_uploads() == []
+
+
+def test_local_put_file_links_on_the_same_filesystem(tmp_path: Path) -> None:
+    """Same filesystem: the object is a hard link to the spool file, nothing is copied."""
+    store = LocalStore(tmp_path / "store")
+    store.check_access()
+    path, sha = _file(tmp_path, "band", 3 * MiB)
+    progress = Progress()
+    store.put_file("bands/b.tar.zst", path, sha256=sha, progress=progress)
+    obj = tmp_path / "store" / "bands" / "b.tar.zst"
+    assert os.stat(obj).st_ino == os.stat(path).st_ino
+    assert progress.total == 3 * MiB
+    path.unlink()  # the snapshot removes its spool file after the upload
+    assert store.get("bands/b.tar.zst") == obj.read_bytes() and obj.stat().st_nlink == 1
 
 
 def test_get_to_file(backend: Backend, tmp_path: Path) -> None:

@@ -346,12 +346,18 @@ def frames_for_range(frames: Sequence[Frame], offset: int, length: int) -> Seque
 # --- writer ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Checkpoint:
+    """Where the band stood before a streamed member: ``frames`` frames precede it.
+
+    ``written`` and ``hasher`` are filled once the last of those frames is on disk
+    (frames still compressing when the member starts are not waited for).
+    """
+
     frames: int
-    written: int
     uncompressed: int
-    hasher: Any
+    written: int | None = None
+    hasher: Any = None
 
 
 class BandWriter:
@@ -370,8 +376,9 @@ class BandWriter:
         self.path, self.band_id, self.level, self.frame_size = path, band_id, level, frame_size
         self._file = open(path, "xb")  # noqa: SIM115 -- owned until close/abort
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="band-zstd")
-        self._max_in_flight = max(1, threads) + 1
+        self._max_in_flight = max(1, threads)
         self._pending: deque[tuple[Future[tuple[bytes, int]], int, int]] = deque()
+        self._checkpoint: _Checkpoint | None = None
         self._buf = bytearray()
         self._submitted = 0  # uncompressed bytes handed to the pool
         self._written = 0  # compressed bytes in the file
@@ -388,7 +395,9 @@ class BandWriter:
         """Tar bytes written so far."""
         return self._submitted + len(self._buf)
 
-    def add_blob(self, name: bytes, meta: MemberMeta, data: bytes, sha256: bytes) -> BlobLocation:
+    def add_blob(
+        self, name: bytes, meta: MemberMeta, data: bytes | memoryview, sha256: bytes
+    ) -> BlobLocation:
         """Append a member with `data`, whose SHA-256 the caller computed (not re-checked)."""
         self._check(name, sha256)
         self._append(member_header(name, meta, len(data)))
@@ -398,20 +407,26 @@ class BandWriter:
         return self._remember(name, loc)
 
     def add_blob_stream(self, name: bytes, meta: MemberMeta, size: int, chunks: Iterable[bytes],
-                        sha256: bytes) -> BlobLocation:
+                        sha256: bytes | None = None, *,
+                        skip_if: Callable[[bytes], bool] | None = None) -> BlobLocation | None:
         """Append a member whose content comes from `chunks`, starting on a fresh frame.
 
-        If the chunks do not yield exactly `size` bytes hashing to `sha256` (or raise), the
-        band is rolled back to before this member and ContentChanged (or the chunks' error)
-        is raised; the writer stays usable.
+        The writer hashes what it writes. If the chunks do not yield exactly `size` bytes
+        (or hash differently from a given `sha256`, or raise), the band is rolled back to
+        before this member and ContentChanged (or the chunks' error) is raised. With
+        `skip_if`, a member whose SHA-256 it accepts (a blob the vault already has) is
+        rolled back too and None is returned: one read of a large file serves both the
+        dedup decision and the band. The writer stays usable either way.
         """
-        self._check(name, sha256)
+        self._check(name, sha256 if sha256 is not None else bytes(32))
         self._flush()
-        self._drain()
-        cp = _Checkpoint(len(self._frames), self._written, self._submitted, self._hasher.copy())
+        cp = _Checkpoint(len(self._frames) + len(self._pending), self._submitted)
+        if not self._pending:
+            cp.written, cp.hasher = self._written, self._hasher.copy()
+        self._checkpoint = cp
         try:
             self._append(member_header(name, meta, size))
-            loc = BlobLocation(sha256, self.uncompressed_size, size)
+            offset = self.uncompressed_size
             h, n = hashlib.sha256(), 0
             for chunk in chunks:
                 n += len(chunk)
@@ -419,13 +434,19 @@ class BandWriter:
                     raise ContentChanged(f"{name!r}: more than {size} bytes")
                 h.update(chunk)
                 self._append(chunk)
-            if n != size or h.digest() != sha256:
+            digest = h.digest()
+            if n != size or (sha256 is not None and digest != sha256):
                 raise ContentChanged(f"{name!r}: size or SHA-256 changed while reading")
+            if skip_if is not None and skip_if(digest):
+                self._rollback(cp)
+                return None
             self._append(b"\0" * (-size % _BLOCK))
         except BaseException:
             self._rollback(cp)
             raise
-        return self._remember(name, loc)
+        finally:
+            self._checkpoint = None
+        return self._remember(name, BlobLocation(digest, offset, size))
 
     def close(self, extra: dict[str, Any]) -> ClosedBand:
         """Write catalog (with `extra` keys), end of archive and seek table; fsync; re-check."""
@@ -503,7 +524,7 @@ class BandWriter:
         self._names.append(name.decode("utf-8", "surrogateescape"))
         return loc
 
-    def _append(self, data: bytes | bytearray) -> None:
+    def _append(self, data: bytes | bytearray | memoryview) -> None:
         room = self.frame_size - len(self._buf)
         if len(data) < room:
             self._buf += data
@@ -536,12 +557,17 @@ class BandWriter:
         self._frames.append(Frame(self._written, len(data), uoff, usize))
         self._levels.append(level)
         self._written += len(data)
+        cp = self._checkpoint
+        if cp is not None and cp.written is None and len(self._frames) == cp.frames:
+            cp.written, cp.hasher = self._written, self._hasher.copy()
 
     def _drain(self) -> None:
         while self._pending:
             self._write_one()
 
     def _rollback(self, cp: _Checkpoint) -> None:
+        while len(self._frames) < cp.frames:  # frames before the member stay
+            self._write_one()
         for fut, _, _ in self._pending:
             fut.cancel()
         for fut, _, _ in self._pending:
@@ -549,6 +575,7 @@ class BandWriter:
                 fut.exception()  # wait; a worker error is moot, the frame is dropped
         self._pending.clear()
         self._buf = bytearray()
+        assert cp.written is not None
         self._file.truncate(cp.written)
         self._file.seek(cp.written)
         del self._frames[cp.frames:], self._levels[cp.frames:]

@@ -200,18 +200,22 @@ def same_file_state(a: os.stat_result, b: os.stat_result) -> bool:
     )
 
 
-def read_small(fd: int, before: os.stat_result) -> tuple[bytes, BlobId]:
-    """Read a whole (small) file; ChangedWhileReading if it moved meanwhile."""
-    chunks = []
-    remaining = before.st_size + 1  # one byte more: notice growth
-    while remaining > 0:
-        chunk = os.read(fd, min(remaining, 16 * READ_CHUNK))
-        if not chunk:
+def read_small(fd: int, before: os.stat_result) -> tuple[memoryview, BlobId]:
+    """Read a whole (small) file into one buffer; ChangedWhileReading if it moved meanwhile.
+
+    The buffer is one byte larger than the file, to notice growth, and is read
+    into directly (no list of chunks joined into a second copy).
+    """
+    buf = bytearray(before.st_size + 1)
+    view = memoryview(buf)
+    n = 0
+    while n < len(buf):
+        got = os.readv(fd, [view[n:]])
+        if got == 0:
             break
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    data = b"".join(chunks)
-    if len(data) != before.st_size or not same_file_state(before, os.fstat(fd)):
+        n += got
+    data = view[:n]
+    if n != before.st_size or not same_file_state(before, os.fstat(fd)):
         raise ChangedWhileReading
     return data, BlobId(hashlib.sha256(data).digest())
 
