@@ -95,7 +95,7 @@ def test_dedup_across_places_and_collections(file_vault: VaultEnv, tmp_path: Pat
 
 def test_bands_close_near_band_size(vault_env: VaultEnv, tmp_path: Path) -> None:
     vault_env.band_size = "1MiB"
-    src = vault_env.add_collection("media")
+    src = vault_env.add_collection("media", tier="warm")  # warm: bands stay readable on S3
     for i in range(10):
         write(src / f"clip{i:02}.bin", os.urandom(300_000))
     write(src / "big.bin", os.urandom(3 * 1024 * 1024))

@@ -718,3 +718,24 @@ def test_s3_transient_answers_on_the_wire(s3_bucket: S3Bucket) -> None:
     sleeps: list[float] = []
     assert RetryingStore(inner, sleep=sleeps.append).get("k") == b"v"
     assert len(sleeps) == 2
+
+
+@pytest.mark.parametrize("size", [1000, 12 * MiB])
+def test_s3_upload_is_verified_by_its_stored_checksum(
+    s3_bucket: S3Bucket, tmp_path: Path, size: int
+) -> None:
+    """After an upload the object's SHA-256 checksum (composite for multipart) is compared;
+    a server reporting another one is caught (moto never lies, so its answer is altered)."""
+    from vaultfs.store.s3 import S3Store
+
+    store = S3Store(s3_bucket.name, PREFIX, s3_settings(s3_bucket.endpoint_url), max_attempts=1)
+    path, sha = _file(tmp_path, "band", size)
+    store.put_file("bands/good.tar.zst", path, sha256=sha)  # the true checksum passes
+
+    def lie(parsed: dict[str, Any], **_: object) -> None:
+        if "ChecksumSHA256" in parsed:
+            parsed["ChecksumSHA256"] = base64.b64encode(b"x" * 32).decode()
+
+    store._client.meta.events.register("after-call.s3.HeadObject", lie)
+    with pytest.raises(CorruptionError, match="stored SHA-256 checksum"):
+        store.put_file("bands/bad.tar.zst", path, sha256=sha)

@@ -1,1 +1,362 @@
-"""Placeholder: being written (see the issue tracker)."""
+"""``vaultfs check``: consistency and integrity of the vault; also the tests' oracle.
+
+Three levels, each adding to the one before:
+
+* default — the local catalog against itself (`index.verify_catalog`: every
+  record parses, trees hash to their ids, every version's trees, blobs and
+  bands resolve) and against the store: every band the catalog knows exists
+  with its size, its sidecar verifies and agrees (size, SHA-256, frames,
+  blobs); every version record matches; no committed version is missing
+  locally; the consolidated index verifies and holds every version and band.
+* ``read_data`` — every readable band is read whole: its SHA-256, every zstd
+  frame checksum, every member re-hashed against the catalog and the blob map.
+  Archived bands that cannot be read now are listed with what it takes to read
+  them (never skipped silently).
+* ``source`` — the files of a collection are re-hashed against its latest
+  version: same size and mtime but different bytes is *bit rot suspected*;
+  anything else that differs is an ordinary change.
+
+Every problem says what it affects (versions, rungs of the rebuild ladder) and
+what to do. Read-only: takes no lock and writes nothing but temporary files in
+the spool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vaultfs import band as bandfmt
+from vaultfs import index
+from vaultfs.config import CollectionConfig
+from vaultfs.errors import CorruptionError, VaultError
+from vaultfs.model import (
+    BandId,
+    BandInfo,
+    BlobId,
+    BlobRef,
+    Entry,
+    TreeId,
+    VersionInfo,
+    band_key,
+    sidecar_key,
+    version_key,
+)
+from vaultfs.store import ObjectArchived, ObjectNotFound, StoreError
+from vaultfs.vault import Vault
+
+
+@dataclass(slots=True)
+class Finding:
+    what: str
+    affects: list[str] = field(default_factory=list)
+    advice: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"what": self.what, "affects": self.affects, "advice": self.advice}
+
+
+@dataclass(slots=True)
+class SourceReport:
+    collection: str
+    version: int | None = None
+    files: int = 0
+    hashed: int = 0
+    bitrot: list[str] = field(default_factory=list)  # same size and mtime, other bytes
+    modified: list[str] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"collection": self.collection, "version": self.version, "files": self.files,
+                "hashed": self.hashed, "bitrot_suspected": self.bitrot,
+                "modified": self.modified, "added": self.added, "deleted": self.deleted,
+                "unreadable": self.unreadable}
+
+
+@dataclass(slots=True)
+class CheckReport:
+    problems: list[Finding] = field(default_factory=list)
+    not_read: list[dict[str, Any]] = field(default_factory=list)  # archived bands
+    checked: dict[str, int] = field(default_factory=dict)
+    source: SourceReport | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "problems": [p.to_json() for p in self.problems],
+                "not_read": self.not_read, "checked": self.checked,
+                "source": self.source.to_json() if self.source else None}
+
+
+REBUILD = "run `vaultfs index rebuild`"
+
+
+class Checker:
+    """One run of ``vaultfs check`` over an opened vault."""
+
+    def __init__(self, vault: Vault) -> None:
+        self.vault = vault
+        self.report = CheckReport()
+        self.band_versions: dict[BandId, list[str]] = {}
+
+    def problem(self, what: str, affects: list[str] | None = None, advice: str = "") -> None:
+        self.report.problems.append(Finding(what, affects or [], advice))
+
+    def affects(self, band: BandId) -> list[str]:
+        return self.band_versions.get(band, [])
+
+    def run(self, *, read_data: bool = False, source: CollectionConfig | None = None
+            ) -> CheckReport:
+        catalog, store = self.vault.catalog, self.vault.store
+        try:
+            walk = index.verify_catalog(catalog)
+        except CorruptionError as e:
+            self.problem(e.message, ["every version"], REBUILD)
+            return self.report
+        for p in walk.problems:
+            self.problem(p, advice=REBUILD)
+        for (c, n), used in walk.version_bands.items():
+            for b in used:
+                self.band_versions.setdefault(b, []).append(f"{c}@v{n}")
+        bands = {b.band: b for b in catalog.bands()}
+        by_band: dict[BandId, list[tuple[BlobId, BlobRef]]] = {}
+        for blob, ref in catalog.iter_blobs():
+            by_band.setdefault(ref.band, []).append((blob, ref))
+        listing = index.StoreListing.read(store)
+        self._bands(bands, by_band, listing)
+        self._versions(walk.versions, listing)
+        self._index(walk.versions, bands, listing)
+        self.report.checked.update(versions=len(walk.versions), trees=walk.trees,
+                                   file_blobs=walk.blobs, bands=len(bands))
+        if read_data:
+            self._read_data(bands, by_band, listing)
+        if source is not None:
+            self._source(source)
+        return self.report
+
+    # ---- the catalog against the store -------------------------------------------------
+
+    def _bands(self, bands: dict[BandId, BandInfo],
+               by_band: dict[BandId, list[tuple[BlobId, BlobRef]]],
+               listing: index.StoreListing) -> None:
+        for band, info in sorted(bands.items()):
+            obj = listing.bands.get(band)
+            if obj is None:
+                self.problem(f"band {band_key(band)} is missing from the store",
+                             self.affects(band), "the files only it holds are lost unless their "
+                             "sources still exist: snapshot them again")
+            elif obj.size != info.size:
+                self.problem(f"band {band_key(band)} is {obj.size} bytes on the store, "
+                             f"the catalog says {info.size}", self.affects(band),
+                             "run `vaultfs check --read-data` to see which files are damaged")
+            where = f"sidecar {sidecar_key(band)}"
+            try:
+                doc = bandfmt.decode_sidecar(store_get(self.vault, sidecar_key(band)))
+            except ObjectNotFound:
+                self.problem(f"{where} is missing", [f"rung 3 of the rebuild ladder for {band}"],
+                             f"{REBUILD} (it rewrites the sidecar from the band's own catalog)")
+                continue
+            except CorruptionError as e:
+                self.problem(f"{where} is damaged: {e.message}",
+                             [f"rung 3 of the rebuild ladder for {band}"],
+                             f"{REBUILD} (it rewrites the sidecar from the band's own catalog)")
+                continue
+            frames = tuple((f.compressed_size, f.uncompressed_size)
+                           for f in bandfmt.sidecar_frames(doc))
+            listed = {(bytes.fromhex(b["sha256"]), int(b["offset"]), int(b["size"]))
+                      for b in doc.get("blobs", [])}
+            registered = {(bytes(blob), ref.offset, ref.size) for blob, ref in by_band.get(band, [])}
+            if (doc.get("band_size") != info.size or frames != info.frames
+                    or (info.sha256 and doc.get("band_sha256") != info.sha256.hex())
+                    or not registered <= listed):
+                self.problem(f"{where} disagrees with the local catalog (size, SHA-256, frames "
+                             "or blobs)", [f"band {band}", *self.affects(band)],
+                             "run `vaultfs check --read-data` to find which one is wrong")
+
+    def _versions(self, versions: dict[tuple[str, int], VersionInfo],
+                  listing: index.StoreListing) -> None:
+        for (c, n), v in sorted(versions.items()):
+            key = version_key(c, n)
+            if (c, n) not in listing.records:
+                self.problem(f"version record {key} is missing from the store", [f"{c}@v{n}"],
+                             f"{REBUILD} (it rewrites the record)")
+                continue
+            try:
+                record = VersionInfo.from_json(json.loads(store_get(self.vault, key)))
+                same = _committed(record) == _committed(v)
+            except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+                same = False
+            if not same:
+                self.problem(f"version record {key} is damaged (it differs from the local "
+                             "catalog)", [f"{c}@v{n}", "rung 3 of the rebuild ladder"],
+                             f"{REBUILD} (it rewrites the record)")
+        for c, n in sorted(listing.committed() - set(versions)):
+            self.problem(f"{c}@v{n} is committed on the store but missing from the local "
+                         "catalog", [f"{c}@v{n}"], REBUILD)
+
+    def _index(self, versions: dict[tuple[str, int], VersionInfo], bands: dict[BandId, BandInfo],
+               listing: index.StoreListing) -> None:
+        vault_id = self.vault.catalog.meta("vault_id") or ""
+        loaded = index.load_index(self.vault.store, vault_id, listing.forgotten)
+        self.report.checked["index_objects"] = len(loaded.objects)
+        for p in loaded.problems + loaded.skipped:
+            self.problem(f"consolidated index: {p}", ["rung 2 of the rebuild ladder"],
+                         f"{REBUILD} (it writes a new full index object)")
+        lacking = sorted(set(versions) - set(loaded.content.versions))
+        lacking_bands = sorted(set(bands) - set(loaded.content.bands))
+        if lacking or lacking_bands:
+            self.problem(
+                f"the consolidated index lacks {len(lacking)} version(s) and "
+                f"{len(lacking_bands)} band(s) of the local catalog",
+                [*[f"{c}@v{n}" for c, n in lacking][:20], "rung 2 of the rebuild ladder"],
+                "the next snapshot adds them, or run `vaultfs index rebuild`")
+
+    # ---- reading the data --------------------------------------------------------------
+
+    def _read_data(self, bands: dict[BandId, BandInfo],
+                   by_band: dict[BandId, list[tuple[BlobId, BlobRef]]],
+                   listing: index.StoreListing) -> None:
+        read = 0
+        cfg = self.vault.config.s3
+        for band, info in sorted(bands.items()):
+            obj = listing.bands.get(band)
+            if obj is None:
+                continue  # reported above
+            cached = self.vault.cache_dir / f"{band}.tar.zst"
+            if cached.exists():
+                self._verify_file(band, info, cached, by_band, "local cache copy")
+            if not index.readable(self.vault.store, obj):
+                state = self.vault.store.head(obj.key)
+                self.report.not_read.append({
+                    "band": band, "size": obj.size, "storage_class": obj.storage_class,
+                    "restore": state.restore,
+                    "versions": self.affects(band),
+                    "plan": (f"restore {band_key(band)} ({obj.size} bytes, "
+                             f"{obj.storage_class}) with tier {cfg.restore_tier} for "
+                             f"{cfg.restore_days} days (`vaultfs restore start`), then run "
+                             "`vaultfs check --read-data` again"),
+                })
+                continue
+            path = self.vault.spool_dir / f"{band}.check"
+            try:
+                self.vault.store.get_to_file(band_key(band), path)
+                self._verify_file(band, info, path, by_band, "band")
+                read += 1
+            except (ObjectNotFound, ObjectArchived, StoreError) as e:
+                self.problem(f"band {band}: cannot be read: {e.message}", self.affects(band))
+            finally:
+                path.unlink(missing_ok=True)
+        self.report.checked["bands_read"] = read
+
+    def _verify_file(self, band: BandId, info: BandInfo, path: Path,
+                     by_band: dict[BandId, list[tuple[BlobId, BlobRef]]], what: str) -> None:
+        try:
+            scanned = index.scan_band_file(path, band)
+        except CorruptionError as e:
+            self.problem(f"{what} {band} is damaged: {e.message}", self.affects(band),
+                         "no damaged byte is ever served (reads fail with an error); snapshot "
+                         "the affected files again from their sources if they still exist")
+            return
+        if info.sha256 and scanned.sha256 != info.sha256:
+            self.problem(f"{what} {band}: SHA-256 {scanned.sha256.hex()[:16]} differs from the "
+                         f"catalog's {info.sha256.hex()[:16]}", self.affects(band))
+        have = set(scanned.blobs)
+        lost = [blob for blob, ref in by_band.get(band, [])
+                if (bytes(blob), ref.offset, ref.size) not in have]
+        if lost:
+            self.problem(f"{what} {band}: {len(lost)} blob(s) of the catalog are not in it "
+                         "with the right SHA-256", self.affects(band))
+
+    # ---- the source ----------------------------------------------------------------------
+
+    def _source(self, collection: CollectionConfig) -> None:
+        sr = SourceReport(collection.name)
+        self.report.source = sr
+        latest = self.vault.catalog.latest_version(collection.name)
+        if latest is None:
+            raise VaultError(f"collection {collection.name!r} has no versions yet: "
+                             "nothing to compare with")
+        sr.version = latest.number
+        known: dict[bytes, Entry] = {}
+        self._files(latest.root, b"", known)
+        root = os.fsencode(collection.path)
+        seen: set[bytes] = set()
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            for name in sorted(filenames):
+                full = os.path.join(dirpath, name)
+                rel = os.path.relpath(full, root)
+                try:
+                    st = os.lstat(full)
+                except OSError:
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                sr.files += 1
+                seen.add(rel)
+                entry = known.get(rel)
+                shown = rel.decode("utf-8", "surrogateescape")
+                if entry is None:
+                    sr.added.append(shown)
+                elif entry.size != st.st_size or entry.mtime_ns != st.st_mtime_ns:
+                    sr.modified.append(shown)
+                else:
+                    try:
+                        digest = _sha256_file(full)
+                    except OSError:
+                        sr.unreadable.append(shown)
+                        continue
+                    sr.hashed += 1
+                    if entry.blob is not None and digest != entry.blob:
+                        sr.bitrot.append(shown)
+        sr.deleted = sorted(p.decode("utf-8", "surrogateescape") for p in set(known) - seen)
+        for path in sr.bitrot:
+            self.problem(f"bit rot suspected: {collection.name}/{path} has the size and mtime of "
+                         f"v{latest.number} but different bytes",
+                         [f"{collection.name}@v{latest.number}"],
+                         "do not snapshot it over the good copy: compare with `vaultfs restore "
+                         "fetch`, check the disk (SMART, filesystem scrub), restore the file")
+        for path in sr.unreadable:
+            self.problem(f"{collection.name}/{path} cannot be read", [],
+                         "check the disk and the file's permissions")
+
+    def _files(self, tid: TreeId, prefix: bytes, out: dict[bytes, Entry]) -> None:
+        for e in self.vault.tree(tid):
+            rel = prefix + e.name
+            if e.kind == "dir" and e.tree is not None:
+                self._files(e.tree, rel + b"/", out)
+            elif e.kind == "file":
+                out[rel] = e
+
+
+def _sha256_file(path: bytes) -> bytes:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.digest()
+
+
+def _committed(v: VersionInfo) -> dict[str, Any]:
+    d = v.to_json()
+    d["verified_ns"] = []
+    return d
+
+
+def store_get(vault: Vault, key: str) -> bytes:
+    return vault.store.get(key)
+
+
+def check(vault: Vault, *, read_data: bool = False,
+          source: CollectionConfig | None = None) -> CheckReport:
+    """Run the checks (see the module docstring) and return what they found."""
+    return Checker(vault).run(read_data=read_data, source=source)

@@ -9,11 +9,9 @@ with their code; anything else is a bug and shows a traceback with --debug
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from typing import Any
 from vaultfs import __version__
 from vaultfs.config import Config, load_config
 from vaultfs.errors import EXIT_ERROR, EXIT_OK, EXIT_WARNINGS, ConfigError, VaultError
+from vaultfs.output import emit_json, format_delta, human_bytes, iso_utc
 
 LIST_LIMIT = 20  # paths listed per kind of warning before "… and N more"
 
@@ -105,31 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("collection", metavar="COLLECTION")
     sp.set_defaults(func=cmd_versions)
 
-    rp = sub.add_parser(
-        "restore", help="get files back from a version",
-        description="Restore files of a version. `restore fetch` writes them to a directory.",
-    )
-    rsub = rp.add_subparsers(dest="restore_command", metavar="ACTION")
-    rsub.required = True
-    fp = rsub.add_parser(
-        "fetch", help="write files of a version into a directory",
-        description=(
-            "Write COLLECTION[@vN] (default: the latest version), or only the given PATHs\n"
-            "inside it, under DIR with their metadata. Every file is checked against its\n"
-            "SHA-256; nothing is ever written outside DIR."
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    fp.add_argument("what", metavar="COLLECTION[@vN]")
-    fp.add_argument("paths", nargs="*", metavar="PATH", help="paths inside the collection")
-    fp.add_argument("--to", required=True, metavar="DIR", help="target directory")
-    fp.add_argument("--json", action="store_true", help="print a JSON result for scripts")
-    fp.set_defaults(func=cmd_restore_fetch)
-
     # Command groups that live in their own modules (each owns its commands' code).
-    from vaultfs import cli_index, cli_mount, cli_retention
+    from vaultfs import cli_index, cli_mount, cli_restore, cli_retention
 
-    for group in (cli_mount, cli_index, cli_retention):
+    for group in (cli_restore, cli_mount, cli_index, cli_retention):
         group.register(sub, add)
     return p
 
@@ -152,10 +130,13 @@ def cmd_init(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_snapshot(args: argparse.Namespace, config: Config) -> int:
+    from vaultfs import cli_retention
+    from vaultfs.malloc import tune_for_large_buffers
     from vaultfs.progress import TerminalProgress
     from vaultfs.snapshot import Snapshot
     from vaultfs.vault import Vault
 
+    tune_for_large_buffers()
     names = args.collections or [c.name for c in config.collections]
     if not names:
         raise ConfigError("no collections configured: add a [collections.NAME] table")
@@ -168,6 +149,7 @@ def cmd_snapshot(args: argparse.Namespace, config: Config) -> int:
             for coll in selected:
                 with TerminalProgress(coll.name, enabled=None if not args.quiet else False) as prog:
                     result = Snapshot(vault, coll, prog).run()
+                cli_retention.after_snapshot(vault, coll, quiet=args.quiet or args.json)
                 results.append(result)
                 if result.problems or result.cold_changes:
                     code = EXIT_WARNINGS
@@ -224,6 +206,7 @@ def snapshot_json(r: Any) -> dict[str, Any]:
         "bytes_read": r.bytes_read,
         "bands": r.bands,
         "bytes_stored": r.bytes_stored,
+        "archived": r.archived,
         "seconds": round(r.seconds, 3),
         "stats": r.latest.stats.to_json() if r.latest else None,
         "skipped": [{"path": to_text(p.path), "reason": p.reason} for p in r.problems],
@@ -288,86 +271,6 @@ def cmd_versions(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
-def cmd_restore_fetch(args: argparse.Namespace, config: Config) -> int:
-    from vaultfs.progress import TerminalProgress
-    from vaultfs.restore import fetch
-    from vaultfs.vault import Vault
-
-    collection, number = parse_target(args.what)
-    config.collection(collection)
-    vault = Vault.open(config, readonly=True)
-    try:
-        with TerminalProgress(f"restore {args.what}", enabled=None if not args.quiet else False) as prog:
-            result = fetch(vault, collection, number, args.paths, Path(args.to), prog)
-    finally:
-        vault.close()
-    for p in result.problems:
-        print(f"warning: {p.display()}", file=sys.stderr)
-    code = EXIT_WARNINGS if result.problems else EXIT_OK
-    if args.json:
-        from vaultfs.model import to_text
-
-        emit_json({
-            "collection": collection, "version": result.version.number, "to": args.to,
-            "files": result.files, "bytes": result.bytes, "dirs": result.dirs,
-            "others": result.others,
-            "problems": [{"path": to_text(p.path), "reason": p.reason} for p in result.problems],
-            "exit_code": code,
-        })
-    elif not args.quiet:
-        print(
-            f"restored {collection}@v{result.version.number}: {result.files} files "
-            f"({human_bytes(result.bytes)}), {result.dirs} directories, {result.others} other "
-            f"entries into {args.to}; every file's SHA-256 verified"
-        )
-    return code
-
-
-# ---- helpers for output ------------------------------------------------------------------
-
-
-def parse_target(text: str) -> tuple[str, int | None]:
-    if "@" not in text:
-        return text, None
-    name, _, ver = text.partition("@")
-    ver = ver.removeprefix("v")
-    if not ver.isdigit():
-        raise ConfigError(f"{text!r}: expected COLLECTION or COLLECTION@vN, e.g. photos@v3")
-    return name, int(ver)
-
-
-def iso_utc(ns: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ns / 1e9))
-
-
-def format_delta(seconds: float | None) -> str:
-    """``+3d 4h``: the two largest units of a duration."""
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    parts: list[str] = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if s >= size or (unit == "s" and not parts):
-            parts.append(f"{s // size}{unit}")
-            s %= size
-        if len(parts) == 2:
-            break
-    return "+" + " ".join(parts)
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover
-
-
-def emit_json(doc: dict[str, Any]) -> None:
-    json.dump(doc, sys.stdout, indent=2, sort_keys=True)
-    sys.stdout.write("\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -380,6 +283,10 @@ def main(argv: list[str] | None = None) -> int:
         from vaultfs import testpoints
 
         testpoints.configure(os.environ["VAULTFS_TESTPOINTS"])
+    if os.environ.get("VAULTFS_TEST_FAULTS"):  # issue 5: store fault injection for tests
+        from vaultfs.store import enable_test_faults
+
+        enable_test_faults(os.environ["VAULTFS_TEST_FAULTS"])
     try:
         config = load_config(find_config(args.config))
         return func(args, config)

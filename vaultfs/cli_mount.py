@@ -1,12 +1,78 @@
-"""Subcommands registered by `vaultfs.cli` (placeholder: being written)."""
+"""The ``mount`` and ``umount`` subcommands (registered by `vaultfs.cli`).
+
+`vaultfs.mount` (pyfuse3, trio) is imported inside the commands, so every other
+command works on a machine without libfuse. This module reads the one test-only
+environment variable of the mount, ``VAULTFS_MOUNT_FAULT`` (docs/mount.md).
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 from collections.abc import Callable
+from pathlib import Path
+
+from vaultfs.config import Config
 
 AddCommand = Callable[[str, str, str], argparse.ArgumentParser]
+FAULT_ENV = "VAULTFS_MOUNT_FAULT"  # test hook: reading a file of this name fails unexpectedly
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddCommand) -> None:
     """Add this module's subcommands; `add(name, help, description)` makes a parser with --json."""
+    sp = add(
+        "mount", "mount every collection and version read-only",
+        "Mount the vault read-only at MOUNTPOINT: /<collection>/v<N>/ for every version,\n"
+        "/<collection>/latest -> the newest, /.vaultfs/status. Browsing is answered from the\n"
+        "local catalog; file content is read from the bands and verified (a corrupt band\n"
+        "gives EIO, never wrong bytes). New versions appear without remounting.\n\n"
+        "Runs in the background and returns once the mount is up (logging to\n"
+        "<state_dir>/mount.log, or --log FILE); --foreground stays attached and logs to\n"
+        "stderr. Stop it with `vaultfs umount MOUNTPOINT`. See docs/mount.md.",
+    )
+    sp.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path)
+    sp.add_argument("--foreground", action="store_true", help="stay attached, log to stderr")
+    sp.add_argument("--allow-other", action="store_true",
+                    help="let other users (and Samba) browse; permissions are still enforced")
+    sp.add_argument("--log", metavar="FILE", type=Path, help="log file in the background")
+    sp.set_defaults(func=cmd_mount)
+
+    sp = add(
+        "umount", "unmount a vaultfs mount",
+        "Unmount MOUNTPOINT (fusermount3 -u). Also clears a mount whose process died\n"
+        "(\"Transport endpoint is not connected\"). A busy mount is left alone, with the\n"
+        "command that lists the programs using it.",
+    )
+    sp.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path)
+    sp.set_defaults(func=cmd_umount)
+
+
+def cmd_mount(args: argparse.Namespace, config: Config) -> int:
+    from vaultfs.mount import MountOptions, mount
+    from vaultfs.vault import Vault
+
+    fault = os.environ.get(FAULT_ENV)
+    opts = MountOptions(
+        allow_other=args.allow_other, foreground=args.foreground, debug=args.debug,
+        log_file=args.log.absolute() if args.log else None,
+        fault_name=os.fsencode(fault) if fault else None,
+    )
+    if args.foreground:
+        logging.getLogger("vaultfs.mount").setLevel(logging.DEBUG if args.debug else logging.INFO)
+    Vault.open(config, readonly=True).close()  # a clear error now, before forking
+    # Writable: the mount records restore requests, their progress and the band cache.
+    code = mount(lambda: Vault.open(config), args.mountpoint.absolute(), opts,
+                 default_log=config.state_dir / "mount.log")
+    if not args.foreground and not args.quiet:
+        print(f"mounted {config.store} at {args.mountpoint}")
+    return code
+
+
+def cmd_umount(args: argparse.Namespace, config: Config) -> int:
+    from vaultfs.mount import unmount
+
+    message = unmount(args.mountpoint.absolute())
+    if not args.quiet:
+        print(message)
+    return 0

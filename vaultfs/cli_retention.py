@@ -1,12 +1,247 @@
-"""Subcommands registered by `vaultfs.cli` (placeholder: being written)."""
+"""``vaultfs forget`` and ``vaultfs prune``: the command line of `vaultfs.retention`.
+
+Also `after_snapshot`, which ``vaultfs snapshot`` calls for each collection it
+snapshotted (holding the vault lock) to apply ``keep_versions``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from vaultfs.config import CollectionConfig, Config
+from vaultfs.errors import EXIT_OK
+
+if TYPE_CHECKING:  # imported lazily: every command pays for cli's imports
+    from vaultfs import retention
+    from vaultfs.vault import Vault
 
 AddCommand = Callable[[str, str, str], argparse.ArgumentParser]
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddCommand) -> None:
     """Add this module's subcommands; `add(name, help, description)` makes a parser with --json."""
+    sp = add(
+        "forget", "keep only the newest versions of collections",
+        "Keep the newest N versions of each named collection (default: every collection\n"
+        "with keep_versions in the config); forget the older ones. N is --keep, else the\n"
+        "collection's keep_versions. Forgetting is written down on the store\n"
+        "(forgotten/<collection>/<n>.json) so no index rebuild brings a version back.\n"
+        "Forgotten versions are no longer listed, mounted or restorable; their data stays\n"
+        "until `vaultfs prune` deletes what no kept version needs.",
+    )
+    sp.add_argument("collections", nargs="*", metavar="COLLECTION")
+    sp.add_argument("--keep", type=int, metavar="N", help="versions to keep (overrides keep_versions)")
+    sp.add_argument("--dry-run", action="store_true", help="show what would be forgotten; change nothing")
+    sp.set_defaults(func=cmd_forget)
+
+    sp = add(
+        "prune", "delete bands that no kept version needs",
+        "Delete the bands (and their sidecar catalogs and index entries) that hold nothing a\n"
+        "kept version needs, and the version records of forgotten versions. A band is deleted\n"
+        "only once its storage class's minimum duration has passed (DEEP_ARCHIVE 180 days,\n"
+        "GLACIER and GLACIER_IR 90, STANDARD_IA and ONEZONE_IA 30), unless\n"
+        "--allow-early-delete, which pays the early-deletion charge shown. Bands partly in use\n"
+        "are kept (rewriting an archived band would need a restore); the report shows how much\n"
+        "of each is garbage. Always prints the bytes freed and the charges; --dry-run first.",
+    )
+    sp.add_argument("--dry-run", action="store_true", help="show what would be deleted; change nothing")
+    sp.add_argument(
+        "--allow-early-delete", action="store_true",
+        help="also delete unused bands younger than their storage class's minimum duration",
+    )
+    sp.set_defaults(func=cmd_prune)
+
+
+# ---- forget ------------------------------------------------------------------------------
+
+
+def cmd_forget(args: argparse.Namespace, config: Config) -> int:
+    from vaultfs import retention
+    from vaultfs.vault import Vault
+
+    configured = {c.name: c.keep_versions for c in config.collections}
+    keeps, skipped = retention.keep_for(args.collections, configured, args.keep)
+    vault = Vault.open(config, readonly=args.dry_run)
+    try:
+        if args.dry_run:
+            results = retention.forget(vault, keeps, dry_run=True)
+        else:
+            with vault.lock():
+                results = retention.forget(vault, keeps)
+    finally:
+        vault.close()
+    if args.json:
+        _emit_json({
+            "dry_run": args.dry_run,
+            "collections": [r.to_json() for r in results],
+            "skipped": skipped,
+        })
+        return EXIT_OK
+    if not args.quiet:
+        for r in results:
+            print(describe_forget(r))
+        for name in skipped:
+            print(f"{name}: no keep_versions configured: nothing forgotten (--keep N to choose)")
+        if any(r.forgotten for r in results) and not args.dry_run:
+            print("run `vaultfs prune` to delete the data only forgotten versions used")
+    return EXIT_OK
+
+
+def describe_forget(r: retention.ForgetResult) -> str:
+    kept = _numbers(r.kept) or "none"
+    if not r.forgotten:
+        return f"{r.collection}: {len(r.kept)} version(s), keeping {r.keep}: nothing to forget"
+    verb = "would forget" if r.dry_run else "forgot"
+    return (
+        f"{r.collection}: {verb} {len(r.forgotten)} version(s) {_numbers(r.forgotten)}; "
+        f"keeping {len(r.kept)} ({kept})"
+    )
+
+
+def after_snapshot(
+    vault: Vault, collection: CollectionConfig, *, quiet: bool
+) -> retention.ForgetResult | None:
+    """Apply ``keep_versions`` to a collection just snapshotted; None when it has none.
+
+    The caller holds the vault lock. Prints one line when versions were forgotten
+    (unless ``quiet``); pruning stays a separate, explicit step.
+    """
+    if collection.keep_versions is None:
+        return None
+    from vaultfs import retention
+
+    result = retention.forget(vault, {collection.name: collection.keep_versions})[0]
+    if result.forgotten and not quiet:
+        print(describe_forget(result) + " (keep_versions)")
+    return result
+
+
+# ---- prune -------------------------------------------------------------------------------
+
+
+def cmd_prune(args: argparse.Namespace, config: Config) -> int:
+    from vaultfs import retention
+    from vaultfs.vault import Vault
+
+    names = [c.name for c in config.collections]
+    vault = Vault.open(config, readonly=args.dry_run)
+    try:
+        if args.dry_run:
+            result = retention.prune(
+                vault, dry_run=True, allow_early_delete=args.allow_early_delete,
+                now=time.time_ns, collections=names,
+            )
+        else:
+            with vault.lock():
+                result = retention.prune(
+                    vault, allow_early_delete=args.allow_early_delete, now=time.time_ns,
+                    collections=names,
+                )
+    finally:
+        vault.close()
+    if args.json:
+        _emit_json(result.to_json())
+    elif not args.quiet:
+        for line in describe_prune(result):
+            print(line)
+    for b in result.of("keep-unreadable"):
+        print(
+            f"warning: band {b.band} looks unused but its sidecar catalog cannot be read: "
+            "kept; run `vaultfs check`", file=sys.stderr,
+        )
+    return EXIT_OK
+
+
+def describe_prune(r: retention.PruneResult) -> list[str]:
+    """The human report: always the bytes freed and the charges, then what was kept and why."""
+    from vaultfs import retention
+
+    would = "would " if r.dry_run else ""
+    out: list[str] = []
+    if r.unadopted_versions:
+        out.append(
+            f"note: {r.unadopted_versions} version(s) are committed on the store but not yet in "
+            "the local catalog; the real prune adopts them first, which may keep more"
+        )
+    deleted = r.deleted
+    out.append(
+        f"{would}delete {len(deleted)} band(s): {would}free {_bytes(r.bytes_freed)} "
+        f"({r.bytes_freed} bytes), saving ${r.monthly_saving_usd:.4f}/month"
+    )
+    for b in deleted:
+        early = (
+            f", early-deletion charge ${b.early_charge_usd:.4f} "
+            f"({b.min_days - b.age_days:.0f} of {b.min_days} days left)"
+            if b.action == "delete-early" else ""
+        )
+        gone = "" if b.exists else " (object already gone)"
+        out.append(
+            f"  {b.band}  {b.storage_class}  {_bytes(b.size)}  age {b.age_days:.1f}d{early}{gone}"
+        )
+    out.append(f"early-deletion charge: ${r.early_charge_usd:.4f}")
+    young = r.of("keep-young")
+    if young:
+        out.append(
+            f"kept {len(young)} unused band(s) younger than their storage class's minimum "
+            f"duration; deleting them now (--allow-early-delete) would be charged "
+            f"${r.young_charge_usd:.4f}:"
+        )
+        for b in young:
+            out.append(
+                f"  {b.band}  {b.storage_class}  {_bytes(b.size)}  age {b.age_days:.1f}d of "
+                f"{b.min_days}d minimum, early-deletion charge ${b.early_charge_usd:.4f}"
+            )
+    partly = r.partly_used
+    if partly:
+        out.append(f"kept {len(partly)} band(s) partly in use (never rewritten):")
+        for b in partly:
+            out.append(
+                f"  {b.band}  {b.storage_class}  {_bytes(b.size)}  garbage "
+                f"{b.garbage_fraction:.0%} ({b.dead_blobs} of {b.dead_blobs + b.live_blobs} "
+                f"blobs, ~{_bytes(b.size * b.garbage_fraction)})"
+            )
+    carriers = r.of("keep-trees")
+    if carriers:
+        out.append(
+            f"kept {len(carriers)} band(s) without data whose catalogs carry directory "
+            "listings of kept versions"
+        )
+    if r.trees_rehomed:
+        out.append(
+            f"{'would copy' if r.dry_run else 'copied'} {r.trees_rehomed} directory listing(s) "
+            f"still in use out of deleted bands into band {r.carrier_band or '(new)'}"
+        )
+    out.append(
+        f"{would}delete {len(r.version_records)} version record(s) of forgotten versions; "
+        f"{would}drop {r.trees_dropped} unused tree(s) and {r.blobs_dropped} blob entries "
+        "from the index"
+    )
+    if r.deletions_resumed:
+        out.append(f"finished deleting {r.deletions_resumed} band(s) an interrupted prune left")
+    out.append(f"prices: {retention.PRICES_AS_OF}")
+    return out
+
+
+# ---- output ------------------------------------------------------------------------------
+
+
+def _numbers(numbers: tuple[int, ...]) -> str:
+    return ", ".join(f"v{n}" for n in numbers)
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def _emit_json(doc: dict[str, Any]) -> None:
+    json.dump(doc, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")

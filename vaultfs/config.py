@@ -66,6 +66,24 @@ class S3Settings:
 
 
 @dataclass(frozen=True, slots=True)
+class Prices:
+    """What restoring from Deep Archive costs, for `vaultfs restore plan`.
+
+    Defaults: AWS list prices for S3 Glacier Deep Archive in us-east-1, taken
+    2025-06 (see docs/restore.md). Override them under ``[prices]``.
+    """
+
+    taken: str = "2025-06, AWS us-east-1 list prices"
+    bulk_per_gb: float = 0.0025
+    standard_per_gb: float = 0.02
+    bulk_per_1000_requests: float = 0.025
+    standard_per_1000_requests: float = 0.10
+    restored_copy_per_gb_month: float = 0.023  # the temporary copy is billed as STANDARD
+    bulk_hours: int = 48
+    standard_hours: int = 12
+
+
+@dataclass(frozen=True, slots=True)
 class CollectionConfig:
     name: str
     path: Path
@@ -80,6 +98,10 @@ class MountSettings:
     auto_restore: bool = True
     restore_budget_per_day: int = 200 * 1024**3
     no_restore_processes: tuple[str, ...] = DEFAULT_NO_RESTORE_PROCESSES
+    poll_interval: float = 900.0  # seconds between restore status checks by the mount's watcher
+    fetch_restored: bool = True  # download a band into the cache as soon as its restore is ready
+    cache_size: int = 50 * 1024**3  # bound of <state_dir>/cache (whole bands)
+    on_restore_ready: str = ""  # a command run (with the band id as argument) when a restore is ready
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +114,7 @@ class Config:
     s3: S3Settings = field(default_factory=S3Settings)
     collections: tuple[CollectionConfig, ...] = ()
     mount: MountSettings = field(default_factory=MountSettings)
+    prices: Prices = field(default_factory=Prices)
     source: Path | None = None  # the file it was read from, for messages
 
     def collection(self, name: str) -> CollectionConfig:
@@ -180,6 +203,7 @@ def _build(data: dict[str, Any], source: Path | None) -> Config:
     vault = _Table(top.require("vault", dict), "vault")
     s3 = _Table(top.take("s3", dict, {}), "s3")
     mount = _Table(top.take("mount", dict, {}), "mount")
+    prices_table = _Table(top.take("prices", dict, {}), "prices")
     collections_raw: dict[str, Any] = top.take("collections", dict, {})
     top.finish()
 
@@ -254,8 +278,27 @@ def _build(data: dict[str, Any], source: Path | None) -> Config:
         no_restore_processes=tuple(
             mount.take("no_restore_processes", list, list(DEFAULT_NO_RESTORE_PROCESSES))
         ),
+        poll_interval=float(mount.take("poll_interval", (int, float), 900.0)),
+        fetch_restored=mount.take("fetch_restored", bool, True),
+        cache_size=mount.take_size("cache_size", 50 * 1024**3),
+        on_restore_ready=mount.take("on_restore_ready", str, ""),
     )
+    if mount_settings.poll_interval <= 0:
+        raise ConfigError(f"mount.poll_interval = {mount_settings.poll_interval}: must be positive")
+    if not all(isinstance(p, str) and p for p in mount_settings.no_restore_processes):
+        raise ConfigError("mount.no_restore_processes: expected a list of process names")
     mount.finish()
+    defaults = Prices()
+    price_values: dict[str, Any] = {"taken": prices_table.take("taken", str, defaults.taken)}
+    for name in ("bulk_per_gb", "standard_per_gb", "bulk_per_1000_requests",
+                 "standard_per_1000_requests", "restored_copy_per_gb_month"):
+        value = prices_table.take(name, (int, float), getattr(defaults, name))
+        if value < 0:
+            raise ConfigError(f"prices.{name} = {value}: a price cannot be negative")
+        price_values[name] = float(value)
+    for name in ("bulk_hours", "standard_hours"):
+        price_values[name] = prices_table.take(name, int, getattr(defaults, name))
+    prices_table.finish()
     return Config(
         store=store,
         state_dir=state_dir,
@@ -265,5 +308,6 @@ def _build(data: dict[str, Any], source: Path | None) -> Config:
         s3=s3_settings,
         collections=tuple(collections),
         mount=mount_settings,
+        prices=Prices(**price_values),
         source=source,
     )

@@ -1,1 +1,262 @@
-"""Placeholder: being written (see the issue tracker)."""
+"""pyfuse3 `Operations` over a `VaultView`: translation and errno only.
+
+Each handler asks `vaultfs.vfs` and converts the answer; `errno_of` is the one
+place where errors become errno values. Only `FUSEError` may leave a handler
+(any other exception would end the mount): `_edge` logs an unexpected one with
+its traceback and answers EIO, and the mount goes on serving.
+
+Concurrency: handlers run in the trio loop. Catalog lookups are short
+synchronous LMDB reads (never across an ``await``); file reads, which may
+decompress frames or wait for the store, run in worker threads under a
+`trio.CapacityLimiter`.
+
+Opening a file whose band is not readable now answers ENODATA at once (never
+EAGAIN or EIO, never blocking for hours); before that, ``on_unreadable`` (the
+mount's restore service) is told the band and the opener's pid, and may request
+the band's restore (it returns within seconds; see `vaultfs.mount`).
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, ParamSpec, TypeVar
+
+import pyfuse3
+import trio
+
+from vaultfs import vfs
+from vaultfs.errors import CorruptionError, VaultError
+from vaultfs.model import BandId
+
+log = logging.getLogger("vaultfs.mount")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+OnUnreadable = Callable[[BandId, int], Awaitable[None]]  # (band, opener's pid)
+
+_ERRNO: tuple[tuple[type[BaseException], int], ...] = (
+    (vfs.NotFound, errno.ENOENT),
+    (vfs.NotADirectory, errno.ENOTDIR),
+    (vfs.NotASymlink, errno.EINVAL),
+    (vfs.NoAttribute, errno.ENODATA),
+    (vfs.Archived, errno.ENODATA),
+    (vfs.ReadOnly, errno.EROFS),
+)
+
+
+def errno_of(exc: BaseException) -> int:
+    """The errno a domain error becomes; EIO for corruption and anything unexpected."""
+    for cls, code in _ERRNO:
+        if isinstance(exc, cls):
+            return code
+    return errno.EIO
+
+
+def _edge(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    """Let only FUSEError out of a handler; log what the user needs to know."""
+
+    @functools.wraps(fn)
+    async def handler(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except vfs.VfsError as e:
+            raise pyfuse3.FUSEError(errno_of(e)) from None
+        except CorruptionError as e:
+            log.error("%s: %s (answered EIO)", fn.__name__, e.message)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except VaultError as e:
+            log.error("%s: %s (answered EIO)", fn.__name__, e.message)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception:
+            log.exception("unexpected error in %s (answered EIO; the mount goes on)", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return handler
+
+
+def _entry(a: vfs.Attr) -> pyfuse3.EntryAttributes:
+    out = pyfuse3.EntryAttributes()
+    out.st_ino = a.ino
+    out.generation = 0
+    out.entry_timeout = a.timeout
+    out.attr_timeout = a.timeout
+    out.st_mode = a.mode
+    out.st_nlink = a.nlink
+    out.st_uid = a.uid
+    out.st_gid = a.gid
+    out.st_rdev = a.rdev
+    out.st_size = a.size
+    out.st_blksize = vfs.BLKSIZE
+    out.st_blocks = a.blocks
+    out.st_atime_ns = out.st_mtime_ns = out.st_ctime_ns = a.mtime_ns
+    return out
+
+
+def _erofs() -> pyfuse3.FUSEError:
+    return pyfuse3.FUSEError(errno.EROFS)
+
+
+class VaultOperations(pyfuse3.Operations):
+    """The read-only filesystem of `vaultfs.vfs`, for the kernel."""
+
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+
+    def __init__(self, view: vfs.VaultView, limiter: trio.CapacityLimiter,
+                 on_unreadable: OnUnreadable | None = None) -> None:
+        super().__init__()
+        self.view = view
+        self.limiter = limiter
+        self.on_unreadable = on_unreadable
+        self._handles: dict[int, vfs.OpenFile | vfs.StatusFile] = {}
+        self._next_fh = 1
+
+    # ---- browsing: answered from the catalog ---------------------------------------------
+
+    @_edge
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        node = self.view.lookup(parent_inode, name)
+        attr = _entry(self.view.attr(node))
+        self.view.remember(node)
+        return attr
+
+    @_edge
+    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        return _entry(self.view.attr(self.view.node(inode)))
+
+    @_edge
+    async def readlink(self, inode: int, ctx: Any = None) -> bytes:
+        return self.view.readlink(inode)
+
+    @_edge
+    async def opendir(self, inode: int, ctx: Any = None) -> int:
+        node = self.view.node(inode)
+        if node.tree is None and node.kind not in ("root", "meta", "collection"):
+            raise vfs.NotADirectory(node.path)
+        return inode
+
+    @_edge
+    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        for name, node, offset in self.view.children(fh, start_id):
+            if not pyfuse3.readdir_reply(token, name, _entry(self.view.attr(node)), offset):
+                return
+            self.view.remember(node)  # readdirplus: the kernel took a reference
+
+    @_edge
+    async def releasedir(self, fh: int) -> None:
+        return None
+
+    @_edge
+    async def listxattr(self, inode: int, ctx: Any = None) -> Sequence[bytes]:
+        return self.view.xattr_names(inode)
+
+    @_edge
+    async def getxattr(self, inode: int, name: bytes, ctx: Any = None) -> bytes:
+        return self.view.xattr(inode, name)
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        try:
+            for inode, count in inode_list:
+                self.view.forget(inode, count)
+        except Exception:  # forget must never raise
+            log.exception("unexpected error in forget")
+
+    @_edge
+    async def statfs(self, ctx: Any = None) -> pyfuse3.StatvfsData:
+        files, size = self.view.statfs()
+        out = pyfuse3.StatvfsData()
+        out.f_bsize = out.f_frsize = vfs.BLKSIZE
+        out.f_blocks = (size + vfs.BLKSIZE - 1) // vfs.BLKSIZE
+        out.f_bfree = out.f_bavail = 0
+        out.f_files = files
+        out.f_ffree = out.f_favail = 0
+        out.f_namemax = 255
+        return out
+
+    # ---- content -----------------------------------------------------------------------
+
+    @_edge
+    async def open(self, inode: int, flags: int, ctx: Any = None) -> pyfuse3.FileInfo:
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT):
+            raise _erofs()
+        try:
+            handle = self.view.open(inode)
+        except vfs.Archived as e:
+            await self._unreadable(e.band, getattr(ctx, "pid", 0))
+            raise pyfuse3.FUSEError(errno.ENODATA) from None
+        fh, self._next_fh = self._next_fh, self._next_fh + 1
+        self._handles[fh] = handle
+        return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+
+    @_edge
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        handle = self._handles[fh]
+        return await trio.to_thread.run_sync(handle.read, off, size, limiter=self.limiter)
+
+    async def _unreadable(self, band: BandId, pid: int) -> None:
+        """Tell the restore service; whatever happens there, the open answers ENODATA."""
+        if self.on_unreadable is None:
+            return
+        try:
+            await self.on_unreadable(band, pid)
+        except Exception:
+            log.exception("unexpected error deciding a restore of band %s (answered ENODATA)", band)
+
+    @_edge
+    async def release(self, fh: int) -> None:
+        handle = self._handles.pop(fh, None)
+        if handle is not None:
+            self.view.release(handle)
+
+    @_edge
+    async def flush(self, fh: int) -> None:
+        return None
+
+    @_edge
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        return None
+
+    # ---- every change: read-only ---------------------------------------------------------
+
+    async def setattr(self, inode: int, attr: Any, fields: Any, fh: int | None, ctx: Any) -> Any:
+        raise _erofs()
+
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> Any:
+        raise _erofs()
+
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> Any:
+        raise _erofs()
+
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        raise _erofs()
+
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        raise _erofs()
+
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> Any:
+        raise _erofs()
+
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: Any) -> None:
+        raise _erofs()
+
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> Any:
+        raise _erofs()
+
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any) -> Any:
+        raise _erofs()
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        raise _erofs()
+
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
+        raise _erofs()
+
+    async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
+        raise _erofs()

@@ -1,1 +1,1265 @@
-"""Placeholder: being written (see the issue tracker)."""
+"""The consolidated index on the store, and the rebuild ladder (DESIGN §6).
+
+Index objects
+-------------
+The store keeps a copy of the vault's index under ``index/`` so that losing the
+NAS (or its LMDB) never costs a backup. It is written incrementally: each
+snapshot that commits something appends one small *delta* object; once
+`CONSOLIDATE_AFTER` deltas follow the newest *full* object, a new full object
+(everything up to its generation) is written. Nothing is rewritten in place;
+old objects stay until ``prune`` (and make rung 2 more robust meanwhile).
+
+* key: ``index/<generation:012d>-<kind>.zst``, kind ``delta`` or ``full``;
+  generations are written with If-None-Match, so two machines never share one;
+* bytes: ``b"VAULTFS-INDEX1 " + <64 hex SHA-256 of the rest> + b"\\n"``
+  followed by one zstd frame with a content checksum, which decompresses to
+  the JSON document (``sort_keys``, compact)::
+
+    {"format": 1, "kind": "delta"|"full", "generation": G, "vault_id": ID,
+     "created_ns": T, "host": H,
+     "versions": [VersionInfo.to_json(), ...],
+     "trees": {"<tree id hex>": "<canonical tree encoding>", ...},
+     "bands": [BandInfo.to_json(), ...],
+     "blobs": {"<band id>": [["<sha256 hex>", offset, size], ...], ...}}
+
+  A delta holds what its generation added; a full object holds everything up
+  to its generation. Loading = newest verifiable full object + every delta
+  after it, in order (merging is a union, so repeats are harmless).
+  ``tail -c +80 OBJ | zstd -dc`` shows the JSON with standard tools.
+
+Forgotten versions: ``forgotten/<collection>/<n>.json`` markers (written by
+``forget``) hide a version on every rung of the ladder.
+
+The ladder
+----------
+`rebuild` builds a fresh LMDB next to the live one and swaps it in. Rungs:
+1 the local LMDB (verified: every record parses, trees hash to their ids,
+every version's trees, blobs and bands resolve, no committed version is
+missing); 2 the index objects; 3 band sidecars + version records; 4 the
+catalog at the end of each band (ranged GET; archived bands need a restore,
+planned and confirmed first); 5 a full read of each band's tar stream,
+re-hashing every member. A rung is used only when the ones above fail
+verification; a band whose sidecar is bad falls to rung 4 and then 5 on its
+own, and versions committed after the newest index object are topped up from
+their sidecars. After a rebuild, damaged version records and sidecars are
+rewritten from verified copies and the consolidated index is brought up to
+date (a new full object when the old chain is unusable).
+
+Concurrency: callers hold the vault lock (`Vault.lock`) for `publish` and
+`rebuild`; `load_index` and `verify_catalog` only read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import tarfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import zstandard
+
+from vaultfs import band as bandfmt
+from vaultfs import testpoints
+from vaultfs.catalog import Catalog
+from vaultfs.config import Config
+from vaultfs.errors import CorruptionError, StoreSetupError, VaultError
+from vaultfs.model import (
+    VAULT_KEY,
+    BandId,
+    BandInfo,
+    BandState,
+    BlobId,
+    BlobRef,
+    TreeId,
+    VersionInfo,
+    band_key,
+    decode_tree,
+    sidecar_key,
+    tree_id,
+    version_key,
+)
+from vaultfs.store import ObjectArchived, ObjectExists, ObjectInfo, ObjectNotFound, ObjectStore
+from vaultfs.store.base import StoreError
+from vaultfs.vault import Vault
+
+log = logging.getLogger(__name__)
+
+INDEX_PREFIX = "index/"
+FORGOTTEN_PREFIX = "forgotten/"
+INDEX_MAGIC = b"VAULTFS-INDEX1 "
+INDEX_FORMAT = 1
+CONSOLIDATE_AFTER = 32  # deltas after the newest full object before writing a new full one
+ARCHIVE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE", "GLACIER_IR_ARCHIVE"})
+RUNGS = ("lmdb", "index", "sidecars", "tails", "scan")
+_INDEX_KEY = re.compile(r"^index/(\d{12})-(delta|full)\.zst$")
+_VERSION_KEY = re.compile(r"^versions/(.+)/(\d+)\.json$")
+_FORGOTTEN_KEY = re.compile(r"^forgotten/(.+)/(\d+)\.json$")
+_BAND_KEY = re.compile(r"^bands/(.+)\.tar\.zst$")
+
+VersionKey = tuple[str, int]
+
+
+# ---- index content ------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class IndexContent:
+    """Everything an index can hold; what a rung of the ladder produces."""
+
+    versions: dict[VersionKey, VersionInfo] = field(default_factory=dict)
+    trees: dict[TreeId, bytes] = field(default_factory=dict)
+    bands: dict[BandId, BandInfo] = field(default_factory=dict)
+    blobs: dict[BlobId, BlobRef] = field(default_factory=dict)
+    generation: int = 0
+
+    def merge_doc(self, doc: dict[str, Any]) -> None:
+        """Add an index document's records (ValueError/KeyError on malformed ones)."""
+        for v in doc["versions"]:
+            version = VersionInfo.from_json(v)
+            self.versions[version.collection, version.number] = version
+        for tid_hex, text in doc["trees"].items():
+            self.add_tree(TreeId(bytes.fromhex(tid_hex)), text.encode("utf-8", "surrogateescape"))
+        for b in doc["bands"]:
+            info = BandInfo.from_json(b)
+            self.bands[info.band] = info
+        for band, rows in doc["blobs"].items():
+            for sha, offset, size in rows:
+                self.blobs.setdefault(BlobId(bytes.fromhex(sha)),
+                                      BlobRef(BandId(band), int(offset), int(size)))
+
+    def add_tree(self, tid: TreeId, encoded: bytes) -> None:
+        if tree_id(encoded) != tid:
+            raise ValueError(f"tree {tid.hex()[:16]} does not hash to its id")
+        self.trees[tid] = encoded
+
+
+def encode_index_object(doc: dict[str, Any]) -> bytes:
+    """The bytes of an index object (see the module docstring)."""
+    text = json.dumps(doc, ensure_ascii=True, sort_keys=True, separators=(",", ":"))
+    body = zstandard.ZstdCompressor(level=3, write_checksum=True).compress(text.encode("ascii"))
+    return INDEX_MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n" + body
+
+
+def decode_index_object(data: bytes, key: str = "?") -> dict[str, Any]:
+    """Verify and parse an index object; CorruptionError naming `key` on any failure."""
+    head_len = len(INDEX_MAGIC) + 65
+    if not data.startswith(INDEX_MAGIC) or data[head_len - 1:head_len] != b"\n":
+        raise CorruptionError(f"{key}: not an index object (bad header)")
+    body = data[head_len:]
+    if hashlib.sha256(body).hexdigest().encode() != data[len(INDEX_MAGIC):head_len - 1]:
+        raise CorruptionError(f"{key}: fails its SHA-256")
+    try:
+        doc = json.loads(zstandard.ZstdDecompressor().decompress(body, allow_extra_data=False))
+    except (zstandard.ZstdError, ValueError) as e:
+        raise CorruptionError(f"{key}: does not decompress or parse: {e}") from e
+    if not isinstance(doc, dict) or doc.get("format") != INDEX_FORMAT:
+        raise CorruptionError(f"{key}: unknown index format")
+    return doc
+
+
+def index_key(generation: int, kind: str) -> str:
+    return f"{INDEX_PREFIX}{generation:012d}-{kind}.zst"
+
+
+@dataclass(slots=True)
+class LoadedIndex:
+    content: IndexContent
+    objects: list[str]  # keys used, in order
+    problems: list[str]  # deltas after the base that failed verification
+    skipped: list[str]  # newer full objects that failed verification (an older base used)
+    latest_generation: int  # highest generation on the store (used or not)
+    deltas_since_full: int
+
+
+def list_index(store: ObjectStore) -> list[tuple[int, str, str]]:
+    """(generation, kind, key) of every index object, by generation."""
+    out = []
+    for info in store.list(INDEX_PREFIX):
+        m = _INDEX_KEY.match(info.key)
+        if m:
+            out.append((int(m.group(1)), m.group(2), info.key))
+    return sorted(out)
+
+
+def load_index(store: ObjectStore, vault_id: str,
+               forgotten: set[VersionKey] | None = None) -> LoadedIndex:
+    """Load the consolidated index: the newest full object that verifies (none: start
+    empty), then every delta after it, in order. `problems` lists deltas after that base
+    that fail verification (the content is then incomplete); `skipped` lists newer full
+    objects that failed and were passed over for an older base."""
+    objects = list_index(store)
+    fulls = [o for o in objects if o[1] == "full"]
+    skipped: list[str] = []
+    content = IndexContent()
+    used: list[str] = []
+    base_gen = 0
+    for gen, _, key in reversed(fulls):
+        try:
+            candidate = IndexContent()
+            candidate.merge_doc(_read_index_doc(store, key, gen, vault_id))
+        except (CorruptionError, ObjectNotFound) as e:
+            skipped.append(_message(e))
+            continue
+        except (KeyError, ValueError, TypeError) as e:
+            skipped.append(f"{key}: malformed record: {e}")
+            continue
+        content, base_gen, used = candidate, gen, [key]
+        break
+    deltas = [o for o in objects if o[1] == "delta" and o[0] > base_gen]
+    problems: list[str] = []
+    for gen, _, key in deltas:
+        try:
+            content.merge_doc(_read_index_doc(store, key, gen, vault_id))
+            used.append(key)
+        except (CorruptionError, ObjectNotFound) as e:
+            problems.append(_message(e))
+        except (KeyError, ValueError, TypeError) as e:
+            problems.append(f"{key}: malformed record: {e}")
+    if forgotten:
+        for vk in forgotten:
+            content.versions.pop(vk, None)
+    content.generation = objects[-1][0] if objects else 0
+    return LoadedIndex(content, used, problems, skipped, content.generation, len(deltas))
+
+
+def _read_index_doc(store: ObjectStore, key: str, gen: int, vault_id: str) -> dict[str, Any]:
+    doc = decode_index_object(store.get(key), key)
+    if doc.get("generation") != gen or doc.get("vault_id") != vault_id:
+        raise CorruptionError(f"{key}: generation or vault id does not match its name")
+    return doc
+
+
+def _message(e: Exception) -> str:
+    return e.message if isinstance(e, VaultError) else str(e)
+
+
+# ---- publishing after a snapshot ----------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Published:
+    key: str
+    versions: int
+    bands: int
+    trees: int
+
+
+def publish(vault: Vault, *, full: bool = False) -> list[Published]:
+    """Bring the consolidated index up to date with the local catalog; the caller holds
+    the vault lock. Writes one delta with every version and band not yet indexed (nothing
+    when there is none), then a full object when `CONSOLIDATE_AFTER` deltas follow the
+    newest full one (or when `full`). Failures are logged, not raised: the index is a
+    copy, and the next snapshot (or ``vaultfs index rebuild``) catches up."""
+    try:
+        return _publish(vault, full=full)
+    except VaultError as e:
+        log.warning("the consolidated index was not updated (%s); the next snapshot "
+                    "catches up", e.message)
+        return []
+
+
+def _publish(vault: Vault, *, full: bool) -> list[Published]:
+    catalog, store = vault.catalog, vault.store
+    testpoints.reach("index-publish")
+    state = _IndexState.read(catalog)
+    pending_versions = [
+        v for c in catalog.collections() for v in catalog.versions(c)
+        if v.number > state.versions.get(c, 0)
+    ]
+    pending_bands = [b for b in catalog.bands() if b.created_ns > state.bands_ns]
+    out: list[Published] = []
+    if not pending_versions and not pending_bands and not full and not state.needs_full:
+        return out
+    store.abort_incomplete_uploads(INDEX_PREFIX)  # temp files of a killed earlier publish
+    objects = list_index(store)
+    latest = max([state.generation, *(g for g, _, _ in objects)])
+    deltas_since_full = sum(1 for g, k, _ in objects
+                            if k == "delta" and g > max([0, *(g2 for g2, k2, _ in objects
+                                                              if k2 == "full")]))
+    vault_id = catalog.meta("vault_id") or ""
+    if (pending_versions or pending_bands) and not state.needs_full:
+        doc = _delta_doc(vault, pending_versions, pending_bands)
+        key, latest = _put_next(store, doc, "delta", latest, vault_id)
+        out.append(Published(key, len(doc["versions"]), len(doc["bands"]), len(doc["trees"])))
+        deltas_since_full += 1
+    if full or state.needs_full or deltas_since_full >= CONSOLIDATE_AFTER:
+        loaded = load_index(store, vault_id)
+        content = loaded.content if not loaded.problems else IndexContent()
+        _merge_catalog(content, catalog)
+        doc = _content_doc(content)
+        key, latest = _put_next(store, doc, "full", latest, vault_id)
+        out.append(Published(key, len(doc["versions"]), len(doc["bands"]), len(doc["trees"])))
+    with catalog.writer() as w:
+        for v in pending_versions:
+            state.versions[v.collection] = max(state.versions.get(v.collection, 0), v.number)
+        state.bands_ns = max([state.bands_ns, *(b.created_ns for b in pending_bands)])
+        state.generation = latest
+        state.needs_full = False
+        state.write(w)
+    return out
+
+
+def _put_next(store: ObjectStore, doc: dict[str, Any], kind: str, latest: int,
+              vault_id: str) -> tuple[str, int]:
+    """Write `doc` as the next generation after `latest` (If-None-Match; on a clash with
+    another machine, the one after). Returns its key and generation."""
+    for _ in range(100):
+        latest += 1
+        doc.update(generation=latest, kind=kind, vault_id=vault_id)
+        key = index_key(latest, kind)
+        data = encode_index_object(doc)
+        try:
+            store.put(key, data, if_none_match=True)
+        except ObjectExists:
+            continue
+        decode_index_object(store.get(key), key)  # re-read what was written
+        testpoints.reach("index-object-written")
+        return key, latest
+    raise VaultError("could not find a free index generation: run `vaultfs check`")
+
+
+def _delta_doc(vault: Vault, versions: list[VersionInfo], bands: list[BandInfo]) -> dict[str, Any]:
+    content = IndexContent()
+    sidecars: dict[BandId, dict[str, Any] | None] = {}
+
+    def sidecar(band: BandId) -> dict[str, Any] | None:
+        if band not in sidecars:
+            try:
+                sidecars[band] = bandfmt.decode_sidecar(vault.store.get(sidecar_key(band)))
+            except (CorruptionError, ObjectNotFound):
+                sidecars[band] = None
+        return sidecars[band]
+
+    for v in versions:
+        content.versions[v.collection, v.number] = _unverified(v)
+        doc = sidecar(v.bands[-1]) if v.bands else None
+        if doc is not None and isinstance(doc.get("trees"), dict):
+            for tid_hex, text in doc["trees"].items():
+                content.add_tree(TreeId(bytes.fromhex(tid_hex)),
+                                 text.encode("utf-8", "surrogateescape"))
+        # Trees the sidecar lacks (or all, if it is unreadable) come from the local catalog.
+        _add_closure(content, vault.catalog, v.root)
+    missing = set()
+    for b in bands:
+        content.bands[b.band] = b
+        doc = sidecar(b.band)
+        if doc is None:
+            missing.add(b.band)
+            continue
+        for sha, offset, size in _sidecar_blobs(doc):
+            content.blobs.setdefault(BlobId(sha), BlobRef(b.band, offset, size))
+    if missing:
+        for blob, ref in vault.catalog.iter_blobs():
+            if ref.band in missing:
+                content.blobs.setdefault(blob, ref)
+    return _content_doc(content)
+
+
+def _add_closure(content: IndexContent, catalog: Catalog, root: TreeId) -> None:
+    """Add every tree reachable from `root` that `content` lacks (from the local catalog)."""
+    stack = [root]
+    while stack:
+        tid = stack.pop()
+        if tid in content.trees:
+            continue
+        raw = catalog.tree_bytes(tid)
+        if raw is None:
+            continue
+        content.trees[tid] = raw
+        stack.extend(e.tree for e in decode_tree(raw) if e.kind == "dir" and e.tree is not None)
+
+
+def _merge_catalog(content: IndexContent, catalog: Catalog) -> None:
+    for c in catalog.collections():
+        for v in catalog.versions(c):
+            content.versions[v.collection, v.number] = _unverified(v)
+    for tid, raw in catalog.iter_trees():
+        content.trees.setdefault(tid, raw)
+    for b in catalog.bands():
+        content.bands[b.band] = b
+    for blob, ref in catalog.iter_blobs():
+        content.blobs.setdefault(blob, ref)
+
+
+def _unverified(v: VersionInfo) -> VersionInfo:
+    """The version as committed (``verified_ns`` is local bookkeeping)."""
+    return VersionInfo.from_json({**v.to_json(), "verified_ns": []})
+
+
+def _content_doc(content: IndexContent) -> dict[str, Any]:
+    blobs: dict[str, list[list[Any]]] = {}
+    for blob, ref in content.blobs.items():
+        blobs.setdefault(ref.band, []).append([blob.hex(), ref.offset, ref.size])
+    return {
+        "format": INDEX_FORMAT,
+        "created_ns": time.time_ns(),
+        "host": socket.gethostname(),
+        "versions": [v.to_json() for _, v in sorted(content.versions.items())],
+        "trees": {tid.hex(): enc.decode("utf-8", "surrogateescape")
+                  for tid, enc in content.trees.items()},
+        "bands": [b.to_json() for _, b in sorted(content.bands.items())],
+        "blobs": {band: sorted(rows, key=lambda r: int(r[1])) for band, rows in blobs.items()},
+    }
+
+
+@dataclass(slots=True)
+class _IndexState:
+    """What of the local catalog is in the consolidated index (LMDB meta ``index``)."""
+
+    generation: int = 0
+    versions: dict[str, int] = field(default_factory=dict)  # collection -> highest number
+    bands_ns: int = 0  # highest BandInfo.created_ns indexed
+    needs_full: bool = False
+
+    @staticmethod
+    def read(catalog: Catalog) -> _IndexState:
+        raw = catalog.meta("index")
+        if raw is None:
+            return _IndexState(needs_full=False)
+        d = json.loads(raw)
+        return _IndexState(int(d["generation"]), {k: int(n) for k, n in d["versions"].items()},
+                           int(d["bands_ns"]), bool(d.get("needs_full", False)))
+
+    def write(self, w: Any) -> None:
+        w.set_meta("index", json.dumps({
+            "generation": self.generation, "versions": self.versions,
+            "bands_ns": self.bands_ns, "needs_full": self.needs_full}, sort_keys=True))
+
+
+# ---- store listings -------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class StoreListing:
+    """What the store holds, from three LISTs (versions/, forgotten/, bands/)."""
+
+    records: dict[VersionKey, str]  # version record keys
+    forgotten: set[VersionKey]
+    bands: dict[BandId, ObjectInfo]  # band objects
+    sidecars: dict[BandId, ObjectInfo]
+
+    @staticmethod
+    def read(store: ObjectStore) -> StoreListing:
+        records: dict[VersionKey, str] = {}
+        for info in store.list("versions/"):
+            m = _VERSION_KEY.match(info.key)
+            if m:
+                records[m.group(1), int(m.group(2))] = info.key
+        forgotten = set()
+        for info in store.list(FORGOTTEN_PREFIX):
+            m = _FORGOTTEN_KEY.match(info.key)
+            if m:
+                forgotten.add((m.group(1), int(m.group(2))))
+        bands: dict[BandId, ObjectInfo] = {}
+        sidecars: dict[BandId, ObjectInfo] = {}
+        for info in store.list("bands/"):
+            m = _BAND_KEY.match(info.key)
+            if m:
+                bands[BandId(m.group(1))] = info
+            elif info.key.endswith(".catalog.zst"):
+                sidecars[BandId(info.key[len("bands/"):-len(".catalog.zst")])] = info
+        return StoreListing(records, forgotten, bands, sidecars)
+
+    def committed(self) -> set[VersionKey]:
+        """Versions whose record exists and that are not forgotten."""
+        return set(self.records) - self.forgotten
+
+
+def band_state(info: ObjectInfo) -> BandState:
+    if info.storage_class not in ARCHIVE_CLASSES:
+        return "standard"
+    if info.restore and 'ongoing-request="false"' in info.restore:
+        return "restored"
+    return "archived"
+
+
+def readable(store: ObjectStore, info: ObjectInfo) -> bool:
+    """Whether the band object can be read now (HEAD for the restore state if archived)."""
+    if info.storage_class not in ARCHIVE_CLASSES:
+        return True
+    try:
+        return band_state(store.head(info.key)) == "restored"
+    except ObjectNotFound:
+        return False
+
+
+# ---- verifying a catalog (rung 1, and `vaultfs check`) --------------------------------------
+
+
+@dataclass(slots=True)
+class CatalogWalk:
+    """Result of `verify_catalog`: problems, and which bands each version's files use."""
+
+    problems: list[str] = field(default_factory=list)
+    version_bands: dict[VersionKey, set[BandId]] = field(default_factory=dict)
+    versions: dict[VersionKey, VersionInfo] = field(default_factory=dict)
+    trees: int = 0
+    blobs: int = 0
+
+
+def verify_catalog(catalog: Catalog) -> CatalogWalk:
+    """Check the local catalog's structure: every record parses, every tree hashes to its
+    id, and every version's trees, file blobs and their bands are present. Never raises
+    for bad content (CorruptionError only when LMDB itself cannot be read)."""
+    walk = CatalogWalk()
+    for key, raw in catalog.iter_raw("versions"):
+        try:
+            v = VersionInfo.from_json(json.loads(raw))
+        except (ValueError, KeyError, TypeError) as e:
+            walk.problems.append(f"local catalog: version record {key!r} is unreadable: {e}")
+            continue
+        walk.versions[v.collection, v.number] = v
+    bands = {}
+    for key, raw in catalog.iter_raw("bands"):
+        try:
+            b = BandInfo.from_json(json.loads(raw))
+            bands[b.band] = b
+        except (ValueError, KeyError, TypeError) as e:
+            walk.problems.append(f"local catalog: band record {key!r} is unreadable: {e}")
+    tree_bands: dict[TreeId, set[BandId] | None] = {}  # None: incomplete
+
+    def visit(tid: TreeId, where: str) -> set[BandId] | None:
+        if tid in tree_bands:
+            return tree_bands[tid]
+        raw = catalog.tree_bytes(tid)
+        used: set[BandId] | None = set()
+        if raw is None or tree_id(raw) != tid:
+            state = "missing" if raw is None else "corrupt (does not hash to its id)"
+            walk.problems.append(f"local catalog: tree {tid.hex()[:16]} of {where} is {state}")
+            tree_bands[tid] = None
+            return None
+        walk.trees += 1
+        try:
+            entries = decode_tree(raw)
+        except (ValueError, KeyError) as e:
+            walk.problems.append(f"local catalog: tree {tid.hex()[:16]} does not parse: {e}")
+            tree_bands[tid] = None
+            return None
+        for ent in entries:
+            if ent.kind == "dir" and ent.tree is not None:
+                sub = visit(ent.tree, where)
+                if sub is None:
+                    used = None
+                elif used is not None:
+                    used |= sub
+            elif ent.kind == "file" and ent.blob is not None and ent.hardlink is None:
+                ref = catalog.blob(ent.blob)
+                if ref is None:
+                    walk.problems.append(
+                        f"local catalog: {where} refers to blob {ent.blob.hex()[:16]} "
+                        f"({ent.name.decode(errors='replace')}) which no band holds")
+                    used = None
+                    continue
+                walk.blobs += 1
+                if ref.band not in bands:
+                    walk.problems.append(
+                        f"local catalog: blob {ent.blob.hex()[:16]} lies in band {ref.band}, "
+                        "which the catalog does not know")
+                if used is not None:
+                    used.add(ref.band)
+        tree_bands[tid] = used
+        return used
+
+    for vk, v in sorted(walk.versions.items()):
+        used = visit(v.root, f"{vk[0]}@v{vk[1]}")
+        walk.version_bands[vk] = set(used or ()) | set(b for b in v.bands if b in bands)
+    return walk
+
+
+# ---- the ladder ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class BandCatalog:
+    """One band's catalog as recovered by some rung."""
+
+    info: BandInfo
+    blobs: list[tuple[bytes, int, int]]  # (sha256, offset, size)
+    trees: dict[TreeId, bytes]
+    version: VersionInfo | None
+    source: str  # "sidecar", "tail" or "scan"
+    catalog_doc: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class RebuildReport:
+    rung: str  # the rung the catalog came from
+    why: list[str] = field(default_factory=list)  # why the rungs above were not used
+    notes: list[str] = field(default_factory=list)  # fallbacks, top-ups, repairs
+    problems: list[str] = field(default_factory=list)  # what could not be recovered
+    plan: list[str] = field(default_factory=list)  # archived bands that need a restore
+    versions: list[str] = field(default_factory=list)
+    bands: dict[str, str] = field(default_factory=dict)  # band -> source of its catalog
+    repairs: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rung": self.rung, "why": self.why, "notes": self.notes,
+                "problems": self.problems, "restore_plan": self.plan,
+                "versions": self.versions, "band_sources": self.bands, "repairs": self.repairs}
+
+
+Confirm = Callable[[list[str]], bool]
+
+
+class _Ladder:
+    """Recovers band catalogs and versions from the store, rung by rung (3, 4, 5)."""
+
+    def __init__(self, store: ObjectStore, listing: StoreListing, work_dir: Path,
+                 confirm: Confirm, report: RebuildReport, restore_days: int,
+                 restore_tier: str) -> None:
+        self.store, self.listing, self.work_dir = store, listing, work_dir
+        self.confirm, self.report = confirm, report
+        self.restore_days, self.restore_tier = restore_days, restore_tier
+        self.catalogs: dict[BandId, BandCatalog] = {}
+
+    def recover_bands(self, bands: Iterable[BandId], first: str) -> None:
+        """Get the catalog of each band, starting at rung `first` (sidecars/tails/scan)."""
+        order = RUNGS[RUNGS.index(first):]
+        deferred: list[tuple[BandId, str]] = []
+        for band in sorted(bands):
+            obj = self.listing.bands.get(band)
+            failures: list[str] = []
+            for rung in order:
+                if rung != "sidecars" and obj is not None and not readable(self.store, obj):
+                    deferred.append((band, rung))
+                    break
+                try:
+                    self.catalogs[band] = self._fetch(band, rung, obj)
+                    break
+                except (CorruptionError, ObjectNotFound, ObjectArchived, ValueError,
+                        KeyError, TypeError, tarfile.TarError) as e:
+                    failures.append(f"{rung}: {_message(e)}")
+            if band in self.catalogs and failures:
+                self.report.notes.append(
+                    f"band {band}: catalog from its {self.catalogs[band].source} because "
+                    + "; ".join(failures))
+            elif band not in self.catalogs and not any(d[0] == band for d in deferred):
+                self.report.problems.append(f"band {band}: no catalog recovered ("
+                                            + "; ".join(failures) + ")")
+        if deferred:
+            self._archived(deferred)
+
+    def _archived(self, deferred: list[tuple[BandId, str]]) -> None:
+        total = sum(self.listing.bands[b].size for b, _ in deferred)
+        plan = [f"restore {len(deferred)} archived band(s), {total} bytes, tier "
+                f"{self.restore_tier}, kept {self.restore_days} days, to read their catalogs:"]
+        plan += [f"  {band_key(b)} ({self.listing.bands[b].size} bytes, "
+                 f"{self.listing.bands[b].storage_class})" for b, _ in deferred]
+        self.report.plan = plan
+        if not self.confirm(plan):
+            self.report.problems += [f"band {b}: archived; not restored (pass --yes to restore)"
+                                     for b, _ in deferred]
+            return
+        for band, rung in deferred:
+            key = band_key(band)
+            try:
+                self.store.restore(key, self.restore_days, self.restore_tier)  # type: ignore[attr-defined]
+                info = self.store.head(key)
+            except StoreError as e:
+                self.report.problems.append(f"band {band}: restore failed: {e.message}")
+                continue
+            if band_state(info) != "restored":
+                self.report.problems.append(
+                    f"band {band}: restore requested; run `vaultfs index rebuild` again "
+                    "when it is ready (`vaultfs restore status`)")
+                continue
+            try:
+                self.catalogs[band] = self._fetch(band, rung, info)
+            except (CorruptionError, ObjectNotFound, ObjectArchived, ValueError, KeyError,
+                    TypeError, tarfile.TarError) as e:
+                self.report.problems.append(f"band {band}: {rung}: {_message(e)}")
+
+    def _fetch(self, band: BandId, rung: str, obj: ObjectInfo | None) -> BandCatalog:
+        if rung == "sidecars":
+            return _from_sidecar(self.store, band, obj)
+        if obj is None:
+            raise ObjectNotFound(f"band object {band_key(band)} is not on the store")
+        if rung == "tails":
+            return _from_tail(self.store, band, obj)
+        return _from_scan(self.store, band, obj, self.work_dir)
+
+    def versions(self, wanted: set[VersionKey]) -> dict[VersionKey, VersionInfo]:
+        """The committed versions in `wanted`: the record, checked against the copy in its
+        last band's catalog (which wins: it is checksummed)."""
+        copies = {(c.version.collection, c.version.number): c.version
+                  for c in self.catalogs.values() if c.version is not None}
+        out: dict[VersionKey, VersionInfo] = {}
+        for vk in sorted(wanted):
+            record: VersionInfo | None = None
+            err = ""
+            try:
+                record = VersionInfo.from_json(json.loads(self.store.get(self.listing.records[vk])))
+            except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+                err = f"does not parse ({e})"
+            except ObjectNotFound:
+                err = "vanished"
+            copy = copies.get(vk)
+            if copy is not None and record is not None and _unverified(record) != copy:
+                err = "differs from the copy in its band's catalog"
+            if err:
+                where = f"version record {version_key(*vk)}"
+                if copy is not None:
+                    self.report.notes.append(f"{where} {err}: using the band catalog's copy")
+                    self.report.repairs.append(f"rewrite {version_key(*vk)}")
+                    out[vk] = copy
+                else:
+                    self.report.problems.append(f"{where} {err}, and no band catalog has a copy")
+                continue
+            assert record is not None
+            out[vk] = record
+        return out
+
+    def content(self, versions: dict[VersionKey, VersionInfo]) -> IndexContent:
+        content = IndexContent()
+        content.versions = dict(versions)
+        for band, cat in self.catalogs.items():
+            content.bands[band] = cat.info
+            for sha, offset, size in cat.blobs:
+                content.blobs.setdefault(BlobId(sha), BlobRef(band, offset, size))
+            content.trees.update(cat.trees)
+        return content
+
+
+def _sidecar_blobs(doc: dict[str, Any]) -> list[tuple[bytes, int, int]]:
+    return [(bytes.fromhex(b["sha256"]), int(b["offset"]), int(b["size"])) for b in doc["blobs"]]
+
+
+def _catalog_parts(doc: dict[str, Any], band: BandId) -> tuple[dict[TreeId, bytes],
+                                                              VersionInfo | None]:
+    if doc.get("band") != band:
+        raise CorruptionError(f"catalog names band {doc.get('band')!r}, not {band}")
+    trees: dict[TreeId, bytes] = {}
+    for tid_hex, text in (doc.get("trees") or {}).items():
+        enc = text.encode("utf-8", "surrogateescape")
+        tid = TreeId(bytes.fromhex(tid_hex))
+        if tree_id(enc) != tid:
+            raise CorruptionError(f"tree {tid_hex[:16]} in the catalog does not hash to its id")
+        trees[tid] = enc
+    version = VersionInfo.from_json(doc["version"]) if doc.get("version") else None
+    return trees, version
+
+
+def _band_info(band: BandId, obj: ObjectInfo | None, size: int, sha256: bytes,
+               frames: tuple[tuple[int, int], ...], doc: dict[str, Any], blobs: int) -> BandInfo:
+    if obj is not None and obj.size != size:
+        raise CorruptionError(f"band {band} is {obj.size} bytes on the store, its catalog "
+                              f"says {size}")
+    return BandInfo(
+        band=band, state=band_state(obj) if obj is not None else "standard", size=size,
+        sha256=sha256, uncompressed_size=sum(u for _, u in frames), frames=frames,
+        storage_class=obj.storage_class if obj is not None else "STANDARD",
+        collection=str(doc.get("collection", "")), blobs=blobs, created_ns=_band_time(band),
+    )
+
+
+def _band_time(band: str) -> int:
+    try:
+        dt = datetime.strptime(band.split("-", 1)[0], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return 0
+    return int(dt.timestamp()) * 10**9
+
+
+def _from_sidecar(store: ObjectStore, band: BandId, obj: ObjectInfo | None) -> BandCatalog:
+    doc = bandfmt.decode_sidecar(store.get(sidecar_key(band)))
+    frames = tuple((f.compressed_size, f.uncompressed_size) for f in bandfmt.sidecar_frames(doc))
+    blobs = _sidecar_blobs(doc)
+    trees, version = _catalog_parts(doc, band)
+    info = _band_info(band, obj, int(doc["band_size"]), bytes.fromhex(doc["band_sha256"]),
+                      frames, doc, len(blobs))
+    return BandCatalog(info, blobs, trees, version, "sidecar", doc)
+
+
+def _from_tail(store: ObjectStore, band: BandId, obj: ObjectInfo) -> BandCatalog:
+    key = band_key(band)
+    reader = bandfmt.BandReader(lambda s, n: store.get_range(key, s, n), obj.size, label=band)
+    doc = reader.catalog
+    blobs = [(loc.sha256, loc.offset, loc.size) for _, loc in reader.blobs()]
+    trees, version = _catalog_parts(doc, band)
+    frames = tuple((f.compressed_size, f.uncompressed_size) for f in reader.frames)
+    # The band's whole SHA-256 is not in its own catalog; a scan or `check --read-data` has it.
+    info = _band_info(band, obj, obj.size, b"", frames, doc, len(blobs))
+    return BandCatalog(info, blobs, trees, version, "tail", dict(doc))
+
+
+def _from_scan(store: ObjectStore, band: BandId, obj: ObjectInfo, work_dir: Path) -> BandCatalog:
+    """Read the whole band: re-hash every member of its tar stream; the last is the catalog."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    path = work_dir / f"{band}.scan"
+    try:
+        store.get_to_file(band_key(band), path)
+        scanned = scan_band_file(path, band)
+    finally:
+        path.unlink(missing_ok=True)
+    doc = scanned.catalog or {}
+    trees, version = _catalog_parts(doc, band) if scanned.catalog else ({}, None)
+    info = _band_info(band, obj, scanned.size, scanned.sha256, scanned.frames, doc,
+                      len(scanned.blobs))
+    return BandCatalog(info, scanned.blobs, trees, version, "scan", scanned.catalog)
+
+
+@dataclass(slots=True)
+class ScannedBand:
+    size: int
+    sha256: bytes
+    frames: tuple[tuple[int, int], ...]
+    blobs: list[tuple[bytes, int, int]]  # re-hashed members: (sha256, offset, size)
+    catalog: dict[str, Any] | None
+    problems: list[str]
+
+
+def scan_band_file(path: Path, band: str) -> ScannedBand:
+    """Read a band file front to back: its SHA-256, seek table, every tar member re-hashed,
+    and the catalog (the last member), which must agree with the members.
+    CorruptionError when the stream does not decompress or parse."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+        size = f.tell()
+        f.seek(max(0, size - (1 << 20)))
+        tail = f.read()
+    frames = tuple((fr.compressed_size, fr.uncompressed_size)
+                   for fr in bandfmt.read_seek_table(tail))
+    blobs: list[tuple[bytes, int, int]] = []
+    catalog: dict[str, Any] | None = None
+    problems: list[str] = []
+    try:
+        with open(path, "rb") as f, zstandard.ZstdDecompressor().stream_reader(
+                f, read_across_frames=True) as zr, tarfile.open(
+                fileobj=zr, mode="r|", encoding="utf-8", errors="surrogateescape") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                src = tar.extractfile(member)
+                assert src is not None
+                mh, n = hashlib.sha256(), 0
+                is_catalog = member.name == bandfmt.CATALOG_MEMBER
+                kept: list[bytes] = []
+                while chunk := src.read(1 << 20):
+                    mh.update(chunk)
+                    n += len(chunk)
+                    if is_catalog:
+                        kept.append(chunk)
+                if is_catalog:
+                    try:
+                        catalog = json.loads(b"".join(kept))
+                    except ValueError as e:
+                        problems.append(f"catalog member does not parse: {e}")
+                    continue
+                blobs.append((mh.digest(), member.offset_data, n))
+    except (zstandard.ZstdError, tarfile.TarError, OSError, EOFError) as e:
+        raise CorruptionError(f"band {band}: tar stream unreadable: {e}") from e
+    if catalog is not None:
+        listed = {(bytes.fromhex(b["sha256"]), int(b["offset"]), int(b["size"]))
+                  for b in catalog.get("blobs", [])}
+        if listed != set(blobs):
+            problems.append("catalog disagrees with the re-hashed members")
+            raise CorruptionError(f"band {band}: its catalog disagrees with its members")
+    return ScannedBand(size, h.digest(), frames, blobs, catalog, problems)
+
+
+def _frames(sizes: tuple[tuple[int, int], ...]) -> tuple[bandfmt.Frame, ...]:
+    out, coff, uoff = [], 0, 0
+    for c, u in sizes:
+        out.append(bandfmt.Frame(coff, c, uoff, u))
+        coff, uoff = coff + c, uoff + u
+    return tuple(out)
+
+
+def check_content(content: IndexContent) -> dict[VersionKey, list[str]]:
+    """For each version: what it lacks in `content` (trees, blob map, bands); empty = whole."""
+    out: dict[VersionKey, list[str]] = {}
+    done: dict[TreeId, list[str]] = {}
+
+    def visit(tid: TreeId) -> list[str]:
+        if tid in done:
+            return done[tid]
+        done[tid] = []
+        raw = content.trees.get(tid)
+        if raw is None:
+            done[tid] = [f"tree {tid.hex()[:16]}"]
+            return done[tid]
+        lacks: list[str] = []
+        for e in decode_tree(raw):
+            if e.kind == "dir" and e.tree is not None:
+                lacks += visit(e.tree)
+            elif e.kind == "file" and e.blob is not None and e.hardlink is None:
+                ref = content.blobs.get(e.blob)
+                if ref is None or ref.band not in content.bands:
+                    lacks.append(f"blob {e.blob.hex()[:16]}")
+        done[tid] = lacks
+        return lacks
+
+    for vk, v in content.versions.items():
+        out[vk] = visit(v.root)
+    return out
+
+
+# ---- rebuild --------------------------------------------------------------------------------
+
+
+def rebuild(config: Config, store: ObjectStore, *, start: str | None = None,
+            confirm: Confirm = lambda plan: False) -> RebuildReport:
+    """Rebuild ``<state_dir>/catalog.lmdb`` (see the module docstring). `start` forces a
+    rung (index, sidecars, tails, scan); None walks the ladder from rung 1. The old LMDB
+    is kept as ``catalog.lmdb.before-rebuild`` when it is replaced. Takes the vault lock
+    (LockedError while a snapshot runs)."""
+    if start is not None and start not in RUNGS[1:]:
+        raise VaultError(f"--from {start}: expected one of {', '.join(RUNGS[1:])}")
+    state = config.state_dir
+    for d in (state, state / "spool", state / "cache"):
+        try:
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as e:
+            raise StoreSetupError(f"cannot create the state directory {d}: {e.strerror}") from None
+    try:
+        vault_id = str(json.loads(store.get(VAULT_KEY))["vault_id"])
+    except ObjectNotFound:
+        raise StoreSetupError(f"{config.store} holds no vault (no {VAULT_KEY}): "
+                              "check [vault].store") from None
+    except (ValueError, KeyError, TypeError):
+        raise CorruptionError(f"{config.store}/{VAULT_KEY} is unreadable") from None
+    live = state / "catalog.lmdb"
+    new = state / "catalog.lmdb.new"
+    shutil.rmtree(new, ignore_errors=True)
+    catalog = Catalog(new)
+    vault = Vault(config, store, catalog)
+    try:
+        with vault.lock():
+            listing = StoreListing.read(store)
+            report = RebuildReport(rung="")
+            ladder = _Ladder(store, listing, state / "spool", confirm, report,
+                             config.s3.restore_days, config.s3.restore_tier)
+            _rebuild_locked(vault, ladder, live, vault_id, start)
+            catalog.close()
+            if report.rung != "lmdb":
+                old = state / "catalog.lmdb.before-rebuild"
+                if live.exists():
+                    shutil.rmtree(old, ignore_errors=True)
+                    os.replace(live, old)
+                os.replace(new, live)
+            done = Vault(config, store, Catalog(live))
+            try:
+                _adopt(done, ladder, listing)
+                _repair(done, report, listing)
+            finally:
+                done.close()
+            return report
+    finally:
+        catalog.close()
+        shutil.rmtree(new, ignore_errors=True)
+
+
+def _rebuild_locked(vault: Vault, ladder: _Ladder, live: Path, vault_id: str,
+                    start: str | None) -> None:
+    store, listing, report = vault.store, ladder.listing, ladder.report
+    committed = listing.committed()
+    rungs = RUNGS if start is None else RUNGS[RUNGS.index(start):]
+    if start is not None:
+        report.why.append(f"rungs above {start} not tried: --from {start}")
+    for rung in rungs:
+        if rung == "lmdb":
+            why = _verify_live(live, vault_id, vault.config.store)
+            if why is None:
+                report.rung = "lmdb"
+                return
+            report.why.append(f"rung 1 (local catalog) not used: {why}")
+            continue
+        if rung == "index":
+            loaded = load_index(store, vault_id, listing.forgotten)
+            if not loaded.objects and not loaded.problems:
+                report.why.append("rung 2 (consolidated index) not used: the store holds no "
+                                  "index objects" + (" that verify: " + "; ".join(loaded.skipped)
+                                                     if loaded.skipped else ""))
+                continue
+            if loaded.problems:
+                report.why.append("rung 2 (consolidated index) not used: "
+                                  + "; ".join(loaded.problems))
+                continue
+            report.notes += [f"passed over {s}" for s in loaded.skipped]
+            content = loaded.content
+            indexed = IndexContent(versions=dict(content.versions), bands=dict(content.bands))
+            content.versions = {vk: v for vk, v in content.versions.items() if vk in committed}
+            extra_bands = set(listing.bands) - set(content.bands)
+            extra_versions = committed - set(content.versions)
+            if extra_bands or extra_versions:
+                ladder.recover_bands(extra_bands, "sidecars")
+                more = ladder.versions(extra_versions)
+                top = ladder.content(more)
+                content.versions.update(more)
+                content.trees.update(top.trees)
+                now = time.time_ns()  # registered now: the next publish indexes them
+                for band, info in top.bands.items():
+                    content.bands[band] = BandInfo.from_json({**info.to_json(), "created_ns": now})
+                for blob, ref in top.blobs.items():
+                    content.blobs.setdefault(blob, ref)
+                report.notes.append(
+                    f"index objects up to generation {loaded.latest_generation}, plus "
+                    f"{len(more)} newer version(s) and {len(extra_bands)} newer band(s) "
+                    "from their sidecars")
+            _refresh_band_states(content, listing)
+            lacking = sorted(vk for vk, lacks in check_content(content).items() if lacks)
+            if lacking:
+                report.why.append("rung 2 (consolidated index) not used: incomplete for "
+                                  + ", ".join(f"{c}@v{n}" for c, n in lacking))
+                continue
+            report.rung = "index"
+            report.bands = {b: "index" for b in content.bands}
+            _install(vault, content, vault_id, report, indexed, loaded.latest_generation)
+            return
+        # Rungs 3-5: every band's catalog, each band falling further on its own.
+        ladder.recover_bands(listing.bands, rung)
+        content = ladder.content(ladder.versions(committed))
+        for vk, lacks in sorted(check_content(content).items()):
+            if lacks:
+                report.problems.append(
+                    f"{vk[0]}@v{vk[1]} cannot be recovered: it lacks " + ", ".join(lacks[:5])
+                    + (f" and {len(lacks) - 5} more" if len(lacks) > 5 else ""))
+                content.versions.pop(vk)
+        report.rung = rung
+        report.bands = {b: c.source for b, c in ladder.catalogs.items()}
+        loaded = load_index(store, vault_id, listing.forgotten)
+        base = None if loaded.problems or loaded.skipped else loaded.content
+        if base is not None:
+            now = time.time_ns()  # bands the index lacks: the next publish indexes them
+            for band, info in content.bands.items():
+                if band not in base.bands:
+                    content.bands[band] = BandInfo.from_json({**info.to_json(), "created_ns": now})
+        _install(vault, content, vault_id, report, base, loaded.latest_generation)
+        return
+    raise VaultError("no rung of the ladder could rebuild the catalog")  # pragma: no cover
+
+
+def _verify_live(live: Path, vault_id: str, store_url: str) -> str | None:
+    """Why the live LMDB cannot be used (None: it verifies)."""
+    if not (live / "data.mdb").exists():
+        return "there is none"
+    try:
+        catalog = Catalog(live, readonly=True)
+    except VaultError as e:
+        return e.message
+    try:
+        if catalog.meta("vault_id") != vault_id or catalog.meta("store") != store_url:
+            return "it belongs to another vault or store"
+        walk = verify_catalog(catalog)
+        if walk.problems:
+            return walk.problems[0] + (f" (and {len(walk.problems) - 1} more problem(s))"
+                                       if len(walk.problems) > 1 else "")
+        return None
+    except CorruptionError as e:
+        return e.message
+    finally:
+        catalog.close()
+
+
+def _refresh_band_states(content: IndexContent, listing: StoreListing) -> None:
+    """Bring index content up to the store: storage classes may have changed since the
+    index was written (archiving), and bands may be gone (`prune` deletes them; the index
+    objects written before still list them). A gone band and its blob entries are
+    dropped, so no rebuilt catalog offers content that no longer exists."""
+    gone = {band for band in content.bands if band not in listing.bands}
+    if gone:
+        for band in gone:
+            del content.bands[band]
+        content.blobs = {b: ref for b, ref in content.blobs.items() if ref.band not in gone}
+    for band, info in list(content.bands.items()):
+        obj = listing.bands.get(band)
+        if obj is not None and obj.storage_class != info.storage_class:
+            content.bands[band] = BandInfo.from_json(
+                {**info.to_json(), "storage_class": obj.storage_class, "state": band_state(obj)})
+
+
+def _install(vault: Vault, content: IndexContent, vault_id: str, report: RebuildReport,
+             indexed: IndexContent | None, generation: int) -> None:
+    """Write `content` into the (new, empty) catalog of `vault`. `indexed`: what of it the
+    consolidated index already holds (None: the index must be rewritten in full)."""
+    state = _IndexState(generation=generation, needs_full=indexed is None)
+    if indexed is not None:
+        for c, n in indexed.versions:
+            state.versions[c] = max(state.versions.get(c, 0), n)
+        state.bands_ns = max([0, *(b.created_ns for b in indexed.bands.values())])
+    with vault.catalog.writer() as w:
+        w.set_meta("vault_id", vault_id)
+        w.set_meta("store", vault.config.store)
+        w.set_meta("format", "1")
+        for tid, enc in content.trees.items():
+            w.put_tree(tid, enc)
+        for info in content.bands.values():
+            w.put_band(info)
+        for blob, ref in content.blobs.items():
+            w.put_blob(blob, ref)
+        for _, v in sorted(content.versions.items()):
+            w.put_version(v)
+        state.write(w)
+    report.versions = [f"{c}@v{n}" for c, n in sorted(content.versions)]
+
+
+def adopt_committed(vault: Vault, collection: str) -> list[str]:
+    """Register versions of `collection` committed on the store but missing locally (a
+    snapshot killed after its commit point, or another machine's), with the bands and blobs
+    they need; the caller holds the vault lock. Costs one HEAD when there are none.
+    Returns notes and problems for the log."""
+    latest = vault.catalog.latest_version(collection)
+    try:
+        vault.store.head(version_key(collection, (latest.number if latest else 0) + 1))
+    except ObjectNotFound:
+        return []
+    listing = StoreListing.read(vault.store)
+    report = RebuildReport(rung="lmdb")
+    cfg = vault.config.s3
+    ladder = _Ladder(vault.store, listing, vault.spool_dir, lambda plan: False, report,
+                     cfg.restore_days, cfg.restore_tier)
+    _adopt(vault, ladder, listing)
+    for p in report.problems:
+        log.warning("%s", p)
+    return report.notes + report.problems
+
+
+def _adopt(vault: Vault, ladder: _Ladder, listing: StoreListing) -> None:
+    """Register versions committed on the store (by a killed run, or another machine) that
+    the catalog lacks, with their trees and the bands and blobs they need."""
+    catalog, report = vault.catalog, ladder.report
+    have = {(c, v.number) for c in catalog.collections() for v in catalog.versions(c)}
+    missing = listing.committed() - have
+    if not missing:
+        return
+    known = {b.band for b in catalog.bands()}
+    need = set(listing.bands) - known
+    for vk in missing:  # their last band's catalog carries their trees
+        try:
+            record = VersionInfo.from_json(json.loads(ladder.store.get(listing.records[vk])))
+            need |= {b for b in record.bands if b in listing.bands}
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, ObjectNotFound):
+            need |= {b for b in listing.bands if b in known}  # find its copy the hard way
+    ladder.recover_bands(need - set(ladder.catalogs), "sidecars")
+    content = ladder.content(ladder.versions(missing))
+    now = time.time_ns()
+    with catalog.writer() as w:
+        for tid, enc in content.trees.items():
+            w.put_tree(tid, enc)
+        for band, info in content.bands.items():
+            if band not in known:
+                w.put_band(BandInfo.from_json({**info.to_json(), "created_ns": now}))
+                for blob, ref in content.blobs.items():
+                    if ref.band == band and catalog.blob(blob) is None:
+                        w.put_blob(blob, ref)
+    for vk, v in sorted(content.versions.items()):
+        walk_lacks = _lacks_in_catalog(catalog, v.root)
+        if walk_lacks:
+            report.problems.append(f"{vk[0]}@v{vk[1]} (committed on the store) cannot be "
+                                   f"adopted: it lacks {', '.join(walk_lacks[:5])}")
+            continue
+        with catalog.writer() as w:
+            w.put_version(v)
+        report.notes.append(f"adopted {vk[0]}@v{vk[1]}, committed on the store but missing "
+                            "locally")
+        report.versions.append(f"{vk[0]}@v{vk[1]}")
+
+
+def _lacks_in_catalog(catalog: Catalog, root: TreeId) -> list[str]:
+    lacks: list[str] = []
+    stack, seen = [root], set()
+    while stack:
+        tid = stack.pop()
+        if tid in seen:
+            continue
+        seen.add(tid)
+        raw = catalog.tree_bytes(tid)
+        if raw is None:
+            lacks.append(f"tree {tid.hex()[:16]}")
+            continue
+        for e in decode_tree(raw):
+            if e.kind == "dir" and e.tree is not None:
+                stack.append(e.tree)
+            elif e.kind == "file" and e.blob is not None and e.hardlink is None \
+                    and catalog.blob(e.blob) is None:
+                lacks.append(f"blob {e.blob.hex()[:16]}")
+    return lacks
+
+
+def _repair(vault: Vault, report: RebuildReport, listing: StoreListing) -> None:
+    """After a rebuild: rewrite damaged version records and sidecars from verified copies,
+    and bring the consolidated index up to date (in full when its chain is damaged)."""
+    store, catalog = vault.store, vault.catalog
+    for c in catalog.collections():
+        for v in catalog.versions(c):
+            if (c, v.number) in listing.forgotten:
+                continue
+            key = version_key(c, v.number)
+            try:
+                current = VersionInfo.from_json(json.loads(store.get(key)))
+                ok = _unverified(current) == _unverified(v)
+            except (ValueError, KeyError, TypeError, UnicodeDecodeError, ObjectNotFound):
+                ok = False
+            if not ok:
+                store.put(key, json.dumps(_unverified(v).to_json(), indent=1,
+                                          sort_keys=True).encode())
+                report.repairs.append(f"rewrote {key} from the verified copy")
+    for info in list(catalog.bands()):
+        try:
+            bandfmt.decode_sidecar(store.get(sidecar_key(info.band)))
+            continue
+        except (CorruptionError, ObjectNotFound):
+            pass
+        try:
+            data = _sidecar_from_band(vault, info)
+        except (CorruptionError, ObjectNotFound, ObjectArchived) as e:
+            report.problems.append(f"sidecar of band {info.band} is damaged and cannot be "
+                                   f"rewritten now: {_message(e)}")
+            continue
+        store.put(sidecar_key(info.band), data)
+        report.repairs.append(f"rewrote {sidecar_key(info.band)} from the band's own catalog")
+    loaded = load_index(store, catalog.meta("vault_id") or "", listing.forgotten)
+    have = {(c, v.number) for c in catalog.collections() for v in catalog.versions(c)}
+    full = bool(loaded.problems or loaded.skipped or not have <= set(loaded.content.versions))
+    for p in _publish(vault, full=full):
+        report.repairs.append(f"wrote {p.key} ({p.versions} version(s), {p.bands} band(s), "
+                              f"{p.trees} tree(s))")
+
+
+def _sidecar_from_band(vault: Vault, info: BandInfo) -> bytes:
+    """Sidecar bytes rebuilt from the band itself (read whole when its SHA-256 is unknown;
+    the catalog then records it)."""
+    store = vault.store
+    if info.sha256:
+        key = band_key(info.band)
+        reader = bandfmt.BandReader(lambda s, n: store.get_range(key, s, n), info.size,
+                                    label=info.band)
+        return sidecar_bytes(reader.catalog_bytes, info)
+    path = vault.spool_dir / f"{info.band}.scan"
+    try:
+        store.get_to_file(band_key(info.band), path)
+        scanned = scan_band_file(path, info.band)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            catalog_bytes = bandfmt.BandReader(lambda s, n: os.pread(fd, n, s), scanned.size,
+                                               label=info.band).catalog_bytes
+        finally:
+            os.close(fd)
+    finally:
+        path.unlink(missing_ok=True)
+    fixed = BandInfo.from_json({**info.to_json(), "sha256": scanned.sha256.hex()})
+    with vault.catalog.writer() as w:
+        w.put_band(fixed)
+    return sidecar_bytes(catalog_bytes, fixed)
+
+
+def sidecar_bytes(catalog_bytes: bytes, info: BandInfo) -> bytes:
+    """A sidecar as `band.encode_sidecar` writes it, from a band's catalog and BandInfo."""
+    doc = json.loads(catalog_bytes)
+    doc.update(band_size=info.size, band_sha256=info.sha256.hex(),
+               frames=[[c, u] for c, u in info.frames])
+    text = json.dumps(doc, ensure_ascii=True, sort_keys=True, separators=(",", ":"))
+    return zstandard.ZstdCompressor(level=3, write_checksum=True,
+                                    write_content_size=True).compress(text.encode("ascii"))

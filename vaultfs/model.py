@@ -219,9 +219,12 @@ class BandInfo:
     collection: str = ""
     blobs: int = 0
     created_ns: int = 0
+    archived_ns: int = 0  # when it moved to the archive class (0: never)
+    restore: RestoreInfo | None = None  # the latest restore request, while it matters
+    cached: bool = False  # the whole band is in <state_dir>/cache
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "band": self.band,
             "state": self.state,
             "size": self.size,
@@ -233,6 +236,13 @@ class BandInfo:
             "blobs": self.blobs,
             "created_ns": self.created_ns,
         }
+        if self.archived_ns:
+            d["archived_ns"] = self.archived_ns
+        if self.restore is not None:
+            d["restore"] = self.restore.to_json()
+        if self.cached:
+            d["cached"] = True
+        return d
 
     @staticmethod
     def from_json(d: dict[str, Any]) -> BandInfo:
@@ -247,6 +257,31 @@ class BandInfo:
             collection=d.get("collection", ""),
             blobs=d.get("blobs", 0),
             created_ns=d.get("created_ns", 0),
+            archived_ns=d.get("archived_ns", 0),
+            restore=RestoreInfo.from_json(d["restore"]) if d.get("restore") else None,
+            cached=bool(d.get("cached", False)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreInfo:
+    """A restore request for an archived band (S3 RestoreObject) and what became of it."""
+
+    tier: str  # "Bulk" or "Standard"
+    requested_ns: int
+    expected_ns: int  # ready by (the tier's stated maximum)
+    days: int
+    ready_ns: int = 0  # when vaultfs first saw the restored copy (0: not yet)
+    expires_ns: int = 0  # when S3 deletes the restored copy (0: unknown / not yet)
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+    @staticmethod
+    def from_json(d: dict[str, Any]) -> RestoreInfo:
+        return RestoreInfo(
+            tier=d["tier"], requested_ns=d["requested_ns"], expected_ns=d["expected_ns"],
+            days=d.get("days", 0), ready_ns=d.get("ready_ns", 0), expires_ns=d.get("expires_ns", 0),
         )
 
 

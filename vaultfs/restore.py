@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Protocol
 
 from vaultfs.errors import CorruptionError, VaultError
-from vaultfs.model import Entry, TreeId, VersionInfo
+from vaultfs.model import BandId, Entry, TreeId, VersionInfo
 from vaultfs.source import Problem, display_path
 from vaultfs.vault import Vault
 
@@ -121,51 +121,8 @@ class Restorer:
             os.close(root_fd)
         return self.result
 
-    # ---- selection ---------------------------------------------------------------------
-
     def _select(self, selection: list[tuple[bytes, ...]]) -> Iterator[_Item]:
-        root = self.version.root
-        if not selection:
-            yield from self._walk(root, ())
-            return
-        for parts in selection:
-            entries = self._listing(root)
-            prefix: tuple[bytes, ...] = ()
-            found: Entry | None = None
-            for i, name in enumerate(parts):
-                found = entries.get(name)
-                if found is None:
-                    raise VaultError(
-                        f"{display_path(b'/'.join(parts))} is not in "
-                        f"{self.version.collection}@v{self.version.number}"
-                    )
-                prefix = (*prefix, name)
-                if i < len(parts) - 1:
-                    if found.kind != "dir" or found.tree is None:
-                        raise VaultError(f"{display_path(b'/'.join(prefix))} is not a directory")
-                    yield _Item(prefix, found)  # parents, so they exist with their metadata
-                    entries = self._listing(found.tree)
-            if found is None:
-                continue
-            yield _Item(prefix, found)
-            if found.kind == "dir" and found.tree is not None:
-                yield from self._walk(found.tree, prefix)
-
-    def _listing(self, tree: TreeId) -> dict[bytes, Entry]:
-        out: dict[bytes, Entry] = {}
-        for e in self.vault.tree(tree):
-            check_name(e.name)
-            if e.name in out:
-                raise UnsafeName(f"tree {tree.hex()[:16]} lists {e.name!r} twice")
-            out[e.name] = e
-        return out
-
-    def _walk(self, tree: TreeId, prefix: tuple[bytes, ...]) -> Iterator[_Item]:
-        for name, e in self._listing(tree).items():
-            parts = (*prefix, name)
-            yield _Item(parts, e)
-            if e.kind == "dir" and e.tree is not None:
-                yield from self._walk(e.tree, parts)
+        return select(self.vault, self.version.root, selection, self.version)
 
     def _band_order(self, item: _Item) -> tuple[str, int]:
         ref = self.vault.catalog.blob(item.entry.blob) if item.entry.blob else None
@@ -344,6 +301,83 @@ def _replace_nofollow(src: bytes, dst: bytes, dir_fd: int) -> None:
 
 def _proc_path(dir_fd: int, name: bytes) -> bytes:
     return b"/proc/self/fd/%d/" % dir_fd + name
+
+
+def _listing(vault: Vault, tree: TreeId) -> dict[bytes, Entry]:
+    """A directory's entries by name, every name checked, duplicates refused."""
+    out: dict[bytes, Entry] = {}
+    for e in vault.tree(tree):
+        check_name(e.name)
+        if e.name in out:
+            raise UnsafeName(f"tree {tree.hex()[:16]} lists {e.name!r} twice")
+        out[e.name] = e
+    return out
+
+
+def _walk(vault: Vault, tree: TreeId, prefix: tuple[bytes, ...]) -> Iterator[_Item]:
+    for name, e in _listing(vault, tree).items():
+        parts = (*prefix, name)
+        yield _Item(parts, e)
+        if e.kind == "dir" and e.tree is not None:
+            yield from _walk(vault, e.tree, parts)
+
+
+def select(
+    vault: Vault,
+    root: TreeId,
+    selection: list[tuple[bytes, ...]],
+    version: VersionInfo | None = None,
+) -> Iterator[_Item]:
+    """Every entry under ``root`` (or under the selected paths, with their parents)."""
+    if not selection:
+        yield from _walk(vault, root, ())
+        return
+    where = f"{version.collection}@v{version.number}" if version else "this version"
+    for parts in selection:
+        entries = _listing(vault, root)
+        prefix: tuple[bytes, ...] = ()
+        found: Entry | None = None
+        for i, name in enumerate(parts):
+            found = entries.get(name)
+            if found is None:
+                raise VaultError(f"{display_path(b'/'.join(parts))} is not in {where}")
+            prefix = (*prefix, name)
+            if i < len(parts) - 1:
+                if found.kind != "dir" or found.tree is None:
+                    raise VaultError(f"{display_path(b'/'.join(prefix))} is not a directory")
+                yield _Item(prefix, found)  # parents, so they exist with their metadata
+                entries = _listing(vault, found.tree)
+        if found is None:
+            continue
+        yield _Item(prefix, found)
+        if found.kind == "dir" and found.tree is not None:
+            yield from _walk(vault, found.tree, prefix)
+
+
+def selected_entries(
+    vault: Vault, root: TreeId, selection: list[tuple[bytes, ...]]
+) -> Iterator[Entry]:
+    """The entries a restore of ``selection`` (everything when empty) would write."""
+    return (item.entry for item in select(vault, root, selection))
+
+
+def bands_needed(
+    vault: Vault, root: TreeId, selection: list[tuple[bytes, ...]]
+) -> dict[BandId, int]:
+    """Band → bytes of content that restoring ``selection`` of the tree needs from it."""
+    needed: dict[BandId, int] = {}
+    seen: set[bytes] = set()
+    for entry in selected_entries(vault, root, selection):
+        if entry.kind != "file" or entry.blob is None or entry.blob in seen:
+            continue
+        seen.add(entry.blob)
+        ref = vault.catalog.blob(entry.blob)
+        if ref is None:
+            raise CorruptionError(
+                f"blob {entry.blob.hex()[:16]} is not in the catalog: run `vaultfs check`"
+            )
+        needed[ref.band] = needed.get(ref.band, 0) + ref.size
+    return needed
 
 
 def fetch(

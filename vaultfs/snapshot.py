@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from vaultfs import archive, index, testpoints  # index: issue 5
 from vaultfs import band as bandfmt
-from vaultfs import testpoints
 from vaultfs.catalog import FileCacheRow
 from vaultfs.config import CollectionConfig
 from vaultfs.errors import VaultError
@@ -104,6 +104,7 @@ class SnapshotResult:
     bytes_read: int = 0
     bands: int = 0
     bytes_stored: int = 0
+    archived: int = 0  # bands moved to the archive class by this run
     seconds: float = 0.0
 
     @property
@@ -137,6 +138,7 @@ class Snapshot:
         self._band: bandfmt.BandWriter | None = None
         self._band_ids: list[BandId] = []
         self._new_blobs: set[BlobId] = set()
+        self._large_files: set[tuple[int, int]] | None = None
         self._uploader = _Uploader(vault, collection.name)
         self.result = SnapshotResult(collection.name, None, None, unchanged=False)
 
@@ -152,7 +154,7 @@ class Snapshot:
             )
         self.progress.stage("recovering")
         recover_spool(self.vault)
-        self.vault.adopt_committed_versions(self.collection.name)
+        index.adopt_committed(self.vault, self.collection.name)  # issue 5: with their bands
         self.progress.stage("scanning")
         scanner = Scanner(root)
         try:
@@ -168,16 +170,22 @@ class Snapshot:
             self.progress.stage("writing trees")
             new_trees: dict[TreeId, bytes] = {}
             stats = _Stats()
-            root_id = self._build_tree(top, latest.root if latest else None, new_trees, stats)
+            listings: dict[TreeId, list[Entry]] = {}
+            root_id = self._build_tree(top, listings, new_trees, stats)
             if latest is not None and root_id == latest.root:
                 self._finish_unchanged(latest)
             else:
+                self._diff(latest.root if latest else None, root_id, b"", listings, stats)
                 self._commit(root_id, latest, new_trees, stats)
         except BaseException:
             self._uploader.stop(abort=True)
             if self._band is not None:
                 self._band.abort()
             raise
+        index.publish(self.vault)  # issue 5: bring the consolidated index on the store up to date
+        # Cold bands move to the archive class once their version is committed;
+        # a move interrupted by a crash is finished by whichever snapshot runs next.
+        self.result.archived = len(archive.archive_pending(self.vault))
         self.result.seconds = time.monotonic() - started
         return self.result
 
@@ -199,7 +207,7 @@ class Snapshot:
                     and row.size == st.st_size
                     and row.mtime_ns == st.st_mtime_ns
                     and row.ctime_ns == st.st_ctime_ns
-                    and catalog.blob(row.blob) is not None
+                    and cache.has_blob(row.blob)
                 ):
                     f.blob = row.blob
                     f.needs_read = False
@@ -237,8 +245,8 @@ class Snapshot:
                     assert self._band is not None
                     self._band.add_blob(self._member_name(f), _meta(f), data, blob)
                     self._blob_added(blob, len(data))
-            else:
-                blob = hash_stream(fd, before)
+            elif self._likely_known(before):
+                blob = hash_stream(fd, before)  # hash first: packing is likely not needed
                 testpoints.reach("after-hash")
                 if self._is_new(blob):
                     self._make_room(before.st_size)
@@ -246,10 +254,11 @@ class Snapshot:
                     self._band.add_blob_stream(
                         self._member_name(f), _meta(f), before.st_size,
                         iter_chunks(fd, before.st_size), blob,
+                        skip_if=lambda _: self._changed_since(fd, before),
                     )
-                    if not same_file_state(before, os.fstat(fd)):
-                        raise ChangedWhileReading
                     self._blob_added(blob, before.st_size)
+            else:
+                blob = self._pack_large(f, fd, before)
             self.result.files_read += 1
             self.result.bytes_read += before.st_size
         except (ChangedWhileReading, bandfmt.ContentChanged):
@@ -264,6 +273,55 @@ class Snapshot:
             (f.rel, FileCacheRow(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, blob))
         )
         return None
+
+    def _pack_large(self, f: ScannedFile, fd: int, before: os.stat_result) -> BlobId:
+        """One read that hashes and packs; rolled back if the vault already has the blob."""
+        self._make_room(before.st_size)
+        assert self._band is not None
+        digests: list[BlobId] = []
+
+        def known(digest: bytes) -> bool:
+            testpoints.reach("after-hash")
+            self._changed_since(fd, before)
+            digests.append(BlobId(digest))
+            return not self._is_new(BlobId(digest))
+
+        loc = self._band.add_blob_stream(
+            self._member_name(f), _meta(f), before.st_size, iter_chunks(fd, before.st_size),
+            skip_if=known,
+        )
+        if loc is not None:
+            self._blob_added(digests[0], before.st_size)
+        return digests[0]
+
+    def _likely_known(self, st: os.stat_result) -> bool:
+        """Whether a large file probably has content the vault already holds.
+
+        True when the latest version has a large file of the same size and mtime
+        (a file moved or renamed: the files cache, keyed by path, missed it).
+        Such files are hashed before they are packed, so a reorganised photo
+        library costs a hash pass, not a compression pass.
+        """
+        if self._large_files is None:
+            self._large_files = set()
+            latest = self.vault.catalog.latest_version(self.collection.name)
+            if latest is not None:
+                self._collect_large(latest.root, self._large_files)
+        return (st.st_size, st.st_mtime_ns) in self._large_files
+
+    def _collect_large(self, tree: TreeId, out: set[tuple[int, int]]) -> None:
+        for e in self.vault.tree(tree):
+            if e.kind == "file" and e.size > SMALL_FILE:
+                out.add((e.size, e.mtime_ns))
+            elif e.kind == "dir" and e.tree is not None:
+                self._collect_large(e.tree, out)
+
+    @staticmethod
+    def _changed_since(fd: int, before: os.stat_result) -> bool:
+        """Raise ChangedWhileReading if the open file moved since ``before``; else False."""
+        if not same_file_state(before, os.fstat(fd)):
+            raise ChangedWhileReading
+        return False
 
     def _skip(self, f: ScannedFile, reason: str) -> None:
         f.skipped = True
@@ -323,51 +381,62 @@ class Snapshot:
     def _build_tree(
         self,
         node: ScannedDir,
-        previous: TreeId | None,
+        listings: dict[TreeId, list[Entry]],
         new_trees: dict[TreeId, bytes],
         stats: _Stats,
     ) -> TreeId:
-        prev_entries: dict[bytes, Entry] = {}
-        if previous is not None:
-            prev_entries = {e.name: e for e in self.vault.tree(previous)}
+        """Encode a directory's listing bottom-up; remember every listing for the diff."""
         entries: list[Entry] = []
         for child in node.children:
             if isinstance(child, ScannedDir):
-                if child.unreadable:
-                    continue
-                old = prev_entries.get(child.name)
-                sub = self._build_tree(
-                    child, old.tree if old is not None and old.kind == "dir" else None,
-                    new_trees, stats,
-                )
-                entries.append(_dir_entry(child, sub))
+                if not child.unreadable:
+                    sub = self._build_tree(child, listings, new_trees, stats)
+                    entries.append(_dir_entry(child, sub))
             elif isinstance(child, ScannedFile):
-                if child.skipped or child.blob is None:
-                    continue
-                entry = _file_entry(child)
-                entries.append(entry)
-                stats.files += 1
-                stats.size += entry.size
-                old = prev_entries.get(child.name)
-                if old is None or old.kind != "file":
-                    stats.added += 1
-                elif old.blob != entry.blob:
-                    stats.changed += 1
-                    stats.modified.append(child.rel)
+                if not child.skipped and child.blob is not None:
+                    entries.append(_file_entry(child))
+                    stats.files += 1
+                    stats.size += child.st.st_size
             else:
                 entries.append(child)
-        kinds_now = {e.name: e.kind for e in entries}
-        for name, old in prev_entries.items():
-            kind_now = kinds_now.get(name)
-            if kind_now == old.kind:
-                continue
-            rel = node.rel + b"/" + name if node.rel else name
-            self._count_removed(old, rel, stats)
         encoded = encode_tree(entries)
         tid = tree_id(encoded)
+        listings[tid] = entries
         if tid not in new_trees and not self.vault.catalog.has_tree(tid):
             new_trees[tid] = encoded
         return tid
+
+    def _diff(
+        self,
+        old: TreeId | None,
+        new: TreeId,
+        rel: bytes,
+        listings: dict[TreeId, list[Entry]],
+        stats: _Stats,
+    ) -> None:
+        """Count files added, changed and removed; equal subtrees are skipped unread."""
+        if old == new:
+            return
+        before = {e.name: e for e in self.vault.tree(old)} if old is not None else {}
+        names = set()
+        for e in listings[new]:
+            names.add(e.name)
+            o = before.get(e.name)
+            path = rel + b"/" + e.name if rel else e.name
+            if o is not None and o.kind != e.kind:
+                self._count_removed(o, path, stats)
+                o = None
+            if e.kind == "dir" and e.tree is not None:
+                self._diff(o.tree if o is not None else None, e.tree, path, listings, stats)
+            elif e.kind == "file":
+                if o is None:
+                    stats.added += 1
+                elif o.blob != e.blob:
+                    stats.changed += 1
+                    stats.modified.append(path)
+        for name, o in before.items():
+            if name not in names:
+                self._count_removed(o, rel + b"/" + name if rel else name, stats)
 
     def _count_removed(self, old: Entry, rel: bytes, stats: _Stats) -> None:
         if old.kind == "file":

@@ -187,31 +187,6 @@ class Vault:
             )
         return version
 
-    def adopt_committed_versions(self, collection: str) -> list[VersionInfo]:
-        """Register versions committed on the store but not yet in the local catalog.
-
-        A snapshot killed between writing its version record (the commit
-        point) and updating LMDB left such a version; its trees are in the
-        sidecar catalog of its last band.
-        """
-        adopted: list[VersionInfo] = []
-        latest = self.catalog.latest_version(collection)
-        number = (latest.number if latest else 0) + 1
-        while True:
-            try:
-                raw = self.store.get(version_key(collection, number))
-            except ObjectNotFound:
-                return adopted
-            version = VersionInfo.from_json(json.loads(raw))
-            sidecar = bandfmt.decode_sidecar(self.store.get(sidecar_key(version.bands[-1])))
-            trees = sidecar.get("trees", {})
-            with self.catalog.writer() as w:
-                for tid, text in trees.items():
-                    w.put_tree(TreeId(bytes.fromhex(tid)), text.encode("utf-8", "surrogateescape"))
-                w.put_version(version)
-            adopted.append(version)
-            number += 1
-
     def tree(self, tree: TreeId) -> tuple[Entry, ...]:
         return self.catalog.tree(tree)
 
@@ -295,6 +270,77 @@ class Vault:
                 f"blob {blob.hex()[:16]} is not in the local catalog: run `vaultfs check`"
             )
         return ref
+
+    # ---- mount support -------------------------------------------------------------------
+
+    def band_reader(self, band: BandId, *, cache_bytes: int = bandfmt.FRAME_CACHE_BYTES
+                    ) -> bandfmt.BandReader:
+        """A new reader of one band, labelled with its id (errors name the band).
+
+        Reads the local cache copy when it is complete, else ranged GETs on the
+        store. The frame cache holds at least two of the band's largest frames, so
+        streaming reads decompress each frame once. The caller owns the reader
+        (the mount keeps a bounded LRU of them; `_reader` keeps every band's).
+        """
+        info = self.catalog.band(band)
+        if info is None:
+            raise CorruptionError(f"band {band} is not in the local catalog: run `vaultfs check`")
+        largest = max((u for _, u in info.frames), default=0)
+        cache = max(cache_bytes, 2 * largest + 1)
+        frames = _frames_from_sizes(info.frames)
+        local = self.cache_dir / f"{band}.tar.zst"
+        if local.exists() and local.stat().st_size == info.size:
+            return bandfmt.BandReader(_FileRange(local).read, info.size, frames, label=band,
+                                      cache_bytes=cache)
+        key, store = band_key(band), self.store
+        return bandfmt.BandReader(lambda start, length: store.get_range(key, start, length),
+                                  info.size, frames, label=band, cache_bytes=cache)
+
+    def band_cached(self, band: BandId) -> bool:
+        """Whether a complete copy of the band is in the local cache (readable now)."""
+        info = self.catalog.band(band)
+        local = self.cache_dir / f"{band}.tar.zst"
+        return info is not None and local.exists() and local.stat().st_size == info.size
+
+    # ---- retention support -------------------------------------------------------------
+    #
+    # Forgetting a version is written down on the store as a write-once marker
+    # ``forgotten/<collection>/<number>.json`` = {"collection", "number",
+    # "forgotten_ns"}, put with If-None-Match before the version leaves the local
+    # catalog. The marker is never deleted: the version record and band catalogs
+    # that still name the version must not bring it back in an index rebuild.
+
+    FORGOTTEN_PREFIX = "forgotten/"
+
+    @staticmethod
+    def forgotten_key(collection: str, number: int) -> str:
+        """The store key of the marker saying ``collection@v<number>`` was forgotten."""
+        return f"forgotten/{collection}/{number}.json"
+
+    def mark_forgotten(self, collection: str, number: int, forgotten_ns: int) -> bool:
+        """Write the marker (If-None-Match); False when it was already there (not an error)."""
+        doc = {"collection": collection, "number": number, "forgotten_ns": forgotten_ns}
+        try:
+            self.store.put(
+                self.forgotten_key(collection, number),
+                json.dumps(doc, sort_keys=True).encode(),
+                if_none_match=True,
+            )
+        except ObjectExists:
+            return False
+        return True
+
+    def forgotten_versions(self) -> set[tuple[str, int]]:
+        """Every (collection, number) with a marker on the store (one listing of ``forgotten/``).
+
+        Keys that do not have the marker's shape are ignored.
+        """
+        out: set[tuple[str, int]] = set()
+        for info in self.store.list(self.FORGOTTEN_PREFIX):
+            parts = info.key[len(self.FORGOTTEN_PREFIX):].split("/")
+            if len(parts) == 2 and parts[1].endswith(".json") and parts[1][:-5].isdigit():
+                out.add((parts[0], int(parts[1][:-5])))
+        return out
 
 
 def _frames_from_sizes(sizes: tuple[tuple[int, int], ...]) -> tuple[bandfmt.Frame, ...]:

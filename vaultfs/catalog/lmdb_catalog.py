@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lmdb
 
@@ -21,6 +22,7 @@ from vaultfs.model import (
     TreeId,
     VersionInfo,
     decode_tree,
+    tree_id,
 )
 
 MAP_SIZE = 1 << 36  # 64 GiB of address space; the file grows only as used
@@ -100,10 +102,10 @@ class Catalog:
 
     def tree(self, tree: TreeId) -> tuple[Entry, ...]:
         raw = self.tree_bytes(tree)
-        if raw is None:
+        if raw is None or tree_id(raw) != tree:  # issue 5: a damaged tree is never served
             raise CorruptionError(
-                f"tree {tree.hex()[:16]} is missing from the local catalog: "
-                "run `vaultfs index rebuild`"
+                f"tree {tree.hex()[:16]} is {'missing from' if raw is None else 'damaged in'} "
+                "the local catalog: run `vaultfs index rebuild`"
             )
         return decode_tree(raw)
 
@@ -165,8 +167,10 @@ class Catalog:
     @contextmanager
     def files_reader(self, collection: str) -> Iterator[FileCacheLookup]:
         """A long read transaction over one collection's files cache (for a scan)."""
-        with self.env.begin(db=self.db["files"], buffers=True) as txn:
-            yield FileCacheLookup(txn, schema.collection_prefix(collection))
+        with self.env.begin(buffers=True) as txn:
+            yield FileCacheLookup(
+                txn, schema.collection_prefix(collection), self.db["files"], self.db["blobs"]
+            )
 
     def file_paths(self, collection: str) -> Iterator[bytes]:
         prefix = schema.collection_prefix(collection)
@@ -187,16 +191,65 @@ class Catalog:
         with self.env.begin(write=True) as txn:
             yield CatalogWriter(txn, self.db)
 
+    # ---- index support (vaultfs.index and vaultfs.check) ------------------------------
+
+    def iter_raw(self, name: str) -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, value) of database `name`, raw; CorruptionError if LMDB fails."""
+        try:
+            with self.env.begin(db=self.db[name]) as txn:
+                for key, value in txn.cursor():
+                    yield bytes(key), bytes(value)
+        except lmdb.Error as e:
+            raise CorruptionError(f"local catalog {self.path} is damaged ({e}): "
+                                  "run `vaultfs index rebuild`") from None
+
+    def iter_trees(self) -> Iterator[tuple[TreeId, bytes]]:
+        for key, value in self.iter_raw("trees"):
+            yield TreeId(key), value
+
+    def iter_blobs(self) -> Iterator[tuple[BlobId, BlobRef]]:
+        for key, value in self.iter_raw("blobs"):
+            yield BlobId(key), _unpack_blob_ref(value)
+
+    # ---- retention support ---------------------------------------------------------------
+
+    def blob_refs(self) -> Iterator[tuple[BlobId, BlobRef]]:
+        """Every (blob, where it lies) of the blob map, in blob id order (one read snapshot)."""
+        with self.env.begin(db=self.db["blobs"]) as txn:
+            for key, value in txn.cursor():
+                yield BlobId(bytes(key)), _unpack_blob_ref(value)
+
+    def tree_ids(self) -> list[TreeId]:
+        """Every tree id in the trees database."""
+        with self.env.begin(db=self.db["trees"]) as txn:
+            return [TreeId(bytes(k)) for k in txn.cursor().iternext(keys=True, values=False)]
+
+    def all_versions(self) -> list[VersionInfo]:
+        """Every version of every collection, in (collection, number) order."""
+        with self.env.begin(db=self.db["versions"]) as txn:
+            return [VersionInfo.from_json(json.loads(v)) for _, v in txn.cursor()]
+
+    # ---- mount support -------------------------------------------------------------------
+
+    def restore_budget_spent(self, day: str) -> int:
+        """Bytes of bands the mount asked to restore on UTC `day` (``YYYY-MM-DD``)."""
+        return _budget_spent(self.meta(schema.RESTORE_BUDGET_KEY), day)
+
 
 class FileCacheLookup:
-    def __init__(self, txn: lmdb.Transaction, prefix: bytes) -> None:
+    def __init__(self, txn: lmdb.Transaction, prefix: bytes, files: Any, blobs: Any) -> None:
         self._txn = txn
-        self._db = None
         self._prefix = prefix
+        self._files = files
+        self._blobs = blobs
 
     def get(self, path: bytes) -> FileCacheRow | None:
-        raw = self._txn.get(self._prefix + path)
+        raw = self._txn.get(self._prefix + path, db=self._files)
         return None if raw is None else FileCacheRow.unpack(bytes(raw))
+
+    def has_blob(self, blob: BlobId) -> bool:
+        """Whether the blob is still in the vault (a cached row may outlive a pruned blob)."""
+        return self._txn.get(blob, db=self._blobs) is not None
 
 
 class CatalogWriter:
@@ -233,3 +286,50 @@ class CatalogWriter:
 
     def delete_file(self, collection: str, path: bytes) -> None:
         self._txn.delete(schema.collection_prefix(collection) + path, db=self._db["files"])
+
+    # ---- retention support ---------------------------------------------------------------
+
+    def delete_version(self, collection: str, number: int) -> bool:
+        """Remove a version record; False when it was not there."""
+        return bool(self._txn.delete(schema.version_key(collection, number), db=self._db["versions"]))
+
+    def delete_band(self, band: BandId) -> bool:
+        """Remove a band's BandInfo (not its blob entries: see `delete_blob`)."""
+        return bool(self._txn.delete(band.encode("ascii"), db=self._db["bands"]))
+
+    def delete_blob(self, blob: BlobId) -> bool:
+        return bool(self._txn.delete(blob, db=self._db["blobs"]))
+
+    def delete_tree(self, tree: TreeId) -> bool:
+        return bool(self._txn.delete(tree, db=self._db["trees"]))
+
+    def delete_meta(self, name: str) -> bool:
+        return bool(self._txn.delete(name.encode(), db=self._db["meta"]))
+
+    # ---- mount support -------------------------------------------------------------------
+
+    def charge_restore_budget(self, day: str, nbytes: int, limit: int) -> bool:
+        """Add `nbytes` to UTC `day`'s restore spending unless that would pass `limit`.
+
+        Atomic with the rest of this write transaction, so two bands asked for at
+        once cannot both slip under the limit. A negative `nbytes` refunds.
+        """
+        key = schema.RESTORE_BUDGET_KEY.encode()
+        raw = self._txn.get(key, db=self._db["meta"])
+        spent = _budget_spent(None if raw is None else bytes(raw).decode(), day)
+        if nbytes > 0 and spent + nbytes > limit:
+            return False
+        doc = {"day": day, "bytes": max(0, spent + nbytes)}
+        self._txn.put(key, json.dumps(doc, sort_keys=True).encode(), db=self._db["meta"])
+        return True
+
+
+def _budget_spent(raw: str | None, day: str) -> int:
+    if raw is None:
+        return 0
+    try:
+        doc = json.loads(raw)
+        return int(doc["bytes"]) if doc.get("day") == day else 0
+    except (ValueError, KeyError, TypeError):
+        raise CorruptionError("the mount's restore budget record in the local catalog is "
+                              "damaged: run `vaultfs index rebuild`") from None

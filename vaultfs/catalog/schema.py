@@ -8,6 +8,10 @@ database   key                                          value
 =========  ==========================================  ==========================================
 meta       ascii name (``vault_id``, ``store``,         utf-8 text
            ``format``)
+meta       ``mount_restore_budget``                    JSON ``{"day": "YYYY-MM-DD", "bytes": N}``:
+                                                        bytes of bands the mount asked to restore
+                                                        on that UTC day ([mount]
+                                                        restore_budget_per_day); another day: 0
 versions   collection utf-8 + NUL + number (u64 BE)     version record JSON (`VersionInfo.to_json`)
 trees      tree id (32 raw bytes)                       canonical tree encoding (`model.encode_tree`)
 blobs      blob id (32 raw bytes)                       `BLOB_REF`: offset u64, size u64, band id ascii
@@ -32,6 +36,8 @@ import struct
 
 FORMAT = "1"
 DATABASES = ("meta", "versions", "trees", "blobs", "bands", "files")
+
+RESTORE_BUDGET_KEY = "mount_restore_budget"  # in ``meta``; see the table above
 
 BLOB_REF = struct.Struct(">QQ")  # followed by the band id
 FILE_CACHE = struct.Struct(">QQQqq32s")

@@ -233,14 +233,39 @@ class S3Store:
         threshold = min(self.settings.multipart_threshold, MAX_SINGLE_PUT)
         if size < threshold or size == 0:  # a multipart upload needs a part
             self._put_small(key, path, sha256)
+            expected = _b64(sha256)
             if progress is not None:
                 progress(size)
         else:
-            self._put_multipart(key, path, size, sha256, progress)
-        info = self.head(key)
-        if info.size != size:
+            expected = self._put_multipart(key, path, size, sha256, progress)
+        self._verify_stored(key, path, size, expected)
+
+    def _verify_stored(self, key: str, path: Path, size: int, expected: str) -> None:
+        """HEAD with checksums: the stored object must have our size and SHA-256 checksum.
+
+        A multipart object's checksum is S3's composite one (the SHA-256 of the
+        parts' SHA-256s, "-N" appended); servers that keep no checksum are
+        checked by size alone (logged).
+        """
+        try:
+            answer = self._client.head_object(
+                Bucket=self.bucket, Key=self._key(key), ChecksumMode="ENABLED"
+            )
+        except (bex.ClientError, bex.BotoCoreError, OSError) as e:
+            raise self._error(e, "HEAD", key) from e
+        stored_size = int(answer["ContentLength"])
+        if stored_size != size:
             raise CorruptionError(
-                f"upload of {path} to {self.url}/{key}: stored size {info.size} != {size}"
+                f"upload of {path} to {self.url}/{key}: stored size {stored_size} != {size}"
+            )
+        stored = answer.get("ChecksumSHA256")
+        if stored is None:
+            log.info("%s/%s: the server keeps no SHA-256 checksum; size verified", self.url, key)
+            return
+        if stored.split("-")[0] != expected.split("-")[0]:
+            raise CorruptionError(
+                f"upload of {path} to {self.url}/{key}: stored SHA-256 checksum {stored} "
+                f"!= {expected}: the object is damaged; it will be uploaded again"
             )
 
     def _put_small(self, key: str, path: Path, sha256: bytes) -> None:
@@ -258,7 +283,8 @@ class S3Store:
 
     def _put_multipart(
         self, key: str, path: Path, size: int, sha256: bytes, progress: ProgressCallback | None
-    ) -> None:
+    ) -> str:
+        """Upload in parts; return the composite checksum S3 should report."""
         part_size = max(self.settings.multipart_chunksize, MIN_PART, math.ceil(size / MAX_PARTS))
         s3key = self._key(key)
         try:
@@ -297,6 +323,8 @@ class S3Store:
             if isinstance(e, (bex.ClientError, bex.BotoCoreError, OSError)):
                 raise self._upload_error(e, key, path) from e
             raise
+        composite = hashlib.sha256(b"".join(base64.b64decode(p["ChecksumSHA256"]) for p in parts))
+        return f"{_b64(composite.digest())}-{len(parts)}"
 
     def _upload_error(self, exc: Exception, key: str, path: Path) -> Exception:
         if isinstance(exc, bex.ClientError) and error_code(exc) in ("BadDigest", "InvalidDigest"):

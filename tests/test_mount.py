@@ -1,0 +1,316 @@
+"""Real kernel mounts: what only the kernel shows (issue 3).
+
+One vault with two versions of a tree holding every kind of entry is mounted
+once for the module (in a world-traversable directory, so another user can try
+to read through it); tests that need their own vault state (a live version,
+corruption, a fault, a crash) mount a small vault of their own.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.mounts import alive, as_nobody, is_mounted, mount_log, mount_pid, mounted, unmount, wait_for
+from tests.trees import describe, diff_r, make_every_kind, write
+from tests.vaultenv import REPO, VaultEnv
+from vaultfs.catalog import Catalog
+
+SAME_SOCKET = "is a socket while file"  # diff -r reports two sockets as different
+
+
+@dataclass
+class Shared:
+    env: VaultEnv
+    src: Path  # the source now (= v2)
+    src_v1: Path  # a copy of the source as v1 saw it
+    mnt: Path
+
+
+@pytest.fixture(scope="module")
+def shared() -> Iterator[Shared]:
+    base = Path(tempfile.mkdtemp(prefix="vaultfs-mount-"))
+    base.chmod(0o755)
+    env = VaultEnv(base, f"file://{base / 'store'}")
+    src = env.add_collection("photos")
+    make_every_kind(src)
+    env.run("init")
+    env.run("snapshot")
+    src_v1 = base / "src_v1"
+    subprocess.run(["cp", "-a", str(src), str(src_v1)], check=True)
+    write(src / "plain.txt", b"changed in v2\n", 1_700_000_000 * 10**9 + 5)
+    write(src / "photos" / "2020" / "new.raw", os.urandom(50_000))
+    (src / "empty").unlink()
+    env.run("snapshot", expect=3)  # cold collection: modified and deleted files are warned about
+    try:
+        with mounted(env, base / "mnt", "--allow-other") as mnt:
+            yield Shared(env, src, src_v1, mnt)
+    finally:
+        unmount(base / "mnt")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def without_vaultfs_xattrs(tree: dict[bytes, tuple[object, ...]]) -> dict[bytes, tuple[object, ...]]:
+    out = {}
+    for rel, row in tree.items():
+        xattrs = tuple(x for x in row[5] if not x[0].startswith("user.vaultfs."))  # type: ignore[attr-defined]
+        out[rel] = (*row[:5], xattrs, *row[6:])
+    return out
+
+
+def test_latest_is_the_source(shared: Shared) -> None:
+    latest = (shared.mnt / "photos" / "latest").resolve()  # diff -r would not follow it
+    assert latest == shared.mnt / "photos" / "v2"
+    assert diff_r(shared.src, latest, ignore=(SAME_SOCKET,)) == []
+    assert describe(shared.src) == without_vaultfs_xattrs(describe(latest))
+
+
+def test_older_version_is_the_older_source(shared: Shared) -> None:
+    v1 = shared.mnt / "photos" / "v1"
+    assert diff_r(shared.src_v1, v1, ignore=(SAME_SOCKET,)) == []
+    assert describe(shared.src_v1) == without_vaultfs_xattrs(describe(v1))
+    assert (v1 / "plain.txt").read_bytes() == b"hello vault\n" * 100
+    assert (shared.mnt / "photos" / "v2" / "plain.txt").read_bytes() == b"changed in v2\n"
+
+
+def test_layout_times_and_status(shared: Shared) -> None:
+    mnt = shared.mnt
+    assert sorted(os.listdir(mnt)) == [".vaultfs", "photos"]
+    assert sorted(os.listdir(mnt / "photos")) == ["latest", "v1", "v2"]
+    assert os.readlink(mnt / "photos" / "latest") == "v2"
+    catalog = Catalog(shared.env.state_dir / "catalog.lmdb", readonly=True)
+    try:
+        created = {v.number: v.created_ns for v in catalog.versions("photos")}
+    finally:
+        catalog.close()
+    for n in (1, 2):
+        assert os.stat(mnt / "photos" / f"v{n}").st_mtime_ns == created[n]
+    status = (mnt / ".vaultfs" / "status").read_text()
+    assert "photos: 2 version(s), latest v2" in status
+    assert "standard:" in status
+    with pytest.raises(FileNotFoundError):
+        os.stat(mnt / "photos" / "v3")
+    with pytest.raises(FileNotFoundError):
+        os.stat(mnt / "nosuchcollection")
+
+
+def stat_c(path: Path, fmt: str) -> str:
+    return subprocess.run(["stat", "-c", fmt, str(path)], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def test_stat_and_getfattr(shared: Shared) -> None:
+    latest = shared.mnt / "photos" / "v2"
+    fmt = "%f %u %g %h %s %y"
+    for name in ("plain.txt", "owned", "secret", "setuid_tool", "sticky", "link_rel", "hard_a",
+                 "nested/deeper", "fifo", "null_dev", "photos"):
+        f = fmt if not (shared.src / name).is_dir() else fmt.replace(" %s", "")  # dir sizes: not kept
+        assert stat_c(latest / name, f) == stat_c(shared.src / name, f), name
+    assert os.readlink(latest / "link_dangling") == "does/not/exist"
+    assert os.readlink(latest / "link_abs") == "/etc/hostname"
+    ino = {os.stat(latest / p).st_ino for p in ("hard_a", "hard_c", "nested/hard_b")}
+    assert len(ino) == 1
+    assert os.stat(latest / "hard_a").st_nlink == 3
+    assert os.stat(latest / "plain.txt").st_ino != os.stat(latest / "owned").st_ino
+    assert os.stat(latest / "plain.txt").st_blksize == 1024 * 1024
+    out = subprocess.run(["getfattr", "-d", "-m", "-", "--absolute-names", str(latest / "plain.txt")],
+                         capture_output=True, text=True, check=True).stdout
+    sha = hashlib.sha256((shared.src / "plain.txt").read_bytes()).hexdigest()
+    assert 'user.comment="a note"' in out
+    assert f'user.vaultfs.sha256="{sha}"' in out
+    assert 'user.vaultfs.state="available"' in out
+    band = os.getxattr(latest / "plain.txt", "user.vaultfs.band").decode()
+    assert f"bands/{band}.tar.zst" in shared.env.store_keys("bands/")
+    assert os.getxattr(latest / "photos", "user.album") == b"holidays"
+
+
+def _write_ops(d: Path) -> dict[str, Callable[[], object]]:
+    f = d / "plain.txt"
+    return {
+        "create": lambda: os.open(d / "new.txt", os.O_WRONLY | os.O_CREAT, 0o644),
+        "open for writing": lambda: os.open(f, os.O_WRONLY),
+        "append": lambda: os.open(f, os.O_WRONLY | os.O_APPEND),
+        "truncate": lambda: os.truncate(f, 0),
+        "mkdir": lambda: os.mkdir(d / "newdir"),
+        "rmdir": lambda: os.rmdir(d / "empty_dir"),
+        "unlink": lambda: os.unlink(f),
+        "rename": lambda: os.rename(f, d / "renamed.txt"),
+        "chmod": lambda: os.chmod(f, 0o777),
+        "chown": lambda: os.chown(f, 1, 1),
+        "utime": lambda: os.utime(f, (0, 0)),
+        "setxattr": lambda: os.setxattr(f, "user.new", b"x"),
+        "removexattr": lambda: os.removexattr(f, "user.comment"),
+        "symlink": lambda: os.symlink("plain.txt", d / "newlink"),
+        "hard link": lambda: os.link(f, d / "newhard"),
+        "mkfifo": lambda: os.mkfifo(d / "newfifo"),
+        "new version dir": lambda: os.mkdir(d.parent / "v99"),
+    }
+
+
+def test_every_write_is_erofs(shared: Shared) -> None:
+    d = shared.mnt / "photos" / "v2"
+    for what, op in _write_ops(d).items():
+        with pytest.raises(OSError) as info:
+            op()
+        assert info.value.errno == errno.EROFS, what
+    assert (d / "plain.txt").read_bytes() == b"changed in v2\n"
+
+
+def test_permissions_are_enforced_for_another_user(shared: Shared) -> None:
+    latest = shared.mnt / "photos" / "latest"
+    denied = as_nobody("cat", str(latest / "secret"))
+    assert denied.returncode != 0 and b"Permission denied" in denied.stderr
+    allowed = as_nobody("cat", str(latest / "plain.txt"))
+    assert allowed.returncode == 0, allowed.stderr
+    assert allowed.stdout == b"changed in v2\n"
+
+
+def test_inodes_are_stable_across_remount(shared: Shared) -> None:
+    def inodes() -> dict[str, int]:
+        out = {}
+        for dirpath, dirnames, filenames in os.walk(shared.mnt / "photos" / "v1"):
+            for name in dirnames + filenames:
+                out[os.path.join(dirpath, name)] = os.lstat(os.path.join(dirpath, name)).st_ino
+        return out
+
+    before = inodes()
+    assert len(before) > 20
+    pid = mount_pid(shared.mnt)
+    shared.env.run("umount", str(shared.mnt))
+    assert not is_mounted(shared.mnt)
+    wait_for(lambda: not alive(pid), "the mount process to exit")
+    shared.env.run("mount", str(shared.mnt), "--log", str(mount_log(shared.env)), "--allow-other")
+    assert inodes() == before
+
+
+# ---- tests with a vault of their own --------------------------------------------------------
+
+
+def small_vault(env: VaultEnv) -> Path:
+    src = env.add_collection("docs", tier="warm")
+    write(src / "a.txt", b"alpha\n")
+    write(src / "sub" / "b.txt", b"beta\n")
+    env.run("init")
+    env.run("snapshot")
+    return src
+
+
+def test_a_new_version_appears_while_mounted(file_vault: VaultEnv, tmp_path: Path) -> None:
+    src = small_vault(file_vault)
+    with mounted(file_vault, tmp_path / "mnt") as mnt:
+        assert sorted(os.listdir(mnt / "docs")) == ["latest", "v1"]
+        assert (mnt / "docs" / "latest" / "a.txt").read_bytes() == b"alpha\n"
+        write(src / "c.txt", b"gamma\n")
+        file_vault.run("snapshot")
+        assert sorted(os.listdir(mnt / "docs")) == ["latest", "v1", "v2"]
+        assert (mnt / "docs" / "v2" / "c.txt").read_bytes() == b"gamma\n"
+        assert not (mnt / "docs" / "v1" / "c.txt").exists()
+        assert os.readlink(mnt / "docs" / "latest") == "v2"
+
+
+def test_a_corrupt_band_gives_eio_and_names_the_band(file_vault: VaultEnv, tmp_path: Path) -> None:
+    src = file_vault.add_collection("photos")
+    content = os.urandom(3 * 1024 * 1024)
+    write(src / "big.raw", content)
+    file_vault.run("init")
+    file_vault.run("snapshot")
+    bands = [k for k in file_vault.store_keys("bands/") if k.endswith(".tar.zst")]
+    store = Path(file_vault.store_url.removeprefix("file://"))
+    band_file = max((store / k for k in bands), key=lambda p: p.stat().st_size)
+    band_id = band_file.name.removesuffix(".tar.zst")
+    with open(band_file, "r+b") as f:  # one byte in the middle of big.raw's data frame
+        f.seek(1024 * 1024)
+        byte = f.read(1)
+        f.seek(1024 * 1024)
+        f.write(bytes([byte[0] ^ 0x40]))
+    with mounted(file_vault, tmp_path / "mnt") as mnt:
+        proc = subprocess.run(["cat", str(mnt / "photos" / "latest" / "big.raw")], capture_output=True)
+        assert proc.returncode != 0
+        assert b"Input/output error" in proc.stderr
+        assert proc.stdout == b""  # not one byte of the corrupt frame was served
+        assert os.stat(mnt / "photos" / "latest" / "big.raw").st_size == len(content)  # still serving
+    log = mount_log(file_vault).read_text()
+    assert f"band {band_id}" in log and "answered EIO" in log
+
+
+def test_an_unexpected_error_is_eio_and_the_mount_goes_on(file_vault: VaultEnv, tmp_path: Path) -> None:
+    """Also: --foreground logs to stderr, and SIGTERM unmounts cleanly."""
+    small_vault(file_vault)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vaultfs.cli", "--config", str(file_vault.config_path),
+         "mount", str(mnt), "--foreground"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        env=file_vault.env(VAULTFS_MOUNT_FAULT="a.txt"),
+    )
+    try:
+        wait_for(lambda: is_mounted(mnt) or proc.poll() is not None, "the mount")
+        assert is_mounted(mnt), proc.communicate()[1]
+        failed = subprocess.run(["cat", str(mnt / "docs" / "v1" / "a.txt")], capture_output=True)
+        assert failed.returncode != 0 and b"Input/output error" in failed.stderr
+        assert (mnt / "docs" / "v1" / "sub" / "b.txt").read_bytes() == b"beta\n"
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        unmount(mnt)
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    assert not is_mounted(mnt)
+    assert "unexpected error in read" in stderr and "injected fault" in stderr
+    assert "Traceback" in stderr
+
+
+def test_a_crashed_mount_is_left_for_umount(file_vault: VaultEnv, tmp_path: Path) -> None:
+    small_vault(file_vault)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    file_vault.run("mount", str(mnt), "--log", str(mount_log(file_vault)))
+    try:
+        pid = mount_pid(mnt)
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not alive(pid), "the mount process to die")
+        with pytest.raises(OSError) as info:
+            os.listdir(mnt)
+        # A request racing the death may see ECONNABORTED; every later one sees ENOTCONN.
+        assert info.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)
+        with pytest.raises(OSError) as info:
+            os.listdir(mnt)
+        assert info.value.errno == errno.ENOTCONN
+        assert is_mounted(mnt)  # never silently unmounted
+        again = file_vault.run("mount", str(mnt), expect=1)
+        assert "already a mount point" in again.stderr
+        file_vault.run("umount", str(mnt))
+        assert not is_mounted(mnt)
+        assert os.listdir(mnt) == []
+        gone = file_vault.run("umount", str(mnt), expect=1)
+        assert "is not mounted" in gone.stderr
+    finally:
+        unmount(mnt)
+
+
+def test_mount_errors_are_one_clear_line(file_vault: VaultEnv, tmp_path: Path) -> None:
+    small_vault(file_vault)
+    proc = file_vault.run("mount", str(tmp_path / "missing"), expect=1)
+    assert "is not a directory" in proc.stderr and "Traceback" not in proc.stderr
+    busy = tmp_path / "mnt"
+    with mounted(file_vault, busy):
+        fd = os.open(busy / "docs" / "v1" / "a.txt", os.O_RDONLY)
+        try:
+            proc = file_vault.run("umount", str(busy), expect=1)
+            assert "is busy" in proc.stderr
+            assert is_mounted(busy)
+        finally:
+            os.close(fd)

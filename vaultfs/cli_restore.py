@@ -1,0 +1,297 @@
+"""``vaultfs restore plan|start|status|fetch``: getting data back, from Deep Archive too."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from vaultfs.config import Config
+from vaultfs.errors import EXIT_OK, EXIT_WARNINGS, ConfigError, VaultError
+from vaultfs.output import emit_json, human_bytes, iso_utc, parse_target
+
+AddCommand = Callable[[str, str, str], argparse.ArgumentParser]
+TIERS = ("Bulk", "Standard")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddCommand) -> None:
+    rp = sub.add_parser(
+        "restore", help="get files back from a version (from Deep Archive too)",
+        description=(
+            "Get files back. Bands of cold collections live in Glacier Deep Archive and must\n"
+            "be restored (12-48 h, billed) before they can be read:\n\n"
+            "  vaultfs restore plan photos@v3 2019/     what it takes: bands, bytes, cost, time\n"
+            "  vaultfs restore start photos@v3 2019/    ask S3 for the restores (idempotent)\n"
+            "  vaultfs restore status                   every restore in flight\n"
+            "  vaultfs restore fetch photos@v3 2019/ --to DIR [--wait]"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rsub = rp.add_subparsers(dest="restore_command", metavar="ACTION")
+    rsub.required = True
+
+    def action(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+        ap = rsub.add_parser(name, help=help_text, description=description,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+        ap.add_argument("--json", action="store_true", help="print a JSON result for scripts")
+        return ap
+
+    def target(ap: argparse.ArgumentParser) -> None:
+        ap.add_argument("what", metavar="COLLECTION[@vN]", help="default version: the latest")
+        ap.add_argument("paths", nargs="*", metavar="PATH", help="paths inside the collection")
+
+    ap = action("plan", "what restoring a version (or paths in it) takes",
+                "List the bands the chosen version needs (only those), their bytes, the number\n"
+                "of requests, the estimated cost and ready-by time for Bulk and Standard, and\n"
+                "which bands are already readable (free). Prices: [prices] in the config.")
+    target(ap)
+    ap.set_defaults(func=cmd_plan)
+
+    ap = action("start", "request the restores a version needs",
+                "Ask S3 to restore every archived band the chosen version needs. Bands already\n"
+                "restoring are not asked again; a restored band about to expire is extended.")
+    target(ap)
+    ap.add_argument("--tier", choices=TIERS, help="default: [s3].restore_tier")
+    ap.add_argument("--days", type=int, help="how long the restored copy stays (default: [s3].restore_days)")
+    ap.set_defaults(func=cmd_start)
+
+    ap = action("status", "every restore in flight",
+                "Every band being restored or restored: requested when, tier, expected ready,\n"
+                "ready at, expires at, fetched to the local cache; and totals.")
+    ap.add_argument("--watch", action="store_true", help="refresh until every restore is ready")
+    ap.add_argument("--interval", type=float, default=60.0, metavar="SECONDS",
+                    help="seconds between checks with --watch (default 60)")
+    ap.set_defaults(func=cmd_status)
+
+    ap = action("fetch", "write files of a version into a directory",
+                "Write COLLECTION[@vN] (default: the latest version), or only the given PATHs\n"
+                "inside it, under DIR with their metadata. Every file is checked against its\n"
+                "SHA-256; nothing is ever written outside DIR. Archived bands must be restored\n"
+                "first (`vaultfs restore start`); --wait polls until they are ready.")
+    target(ap)
+    ap.add_argument("--to", required=True, metavar="DIR", help="target directory")
+    ap.add_argument("--wait", action="store_true", help="wait until restoring bands are ready")
+    ap.add_argument("--interval", type=float, default=300.0, metavar="SECONDS",
+                    help="seconds between checks with --wait (default 300)")
+    ap.set_defaults(func=cmd_fetch)
+
+
+def _open(config: Config, readonly: bool = False) -> Any:
+    from vaultfs.vault import Vault
+
+    return Vault.open(config, readonly=readonly)
+
+
+def _selection(vault: Any, args: argparse.Namespace) -> tuple[Any, list[tuple[bytes, ...]]]:
+    from vaultfs.restore import parse_selection
+
+    collection, number = parse_target(args.what)
+    vault.config.collection(collection)
+    return vault.resolve_version(collection, number), parse_selection(args.paths)
+
+
+def band_status_json(b: Any) -> dict[str, Any]:
+    from vaultfs.archive import band_status_json as status  # lazily: start-up time
+
+    return status(b)
+
+
+def cmd_plan(args: argparse.Namespace, config: Config) -> int:
+    from vaultfs import archive
+    from vaultfs.restore import bands_needed
+
+    vault = _open(config)
+    try:
+        version, selection = _selection(vault, args)
+        needed = bands_needed(vault, version.root, selection)
+        for band_id in needed:
+            band = vault.catalog.band(band_id)
+            if band is not None and band.state in ("restoring", "restored"):
+                archive.refresh(vault, band)
+        plan = archive.plan(vault, needed)
+    finally:
+        vault.close()
+    prices, days = config.prices, config.s3.restore_days
+    tiers = {
+        tier: {"cost_usd": round(plan.cost(prices, tier, days), 4),
+               "ready_by": iso_utc(time.time_ns() + plan.hours(prices, tier) * 3600 * 10**9)
+               if plan.to_restore else None,
+               "hours": plan.hours(prices, tier)}
+        for tier in TIERS
+    }
+    doc = {
+        "collection": version.collection, "version": version.number,
+        "bands_needed": len(needed), "bytes_needed": sum(needed.values()),
+        "to_restore": [band_status_json(b) for b in plan.to_restore],
+        "restoring": [band_status_json(b) for b in plan.in_flight],
+        "readable": [band_status_json(b) for b in plan.free],
+        "restore_bytes": plan.restore_bytes, "requests": len(plan.to_restore),
+        "tiers": tiers, "restore_days": days, "prices_taken": prices.taken,
+    }
+    if args.json:
+        emit_json(doc)
+        return EXIT_OK
+    print(f"{version.collection}@v{version.number}: {len(needed)} band(s) hold the "
+          f"{human_bytes(sum(needed.values()))} of content asked for")
+    print(f"  readable now (free): {len(plan.free)} band(s)")
+    if plan.in_flight:
+        print(f"  already restoring:   {len(plan.in_flight)} band(s)")
+    if not plan.to_restore:
+        print("nothing to restore: `vaultfs restore fetch` can run now")
+        return EXIT_OK
+    print(f"  to restore:          {len(plan.to_restore)} band(s), "
+          f"{human_bytes(plan.restore_bytes)}, {len(plan.to_restore)} request(s)")
+    for tier in TIERS:
+        t = tiers[tier]
+        print(f"  {tier:<8} ~${t['cost_usd']:.2f} (incl. {days} days of the restored copy), "
+              f"ready within {t['hours']} h, by {t['ready_by']}")
+    print(f"prices: {prices.taken} ([prices] in the config)")
+    print(f"next: vaultfs restore start {args.what} {' '.join(args.paths)}".rstrip())
+    return EXIT_OK
+
+
+def cmd_start(args: argparse.Namespace, config: Config) -> int:
+    from vaultfs import archive
+    from vaultfs.restore import bands_needed
+
+    tier = args.tier or config.s3.restore_tier
+    days = args.days if args.days is not None else config.s3.restore_days
+    if days < 1:
+        raise ConfigError("--days must be at least 1")
+    vault = _open(config)
+    try:
+        version, selection = _selection(vault, args)
+        needed = bands_needed(vault, version.root, selection)
+        bands = [b for b in (vault.catalog.band(i) for i in needed) if b is not None]
+        bands = [archive.refresh(vault, b) for b in bands]
+        requested = archive.request_restores(vault, bands, tier, days)
+        states = [vault.catalog.band(b.band) for b in bands]
+    finally:
+        vault.close()
+    doc = {"requested": [band_status_json(b) for b in requested],
+           "bands": [band_status_json(b) for b in states if b is not None], "tier": tier, "days": days}
+    if args.json:
+        emit_json(doc)
+    elif not args.quiet:
+        pending = sum(1 for b in states if b is not None and b.state == "restoring")
+        print(f"requested {len(requested)} restore(s) ({tier}, {days} days); "
+              f"{pending} band(s) restoring, "
+              f"{sum(1 for b in states if b is not None and archive.readable(b))} readable")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace, config: Config) -> int:
+    from vaultfs import archive
+
+    while True:
+        vault = _open(config)
+        try:
+            bands = [archive.refresh(vault, b) for b in archive.in_flight(vault)]
+            cached = [b for b in vault.catalog.bands() if b.state == "cached"]
+        finally:
+            vault.close()
+        bands = [b for b in bands if b.state in ("restoring", "restored")] + cached
+        pending = [b for b in bands if b.state == "restoring"]
+        if not args.watch or not pending:
+            break
+        if not args.json:
+            print(f"{len(pending)} band(s) still restoring; next check in {args.interval:.0f}s",
+                  file=sys.stderr)
+        time.sleep(args.interval)
+    prices = config.prices
+    cost = 0.0
+    for b in bands:
+        if b.restore is None:
+            continue
+        gb = b.size / 1e9
+        per_gb = prices.bulk_per_gb if b.restore.tier == "Bulk" else prices.standard_per_gb
+        cost += gb * per_gb + gb * prices.restored_copy_per_gb_month * b.restore.days / 30
+    bytes_pending = sum(b.size for b in pending)
+    bytes_ready = sum(b.size for b in bands if b.state != "restoring")
+    doc = {
+        "bands": [band_status_json(b) for b in bands],
+        "bytes_pending": bytes_pending,
+        "bytes_ready": bytes_ready,
+        "estimated_cost_usd": round(cost, 4),
+    }
+    if args.json:
+        emit_json(doc)
+        return EXIT_OK
+    if not bands:
+        print("no restores in flight")
+        return EXIT_OK
+    print(f"{'BAND':<28} {'SIZE':>10}  {'STATE':<9} {'TIER':<8} {'REQUESTED':<20} "
+          f"{'EXPECTED BY':<20} {'READY AT':<20} {'EXPIRES':<20} CACHED")
+    for b in bands:
+        r = b.restore
+        print(f"{b.band:<28} {human_bytes(b.size):>10}  {b.state:<9} {(r.tier if r else '-'):<8} "
+              f"{_t(r.requested_ns if r else 0):<20} {_t(r.expected_ns if r else 0):<20} "
+              f"{_t(r.ready_ns if r else 0):<20} {_t(r.expires_ns if r else 0):<20} "
+              f"{'yes' if b.cached else 'no'}")
+    print(f"pending {human_bytes(bytes_pending)}, ready {human_bytes(bytes_ready)}, "
+          f"estimated cost so far ${cost:.2f}")
+    return EXIT_OK
+
+
+def cmd_fetch(args: argparse.Namespace, config: Config) -> int:
+    from vaultfs import archive
+    from vaultfs.progress import TerminalProgress
+    from vaultfs.restore import bands_needed, fetch
+
+    collection, _ = parse_target(args.what)
+    vault = _open(config)
+    try:
+        version, selection = _selection(vault, args)
+        needed = bands_needed(vault, version.root, selection)
+        while True:
+            bands = [b for b in (vault.catalog.band(i) for i in needed) if b is not None]
+            blocked = [archive.refresh(vault, b) for b in bands if not archive.readable(b)]
+            blocked = [b for b in blocked if not archive.readable(b)]
+            if not blocked:
+                break
+            unasked = [b for b in blocked if b.state != "restoring"]
+            if unasked or not args.wait:
+                what = f"{collection}@v{version.number}"
+                raise VaultError(
+                    f"{len(blocked)} band(s) ({human_bytes(sum(b.size for b in blocked))}) of {what} "
+                    + ("are archived: run `vaultfs restore start "
+                       f"{args.what}` first (`vaultfs restore plan` shows the cost)"
+                       if unasked else "are still restoring: add --wait, or see `vaultfs restore status`")
+                )
+            if not args.quiet:
+                ready_by = max((b.restore.expected_ns for b in blocked if b.restore), default=0)
+                print(f"waiting for {len(blocked)} band(s) to be restored (expected by "
+                      f"{_t(ready_by)}); next check in {args.interval:.0f}s", file=sys.stderr)
+            time.sleep(args.interval)
+        enabled = None if not args.quiet else False
+        with TerminalProgress(f"restore {args.what}", enabled=enabled) as prog:
+            result = fetch(vault, collection, version.number, args.paths, Path(args.to), prog)
+    finally:
+        vault.close()
+    for p in result.problems:
+        print(f"warning: {p.display()}", file=sys.stderr)
+    code = EXIT_WARNINGS if result.problems else EXIT_OK
+    if args.json:
+        from vaultfs.model import to_text
+
+        emit_json({
+            "collection": collection, "version": result.version.number, "to": args.to,
+            "files": result.files, "bytes": result.bytes, "dirs": result.dirs,
+            "others": result.others,
+            "problems": [{"path": to_text(p.path), "reason": p.reason} for p in result.problems],
+            "exit_code": code,
+        })
+    elif not args.quiet:
+        print(
+            f"restored {collection}@v{result.version.number}: {result.files} files "
+            f"({human_bytes(result.bytes)}), {result.dirs} directories, {result.others} other "
+            f"entries into {args.to}; every file's SHA-256 verified"
+        )
+    return code
+
+
+def _t(ns: int) -> str:
+    return iso_utc(ns) if ns else "-"
