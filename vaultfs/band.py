@@ -448,8 +448,13 @@ class BandWriter:
             self._checkpoint = None
         return self._remember(name, BlobLocation(digest, offset, size))
 
-    def close(self, extra: dict[str, Any]) -> ClosedBand:
-        """Write catalog (with `extra` keys), end of archive and seek table; fsync; re-check."""
+    def close(self, extra: dict[str, Any], *, sync: bool = True) -> ClosedBand:
+        """Write catalog (with `extra` keys), end of archive and seek table; fsync; re-check.
+
+        With ``sync=False`` the caller takes over making the file durable
+        (`sync_band`), e.g. in a background thread, so that flushing a 1 GiB band
+        to disk does not stall the packing of the next one.
+        """
         self._check_open()
         clash = {"format", "band", "blobs", "body_sha256"} & extra.keys()
         if clash:
@@ -474,11 +479,13 @@ class BandWriter:
         self._file.write(table)
         self._hasher.update(table)
         self._file.flush()
-        os.fsync(self._file.fileno())
+        if sync:
+            os.fsync(self._file.fileno())
         self._file.close()
         self._pool.shutdown()
         self._open = False
-        _fsync_dir(self.path.parent)
+        if sync:
+            _fsync_dir(self.path.parent)
         band = ClosedBand(self.band_id, self.path, self._written + len(table),
                           self._hasher.digest(), tuple(self._frames), tuple(self._blobs), catalog,
                           self._submitted, tuple(self._levels))
@@ -582,6 +589,21 @@ class BandWriter:
         self._written, self._submitted, self._hasher = cp.written, cp.uncompressed, cp.hasher
 
 
+def sync_band(path: Path) -> None:
+    """Make a band closed with ``sync=False`` durable (its data; not its directory entry)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@functools.cache
+def _prefetcher() -> ThreadPoolExecutor:
+    """The threads of `BandReader.prefetch` (shared by every reader; made on first use)."""
+    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="band-prefetch")
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -625,12 +647,51 @@ class BandReader:
         self._catalog_bytes: bytes | None = None
         self._catalog: dict[str, Any] | None = None
         self._lock = threading.Lock()
+        self._pending: dict[int, Future[bytes]] = {}  # frames being decompressed by `prefetch`
+        self._starts: list[int] | None = None
 
     @property
     def frames(self) -> tuple[Frame, ...]:
         self._load()
         assert self._frames is not None
         return self._frames
+
+    def frame_index(self, offset: int) -> int:
+        """The index in `frames` of the frame holding uncompressed byte `offset` (clamped)."""
+        starts = self._starts
+        if starts is None:
+            starts = self._starts = [f.uncompressed_offset for f in self.frames]
+        return max(0, bisect.bisect_right(starts, offset) - 1)
+
+    def prefetch(self, index: int) -> None:
+        """Start decompressing frame `index` in a background thread (a sequential reader will
+        want it next), unless it is cached or underway. A later read of it waits for that
+        work instead of repeating it; a failure reaches that read (and only it)."""
+        frames = self.frames
+        if not 0 <= index < len(frames):
+            return
+        f = frames[index]
+        with self._lock:
+            if f.compressed_offset in self._cache or f.compressed_offset in self._pending:
+                return
+            future: Future[bytes] = Future()
+            self._pending[f.compressed_offset] = future
+        _prefetcher().submit(self._fill, f, future)
+
+    def _fill(self, f: Frame, future: Future[bytes]) -> None:
+        try:
+            data = self._read(f.compressed_offset, f.compressed_size)
+            piece = _decompress_each(data, (f,))[0]
+        except CorruptionError as e:
+            future.set_exception(CorruptionError(f"band {self.label}: {e.message}"))
+        except BaseException as e:  # a store error: the read that wanted the frame reports it
+            future.set_exception(e)
+        else:
+            self._remember_frames({f.compressed_offset: piece})
+            future.set_result(piece)
+        finally:
+            with self._lock:
+                self._pending.pop(f.compressed_offset, None)
 
     @property
     def catalog_bytes(self) -> bytes:
@@ -714,10 +775,15 @@ class BandReader:
         mount) then decompresses that frame once, not once per file.
         """
         with self._lock:
-            cached = [self._cache.get(f.compressed_offset) for f in frames]
+            cached: list[bytes | None] = [self._cache.get(f.compressed_offset) for f in frames]
             for f, c in zip(frames, cached, strict=True):
                 if c is not None:
                     self._cache.move_to_end(f.compressed_offset)
+            underway = [(i, self._pending.get(f.compressed_offset))
+                        for i, (f, c) in enumerate(zip(frames, cached, strict=True)) if c is None]
+        for i, future in underway:
+            if future is not None:  # being prefetched: wait for it rather than decompress twice
+                cached[i] = future.result()
         missing = [f for f, c in zip(frames, cached, strict=True) if c is None]
         if missing:
             first, last = missing[0], missing[-1]

@@ -43,6 +43,7 @@ _ERRNO: tuple[tuple[type[BaseException], int], ...] = (
     (vfs.NotADirectory, errno.ENOTDIR),
     (vfs.NotASymlink, errno.EINVAL),
     (vfs.NoAttribute, errno.ENODATA),
+    (vfs.Unsupported, errno.EOPNOTSUPP),
     (vfs.Archived, errno.ENODATA),
     (vfs.ReadOnly, errno.EROFS),
 )

@@ -32,7 +32,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -222,7 +222,9 @@ class Snapshot:
             if f.link_of is not None:
                 f.blob = f.link_of.blob
                 f.skipped = f.link_of.skipped
-        self._close_band(final_extra=None)
+        # The band being filled stays open: the commit closes it with the new trees
+        # and the version record in its catalog (DESIGN §6), so a small snapshot
+        # writes one band, not a data band and a metadata band.
         self._uploader.drain()
 
     def _read_one(self, root: bytes, f: ScannedFile) -> None:
@@ -367,12 +369,9 @@ class Snapshot:
         extra: dict[str, object] = {"collection": self.collection.name}
         if final_extra:
             extra.update(final_extra)
-        closed = band.close(extra)
-        final = closed.path.with_name(closed.path.name.removesuffix(".part"))
-        os.replace(closed.path, final)
-        _fsync_dir(final.parent)
-        closed = _moved(closed, final)
-        testpoints.reach("band-closed")
+        # The uploader makes the band durable and gives it its final name: flushing
+        # a 1 GiB band to disk then overlaps with packing the next one.
+        closed = band.close(extra, sync=False)
         self._uploader.put(closed)
         return closed
 
@@ -449,6 +448,12 @@ class Snapshot:
     # ---- commit ------------------------------------------------------------------------
 
     def _finish_unchanged(self, latest: VersionInfo) -> None:
+        band = self._band
+        if band is not None and band.uncompressed_size == 0:
+            self._band = None
+            band.abort()
+            self._band_ids.pop()
+        self._close_band(final_extra=None)  # new content no version needs yet (rare)
         self._uploader.stop(abort=False)
         verified = VersionInfo.from_json(
             {**latest.to_json(), "verified_ns": [*latest.verified_ns, self.now()]}
@@ -566,10 +571,14 @@ def _dir_entry(d: ScannedDir, sub: TreeId) -> Entry:
     )
 
 
-def _moved(closed: bandfmt.ClosedBand, path: Path) -> bandfmt.ClosedBand:
-    from dataclasses import replace
-
-    return replace(closed, path=path)
+def _finish_spool_file(closed: bandfmt.ClosedBand) -> bandfmt.ClosedBand:
+    """fsync a closed band, then rename ``X.tar.zst.part`` → ``X.tar.zst``: from then on a
+    crash leaves a complete band that the next run uploads (`recover_spool`)."""
+    bandfmt.sync_band(closed.path)
+    final = closed.path.with_name(closed.path.name.removesuffix(".part"))
+    os.replace(closed.path, final)
+    _fsync_dir(final.parent)
+    return replace(closed, path=final)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -632,6 +641,8 @@ class _Uploader:
                     return
                 if self._abort.is_set() or self.error is not None:
                     continue
+                closed = _finish_spool_file(closed)
+                testpoints.reach("band-closed")
                 info = self.vault.upload_band(closed, self.collection)
                 self.uploaded.append(info)
                 testpoints.reach("band-uploaded")

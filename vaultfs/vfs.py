@@ -51,7 +51,7 @@ the band reader LRU and the per-handle hash state have their own locks.
 
 from __future__ import annotations
 
-import bisect
+import functools
 import hashlib
 import json
 import logging
@@ -59,10 +59,11 @@ import os
 import stat
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from vaultfs import archive
 from vaultfs import band as bandfmt
@@ -77,6 +78,7 @@ BLKSIZE = 1024 * 1024  # st_blksize: cat/cp then read 1 MiB at a time (DESIGN §
 TREE_CACHE_BYTES = 16 * 1024 * 1024
 FRAME_CACHE_BYTES = 16 * 1024 * 1024
 READERS = 4
+HASH_BACKLOG = 8  # reads of one file handed to its hashing thread and not yet hashed, at most
 IMMUTABLE_TIMEOUT = 3600.0  # attributes inside a version never change
 LIVE_TIMEOUT = 1.0  # root, collection directories, `latest`: change when a version commits
 META_DIR = b".vaultfs"
@@ -117,6 +119,16 @@ class NoAttribute(VfsError):
     """No such extended attribute (ENODATA)."""
 
 
+class Unsupported(VfsError):
+    """An extended attribute outside ``user.*``: none is ever kept (EOPNOTSUPP).
+
+    Only ``user.*`` names are backed up (`vaultfs.source`), so the mount, like a
+    filesystem without security labels or ACLs, answers EOPNOTSUPP for the others.
+    ``ls -l`` asks every file for ``security.selinux``; after one EOPNOTSUPP it stops
+    asking for the whole mount (ENODATA would be asked again for every file).
+    """
+
+
 class Archived(VfsError):
     """The content lies in a band that is not readable now (ENODATA, DESIGN §11)."""
 
@@ -133,9 +145,12 @@ class ReadOnly(VfsError):
 # ---- records ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Attr:
-    """What stat(2) shows for a node, and how long the kernel may cache it."""
+class Attr(NamedTuple):
+    """What stat(2) shows for a node, and how long the kernel may cache it.
+
+    (A named tuple: one is made for every entry a listing returns, and a tuple is
+    several times cheaper to make than a frozen dataclass.)
+    """
 
     ino: int
     mode: int  # st_mode, file type included
@@ -189,9 +204,18 @@ class MountInfo:
 
 def inode_number(*key: object) -> int:
     """The stable inode number of a catalog identity (never 0 or the root's 1)."""
-    raw = b"\0".join(k if isinstance(k, bytes) else str(k).encode() for k in key)
+    return _hashed_ino(b"\0".join(k if isinstance(k, bytes) else str(k).encode() for k in key))
+
+
+def _hashed_ino(raw: bytes) -> int:
     n = int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big") & _MASK63
     return n if n > ROOT_INO else n + 2
+
+
+@functools.lru_cache(maxsize=64)
+def _entry_prefix(collection: str, version: int) -> bytes:
+    """``inode_number("entry", collection, version, path)`` hashes this + path."""
+    return b"\0".join((b"entry", collection.encode(), str(version).encode(), b""))
 
 
 # ---- the view -------------------------------------------------------------------------------
@@ -308,11 +332,20 @@ class VaultView:
                           version=v.number, tree=v.root, created_ns=v.created_ns)
 
     def _child(self, parent: Node, e: Entry) -> Node:
+        """The node of entry `e` of directory `parent` (called for every entry listed)."""
         path = e.name if not parent.path else parent.path + b"/" + e.name
         identity = e.hardlink if e.kind == "file" and e.hardlink is not None else path
-        return self._make("entry", ("entry", parent.collection, parent.version, identity),
-                          collection=parent.collection, version=parent.version, path=path,
-                          entry=e, tree=e.tree if e.kind == "dir" else None)
+        key = ("entry", parent.collection, parent.version, identity)
+        # inode_number(*key), without re-encoding the collection and version for each entry
+        ino = _hashed_ino(_entry_prefix(parent.collection, parent.version) + identity)
+        known = self._nodes.get(ino)
+        if known is None:
+            return Node(ino, "entry", key, parent.collection, parent.version, path, e,
+                        e.tree if e.kind == "dir" else None)
+        if known.key == key:
+            return known
+        return self._make("entry", key, collection=parent.collection, version=parent.version,
+                          path=path, entry=e, tree=e.tree if e.kind == "dir" else None)
 
     # ---- listing --------------------------------------------------------------------------
 
@@ -371,6 +404,16 @@ class VaultView:
 
     def attr(self, node: Node) -> Attr:
         """stat(2) of a node, from the catalog only."""
+        e = node.entry
+        if e is not None:  # inside a version (most nodes): checked first
+            if e.kind == "dir":
+                assert e.tree is not None
+                nlink = 2 + self._listing(e.tree).subdirs
+            else:
+                nlink = max(1, e.nlink) if e.kind == "file" else 1
+            size = e.size if e.kind in ("file", "symlink") else 0
+            return Attr(node.ino, _KIND_BITS[e.kind] | (e.mode & 0o7777), nlink, e.uid, e.gid,
+                        size, e.mtime_ns, e.rdev)
         if node.kind == "root":
             colls = self.catalog.collections()
             return Attr(node.ino, stat.S_IFDIR | 0o555, 3 + len(colls), 0, 0, 0,
@@ -399,16 +442,7 @@ class VaultView:
             assert node.tree is not None
             return Attr(node.ino, stat.S_IFDIR | 0o555, 2 + self._listing(node.tree).subdirs,
                         0, 0, 0, node.created_ns)
-        e = node.entry
-        assert e is not None
-        if e.kind == "dir":
-            assert e.tree is not None
-            nlink = 2 + self._listing(e.tree).subdirs
-        else:
-            nlink = max(1, e.nlink) if e.kind == "file" else 1
-        size = e.size if e.kind in ("file", "symlink") else 0
-        return Attr(node.ino, _KIND_BITS[e.kind] | (e.mode & 0o7777), nlink, e.uid, e.gid,
-                    size, e.mtime_ns, rdev=e.rdev)
+        raise NotFound(node.path)  # every kind is answered above
 
     def readlink(self, ino: int) -> bytes:
         node = self.node(ino)
@@ -436,6 +470,8 @@ class VaultView:
 
     def xattr(self, ino: int, name: bytes) -> bytes:
         node = self.node(ino)
+        if not name.startswith(b"user."):
+            raise Unsupported(name)
         e = node.entry
         if e is None:
             raise NoAttribute(name)
@@ -497,6 +533,8 @@ class VaultView:
 
     def release(self, handle: OpenFile | StatusFile) -> None:
         """A handle from `open` was closed."""
+        if isinstance(handle, OpenFile):
+            handle.close()
         if isinstance(handle, OpenFile) and handle.ref is not None:
             band = handle.ref.band
             self.in_use[band] -= 1
@@ -560,10 +598,13 @@ class OpenFile:
     """An open file: ranged reads of its blob. Thread-safe; `read` blocks (run it in a thread).
 
     Every byte returned has passed its zstd frame's checksum. While a file is read
-    sequentially from offset 0, its SHA-256 is also computed, and the read that
-    reaches the end fails with CorruptionError unless it matches the blob id.
-    (Hashing inline costs about half of the in-process streaming speed; a
-    background hashing thread measured slower still on 2 cores: docs/benchmarks.md.)
+    sequentially from offset 0, its SHA-256 is also computed over exactly the bytes
+    returned, and the read that reaches the end fails with CorruptionError unless it
+    matches the blob id. So that two cores work on a stream, the hashing runs in a
+    thread of the handle (at most `HASH_BACKLOG` reads behind; the last read waits
+    for it), and the band's next frame is decompressed in the background
+    (`BandReaders.read` with ``until``) while the current one is served.
+    A file read whole in one read is hashed inline.
     """
 
     def __init__(self, readers: BandReaders, ref: BlobRef | None, blob: BlobId, size: int,
@@ -572,7 +613,9 @@ class OpenFile:
         self._fault = fault
         self._lock = threading.Lock()
         self._hash: hashlib._Hash | None = hashlib.sha256()
-        self._hashed = 0
+        self._hashed = 0  # bytes handed to the hash
+        self._hasher: ThreadPoolExecutor | None = None
+        self._backlog: deque[Future[None]] = deque()
 
     def read(self, offset: int, length: int) -> bytes:
         if self._fault:
@@ -580,20 +623,41 @@ class OpenFile:
         length = max(0, min(length, self.size - offset))
         if length == 0 or self.ref is None:
             return b""
-        data = self.readers.read(self.ref.band, self.ref.offset + offset, length)
+        sequential = self._hash is not None and offset == self._hashed
+        until = self.ref.offset + self.size if sequential else 0
+        data = self.readers.read(self.ref.band, self.ref.offset + offset, length, until)
         if len(data) != length:
             raise CorruptionError(f"band {self.ref.band}: short read of blob {self.blob.hex()}")
         self._verify(offset, data)
         return data
 
+    def close(self) -> None:
+        """The handle was released: stop its hashing thread (pending hashes are dropped)."""
+        with self._lock:
+            self._hash = None
+            hasher, self._hasher = self._hasher, None
+            self._backlog.clear()
+        if hasher is not None:
+            hasher.shutdown(wait=False, cancel_futures=True)
+
     def _verify(self, offset: int, data: bytes) -> None:
         with self._lock:
-            if self._hash is None or offset != self._hashed:
+            h = self._hash
+            if h is None or offset != self._hashed:
                 self._hash = None  # not sequential: the frame checksums alone vouch for it
                 return
-            self._hash.update(data)
             self._hashed += len(data)
-            if self._hashed == self.size and self._hash.digest() != self.blob:
+            last = self._hashed == self.size
+            if last and self._hasher is None:  # read whole in one read: nothing to overlap
+                h.update(data)
+            else:
+                if self._hasher is None:
+                    self._hasher = ThreadPoolExecutor(max_workers=1,
+                                                      thread_name_prefix="vaultfs-sha256")
+                self._backlog.append(self._hasher.submit(h.update, data))
+                while len(self._backlog) > (0 if last else HASH_BACKLOG):
+                    self._backlog.popleft().result()
+            if last and h.digest() != self.blob:
                 assert self.ref is not None
                 raise CorruptionError(f"band {self.ref.band}: blob {self.blob.hex()} at "
                                       f"{self.ref.offset} fails SHA-256")
@@ -641,12 +705,20 @@ class BandReaders:
                 self._readers.popitem(last=False)
         return reader
 
-    def read(self, band: BandId, offset: int, length: int) -> bytes:
-        """Bytes [offset, offset+length) of the band's tar stream, frame-checksum verified."""
+    def read(self, band: BandId, offset: int, length: int, until: int = 0) -> bytes:
+        """Bytes [offset, offset+length) of the band's tar stream, frame-checksum verified.
+
+        A sequential reader passes `until`, the end of what it will read: the frame
+        after the last one this read touches is then decompressed in the background
+        (`BandReader.prefetch`) if it begins before `until`.
+        """
         reader = self.get(band)
         frames = reader.frames
-        starts = [f.uncompressed_offset for f in frames]
-        i = max(0, bisect.bisect_right(starts, offset) - 1)
+        i = reader.frame_index(offset)
+        if until:
+            after = reader.frame_index(offset + length - 1) + 1
+            if after < len(frames) and frames[after].uncompressed_offset < until:
+                reader.prefetch(after)
         pieces: list[bytes] = []
         pos, end = offset, offset + length
         while pos < end and i < len(frames):
