@@ -57,6 +57,8 @@ TAIL_READ = 64 * 1024  # first read of a band's tail: seek table + catalog frame
 CHEAP_LEVEL = -1  # for incompressible frames; see docs/band-format.md for the measurements
 SAMPLE_SLICES, SAMPLE_SLICE = 4, 16 * 1024  # incompressibility probe: 4 x 16 KiB at level 1
 INCOMPRESSIBLE_RATIO = 0.97  # probe must shrink by more than 3 % to use the configured level
+DEFAULT_LEVEL = 3
+TEXT_LIKE_RATIO = 0.5  # probe ratio below this: text-like, zstd's own level 3 compresses best
 
 SKIPPABLE_MAGIC = 0x184D2A5E
 SEEKABLE_MAGIC = 0x8F92EAB1
@@ -245,19 +247,46 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return _local.d
 
 
-def is_incompressible(data: bytes | bytearray) -> bool:
-    """Probe: do SAMPLE_SLICES slices of `data`, compressed at level 1, shrink by < 3 %?"""
+def probe_ratio(data: bytes | bytearray) -> float | None:
+    """Compressed/original size of SAMPLE_SLICES slices of `data` at level 1 (None: too small)."""
     n = len(data)
     if n < SAMPLE_SLICES * SAMPLE_SLICE:
-        return False
+        return None
     step = (n - SAMPLE_SLICE) // (SAMPLE_SLICES - 1)
     sample = b"".join(data[i * step:i * step + SAMPLE_SLICE] for i in range(SAMPLE_SLICES))
-    return len(_compressor(1, False).compress(sample)) > len(sample) * INCOMPRESSIBLE_RATIO
+    return len(_compressor(1, False).compress(sample)) / len(sample)
+
+
+def is_incompressible(data: bytes | bytearray) -> bool:
+    """Probe: do SAMPLE_SLICES slices of `data`, compressed at level 1, shrink by < 3 %?"""
+    ratio = probe_ratio(data)
+    return ratio is not None and ratio > INCOMPRESSIBLE_RATIO
+
+
+def _binary_compressor() -> zstandard.ZstdCompressor:
+    """Level 3's ratio on partly compressible binary data (raw sensor data), ~30 % faster.
+
+    zstd's level 3 (``dfast``) spends its time on a second hash table that pays on text,
+    not on sensor samples; the single-table ``fast`` finder with 5-byte matches and
+    level 3's table sizes compresses them as well (docs/band-format.md has the numbers).
+    """
+    c = _local.__dict__.get("binary")
+    if c is None:
+        params = zstandard.ZstdCompressionParameters(
+            strategy=zstandard.STRATEGY_FAST, window_log=21, hash_log=17, chain_log=16,
+            search_log=1, min_match=5, write_checksum=1, write_content_size=1,
+        )
+        c = _local.binary = zstandard.ZstdCompressor(compression_params=params)
+    return c
 
 
 def _compress_frame(data: bytes | bytearray, level: int) -> tuple[bytes, int]:
-    if level > CHEAP_LEVEL and is_incompressible(data):
-        level = CHEAP_LEVEL
+    if level > CHEAP_LEVEL:
+        ratio = probe_ratio(data)
+        if ratio is not None and ratio > INCOMPRESSIBLE_RATIO:
+            level = CHEAP_LEVEL
+        elif level == DEFAULT_LEVEL and ratio is not None and ratio > TEXT_LIKE_RATIO:
+            return _binary_compressor().compress(data), level
     return _compressor(level).compress(data), level
 
 
@@ -598,6 +627,13 @@ def sync_band(path: Path) -> None:
         os.close(fd)
 
 
+def _check_frames(frames: tuple[Frame, ...], size: int, label: str | None) -> None:
+    last = frames[-1] if frames else None
+    if last is None or last.compressed_offset + last.compressed_size + 17 + 8 * len(frames) != size:
+        where = f"band {label}: " if label is not None else ""
+        raise CorruptionError(f"{where}frames do not match the band's size")
+
+
 @functools.cache
 def _prefetcher() -> ThreadPoolExecutor:
     """The threads of `BandReader.prefetch` (shared by every reader; made on first use)."""
@@ -647,11 +683,21 @@ class BandReader:
         self._catalog_bytes: bytes | None = None
         self._catalog: dict[str, Any] | None = None
         self._lock = threading.Lock()
+        self._frames_ok = False
         self._pending: dict[int, Future[bytes]] = {}  # frames being decompressed by `prefetch`
         self._starts: list[int] | None = None
 
     @property
     def frames(self) -> tuple[Frame, ...]:
+        """The seek table. Frames given by the caller (the local catalog) are only checked
+        against the band's size: reading file content then never fetches or decompresses
+        the catalog frame at the tail (MiBs in a large band); `catalog` still does."""
+        if self._frames is not None and self._frames_ok:
+            return self._frames
+        if self._frames is not None:
+            _check_frames(self._frames, self.size, self.label)
+            self._frames_ok = True
+            return self._frames
         self._load()
         assert self._frames is not None
         return self._frames
@@ -760,6 +806,16 @@ class BandReader:
         base = frames[0].uncompressed_offset
         return self._decompress(frames)[offset - base:offset - base + length]
 
+    def read_view(self, offset: int, length: int) -> bytes | memoryview:
+        """Like `read_uncompressed`, but a range inside one frame comes back as a read-only
+        view of the (cached, immutable) decompressed frame: no copy."""
+        length = max(0, min(length, self.uncompressed_size - offset))
+        frames = frames_for_range(self.frames, offset, length)
+        if len(frames) != 1:
+            return self.read_uncompressed(offset, length)
+        base = frames[0].uncompressed_offset
+        return memoryview(self._decompress(frames))[offset - base:offset - base + length]
+
     # internals
 
     def _blob_frames(self, loc: BlobLocation) -> Sequence[Frame]:
@@ -837,10 +893,8 @@ class BandReader:
                     != self.size:
                 raise CorruptionError("seek table does not match the band's size")
             self._frames = frames
+        _check_frames(self._frames, self.size, None)
         last = self._frames[-1]
-        if last.compressed_offset + last.compressed_size + 17 + 8 * len(self._frames) \
-                != self.size:
-            raise CorruptionError("frames do not match the band's size")
         if last.compressed_offset >= tail_start:
             rel = last.compressed_offset - tail_start
             data = tail[rel:rel + last.compressed_size]

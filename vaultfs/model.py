@@ -116,10 +116,59 @@ class Entry:
 
 
 def encode_tree(entries: list[Entry] | tuple[Entry, ...]) -> bytes:
-    """Canonical encoding of a directory listing (see the module docstring)."""
+    """Canonical encoding of a directory listing (see the module docstring).
+
+    Byte for byte what ``json.dumps(doc, sort_keys=True, separators=(",", ":"),
+    ensure_ascii=True)`` writes for ``{"format": 1, "entries": [e.to_json() ...]}``
+    (`encode_tree_reference`; a property test holds them equal), built directly:
+    a no-change snapshot encodes every directory of the tree, and this is 3x faster.
+    """
+    ordered = sorted(entries, key=lambda e: e.name)
+    return ('{"entries":[' + ",".join(map(_entry_json, ordered))
+            + f'],"format":{TREE_FORMAT}}}').encode()
+
+
+def encode_tree_reference(entries: list[Entry] | tuple[Entry, ...]) -> bytes:
+    """The definition `encode_tree` implements faster."""
     ordered = sorted(entries, key=lambda e: e.name)
     doc = {"format": TREE_FORMAT, "entries": [e.to_json() for e in ordered]}
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+_quote = json.encoder.encode_basestring_ascii
+
+
+def _entry_json(e: Entry) -> str:
+    """One entry's JSON with sorted keys, defaults left out (see `Entry.to_json`)."""
+    parts = []
+    if e.blob is not None:
+        parts.append('"blob":"' + e.blob.hex() + '"')
+    if e.gid:
+        parts.append(f'"gid":{e.gid}')
+    if e.hardlink is not None:
+        parts.append('"hardlink":' + _quote(to_text(e.hardlink)))
+    parts.append('"kind":"' + e.kind + '"')
+    if e.mode != 0o644:
+        parts.append(f'"mode":{e.mode}')
+    if e.mtime_ns:
+        parts.append(f'"mtime_ns":{e.mtime_ns}')
+    parts.append('"name":' + _quote(to_text(e.name)))
+    if e.nlink != 1:
+        parts.append(f'"nlink":{e.nlink}')
+    if e.rdev:
+        parts.append(f'"rdev":{e.rdev}')
+    if e.size:
+        parts.append(f'"size":{e.size}')
+    if e.target is not None:
+        parts.append('"target":' + _quote(to_text(e.target)))
+    if e.tree is not None:
+        parts.append('"tree":"' + e.tree.hex() + '"')
+    if e.uid:
+        parts.append(f'"uid":{e.uid}')
+    if e.xattrs:
+        parts.append('"xattrs":' + json.dumps(e.to_json()["xattrs"], separators=(",", ":"),
+                                              ensure_ascii=True))
+    return "{" + ",".join(parts) + "}"
 
 
 def tree_id(encoded: bytes) -> TreeId:

@@ -198,18 +198,14 @@ class Snapshot:
             for f in files:
                 if f.link_of is not None:
                     continue
-                row = cache.get(f.rel)
+                row = cache.stat_key(f.rel)
                 st = f.st
                 if (
                     row is not None
-                    and row.dev == st.st_dev
-                    and row.ino == st.st_ino
-                    and row.size == st.st_size
-                    and row.mtime_ns == st.st_mtime_ns
-                    and row.ctime_ns == st.st_ctime_ns
-                    and cache.has_blob(row.blob)
+                    and row[:5] == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                    and cache.has_blob(BlobId(row[5]))
                 ):
-                    f.blob = row.blob
+                    f.blob = BlobId(row[5])
                     f.needs_read = False
                 else:
                     to_read.append(f)

@@ -618,6 +618,10 @@ class OpenFile:
         self._backlog: deque[Future[None]] = deque()
 
     def read(self, offset: int, length: int) -> bytes:
+        return bytes(self.read_view(offset, length))
+
+    def read_view(self, offset: int, length: int) -> bytes | memoryview:
+        """Like `read`; a range inside one frame comes back as a view of the frame (no copy)."""
         if self._fault:
             raise RuntimeError("injected fault (VAULTFS_MOUNT_FAULT test hook)")
         length = max(0, min(length, self.size - offset))
@@ -640,7 +644,7 @@ class OpenFile:
         if hasher is not None:
             hasher.shutdown(wait=False, cancel_futures=True)
 
-    def _verify(self, offset: int, data: bytes) -> None:
+    def _verify(self, offset: int, data: bytes | memoryview) -> None:
         with self._lock:
             h = self._hash
             if h is None or offset != self._hashed:
@@ -671,6 +675,8 @@ class StatusFile:
 
     def read(self, offset: int, length: int) -> bytes:
         return self.text[offset:offset + length]
+
+    read_view = read
 
 
 class BandReaders:
@@ -705,7 +711,7 @@ class BandReaders:
                 self._readers.popitem(last=False)
         return reader
 
-    def read(self, band: BandId, offset: int, length: int, until: int = 0) -> bytes:
+    def read(self, band: BandId, offset: int, length: int, until: int = 0) -> bytes | memoryview:
         """Bytes [offset, offset+length) of the band's tar stream, frame-checksum verified.
 
         A sequential reader passes `until`, the end of what it will read: the frame
@@ -719,13 +725,13 @@ class BandReaders:
             after = reader.frame_index(offset + length - 1) + 1
             if after < len(frames) and frames[after].uncompressed_offset < until:
                 reader.prefetch(after)
-        pieces: list[bytes] = []
+        pieces: list[bytes | memoryview] = []
         pos, end = offset, offset + length
         while pos < end and i < len(frames):
             f = frames[i]
             stop = min(end, f.uncompressed_offset + f.uncompressed_size)
             if stop > pos:
-                pieces.append(reader.read_uncompressed(pos, stop - pos))
+                pieces.append(reader.read_view(pos, stop - pos))
                 pos = stop
             i += 1
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)

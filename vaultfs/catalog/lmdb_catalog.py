@@ -247,6 +247,12 @@ class FileCacheLookup:
         raw = self._txn.get(self._prefix + path, db=self._files)
         return None if raw is None else FileCacheRow.unpack(bytes(raw))
 
+    def stat_key(self, path: bytes) -> tuple[int, int, int, int, int, bytes] | None:
+        """(dev, ino, size, mtime_ns, ctime_ns, blob) of a row, without building a record:
+        a no-change snapshot looks up every file of the collection."""
+        raw = self._txn.get(self._prefix + path, db=self._files)
+        return None if raw is None else schema.FILE_CACHE.unpack(raw)
+
     def has_blob(self, blob: BlobId) -> bool:
         """Whether the blob is still in the vault (a cached row may outlive a pruned blob)."""
         return self._txn.get(blob, db=self._blobs) is not None
