@@ -48,7 +48,7 @@ import zstandard
 
 from vaultfs.errors import CorruptionError
 
-FRAME_SIZE_DEFAULT = 8 * 1024 * 1024
+FRAME_SIZE_DEFAULT = 4 * 1024 * 1024
 FRAME_SIZE_MAX = 1 << 31  # seek table entries are u32; leave room for zstd's overhead
 CATALOG_MEMBER = ".vaultfs/catalog.json"
 CATALOG_FORMAT = 1

@@ -1,6 +1,6 @@
 """glibc allocator settings for the snapshot's large, short-lived buffers.
 
-A snapshot moves every byte through 8 MiB buffers (file contents, frames
+A snapshot moves every byte through buffers of megabytes (file contents, frames
 before and after compression). By default glibc serves each of them with a
 fresh ``mmap`` and gives it back on ``free``, so every page is faulted in and
 zeroed again: on the benchmark that was 3 s of system time out of 16 s.

@@ -35,7 +35,10 @@ the kernel holds.
 Memory bound: the node table (~0.3 KiB per inode the kernel references), the
 decoded-tree cache (`TREE_CACHE_BYTES` of encoded trees, ~4x that decoded), and
 at most `READERS` band readers, each with a frame cache of
-max(`FRAME_CACHE_BYTES`, 2 x its largest frame).
+max(`FRAME_CACHE_BYTES`, 2 x its largest frame) that also receives the frames
+prefetched for sequential readers (2 prefetch threads, one frame each in flight).
+A read inside one frame returns a view of the cached frame (no copy): that frame
+stays alive until the kernel has taken the reply.
 
 Band states (`vaultfs.archive`): opening a file whose band is not readable now
 (archived, restoring) raises `Archived` naming the band; the caller decides
@@ -59,9 +62,8 @@ import os
 import stat
 import threading
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
@@ -78,7 +80,6 @@ BLKSIZE = 1024 * 1024  # st_blksize: cat/cp then read 1 MiB at a time (DESIGN §
 TREE_CACHE_BYTES = 16 * 1024 * 1024
 FRAME_CACHE_BYTES = 16 * 1024 * 1024
 READERS = 4
-HASH_BACKLOG = 8  # reads of one file handed to its hashing thread and not yet hashed, at most
 IMMUTABLE_TIMEOUT = 3600.0  # attributes inside a version never change
 LIVE_TIMEOUT = 1.0  # root, collection directories, `latest`: change when a version commits
 META_DIR = b".vaultfs"
@@ -533,8 +534,6 @@ class VaultView:
 
     def release(self, handle: OpenFile | StatusFile) -> None:
         """A handle from `open` was closed."""
-        if isinstance(handle, OpenFile):
-            handle.close()
         if isinstance(handle, OpenFile) and handle.ref is not None:
             band = handle.ref.band
             self.in_use[band] -= 1
@@ -600,11 +599,10 @@ class OpenFile:
     Every byte returned has passed its zstd frame's checksum. While a file is read
     sequentially from offset 0, its SHA-256 is also computed over exactly the bytes
     returned, and the read that reaches the end fails with CorruptionError unless it
-    matches the blob id. So that two cores work on a stream, the hashing runs in a
-    thread of the handle (at most `HASH_BACKLOG` reads behind; the last read waits
-    for it), and the band's next frame is decompressed in the background
-    (`BandReaders.read` with ``until``) while the current one is served.
-    A file read whole in one read is hashed inline.
+    matches the blob id. A sequential reader has the band's next frame decompressed
+    in the background (`BandReaders.read` with ``until``) while it hashes and is served
+    the current one, so two cores work on a stream. (Hashing in a thread of its own as
+    well measured no faster on 2 cores, and held more frames: docs/benchmarks.md.)
     """
 
     def __init__(self, readers: BandReaders, ref: BlobRef | None, blob: BlobId, size: int,
@@ -613,9 +611,7 @@ class OpenFile:
         self._fault = fault
         self._lock = threading.Lock()
         self._hash: hashlib._Hash | None = hashlib.sha256()
-        self._hashed = 0  # bytes handed to the hash
-        self._hasher: ThreadPoolExecutor | None = None
-        self._backlog: deque[Future[None]] = deque()
+        self._hashed = 0
 
     def read(self, offset: int, length: int) -> bytes:
         return bytes(self.read_view(offset, length))
@@ -635,33 +631,14 @@ class OpenFile:
         self._verify(offset, data)
         return data
 
-    def close(self) -> None:
-        """The handle was released: stop its hashing thread (pending hashes are dropped)."""
-        with self._lock:
-            self._hash = None
-            hasher, self._hasher = self._hasher, None
-            self._backlog.clear()
-        if hasher is not None:
-            hasher.shutdown(wait=False, cancel_futures=True)
-
     def _verify(self, offset: int, data: bytes | memoryview) -> None:
         with self._lock:
-            h = self._hash
-            if h is None or offset != self._hashed:
+            if self._hash is None or offset != self._hashed:
                 self._hash = None  # not sequential: the frame checksums alone vouch for it
                 return
+            self._hash.update(data)
             self._hashed += len(data)
-            last = self._hashed == self.size
-            if last and self._hasher is None:  # read whole in one read: nothing to overlap
-                h.update(data)
-            else:
-                if self._hasher is None:
-                    self._hasher = ThreadPoolExecutor(max_workers=1,
-                                                      thread_name_prefix="vaultfs-sha256")
-                self._backlog.append(self._hasher.submit(h.update, data))
-                while len(self._backlog) > (0 if last else HASH_BACKLOG):
-                    self._backlog.popleft().result()
-            if last and h.digest() != self.blob:
+            if self._hashed == self.size and self._hash.digest() != self.blob:
                 assert self.ref is not None
                 raise CorruptionError(f"band {self.ref.band}: blob {self.blob.hex()} at "
                                       f"{self.ref.offset} fails SHA-256")
