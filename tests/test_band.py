@@ -524,3 +524,23 @@ def test_abort_and_context_manager(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError):
         (tmp_path / "c").write_bytes(b"")
         B.BandWriter(tmp_path / "c", "x")
+
+
+def test_catalog_is_canonical_json(tmp_path: Path) -> None:
+    """The catalog is written without one dict per blob; it must still be exactly the
+    canonical json.dumps of the document (names that need escaping included)."""
+    names = [b"plain", "caf\u00e9 \"quoted\"\\".encode(), b"\xff\xfe raw", b"tab\there"]
+    blobs = [(n, os.urandom(100 + i)) for i, n in enumerate(names)]
+    extra = {"collection": "c", "trees": {"ab": "{\"x\":1}"}, "version": {"n": 1}}
+    w = B.BandWriter(tmp_path / "b", "band-json", frame_size=4096)
+    for name, data in blobs:
+        w.add_blob(name, META, data, sha(data))
+    band = w.close(extra)
+    expected = json.dumps(
+        {"format": 1, "band": "band-json",
+         "blobs": [{"sha256": sha(d).hex(), "name": n.decode("utf-8", "surrogateescape"),
+                    "offset": loc.offset, "size": loc.size}
+                   for (n, d), loc in zip(blobs, band.blobs, strict=True)],
+         "body_sha256": json.loads(band.catalog)["body_sha256"], **extra},
+        ensure_ascii=True, sort_keys=True, separators=(",", ":")).encode()
+    assert band.catalog == expected

@@ -32,11 +32,12 @@ import functools
 import hashlib
 import json
 import os
+import queue
 import secrets
 import struct
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -47,11 +48,13 @@ from typing import Any
 import zstandard
 
 from vaultfs.errors import CorruptionError
+from vaultfs.malloc import release_free_memory
 
 FRAME_SIZE_DEFAULT = 4 * 1024 * 1024
 FRAME_SIZE_MAX = 1 << 31  # seek table entries are u32; leave room for zstd's overhead
 CATALOG_MEMBER = ".vaultfs/catalog.json"
 CATALOG_FORMAT = 1
+TRIM_EVERY_FRAMES = 8  # writer: hand free heap pages back this often (peak RSS)
 FRAME_CACHE_BYTES = 32 * 1024 * 1024  # per reader: recently decompressed frames
 TAIL_READ = 64 * 1024  # first read of a band's tail: seek table + catalog frame, usually
 CHEAP_LEVEL = -1  # for incompressible frames; see docs/band-format.md for the measurements
@@ -405,8 +408,14 @@ class BandWriter:
         self.path, self.band_id, self.level, self.frame_size = path, band_id, level, frame_size
         self._file = open(path, "xb")  # noqa: SIM115 -- owned until close/abort
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="band-zstd")
-        self._max_in_flight = max(1, threads)
-        self._pending: deque[tuple[Future[tuple[bytes, int]], int, int]] = deque()
+        # Frames compressed but not yet written are bounded (memory); a writer thread
+        # writes and hashes them in order, so the caller's thread only reads and packs.
+        self._slots = threading.Semaphore(max(1, threads) + 1)
+        self._queue: queue.Queue[tuple[Future[tuple[bytes, int]], int, int] | None] = (
+            queue.Queue())
+        self._state = threading.Lock()  # frames, written, hasher, checkpoint
+        self._writer_error: BaseException | None = None
+        self._frames_submitted = 0
         self._checkpoint: _Checkpoint | None = None
         self._buf = bytearray()
         self._submitted = 0  # uncompressed bytes handed to the pool
@@ -418,6 +427,8 @@ class BandWriter:
         self._names: list[str] = []
         self._open = True
         self._closed = False  # close() succeeded: the file is a finished band
+        self._writer = threading.Thread(target=self._write_loop, name="band-writer", daemon=True)
+        self._writer.start()
 
     @property
     def uncompressed_size(self) -> int:
@@ -449,10 +460,11 @@ class BandWriter:
         """
         self._check(name, sha256 if sha256 is not None else bytes(32))
         self._flush()
-        cp = _Checkpoint(len(self._frames) + len(self._pending), self._submitted)
-        if not self._pending:
-            cp.written, cp.hasher = self._written, self._hasher.copy()
-        self._checkpoint = cp
+        with self._state:
+            cp = _Checkpoint(self._frames_submitted, self._submitted)
+            if len(self._frames) == cp.frames:
+                cp.written, cp.hasher = self._written, self._hasher.copy()
+            self._checkpoint = cp
         try:
             self._append(member_header(name, meta, size))
             offset = self.uncompressed_size
@@ -490,20 +502,18 @@ class BandWriter:
             raise ValueError(f"extra keys clash with band keys: {sorted(clash)}")
         self._flush()
         self._drain()
-        blobs = [{"sha256": b.sha256.hex(), "name": nm, "offset": b.offset, "size": b.size}
-                 for b, nm in zip(self._blobs, self._names, strict=True)]
-        doc = {"format": CATALOG_FORMAT, "band": self.band_id, "blobs": blobs,
-               "body_sha256": self._hasher.hexdigest(), **extra}
-        catalog = json.dumps(doc, ensure_ascii=True, sort_keys=True,
-                             separators=(",", ":")).encode("ascii")
+        catalog = self._catalog_json(extra)
         meta = MemberMeta(0o644, 0, 0, time.time_ns() // 10**9 * 10**9)
-        tail = b"".join((member_header(CATALOG_MEMBER.encode(), meta, len(catalog)), catalog,
-                         b"\0" * (-len(catalog) % _BLOCK + 2 * _BLOCK)))
-        if len(tail) > FRAME_SIZE_MAX:
+        header = member_header(CATALOG_MEMBER.encode(), meta, len(catalog))
+        padding = b"\0" * (-len(catalog) % _BLOCK + 2 * _BLOCK)
+        if len(header) + len(catalog) + len(padding) > FRAME_SIZE_MAX:
             raise ValueError("catalog too large for one frame")
-        self._buf = bytearray(tail)
+        self._buf = bytearray(header)  # one copy of the catalog, not three (peak memory)
+        self._buf += catalog
+        self._buf += padding
         self._flush()
         self._drain()
+        self._stop_writer()
         table = encode_seek_table(self._frames)
         self._file.write(table)
         self._hasher.update(table)
@@ -522,6 +532,23 @@ class BandWriter:
         self._closed = True
         return band
 
+    def _catalog_json(self, extra: dict[str, Any]) -> bytes:
+        """The catalog document, exactly as ``json.dumps(doc, ensure_ascii=True,
+        sort_keys=True, separators=(",", ":"))`` writes it; the blob list (tens of
+        thousands of entries in a band of small files) is written directly instead of
+        through one dict per blob."""
+        marker = "\x00blobs\x00"
+        doc = {"format": CATALOG_FORMAT, "band": self.band_id, "blobs": marker,
+               "body_sha256": self._hasher.hexdigest(), **extra}
+        text = json.dumps(doc, ensure_ascii=True, sort_keys=True, separators=(",", ":"))
+        quote = json.encoder.encode_basestring_ascii
+        blobs = "[" + ",".join(
+            f'{{"name":{quote(nm)},"offset":{b.offset},"sha256":"{b.sha256.hex()}",'
+            f'"size":{b.size}}}'
+            for b, nm in zip(self._blobs, self._names, strict=True)
+        ) + "]"
+        return text.replace(json.dumps(marker), blobs, 1).encode("ascii")
+
     def abort(self) -> None:
         """Stop the compression threads and delete the file, unless `close` succeeded.
         Idempotent."""
@@ -529,10 +556,8 @@ class BandWriter:
             return
         if self._open:
             self._open = False
-            for fut, _, _ in self._pending:
-                fut.cancel()
             self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pending.clear()
+            self._stop_writer()
             self._file.close()
         self.path.unlink(missing_ok=True)
 
@@ -574,48 +599,74 @@ class BandWriter:
         self._buf += view
 
     def _flush(self) -> None:
-        """Cut the buffer into a frame and hand it to the pool (writing finished frames)."""
+        """Cut the buffer into a frame and hand it to the pool; the writer thread writes it."""
         if not self._buf:
             return
+        self._raise_writer_error()
         buf, self._buf = self._buf, bytearray()
+        self._slots.acquire()  # bounds the frames between here and the disk
         fut = self._pool.submit(_compress_frame, buf, self.level)
-        self._pending.append((fut, self._submitted, len(buf)))
+        self._queue.put((fut, self._submitted, len(buf)))
         self._submitted += len(buf)
-        while self._pending and (len(self._pending) > self._max_in_flight
-                                 or self._pending[0][0].done()):
-            self._write_one()
+        self._frames_submitted += 1
 
-    def _write_one(self) -> None:
-        fut, uoff, usize = self._pending.popleft()
-        data, level = fut.result()
-        self._file.write(data)
-        self._hasher.update(data)
-        self._frames.append(Frame(self._written, len(data), uoff, usize))
-        self._levels.append(level)
-        self._written += len(data)
-        cp = self._checkpoint
-        if cp is not None and cp.written is None and len(self._frames) == cp.frames:
-            cp.written, cp.hasher = self._written, self._hasher.copy()
+    def _write_loop(self) -> None:
+        """The writer thread: frames in order → file, band SHA-256, seek table entries."""
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                fut, uoff, usize = item
+                try:
+                    data, level = fut.result()
+                    if self._writer_error is None:
+                        self._file.write(data)
+                        with self._state:
+                            self._hasher.update(data)
+                            self._frames.append(Frame(self._written, len(data), uoff, usize))
+                            self._levels.append(level)
+                            self._written += len(data)
+                            cp = self._checkpoint
+                            if cp is not None and cp.written is None \
+                                    and len(self._frames) == cp.frames:
+                                cp.written, cp.hasher = self._written, self._hasher.copy()
+                        if len(self._frames) % TRIM_EVERY_FRAMES == 0:
+                            release_free_memory()
+                except BaseException as e:  # handed to the caller's thread
+                    if self._writer_error is None:
+                        self._writer_error = e
+                finally:
+                    item = fut = data = None  # type: ignore[assignment]  # free the frame now
+                    self._slots.release()
+            finally:
+                self._queue.task_done()
+
+    def _raise_writer_error(self) -> None:
+        if self._writer_error is not None:
+            raise self._writer_error
 
     def _drain(self) -> None:
-        while self._pending:
-            self._write_one()
+        """Wait until every frame handed over is written."""
+        self._queue.join()
+        self._raise_writer_error()
+
+    def _stop_writer(self) -> None:
+        if self._writer.is_alive():
+            self._queue.put(None)
+            self._writer.join()
 
     def _rollback(self, cp: _Checkpoint) -> None:
-        while len(self._frames) < cp.frames:  # frames before the member stay
-            self._write_one()
-        for fut, _, _ in self._pending:
-            fut.cancel()
-        for fut, _, _ in self._pending:
-            if not fut.cancelled():
-                fut.exception()  # wait; a worker error is moot, the frame is dropped
-        self._pending.clear()
+        """Forget a member: wait for the writer, then cut the file back to the checkpoint."""
+        self._queue.join()  # the member's frames are written too; they are cut off below
         self._buf = bytearray()
         assert cp.written is not None
         self._file.truncate(cp.written)
         self._file.seek(cp.written)
-        del self._frames[cp.frames:], self._levels[cp.frames:]
-        self._written, self._submitted, self._hasher = cp.written, cp.uncompressed, cp.hasher
+        with self._state:
+            del self._frames[cp.frames:], self._levels[cp.frames:]
+            self._written, self._hasher = cp.written, cp.hasher
+        self._submitted, self._frames_submitted = cp.uncompressed, cp.frames
 
 
 def sync_band(path: Path) -> None:

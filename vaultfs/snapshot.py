@@ -54,6 +54,7 @@ from vaultfs.model import (
 )
 from vaultfs.source import (
     ChangedWhileReading,
+    FileStat,
     Problem,
     ScannedDir,
     ScannedFile,
@@ -139,6 +140,8 @@ class Snapshot:
         self._band_ids: list[BandId] = []
         self._new_blobs: set[BlobId] = set()
         self._large_files: set[tuple[int, int]] | None = None
+        self._cache_rows: list[tuple[bytes, FileCacheRow]] = []  # files read: their new rows
+        self._bytes_added = 0  # content of the blobs this run stored
         self._uploader = _Uploader(vault, collection.name)
         self.result = SnapshotResult(collection.name, None, None, unchanged=False)
 
@@ -155,6 +158,16 @@ class Snapshot:
         self.progress.stage("recovering")
         recover_spool(self.vault)
         index.adopt_committed(self.vault, self.collection.name)  # issue 5: with their bands
+        self._scan_read_commit(root)  # its scan records are freed before what follows
+        self._cache_rows = []
+        index.publish(self.vault)  # issue 5: bring the consolidated index on the store up to date
+        # Cold bands move to the archive class once their version is committed;
+        # a move interrupted by a crash is finished by whichever snapshot runs next.
+        self.result.archived = len(archive.archive_pending(self.vault))
+        self.result.seconds = time.monotonic() - started
+        return self.result
+
+    def _scan_read_commit(self, root: bytes) -> None:
         self.progress.stage("scanning")
         scanner = Scanner(root)
         try:
@@ -182,12 +195,6 @@ class Snapshot:
             if self._band is not None:
                 self._band.abort()
             raise
-        index.publish(self.vault)  # issue 5: bring the consolidated index on the store up to date
-        # Cold bands move to the archive class once their version is committed;
-        # a move interrupted by a crash is finished by whichever snapshot runs next.
-        self.result.archived = len(archive.archive_pending(self.vault))
-        self.result.seconds = time.monotonic() - started
-        return self.result
 
     # ---- reading files -----------------------------------------------------------------
 
@@ -210,7 +217,7 @@ class Snapshot:
                 else:
                     to_read.append(f)
         self.progress.reading(len(to_read), sum(f.st.st_size for f in to_read))
-        self._cache_rows: list[tuple[bytes, FileCacheRow]] = []
+        self._cache_rows = []
         for f in to_read:
             self._read_one(root, f)
             self.progress.advance(1, f.st.st_size)
@@ -235,7 +242,8 @@ class Snapshot:
             before = os.fstat(fd)
             if before.st_ino != f.st.st_ino:
                 return self._skip(f, "was replaced during the snapshot")
-            f.st = before
+            if not same_file_state(f.st, before):
+                f.st = FileStat.of(before)  # else keep the scan's compact record
             if before.st_size <= SMALL_FILE:
                 data, blob = read_small(fd, before)
                 if self._is_new(blob):
@@ -330,7 +338,7 @@ class Snapshot:
 
     def _blob_added(self, blob: BlobId, size: int) -> None:
         self._new_blobs.add(blob)
-        self._bytes_added = getattr(self, "_bytes_added", 0) + size
+        self._bytes_added += size
         if self._band is not None and self._band.uncompressed_size >= self.band_size:
             self._close_band(final_extra=None)
 
@@ -482,7 +490,7 @@ class Snapshot:
             stats=ChangeStats(
                 files=stats.files, bytes=stats.size, added=stats.added,
                 changed=stats.changed, removed=stats.removed,
-                bytes_added=getattr(self, "_bytes_added", 0),
+                bytes_added=self._bytes_added,
             ),
             previous_created_ns=latest.created_ns if latest else None,
             host=socket.gethostname(),
@@ -513,7 +521,7 @@ class Snapshot:
         from vaultfs.catalog import CatalogWriter
 
         assert isinstance(w, CatalogWriter)
-        for rel, row in getattr(self, "_cache_rows", []):
+        for rel, row in self._cache_rows:
             w.put_file(self.collection.name, rel, row)
         for rel in deleted:
             w.delete_file(self.collection.name, rel)
