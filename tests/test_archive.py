@@ -241,3 +241,39 @@ def test_restore_already_in_progress_is_not_an_error(cold: VaultEnv) -> None:
         assert answered == [409] and requested.state == "restoring"
     finally:
         vault.close()
+
+
+def test_status_watch_waits_for_pending_restores(cold: VaultEnv) -> None:
+    cold.run("snapshot")
+    start_held_restores(cold, "photos", "img1.raw")
+    proc = cold.popen("restore", "status", "--watch", "--interval", "0.05", "--json")
+    assert proc.stderr is not None
+    assert "1 band(s) still restoring" in proc.stderr.readline()  # it is waiting
+    release_restores(cold.bucket)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    doc = json.loads(out)
+    assert [b["state"] for b in doc["bands"]] == ["restored"]
+    assert doc["bytes_pending"] == 0 and doc["bytes_ready"] > 1_000_000
+
+
+def test_a_restored_copy_about_to_expire_is_extended(cold: VaultEnv) -> None:
+    from vaultfs import archive
+    from vaultfs.config import load_config
+    from vaultfs.vault import Vault
+
+    cold.run("snapshot")
+    cold.run("restore", "start", "photos", "img0.raw")
+    vault = Vault.open(load_config(cold.config_path))
+    try:
+        (band,) = archive.in_flight(vault)
+        band = archive.refresh(vault, band)
+        assert band.state == "restored" and band.restore is not None
+        far = band.restore.expires_ns - 3 * 24 * 3600 * 10**9  # expires in 3 days: kept
+        assert archive.request_restores(vault, [band], "Bulk", 7, now=far) == []
+        soon = band.restore.expires_ns - 3600 * 10**9  # expires within the hour: extended
+        (extended,) = archive.request_restores(vault, [band], "Bulk", 9, now=soon)
+        assert extended.state == "restored" and extended.restore is not None
+        assert extended.restore.requested_ns == soon and extended.restore.days == 9
+    finally:
+        vault.close()

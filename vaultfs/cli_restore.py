@@ -197,9 +197,9 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
         pending = [b for b in bands if b.state == "restoring"]
         if not args.watch or not pending:
             break
-        if not args.json:
-            print(f"{len(pending)} band(s) still restoring; next check in {args.interval:.0f}s",
-                  file=sys.stderr)
+        if not args.quiet:  # stderr: a --json reader of stdout is not disturbed
+            print(f"{len(pending)} band(s) still restoring; next check in {args.interval:g}s",
+                  file=sys.stderr, flush=True)
         time.sleep(args.interval)
     prices = config.prices
     cost = 0.0
@@ -264,7 +264,8 @@ def cmd_fetch(args: argparse.Namespace, config: Config) -> int:
             if not args.quiet:
                 ready_by = max((b.restore.expected_ns for b in blocked if b.restore), default=0)
                 print(f"waiting for {len(blocked)} band(s) to be restored (expected by "
-                      f"{_t(ready_by)}); next check in {args.interval:.0f}s", file=sys.stderr)
+                      f"{_t(ready_by)}); next check in {args.interval:g}s", file=sys.stderr,
+                      flush=True)
             time.sleep(args.interval)
         enabled = None if not args.quiet else False
         with TerminalProgress(f"restore {args.what}", enabled=enabled) as prog:
