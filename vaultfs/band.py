@@ -671,11 +671,7 @@ class BandWriter:
 
 def sync_band(path: Path) -> None:
     """Make a band closed with ``sync=False`` durable (its data; not its directory entry)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync_dir(path)  # fsync of a file or a directory is the same call
 
 
 def _check_frames(frames: tuple[Frame, ...], size: int, label: str | None) -> None:
@@ -692,6 +688,7 @@ def _prefetcher() -> ThreadPoolExecutor:
 
 
 def _fsync_dir(path: Path) -> None:
+    """fsync a directory (or a file: the same call)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

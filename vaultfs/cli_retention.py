@@ -7,14 +7,14 @@ snapshotted (holding the vault lock) to apply ``keep_versions``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from vaultfs.config import CollectionConfig, Config
 from vaultfs.errors import EXIT_OK
+from vaultfs.output import emit_json, human_bytes
 
 if TYPE_CHECKING:  # imported lazily: every command pays for cli's imports
     from vaultfs import retention
@@ -76,7 +76,7 @@ def cmd_forget(args: argparse.Namespace, config: Config) -> int:
     finally:
         vault.close()
     if args.json:
-        _emit_json({
+        emit_json({
             "dry_run": args.dry_run,
             "collections": [r.to_json() for r in results],
             "skipped": skipped,
@@ -145,7 +145,7 @@ def cmd_prune(args: argparse.Namespace, config: Config) -> int:
     finally:
         vault.close()
     if args.json:
-        _emit_json(result.to_json())
+        emit_json(result.to_json())
     elif not args.quiet:
         for line in describe_prune(result):
             print(line)
@@ -170,7 +170,7 @@ def describe_prune(r: retention.PruneResult) -> list[str]:
         )
     deleted = r.deleted
     out.append(
-        f"{would}delete {len(deleted)} band(s): {would}free {_bytes(r.bytes_freed)} "
+        f"{would}delete {len(deleted)} band(s): {would}free {human_bytes(r.bytes_freed)} "
         f"({r.bytes_freed} bytes), saving ${r.monthly_saving_usd:.4f}/month"
     )
     for b in deleted:
@@ -181,7 +181,7 @@ def describe_prune(r: retention.PruneResult) -> list[str]:
         )
         gone = "" if b.exists else " (object already gone)"
         out.append(
-            f"  {b.band}  {b.storage_class}  {_bytes(b.size)}  age {b.age_days:.1f}d{early}{gone}"
+            f"  {b.band}  {b.storage_class}  {human_bytes(b.size)}  age {b.age_days:.1f}d{early}{gone}"
         )
     out.append(f"early-deletion charge: ${r.early_charge_usd:.4f}")
     young = r.of("keep-young")
@@ -193,7 +193,7 @@ def describe_prune(r: retention.PruneResult) -> list[str]:
         )
         for b in young:
             out.append(
-                f"  {b.band}  {b.storage_class}  {_bytes(b.size)}  age {b.age_days:.1f}d of "
+                f"  {b.band}  {b.storage_class}  {human_bytes(b.size)}  age {b.age_days:.1f}d of "
                 f"{b.min_days}d minimum, early-deletion charge ${b.early_charge_usd:.4f}"
             )
     partly = r.partly_used
@@ -201,9 +201,9 @@ def describe_prune(r: retention.PruneResult) -> list[str]:
         out.append(f"kept {len(partly)} band(s) partly in use (never rewritten):")
         for b in partly:
             out.append(
-                f"  {b.band}  {b.storage_class}  {_bytes(b.size)}  garbage "
+                f"  {b.band}  {b.storage_class}  {human_bytes(b.size)}  garbage "
                 f"{b.garbage_fraction:.0%} ({b.dead_blobs} of {b.dead_blobs + b.live_blobs} "
-                f"blobs, ~{_bytes(b.size * b.garbage_fraction)})"
+                f"blobs, ~{human_bytes(b.size * b.garbage_fraction)})"
             )
     carriers = r.of("keep-trees")
     if carriers:
@@ -234,14 +234,3 @@ def _numbers(numbers: tuple[int, ...]) -> str:
     return ", ".join(f"v{n}" for n in numbers)
 
 
-def _bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover
-
-
-def _emit_json(doc: dict[str, Any]) -> None:
-    json.dump(doc, sys.stdout, indent=2, sort_keys=True)
-    sys.stdout.write("\n")
