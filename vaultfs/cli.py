@@ -190,7 +190,7 @@ def print_snapshot(r: Any, quiet: bool) -> None:
         print(
             f"{r.collection}: v{r.version.number} created: {s.files} files, "
             f"{human_bytes(s.bytes)}; +{s.added} ~{s.changed} -{s.removed}; {read}; "
-            f"stored {human_bytes(r.bytes_stored)} in {r.bands} band(s) in {r.seconds:.1f}s"
+            f"stored {human_bytes(r.bytes_stored)} in {r.bands} band(s) in {r.seconds:.2f}s"
         )
 
 
