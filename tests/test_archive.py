@@ -181,12 +181,10 @@ def test_pending_restore_fetch_wait(cold: VaultEnv, tmp_path: Path) -> None:
 
 def test_restore_expiry_returns_the_band_to_archived(cold: VaultEnv) -> None:
     from vaultfs import archive
-    from vaultfs.config import load_config
-    from vaultfs.vault import Vault
 
     cold.run("snapshot")
     cold.run("restore", "start", "photos", "img0.raw")
-    vault = Vault.open(load_config(cold.config_path))
+    vault = cold.open_vault()
     try:
         (band,) = archive.in_flight(vault)
         restored = archive.refresh(vault, band)
@@ -203,12 +201,10 @@ def test_restore_already_in_progress_is_not_an_error(cold: VaultEnv) -> None:
     from botocore.awsrequest import AWSResponse, HTTPHeaders
 
     from vaultfs import archive
-    from vaultfs.config import load_config
-    from vaultfs.vault import Vault
 
     cold.run("snapshot")
     cold.run("restore", "start", "photos", "img2.raw")
-    vault = Vault.open(load_config(cold.config_path))
+    vault = cold.open_vault()
     try:
         (band,) = archive.in_flight(vault)
         s3 = vault.store.inner  # type: ignore[attr-defined]  # below the retry wrapper
@@ -259,12 +255,10 @@ def test_status_watch_waits_for_pending_restores(cold: VaultEnv) -> None:
 
 def test_a_restored_copy_about_to_expire_is_extended(cold: VaultEnv) -> None:
     from vaultfs import archive
-    from vaultfs.config import load_config
-    from vaultfs.vault import Vault
 
     cold.run("snapshot")
     cold.run("restore", "start", "photos", "img0.raw")
-    vault = Vault.open(load_config(cold.config_path))
+    vault = cold.open_vault()
     try:
         (band,) = archive.in_flight(vault)
         band = archive.refresh(vault, band)

@@ -21,7 +21,7 @@ def setup(env: VaultEnv) -> Path:
 
 
 def store_path(env: VaultEnv, key: str) -> Path:
-    return Path(env.store_url[len("file://"):]) / key
+    return env.store_dir / key
 
 
 def test_clean_vault_checks_clean(vault_env: VaultEnv) -> None:

@@ -25,7 +25,7 @@ def setup(env: VaultEnv) -> Path:
 
 
 def obj(env: VaultEnv, key: str) -> Path:
-    return Path(env.store_url[len("file://"):]) / key
+    return env.store_dir / key
 
 
 def flip(path: Path, offset: int) -> None:

@@ -28,7 +28,7 @@ def fill(src: Path) -> None:
 def no_debris(env: VaultEnv) -> None:
     assert list((env.state_dir / "spool").iterdir()) == []
     if env.store_url.startswith("file://"):
-        root = Path(env.store_url[len("file://"):])
+        root = env.store_dir
         assert [p for p in root.rglob("*") if p.name.startswith(".vaultfs-tmp-")] == []
     else:
         client = env.bucket.client()
@@ -127,11 +127,7 @@ def test_permanent_store_errors_fail_fast_and_clearly(s3_bucket, tmp_path: Path)
     env.run("snapshot")
     client = s3_bucket.client()
     # InvalidObjectState: an archived band is not retried, and the message says what to do.
-    for key in env.store_keys("bands/"):
-        if key.endswith(".tar.zst"):
-            client.copy_object(Bucket=s3_bucket.name, Key="vault/" + key,
-                               CopySource={"Bucket": s3_bucket.name, "Key": "vault/" + key},
-                               StorageClass="DEEP_ARCHIVE")
+    env.move_bands_to("DEEP_ARCHIVE")
     started = time.monotonic()
     proc = env.run("restore", "fetch", "photos", "--to", str(tmp_path / "out"), expect=None)
     assert proc.returncode != 0 and "archived" in proc.stderr and "restore" in proc.stderr

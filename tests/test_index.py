@@ -29,7 +29,7 @@ def second_machine(env: VaultEnv, tmp: Path) -> VaultEnv:
 
 def put_object(env: VaultEnv, key: str, data: bytes) -> None:
     if env.store_url.startswith("file://"):
-        path = Path(env.store_url[len("file://"):]) / key
+        path = env.store_dir / key
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     else:
@@ -61,7 +61,7 @@ def test_index_is_incremental_and_readable_with_standard_tools(file_vault: Vault
         file_vault.run("snapshot")
         keys = file_vault.store_keys("index/")
         assert len(keys) == i + 1 and keys[-1].endswith(f"{i + 1:012d}-delta.zst")
-        sizes.append((Path(file_vault.store_url[7:]) / keys[-1]).stat().st_size)
+        sizes.append((file_vault.store_dir / keys[-1]).stat().st_size)
     assert max(sizes) < 4096  # a delta holds one version, not the whole index
     obj = file_vault.fetch_object("index/000000000003-delta.zst", tmp_path / "obj")
     raw = obj.read_bytes()
@@ -103,7 +103,7 @@ def test_consolidation_into_a_full_object(file_vault: VaultEnv,
         assert dict(vault.catalog.iter_trees()) == content.trees
         assert {b.band for b in vault.catalog.bands()} == set(content.bands)
         # A damaged full object is passed over for the deltas before it.
-        full = Path(file_vault.store_url[7:]) / keys[3]
+        full = file_vault.store_dir / keys[3]
         data = bytearray(full.read_bytes())
         data[-10] ^= 0xFF
         full.write_bytes(bytes(data))
@@ -176,12 +176,7 @@ def test_archived_bands_need_a_confirmed_restore(s3_bucket, tmp_path: Path) -> N
                    bucket=s3_bucket)
     env.write_config()
     src = two_versions(env)
-    client = s3_bucket.client()
-    for key in env.store_keys("bands/"):
-        if key.endswith(".tar.zst"):
-            client.copy_object(Bucket=s3_bucket.name, Key="vault/" + key,
-                               CopySource={"Bucket": s3_bucket.name, "Key": "vault/" + key},
-                               StorageClass="DEEP_ARCHIVE")
+    env.move_bands_to("DEEP_ARCHIVE")
     nas = second_machine(env, tmp_path / "nas2")
     refused = nas.run("index", "rebuild", "--from", "tails", expect=1)
     assert "restore" in refused.stderr and "archived band(s)" in refused.stderr

@@ -119,7 +119,7 @@ def test_store_with_versions_of_an_unknown_vault(tmp_path: Path) -> None:
 
 
 def test_non_empty_directory_that_is_not_a_vault(file_vault: VaultEnv) -> None:
-    store = Path(file_vault.store_url[len("file://"):])
+    store = file_vault.store_dir
     store.mkdir()
     (store / "holiday.jpg").write_bytes(b"not a vault")
     one_line_error(file_vault.run("init", expect=None), "is not empty and holds no vault")

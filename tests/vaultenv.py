@@ -104,10 +104,32 @@ class VaultEnv:
     def versions(self, collection: str) -> list[dict[str, Any]]:
         return list(self.json("versions", collection)["versions"])
 
+    @property
+    def store_dir(self) -> Path:
+        """The directory of a file:// store."""
+        assert self.store_url.startswith("file://"), "not a file:// store"
+        return Path(self.store_url[len("file://"):])
+
+    def open_vault(self) -> Any:
+        """The vault opened in this process (to arrange or inspect what the CLI cannot)."""
+        from vaultfs.config import load_config
+        from vaultfs.vault import Vault
+
+        return Vault.open(load_config(self.config_path))
+
+    def move_bands_to(self, storage_class: str) -> None:
+        """Move every band object on the s3 store to ``storage_class`` behind vaultfs's back."""
+        client = self.bucket.client()
+        for key in self.store_keys("bands/"):
+            if key.endswith(".tar.zst"):
+                client.copy_object(Bucket=self.bucket.name, Key="vault/" + key,
+                                   CopySource={"Bucket": self.bucket.name, "Key": "vault/" + key},
+                                   StorageClass=storage_class)
+
     def store_keys(self, prefix: str = "") -> list[str]:
         """Every object key on the store (relative to the vault's prefix)."""
         if self.store_url.startswith("file://"):
-            root = Path(self.store_url[len("file://"):])
+            root = self.store_dir
             return sorted(
                 str(p.relative_to(root)) for p in root.rglob("*")
                 if p.is_file() and str(p.relative_to(root)).startswith(prefix)
@@ -123,7 +145,7 @@ class VaultEnv:
     def fetch_object(self, key: str, to: Path) -> Path:
         """Copy a store object to a local file (to inspect it with standard tools)."""
         if self.store_url.startswith("file://"):
-            to.write_bytes((Path(self.store_url[len("file://"):]) / key).read_bytes())
+            to.write_bytes((self.store_dir / key).read_bytes())
         else:
             self.bucket.client().download_file(self.bucket.name, "vault/" + key, str(to))
         return to

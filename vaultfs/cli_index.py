@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from typing import Any
 
 from vaultfs.config import Config
 from vaultfs.errors import EXIT_ERROR, EXIT_OK, EXIT_WARNINGS, CorruptionError, VaultError
+from vaultfs.output import AddCommand
 
-AddCommand = Callable[[str, str, str], argparse.ArgumentParser]
 RUNG_NAMES = {"lmdb": "rung 1 (local catalog)", "index": "rung 2 (consolidated index)",
               "sidecars": "rung 3 (sidecars and version records)",
               "tails": "rung 4 (catalogs at the end of the bands)",

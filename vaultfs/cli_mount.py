@@ -10,12 +10,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 from vaultfs.config import Config
+from vaultfs.output import AddCommand
 
-AddCommand = Callable[[str, str, str], argparse.ArgumentParser]
 FAULT_ENV = "VAULTFS_MOUNT_FAULT"  # test hook: reading a file of this name fails unexpectedly
 
 

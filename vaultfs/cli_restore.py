@@ -5,15 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from vaultfs.config import Config
 from vaultfs.errors import EXIT_OK, EXIT_WARNINGS, ConfigError, VaultError
-from vaultfs.output import emit_json, human_bytes, iso_utc, parse_target
+from vaultfs.output import AddCommand, emit_json, human_bytes, iso_utc, parse_target
 
-AddCommand = Callable[[str, str, str], argparse.ArgumentParser]
 TIERS = ("Bulk", "Standard")
 
 

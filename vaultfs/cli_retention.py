@@ -9,18 +9,16 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from vaultfs.config import CollectionConfig, Config
 from vaultfs.errors import EXIT_OK
-from vaultfs.output import emit_json, human_bytes
+from vaultfs.output import AddCommand, emit_json, human_bytes
 
 if TYPE_CHECKING:  # imported lazily: every command pays for cli's imports
     from vaultfs import retention
     from vaultfs.vault import Vault
 
-AddCommand = Callable[[str, str, str], argparse.ArgumentParser]
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddCommand) -> None:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from vaultfs.errors import ConfigError
+
+AddCommand = Callable[[str, str, str], argparse.ArgumentParser]
+"""How cli.py lets a command module add a subcommand: add(name, help, description)."""
 
 
 def parse_target(text: str) -> tuple[str, int | None]:

@@ -19,6 +19,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,6 +44,7 @@ from vaultfs.model import (
 from vaultfs.store import ObjectExists, ObjectNotFound, ObjectStore, open_store
 
 VAULT_FORMAT = 1
+READERS_KEPT = 4  # band readers kept open by read_blob/iter_blob (restores)
 
 
 class Vault:
@@ -55,7 +57,7 @@ class Vault:
         self.state_dir = config.state_dir
         self.spool_dir = config.state_dir / "spool"
         self.cache_dir = config.state_dir / "cache"
-        self._readers: dict[BandId, bandfmt.BandReader] = {}
+        self._readers: OrderedDict[BandId, bandfmt.BandReader] = OrderedDict()
         self._readers_lock = threading.Lock()
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -232,25 +234,19 @@ class Vault:
             ) from None
 
     def _reader(self, band: BandId) -> bandfmt.BandReader:
+        """A reader of the band, from a small LRU: a restore reads band after band,
+        so a few readers (each with its frame cache) are enough, and memory stays
+        bounded however many bands a version spans."""
         with self._readers_lock:
             reader = self._readers.get(band)
             if reader is not None:
+                self._readers.move_to_end(band)
                 return reader
-        info = self.catalog.band(band)
-        if info is None:
-            raise CorruptionError(f"band {band} is not in the local catalog: run `vaultfs check`")
-        frames = _frames_from_sizes(info.frames)
-        local = self.cache_dir / f"{band}.tar.zst"
-        if local.exists() and local.stat().st_size == info.size:
-            reader = bandfmt.BandReader(_FileRange(local).read, info.size, frames)
-        else:
-            key = band_key(band)
-            store = self.store
-            reader = bandfmt.BandReader(
-                lambda start, length: store.get_range(key, start, length), info.size, frames
-            )
+        reader = self.band_reader(band)
         with self._readers_lock:
             self._readers[band] = reader
+            while len(self._readers) > READERS_KEPT:
+                self._readers.popitem(last=False)
         return reader
 
     def read_blob(self, blob: BlobId) -> bytes:
@@ -280,7 +276,7 @@ class Vault:
         Reads the local cache copy when it is complete, else ranged GETs on the
         store. The frame cache holds at least two of the band's largest frames, so
         streaming reads decompress each frame once. The caller owns the reader
-        (the mount keeps a bounded LRU of them; `_reader` keeps every band's).
+        (the mount keeps a bounded LRU of them, and so does `_reader`).
         """
         info = self.catalog.band(band)
         if info is None:
