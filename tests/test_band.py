@@ -15,7 +15,8 @@ import struct
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -84,13 +85,34 @@ def check_band_file(path: Path) -> list[bytes]:
     return out
 
 
+def chunk_reader(chunks: Iterable[bytes]) -> B.ReadInto:
+    """A reader over `chunks` in order, as a file would serve them (offsets checked)."""
+    it, pending, pos = iter(chunks), bytearray(), 0
+
+    def read(view: memoryview, offset: int) -> int:
+        nonlocal pos
+        assert offset == pos, "the writer reads sequentially"
+        while len(pending) < len(view):
+            chunk = next(it, None)
+            if chunk is None:
+                break
+            pending.extend(chunk)
+        n = min(len(view), len(pending))
+        view[:n] = pending[:n]
+        del pending[:n]
+        pos += n
+        return n
+
+    return read
+
+
 def write_band(path: Path, blobs: list[tuple[bytes, bytes]], *, stream_over: int = 1 << 62,
                **kw: int) -> B.ClosedBand:
     w = B.BandWriter(path, "band-test", **kw)
     for name, data in blobs:
         if len(data) > stream_over:
             chunks = (data[i:i + 1000] for i in range(0, len(data), 1000))
-            w.add_blob_stream(name, META, len(data), chunks, sha(data))
+            w.add_blob_stream(name, META, len(data), chunk_reader(chunks), sha(data))
         else:
             w.add_blob(name, META, data, sha(data))
     return w.close({"collection": "docs"})
@@ -239,7 +261,7 @@ def test_zstd_and_gnu_tar_extract_everything(tmp_path: Path) -> None:
     for name, meta in metas.items():
         if name == b"old":
             data = contents[name]
-            band.add_blob_stream(name, meta, len(data), iter([data]), sha(data))
+            band.add_blob_stream(name, meta, len(data), chunk_reader([data]), sha(data))
         else:
             band.add_blob(name, meta, contents[name], sha(contents[name]))
     band.close({})
@@ -403,10 +425,10 @@ def test_stream_rollback_leaves_a_valid_band(tmp_path: Path, case: str) -> None:
     chunks = {"fewer": chunks_of(big[:-1]), "more": chunks_of(big + b"!"),
               "different": chunks_of(big[:-1] + b"?"), "oserror": failing_chunks(big)}[case]
     with pytest.raises(OSError if case == "oserror" else B.ContentChanged):
-        w.add_blob_stream(b"changing", META, len(big), chunks, sha(big))
+        w.add_blob_stream(b"changing", META, len(big), chunk_reader(chunks), sha(big))
     assert w.uncompressed_size >= size_before
     w.add_blob(b"after", META, after, sha(after))
-    w.add_blob_stream(b"big-ok", META, len(big), chunks_of(big), sha(big))
+    w.add_blob_stream(b"big-ok", META, len(big), chunk_reader(chunks_of(big)), sha(big))
     band = w.close({})
     assert len(band.blobs) == 3
     check_band_file(tmp_path / "b")
@@ -439,10 +461,10 @@ def test_stream_without_known_hash_rolls_back_duplicates(tmp_path: Path, case: s
     chunks = chunks_of(big[:-1]) if case == "fewer" else chunks_of(big)
     if case == "fewer":
         with pytest.raises(B.ContentChanged):
-            w.add_blob_stream(b"big", META, len(big), chunks, skip_if=known)
+            w.add_blob_stream(b"big", META, len(big), chunk_reader(chunks), skip_if=known)
         assert seen == []
     else:
-        loc = w.add_blob_stream(b"big", META, len(big), chunks, skip_if=known)
+        loc = w.add_blob_stream(b"big", META, len(big), chunk_reader(chunks), skip_if=known)
         assert seen == [sha(big)]
         assert (loc is None) == (case == "duplicate")
     band = w.close({})
@@ -544,3 +566,33 @@ def test_catalog_is_canonical_json(tmp_path: Path) -> None:
          "body_sha256": json.loads(band.catalog)["body_sha256"], **extra},
         ensure_ascii=True, sort_keys=True, separators=(",", ":")).encode()
     assert band.catalog == expected
+
+
+def test_stall_hook_runs_while_compression_is_behind(tmp_path: Path) -> None:
+    """With every slot taken (zstd behind), the writer lets the caller work instead of
+    waiting, until the hook says it has nothing to do; the band is still right."""
+    w = B.BandWriter(tmp_path / "b", "band-stall", frame_size=4096, threads=1)
+    release = threading.Event()
+    w._pool.submit(release.wait)  # the only compression thread is busy elsewhere
+    calls = 0
+
+    def stall() -> bool:
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            return True  # "did some work": the writer tries for a slot again
+        release.set()
+        return False  # nothing left to do: the writer waits for a slot
+
+    w.on_stall = stall
+    data = os.urandom(5 * 4096)
+    w.add_blob_stream(b"big", META, len(data), chunk_reader([data]), sha(data))
+    # Two frames fill the two slots; the third asks the hook until it has nothing to do
+    # (without the hook the writer would wait for a release that never comes). Later
+    # frames may ask again while zstd catches up.
+    assert release.is_set() and calls >= 3
+    w.on_stall = None
+    band = w.close({})
+    assert [b.size for b in band.blobs] == [len(data)]
+    assert open_reader(tmp_path / "b").read_blob(band.blobs[0]) == data
+    check_band_file(tmp_path / "b")

@@ -7,7 +7,9 @@ are checked with standard tools (diff -r, zstd, tar) and per-entry metadata.
 from __future__ import annotations
 
 import os
+import random
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -183,3 +185,44 @@ def test_large_files_dedup_and_moves(file_vault: VaultEnv, tmp_path: Path) -> No
         for k in file_vault.store_keys("bands/") if k.endswith(".tar.zst")
     )
     assert len(video) < stored < len(video) + 64 * 1024
+
+
+def test_small_files_read_ahead_while_zstd_is_behind(file_vault: VaultEnv, tmp_path: Path) -> None:
+    """While the one compression thread is behind on a large file, the next small files
+    are read ahead and packed right after it (in their own order); nothing is lost,
+    nothing doubled, and a file too large to read ahead waits for its turn."""
+    file_vault.vault_extra = "threads = 1\n"
+    file_vault.band_size = "64MiB"
+    src = file_vault.add_collection("mixed")
+    rng = random.Random(7)
+    letters = bytes(b"etaoinshrdlu \n"[i % 14] for i in range(256))
+
+    def text(n: int) -> bytes:  # compresses, but not fast: zstd stays behind the reads
+        return rng.randbytes(n).translate(letters)
+
+    write(src / "a_big.txt", text(17 * 1024 * 1024 + 5))  # 5 frames: 2 slots
+    write(src / "b_big.txt", text(9 * 1024 * 1024 + 7))
+    for i in range(200):
+        write(src / "c" / f"s{i:03}.txt", text(500 + 37 * i))
+    write(src / "c" / "s100_medium.txt", text(300 * 1024))  # above the read-ahead size
+    file_vault.run("init")
+    # After the scan, one small file grows past the read-ahead size: it is read later.
+    proc = file_vault.popen("snapshot", env=file_vault.env(VAULTFS_TESTPOINTS="after-scan=stop"))
+    os.waitid(os.P_PID, proc.pid, os.WSTOPPED | os.WNOWAIT)
+    write(src / "c" / "s005.txt", text(1024 * 1024))
+    os.kill(proc.pid, signal.SIGCONT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    out = tmp_path / "out"
+    file_vault.run("restore", "fetch", "mixed", "--to", str(out))
+    assert diff_r(src, out) == []
+    (band,) = [k for k in file_vault.store_keys("bands/") if k.endswith(".tar.zst")]
+    listing = subprocess.run(
+        f"zstd -dc {file_vault.store_dir / band} | tar -t", shell=True, check=True,
+        capture_output=True, text=True).stdout.split()
+    members = [m.removeprefix("mixed/") for m in listing if m.startswith("mixed/")]
+    assert sorted(members) == sorted(str(p.relative_to(src)) for p in src.rglob("*.txt"))
+    small = [m for m in members if m.startswith("c/s") and "medium" not in m]
+    assert small == sorted(small)  # read ahead in list order
+    # Read ahead: small files of c/ were packed between the two large files.
+    assert members.index("a_big.txt") < members.index("c/s000.txt") < members.index("b_big.txt")

@@ -31,6 +31,7 @@ class VaultEnv:
     band_size: str = "4MiB"
     collections: dict[str, tuple[Path, str]] = field(default_factory=dict)
     extra_config: str = ""
+    vault_extra: str = ""  # more keys of the [vault] table, e.g. "threads = 1\n"
 
     @property
     def state_dir(self) -> Path:
@@ -53,7 +54,7 @@ class VaultEnv:
             store = "{self.store_url}"
             state_dir = "{self.state_dir}"
             band_size = "{self.band_size}"
-            """)
+            """) + self.vault_extra
         if self.s3_endpoint:
             text += textwrap.dedent(f"""\
                 [s3]

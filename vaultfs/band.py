@@ -38,7 +38,7 @@ import struct
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -54,6 +54,7 @@ FRAME_SIZE_DEFAULT = 4 * 1024 * 1024
 FRAME_SIZE_MAX = 1 << 31  # seek table entries are u32; leave room for zstd's overhead
 CATALOG_MEMBER = ".vaultfs/catalog.json"
 CATALOG_FORMAT = 1
+_READ_PIECE = 1024 * 1024  # streamed members: read and hash in pieces that stay in L2
 TRIM_EVERY_FRAMES = 8  # writer: hand free heap pages back this often (peak RSS)
 FRAME_CACHE_BYTES = 32 * 1024 * 1024  # per reader: recently decompressed frames
 TAIL_READ = 64 * 1024  # first read of a band's tail: seek table + catalog frame, usually
@@ -231,6 +232,10 @@ def _parse_member(stream: bytes) -> tuple[bytes, int, int]:
     return name, pos, int(pax[b"size"]) if b"size" in pax else size
 
 
+ReadInto = Callable[[memoryview, int], int]
+"""Fill a view with content from an offset; return the byte count (0: end of content)."""
+
+
 # --- compression -----------------------------------------------------------------------
 
 _local = threading.local()
@@ -250,7 +255,7 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return _local.d
 
 
-def probe_ratio(data: bytes | bytearray) -> float | None:
+def probe_ratio(data: bytes | bytearray | memoryview) -> float | None:
     """Compressed/original size of SAMPLE_SLICES slices of `data` at level 1 (None: too small)."""
     n = len(data)
     if n < SAMPLE_SLICES * SAMPLE_SLICE:
@@ -260,7 +265,7 @@ def probe_ratio(data: bytes | bytearray) -> float | None:
     return len(_compressor(1, False).compress(sample)) / len(sample)
 
 
-def is_incompressible(data: bytes | bytearray) -> bool:
+def is_incompressible(data: bytes | bytearray | memoryview) -> bool:
     """Probe: do SAMPLE_SLICES slices of `data`, compressed at level 1, shrink by < 3 %?"""
     ratio = probe_ratio(data)
     return ratio is not None and ratio > INCOMPRESSIBLE_RATIO
@@ -283,7 +288,7 @@ def _binary_compressor() -> zstandard.ZstdCompressor:
     return c
 
 
-def _compress_frame(data: bytes | bytearray, level: int) -> tuple[bytes, int]:
+def _compress_frame(data: bytes | bytearray | memoryview, level: int) -> tuple[bytes, int]:
     if level > CHEAP_LEVEL:
         ratio = probe_ratio(data)
         if ratio is not None and ratio > INCOMPRESSIBLE_RATIO:
@@ -417,7 +422,12 @@ class BandWriter:
         self._writer_error: BaseException | None = None
         self._frames_submitted = 0
         self._checkpoint: _Checkpoint | None = None
-        self._buf = bytearray()
+        # The frame being filled: a fixed buffer that files are read into directly
+        # (no copy between the read and the frame); handed to the pool when full and
+        # recycled once compressed, so steady state allocates nothing.
+        self._buf = bytearray(frame_size)
+        self._fill = 0
+        self._spare: list[bytearray] = []
         self._submitted = 0  # uncompressed bytes handed to the pool
         self._written = 0  # compressed bytes in the file
         self._hasher = hashlib.sha256()
@@ -425,6 +435,9 @@ class BandWriter:
         self._levels: list[int] = []
         self._blobs: list[BlobLocation] = []
         self._names: list[str] = []
+        self.on_stall: Callable[[], bool] | None = None
+        """Called instead of waiting while compression is behind; returns whether it did
+        some work (False: nothing to do, so wait). It must not use this writer."""
         self._open = True
         self._closed = False  # close() succeeded: the file is a finished band
         self._writer = threading.Thread(target=self._write_loop, name="band-writer", daemon=True)
@@ -433,7 +446,7 @@ class BandWriter:
     @property
     def uncompressed_size(self) -> int:
         """Tar bytes written so far."""
-        return self._submitted + len(self._buf)
+        return self._submitted + self._fill
 
     def add_blob(
         self, name: bytes, meta: MemberMeta, data: bytes | memoryview, sha256: bytes
@@ -446,17 +459,19 @@ class BandWriter:
         self._append(b"\0" * (-len(data) % _BLOCK))
         return self._remember(name, loc)
 
-    def add_blob_stream(self, name: bytes, meta: MemberMeta, size: int, chunks: Iterable[bytes],
+    def add_blob_stream(self, name: bytes, meta: MemberMeta, size: int, read: ReadInto,
                         sha256: bytes | None = None, *,
                         skip_if: Callable[[bytes], bool] | None = None) -> BlobLocation | None:
-        """Append a member whose content comes from `chunks`, starting on a fresh frame.
+        """Append a member of `size` bytes that `read` fills in, starting on a fresh frame.
 
-        The writer hashes what it writes. If the chunks do not yield exactly `size` bytes
-        (or hash differently from a given `sha256`, or raise), the band is rolled back to
-        before this member and ContentChanged (or the chunks' error) is raised. With
-        `skip_if`, a member whose SHA-256 it accepts (a blob the vault already has) is
-        rolled back too and None is returned: one read of a large file serves both the
-        dedup decision and the band. The writer stays usable either way.
+        `read(view, offset)` fills `view` with content from `offset` and returns how many
+        bytes it wrote (0 at the end); it reads straight into the frame buffer, and each
+        piece is hashed while it is still in the CPU cache. If the content is not exactly
+        `size` bytes (or hashes differently from a given `sha256`, or `read` raises), the
+        band is rolled back to before this member and ContentChanged (or the error) is
+        raised. With `skip_if`, a member whose SHA-256 it accepts (a blob the vault already
+        has) is rolled back too and None is returned: one read of a large file serves both
+        the dedup decision and the band. The writer stays usable either way.
         """
         self._check(name, sha256 if sha256 is not None else bytes(32))
         self._flush()
@@ -469,14 +484,20 @@ class BandWriter:
             self._append(member_header(name, meta, size))
             offset = self.uncompressed_size
             h, n = hashlib.sha256(), 0
-            for chunk in chunks:
-                n += len(chunk)
-                if n > size:
-                    raise ContentChanged(f"{name!r}: more than {size} bytes")
-                h.update(chunk)
-                self._append(chunk)
+            while n < size:
+                if self._fill == self.frame_size:
+                    self._flush()
+                want = min(_READ_PIECE, size - n, self.frame_size - self._fill)
+                piece = memoryview(self._buf)[self._fill:self._fill + want]
+                got = read(piece, n)
+                if got == 0:
+                    break
+                h.update(piece[:got])
+                self._fill += got
+                n += got
             digest = h.digest()
-            if n != size or (sha256 is not None and digest != sha256):
+            if n != size or read(memoryview(bytearray(1)), n) != 0 \
+                    or (sha256 is not None and digest != sha256):
                 raise ContentChanged(f"{name!r}: size or SHA-256 changed while reading")
             if skip_if is not None and skip_if(digest):
                 self._rollback(cp)
@@ -502,16 +523,17 @@ class BandWriter:
             raise ValueError(f"extra keys clash with band keys: {sorted(clash)}")
         self._flush()
         self._drain()
+        self._buf, self._spare = bytearray(), []  # frame buffers are not needed any more
         catalog = self._catalog_json(extra)
         meta = MemberMeta(0o644, 0, 0, time.time_ns() // 10**9 * 10**9)
         header = member_header(CATALOG_MEMBER.encode(), meta, len(catalog))
         padding = b"\0" * (-len(catalog) % _BLOCK + 2 * _BLOCK)
         if len(header) + len(catalog) + len(padding) > FRAME_SIZE_MAX:
             raise ValueError("catalog too large for one frame")
-        self._buf = bytearray(header)  # one copy of the catalog, not three (peak memory)
-        self._buf += catalog
-        self._buf += padding
-        self._flush()
+        last = bytearray(header)  # one copy of the catalog, not three (peak memory)
+        last += catalog
+        last += padding
+        self._submit(last, len(last))
         self._drain()
         self._stop_writer()
         table = encode_seek_table(self._frames)
@@ -586,29 +608,45 @@ class BandWriter:
         return loc
 
     def _append(self, data: bytes | bytearray | memoryview) -> None:
-        room = self.frame_size - len(self._buf)
-        if len(data) < room:
-            self._buf += data
-            return
         view = memoryview(data)
-        while len(view) >= room:
-            self._buf += view[:room]
-            view = view[room:]
-            self._flush()
-            room = self.frame_size
-        self._buf += view
+        while len(view):
+            take = min(len(view), self.frame_size - self._fill)
+            self._buf[self._fill:self._fill + take] = view[:take]
+            self._fill += take
+            view = view[take:]
+            if self._fill == self.frame_size:
+                self._flush()
 
     def _flush(self) -> None:
-        """Cut the buffer into a frame and hand it to the pool; the writer thread writes it."""
-        if not self._buf:
+        """Hand the filled part of the frame buffer to the pool; continue in a spare one."""
+        if not self._fill:
             return
+        buf, n = self._buf, self._fill
+        self._buf = self._spare.pop() if self._spare else bytearray(self.frame_size)
+        self._fill = 0
+        self._submit(buf, n, recycle=True)
+
+    def _submit(self, buf: bytearray, n: int, *, recycle: bool = False) -> None:
+        """Compress ``buf[:n]`` in the pool as the next frame; the writer thread writes it."""
         self._raise_writer_error()
-        buf, self._buf = self._buf, bytearray()
-        self._slots.acquire()  # bounds the frames between here and the disk
-        fut = self._pool.submit(_compress_frame, buf, self.level)
-        self._queue.put((fut, self._submitted, len(buf)))
-        self._submitted += len(buf)
+        # The slots bound the frames between here and the disk. While none is free
+        # (zstd is behind), the caller may do other work instead of waiting.
+        while not self._slots.acquire(blocking=False):
+            if self.on_stall is None or not self.on_stall():
+                self._slots.acquire()
+                break
+        fut = self._pool.submit(self._compress, buf, n, recycle)
+        self._queue.put((fut, self._submitted, n))
+        self._submitted += n
         self._frames_submitted += 1
+
+    def _compress(self, buf: bytearray, n: int, recycle: bool) -> tuple[bytes, int]:
+        """A pool thread: compress one frame, then give its buffer back for reuse."""
+        try:
+            return _compress_frame(memoryview(buf)[:n], self.level)
+        finally:
+            if recycle and self._open:
+                self._spare.append(buf)
 
     def _write_loop(self) -> None:
         """The writer thread: frames in order → file, band SHA-256, seek table entries."""
@@ -659,7 +697,7 @@ class BandWriter:
     def _rollback(self, cp: _Checkpoint) -> None:
         """Forget a member: wait for the writer, then cut the file back to the checkpoint."""
         self._queue.join()  # the member's frames are written too; they are cut off below
-        self._buf = bytearray()
+        self._fill = 0
         assert cp.written is not None
         self._file.truncate(cp.written)
         self._file.seek(cp.written)

@@ -60,14 +60,18 @@ from vaultfs.source import (
     ScannedFile,
     Scanner,
     hash_stream,
-    iter_chunks,
     open_source,
+    read_into,
     read_small,
     same_file_state,
 )
 from vaultfs.vault import Vault
 
 SMALL_FILE = 8 * 1024 * 1024  # read whole into memory: one read serves hash and band
+READ_AHEAD_FILE = 256 * 1024  # files read ahead while zstd catches up (per-file cost dominates)
+READ_AHEAD_BYTES = 16 * 1024 * 1024  # at most this much read ahead at a time
+READ_LATER = (memoryview(b""), BlobId(b""))  # a file read ahead turned out large: read it later
+CHANGED = "changed while it was read; back it up again when it is quiet"
 WARM_FRAME_SIZE = 1024 * 1024
 
 
@@ -218,9 +222,12 @@ class Snapshot:
                     to_read.append(f)
         self.progress.reading(len(to_read), sum(f.st.st_size for f in to_read))
         self._cache_rows = []
-        for f in to_read:
-            self._read_one(root, f)
-            self.progress.advance(1, f.st.st_size)
+        self._ahead = _ReadAhead(root, to_read)
+        for i, f in enumerate(to_read):
+            if self._ahead.take(i):
+                self._read_one(root, f)
+                self.progress.advance(1, f.st.st_size)
+            self._pack_read_ahead()
         for f in files:  # hard links follow their first name
             if f.link_of is not None:
                 f.blob = f.link_of.blob
@@ -231,27 +238,16 @@ class Snapshot:
         self._uploader.drain()
 
     def _read_one(self, root: bytes, f: ScannedFile) -> None:
-        path = root + b"/" + f.rel
+        opened = self._open(root, f)
+        if opened is None:
+            return None
+        fd, before = opened
         try:
-            fd = open_source(path)
-        except FileNotFoundError:
-            return self._skip(f, "vanished before it could be read")
-        except OSError as e:
-            return self._skip(f, f"cannot read ({e.strerror})")
-        try:
-            before = os.fstat(fd)
-            if before.st_ino != f.st.st_ino:
-                return self._skip(f, "was replaced during the snapshot")
-            if not same_file_state(f.st, before):
-                f.st = FileStat.of(before)  # else keep the scan's compact record
             if before.st_size <= SMALL_FILE:
                 data, blob = read_small(fd, before)
-                if self._is_new(blob):
-                    self._make_room(len(data))
-                    assert self._band is not None
-                    self._band.add_blob(self._member_name(f), _meta(f), data, blob)
-                    self._blob_added(blob, len(data))
-            elif self._likely_known(before):
+                self._pack_small(f, data, blob)
+                return None
+            if self._likely_known(before):
                 blob = hash_stream(fd, before)  # hash first: packing is likely not needed
                 testpoints.reach("after-hash")
                 if self._is_new(blob):
@@ -259,26 +255,102 @@ class Snapshot:
                     assert self._band is not None
                     self._band.add_blob_stream(
                         self._member_name(f), _meta(f), before.st_size,
-                        iter_chunks(fd, before.st_size), blob,
+                        read_into(fd), blob,
                         skip_if=lambda _: self._changed_since(fd, before),
                     )
                     self._blob_added(blob, before.st_size)
             else:
                 blob = self._pack_large(f, fd, before)
-            self.result.files_read += 1
-            self.result.bytes_read += before.st_size
         except (ChangedWhileReading, bandfmt.ContentChanged):
-            return self._skip(f, "changed while it was read; back it up again when it is quiet")
+            return self._skip(f, CHANGED)
         except OSError as e:
             return self._skip(f, f"cannot read ({e.strerror})")
         finally:
             os.close(fd)
+        self._file_read(f, blob)
+        return None
+
+    def _open(self, root: bytes, f: ScannedFile) -> tuple[int, os.stat_result] | None:
+        """Open a file to read and check it is the one the scan saw (else skip it: None)."""
+        try:
+            fd = open_source(root + b"/" + f.rel)
+        except FileNotFoundError:
+            self._skip(f, "vanished before it could be read")
+            return None
+        except OSError as e:
+            self._skip(f, f"cannot read ({e.strerror})")
+            return None
+        try:
+            before = os.fstat(fd)
+        except OSError as e:
+            os.close(fd)
+            self._skip(f, f"cannot read ({e.strerror})")
+            return None
+        if before.st_ino != f.st.st_ino:
+            os.close(fd)
+            self._skip(f, "was replaced during the snapshot")
+            return None
+        if not same_file_state(f.st, before):
+            f.st = FileStat.of(before)  # else keep the scan's compact record
+        return fd, before
+
+    def _pack_small(self, f: ScannedFile, data: memoryview, blob: BlobId) -> None:
+        if self._is_new(blob):
+            self._make_room(len(data))
+            assert self._band is not None
+            self._band.add_blob(self._member_name(f), _meta(f), data, blob)
+            self._blob_added(blob, len(data))
+        self._file_read(f, blob)
+
+    def _file_read(self, f: ScannedFile, blob: BlobId) -> None:
         f.blob = blob
         st = f.st
+        self.result.files_read += 1
+        self.result.bytes_read += st.st_size
         self._cache_rows.append(
             (f.rel, FileCacheRow(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, blob))
         )
-        return None
+
+    def _read_ahead(self) -> bool:
+        """The band writer's stall hook: zstd is behind on a large file, so read and
+        hash the next small files meanwhile (per-file work that would otherwise leave
+        the compression threads idle later). They are packed right after the large
+        file. False when there is nothing (more) to read ahead."""
+        ahead = self._ahead
+        i = ahead.next_small()
+        if i is None:
+            return False
+        f = ahead.files[i]
+        ahead.pending_bytes += f.st.st_size
+        opened = self._open(ahead.root, f)
+        if opened is None:
+            ahead.done.append((f, None))
+            return True
+        fd, before = opened
+        try:
+            if before.st_size > READ_AHEAD_FILE:  # grew: read it with the main loop's rules
+                ahead.done.append((f, READ_LATER))
+            else:
+                ahead.done.append((f, read_small(fd, before)))
+        except ChangedWhileReading:
+            self._skip(f, CHANGED)
+            ahead.done.append((f, None))
+        except OSError as e:
+            self._skip(f, f"cannot read ({e.strerror})")
+            ahead.done.append((f, None))
+        finally:
+            os.close(fd)
+        return True
+
+    def _pack_read_ahead(self) -> None:
+        ahead = self._ahead
+        done, ahead.done, ahead.pending_bytes = ahead.done, [], 0
+        for f, got in done:
+            if got is READ_LATER:
+                self._read_one(ahead.root, f)
+            elif got is not None:
+                self._pack_small(f, *got)
+            self.progress.advance(1, f.st.st_size)
 
     def _pack_large(self, f: ScannedFile, fd: int, before: os.stat_result) -> BlobId:
         """One read that hashes and packs; rolled back if the vault already has the blob."""
@@ -293,7 +365,7 @@ class Snapshot:
             return not self._is_new(BlobId(digest))
 
         loc = self._band.add_blob_stream(
-            self._member_name(f), _meta(f), before.st_size, iter_chunks(fd, before.st_size),
+            self._member_name(f), _meta(f), before.st_size, read_into(fd),
             skip_if=known,
         )
         if loc is not None:
@@ -362,6 +434,7 @@ class Snapshot:
             path, band_id, level=self.level, frame_size=self.frame_size,
             threads=self.vault.config.threads,
         )
+        self._band.on_stall = self._read_ahead
         self._band_ids.append(BandId(band_id))
         return self._band
 
@@ -375,6 +448,7 @@ class Snapshot:
             extra.update(final_extra)
         # The uploader makes the band durable and gives it its final name: flushing
         # a 1 GiB band to disk then overlaps with packing the next one.
+        band.on_stall = None  # files read ahead now would wait for the next loop turn
         closed = band.close(extra, sync=False)
         self._uploader.put(closed)
         return closed
@@ -591,6 +665,39 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class _ReadAhead:
+    """Which files of the read list are taken, and the small files read ahead of the main
+    loop (in list order, so a directory's small files stay together in the band)."""
+
+    def __init__(self, root: bytes, files: list[ScannedFile]) -> None:
+        self.root, self.files = root, files
+        self.taken = bytearray(len(files))
+        self.cursor = 0  # files before this were taken or are too large to read ahead
+        self.done: list[tuple[ScannedFile, tuple[memoryview, BlobId] | None]] = []
+        self.pending_bytes = 0
+
+    def take(self, i: int) -> bool:
+        """Claim file `i` for the main loop; False if it was read ahead."""
+        if self.taken[i]:
+            return False
+        self.taken[i] = 1
+        return True
+
+    def next_small(self) -> int | None:
+        """Claim the next small file not taken yet, within the memory bound."""
+        if self.pending_bytes >= READ_AHEAD_BYTES:
+            return None
+        files, taken, i = self.files, self.taken, self.cursor
+        while i < len(files) and (taken[i] or files[i].st.st_size > READ_AHEAD_FILE):
+            i += 1
+        if i >= len(files):
+            self.cursor = len(files)
+            return None
+        self.cursor = i + 1
+        taken[i] = 1
+        return i
 
 
 class _Uploader:

@@ -16,7 +16,7 @@ import errno
 import hashlib
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -248,24 +248,22 @@ def read_small(fd: int, before: os.stat_result) -> tuple[memoryview, BlobId]:
     return data, BlobId(hashlib.sha256(data).digest())
 
 
-def iter_chunks(fd: int, size: int) -> Iterator[bytes]:
-    """The file's bytes from offset 0, at most ``size + 1`` of them (to notice growth)."""
-    offset = 0
-    while offset <= size:
-        chunk = os.pread(fd, min(READ_CHUNK, size + 1 - offset), offset)
-        if not chunk:
-            return
-        offset += len(chunk)
-        yield chunk
+def read_into(fd: int) -> Callable[[memoryview, int], int]:
+    """A reader for `BandWriter.add_blob_stream`: preadv straight into the frame buffer."""
+    return lambda view, offset: os.preadv(fd, [view], offset)
 
 
 def hash_stream(fd: int, before: os.stat_result) -> BlobId:
     """SHA-256 of a large file read in chunks; ChangedWhileReading if it moved."""
     h = hashlib.sha256()
+    buf = memoryview(bytearray(READ_CHUNK))
     n = 0
-    for chunk in iter_chunks(fd, before.st_size):
-        h.update(chunk)
-        n += len(chunk)
+    while n <= before.st_size:
+        got = os.preadv(fd, [buf], n)
+        if not got:
+            break
+        h.update(buf[:got])
+        n += got
     if n != before.st_size or not same_file_state(before, os.fstat(fd)):
         raise ChangedWhileReading
     return BlobId(h.digest())
@@ -289,8 +287,8 @@ __all__ = [
     "Scanner",
     "display_path",
     "hash_stream",
-    "iter_chunks",
     "open_source",
+    "read_into",
     "read_small",
     "same_file_state",
     "to_text",

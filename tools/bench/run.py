@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """Back up one directory with vaultfs, restic and borg side by side and compare them.
 
-    tools/bench/run.py --data DIR --work WORKDIR [--only vaultfs,restic,borg] [--json out.json]
+    tools/bench/run.py --data DIR --work WORKDIR [--only vaultfs,restic,borg] [--rounds N]
+        [--json out.json]
 
-For each tool, into a fresh local repository under WORKDIR:
+The benchmark runs N rounds (default 3); each round runs every selected tool in the fixed
+order vaultfs, restic, borg (rounds are interleaved, so slow drift of the machine hits all
+tools alike). For each tool, in each round, into a fresh local repository under WORKDIR:
 
 1. warm the page cache by reading DIR through tar (caches are not dropped, every tool sees a
    warm cache instead);
@@ -11,9 +14,15 @@ For each tool, into a fresh local repository under WORKDIR:
 3. first snapshot: wall time and peak RSS; then the repository size on disk (like du -sb);
 4. second snapshot with nothing changed: wall time and peak RSS.
 
-Peak RSS is measured with GNU time (/usr/bin/time -f %M) when it is installed, otherwise by
-polling VmHWM/VmRSS of the process tree in /proc. A tool that fails is reported as "failed"
-with the tail of its stderr; the other tools still run.
+Before each of steps 2-4, os.sync() flushes dirty pages (not timed), so writeback of earlier
+steps' data, e.g. the previous tool's repository, is not billed to the next command.
+
+The table shows per tool the median over rounds of times and sizes, the maximum over rounds
+of peak RSS, and the min-max range of the snapshot times; the ratios against vaultfs's
+targets are computed from the medians. Peak RSS is measured with GNU time
+(/usr/bin/time -f %M) when it is installed, otherwise by polling VmHWM/VmRSS of the process
+tree in /proc. A tool that fails in any round is reported as "failed" with the tail of its
+stderr (and the script exits non-zero); the other tools and rounds still run.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -299,6 +309,7 @@ class ToolResult:
     tool: str
     version: str
     settings: str
+    round: int = 1
     status: str = "ok"  # ok | failed
     failed_step: str = ""
     error: str = ""
@@ -317,17 +328,19 @@ class ToolResult:
         return max(values) if values else None
 
 
-def bench_tool(tool: Tool, data: Path, work: Path) -> ToolResult:
+def bench_tool(tool: Tool, data: Path, work: Path, round_no: int = 1) -> ToolResult:
     for path in [*tool.repo_paths, *tool.cache_paths]:
         if path.exists():
             shutil.rmtree(path)
     if tool.name == "vaultfs":
         write_vaultfs_config(data, work)
-    result = ToolResult(tool.name, command_output(tool.version_cmd, tool.env), tool.settings)
-    logs = work / "logs"
+    version = command_output(tool.version_cmd, tool.env)
+    result = ToolResult(tool.name, version, tool.settings, round=round_no)
+    logs = work / "logs" / f"round{round_no}"
 
     def step(label: str, argv: list[str]) -> Measured | None:
         print(f"  {tool.name}: {label} ...", flush=True)
+        os.sync()  # untimed: earlier steps' dirty pages must not be written back on our clock
         m = run_measured(argv, tool.env, logs / f"{tool.name}-{label}.log")
         result.steps.append(m)
         if m.returncode != 0:
@@ -356,6 +369,100 @@ def bench_tool(tool: Tool, data: Path, work: Path) -> ToolResult:
     return result
 
 
+# --------------------------------------------------------------------------- summarising
+
+
+@dataclass
+class ToolSummary:
+    """One tool over all rounds: medians of times and sizes, maxima of peak RSS.
+
+    The field names match ToolResult's, so the JSON's tools[name] reads as one result; a value
+    missing in a failed round is left out of the median (None if no round has it).
+    """
+
+    tool: str
+    version: str
+    settings: str
+    status: str  # ok | failed (failed if any round failed)
+    failed_step: str  # of the first failed round
+    error: str  # of the first failed round
+    failed_rounds: list[int]
+    rounds_ok: int
+    warmup_s: float | None
+    first_s: float | None
+    first_s_min: float | None
+    first_s_max: float | None
+    repo_bytes: int | None
+    cache_bytes: int | None
+    nochange_s: float | None
+    nochange_s_min: float | None
+    nochange_s_max: float | None
+    first_rss_mib: float | None
+    nochange_rss_mib: float | None
+    peak_rss_mib: float | None
+    rounds: list[ToolResult]
+
+
+def _values(values: Sequence[float | None]) -> list[float]:
+    return [v for v in values if v is not None]
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    present = _values(values)
+    return statistics.median(present) if present else None
+
+
+def _median_int(values: Sequence[int | None]) -> int | None:
+    m = _median(values)
+    return None if m is None else round(m)
+
+
+def _max(values: Sequence[float | None]) -> float | None:
+    present = _values(values)
+    return max(present) if present else None
+
+
+def _min(values: Sequence[float | None]) -> float | None:
+    present = _values(values)
+    return min(present) if present else None
+
+
+def summarise(rounds: list[ToolResult]) -> ToolSummary:
+    failed = [r for r in rounds if r.status != "ok"]
+    first = [r.first_s for r in rounds]
+    nochange = [r.nochange_s for r in rounds]
+    return ToolSummary(
+        tool=rounds[0].tool,
+        version=rounds[0].version,
+        settings=rounds[0].settings,
+        status="failed" if failed else "ok",
+        failed_step=failed[0].failed_step if failed else "",
+        error=failed[0].error if failed else "",
+        failed_rounds=[r.round for r in failed],
+        rounds_ok=len(rounds) - len(failed),
+        warmup_s=_median([r.warmup_s for r in rounds]),
+        first_s=_median(first),
+        first_s_min=_min(first),
+        first_s_max=_max(first),
+        repo_bytes=_median_int([r.repo_bytes for r in rounds]),
+        cache_bytes=_median_int([r.cache_bytes for r in rounds]),
+        nochange_s=_median(nochange),
+        nochange_s_min=_min(nochange),
+        nochange_s_max=_max(nochange),
+        first_rss_mib=_max([r.first_rss_mib for r in rounds]),
+        nochange_rss_mib=_max([r.nochange_rss_mib for r in rounds]),
+        peak_rss_mib=_max([r.peak_rss_mib for r in rounds]),
+        rounds=rounds,
+    )
+
+
+def summary_json(s: ToolSummary) -> dict[str, object]:
+    """asdict(s), each round's dict also carrying its peak_rss_mib (a property, not a field)."""
+    out = asdict(s)
+    out["rounds"] = [asdict(r) | {"peak_rss_mib": r.peak_rss_mib} for r in s.rounds]
+    return out
+
+
 # --------------------------------------------------------------------------- reporting
 
 
@@ -363,15 +470,19 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
-def compute_ratios(results: dict[str, ToolResult]) -> dict[str, float | None]:
-    vf, restic = results.get("vaultfs"), results.get("restic")
-    repo_mib = {
-        k: r.repo_bytes / MIB if r.repo_bytes is not None else None for k, r in results.items()
-    }
+def compute_ratios(summaries: dict[str, ToolSummary]) -> dict[str, float | None]:
+    """vaultfs against the others, from the medians over rounds."""
+    vf, restic, borg = (summaries.get(name) for name in TOOLS)
+
+    def repo_mib(s: ToolSummary | None) -> float | None:
+        return s.repo_bytes / MIB if s and s.repo_bytes is not None else None
+
     return {
-        "first_vs_restic": _ratio(vf and vf.first_s, restic and restic.first_s),
-        "nochange_vs_restic": _ratio(vf and vf.nochange_s, restic and restic.nochange_s),
-        "repo_vs_borg": _ratio(repo_mib.get("vaultfs"), repo_mib.get("borg")),
+        "first_vs_restic": _ratio(vf.first_s if vf else None, restic.first_s if restic else None),
+        "nochange_vs_restic": _ratio(
+            vf.nochange_s if vf else None, restic.nochange_s if restic else None
+        ),
+        "repo_vs_borg": _ratio(repo_mib(vf), repo_mib(borg)),
         "vaultfs_rss_mib": vf.peak_rss_mib if vf else None,
     }
 
@@ -380,19 +491,28 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def markdown_table(results: dict[str, ToolResult]) -> str:
+def _range(low: float | None, high: float | None, digits: int) -> str:
+    return "–" if low is None or high is None else f"{low:.{digits}f}–{high:.{digits}f}"
+
+
+def markdown_table(summaries: dict[str, ToolSummary]) -> str:
     lines = [
-        "| tool | first snapshot s | repo MiB | no-change snapshot s | peak RSS MiB |"
-        " local cache MiB |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| tool | rounds ok | first snapshot s | first min–max | repo MiB | no-change snapshot s |"
+        " no-change min–max | peak RSS MiB | local cache MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in results.values():
-        name = r.tool if r.status == "ok" else f"{r.tool} (failed: {r.failed_step})"
-        repo = r.repo_bytes / MIB if r.repo_bytes is not None else None
-        cache = r.cache_bytes / MIB if r.cache_bytes is not None else None
+    for s in summaries.values():
+        name = s.tool
+        if s.status != "ok":
+            where = ", ".join(str(n) for n in s.failed_rounds)
+            name = f"{s.tool} (failed: {s.failed_step}, round {where})"
+        repo = s.repo_bytes / MIB if s.repo_bytes is not None else None
+        cache = s.cache_bytes / MIB if s.cache_bytes is not None else None
         lines.append(
-            f"| {name} | {_fmt(r.first_s)} | {_fmt(repo)} | {_fmt(r.nochange_s, 2)} | "
-            f"{_fmt(r.peak_rss_mib)} | {_fmt(cache)} |"
+            f"| {name} | {s.rounds_ok}/{len(s.rounds)} | {_fmt(s.first_s)} | "
+            f"{_range(s.first_s_min, s.first_s_max, 1)} | {_fmt(repo)} | "
+            f"{_fmt(s.nochange_s, 2)} | {_range(s.nochange_s_min, s.nochange_s_max, 2)} | "
+            f"{_fmt(s.peak_rss_mib)} | {_fmt(cache)} |"
         )
     return "\n".join(lines)
 
@@ -446,6 +566,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", default=",".join(TOOLS), help="comma-separated subset of: " + ", ".join(TOOLS)
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds of all selected tools, interleaved; the table shows medians (default 3)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument(
         "--vaultfs",
@@ -464,45 +590,53 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(only) - set(TOOLS))
     if unknown:
         parser.error(f"unknown tool(s): {', '.join(unknown)}")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     work.mkdir(parents=True, exist_ok=True)
 
     files, dirs, size = dataset_stats(data)
     print(f"dataset {data}: {files} files, {dirs} directories, {size / MIB:.1f} MiB")
     tools = make_tools(data, work, args.vaultfs)
-    results: dict[str, ToolResult] = {}
-    for name in TOOLS:  # fixed order so the table reads the same way every time
-        if name in only:
-            results[name] = bench_tool(tools[name], data, work)
+    selected = [name for name in TOOLS if name in only]  # fixed order, table reads the same
+    per_round: dict[str, list[ToolResult]] = {name: [] for name in selected}
+    for round_no in range(1, args.rounds + 1):
+        print(f"round {round_no}/{args.rounds}", flush=True)
+        for name in selected:
+            per_round[name].append(bench_tool(tools[name], data, work, round_no))
+    results = {name: summarise(rounds) for name, rounds in per_round.items()}
 
     ratios = compute_ratios(results)
     env = environment()
     print()
     print(
         f"{env['cpus']} × {env['cpu']}, {env['memory']} RAM, Linux {env['kernel']}; "
-        f"page cache warmed with tar before each tool; RSS via {env['rss_method']}"
+        f"page cache warmed with tar before each tool, os.sync() before each step; "
+        f"RSS via {env['rss_method']}; {args.rounds} round(s), interleaved: medians of times "
+        "and sizes, maximum of peak RSS"
     )
-    for r in results.values():
-        print(f"{r.tool}: {r.version} — {r.settings}")
+    for summary in results.values():
+        print(f"{summary.tool}: {summary.version} — {summary.settings}")
     print()
     print(markdown_table(results))
     print()
     print(targets_table(ratios))
-    for r in results.values():
-        if r.status != "ok":
-            print(f"\n{r.tool} failed at {r.failed_step}:\n{r.error}")
+    for s in results.values():
+        for r in s.rounds:
+            if r.status != "ok":
+                print(f"\n{r.tool} failed at {r.failed_step} in round {r.round}:\n{r.error}")
 
     if args.json:
         payload = {
             "environment": env,
             "dataset": {"path": str(data), "files": files, "directories": dirs, "bytes": size},
-            "tools": {k: asdict(r) | {"peak_rss_mib": r.peak_rss_mib} for k, r in results.items()},
+            "tools": {k: summary_json(s) for k, s in results.items()},
             "ratios": ratios,
             "targets": {key: limit for _, key, limit in TARGETS},
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
         print(f"\nwrote {args.json}")
-    return 0 if all(r.status == "ok" for r in results.values()) else 1
+    return 0 if all(s.status == "ok" for s in results.values()) else 1
 
 
 if __name__ == "__main__":
