@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import hashlib
 import logging
 import os
 import stat
@@ -23,6 +24,8 @@ from vaultfs.errors import CorruptionError
 from vaultfs.fuse_ops import VaultOperations
 from vaultfs.model import BandId, BlobId
 from vaultfs.vault import Vault
+
+MiB = 1024 * 1024
 
 
 def open_view(env: VaultEnv) -> tuple[Vault, vfs.VaultView]:
@@ -282,3 +285,52 @@ def test_an_unexpected_exception_becomes_eio(every_kind: tuple[VaultEnv, Path, v
         trio.run(ops.lookup, vfs.ROOT_INO, b"nosuch", None)
     assert info.value.errno == errno.ENOENT
     ops.view.readers.vault.catalog.band(BandId("nosuch"))  # the catalog still answers
+
+
+def read_like_the_mount(handle: vfs.OpenFile, size: int) -> tuple[bytes, int]:
+    """Sequential 1 MiB reads as fuse_ops serves them: `peek` first, else `read_view`."""
+    out, peeked = bytearray(), 0
+    for off in range(0, size, 1 << 20):
+        data = handle.peek(off, 1 << 20)
+        if data is not None:
+            peeked += 1
+        else:
+            data = handle.read_view(off, 1 << 20)
+        out += data
+    return bytes(out), peeked
+
+
+def test_streamed_reads_peek_cached_frames_and_still_check_the_sha256(
+        file_vault: VaultEnv) -> None:
+    """Reads of a frame already decompressed are answered without waiting (`peek`),
+    the hash runs behind them, and the read that ends the file still waits for it:
+    with the catalog pointing d.raw at c.raw's bytes, that read fails."""
+    src = file_vault.add_collection("photos")
+    c, d = os.urandom(20 * MiB + 17), os.urandom(20 * MiB + 17)  # streamed: 4 MiB frames
+    write(src / "c.raw", c)
+    write(src / "d.raw", d)
+    file_vault.run("init")
+    file_vault.run("snapshot")
+    vault, view = open_view(file_vault)
+    try:
+        handle = view.open(walk(view, vfs.ROOT_INO, b"photos", b"v1", b"c.raw").ino)
+        assert handle.peek(0, MiB) is None  # nothing decompressed yet: never waits
+        assert handle.peek(len(c) - 17, 17) is None  # the last read waits for the hash
+        data, peeked = read_like_the_mount(handle, len(c))
+        assert data == c
+        assert peeked >= 3  # at least the rest of the first frame came from the cache
+    finally:
+        vault.close()
+    cat = Catalog(file_vault.state_dir / "catalog.lmdb")
+    ref_c = cat.blob(BlobId(hashlib.sha256(c).digest()))
+    assert ref_c is not None
+    with cat.writer() as w:
+        w.put_blob(BlobId(hashlib.sha256(d).digest()), ref_c)
+    cat.close()
+    vault, view = open_view(file_vault)
+    try:
+        handle = view.open(walk(view, vfs.ROOT_INO, b"photos", b"v1", b"d.raw").ino)
+        with pytest.raises(CorruptionError, match="fails SHA-256"):
+            read_like_the_mount(handle, len(d))
+    finally:
+        vault.close()

@@ -462,7 +462,7 @@ class BandWriter:
     def add_blob_stream(self, name: bytes, meta: MemberMeta, size: int, read: ReadInto,
                         sha256: bytes | None = None, *,
                         skip_if: Callable[[bytes], bool] | None = None) -> BlobLocation | None:
-        """Append a member of `size` bytes that `read` fills in, starting on a fresh frame.
+        """Append a member of `size` bytes that `read` fills in; its content starts a frame.
 
         `read(view, offset)` fills `view` with content from `offset` and returns how many
         bytes it wrote (0 at the end); it reads straight into the frame buffer, and each
@@ -481,7 +481,10 @@ class BandWriter:
                 cp.written, cp.hasher = self._written, self._hasher.copy()
             self._checkpoint = cp
         try:
+            # The header gets a small frame of its own, so the content starts on a frame
+            # boundary: reads of whole MiBs of the file then never straddle two frames.
             self._append(member_header(name, meta, size))
+            self._flush()
             offset = self.uncompressed_size
             h, n = hashlib.sha256(), 0
             while n < size:
@@ -909,6 +912,22 @@ class BandReader:
             return frames_for_range(self.frames[:-1], loc.offset, loc.size)  # not the catalog
         except ValueError as e:
             raise CorruptionError(f"band {self.label}: blob outside the band: {e}") from e
+
+    def peek_view(self, offset: int, length: int) -> memoryview | None:
+        """`read_view` if the range lies in one frame that is already decompressed and
+        cached; else None. Never blocks on I/O or decompression (an event loop may call it)."""
+        if self._frames is None or length <= 0:  # the seek table is not loaded yet
+            return None
+        f = self.frames[self.frame_index(offset)]
+        base = f.uncompressed_offset
+        if offset + length > base + f.uncompressed_size:
+            return None
+        with self._lock:
+            data = self._cache.get(f.compressed_offset)
+            if data is None:
+                return None
+            self._cache.move_to_end(f.compressed_offset)
+        return memoryview(data)[offset - base:offset - base + length]
 
     def _decompress(self, frames: Sequence[Frame]) -> bytes:
         """The frames' bytes, from the LRU of recently decompressed frames where possible.

@@ -48,9 +48,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
 
 
 def cmd_mount(args: argparse.Namespace, config: Config) -> int:
+    from vaultfs.malloc import tune_for_large_buffers
     from vaultfs.mount import MountOptions, mount
     from vaultfs.vault import Vault
 
+    tune_for_large_buffers()  # frames of MiBs, read and decompressed over and over
     fault = os.environ.get(FAULT_ENV)
     opts = MountOptions(
         allow_other=args.allow_other, foreground=args.foreground, debug=args.debug,

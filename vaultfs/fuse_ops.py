@@ -200,6 +200,10 @@ class VaultOperations(pyfuse3.Operations):
         # pyfuse3's stub says bytes, but it takes any buffer (PyObject_GetBuffer): a view of a
         # cached frame goes to the kernel without a copy.
         handle = self._handles[fh]
+        peek = getattr(handle, "peek", None)
+        data = peek(off, size) if peek is not None else None  # a cached frame: no thread hop
+        if data is not None:
+            return data
         return await trio.to_thread.run_sync(handle.read_view, off, size, limiter=self.limiter)
 
     async def _unreadable(self, band: BandId, pid: int) -> None:

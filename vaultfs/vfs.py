@@ -62,8 +62,9 @@ import os
 import stat
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
@@ -79,6 +80,8 @@ ROOT_INO = 1
 BLKSIZE = 1024 * 1024  # st_blksize: cat/cp then read 1 MiB at a time (DESIGN §17)
 TREE_CACHE_BYTES = 16 * 1024 * 1024
 FRAME_CACHE_BYTES = 16 * 1024 * 1024
+READ_AHEAD_FRAMES = 2  # a sequential reader has this many frames decompressed ahead
+HASH_BACKLOG = 8 * 1024 * 1024  # served bytes of one open file waiting for the hasher
 READERS = 4
 IMMUTABLE_TIMEOUT = 3600.0  # attributes inside a version never change
 LIVE_TIMEOUT = 1.0  # root, collection directories, `latest`: change when a version commits
@@ -594,15 +597,17 @@ class VaultView:
 
 
 class OpenFile:
-    """An open file: ranged reads of its blob. Thread-safe; `read` blocks (run it in a thread).
+    """An open file: ranged reads of its blob. Thread-safe; `read` blocks (run it in a thread),
+    `peek` does not (an event loop may call it).
 
     Every byte returned has passed its zstd frame's checksum. While a file is read
     sequentially from offset 0, its SHA-256 is also computed over exactly the bytes
     returned, and the read that reaches the end fails with CorruptionError unless it
-    matches the blob id. A sequential reader has the band's next frame decompressed
-    in the background (`BandReaders.read` with ``until``) while it hashes and is served
-    the current one, so two cores work on a stream. (Hashing in a thread of its own as
-    well measured no faster on 2 cores, and held more frames: docs/benchmarks.md.)
+    matches the blob id. Three things overlap for a sequential reader: the band's next
+    frame is decompressed in the background (`BandReaders.read` with ``until``), the
+    bytes already returned are hashed by the hasher thread (in order: it is one thread),
+    and the current frame is served, straight from the event loop when it is cached.
+    At most HASH_BACKLOG bytes wait for the hasher (they pin their frames in memory).
     """
 
     def __init__(self, readers: BandReaders, ref: BlobRef | None, blob: BlobId, size: int,
@@ -611,7 +616,9 @@ class OpenFile:
         self._fault = fault
         self._lock = threading.Lock()
         self._hash: hashlib._Hash | None = hashlib.sha256()
-        self._hashed = 0
+        self._hashed = 0  # bytes handed to the hasher (from offset 0, in order)
+        self._backlog: deque[tuple[Future[None], int]] = deque()  # hasher jobs not done
+        self._backlog_bytes = 0
 
     def read(self, offset: int, length: int) -> bytes:
         return bytes(self.read_view(offset, length))
@@ -631,17 +638,51 @@ class OpenFile:
         self._verify(offset, data)
         return data
 
-    def _verify(self, offset: int, data: bytes | memoryview) -> None:
+    def peek(self, offset: int, length: int) -> memoryview | None:
+        """`read_view` when it needs no waiting: the bytes are in a cached frame, this read
+        does not end the file (that one waits for the hash) and the hasher is not too far
+        behind. Else None: call `read_view` in a thread."""
+        if self._fault or self.ref is None:
+            return None
+        length = min(length, self.size - offset)
+        if length <= 0 or offset + length == self.size:
+            return None
+        with self._lock:
+            if self._hash is not None and (
+                    offset != self._hashed or self._backlog_bytes >= HASH_BACKLOG):
+                return None  # not sequential (read_view decides), or let the hasher catch up
+        data = self.readers.peek(self.ref.band, self.ref.offset + offset, length,
+                                 self.ref.offset + self.size)
+        if data is not None:
+            self._verify(offset, data, wait=False)
+        return data
+
+    def _verify(self, offset: int, data: bytes | memoryview, *, wait: bool = True) -> None:
         with self._lock:
             if self._hash is None or offset != self._hashed:
                 self._hash = None  # not sequential: the frame checksums alone vouch for it
+                self._backlog.clear()
                 return
-            self._hash.update(data)
+            job = _hasher().submit(self._hash.update, data)
+            self._backlog.append((job, len(data)))
+            self._backlog_bytes += len(data)
             self._hashed += len(data)
-            if self._hashed == self.size and self._hash.digest() != self.blob:
+            done = self._hashed == self.size
+            while self._backlog and (self._backlog[0][0].done() or (wait and (
+                    done or self._backlog_bytes > HASH_BACKLOG))):
+                oldest, n = self._backlog.popleft()
+                oldest.result()  # waits only when the file ends or the backlog is full
+                self._backlog_bytes -= n
+            if done and self._hash.digest() != self.blob:
                 assert self.ref is not None
                 raise CorruptionError(f"band {self.ref.band}: blob {self.blob.hex()} at "
                                       f"{self.ref.offset} fails SHA-256")
+
+
+@functools.cache
+def _hasher() -> ThreadPoolExecutor:
+    """The one thread that hashes what sequential readers were served, in order."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="vaultfs-hash")
 
 
 class StatusFile:
@@ -688,20 +729,30 @@ class BandReaders:
                 self._readers.popitem(last=False)
         return reader
 
+    def peek(self, band: BandId, offset: int, length: int, until: int) -> memoryview | None:
+        """`read` of a range in one frame that is decompressed already, else None; never
+        blocks. Starts decompressing the next frame, like `read` with ``until``."""
+        with self._lock:
+            reader = self._readers.get(band)
+        if reader is None:
+            return None
+        data = reader.peek_view(offset, length)
+        if data is not None:
+            _read_ahead(reader, offset, until)
+        return data
+
     def read(self, band: BandId, offset: int, length: int, until: int = 0) -> bytes | memoryview:
         """Bytes [offset, offset+length) of the band's tar stream, frame-checksum verified.
 
-        A sequential reader passes `until`, the end of what it will read: the frame
-        after the last one this read touches is then decompressed in the background
-        (`BandReader.prefetch`) if it begins before `until`.
+        A sequential reader passes `until`, the end of what it will read: the
+        READ_AHEAD_FRAMES frames after the last one this read touches are then
+        decompressed in the background (`BandReader.prefetch`) if they begin before `until`.
         """
         reader = self.get(band)
         frames = reader.frames
         i = reader.frame_index(offset)
-        if until:
-            after = reader.frame_index(offset + length - 1) + 1
-            if after < len(frames) and frames[after].uncompressed_offset < until:
-                reader.prefetch(after)
+        if until:  # this read's frames first, then the next: the pool decompresses both
+            _read_ahead(reader, offset, until, first=i)
         pieces: list[bytes | memoryview] = []
         pos, end = offset, offset + length
         while pos < end and i < len(frames):
@@ -712,6 +763,19 @@ class BandReaders:
                 pos = stop
             i += 1
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+
+def _read_ahead(reader: bandfmt.BandReader, offset: int, until: int,
+                first: int | None = None) -> None:
+    """Prefetch READ_AHEAD_FRAMES frames after the one holding byte `offset` (and from
+    frame `first` on, if given) that begin before `until`."""
+    frames = reader.frames
+    after = reader.frame_index(offset) + 1
+    for i in range(after if first is None else first,
+                   min(after + READ_AHEAD_FRAMES, len(frames))):
+        if frames[i].uncompressed_offset >= until:
+            break
+        reader.prefetch(i)
 
 
 def state_text(info: BandInfo) -> str:
