@@ -729,10 +729,13 @@ def _check_frames(frames: tuple[Frame, ...], size: int, label: str | None) -> No
         raise CorruptionError(f"{where}frames do not match the band's size")
 
 
+PREFETCH_THREADS = 2
+
+
 @functools.cache
-def _prefetcher() -> ThreadPoolExecutor:
+def prefetcher() -> ThreadPoolExecutor:
     """The threads of `BandReader.prefetch` (shared by every reader; made on first use)."""
-    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="band-prefetch")
+    return ThreadPoolExecutor(max_workers=PREFETCH_THREADS, thread_name_prefix="band-prefetch")
 
 
 @functools.cache
@@ -838,7 +841,7 @@ class BandReader:
                 return
             future: Future[bytes] = Future()
             self._pending[f.compressed_offset] = future
-        _prefetcher().submit(self._fill, f, future)
+        prefetcher().submit(self._fill, f, future)
 
     def _fill(self, f: Frame, future: Future[bytes]) -> None:
         try:

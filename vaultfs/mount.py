@@ -60,7 +60,7 @@ from vaultfs.restore_policy import (
     poll_restores,
 )
 from vaultfs.vault import Vault
-from vaultfs.vfs import MountInfo, VaultView
+from vaultfs.vfs import MountInfo, VaultView, start_threads
 
 log = logging.getLogger("vaultfs.mount")
 
@@ -161,6 +161,7 @@ def _run(open_vault: Callable[[], Vault], mountpoint: Path, opts: MountOptions,
         if report is not None:
             _detach()
             _report(report, "ok")
+        start_threads()  # after the fork: threads do not survive it
         return trio.run(serve, mountpoint, service)
     finally:
         vault.close()

@@ -679,6 +679,14 @@ class OpenFile:
                                       f"{self.ref.offset} fails SHA-256")
 
 
+def start_threads() -> None:
+    """Start the prefetch and hasher threads now (after any fork), so that the first read
+    of a mount does not pay for starting them while it waits for its frame."""
+    for pool, n in ((bandfmt.prefetcher(), bandfmt.PREFETCH_THREADS), (_hasher(), 1)):
+        for _ in range(n):
+            pool.submit(int)
+
+
 @functools.cache
 def _hasher() -> ThreadPoolExecutor:
     """The one thread that hashes what sequential readers were served, in order."""
