@@ -1,21 +1,34 @@
 #!/usr/bin/env python3
 """Browse and read a backup through `vaultfs mount`, `restic mount` and `borg mount` side by side.
 
-    tools/bench/mount_bench.py --data DIR --work WORKDIR [--only vaultfs,restic,borg] [--json out]
+    tools/bench/mount_bench.py --data DIR --work WORKDIR [--only vaultfs,restic,borg] [--rounds N]
+        [--json out]
 
 WORKDIR holds the repositories `tools/bench/run.py --data DIR --work WORKDIR` made (one
-snapshot of DIR each). Every measurement starts from a fresh mount (cold: nothing in the
-mount's caches, nor in the kernel's dentry/attribute caches for that mount):
+snapshot of DIR each). The benchmark runs N rounds (default 3); each round runs every selected
+tool in the fixed order vaultfs, restic, borg (rounds are interleaved, so slow drift of the
+machine hits all tools alike). Every measurement starts from a fresh mount (cold: nothing in
+the mount's caches, nor in the kernel's dentry/attribute caches for that mount); before each
+mount is started, os.sync() flushes dirty pages (not timed):
 
-1. `find VERSION | wc -l`: wall time over one version's tree;
+1. `find VERSION | wc -l`: wall time over one version's tree (and the entry count, which must
+   be the same in every round; the output says so when it is not);
 2. `ls -lR VERSION > /dev/null`: wall time (stat + xattrs of every entry);
 3. time to first byte: open the second-largest file and read 1 MiB;
    then `cat` of the largest file to /dev/null, first (cold) and again (warm): MB/s;
    then the mount process's peak RSS (VmHWM).
 
+The table shows per tool the median over rounds of the times and rates, the maximum over
+rounds of the peak RSS, the min-max range of the find time and of the cold cat rate, and how
+many rounds completed; the ratios against vaultfs's targets are computed from the medians.
+A tool that fails in any round is reported as "failed" (and the script exits non-zero); its
+other rounds, and the steps of the failed round that completed, still count.
+
 Mounts run in the foreground as children of this script and are unmounted with
-``fusermount3 -u`` (then ``-u -z``). Needs fuse3 (restic), python3-llfuse (Debian's borg).
-Standard library only. Prints a Markdown table and the ratios against vaultfs's targets.
+``fusermount3 -u`` (then ``-u -z``); their output is appended to WORKDIR/logs/mount-TOOL.log.
+Needs fuse3 (restic), python3-llfuse (Debian's borg). Standard library only. Prints a
+Markdown table and the ratios against vaultfs's targets; --json also writes the summary and
+every round's results.
 """
 
 from __future__ import annotations
@@ -25,11 +38,12 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -56,7 +70,10 @@ class Mount:
 
 @dataclass
 class Result:
+    """One tool in one round."""
+
     tool: str
+    round: int = 1
     find_s: float | None = None
     find_entries: int | None = None
     ls_s: float | None = None
@@ -78,14 +95,19 @@ def mounted(path: Path) -> bool:
     return False
 
 
-def start(m: Mount, log: Path) -> None:
+def start(m: Mount, log: Path, note: str) -> None:
     m.mnt.mkdir(parents=True, exist_ok=True)
-    out = open(log, "ab")  # noqa: SIM115 - closed with the process
-    m.proc = subprocess.Popen(m.argv, env=m.env, stdout=out, stderr=out, cwd=REPO_ROOT)
+    os.sync()  # untimed: earlier steps' dirty pages must not be written back on our clock
+    with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
+        out.write(f"\n--- mount_bench: {note} ---\n".encode())
+        out.flush()
+        m.proc = subprocess.Popen(m.argv, env=m.env, stdout=out, stderr=out, cwd=REPO_ROOT)
     end = time.monotonic() + 120
     # Up = listed in mountinfo and its root answers; loading the version is part of what's timed.
     while not (mounted(m.mnt) and _lists(m.mnt)):
         if m.proc.poll() is not None or time.monotonic() > end:
+            if m.proc.poll() is None:
+                m.proc.terminate()
             raise RuntimeError(f"{m.name} mount did not come up; see {log}")
         time.sleep(0.05)
 
@@ -107,6 +129,7 @@ def stop(m: Mount) -> None:
         except subprocess.TimeoutExpired:
             m.proc.kill()
             m.proc.wait()
+        m.proc = None
 
 
 def timed(argv: list[str] | str) -> tuple[float, str]:
@@ -160,9 +183,10 @@ def make_mounts(data: Path, work: Path, mnt: Path, vaultfs: Path) -> dict[str, M
     }
 
 
-def bench(m: Mount, data: Path, log: Path) -> Result:
-    r = Result(m.name)
-    largest, second = largest_files(data)
+def bench(m: Mount, data: Path, files: tuple[str, str], log: Path, round_no: int,
+          rounds: int) -> Result:
+    r = Result(m.name, round=round_no)
+    largest, second = files
 
     def find() -> None:
         r.find_s, out = timed(f"find '{m.version_dir}' | wc -l")
@@ -187,27 +211,115 @@ def bench(m: Mount, data: Path, log: Path) -> Result:
     steps: list[tuple[str, Callable[[], None]]] = [("find", find), ("ls -lR", ls), ("read", read)]
     for label, step in steps:
         print(f"  {m.name}: {label} ...", flush=True)
-        start(m, log)
         try:
+            start(m, log, f"round {round_no}/{rounds}, {label}")
             step()
         except Exception as e:
             r.error = f"{label}: {e}"
+            print(f"  {m.name}: {label} failed in round {round_no}", flush=True)
             return r
         finally:
             stop(m)
     return r
 
 
-def ratios(results: dict[str, Result]) -> dict[str, float | None]:
+# --------------------------------------------------------------------------- summarising
+
+
+@dataclass
+class Summary:
+    """One tool over all rounds: medians of times and rates, maximum of peak RSS.
+
+    The field names match Result's, so JSON's results[i] reads as one result. A value missing in
+    a failed round is left out (None if no round has it). find_entries is None when the rounds
+    counted different numbers of entries (find_entries_by_round has them all).
+    """
+
+    tool: str
+    find_s: float | None
+    find_entries: int | None
+    ls_s: float | None
+    ttfb_ms: float | None
+    cat_cold_mbs: float | None
+    cat_warm_mbs: float | None
+    peak_rss_mib: float | None
+    error: str  # "round N: step: message" of the first failed round
+    extra: dict[str, str]
+    rounds_ok: int
+    rounds_run: int
+    failed_rounds: list[int]
+    find_s_min: float | None
+    find_s_max: float | None
+    cat_cold_mbs_min: float | None
+    cat_cold_mbs_max: float | None
+    find_entries_by_round: list[int | None]
+
+    @property
+    def entries_differ(self) -> bool:
+        return len({n for n in self.find_entries_by_round if n is not None}) > 1
+
+
+def _values(values: Sequence[float | None]) -> list[float]:
+    return [v for v in values if v is not None]
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    present = _values(values)
+    return statistics.median(present) if present else None
+
+
+def _min(values: Sequence[float | None]) -> float | None:
+    present = _values(values)
+    return min(present) if present else None
+
+
+def _max(values: Sequence[float | None]) -> float | None:
+    present = _values(values)
+    return max(present) if present else None
+
+
+def summarise(rounds: list[Result]) -> Summary:
+    failed = [r for r in rounds if r.error]
+    find = [r.find_s for r in rounds]
+    cold = [r.cat_cold_mbs for r in rounds]
+    entries = [r.find_entries for r in rounds]
+    distinct = {n for n in entries if n is not None}
+    return Summary(
+        tool=rounds[0].tool,
+        find_s=_median(find),
+        find_entries=distinct.pop() if len(distinct) == 1 else None,
+        ls_s=_median([r.ls_s for r in rounds]),
+        ttfb_ms=_median([r.ttfb_ms for r in rounds]),
+        cat_cold_mbs=_median(cold),
+        cat_warm_mbs=_median([r.cat_warm_mbs for r in rounds]),
+        peak_rss_mib=_max([r.peak_rss_mib for r in rounds]),
+        error=f"round {failed[0].round}: {failed[0].error}" if failed else "",
+        extra=next((r.extra for r in rounds if r.extra), {}),
+        rounds_ok=len(rounds) - len(failed),
+        rounds_run=len(rounds),
+        failed_rounds=[r.round for r in failed],
+        find_s_min=_min(find),
+        find_s_max=_max(find),
+        cat_cold_mbs_min=_min(cold),
+        cat_cold_mbs_max=_max(cold),
+        find_entries_by_round=entries,
+    )
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def ratios(results: dict[str, Summary]) -> dict[str, float | None]:
+    """vaultfs against the others, from the medians over rounds."""
     vf, restic, borg = (results.get(t) for t in TOOLS)
 
     def ratio(a: float | None, b: float | None) -> float | None:
         return a / b if a is not None and b else None
 
     return {
-        "find_vs_restic": ratio(vf and vf.find_s, restic and restic.find_s),
-        "ls_vs_borg": ratio(vf and vf.ls_s, borg and borg.ls_s),
-        "cat_vs_borg": ratio(vf and vf.cat_cold_mbs, borg and borg.cat_cold_mbs),
+        "find_vs_restic": ratio(vf.find_s if vf else None, restic.find_s if restic else None),
+        "ls_vs_borg": ratio(vf.ls_s if vf else None, borg.ls_s if borg else None),
+        "cat_vs_borg": ratio(vf.cat_cold_mbs if vf else None, borg.cat_cold_mbs if borg else None),
         "vaultfs_cat_mbs": vf.cat_cold_mbs if vf else None,
     }
 
@@ -216,16 +328,30 @@ def fmt(v: float | None, digits: int = 2) -> str:
     return "–" if v is None else f"{v:.{digits}f}"
 
 
-def markdown(results: dict[str, Result]) -> str:
-    lines = ["| tool | find s (entries) | ls -lR s | first byte ms | cat cold MB/s | cat warm MB/s "
-             "| mount peak RSS MiB |", "|---|---:|---:|---:|---:|---:|---:|"]
-    for r in results.values():
-        if r.error:
-            lines.append(f"| {r.tool} (failed: {r.error[:60]}) | – | – | – | – | – | – |")
-            continue
-        lines.append(f"| {r.tool} | {fmt(r.find_s)} ({r.find_entries}) | {fmt(r.ls_s)} | "
-                     f"{fmt(r.ttfb_ms, 1)} | {fmt(r.cat_cold_mbs, 0)} | {fmt(r.cat_warm_mbs, 0)} | "
-                     f"{fmt(r.peak_rss_mib, 0)} |")
+def fmt_range(low: float | None, high: float | None, digits: int) -> str:
+    return "–" if low is None or high is None else f"{low:.{digits}f}–{high:.{digits}f}"
+
+
+def markdown(results: dict[str, Summary]) -> str:
+    lines = ["| tool | rounds ok | find s | find min–max | entries | ls -lR s | first byte ms "
+             "| cat cold MB/s | cat cold min–max | cat warm MB/s | mount peak RSS MiB |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for s in results.values():
+        name = s.tool
+        if s.error:
+            where = ", ".join(str(n) for n in s.failed_rounds)
+            why = s.error.split(": ", 1)[1][:60].replace("|", "/").replace("\n", " ")
+            name = f"{s.tool} (failed in round {where}: {why})"
+        if s.entries_differ:
+            entries = "differ: " + "/".join("–" if n is None else str(n)
+                                            for n in s.find_entries_by_round)
+        else:
+            entries = "–" if s.find_entries is None else str(s.find_entries)
+        lines.append(f"| {name} | {s.rounds_ok}/{s.rounds_run} | {fmt(s.find_s)} | "
+                     f"{fmt_range(s.find_s_min, s.find_s_max, 2)} | {entries} | {fmt(s.ls_s)} | "
+                     f"{fmt(s.ttfb_ms, 1)} | {fmt(s.cat_cold_mbs, 0)} | "
+                     f"{fmt_range(s.cat_cold_mbs_min, s.cat_cold_mbs_max, 0)} | "
+                     f"{fmt(s.cat_warm_mbs, 0)} | {fmt(s.peak_rss_mib, 0)} |")
     lines += ["", "| measure | value | target | met |", "|---|---:|---:|:---:|"]
     got = ratios(results)
     for label, key, op, limit in TARGETS:
@@ -239,26 +365,57 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--work", type=Path, required=True)
-    p.add_argument("--only", default=",".join(TOOLS))
+    p.add_argument("--only", default=",".join(TOOLS),
+                   help="comma-separated subset of: " + ", ".join(TOOLS))
+    p.add_argument("--rounds", type=int, default=3,
+                   help="rounds of all selected tools, interleaved; the table shows medians (default 3)")
     p.add_argument("--json", type=Path)
     p.add_argument("--vaultfs", type=Path, default=REPO_ROOT / ".venv" / "bin" / "vaultfs")
     args = p.parse_args(argv)
+    only = [t.strip() for t in args.only.split(",") if t.strip()]
+    unknown = sorted(set(only) - set(TOOLS))
+    if unknown:
+        p.error(f"unknown tool(s): {', '.join(unknown)}")
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
+    selected = [name for name in TOOLS if name in only]  # fixed order, every round alike
     mnt = args.work / "mnt"
     logs = args.work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     mounts = make_mounts(args.data, args.work, mnt, args.vaultfs)
-    results: dict[str, Result] = {}
-    for name in args.only.split(","):
-        if name == "borg" and not shutil.which("borg"):
-            results[name] = Result(name, error="borg not installed")
-            continue
-        results[name] = bench(mounts[name], args.data, logs / f"mount-{name}.log")
-    table = markdown(results)
-    print(table)
+    files = largest_files(args.data)
+    per_round: list[list[Result]] = []
+    for round_no in range(1, args.rounds + 1):
+        print(f"round {round_no}/{args.rounds}", flush=True)
+        this_round: list[Result] = []
+        for name in selected:
+            if name == "borg" and not shutil.which("borg"):
+                this_round.append(Result(name, round=round_no, error="mount: borg not installed"))
+                continue
+            this_round.append(bench(mounts[name], args.data, files, logs / f"mount-{name}.log",
+                                    round_no, args.rounds))
+        per_round.append(this_round)
+    results = {name: summarise([rs[i] for rs in per_round]) for i, name in enumerate(selected)}
+    print()
+    print(f"{args.rounds} round(s), interleaved: medians of times and rates, maximum of peak RSS; "
+          "a fresh mount per measurement, os.sync() before each mount")
+    print()
+    print(markdown(results))
+    for s in results.values():
+        if s.entries_differ:
+            counts = ", ".join(f"round {i}: {'–' if n is None else n}"
+                               for i, n in enumerate(s.find_entries_by_round, 1))
+            print(f"\nWARNING: {s.tool}: find counted different numbers of entries ({counts})")
+    for rs in per_round:
+        for r in rs:
+            if r.error:
+                print(f"\n{r.tool} failed in round {r.round}: {r.error}")
     if args.json:
-        args.json.write_text(json.dumps({"results": [asdict(r) for r in results.values()],
-                                         "ratios": ratios(results)}, indent=1))
-    return 1 if any(r.error for r in results.values()) else 0
+        args.json.write_text(json.dumps({"results": [asdict(s) for s in results.values()],
+                                         "ratios": ratios(results),
+                                         "rounds": [[asdict(r) for r in rs] for rs in per_round]},
+                                        indent=1))
+    return 1 if any(s.error for s in results.values()) else 0
 
 
 if __name__ == "__main__":
