@@ -143,3 +143,35 @@ def test_missing_collection_path(file_vault: VaultEnv) -> None:
     proc = file_vault.run("snapshot", expect=1)
     assert "is not a directory (is the volume mounted?)" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("change", ["none", "grow", "shrink", "rewrite"])
+def test_read_small_notices_a_file_that_changed_after_its_stat(tmp_path: Path, change: str) -> None:
+    """The stat taken at open is compared after the read: growth, shrinking or a rewrite
+    of the same size in between makes the read fail instead of storing a mix."""
+    import hashlib
+
+    from vaultfs.source import ChangedWhileReading, open_source, read_small
+
+    path = write(tmp_path / "f.txt", b"0123456789" * 100)
+    fd = open_source(bytes(path))
+    try:
+        before = os.fstat(fd)
+        if change == "grow":
+            with open(path, "ab") as f:
+                f.write(b"more")
+        elif change == "shrink":
+            os.truncate(path, 10)
+        elif change == "rewrite":  # same size, new bytes, new mtime
+            with open(path, "r+b") as f:
+                f.write(b"X")
+            os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))
+        if change == "none":
+            data, blob = read_small(fd, before)
+            assert bytes(data) == b"0123456789" * 100
+            assert blob == hashlib.sha256(bytes(data)).digest()
+        else:
+            with pytest.raises(ChangedWhileReading):
+                read_small(fd, before)
+    finally:
+        os.close(fd)

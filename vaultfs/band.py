@@ -614,6 +614,11 @@ class BandWriter:
         return loc
 
     def _append(self, data: bytes | bytearray | memoryview) -> None:
+        fill, end = self._fill, self._fill + len(data)
+        if end < self.frame_size:  # the common case: it fits in the frame being filled
+            self._buf[fill:end] = data
+            self._fill = end
+            return
         view = memoryview(data)
         while len(view):
             take = min(len(view), self.frame_size - self._fill)

@@ -147,6 +147,7 @@ class Snapshot:
         self._cache_rows: list[tuple[bytes, FileCacheRow]] = []  # files read: their new rows
         self._bytes_added = 0  # content of the blobs this run stored
         self._uploader = _Uploader(vault, collection.name)
+        self._member_prefix = collection.name.encode() + b"/"  # band members: <collection>/<path>
         self.result = SnapshotResult(collection.name, None, None, unchanged=False)
 
     # ---- the run -----------------------------------------------------------------------
@@ -227,7 +228,8 @@ class Snapshot:
             if self._ahead.take(i):
                 self._read_one(root, f)
                 self.progress.advance(1, f.st.st_size)
-            self._pack_read_ahead()
+            if self._ahead.done:
+                self._pack_read_ahead()
         for f in files:  # hard links follow their first name
             if f.link_of is not None:
                 f.blob = f.link_of.blob
@@ -415,7 +417,7 @@ class Snapshot:
             self._close_band(final_extra=None)
 
     def _member_name(self, f: ScannedFile) -> bytes:
-        return self.collection.name.encode() + b"/" + f.rel
+        return self._member_prefix + f.rel
 
     def _make_room(self, size: int) -> None:
         """Close the current band first if this file would push it past band_size."""

@@ -231,21 +231,22 @@ def same_file_state(a: StatLike, b: StatLike) -> bool:
 def read_small(fd: int, before: os.stat_result) -> tuple[memoryview, BlobId]:
     """Read a whole (small) file into one buffer; ChangedWhileReading if it moved meanwhile.
 
-    The buffer is one byte larger than the file, to notice growth, and is read
-    into directly (no list of chunks joined into a second copy).
+    The buffer is read into directly (no list of chunks joined into a second copy). No
+    read past the end is needed to notice growth: a file that grows, shrinks or is
+    rewritten changes its size or times, which the fstat after the read compares.
     """
-    buf = bytearray(before.st_size + 1)
+    size = before.st_size
+    buf = bytearray(size)
     view = memoryview(buf)
     n = 0
-    while n < len(buf):
+    while n < size:
         got = os.readv(fd, [view[n:]])
         if got == 0:
             break
         n += got
-    data = view[:n]
-    if n != before.st_size or not same_file_state(before, os.fstat(fd)):
+    if n != size or not same_file_state(before, os.fstat(fd)):
         raise ChangedWhileReading
-    return data, BlobId(hashlib.sha256(data).digest())
+    return view, BlobId(hashlib.sha256(buf).digest())
 
 
 def read_into(fd: int) -> Callable[[memoryview, int], int]:
