@@ -55,6 +55,8 @@ def test_no_config_anywhere(file_vault: VaultEnv, tmp_path: Path) -> None:
         ("[vault]\nstore = 'file:///tmp/s'\n[collections.p]\npath = '/x'\nkeep_versions = 'ten'\n",
          ("collections.p.keep_versions = 'ten'", "expected an integer")),
         ("[vault]\nstore = 's3://b/p'\n[s3]\nrestore_tier = 'Fast'\n", ("s3.restore_tier",)),
+        ("[vault]\nstore = 'file:///tmp/s'\n[mount]\non_restore_ready = \"notify 'me\"\n",
+         ("mount.on_restore_ready", "No closing quotation")),
     ],
 )
 def test_bad_config(file_vault: VaultEnv, text: str, needles: tuple[str, ...]) -> None:

@@ -375,6 +375,17 @@ def test_watcher_fetches_into_a_bounded_cache_and_expiry(cold: Cold, tmp_path: P
         assert bands[b][1].read_bytes() == cold.contents[bands[b][1].name]
         assert open_errno(bands[a][0]) == errno.ENODATA
         assert cold.proxy.restores == [f"vault/bands/{x}.tar.zst" for x in (a, b, a)]
+
+        # The NAS's copy of b is deleted behind the mount's back (to free space). Its
+        # restored copy on S3 has expired too: the read finds out and answers ENODATA,
+        # not EIO (which would mean damage); b is archived again, and the next open
+        # restores it.
+        (cache / f"{b}.tar.zst").unlink()
+        assert open_errno(bands[b][1]) == errno.ENODATA
+        assert state(bands[b][0]) == "archived"
+        assert cold.proxy.restores == [f"vault/bands/{x}.tar.zst" for x in (a, b, a)]
+        assert open_errno(bands[b][1]) == errno.ENODATA
+        assert cold.proxy.restores == [f"vault/bands/{x}.tar.zst" for x in (a, b, a, b)]
     assert len(hook_calls()) == 2
 
 

@@ -33,7 +33,7 @@ from typing import Any
 from vaultfs import testpoints
 from vaultfs.config import Prices
 from vaultfs.errors import CorruptionError, VaultError
-from vaultfs.model import BandId, BandInfo, RestoreInfo, band_key
+from vaultfs.model import BandId, BandInfo, BandState, RestoreInfo, band_key
 from vaultfs.output import iso_utc
 from vaultfs.store import ArchiveStore
 from vaultfs.vault import Vault
@@ -47,6 +47,19 @@ _EXPIRY = re.compile(r'expiry-date="([^"]+)"')
 
 def readable(band: BandInfo) -> bool:
     return band.state in READABLE_STATES
+
+
+def state_without_cache(band: BandInfo, now: int | None = None) -> BandState:
+    """What a `cached` band is once its local copy is gone (evicted, or deleted by hand):
+    ``restored`` while S3's temporary copy lasts, else ``archived`` in an archive class,
+    else ``standard``."""
+    now = now if now is not None else time.time_ns()
+    r = band.restore
+    if r is not None and r.ready_ns and (r.expires_ns == 0 or r.expires_ns > now):
+        return "restored"
+    if band.storage_class in ARCHIVE_CLASSES:
+        return "archived"
+    return "standard"
 
 
 def _archive_store(vault: Vault) -> ArchiveStore | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -285,6 +286,12 @@ def _build(data: dict[str, Any], source: Path | None) -> Config:
     )
     if mount_settings.poll_interval <= 0:
         raise ConfigError(f"mount.poll_interval = {mount_settings.poll_interval}: must be positive")
+    if mount_settings.on_restore_ready:
+        try:
+            shlex.split(mount_settings.on_restore_ready)
+        except ValueError as e:  # e.g. an unclosed quote: say so now, not when a restore is ready
+            raise ConfigError(f"mount.on_restore_ready = {mount_settings.on_restore_ready!r}: "
+                              f"{e}; it is split like a shell command line") from None
     if not all(isinstance(p, str) and p for p in mount_settings.no_restore_processes):
         raise ConfigError("mount.no_restore_processes: expected a list of process names")
     mount.finish()

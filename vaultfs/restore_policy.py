@@ -243,15 +243,8 @@ class BandCache:
         return [self.evict(b) for b in victims]
 
     def evict(self, band: BandInfo, now: int | None = None) -> BandInfo:
-        now = now if now is not None else time.time_ns()
-        r = band.restore
-        if r is not None and r.ready_ns and (r.expires_ns == 0 or r.expires_ns > now):
-            state = "restored"
-        elif band.storage_class in archive.ARCHIVE_CLASSES:
-            state = "archived"
-        else:
-            state = "standard"
-        new = replace(band, state=state, cached=False)  # type: ignore[arg-type]
+        state = archive.state_without_cache(band, now)
+        new = replace(band, state=state, cached=False)
         with self.vault.catalog.writer() as w:
             w.put_band(new)
         self.path(band.band).unlink(missing_ok=True)

@@ -65,13 +65,14 @@ import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, NamedTuple
 
 from vaultfs import archive
 from vaultfs import band as bandfmt
 from vaultfs.errors import CorruptionError
 from vaultfs.model import BandId, BandInfo, BlobId, BlobRef, Entry, TreeId, VersionInfo
+from vaultfs.store.base import ObjectArchived
 from vaultfs.vault import Vault
 
 log = logging.getLogger("vaultfs.mount")
@@ -528,12 +529,27 @@ class VaultView:
         ref = self._blob_ref(e)
         if ref is not None:
             info = self.band_info(ref.band)
+            if info.state == "cached" and not self.vault.band_cached(ref.band):
+                info = self._cache_copy_lost(info)
             if not archive.readable(info):
                 raise Archived(ref.band, info.state)
             self.in_use[ref.band] += 1
             self.last_used[ref.band] = time.time_ns()
         fault = self._fault_name is not None and e.name == self._fault_name
         return OpenFile(self.readers, ref, e.blob or BlobId(_EMPTY_SHA256), e.size, fault)
+
+    def _cache_copy_lost(self, info: BandInfo) -> BandInfo:
+        """The catalog says `cached` but the local copy is gone (deleted to free space, a
+        wiped cache directory): record what the band is without it, so the file reads
+        from S3 if it can, or answers ENODATA and is restored again — not EIO, which
+        would say the backup is damaged."""
+        new = replace(info, state=archive.state_without_cache(info), cached=False)
+        with self.catalog.writer() as w:
+            w.put_band(new)
+        self.readers.invalidate(info.band)
+        log.warning("band %s: its cached copy in %s is gone; it is %s now", info.band,
+                    self.vault.cache_dir, new.state)
+        return new
 
     def release(self, handle: OpenFile | StatusFile) -> None:
         """A handle from `open` was closed."""
@@ -755,7 +771,22 @@ class BandReaders:
         A sequential reader passes `until`, the end of what it will read: the
         READ_AHEAD_FRAMES frames after the last one this read touches are then
         decompressed in the background (`BandReader.prefetch`) if they begin before `until`.
+        Archived (ENODATA) if S3 says the band is archived after all (a restore that
+        expired unnoticed): the catalog then says so too, and the next open restores it.
         """
+        try:
+            return self._read(band, offset, length, until)
+        except ObjectArchived:
+            self.invalidate(band)
+            info = self.vault.catalog.band(band)
+            if info is not None and info.state != "archived":
+                with self.vault.catalog.writer() as w:
+                    w.put_band(replace(info, state="archived", cached=False))
+                log.warning("band %s: S3 says it is archived (its restore expired); "
+                            "opening a file of it restores it again", band)
+            raise Archived(band, "archived") from None
+
+    def _read(self, band: BandId, offset: int, length: int, until: int) -> bytes | memoryview:
         reader = self.get(band)
         frames = reader.frames
         i = reader.frame_index(offset)
