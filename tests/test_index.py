@@ -186,3 +186,48 @@ def test_archived_bands_need_a_confirmed_restore(s3_bucket, tmp_path: Path) -> N
     assert out["restore_plan"]
     nas.run("restore", "fetch", "photos", "--to", str(tmp_path / "out"))
     assert diff_r(src, tmp_path / "out") == []
+
+
+def test_prune_deletes_superseded_index_objects(file_vault: VaultEnv,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prune keeps the two newest full objects and the deltas after the older one; the
+    index loads the same as before, and still falls back if the newest full is damaged."""
+    from vaultfs import retention
+
+    src = file_vault.add_collection("photos")
+    file_vault.run("init")
+    monkeypatch.setattr(index, "CONSOLIDATE_AFTER", 2)
+    config = load_config(file_vault.config_path)
+    vault = Vault.open(config)
+    try:
+        with vault.lock():
+            for i in range(7):
+                write(src / f"f{i}.bin", os.urandom(5000))
+                Snapshot(vault, config.collection("photos")).run()
+            before = file_vault.store_keys("index/")
+            fulls = [k for k in before if k.endswith("-full.zst")]
+            assert len(fulls) >= 3
+            vid = vault.catalog.meta("vault_id") or ""
+            loaded = index.load_index(vault.store, vid)
+            dry = retention.prune(vault, dry_run=True)
+            assert file_vault.store_keys("index/") == before  # a dry run deletes nothing
+            result = retention.prune(vault)
+        after = file_vault.store_keys("index/")
+        assert result.index_objects == dry.index_objects
+        assert after == [k for k in before if k >= fulls[-2]]
+        assert sorted(result.index_objects) == sorted(set(before) - set(after))
+        again = index.load_index(vault.store, vid)
+        assert again.content.versions == loaded.content.versions
+        assert again.content.blobs == loaded.content.blobs
+        assert again.content.trees == loaded.content.trees
+        # The newest full damaged: the older kept one and the deltas after it still do.
+        newest = file_vault.store_dir / fulls[-1]
+        data = bytearray(newest.read_bytes())
+        data[-10] ^= 0xFF
+        newest.write_bytes(bytes(data))
+        fallback = index.load_index(vault.store, vid)
+        assert fallback.skipped and not fallback.problems
+        assert fallback.content.versions == loaded.content.versions
+        assert fallback.content.blobs == loaded.content.blobs
+    finally:
+        vault.close()

@@ -219,6 +219,9 @@ def describe_prune(r: retention.PruneResult) -> list[str]:
         f"{would}drop {r.trees_dropped} unused tree(s) and {r.blobs_dropped} blob entries "
         "from the index"
     )
+    if r.index_objects:
+        out.append(f"{would}delete {len(r.index_objects)} superseded consolidated-index "
+                   "object(s) (two full ones and the deltas after them are kept)")
     if r.deletions_resumed:
         out.append(f"finished deleting {r.deletions_resumed} band(s) an interrupted prune left")
     out.append(f"prices: {retention.PRICES_AS_OF}")

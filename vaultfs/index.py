@@ -232,6 +232,19 @@ def load_index(store: ObjectStore, vault_id: str,
     return LoadedIndex(content, used, problems, skipped, content.generation, len(deltas))
 
 
+def superseded(store: ObjectStore) -> list[str]:
+    """Index objects no load needs any more: everything older than the second-newest full
+    object. `load_index` starts from the newest full object that verifies and reads the
+    deltas after it; keeping two full objects (and every delta after the older one) keeps
+    one fallback if the newest is damaged. With fewer than two full objects: nothing."""
+    objects = list_index(store)
+    fulls = [gen for gen, kind, _ in objects if kind == "full"]
+    if len(fulls) < 2:
+        return []
+    floor = fulls[-2]
+    return [key for gen, _, key in objects if gen < floor]
+
+
 def _read_index_doc(store: ObjectStore, key: str, gen: int, vault_id: str) -> dict[str, Any]:
     doc = decode_index_object(store.get(key), key)
     if doc.get("generation") != gen or doc.get("vault_id") != vault_id:

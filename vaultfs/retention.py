@@ -265,6 +265,7 @@ class PruneResult:
     forgets_finished: int = 0
     deletions_resumed: int = 0
     unadopted_versions: int = 0  # dry run: committed on the store, not yet known locally
+    index_objects: list[str] = field(default_factory=list)  # superseded, deleted from the store
 
     def of(self, *actions: Action) -> list[BandPlan]:
         return [b for b in self.bands if b.action in actions]
@@ -319,6 +320,7 @@ class PruneResult:
             "forgets_finished": self.forgets_finished,
             "deletions_resumed": self.deletions_resumed,
             "unadopted_versions": self.unadopted_versions,
+            "index_objects_deleted": self.index_objects,
             "prices": {
                 "as_of": PRICES_AS_OF,
                 "usd_per_gb_month": {k: v.usd_per_gb_month for k, v in STORAGE_CLASSES.items()},
@@ -399,6 +401,7 @@ def prune(
     result.trees_rehomed = len(rehome)
     result.version_records = sorted(markers & _version_records(vault))
     if dry_run:
+        result.index_objects = index.superseded(vault.store)
         return result
     if rehome:
         result.carrier_band = _write_carrier(vault, rehome, sorted(doomed_ids))
@@ -418,6 +421,10 @@ def prune(
     for c, n in result.version_records:
         vault.store.delete(version_key(c, n))
     index.publish(vault)  # a carrier band joins the consolidated index
+    # Index objects older than the second-newest full one are never read again.
+    result.index_objects = index.superseded(vault.store)
+    for key in result.index_objects:
+        vault.store.delete(key)
     return result
 
 
