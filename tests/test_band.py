@@ -596,3 +596,30 @@ def test_stall_hook_runs_while_compression_is_behind(tmp_path: Path) -> None:
     assert [b.size for b in band.blobs] == [len(data)]
     assert open_reader(tmp_path / "b").read_blob(band.blobs[0]) == data
     check_band_file(tmp_path / "b")
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_band_file_appends_truncates_and_finishes(tmp_path: Path, direct: bool) -> None:
+    """BandFile against a plain model: pieces of every size across the stage, roll-backs
+    into bytes still staged and into bytes already on disk (re-staged from the file),
+    then the unaligned tail; the same bytes with O_DIRECT and buffered."""
+    from vaultfs import bandfile
+
+    path = tmp_path / "band"
+    f = bandfile.BandFile(path)
+    if not direct:
+        f.direct = bandfile._set_direct(f._fd, False)
+    model = bytearray()
+    rng = random.Random(5)
+    for step in range(60):
+        if step % 7 == 6:
+            cut = rng.randrange(max(0, len(model) - 3 * bandfile.STAGE), len(model) + 1)
+            f.truncate(cut)
+            del model[cut:]
+        else:
+            piece = rng.randbytes(rng.choice([1, 511, 4096, 5000, bandfile.STAGE + 3, 300_000]))
+            f.write(piece)
+            model += piece
+        assert f.size == len(model)
+    f.finish(sync=True)
+    assert path.read_bytes() == bytes(model)

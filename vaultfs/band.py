@@ -28,7 +28,6 @@ shared by threads; it loads its seek table and catalog once, under a lock.
 from __future__ import annotations
 
 import bisect
-import ctypes
 import functools
 import hashlib
 import json
@@ -48,6 +47,7 @@ from typing import Any
 
 import zstandard
 
+from vaultfs.bandfile import BandFile
 from vaultfs.errors import CorruptionError
 from vaultfs.malloc import release_free_memory
 
@@ -56,7 +56,6 @@ FRAME_SIZE_MAX = 1 << 31  # seek table entries are u32; leave room for zstd's ov
 CATALOG_MEMBER = ".vaultfs/catalog.json"
 CATALOG_FORMAT = 1
 _READ_PIECE = 1024 * 1024  # streamed members: read and hash in pieces that stay in L2
-WRITEBACK_EVERY = 32 * 1024 * 1024  # start writing the band to disk behind the writer
 TRIM_EVERY_FRAMES = 8  # writer: hand free heap pages back this often (peak RSS)
 FRAME_CACHE_BYTES = 32 * 1024 * 1024  # per reader: recently decompressed frames
 TAIL_READ = 64 * 1024  # first read of a band's tail: seek table + catalog frame, usually
@@ -413,7 +412,7 @@ class BandWriter:
         if not 0 < frame_size <= FRAME_SIZE_MAX:
             raise ValueError(f"frame_size must be in (0, {FRAME_SIZE_MAX}]")
         self.path, self.band_id, self.level, self.frame_size = path, band_id, level, frame_size
-        self._file = open(path, "xb")  # noqa: SIM115 -- owned until close/abort
+        self._file = BandFile(path)  # owned until close/abort; O_DIRECT where possible
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="band-zstd")
         # Frames compressed but not yet written are bounded (memory); a writer thread
         # writes and hashes them in order, so the caller's thread only reads and packs.
@@ -432,7 +431,6 @@ class BandWriter:
         self._spare: list[bytearray] = []
         self._submitted = 0  # uncompressed bytes handed to the pool
         self._written = 0  # compressed bytes in the file
-        self._flushed = 0  # bytes whose writeback to disk was started
         self._hasher = hashlib.sha256()
         self._frames: list[Frame] = []
         self._levels: list[int] = []
@@ -545,10 +543,7 @@ class BandWriter:
         table = encode_seek_table(self._frames)
         self._file.write(table)
         self._hasher.update(table)
-        self._file.flush()
-        if sync:
-            os.fsync(self._file.fileno())
-        self._file.close()
+        self._file.finish(sync=sync)
         self._pool.shutdown()
         self._open = False
         if sync:
@@ -682,10 +677,6 @@ class BandWriter:
                                 cp.written, cp.hasher = self._written, self._hasher.copy()
                         if len(self._frames) % TRIM_EVERY_FRAMES == 0:
                             release_free_memory()
-                        if self._written - self._flushed >= WRITEBACK_EVERY:
-                            start_writeback(self._file.fileno(), self._flushed,
-                                            self._written - self._flushed)
-                            self._flushed = self._written
                 except BaseException as e:  # handed to the caller's thread
                     if self._writer_error is None:
                         self._writer_error = e
@@ -715,7 +706,6 @@ class BandWriter:
         self._fill = 0
         assert cp.written is not None
         self._file.truncate(cp.written)
-        self._file.seek(cp.written)
         with self._state:
             del self._frames[cp.frames:], self._levels[cp.frames:]
             self._written, self._hasher = cp.written, cp.hasher
@@ -741,26 +731,6 @@ PREFETCH_THREADS = 2
 def prefetcher() -> ThreadPoolExecutor:
     """The threads of `BandReader.prefetch` (shared by every reader; made on first use)."""
     return ThreadPoolExecutor(max_workers=PREFETCH_THREADS, thread_name_prefix="band-prefetch")
-
-
-@functools.cache
-def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-    fn.restype = ctypes.c_int
-    return fn
-
-
-def start_writeback(fd: int, offset: int, length: int) -> None:
-    """Have the kernel start writing a range of the file to disk, without waiting
-    (Linux ``sync_file_range(SYNC_FILE_RANGE_WRITE)``). The fsync at the end of a band
-    then finds little left to write, instead of all of a GiB band at once."""
-    fn = _sync_file_range()
-    if fn is not None:
-        fn(fd, offset, length, 2)  # SYNC_FILE_RANGE_WRITE; failure only costs the head start
 
 
 def _fsync_dir(path: Path) -> None:
