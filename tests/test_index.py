@@ -78,18 +78,25 @@ def test_index_is_incremental_and_readable_with_standard_tools(file_vault: Vault
     assert len(file_vault.store_keys("index/")) == 3
 
 
+def snapshots_in_process(env: VaultEnv, count: int) -> Vault:
+    """`count` snapshots of a growing collection through one open vault (so that a
+    monkeypatched index setting applies); the caller closes the vault."""
+    src = env.add_collection("photos")
+    env.run("init")
+    config = load_config(env.config_path)
+    vault = Vault.open(config)
+    with vault.lock():
+        for i in range(count):
+            write(src / f"f{i}.bin", os.urandom(5000))
+            Snapshot(vault, config.collection("photos")).run()
+    return vault
+
+
 def test_consolidation_into_a_full_object(file_vault: VaultEnv,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    src = file_vault.add_collection("photos")
-    file_vault.run("init")
     monkeypatch.setattr(index, "CONSOLIDATE_AFTER", 3)
-    config = load_config(file_vault.config_path)
-    vault = Vault.open(config)
+    vault = snapshots_in_process(file_vault, 4)
     try:
-        with vault.lock():
-            for i in range(4):
-                write(src / f"f{i}.bin", os.urandom(5000))
-                Snapshot(vault, config.collection("photos")).run()
         keys = file_vault.store_keys("index/")
         assert keys == ["index/000000000001-delta.zst", "index/000000000002-delta.zst",
                         "index/000000000003-delta.zst", "index/000000000004-full.zst",
@@ -194,16 +201,10 @@ def test_prune_deletes_superseded_index_objects(file_vault: VaultEnv,
     index loads the same as before, and still falls back if the newest full is damaged."""
     from vaultfs import retention
 
-    src = file_vault.add_collection("photos")
-    file_vault.run("init")
     monkeypatch.setattr(index, "CONSOLIDATE_AFTER", 2)
-    config = load_config(file_vault.config_path)
-    vault = Vault.open(config)
+    vault = snapshots_in_process(file_vault, 7)
     try:
         with vault.lock():
-            for i in range(7):
-                write(src / f"f{i}.bin", os.urandom(5000))
-                Snapshot(vault, config.collection("photos")).run()
             before = file_vault.store_keys("index/")
             fulls = [k for k in before if k.endswith("-full.zst")]
             assert len(fulls) >= 3

@@ -201,17 +201,23 @@ def test_a_corrupt_band_raises_and_names_the_band(file_vault: VaultEnv) -> None:
         vault.close()
 
 
+def point_blob_at(env: VaultEnv, content: bytes, other: bytes) -> None:
+    """Corrupt the local catalog: the blob of `content` now points at `other`'s bytes
+    (frames intact, so only the whole-file SHA-256 can tell)."""
+    cat = Catalog(env.state_dir / "catalog.lmdb")
+    try:
+        ref = cat.blob(BlobId(hashlib.sha256(other).digest()))
+        assert ref is not None
+        with cat.writer() as w:
+            w.put_blob(BlobId(hashlib.sha256(content).digest()), ref)
+    finally:
+        cat.close()
+
+
 def test_sequential_read_checks_the_sha256(file_vault: VaultEnv) -> None:
     """Frames intact but the catalog points a.raw at b.raw's bytes: the last read fails."""
     a, b = big_vault(file_vault)
-    import hashlib
-
-    cat = Catalog(file_vault.state_dir / "catalog.lmdb")
-    ref_b = cat.blob(BlobId(hashlib.sha256(b).digest()))
-    assert ref_b is not None
-    with cat.writer() as w:
-        w.put_blob(BlobId(hashlib.sha256(a).digest()), ref_b)
-    cat.close()
+    point_blob_at(file_vault, a, b)
     vault, view = open_view(file_vault)
     try:
         handle = view.open(walk(view, vfs.ROOT_INO, b"photos", b"v1", b"a.raw").ino)
@@ -321,12 +327,7 @@ def test_streamed_reads_peek_cached_frames_and_still_check_the_sha256(
         assert peeked >= 3  # at least the rest of the first frame came from the cache
     finally:
         vault.close()
-    cat = Catalog(file_vault.state_dir / "catalog.lmdb")
-    ref_c = cat.blob(BlobId(hashlib.sha256(c).digest()))
-    assert ref_c is not None
-    with cat.writer() as w:
-        w.put_blob(BlobId(hashlib.sha256(d).digest()), ref_c)
-    cat.close()
+    point_blob_at(file_vault, d, c)
     vault, view = open_view(file_vault)
     try:
         handle = view.open(walk(view, vfs.ROOT_INO, b"photos", b"v1", b"d.raw").ino)

@@ -71,7 +71,7 @@ from typing import Literal, NamedTuple
 from vaultfs import archive
 from vaultfs import band as bandfmt
 from vaultfs.errors import CorruptionError
-from vaultfs.model import BandId, BandInfo, BlobId, BlobRef, Entry, TreeId, VersionInfo
+from vaultfs.model import BandId, BandInfo, BandState, BlobId, BlobRef, Entry, TreeId, VersionInfo
 from vaultfs.store.base import ObjectArchived
 from vaultfs.vault import Vault
 
@@ -543,13 +543,8 @@ class VaultView:
         wiped cache directory): record what the band is without it, so the file reads
         from S3 if it can, or answers ENODATA and is restored again — not EIO, which
         would say the backup is damaged."""
-        new = replace(info, state=archive.state_without_cache(info), cached=False)
-        with self.catalog.writer() as w:
-            w.put_band(new)
-        self.readers.invalidate(info.band)
-        log.warning("band %s: its cached copy in %s is gone; it is %s now", info.band,
-                    self.vault.cache_dir, new.state)
-        return new
+        return self.readers.demote(info, archive.state_without_cache(info),
+                                   f"its cached copy in {self.vault.cache_dir} is gone")
 
     def release(self, handle: OpenFile | StatusFile) -> None:
         """A handle from `open` was closed."""
@@ -777,14 +772,23 @@ class BandReaders:
         try:
             return self._read(band, offset, length, until)
         except ObjectArchived:
-            self.invalidate(band)
             info = self.vault.catalog.band(band)
             if info is not None and info.state != "archived":
-                with self.vault.catalog.writer() as w:
-                    w.put_band(replace(info, state="archived", cached=False))
-                log.warning("band %s: S3 says it is archived (its restore expired); "
-                            "opening a file of it restores it again", band)
+                self.demote(info, "archived", "S3 says it is archived (its restore expired); "
+                            "opening a file of it restores it again")
+            else:
+                self.invalidate(band)
             raise Archived(band, "archived") from None
+
+    def demote(self, info: BandInfo, state: BandState, why: str) -> BandInfo:
+        """The band is less available than the catalog said: record `state` (not cached),
+        forget its reader, say why in the log."""
+        new = replace(info, state=state, cached=False)
+        with self.vault.catalog.writer() as w:
+            w.put_band(new)
+        self.invalidate(info.band)
+        log.warning("band %s: %s; it is %s now", info.band, why, state)
+        return new
 
     def _read(self, band: BandId, offset: int, length: int, until: int) -> bytes | memoryview:
         reader = self.get(band)
