@@ -573,7 +573,9 @@ def test_stall_hook_runs_while_compression_is_behind(tmp_path: Path) -> None:
     waiting, until the hook says it has nothing to do; the band is still right."""
     w = B.BandWriter(tmp_path / "b", "band-stall", frame_size=4096, threads=1)
     release = threading.Event()
-    w._pool.submit(release.wait)  # the only compression thread is busy elsewhere
+    # The only compression thread is busy elsewhere (bounded: a writer that never asks
+    # the hook fails the assertion below instead of hanging).
+    w._pool.submit(release.wait, 60)
     calls = 0
 
     def stall() -> bool:
