@@ -187,6 +187,38 @@ def test_large_files_dedup_and_moves(file_vault: VaultEnv, tmp_path: Path) -> No
     assert len(video) < stored < len(video) + 64 * 1024
 
 
+def test_copy_of_a_large_file_in_the_same_run_is_recognised(file_vault: VaultEnv) -> None:
+    """A large file whose size and both ends match one read earlier in the run is hashed
+    before packing (`Snapshot._probable_copy`); one that merely has the same size is not."""
+    from vaultfs.config import load_config
+    from vaultfs.snapshot import FINGERPRINT_PIECE, SMALL_FILE, Snapshot
+
+    src = file_vault.add_collection("media")
+    size = SMALL_FILE + 5  # a large file: streamed, unless probably a copy
+    raw = os.urandom(size)
+    write(src / "a.raw", raw)
+    write(src / "same_size.raw", os.urandom(size))
+    write(src / "same_ends.raw",  # the middle differs: still "probable", the hash decides
+          raw[:FINGERPRINT_PIECE] + os.urandom(size - 2 * FINGERPRINT_PIECE) + raw[-FINGERPRINT_PIECE:])
+    write(src / "b" / "copy.raw", raw)
+    file_vault.run("init")
+    vault = file_vault.open_vault()
+    try:
+        snap = Snapshot(vault, load_config(file_vault.config_path).collection("media"))
+        seen = []
+        for name in ("a.raw", "same_size.raw", "b/copy.raw", "same_ends.raw"):
+            fd = os.open(src / name, os.O_RDONLY)
+            try:
+                seen.append(snap._probable_copy(fd, os.fstat(fd)))
+            finally:
+                os.close(fd)
+        assert seen == [False, False, True, True]
+    finally:
+        vault.close()
+    out = file_vault.json("snapshot")["collections"][0]  # the real run stores `raw` once
+    assert out["stats"]["bytes_added"] == 3 * size
+
+
 def test_small_files_read_ahead_while_zstd_is_behind(file_vault: VaultEnv, tmp_path: Path) -> None:
     """While the one compression thread is behind on a large file, the next small files
     are read ahead and packed right after it (in their own order); nothing is lost,

@@ -665,9 +665,8 @@ class BandWriter:
                 try:
                     data, level = fut.result()
                     if self._writer_error is None:
-                        self._file.write(data)
-                        with self._state:
-                            self._hasher.update(data)
+                        with self._state:  # the caller's thread copies the hasher at checkpoints
+                            self._file.write(data, self._hasher)
                             self._frames.append(Frame(self._written, len(data), uoff, usize))
                             self._levels.append(level)
                             self._written += len(data)

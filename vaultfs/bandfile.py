@@ -24,10 +24,15 @@ import mmap
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 ALIGN = 4096  # a multiple of every logical block size in use
 STAGE = 1024 * 1024  # bytes staged before an aligned write (1 MiB writes: as fast, less memory)
 WRITEBACK_EVERY = 32 * 1024 * 1024  # buffered fallback: start writeback this often
+
+
+class Hasher(Protocol):
+    def update(self, data: memoryview, /) -> None: ...
 
 
 class BandFile:
@@ -46,15 +51,28 @@ class BandFile:
     def size(self) -> int:
         return self._on_disk + self._staged
 
-    def write(self, data: bytes | bytearray | memoryview) -> None:
+    def write(self, data: bytes | bytearray | memoryview, hasher: Hasher | None = None) -> None:
+        """Append `data`; with `hasher`, feed it the same bytes.
+
+        The hasher reads each piece from the stage right after it was copied there,
+        while it is in the CPU cache: SHA-256 of a cached MiB runs at ~1.75 GB/s on
+        the benchmark machine, of a frame that has sat in a queue at ~1.0 GB/s.
+        """
         view = memoryview(data)
-        while len(view):
-            take = min(len(view), STAGE - self._staged)
-            self._stage[self._staged:self._staged + take] = view[:take]
-            self._staged += take
-            view = view[take:]
-            if self._staged == STAGE:
-                self._write_out(STAGE)
+        stage = memoryview(self._stage)
+        try:
+            while len(view):
+                start = self._staged
+                take = min(len(view), STAGE - start)
+                stage[start:start + take] = view[:take]
+                if hasher is not None:
+                    hasher.update(stage[start:start + take])
+                self._staged += take
+                view = view[take:]
+                if self._staged == STAGE:
+                    self._write_out(STAGE)
+        finally:
+            stage.release()
 
     def truncate(self, size: int) -> None:
         """Cut the file back to `size` bytes (a rolled-back member); appends go on from there."""

@@ -207,6 +207,8 @@ def snapshot_json(r: Any) -> dict[str, Any]:
         "bands": r.bands,
         "bytes_stored": r.bytes_stored,
         "archived": r.archived,
+        "dirs": r.dirs,
+        "dirs_reused": r.dirs_reused,
         "seconds": round(r.seconds, 3),
         "stats": r.latest.stats.to_json() if r.latest else None,
         "skipped": [{"path": to_text(p.path), "reason": p.reason} for p in r.problems],

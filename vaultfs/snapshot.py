@@ -25,6 +25,7 @@ compresses in its own pool; one uploader thread sends closed bands.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import queue
@@ -38,7 +39,7 @@ from typing import Protocol
 
 from vaultfs import archive, index, testpoints  # index: issue 5
 from vaultfs import band as bandfmt
-from vaultfs.catalog import FileCacheRow
+from vaultfs.catalog import CatalogWriter, DirMemo, FileCacheLookup, FileCacheRow
 from vaultfs.config import CollectionConfig
 from vaultfs.errors import VaultError
 from vaultfs.model import (
@@ -67,7 +68,8 @@ from vaultfs.source import (
 )
 from vaultfs.vault import Vault
 
-SMALL_FILE = 8 * 1024 * 1024  # read whole into memory: one read serves hash and band
+SMALL_FILE = 1024 * 1024  # read whole into memory: one read serves hash and band
+FINGERPRINT_PIECE = 64 * 1024  # `_probable_copy`: bytes hashed from each end of a large file
 READ_AHEAD_FILE = 256 * 1024  # files read ahead while zstd catches up (per-file cost dominates)
 READ_AHEAD_BYTES = 16 * 1024 * 1024  # at most this much read ahead at a time
 READ_LATER = (memoryview(b""), BlobId(b""))  # a file read ahead turned out large: read it later
@@ -110,6 +112,8 @@ class SnapshotResult:
     bands: int = 0
     bytes_stored: int = 0
     archived: int = 0  # bands moved to the archive class by this run
+    dirs: int = 0  # directories in the new tree
+    dirs_reused: int = 0  # of them, listings taken over unchanged from the latest version
     seconds: float = 0.0
 
     @property
@@ -144,9 +148,11 @@ class Snapshot:
         self._band_ids: list[BandId] = []
         self._new_blobs: set[BlobId] = set()
         self._large_files: set[tuple[int, int]] | None = None
+        self._fingerprints: set[tuple[int, bytes]] = set()  # large files read in this run
         self._cache_rows: list[tuple[bytes, FileCacheRow]] = []  # files read: their new rows
         self._bytes_added = 0  # content of the blobs this run stored
         self._uploader = _Uploader(vault, collection.name)
+        self._known: FileCacheLookup | None = None  # the catalog's blobs, while files are read
         self._member_prefix = collection.name.encode() + b"/"  # band members: <collection>/<path>
         self.result = SnapshotResult(collection.name, None, None, unchanged=False)
 
@@ -174,62 +180,75 @@ class Snapshot:
 
     def _scan_read_commit(self, root: bytes) -> None:
         self.progress.stage("scanning")
-        scanner = Scanner(root)
+        latest = self.vault.catalog.latest_version(self.collection.name)
+        with self.vault.catalog.files_reader(self.collection.name) as cache:
+            memos = _Memos(cache, latest)
+            scanner = Scanner(root, memos.signature if memos.valid else None)
+            try:
+                top = scanner.scan()
+            except OSError as e:
+                raise VaultError(f"cannot read {self.collection.path}: {e.strerror}") from None
+            self.result.problems = scanner.problems
+            testpoints.reach("after-scan")
+            self._uploader.start()
+            try:
+                self._read_files(root, scanner.files, cache)
+            except BaseException:
+                self._abort_writing()
+                raise
         try:
-            top = scanner.scan()
-        except OSError as e:
-            raise VaultError(f"cannot read {self.collection.path}: {e.strerror}") from None
-        self.result.problems = scanner.problems
-        testpoints.reach("after-scan")
-        self._uploader.start()
-        try:
-            self._read_files(root, scanner.files)
-            latest = self.vault.catalog.latest_version(self.collection.name)
             self.progress.stage("writing trees")
-            new_trees: dict[TreeId, bytes] = {}
+            trees = _Trees(memos)
             stats = _Stats()
-            listings: dict[TreeId, list[Entry]] = {}
-            root_id = self._build_tree(top, listings, new_trees, stats)
+            root_id = self._build_tree(top, trees, stats)
+            self.result.dirs, self.result.dirs_reused = trees.dirs, trees.reused
             if latest is not None and root_id == latest.root:
-                self._finish_unchanged(latest)
+                self._finish_unchanged(latest, trees)
             else:
-                self._diff(latest.root if latest else None, root_id, b"", listings, stats)
-                self._commit(root_id, latest, new_trees, stats)
+                self._diff(latest.root if latest else None, root_id, b"", trees.listings, stats)
+                self._commit(root_id, latest, trees, stats)
         except BaseException:
-            self._uploader.stop(abort=True)
-            if self._band is not None:
-                self._band.abort()
+            self._abort_writing()
             raise
+
+    def _abort_writing(self) -> None:
+        self._uploader.stop(abort=True)
+        if self._band is not None:
+            self._band.abort()
 
     # ---- reading files -----------------------------------------------------------------
 
-    def _read_files(self, root: bytes, files: list[ScannedFile]) -> None:
-        catalog = self.vault.catalog
+    def _read_files(self, root: bytes, files: list[ScannedFile], cache: FileCacheLookup) -> None:
         to_read: list[ScannedFile] = []
-        with catalog.files_reader(self.collection.name) as cache:
-            for f in files:
-                if f.link_of is not None:
-                    continue
-                row = cache.stat_key(f.rel)
-                st = f.st
-                if (
-                    row is not None
-                    and row[:5] == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-                    and cache.has_blob(BlobId(row[5]))
-                ):
-                    f.blob = BlobId(row[5])
-                    f.needs_read = False
-                else:
-                    to_read.append(f)
+        for f in files:
+            if f.link_of is not None:
+                continue
+            row = cache.stat_key(f.rel)
+            st = f.st
+            if (
+                row is not None
+                and row[:5] == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                and cache.has_blob(BlobId(row[5]))
+            ):
+                f.blob = BlobId(row[5])
+                f.needs_read = False
+            else:
+                to_read.append(f)
         self.progress.reading(len(to_read), sum(f.st.st_size for f in to_read))
         self._cache_rows = []
         self._ahead = _ReadAhead(root, to_read)
-        for i, f in enumerate(to_read):
-            if self._ahead.take(i):
-                self._read_one(root, f)
-                self.progress.advance(1, f.st.st_size)
-            if self._ahead.done:
-                self._pack_read_ahead()
+        # Dedup lookups go through the scan's read transaction (one per file cost ~10 µs);
+        # blobs this run stores after it began are in `_new_blobs`.
+        self._known = cache
+        try:
+            for i, f in enumerate(to_read):
+                if self._ahead.take(i):
+                    self._read_one(root, f)
+                    self.progress.advance(1, f.st.st_size)
+                if self._ahead.done:
+                    self._pack_read_ahead()
+        finally:
+            self._known = None
         for f in files:  # hard links follow their first name
             if f.link_of is not None:
                 f.blob = f.link_of.blob
@@ -249,7 +268,7 @@ class Snapshot:
                 data, blob = read_small(fd, before)
                 self._pack_small(f, data, blob)
                 return None
-            if self._likely_known(before):
+            if self._likely_known(before) or self._probable_copy(fd, before):
                 blob = hash_stream(fd, before)  # hash first: packing is likely not needed
                 testpoints.reach("after-hash")
                 if self._is_new(blob):
@@ -389,6 +408,25 @@ class Snapshot:
                 self._collect_large(latest.root, self._large_files)
         return (st.st_size, st.st_mtime_ns) in self._large_files
 
+    def _probable_copy(self, fd: int, st: os.stat_result) -> bool:
+        """Whether a large file is probably a copy of one read earlier in this run.
+
+        A copy has a new mtime and path, so neither the files cache nor `_likely_known`
+        sees it. Every large file leaves a fingerprint — its size and the SHA-256 of its
+        first and last `FINGERPRINT_PIECE` bytes (a fraction of a millisecond) — and a
+        file whose fingerprint was seen is hashed before it is packed: a copied folder
+        of photos costs a hash pass, not a compression pass that is then rolled back.
+        A wrong guess costs one extra read; the whole-file SHA-256 still decides.
+        """
+        size = st.st_size
+        head = os.pread(fd, FINGERPRINT_PIECE, 0)
+        tail = os.pread(fd, FINGERPRINT_PIECE, max(size - FINGERPRINT_PIECE, 0))
+        mark = (size, hashlib.sha256(head + tail).digest())
+        if mark in self._fingerprints:
+            return True
+        self._fingerprints.add(mark)
+        return False
+
     def _collect_large(self, tree: TreeId, out: set[tuple[int, int]]) -> None:
         for e in self.vault.tree(tree):
             if e.kind == "file" and e.size > SMALL_FILE:
@@ -408,7 +446,11 @@ class Snapshot:
         self.result.problems.append(Problem(f.rel, reason))
 
     def _is_new(self, blob: BlobId) -> bool:
-        return blob not in self._new_blobs and self.vault.catalog.blob(blob) is None
+        if blob in self._new_blobs:
+            return False
+        if self._known is not None:
+            return not self._known.has_blob(blob)
+        return self.vault.catalog.blob(blob) is None
 
     def _blob_added(self, blob: BlobId, size: int) -> None:
         self._new_blobs.add(blob)
@@ -457,32 +499,81 @@ class Snapshot:
 
     # ---- trees -------------------------------------------------------------------------
 
-    def _build_tree(
-        self,
-        node: ScannedDir,
-        listings: dict[TreeId, list[Entry]],
-        new_trees: dict[TreeId, bytes],
-        stats: _Stats,
-    ) -> TreeId:
-        """Encode a directory's listing bottom-up; remember every listing for the diff."""
+    def _build_tree(self, node: ScannedDir, trees: _Trees, stats: _Stats) -> TreeId:
+        """Encode a directory's listing bottom-up; remember every new listing for the diff.
+
+        An unchanged directory (`ScannedDir.unchanged`) gets its recorded tree back when
+        its subdirectories' trees are as recorded too, else the recorded listing with
+        their new trees. Directories whose listing is complete and plain get a memo row
+        for the next run (`_Trees.memo_rows`).
+        """
+        trees.dirs += 1
+        if node.unchanged:
+            return self._reuse_tree(node, trees, stats)
         entries: list[Entry] = []
+        subtrees: list[tuple[bytes, TreeId]] = []
+        files = size = 0
+        complete = node.signature is not None
         for child in node.children:
             if isinstance(child, ScannedDir):
-                if not child.unreadable:
-                    sub = self._build_tree(child, listings, new_trees, stats)
+                if child.unreadable:
+                    complete = False
+                else:
+                    sub = self._build_tree(child, trees, stats)
+                    subtrees.append((child.name, sub))
                     entries.append(_dir_entry(child, sub))
             elif isinstance(child, ScannedFile):
                 if not child.skipped and child.blob is not None:
                     entries.append(_file_entry(child))
-                    stats.files += 1
-                    stats.size += child.st.st_size
+                    files += 1
+                    size += child.st.st_size
+                else:
+                    complete = False
             else:
                 entries.append(child)
+        stats.files += files
+        stats.size += size
+        tid = self._store_tree(entries, trees)
+        if complete and node.signature is not None:
+            trees.memo_rows.append(
+                (node.rel, DirMemo(node.signature, tid, files, size, tuple(subtrees))))
+        return tid
+
+    def _reuse_tree(self, node: ScannedDir, trees: _Trees, stats: _Stats) -> TreeId:
+        memo = trees.memos.found[node.rel]
+        stats.files += memo.files
+        stats.size += memo.size
+        subtrees = tuple(
+            (child.name, None if child.unreadable else self._build_tree(child, trees, stats))
+            for child in node.children
+            if isinstance(child, ScannedDir)
+        )
+        if subtrees == memo.subtrees:
+            trees.memo_rows.append((node.rel, memo))
+            trees.reused += 1
+            return memo.tree
+        now = dict(subtrees)
+        entries = []
+        for e in self.vault.tree(memo.tree):
+            if e.kind == "dir" and e.name in now:
+                sub = now[e.name]
+                if sub is None:
+                    continue  # unreadable this time: left out, as a rebuilt listing would
+                e = replace(e, tree=sub)
+            entries.append(e)
+        tid = self._store_tree(entries, trees)
+        if all(sub is not None for _, sub in subtrees):
+            complete = tuple((name, sub) for name, sub in subtrees if sub is not None)
+            trees.memo_rows.append((node.rel, replace(memo, tree=tid, subtrees=complete)))
+        return tid
+
+    def _store_tree(self, entries: list[Entry], trees: _Trees) -> TreeId:
         encoded = encode_tree(entries)
         tid = tree_id(encoded)
-        listings[tid] = entries
-        if tid not in new_trees and not self.vault.catalog.has_tree(tid):
-            new_trees[tid] = encoded
+        trees.listings[tid] = entries
+        trees.rebuilt += 1
+        if tid not in trees.new and not self.vault.catalog.has_tree(tid):
+            trees.new[tid] = encoded
         return tid
 
     def _diff(
@@ -498,7 +589,8 @@ class Snapshot:
             return
         before = {e.name: e for e in self.vault.tree(old)} if old is not None else {}
         names = set()
-        for e in listings[new]:
+        listing = listings.get(new)
+        for e in listing if listing is not None else self.vault.tree(new):
             names.add(e.name)
             o = before.get(e.name)
             path = rel + b"/" + e.name if rel else e.name
@@ -527,7 +619,7 @@ class Snapshot:
 
     # ---- commit ------------------------------------------------------------------------
 
-    def _finish_unchanged(self, latest: VersionInfo) -> None:
+    def _finish_unchanged(self, latest: VersionInfo, trees: _Trees) -> None:
         band = self._band
         if band is not None and band.uncompressed_size == 0:
             self._band = None
@@ -540,7 +632,7 @@ class Snapshot:
         )
         with self.vault.catalog.writer() as w:
             w.put_version(verified)
-            self._write_files_cache(w, [])
+            self._write_files_cache(w, [], latest.root, trees)
         self.result.unchanged = True
         self.result.latest = verified
         self._collect_band_stats()
@@ -549,7 +641,7 @@ class Snapshot:
         self,
         root_id: TreeId,
         latest: VersionInfo | None,
-        new_trees: dict[TreeId, bytes],
+        trees: _Trees,
         stats: _Stats,
     ) -> None:
         self.progress.stage("committing")
@@ -574,7 +666,7 @@ class Snapshot:
         self._close_band(
             final_extra={
                 "version": version.to_json(),
-                "trees": {tid.hex(): to_text(enc) for tid, enc in new_trees.items()},
+                "trees": {tid.hex(): to_text(enc) for tid, enc in trees.new.items()},
             }
         )
         self._uploader.stop(abort=False)
@@ -582,10 +674,10 @@ class Snapshot:
         self.vault.commit_version(version)
         testpoints.reach("version-record-written")
         with self.vault.catalog.writer() as w:
-            for tid, enc in new_trees.items():
+            for tid, enc in trees.new.items():
                 w.put_tree(tid, enc)
             w.put_version(version)
-            self._write_files_cache(w, stats.deleted)
+            self._write_files_cache(w, stats.deleted, root_id, trees)
         self.result.version = version
         self.result.latest = version
         if self.collection.tier == "cold" and latest is not None:
@@ -593,18 +685,50 @@ class Snapshot:
             self.result.deleted = stats.deleted
         self._collect_band_stats()
 
-    def _write_files_cache(self, w: object, deleted: list[bytes]) -> None:
-        from vaultfs.catalog import CatalogWriter
-
-        assert isinstance(w, CatalogWriter)
+    def _write_files_cache(
+        self, w: CatalogWriter, deleted: list[bytes], root: TreeId, trees: _Trees
+    ) -> None:
         for rel, row in self._cache_rows:
             w.put_file(self.collection.name, rel, row)
         for rel in deleted:
             w.delete_file(self.collection.name, rel)
+        if trees.rebuilt or not trees.memos.valid:
+            w.replace_dir_memos(self.collection.name, root, trees.memo_rows)
 
     def _collect_band_stats(self) -> None:
         self.result.bands = len(self._uploader.uploaded)
         self.result.bytes_stored = sum(b.size for b in self._uploader.uploaded)
+
+
+class _Memos:
+    """The directory memo rows of the collection, looked up during the scan."""
+
+    def __init__(self, cache: FileCacheLookup, latest: VersionInfo | None) -> None:
+        self._cache = cache
+        self.found: dict[bytes, DirMemo] = {}
+        # The rows describe the version whose root they name; once another version is the
+        # latest (one adopted from the store after a crash), they describe nothing reliable.
+        self.valid = latest is not None and cache.dir_memo_root() == latest.root
+
+    def signature(self, rel: bytes) -> bytes | None:
+        memo = self._cache.dir_memo(rel)
+        if memo is None:
+            return None
+        self.found[rel] = memo
+        return memo.signature
+
+
+@dataclass(slots=True)
+class _Trees:
+    """What building the trees produces: new encodings, listings for the diff, memo rows."""
+
+    memos: _Memos
+    new: dict[TreeId, bytes] = field(default_factory=dict)  # not yet in the catalog
+    listings: dict[TreeId, list[Entry]] = field(default_factory=dict)  # encoded in this run
+    memo_rows: list[tuple[bytes, DirMemo]] = field(default_factory=list)
+    rebuilt: int = 0  # listings encoded (not taken over from the memo)
+    dirs: int = 0  # directories built
+    reused: int = 0  # of them, recorded trees taken over as they were
 
 
 @dataclass(slots=True)

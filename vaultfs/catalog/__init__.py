@@ -3,6 +3,12 @@
 See `schema` for every database, key and value.
 """
 
-from vaultfs.catalog.lmdb_catalog import Catalog, CatalogWriter, FileCacheRow
+from vaultfs.catalog.lmdb_catalog import (
+    Catalog,
+    CatalogWriter,
+    DirMemo,
+    FileCacheLookup,
+    FileCacheRow,
+)
 
-__all__ = ["Catalog", "CatalogWriter", "FileCacheRow"]
+__all__ = ["Catalog", "CatalogWriter", "DirMemo", "FileCacheLookup", "FileCacheRow"]

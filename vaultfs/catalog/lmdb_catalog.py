@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import struct
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,38 @@ class FileCacheRow:
     def unpack(raw: bytes) -> FileCacheRow:
         dev, ino, size, mtime_ns, ctime_ns, blob = schema.FILE_CACHE.unpack(raw)
         return FileCacheRow(dev, ino, size, mtime_ns, ctime_ns, BlobId(blob))
+
+
+@dataclass(frozen=True, slots=True)
+class DirMemo:
+    """What the latest version holds for one directory of a collection (schema: ``files``)."""
+
+    signature: bytes  # `source.listing_signature` of its entries when the tree was built
+    tree: TreeId
+    files: int  # regular files directly in it
+    size: int  # and their bytes
+    subtrees: tuple[tuple[bytes, TreeId], ...]  # (name, tree) of its subdirectories, in `tree`
+
+    def pack(self) -> bytes:
+        parts = [schema.DIR_MEMO.pack(self.signature, self.tree, self.files, self.size)]
+        for name, tree in self.subtrees:
+            parts += [schema.DIR_MEMO_CHILD.pack(len(name)), name, tree]
+        return b"".join(parts)
+
+    @staticmethod
+    def unpack(raw: bytes) -> DirMemo:
+        """ValueError (or struct.error) on bytes that are not a packed DirMemo."""
+        signature, tree, files, size = schema.DIR_MEMO.unpack_from(raw)
+        pos, subtrees = schema.DIR_MEMO.size, []
+        while pos < len(raw):
+            (n,) = schema.DIR_MEMO_CHILD.unpack_from(raw, pos)
+            pos += schema.DIR_MEMO_CHILD.size
+            name, tree_id = raw[pos:pos + n], raw[pos + n:pos + n + 32]
+            if len(tree_id) != 32:
+                raise ValueError("truncated directory memo")
+            subtrees.append((bytes(name), TreeId(bytes(tree_id))))
+            pos += n + 32
+        return DirMemo(bytes(signature), TreeId(bytes(tree)), files, size, tuple(subtrees))
 
 
 def _pack_blob_ref(ref: BlobRef) -> bytes:
@@ -168,9 +201,7 @@ class Catalog:
     def files_reader(self, collection: str) -> Iterator[FileCacheLookup]:
         """A long read transaction over one collection's files cache (for a scan)."""
         with self.env.begin(buffers=True) as txn:
-            yield FileCacheLookup(
-                txn, schema.collection_prefix(collection), self.db["files"], self.db["blobs"]
-            )
+            yield FileCacheLookup(txn, collection, self.db["files"], self.db["blobs"])
 
     def file_paths(self, collection: str) -> Iterator[bytes]:
         prefix = schema.collection_prefix(collection)
@@ -237,9 +268,10 @@ class Catalog:
 
 
 class FileCacheLookup:
-    def __init__(self, txn: lmdb.Transaction, prefix: bytes, files: Any, blobs: Any) -> None:
+    def __init__(self, txn: lmdb.Transaction, collection: str, files: Any, blobs: Any) -> None:
         self._txn = txn
-        self._prefix = prefix
+        self._prefix = schema.collection_prefix(collection)
+        self._memo_prefix = schema.dir_memo_prefix(collection)
         self._files = files
         self._blobs = blobs
 
@@ -256,6 +288,21 @@ class FileCacheLookup:
     def has_blob(self, blob: BlobId) -> bool:
         """Whether the blob is still in the vault (a cached row may outlive a pruned blob)."""
         return self._txn.get(blob, db=self._blobs) is not None
+
+    def dir_memo_root(self) -> TreeId | None:
+        """The root tree of the version the directory memo rows describe."""
+        raw = self._txn.get(self._memo_prefix + schema.DIR_MEMO_ROOT, db=self._files)
+        return None if raw is None or len(raw) != 32 else TreeId(bytes(raw))
+
+    def dir_memo(self, path: bytes) -> DirMemo | None:
+        """The memo row of a directory (b"": the root); None if absent or unreadable."""
+        raw = self._txn.get(self._memo_prefix + path, db=self._files)
+        if raw is None:
+            return None
+        try:
+            return DirMemo.unpack(bytes(raw))
+        except (ValueError, struct.error):
+            return None  # a damaged row only costs rebuilding that listing
 
 
 class CatalogWriter:
@@ -292,6 +339,21 @@ class CatalogWriter:
 
     def delete_file(self, collection: str, path: bytes) -> None:
         self._txn.delete(schema.collection_prefix(collection) + path, db=self._db["files"])
+
+    def replace_dir_memos(
+        self, collection: str, root: TreeId, rows: Iterable[tuple[bytes, DirMemo]]
+    ) -> None:
+        """Drop every directory memo row of `collection`, then write `rows`, which describe
+        the version with tree `root`."""
+        prefix = schema.dir_memo_prefix(collection)
+        cur = self._txn.cursor(db=self._db["files"])
+        if cur.set_range(prefix):
+            while bytes(cur.key()).startswith(prefix):
+                if not cur.delete():
+                    break
+        self._txn.put(prefix + schema.DIR_MEMO_ROOT, root, db=self._db["files"])
+        for path, memo in rows:
+            self._txn.put(prefix + path, memo.pack(), db=self._db["files"])
 
     # ---- retention support ---------------------------------------------------------------
 
