@@ -34,7 +34,10 @@ The directory rows (*memo*) let a snapshot skip rebuilding listings that did not
 change: a directory whose entries' stat data hash to the recorded signature gets
 the recorded tree. They describe the collection's latest version and are valid
 only while the NUL row names that version's root; a snapshot that rebuilt
-any listing replaces them all, in the transaction that commits it.
+any listing replaces them all, in the transaction that commits it. The blobs
+their trees name stay in ``blobs``: prune never deletes what the latest version
+needs (it cannot be forgotten), and ``index rebuild`` writes a new catalog
+without these rows.
 
 Concurrency: one writer (a snapshot, holding the vault lock) and any number
 of readers (the mount, ``versions``) at once; LMDB gives each reader a
