@@ -58,6 +58,22 @@ def export(rev: str, dest: Path) -> Path:
     return dest
 
 
+def variant_env(v: Variant) -> dict[str, str]:
+    """Bytecode caching on (as for users); `-P` keeps the working directory off sys.path,
+    so the variant's package, first on PYTHONPATH, is the one imported."""
+    env = {k: val for k, val in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPATH"] = str(v.tree)
+    return env
+
+
+def check_imports(v: Variant) -> None:
+    out = subprocess.run(
+        [sys.executable, "-P", "-c", "import vaultfs; print(vaultfs.__file__)"],
+        capture_output=True, text=True, env=variant_env(v), check=True).stdout.strip()
+    if not Path(out).is_relative_to(v.tree):
+        raise SystemExit(f"{v.label}: imports vaultfs from {out}, not from {v.tree}")
+
+
 def one_round(v: Variant, data: Path, work: Path) -> None:
     base = work / f"run-{v.label}"
     if base.exists():
@@ -72,9 +88,8 @@ def one_round(v: Variant, data: Path, work: Path) -> None:
         f'path = "{data}"\n'
         'tier = "cold"\n'
     )
-    env = {k: val for k, val in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    env["PYTHONPATH"] = str(v.tree)
-    cmd = [sys.executable, "-m", "vaultfs.cli", "--config", str(config)]
+    env = variant_env(v)
+    cmd = [sys.executable, "-P", "-m", "vaultfs.cli", "--config", str(config)]
     init = run_measured([*cmd, "init"], env, base / "init.log")
     if init.returncode != 0:
         raise SystemExit(f"{v.label}: init failed:\n{init.stderr_tail}")
@@ -119,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rounds must be at least 1")
     variants = [Variant("A", export(args.rev_a, work / "A")),
                 Variant("B", export(args.rev_b, work / "B"))]
+    for v in variants:
+        check_imports(v)
     for n in range(1, args.rounds + 1):
         print(f"round {n}/{args.rounds}", flush=True)
         for v in variants:
