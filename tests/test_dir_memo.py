@@ -18,18 +18,19 @@ from tests.trees import diff_r, make_every_kind, write
 from tests.vaultenv import VaultEnv
 
 
-def latest_root(env: VaultEnv, collection: str) -> bytes:
+def latest_root(env: VaultEnv, collection: str) -> tuple[bytes, int, int]:
+    """The latest version's root tree, regular files and their bytes."""
     vault = env.open_vault()
     try:
         latest = vault.catalog.latest_version(collection)
         assert latest is not None
-        return bytes(latest.root)
+        return bytes(latest.root), latest.stats.files, latest.stats.bytes
     finally:
         vault.close()
 
 
-def fresh_root(tmp: Path, src: Path) -> bytes:
-    """The root tree of a first snapshot of `src` into a new vault."""
+def fresh_root(tmp: Path, src: Path) -> tuple[bytes, int, int]:
+    """`latest_root` of a first snapshot of `src` into a new vault."""
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
