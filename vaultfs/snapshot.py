@@ -71,7 +71,7 @@ from vaultfs.vault import Vault
 SMALL_FILE = 1024 * 1024  # read whole into memory: one read serves hash and band
 FINGERPRINT_PIECE = 64 * 1024  # `_probable_copy`: bytes hashed from each end of a large file
 READ_AHEAD_FILE = 256 * 1024  # files read ahead while zstd catches up (per-file cost dominates)
-READ_AHEAD_BYTES = 8 * 1024 * 1024  # at most this much read ahead at a time
+READ_AHEAD_BYTES = 4 * 1024 * 1024  # at most this much read ahead at a time
 READ_LATER = (memoryview(b""), BlobId(b""))  # a file read ahead turned out large: read it later
 CHANGED = "changed while it was read; back it up again when it is quiet"
 WARM_FRAME_SIZE = 1024 * 1024
