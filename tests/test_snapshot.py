@@ -232,7 +232,10 @@ def test_small_files_read_ahead_while_zstd_is_behind(file_vault: VaultEnv, tmp_p
     def text(n: int) -> bytes:  # compresses, but not fast: zstd stays behind the reads
         return rng.randbytes(n).translate(letters)
 
-    write(src / "a_big.txt", text(17 * 1024 * 1024 + 5))  # 5 frames: 2 slots
+    from vaultfs.band import FRAME_SIZE_DEFAULT, FRAMES_AHEAD
+
+    # Twice the frames the writer may have in flight: the reads get ahead of zstd.
+    write(src / "a_big.txt", text(2 * (1 + FRAMES_AHEAD) * FRAME_SIZE_DEFAULT + 5))
     write(src / "b_big.txt", text(9 * 1024 * 1024 + 7))
     for i in range(200):
         write(src / "c" / f"s{i:03}.txt", text(500 + 37 * i))
