@@ -57,11 +57,12 @@ CATALOG_MEMBER = ".vaultfs/catalog.json"
 CATALOG_FORMAT = 1
 _READ_PIECE = 1024 * 1024  # streamed members: read and hash in pieces that stay in L2
 # Frames in flight beyond one per compression thread. With only one, a thread that
-# finished its frame waited while the writer wrote it and the caller read and hashed the
-# next (~7 ms of every ~40 ms frame: both cores were busy only 1.7-1.9 of 2); with three
-# queued, it takes the next at once. Measured alternating (tools/bench/ab.py): first
-# snapshot -4.5 %, peak RSS +6.5 MiB (one extra frame: -1.8 %, +1 MiB).
-FRAMES_AHEAD = 3
+# finished its frame often waited while the writer wrote it and the caller read and
+# hashed the next (~7 ms of a ~40 ms frame: both cores were busy only 1.7-1.9 of 2).
+# Measured alternating (tools/bench/ab.py, 4 rounds each) against 3: 1 is 2.5 % slower
+# with 8.5 MiB less peak RSS, 2 is 1.3 % slower with 4.5 MiB less. 2 keeps most of the
+# gain and the snapshot's peak RSS well under its 150 MiB target.
+FRAMES_AHEAD = 2
 TRIM_EVERY_FRAMES = 4  # writer: hand free heap pages back this often (peak RSS; 8: +3.7 MiB)
 FRAME_CACHE_BYTES = 32 * 1024 * 1024  # per reader: recently decompressed frames
 TAIL_READ = 64 * 1024  # first read of a band's tail: seek table + catalog frame, usually
