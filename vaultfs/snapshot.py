@@ -12,29 +12,27 @@ Order of work, and why it is safe to kill at any point:
    background thread while the next one fills; once on the store its blobs are
    registered in the catalog, so a later run reuses them instead of sending
    them again (resume at band granularity).
-4. *Trees*: directory listings are encoded bottom-up; a root equal to the
-   latest version's makes no new version.
+4. *Trees*: directory listings are encoded bottom-up, except that a directory
+   whose entries' stat data match the latest version's (the directory memo,
+   `catalog.schema`) keeps that listing; a root equal to the latest version's
+   makes no new version.
 5. *Commit*: the last band carries the new trees and the version record in its
    catalog; after it is stored, the version record is written with
    If-None-Match (the commit point), then the catalog records the version.
    Nothing is visible before that point.
 
 Threads: the caller's thread scans, reads and hashes; the band writer
-compresses in its own pool; one uploader thread sends closed bands.
+compresses in its own pool; one uploader thread (`spool.Uploader`) sends closed bands.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import queue
 import socket
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Protocol
 
 from vaultfs import archive, index, testpoints  # index: issue 5
@@ -66,6 +64,7 @@ from vaultfs.source import (
     read_small,
     same_file_state,
 )
+from vaultfs.spool import Uploader, recover_spool
 from vaultfs.vault import Vault
 
 SMALL_FILE = 1024 * 1024  # read whole into memory: one read serves hash and band
@@ -151,7 +150,7 @@ class Snapshot:
         self._fingerprints: set[tuple[int, bytes]] = set()  # large files read in this run
         self._cache_rows: list[tuple[bytes, FileCacheRow]] = []  # files read: their new rows
         self._bytes_added = 0  # content of the blobs this run stored
-        self._uploader = _Uploader(vault, collection.name)
+        self._uploader = Uploader(vault, collection.name)
         self._known: FileCacheLookup | None = None  # the catalog's blobs, while files are read
         self._member_prefix = collection.name.encode() + b"/"  # band members: <collection>/<path>
         self.result = SnapshotResult(collection.name, None, None, unchanged=False)
@@ -775,24 +774,6 @@ def _dir_entry(d: ScannedDir, sub: TreeId) -> Entry:
     )
 
 
-def _finish_spool_file(closed: bandfmt.ClosedBand) -> bandfmt.ClosedBand:
-    """fsync a closed band, then rename ``X.tar.zst.part`` → ``X.tar.zst``: from then on a
-    crash leaves a complete band that the next run uploads (`recover_spool`)."""
-    bandfmt.sync_band(closed.path)
-    final = closed.path.with_name(closed.path.name.removesuffix(".part"))
-    os.replace(closed.path, final)
-    _fsync_dir(final.parent)
-    return replace(closed, path=final)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class _ReadAhead:
     """Which files of the read list are taken, and the small files read ahead of the main
     loop (in list order, so a directory's small files stay together in the band)."""
@@ -824,93 +805,3 @@ class _ReadAhead:
         self.cursor = i + 1
         taken[i] = 1
         return i
-
-
-class _Uploader:
-    """Uploads closed bands in the background, one at a time, in order.
-
-    The queue holds at most one band waiting, so the spool never holds more
-    than the band being filled, one waiting and one in flight.
-    """
-
-    def __init__(self, vault: Vault, collection: str) -> None:
-        self.vault = vault
-        self.collection = collection
-        self.queue: queue.Queue[bandfmt.ClosedBand | None] = queue.Queue(maxsize=1)
-        self.uploaded: list = []
-        self.error: BaseException | None = None
-        self._thread: threading.Thread | None = None
-        self._abort = threading.Event()
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="vaultfs-upload", daemon=True)
-        self._thread.start()
-
-    def put(self, closed: bandfmt.ClosedBand) -> None:
-        self._raise()
-        self.queue.put(closed)
-
-    def drain(self) -> None:
-        self.queue.join()
-        self._raise()
-
-    def stop(self, *, abort: bool) -> None:
-        if self._thread is None:
-            return
-        if abort:
-            self._abort.set()
-        self.queue.put(None)
-        self._thread.join()
-        self._thread = None
-        if not abort:
-            self._raise()
-
-    def _raise(self) -> None:
-        if self.error is not None:
-            err, self.error = self.error, None
-            raise err
-
-    def _run(self) -> None:
-        while True:
-            closed = self.queue.get()
-            try:
-                if closed is None:
-                    return
-                if self._abort.is_set() or self.error is not None:
-                    continue
-                closed = _finish_spool_file(closed)
-                testpoints.reach("band-closed")
-                info = self.vault.upload_band(closed, self.collection)
-                self.uploaded.append(info)
-                testpoints.reach("band-uploaded")
-                closed.path.unlink(missing_ok=True)
-            except BaseException as e:  # handed to the main thread
-                self.error = e
-            finally:
-                self.queue.task_done()
-
-
-def recover_spool(vault: Vault) -> list[str]:
-    """Finish what a killed snapshot left: upload complete bands, drop partial ones.
-
-    Returns the ids of the bands uploaded now.
-    """
-    recovered = []
-    for path in sorted(vault.spool_dir.iterdir()):
-        name = path.name
-        if name.endswith(".part"):
-            path.unlink()
-            continue
-        if not name.endswith(".tar.zst"):
-            continue
-        band_id = name.removesuffix(".tar.zst")
-        if vault.catalog.band(BandId(band_id)) is None:
-            closed = bandfmt.reopen_closed(path)
-            collection = str(json.loads(closed.catalog).get("collection", ""))
-            vault.upload_band(closed, collection)
-            recovered.append(band_id)
-        path.unlink()
-    vault.store.abort_incomplete_uploads("bands/")
-    return recovered
-
-

@@ -1,0 +1,127 @@
+"""The spool: bands on local disk between being written and being on the store.
+
+A band is written as ``<id>.tar.zst.part``; once complete and fsynced it is
+renamed to ``<id>.tar.zst`` and uploaded by the `Uploader` thread, then deleted.
+A snapshot killed at any point leaves at most complete bands, which the next
+run uploads (`recover_spool`), and ``.part`` files, which it deletes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+from vaultfs import band as bandfmt
+from vaultfs import testpoints
+from vaultfs.model import BandId
+from vaultfs.vault import Vault
+
+
+def finish_spool_file(closed: bandfmt.ClosedBand) -> bandfmt.ClosedBand:
+    """fsync a closed band, then rename ``X.tar.zst.part`` → ``X.tar.zst``: from then on a
+    crash leaves a complete band that the next run uploads (`recover_spool`)."""
+    bandfmt.sync_band(closed.path)
+    final = closed.path.with_name(closed.path.name.removesuffix(".part"))
+    os.replace(closed.path, final)
+    _fsync_dir(final.parent)
+    return replace(closed, path=final)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Uploader:
+    """Uploads closed bands in the background, one at a time, in order.
+
+    The queue holds at most one band waiting, so the spool never holds more
+    than the band being filled, one waiting and one in flight.
+    """
+
+    def __init__(self, vault: Vault, collection: str) -> None:
+        self.vault = vault
+        self.collection = collection
+        self.queue: queue.Queue[bandfmt.ClosedBand | None] = queue.Queue(maxsize=1)
+        self.uploaded: list = []
+        self.error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._abort = threading.Event()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="vaultfs-upload", daemon=True)
+        self._thread.start()
+
+    def put(self, closed: bandfmt.ClosedBand) -> None:
+        self._raise()
+        self.queue.put(closed)
+
+    def drain(self) -> None:
+        self.queue.join()
+        self._raise()
+
+    def stop(self, *, abort: bool) -> None:
+        if self._thread is None:
+            return
+        if abort:
+            self._abort.set()
+        self.queue.put(None)
+        self._thread.join()
+        self._thread = None
+        if not abort:
+            self._raise()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            err, self.error = self.error, None
+            raise err
+
+    def _run(self) -> None:
+        while True:
+            closed = self.queue.get()
+            try:
+                if closed is None:
+                    return
+                if self._abort.is_set() or self.error is not None:
+                    continue
+                closed = finish_spool_file(closed)
+                testpoints.reach("band-closed")
+                info = self.vault.upload_band(closed, self.collection)
+                self.uploaded.append(info)
+                testpoints.reach("band-uploaded")
+                closed.path.unlink(missing_ok=True)
+            except BaseException as e:  # handed to the main thread
+                self.error = e
+            finally:
+                self.queue.task_done()
+
+
+def recover_spool(vault: Vault) -> list[str]:
+    """Finish what a killed snapshot left: upload complete bands, drop partial ones.
+
+    Returns the ids of the bands uploaded now.
+    """
+    recovered = []
+    for path in sorted(vault.spool_dir.iterdir()):
+        name = path.name
+        if name.endswith(".part"):
+            path.unlink()
+            continue
+        if not name.endswith(".tar.zst"):
+            continue
+        band_id = name.removesuffix(".tar.zst")
+        if vault.catalog.band(BandId(band_id)) is None:
+            closed = bandfmt.reopen_closed(path)
+            collection = str(json.loads(closed.catalog).get("collection", ""))
+            vault.upload_band(closed, collection)
+            recovered.append(band_id)
+        path.unlink()
+    vault.store.abort_incomplete_uploads("bands/")
+    return recovered
