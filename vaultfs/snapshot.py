@@ -539,6 +539,9 @@ class Snapshot:
         return tid
 
     def _reuse_tree(self, node: ScannedDir, trees: _Trees, stats: _Stats) -> TreeId:
+        """An unchanged directory: its recorded tree, or the recorded listing with the new
+        trees of subdirectories that changed inside (their own entries' stat data do not
+        show that). The memo's trees are the latest version's, so they are in the catalog."""
         memo = trees.memos.found[node.rel]
         stats.files += memo.files
         stats.size += memo.size
