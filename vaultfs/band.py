@@ -49,6 +49,7 @@ import zstandard
 
 from vaultfs.bandfile import BandFile
 from vaultfs.errors import CorruptionError
+from vaultfs.fsutil import fsync_path
 from vaultfs.malloc import release_free_memory
 
 FRAME_SIZE_DEFAULT = 4 * 1024 * 1024
@@ -554,7 +555,7 @@ class BandWriter:
         self._pool.shutdown()
         self._open = False
         if sync:
-            _fsync_dir(self.path.parent)
+            fsync_path(self.path.parent)
         band = ClosedBand(self.band_id, self.path, self._written + len(table),
                           self._hasher.digest(), tuple(self._frames), tuple(self._blobs), catalog,
                           self._submitted, tuple(self._levels))
@@ -720,7 +721,7 @@ class BandWriter:
 
 def sync_band(path: Path) -> None:
     """Make a band closed with ``sync=False`` durable (its data; not its directory entry)."""
-    _fsync_dir(path)  # fsync of a file or a directory is the same call
+    fsync_path(path)
 
 
 def _check_frames(frames: tuple[Frame, ...], size: int, label: str | None) -> None:
@@ -737,15 +738,6 @@ PREFETCH_THREADS = 2
 def prefetcher() -> ThreadPoolExecutor:
     """The threads of `BandReader.prefetch` (shared by every reader; made on first use)."""
     return ThreadPoolExecutor(max_workers=PREFETCH_THREADS, thread_name_prefix="band-prefetch")
-
-
-def _fsync_dir(path: Path) -> None:
-    """fsync a directory (or a file: the same call)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _verify_written(band: ClosedBand) -> None:

@@ -445,11 +445,8 @@ class Snapshot:
         self.result.problems.append(Problem(f.rel, reason))
 
     def _is_new(self, blob: BlobId) -> bool:
-        if blob in self._new_blobs:
-            return False
-        if self._known is not None:
-            return not self._known.has_blob(blob)
-        return self.vault.catalog.blob(blob) is None
+        assert self._known is not None, "only while files are read"
+        return blob not in self._new_blobs and not self._known.has_blob(blob)
 
     def _blob_added(self, blob: BlobId, size: int) -> None:
         self._new_blobs.add(blob)
@@ -573,7 +570,6 @@ class Snapshot:
         encoded = encode_tree(entries)
         tid = tree_id(encoded)
         trees.listings[tid] = entries
-        trees.rebuilt += 1
         if tid not in trees.new and not self.vault.catalog.has_tree(tid):
             trees.new[tid] = encoded
         return tid
@@ -694,7 +690,7 @@ class Snapshot:
             w.put_file(self.collection.name, rel, row)
         for rel in deleted:
             w.delete_file(self.collection.name, rel)
-        if trees.rebuilt or not trees.memos.valid:
+        if trees.reused != trees.dirs or not trees.memos.valid:  # some listing was encoded
             w.replace_dir_memos(self.collection.name, root, trees.memo_rows)
 
     def _collect_band_stats(self) -> None:
@@ -728,9 +724,8 @@ class _Trees:
     new: dict[TreeId, bytes] = field(default_factory=dict)  # not yet in the catalog
     listings: dict[TreeId, list[Entry]] = field(default_factory=dict)  # encoded in this run
     memo_rows: list[tuple[bytes, DirMemo]] = field(default_factory=list)
-    rebuilt: int = 0  # listings encoded (not taken over from the memo)
     dirs: int = 0  # directories built
-    reused: int = 0  # of them, recorded trees taken over as they were
+    reused: int = 0  # of them, recorded trees taken over as they were (the rest: encoded)
 
 
 @dataclass(slots=True)

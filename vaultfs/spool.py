@@ -13,10 +13,10 @@ import os
 import queue
 import threading
 from dataclasses import replace
-from pathlib import Path
 
 from vaultfs import band as bandfmt
 from vaultfs import testpoints
+from vaultfs.fsutil import fsync_path
 from vaultfs.model import BandId
 from vaultfs.vault import Vault
 
@@ -27,16 +27,8 @@ def finish_spool_file(closed: bandfmt.ClosedBand) -> bandfmt.ClosedBand:
     bandfmt.sync_band(closed.path)
     final = closed.path.with_name(closed.path.name.removesuffix(".part"))
     os.replace(closed.path, final)
-    _fsync_dir(final.parent)
+    fsync_path(final.parent)
     return replace(closed, path=final)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Uploader:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import MIB, REPO_ROOT, du_bytes, run_measured, warm_page_cache
+from run import MIB, REPO_ROOT, data_and_work, du_bytes, run_measured, warm_page_cache
 
 WORKTREE = "WORKTREE"
 
@@ -125,11 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("rev_b", metavar="REV_B", nargs="?", default=WORKTREE,
                         help="git revision, or WORKTREE (the default)")
     args = parser.parse_args(argv)
-    data, work = args.data.resolve(), args.work.resolve()
-    if not data.is_dir():
-        parser.error(f"--data {data} is not a directory")
-    if data == work or data in work.parents or work in data.parents:
-        parser.error("--data and --work must not contain each other")
+    data, work = data_and_work(parser, args.data, args.work)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     variants = [Variant("A", export(args.rev_a, work / "A")),

@@ -38,14 +38,16 @@ import json
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import max_of, median_of, min_of
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOOLS = ("vaultfs", "restic", "borg")
@@ -259,25 +261,6 @@ class Summary:
         return len({n for n in self.find_entries_by_round if n is not None}) > 1
 
 
-def _values(values: Sequence[float | None]) -> list[float]:
-    return [v for v in values if v is not None]
-
-
-def _median(values: Sequence[float | None]) -> float | None:
-    present = _values(values)
-    return statistics.median(present) if present else None
-
-
-def _min(values: Sequence[float | None]) -> float | None:
-    present = _values(values)
-    return min(present) if present else None
-
-
-def _max(values: Sequence[float | None]) -> float | None:
-    present = _values(values)
-    return max(present) if present else None
-
-
 def summarise(rounds: list[Result]) -> Summary:
     failed = [r for r in rounds if r.error]
     find = [r.find_s for r in rounds]
@@ -286,22 +269,22 @@ def summarise(rounds: list[Result]) -> Summary:
     distinct = {n for n in entries if n is not None}
     return Summary(
         tool=rounds[0].tool,
-        find_s=_median(find),
+        find_s=median_of(find),
         find_entries=distinct.pop() if len(distinct) == 1 else None,
-        ls_s=_median([r.ls_s for r in rounds]),
-        ttfb_ms=_median([r.ttfb_ms for r in rounds]),
-        cat_cold_mbs=_median(cold),
-        cat_warm_mbs=_median([r.cat_warm_mbs for r in rounds]),
-        peak_rss_mib=_max([r.peak_rss_mib for r in rounds]),
+        ls_s=median_of([r.ls_s for r in rounds]),
+        ttfb_ms=median_of([r.ttfb_ms for r in rounds]),
+        cat_cold_mbs=median_of(cold),
+        cat_warm_mbs=median_of([r.cat_warm_mbs for r in rounds]),
+        peak_rss_mib=max_of([r.peak_rss_mib for r in rounds]),
         error=f"round {failed[0].round}: {failed[0].error}" if failed else "",
         extra=next((r.extra for r in rounds if r.extra), {}),
         rounds_ok=len(rounds) - len(failed),
         rounds_run=len(rounds),
         failed_rounds=[r.round for r in failed],
-        find_s_min=_min(find),
-        find_s_max=_max(find),
-        cat_cold_mbs_min=_min(cold),
-        cat_cold_mbs_max=_max(cold),
+        find_s_min=min_of(find),
+        find_s_max=max_of(find),
+        cat_cold_mbs_min=min_of(cold),
+        cat_cold_mbs_max=max_of(cold),
         find_entries_by_round=entries,
     )
 

@@ -407,22 +407,23 @@ def _values(values: Sequence[float | None]) -> list[float]:
     return [v for v in values if v is not None]
 
 
-def _median(values: Sequence[float | None]) -> float | None:
+def median_of(values: Sequence[float | None]) -> float | None:
+    """Median of the values present (rounds that failed give None); None if none is."""
     present = _values(values)
     return statistics.median(present) if present else None
 
 
 def _median_int(values: Sequence[int | None]) -> int | None:
-    m = _median(values)
+    m = median_of(values)
     return None if m is None else round(m)
 
 
-def _max(values: Sequence[float | None]) -> float | None:
+def max_of(values: Sequence[float | None]) -> float | None:
     present = _values(values)
     return max(present) if present else None
 
 
-def _min(values: Sequence[float | None]) -> float | None:
+def min_of(values: Sequence[float | None]) -> float | None:
     present = _values(values)
     return min(present) if present else None
 
@@ -440,18 +441,18 @@ def summarise(rounds: list[ToolResult]) -> ToolSummary:
         error=failed[0].error if failed else "",
         failed_rounds=[r.round for r in failed],
         rounds_ok=len(rounds) - len(failed),
-        warmup_s=_median([r.warmup_s for r in rounds]),
-        first_s=_median(first),
-        first_s_min=_min(first),
-        first_s_max=_max(first),
+        warmup_s=median_of([r.warmup_s for r in rounds]),
+        first_s=median_of(first),
+        first_s_min=min_of(first),
+        first_s_max=max_of(first),
         repo_bytes=_median_int([r.repo_bytes for r in rounds]),
         cache_bytes=_median_int([r.cache_bytes for r in rounds]),
-        nochange_s=_median(nochange),
-        nochange_s_min=_min(nochange),
-        nochange_s_max=_max(nochange),
-        first_rss_mib=_max([r.first_rss_mib for r in rounds]),
-        nochange_rss_mib=_max([r.nochange_rss_mib for r in rounds]),
-        peak_rss_mib=_max([r.peak_rss_mib for r in rounds]),
+        nochange_s=median_of(nochange),
+        nochange_s_min=min_of(nochange),
+        nochange_s_max=max_of(nochange),
+        first_rss_mib=max_of([r.first_rss_mib for r in rounds]),
+        nochange_rss_mib=max_of([r.nochange_rss_mib for r in rounds]),
+        peak_rss_mib=max_of([r.peak_rss_mib for r in rounds]),
         rounds=rounds,
     )
 
@@ -554,6 +555,17 @@ def environment() -> dict[str, str]:
     }
 
 
+def data_and_work(parser: argparse.ArgumentParser, data: Path, work: Path) -> tuple[Path, Path]:
+    """--data and --work resolved; a usage error unless data is a directory and neither
+    contains the other (a benchmark must not back up its own repositories)."""
+    data, work = data.resolve(), work.resolve()
+    if not data.is_dir():
+        parser.error(f"--data {data} is not a directory")
+    if data == work or data in work.parents or work in data.parents:
+        parser.error("--data and --work must not contain each other")
+    return data, work
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="directory to back up")
@@ -581,11 +593,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    data, work = args.data.resolve(), args.work.resolve()
-    if not data.is_dir():
-        parser.error(f"--data {data} is not a directory")
-    if data == work or data in work.parents or work in data.parents:
-        parser.error("--data and --work must not contain each other")
+    data, work = data_and_work(parser, args.data, args.work)
     only = [t.strip() for t in args.only.split(",") if t.strip()]
     unknown = sorted(set(only) - set(TOOLS))
     if unknown:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from vaultfs.errors import CorruptionError, StoreSetupError
+from vaultfs.fsutil import fsync_path
 from vaultfs.store.base import (
     ObjectExists,
     ObjectInfo,
@@ -92,7 +93,7 @@ class LocalStore:
                 os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
-        _fsync_dir(final.parent)
+        fsync_path(final.parent)
 
     # -- the protocol -------------------------------------------------------
 
@@ -325,14 +326,6 @@ def _read_chunks(f: BinaryIO, progress: ProgressCallback | None) -> Iterator[byt
         yield chunk
         if progress is not None:
             progress(len(chunk))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextmanager
