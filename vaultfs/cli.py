@@ -96,9 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
         "Snapshot the named collections (default: all in the config). Only files whose\n"
         "size, times or inode changed are read again; content already in the vault is not\n"
         "stored twice. A new version is made only if something changed.\n\n"
-        "Exit status 3: files were skipped (unreadable, vanished, changed while read), or a\n"
-        "cold collection had files modified or deleted (often an accident or a failing disk);\n"
-        "the version is still written and nothing old is lost.",
+        "Exit status 3: files were skipped (unreadable, vanished, changed while read), a\n"
+        "cold collection had files modified or deleted (often an accident or a failing disk),\n"
+        "or more than max_removed of the files were removed; the version is still written\n"
+        "and nothing old is lost. Exit status 1: a collection was refused (its path is\n"
+        "missing, unreadable or empty: is the volume mounted?); the others are still\n"
+        "snapshotted.",
     )
     sp.add_argument("collections", nargs="*", metavar="COLLECTION")
     sp.set_defaults(func=cmd_snapshot)
