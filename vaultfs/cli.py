@@ -18,7 +18,14 @@ from typing import Any
 
 from vaultfs import __version__
 from vaultfs.config import Config, load_config
-from vaultfs.errors import EXIT_ERROR, EXIT_OK, EXIT_WARNINGS, ConfigError, VaultError
+from vaultfs.errors import (
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_WARNINGS,
+    ConfigError,
+    SourceRefused,
+    VaultError,
+)
 from vaultfs.output import emit_json, format_delta, human_bytes, iso_utc
 
 LIST_LIMIT = 20  # paths listed per kind of warning before "… and N more"
@@ -89,9 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
         "Snapshot the named collections (default: all in the config). Only files whose\n"
         "size, times or inode changed are read again; content already in the vault is not\n"
         "stored twice. A new version is made only if something changed.\n\n"
-        "Exit status 3: files were skipped (unreadable, vanished, changed while read), or a\n"
-        "cold collection had files modified or deleted (often an accident or a failing disk);\n"
-        "the version is still written and nothing old is lost.",
+        "Exit status 3: files were skipped (unreadable, vanished, changed while read), a\n"
+        "cold collection had files modified or deleted (often an accident or a failing disk),\n"
+        "or more than max_removed of the files were removed; the version is still written\n"
+        "and nothing old is lost. Exit status 1: a collection was refused (its path is\n"
+        "missing, unreadable or empty: is the volume mounted?); the others are still\n"
+        "snapshotted.",
     )
     sp.add_argument("collections", nargs="*", metavar="COLLECTION")
     sp.set_defaults(func=cmd_snapshot)
@@ -143,22 +153,28 @@ def cmd_snapshot(args: argparse.Namespace, config: Config) -> int:
     selected = [config.collection(n) for n in names]
     vault = Vault.open(config)
     results = []
-    code = EXIT_OK
+    refused: list[SourceRefused] = []  # their collections got no version; the others go on
     try:
         with vault.lock():
             for coll in selected:
-                with TerminalProgress(coll.name, enabled=None if not args.quiet else False) as prog:
-                    result = Snapshot(vault, coll, prog).run()
+                try:
+                    with TerminalProgress(coll.name, enabled=None if not args.quiet else False) as prog:
+                        result = Snapshot(vault, coll, prog).run()
+                except SourceRefused as e:
+                    refused.append(e)
+                    print(f"vaultfs: error: {e.message}", file=sys.stderr)
+                    continue
                 cli_retention.after_snapshot(vault, coll, quiet=args.quiet or args.json)
                 results.append(result)
-                if result.problems or result.cold_changes:
-                    code = EXIT_WARNINGS
                 if not args.json:
                     print_snapshot(result, quiet=args.quiet)
     finally:
         vault.close()
+    # A collection without a new version is an error (1), which outweighs warnings (3).
+    code = EXIT_ERROR if refused else EXIT_WARNINGS if any(r.warnings for r in results) else EXIT_OK
     if args.json:
-        emit_json({"collections": [snapshot_json(r) for r in results], "exit_code": code})
+        emit_json({"collections": [snapshot_json(r) for r in results],
+                   "refused": [e.message for e in refused], "exit_code": code})
     return code
 
 
@@ -179,6 +195,15 @@ def print_snapshot(r: Any, quiet: bool) -> None:
             print(f"  {kind}: {display_path(path)}", file=sys.stderr)
         if len(paths) > LIST_LIMIT:
             print(f"  … and {len(paths) - LIST_LIMIT} more (--json lists all)", file=sys.stderr)
+    if r.mass_removal is not None:
+        m = r.mass_removal
+        print(
+            f"WARNING: {r.collection}: this snapshot removes {m.removed} of the {m.previous_files} "
+            f"files of v{m.previous_version} (more than max_removed = {m.limit}); the new version "
+            f"is written and v{m.previous_version} keeps them. Is the volume mounted and healthy? "
+            f"If the removal is intended, raise [collections.{r.collection}].max_removed",
+            file=sys.stderr,
+        )
     if quiet:
         return
     rate = r.bytes_read / r.seconds if r.seconds > 0 else 0
@@ -214,6 +239,12 @@ def snapshot_json(r: Any) -> dict[str, Any]:
         "skipped": [{"path": to_text(p.path), "reason": p.reason} for p in r.problems],
         "modified": [to_text(p) for p in r.modified],
         "deleted": [to_text(p) for p in r.deleted],
+        "mass_removal": None if r.mass_removal is None else {
+            "removed": r.mass_removal.removed,
+            "previous_files": r.mass_removal.previous_files,
+            "previous_version": r.mass_removal.previous_version,
+            "max_removed": r.mass_removal.limit,
+        },
     }
 
 

@@ -85,6 +85,52 @@ class Prices:
 
 
 @dataclass(frozen=True, slots=True)
+class RemovalLimit:
+    """``max_removed``: how many of the previous version's files one snapshot may remove
+    before it warns. Either a share (``"50%"``) or a number of files (``1000``).
+
+    An unmounted volume, a failing disk or a wrong ``rm -r`` looks to a snapshot like
+    files that were deleted; above this limit the snapshot says so loudly (exit 3).
+    """
+
+    percent: float | None = 50.0
+    files: int | None = None
+
+    def exceeded(self, removed: int, previous_files: int) -> bool:
+        """More than the limit: a share is of the previous version's files."""
+        if self.files is not None:
+            return removed > self.files
+        assert self.percent is not None
+        return previous_files > 0 and removed * 100 > self.percent * previous_files
+
+    def __str__(self) -> str:
+        if self.files is not None:
+            return str(self.files)
+        return f"{self.percent:g}%"
+
+
+_PERCENT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+
+
+def parse_removal_limit(value: object, key: str) -> RemovalLimit:
+    """``"50%"`` (a share, 0 to 100) or a non-negative integer (a number of files)."""
+    expected = 'expected a percentage such as "50%" or a number of files such as 1000'
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ConfigError(f"{key} = {value}: a number of files cannot be negative")
+        return RemovalLimit(percent=None, files=value)
+    if isinstance(value, str):
+        m = _PERCENT_RE.match(value)
+        if m is None:
+            raise ConfigError(f"{key} = {value!r}: {expected}")
+        percent = float(m.group(1))
+        if percent > 100:
+            raise ConfigError(f"{key} = {value!r}: a percentage runs from 0% to 100%")
+        return RemovalLimit(percent=percent)
+    raise ConfigError(f"{key} = {value!r}: {expected}")
+
+
+@dataclass(frozen=True, slots=True)
 class CollectionConfig:
     name: str
     path: Path
@@ -92,6 +138,8 @@ class CollectionConfig:
     keep_versions: int | None = None
     frame_size: int | None = None  # None: the tier's default
     compression_level: int | None = None
+    allow_empty: bool = False  # an empty root is refused unless this says it is meant to be
+    max_removed: RemovalLimit = field(default_factory=RemovalLimit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +210,11 @@ class _Table:
         if name not in self.data:
             return default
         return parse_size(self.data.pop(name), self.key(name))
+
+    def take_removal_limit(self, name: str) -> RemovalLimit:
+        if name not in self.data:
+            return RemovalLimit()
+        return parse_removal_limit(self.data.pop(name), self.key(name))
 
     def finish(self) -> None:
         for name in self.data:
@@ -270,8 +323,11 @@ def _build(data: dict[str, Any], source: Path | None) -> Config:
         if frame is not None and not 64 * 1024 <= frame <= 1024**3:
             raise ConfigError(f"collections.{name}.frame_size: must be between 64KiB and 1GiB")
         clevel = t.take("compression_level", int)
+        allow_empty = t.take("allow_empty", bool, False)
+        max_removed = t.take_removal_limit("max_removed")
         t.finish()
-        collections.append(CollectionConfig(name, path, tier, keep, frame, clevel))
+        collections.append(CollectionConfig(
+            name, path, tier, keep, frame, clevel, allow_empty, max_removed))
 
     mount_settings = MountSettings(
         auto_restore=mount.take("auto_restore", bool, True),

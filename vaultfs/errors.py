@@ -49,3 +49,11 @@ class CorruptionError(VaultError):
 
 class LockedError(VaultError):
     """Another process holds the vault's lock."""
+
+
+class SourceRefused(VaultError):
+    """A collection's root cannot be trusted to be its data (missing, unreadable, empty).
+
+    Only that collection is left out: ``vaultfs snapshot`` goes on with the others
+    and exits 1, since this collection got no version.
+    """

@@ -39,7 +39,7 @@ from vaultfs import archive, index, testpoints  # index: issue 5
 from vaultfs import band as bandfmt
 from vaultfs.catalog import CatalogWriter, DirMemo, FileCacheLookup, FileCacheRow
 from vaultfs.config import CollectionConfig
-from vaultfs.errors import VaultError
+from vaultfs.errors import SourceRefused
 from vaultfs.model import (
     BandId,
     BlobId,
@@ -54,6 +54,7 @@ from vaultfs.model import (
 from vaultfs.source import (
     ChangedWhileReading,
     FileStat,
+    NotRegularFile,
     Problem,
     ScannedDir,
     ScannedFile,
@@ -114,10 +115,30 @@ class SnapshotResult:
     dirs: int = 0  # directories in the new tree
     dirs_reused: int = 0  # of them, listings taken over unchanged from the latest version
     seconds: float = 0.0
+    mass_removal: MassRemoval | None = None  # more files removed than max_removed allows
 
     @property
     def cold_changes(self) -> bool:
         return bool(self.modified or self.deleted)
+
+    @property
+    def warnings(self) -> bool:
+        """Whether this run ends with exit status 3 (files skipped, cold changes, mass removal)."""
+        return bool(self.problems or self.cold_changes or self.mass_removal)
+
+
+@dataclass(frozen=True, slots=True)
+class MassRemoval:
+    """A version that lacks more of the previous version's files than ``max_removed`` allows.
+
+    It is still written (it says what the source held; the previous version keeps the
+    files), but often the source is what failed: an unmounted volume, a failing disk.
+    """
+
+    removed: int
+    previous_files: int
+    previous_version: int
+    limit: str  # max_removed as configured, e.g. "50%"
 
 
 class Snapshot:
@@ -160,11 +181,7 @@ class Snapshot:
     def run(self) -> SnapshotResult:
         started = time.monotonic()
         root = os.fsencode(self.collection.path)
-        if not os.path.isdir(root):
-            raise VaultError(
-                f"collection {self.collection.name}: {self.collection.path} is not a directory "
-                "(is the volume mounted?); fix [collections.{0}].path".format(self.collection.name)
-            )
+        check_root(self.collection)
         self.progress.stage("recovering")
         recover_spool(self.vault)
         index.adopt_committed(self.vault, self.collection.name)  # issue 5: with their bands
@@ -186,7 +203,7 @@ class Snapshot:
             try:
                 top = scanner.scan()
             except OSError as e:
-                raise VaultError(f"cannot read {self.collection.path}: {e.strerror}") from None
+                raise _unreadable_root(self.collection, e) from None
             self.result.problems = scanner.problems
             testpoints.reach("after-scan")
             self._uploader.start()
@@ -293,20 +310,17 @@ class Snapshot:
     def _open(self, root: bytes, f: ScannedFile) -> tuple[int, os.stat_result] | None:
         """Open a file to read and check it is the one the scan saw (else skip it: None)."""
         try:
-            fd = open_source(root + b"/" + f.rel)
+            fd, before = open_source(root + b"/" + f.rel)
         except FileNotFoundError:
             self._skip(f, "vanished before it could be read")
             return None
+        except NotRegularFile as e:
+            self._skip(f, e.reason)
+            return None
         except OSError as e:
             self._skip(f, f"cannot read ({e.strerror})")
             return None
-        try:
-            before = os.fstat(fd)
-        except OSError as e:
-            os.close(fd)
-            self._skip(f, f"cannot read ({e.strerror})")
-            return None
-        if before.st_ino != f.st.st_ino:
+        if (before.st_ino, before.st_dev) != (f.st.st_ino, f.st.st_dev):
             os.close(fd)
             self._skip(f, "was replaced during the snapshot")
             return None
@@ -681,6 +695,10 @@ class Snapshot:
         if self.collection.tier == "cold" and latest is not None:
             self.result.modified = stats.modified
             self.result.deleted = stats.deleted
+        limit = self.collection.max_removed
+        if latest is not None and limit.exceeded(stats.removed, latest.stats.files):
+            self.result.mass_removal = MassRemoval(
+                stats.removed, latest.stats.files, latest.number, str(limit))
         self._collect_band_stats()
 
     def _write_files_cache(
@@ -737,6 +755,44 @@ class _Stats:
     removed: int = 0
     modified: list[bytes] = field(default_factory=list)
     deleted: list[bytes] = field(default_factory=list)
+
+
+def check_root(collection: CollectionConfig) -> None:
+    """Refuse a root that is missing, not a directory, unreadable or empty (SourceRefused).
+
+    To a snapshot, an unmounted volume looks like a collection whose files were all
+    deleted: the version would be empty and say so with exit 0. A collection that is
+    meant to be empty says ``allow_empty = true``.
+    """
+    name, path = collection.name, collection.path
+    try:
+        with os.scandir(os.fsencode(path)) as entries:
+            empty = next(entries, None) is None
+    except FileNotFoundError:
+        raise SourceRefused(
+            f"collection {name}: {path} does not exist (is the volume mounted?); nothing was "
+            f"snapshotted: mount it or fix [collections.{name}].path"
+        ) from None
+    except NotADirectoryError:
+        raise SourceRefused(
+            f"collection {name}: {path} is not a directory (is the volume mounted?); "
+            f"nothing was snapshotted: fix [collections.{name}].path"
+        ) from None
+    except OSError as e:
+        raise _unreadable_root(collection, e) from None
+    if empty and not collection.allow_empty:
+        raise SourceRefused(
+            f"collection {name}: {path} is empty (is the volume mounted?); nothing was "
+            f"snapshotted: mount it, or set allow_empty = true in [collections.{name}] "
+            "if it is meant to be empty"
+        )
+
+
+def _unreadable_root(collection: CollectionConfig, e: OSError) -> SourceRefused:
+    return SourceRefused(
+        f"collection {collection.name}: cannot read {collection.path} ({e.strerror}); nothing "
+        "was snapshotted: check that the volume is mounted and readable by this user"
+    )
 
 
 def _meta(f: ScannedFile) -> bandfmt.MemberMeta:

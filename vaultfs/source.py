@@ -265,13 +265,85 @@ class ChangedWhileReading(Exception):
     """The file's size or times moved while it was read."""
 
 
-def open_source(path: bytes) -> int:
-    """Open a source file for reading without following symlinks, without updating atime."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+class NotRegularFile(Exception):
+    """At read time the path is no longer a regular file (replaced after the scan)."""
+
+    def __init__(self, kind: str) -> None:
+        self.reason = f"is not a regular file any more (now a {kind})"
+        super().__init__(self.reason)
+
+
+def open_source(path: bytes) -> tuple[int, os.stat_result]:
+    """Open a source file to read, and its fstat; NotRegularFile if it is something else now.
+
+    Between the scan and the read a file can be replaced by anything. A blocking open
+    of a FIFO with no writer would wait forever, holding the vault lock; with
+    O_NONBLOCK it returns at once, and the fstat right after says what was opened
+    before a byte is read. The regular file then gets O_NONBLOCK cleared, so reading it
+    behaves exactly as before. Symlinks are never followed, atime is not updated.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        fd = _open_noatime(path, flags)
+    except BlockingIOError:  # a lease (e.g. a Samba oplock): wait for its break, as before
+        fd = _open_leased(path, flags & ~os.O_NONBLOCK)
+    except OSError as e:
+        kind = _kind_now(path) if e.errno in (errno.ELOOP, errno.ENXIO) else None
+        if kind is not None and kind != "regular file":  # ELOOP: a symlink; ENXIO: a socket
+            raise NotRegularFile(kind) from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFile(_kind_of(st.st_mode))
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def _open_noatime(path: bytes | str, flags: int) -> int:
     try:
         return os.open(path, flags | os.O_NOATIME)
-    except PermissionError:
+    except PermissionError:  # O_NOATIME needs the file's owner (or CAP_FOWNER)
         return os.open(path, flags)
+
+
+def _open_leased(path: bytes, flags: int) -> int:
+    """Open a file whose lease made the non-blocking open fail, waiting for the lease break.
+
+    The path is pinned first with O_PATH (which opens nothing and breaks no lease) and
+    checked to be a regular file; the blocking open goes through that handle, so it
+    opens the same inode and cannot end up waiting on a FIFO swapped in meanwhile.
+    """
+    pinned = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(pinned)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFile(_kind_of(st.st_mode))
+        # Following this magic link is the point: it leads to the pinned inode itself.
+        return _open_noatime(f"/proc/self/fd/{pinned}", flags & ~os.O_NOFOLLOW)
+    finally:
+        os.close(pinned)
+
+
+def _kind_now(path: bytes) -> str | None:
+    try:
+        return _kind_of(os.lstat(path).st_mode)
+    except OSError:
+        return None
+
+
+def _kind_of(mode: int) -> str:
+    return (
+        "regular file" if stat.S_ISREG(mode)
+        else "directory" if stat.S_ISDIR(mode)
+        else "symlink" if stat.S_ISLNK(mode)
+        else "FIFO" if stat.S_ISFIFO(mode)
+        else "socket" if stat.S_ISSOCK(mode)
+        else "device"
+    )
 
 
 def same_file_state(a: StatLike, b: StatLike) -> bool:
@@ -337,6 +409,7 @@ def _vanished_or(e: OSError) -> str:
 
 __all__ = [
     "ChangedWhileReading",
+    "NotRegularFile",
     "Problem",
     "ScannedDir",
     "ScannedFile",
