@@ -83,7 +83,7 @@ def test_unreachable_endpoint(file_vault: VaultEnv) -> None:
 
 def test_missing_bucket(file_vault: VaultEnv, moto_endpoint: str) -> None:
     s3_config(file_vault, moto_endpoint, "no-such-bucket-here")
-    one_line_error(file_vault.run("init", expect=None), "no-such-bucket-here", "does not exist")
+    one_line_error(file_vault.run("init", expect=None), "no such bucket no-such-bucket-here")
 
 
 def test_wrong_and_right_credentials(file_vault: VaultEnv, s3_auth_server: AuthServer) -> None:

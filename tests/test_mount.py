@@ -303,7 +303,7 @@ def test_a_crashed_mount_is_left_for_umount(file_vault: VaultEnv, tmp_path: Path
 
 def test_mount_errors_are_one_clear_line(file_vault: VaultEnv, tmp_path: Path) -> None:
     small_vault(file_vault)
-    proc = file_vault.run("mount", str(tmp_path / "missing"), expect=1)
+    proc = file_vault.run("mount", str(tmp_path / "missing"), expect=2)
     assert "is not a directory" in proc.stderr and "Traceback" not in proc.stderr
     busy = tmp_path / "mnt"
     with mounted(file_vault, busy):

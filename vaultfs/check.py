@@ -34,7 +34,7 @@ from typing import Any
 from vaultfs import band as bandfmt
 from vaultfs import index
 from vaultfs.config import CollectionConfig
-from vaultfs.errors import CorruptionError, VaultError
+from vaultfs.errors import CorruptionError, UsageError
 from vaultfs.model import (
     BandId,
     BandInfo,
@@ -47,6 +47,7 @@ from vaultfs.model import (
     sidecar_key,
     version_key,
 )
+from vaultfs.output import display_path
 from vaultfs.store import ObjectArchived, ObjectNotFound, StoreError
 from vaultfs.vault import Vault
 
@@ -283,7 +284,7 @@ class Checker:
         self.report.source = sr
         latest = self.vault.catalog.latest_version(collection.name)
         if latest is None:
-            raise VaultError(f"collection {collection.name!r} has no versions yet: "
+            raise UsageError(f"collection {collection.name!r} has no versions yet: "
                              "nothing to compare with")
         sr.version = latest.number
         known: dict[bytes, Entry] = {}
@@ -320,13 +321,13 @@ class Checker:
                         sr.bitrot.append(shown)
         sr.deleted = sorted(p.decode("utf-8", "surrogateescape") for p in set(known) - seen)
         for path in sr.bitrot:
-            self.problem(f"bit rot suspected: {collection.name}/{path} has the size and mtime of "
-                         f"v{latest.number} but different bytes",
+            self.problem(f"bit rot suspected: {collection.name}/{display_path(path)} has the size "
+                         f"and mtime of v{latest.number} but different bytes",
                          [f"{collection.name}@v{latest.number}"],
                          "do not snapshot it over the good copy: compare with `vaultfs restore "
                          "fetch`, check the disk (SMART, filesystem scrub), restore the file")
         for path in sr.unreadable:
-            self.problem(f"{collection.name}/{path} cannot be read", [],
+            self.problem(f"{collection.name}/{display_path(path)} cannot be read", [],
                          "check the disk and the file's permissions")
 
     def _files(self, tid: TreeId, prefix: bytes, out: dict[bytes, Entry]) -> None:

@@ -26,7 +26,7 @@ from vaultfs.errors import (
     SourceRefused,
     VaultError,
 )
-from vaultfs.output import emit_json, format_delta, human_bytes, iso_utc
+from vaultfs.output import display_path, emit_json, format_delta, human_bytes, iso_utc
 
 LIST_LIMIT = 20  # paths listed per kind of warning before "… and N more"
 
@@ -39,10 +39,12 @@ read-only with FUSE.
 The configuration is read from --config FILE, else $VAULTFS_CONFIG, else
 ~/.config/vaultfs/vault.toml, else /etc/vaultfs/vault.toml (see docs/config.md).
 
-exit status:
+exit status (every command's: docs/cli.md):
   0  success
   1  error: nothing was committed by the step that failed
-  2  usage or configuration error (bad config, store or credentials)
+  2  usage or configuration error: a bad command line or config, a collection,
+     version or path that does not exist, a store that refuses us as configured
+     (endpoint, bucket, credentials)
   3  finished, but some files were skipped or cold data changed (see the warnings)
 """
 
@@ -179,8 +181,6 @@ def cmd_snapshot(args: argparse.Namespace, config: Config) -> int:
 
 
 def print_snapshot(r: Any, quiet: bool) -> None:
-    from vaultfs.source import display_path
-
     for p in r.problems:
         print(f"warning: {r.collection}: skipped {p.display()}", file=sys.stderr)
     for kind, paths in (("modified", r.modified), ("deleted", r.deleted)):

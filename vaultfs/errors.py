@@ -4,10 +4,12 @@ A `VaultError` is something the user can act on: it carries a one-line message
 that says what to do and the exit status the command line returns for it.
 Anything else that escapes is a bug and shows its traceback.
 
-Exit statuses (a contract, see docs/cli.md):
+Exit statuses (a contract; docs/cli.md has the table for every command):
   0 success; 1 error (nothing committed by the failing step);
-  2 usage or configuration error; 3 finished, but files were skipped or cold
-  data changed.
+  2 usage or configuration error: the command line names something that does
+  not exist or is malformed, the configuration is invalid, or the store
+  refuses us as configured (endpoint, bucket, credentials, permissions);
+  3 finished, but files were skipped or missing, or cold data changed.
 """
 
 from __future__ import annotations
@@ -30,6 +32,17 @@ class VaultError(Exception):
 
 class ConfigError(VaultError):
     """The configuration is missing or invalid; the message names the key."""
+
+    exit_code = EXIT_USAGE
+
+
+class UsageError(VaultError):
+    """The command line names something that does not exist: a collection's
+    version (``photos@v99``), a path inside a version, a mount point.
+
+    Exit 2 like an unknown collection (a ConfigError): in both the user asked
+    for something that is not there, and nothing was attempted.
+    """
 
     exit_code = EXIT_USAGE
 

@@ -88,6 +88,7 @@ from vaultfs.model import (
     tree_id,
     version_key,
 )
+from vaultfs.output import display_path
 from vaultfs.store import ObjectArchived, ObjectExists, ObjectInfo, ObjectNotFound, ObjectStore
 from vaultfs.store.base import StoreError
 from vaultfs.vault import Vault
@@ -570,7 +571,7 @@ def verify_catalog(catalog: Catalog) -> CatalogWalk:
                 if ref is None:
                     walk.problems.append(
                         f"local catalog: {where} refers to blob {ent.blob.hex()[:16]} "
-                        f"({ent.name.decode(errors='replace')}) which no band holds")
+                        f"({display_path(ent.name)}) which no band holds")
                     used = None
                     continue
                 walk.blobs += 1

@@ -48,7 +48,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from vaultfs.errors import VaultError
+from vaultfs.errors import UsageError, VaultError
 from vaultfs.fuse_ops import VaultOperations
 from vaultfs.model import BandId, BandInfo
 from vaultfs.restore_policy import (
@@ -139,7 +139,7 @@ def _check_mountpoint(mountpoint: Path) -> None:
     if mounted_fstype(mountpoint) is not None:
         raise VaultError(f"{mountpoint} is already a mount point: `vaultfs umount {mountpoint}` first")
     if not mountpoint.is_dir():
-        raise VaultError(f"{mountpoint} is not a directory: create it first (mkdir -p)")
+        raise UsageError(f"{mountpoint} is not a directory: create it first (mkdir -p)")
 
 
 def _run(open_vault: Callable[[], Vault], mountpoint: Path, opts: MountOptions,

@@ -1,15 +1,61 @@
-"""Formatting shared by the command-line modules: sizes, times, durations, JSON."""
+"""Formatting shared by the command-line modules: names, sizes, times, durations, JSON."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 from vaultfs.errors import ConfigError
+
+_C_ESCAPES = {"\\": "\\\\", "\a": "\\a", "\b": "\\b", "\t": "\\t", "\n": "\\n",
+              "\v": "\\v", "\f": "\\f", "\r": "\\r"}
+# Besides C0/C1 controls (category Cc): line and paragraph separators, and the
+# bidirectional controls that reorder what a terminal shows ("Trojan Source").
+_INVISIBLE = frozenset("\u2028\u2029\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+                       "\u2066\u2067\u2068\u2069")
+
+
+def _escape_char(ch: str) -> str:
+    code = ord(ch)
+    if ch in _C_ESCAPES:
+        return _C_ESCAPES[ch]
+    if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte, as surrogateescape keeps it
+        return f"\\x{code - 0xDC00:02x}"
+    if code < 0x20 or code == 0x7F:
+        return f"\\x{code:02x}"
+    if 0x80 <= code <= 0x9F or ch in _INVISIBLE or 0xD800 <= code <= 0xDFFF:
+        return f"\\u{code:04x}"
+    return ch
+
+
+_NEEDS_ESCAPE = re.compile("[\\\\\x00-\x1f\x7f-\x9f\ud800-\udfff"
+                           + "".join(sorted(_INVISIBLE)) + "]")
+
+
+def display_path(path: bytes | str) -> str:
+    """A name or path from a source or the store, safe to print on one line.
+
+    The one escaping of names in human output (docs/cli.md, "Names in output"):
+    C-style, so ordinary names print unchanged and nothing a file name holds can
+    end a line, move the cursor or forge another line of output. ``\\`` becomes
+    ``\\\\``; ``\\n``, ``\\t``, ``\\r``, ``\\a``, ``\\b``, ``\\v``, ``\\f`` their C escapes;
+    other control bytes and bytes that are not UTF-8 ``\\xNN``; C1 controls, line
+    separators and bidirectional controls ``\\uNNNN``. Reading the escapes back
+    gives the exact name; ``--json`` output carries exact names instead. The
+    empty path (a collection's root) is shown as ``.``.
+    """
+    text = path.decode("utf-8", "surrogateescape") if isinstance(path, bytes) else path
+    if not text:
+        return "."
+    if _NEEDS_ESCAPE.search(text) is None:
+        return text
+    return "".join(_escape_char(ch) for ch in text)
+
 
 AddCommand = Callable[[str, str, str], argparse.ArgumentParser]
 """How cli.py lets a command module add a subcommand: add(name, help, description)."""

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from vaultfs.errors import CorruptionError, VaultError
+from vaultfs.errors import CorruptionError, UsageError, VaultError
 from vaultfs.model import BandId, Entry, TreeId, VersionInfo
 from vaultfs.source import Problem, display_path
 from vaultfs.vault import Vault
@@ -69,7 +69,7 @@ def parse_selection(paths: list[str]) -> list[tuple[bytes, ...]]:
         try:
             out.append(split_path(os.fsencode(p)))
         except UnsafeName:
-            raise VaultError(f"path {p!r}: use a path inside the collection, without '..'") from None
+            raise UsageError(f"path {p!r}: use a path inside the collection, without '..'") from None
     return out
 
 
@@ -340,11 +340,11 @@ def select(
         for i, name in enumerate(parts):
             found = entries.get(name)
             if found is None:
-                raise VaultError(f"{display_path(b'/'.join(parts))} is not in {where}")
+                raise UsageError(f"{display_path(b'/'.join(parts))} is not in {where}")
             prefix = (*prefix, name)
             if i < len(parts) - 1:
                 if found.kind != "dir" or found.tree is None:
-                    raise VaultError(f"{display_path(b'/'.join(prefix))} is not a directory")
+                    raise UsageError(f"{display_path(b'/'.join(prefix))} is not a directory")
                 yield _Item(prefix, found)  # parents, so they exist with their metadata
                 entries = _listing(vault, found.tree)
         if found is None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from vaultfs.model import BlobId, Entry, Kind, to_text
+from vaultfs.output import display_path  # re-exported: the one escaping of names
 
 READ_CHUNK = 1024 * 1024
 XATTR_NAMESPACES = (b"user.",)
@@ -36,11 +37,6 @@ class Problem:
 
     def display(self) -> str:
         return f"{display_path(self.path)}: {self.reason}"
-
-
-def display_path(path: bytes) -> str:
-    """A path for a terminal or log: undecodable bytes shown as \\xNN escapes."""
-    return path.decode("utf-8", "backslashreplace") or "."
 
 
 class FileStat(NamedTuple):
@@ -257,7 +253,8 @@ def read_xattrs(path: bytes, problems: list[Problem], rel: bytes) -> tuple[tuple
             out.append((raw, os.getxattr(path, name, follow_symlinks=False)))
         except OSError as e:
             if e.errno != errno.ENODATA:
-                problems.append(Problem(rel, f"cannot read extended attribute {name} ({_why(e)})"))
+                problems.append(Problem(
+                    rel, f"cannot read extended attribute {display_path(name)} ({_why(e)})"))
     return tuple(out)
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from vaultfs import band as bandfmt
 from vaultfs.catalog import Catalog
 from vaultfs.config import Config
-from vaultfs.errors import CorruptionError, LockedError, StoreSetupError, VaultError
+from vaultfs.errors import CorruptionError, LockedError, StoreSetupError, UsageError, VaultError
 from vaultfs.model import (
     VAULT_KEY,
     BandId,
@@ -180,11 +180,11 @@ class Vault:
         if number is None:
             version = self.catalog.latest_version(collection)
             if version is None:
-                raise VaultError(f"collection {collection!r} has no versions yet: run `vaultfs snapshot`")
+                raise UsageError(f"collection {collection!r} has no versions yet: run `vaultfs snapshot`")
             return version
         version = self.catalog.version(collection, number)
         if version is None:
-            raise VaultError(
+            raise UsageError(
                 f"{collection}@v{number} does not exist: `vaultfs versions {collection}` lists them"
             )
         return version

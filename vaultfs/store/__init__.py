@@ -21,6 +21,7 @@ from vaultfs.store.base import (
     ObjectStore,
     ProgressCallback,
     StoreError,
+    StoreRefused,
 )
 from vaultfs.store.local import LocalStore
 from vaultfs.store.retry import RetryingStore
@@ -36,6 +37,7 @@ __all__ = [
     "ProgressCallback",
     "RetryingStore",
     "StoreError",
+    "StoreRefused",
     "open_store",
 ]
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from vaultfs.errors import VaultError
+from vaultfs.errors import StoreSetupError, VaultError
 
 
 class StoreError(VaultError):
@@ -25,6 +25,16 @@ class StoreError(VaultError):
     def __init__(self, message: str, *, transient: bool = False) -> None:
         super().__init__(message)
         self.transient = transient
+
+
+class StoreRefused(StoreError, StoreSetupError):
+    """The store refuses us for a reason in the configuration, not a passing fault.
+
+    Refused or missing credentials, missing permissions, a bucket that does not
+    exist, an endpoint that is not the S3 service meant. The same message and
+    exit status (2, via StoreSetupError) whether ``init`` finds it in its access
+    check or a later command meets it on any request. Never transient.
+    """
 
 
 class ObjectNotFound(StoreError):

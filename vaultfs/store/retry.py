@@ -91,14 +91,28 @@ class RetryingStore:
             try:
                 return op(attempt)
             except StoreError as e:
-                if not e.transient or attempt == self.attempts:
+                if not e.transient:
                     raise
+                if attempt == self.attempts:
+                    raise self._exhausted(e) from e
                 delay = self._delay(attempt)
                 log.info("%s failed (%s); retry %d/%d in %.1fs",
                          what, e.message, attempt, self.attempts - 1, delay)
                 self.retries += 1
                 self.sleep(delay)
         raise AssertionError("unreachable")
+
+    def _exhausted(self, last: StoreError) -> StoreError:
+        """The error to raise once every attempt has failed.
+
+        Its message must not promise another try (a backend's wording may read
+        as if one follows): it says how many attempts failed and what to do.
+        Permanent (transient=False), so no outer layer retries it again.
+        """
+        return StoreError(
+            f"{last.message} (gave up after {self.attempts} attempts: check the network "
+            "and the store, then run the command again; it resumes where it stopped)"
+        )
 
     # -- the protocol ---------------------------------------------------------
 
@@ -164,8 +178,10 @@ class RetryingStore:
                     last = info.key.encode()
                 return
             except StoreError as e:
-                if not e.transient or attempt == self.attempts:
+                if not e.transient:
                     raise
+                if attempt == self.attempts:
+                    raise self._exhausted(e) from e
                 delay = self._delay(attempt)
                 log.info("LIST %s failed (%s); retry %d/%d in %.1fs",
                          prefix, e.message, attempt, self.attempts - 1, delay)

@@ -41,6 +41,7 @@ from vaultfs.store.base import (
     ObjectNotFound,
     ProgressCallback,
     StoreError,
+    StoreRefused,
 )
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,42 @@ _NO_CREDENTIALS = (
 )
 
 
+_PERMISSIONS = "s3:ListBucket, s3:GetObject, s3:PutObject, s3:DeleteObject and s3:RestoreObject"
+# Where boto3 found the credentials (Credentials.method) -> (which ones, what to fix).
+_CREDENTIAL_SOURCES = {
+    "env": ("from the environment",
+            "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN if set), "
+            "or unset them and set [s3].profile"),
+    "shared-credentials-file": ("of profile {profile} in ~/.aws/credentials",
+                                "fix that profile's keys, or choose another with [s3].profile"),
+    "config-file": ("of profile {profile} in ~/.aws/config",
+                    "fix that profile's keys, or choose another with [s3].profile"),
+    "iam-role": ("of this machine's instance role", "check the role attached to the instance"),
+    "container-role": ("of the container's role", "check the role of the task or pod"),
+}
+
+
+def credentials_refused(code: str, method: str | None, profile: str | None) -> str:
+    """The one message for refused credentials (access check and any later request alike)."""
+    which, fix = _CREDENTIAL_SOURCES.get(method or "", (
+        f"from {method or 'an unknown source'} (profile {{profile}})",
+        "refresh or fix them, or choose other ones with [s3].profile"))
+    which = which.format(profile=profile or "default")
+    return f"the S3 credentials were refused ({code}): they are the ones {which}: {fix}"
+
+
+def access_denied(code: str, bucket: str) -> str:
+    return (f"access to bucket {bucket} was denied ({code}): the credentials need "
+            f"{_PERMISSIONS} on it")
+
+
+def no_such_bucket(bucket: str, endpoint: str, *, bare_404: bool = False) -> str:
+    """The one message for a missing bucket, or an endpoint answering 404 for it."""
+    why = " (it answered HTTP 404 without an S3 error code)" if bare_404 else ""
+    return (f"no such bucket {bucket} at {endpoint}{why}: check [s3].endpoint_url and the "
+            "bucket name in [vault].store (vaultfs never creates buckets: create it first)")
+
+
 def error_code(exc: bex.ClientError) -> str:
     """The S3 error code, or the HTTP status as a string for body-less answers (HEAD)."""
     err = exc.response.get("Error", {})
@@ -83,21 +120,26 @@ def error_code(exc: bex.ClientError) -> str:
     return code
 
 
-def classify(exc: Exception, *, what: str, bucket: str) -> StoreError:
+def classify(
+    exc: Exception, *, what: str, bucket: str, endpoint: str = "S3",
+    credentials: tuple[str | None, str | None] = (None, None),
+) -> StoreError:
     """Turn a botocore/boto3 failure of ``what`` (e.g. "GET s3://b/k") into a StoreError.
 
-    Transient: throttling, 5xx, timeouts, broken connections. Everything else is
-    permanent; the message names the request and says what to check.
+    Transient: throttling, 5xx, timeouts, broken connections. Problems of the
+    configuration (credentials, permissions, the bucket) are `StoreRefused`
+    with the same message `S3Store.check_access` gives; ``credentials`` is
+    (Credentials.method, profile) for saying which credentials were refused.
+    Everything else is permanent; the message names the request and says what
+    to check. A bare 404 is ObjectNotFound here; `S3Store` tells a missing
+    bucket from a missing key.
     """
     if isinstance(exc, bex.ClientError):
         code = error_code(exc)
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         text = exc.response.get("Error", {}).get("Message") or code
         if code == "NoSuchBucket":
-            return StoreError(
-                f"{what}: bucket {bucket} does not exist: create it first "
-                "(vaultfs never creates buckets), or fix [vault].store"
-            )
+            return StoreRefused(no_such_bucket(bucket, endpoint))
         if code in ("NoSuchKey", "NotFound", "404"):
             return ObjectNotFound(f"{what}: no such object")
         if code in ("PreconditionFailed", "412"):
@@ -107,22 +149,18 @@ def classify(exc: Exception, *, what: str, bucket: str) -> StoreError:
                 f"{what}: the object is archived: restore it first (vaultfs restore start)"
             )
         if code in _TRANSIENT_CODES or status >= 500:
-            return StoreError(f"{what}: S3 answered {code} (will retry)", transient=True)
+            return StoreError(f"{what}: S3 answered {code}", transient=True)
         if code in _CREDENTIAL_CODES:
-            return StoreError(
-                f"{what}: the S3 credentials were refused ({code}): check "
-                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or [s3].profile"
-            )
+            log.debug("%s: %s", what, code)
+            return StoreRefused(credentials_refused(code, *credentials))
         if code in ("AccessDenied", "403", "AllAccessDisabled"):
-            return StoreError(
-                f"{what}: access denied ({code}): the credentials need s3:GetObject, "
-                f"s3:PutObject, s3:DeleteObject, s3:ListBucket and s3:RestoreObject on {bucket}"
-            )
+            log.debug("%s: %s", what, code)
+            return StoreRefused(access_denied(code, bucket))
         return StoreError(f"{what}: S3 answered {code}: {text}")
     if isinstance(exc, (bex.NoCredentialsError, bex.PartialCredentialsError)):
-        return StoreError(f"{what}: {_NO_CREDENTIALS}")
+        return StoreRefused(_NO_CREDENTIALS)
     if isinstance(exc, _TRANSIENT_EXCEPTIONS):
-        return StoreError(f"{what}: {type(exc).__name__}: {exc} (will retry)", transient=True)
+        return StoreError(f"{what}: {type(exc).__name__}: {exc}", transient=True)
     if isinstance(exc, bex.BotoCoreError):
         return StoreError(f"{what}: {exc}")
     raise TypeError(f"not an S3 failure: {exc!r}") from exc
@@ -164,6 +202,7 @@ class S3Store:
                 "and ~/.aws/config / ~/.aws/credentials"
             ) from None
         self._client = self._make_client(max_attempts, connect_timeout, read_timeout)
+        self._bucket_seen = False  # the bucket answered a listing (see _check_bucket_exists)
 
     def _make_client(self, max_attempts: int, connect_timeout: float, read_timeout: float) -> Any:
         config = Config(
@@ -194,7 +233,41 @@ class S3Store:
         return f"{op} s3://{self.bucket}/{self._key(key)}"
 
     def _error(self, exc: Exception, op: str, key: str) -> StoreError:
-        return classify(exc, what=self._what(op, key), bucket=self.bucket)
+        return self._classify(exc, self._what(op, key))
+
+    def _classify(self, exc: Exception, what: str) -> StoreError:
+        """`classify` with this store's endpoint and credentials; a bare 404 is checked.
+
+        A 404 without an S3 error code (every HEAD answer, or an endpoint that is
+        not S3) may mean a missing key or a missing bucket: the first one is
+        checked against the bucket, so "no such bucket" is never reported as a
+        missing object.
+        """
+        creds = self._session.get_credentials()
+        err = classify(exc, what=what, bucket=self.bucket, endpoint=self._client.meta.endpoint_url,
+                       credentials=(creds.method if creds else None, self._session.profile_name))
+        if (isinstance(err, ObjectNotFound) and isinstance(exc, bex.ClientError)
+                and error_code(exc) in ("404", "NotFound")):
+            self._check_bucket_exists()
+        return err
+
+    def _check_bucket_exists(self) -> None:
+        """StoreRefused if the bucket is missing at the endpoint; asked once per store."""
+        if self._bucket_seen:
+            return
+        try:
+            self._client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
+        except bex.ClientError as e:
+            code = error_code(e)
+            if code in ("NoSuchBucket", "404", "NotFound"):
+                endpoint = self._client.meta.endpoint_url
+                raise StoreRefused(
+                    no_such_bucket(self.bucket, endpoint, bare_404=code != "NoSuchBucket")
+                ) from None
+            return  # another failure: the missing key stays the answer
+        except (bex.BotoCoreError, OSError):
+            return
+        self._bucket_seen = True
 
     # -- the protocol -----------------------------------------------------------
 
@@ -416,7 +489,7 @@ class S3Store:
                         storage_class=item.get("StorageClass") or "STANDARD",
                     )
         except (bex.ClientError, bex.BotoCoreError, OSError) as e:
-            raise classify(e, what=f"LIST {self.url}/{prefix}", bucket=self.bucket) from e
+            raise self._classify(e, f"LIST {self.url}/{prefix}") from e
 
     def delete(self, key: str) -> None:
         """DeleteObject; S3 itself answers success for absent keys."""
@@ -446,7 +519,7 @@ class S3Store:
                         if error_code(e) != "NoSuchUpload":
                             raise
         except (bex.ClientError, bex.BotoCoreError, OSError) as e:
-            raise classify(e, what=f"ABORT UPLOADS {self.url}/{prefix}", bucket=self.bucket) from e
+            raise self._classify(e, f"ABORT UPLOADS {self.url}/{prefix}") from e
         return count
 
     def copy_to_class(self, key: str, storage_class: str) -> None:
@@ -555,29 +628,14 @@ class S3Store:
 
     def _setup_message(self, e: bex.ClientError, endpoint: str) -> str:
         code = error_code(e)
-        if code in ("404", "NotFound"):
-            return (
-                f"the endpoint {endpoint} answered HTTP 404 without an S3 error code: "
-                "check that [s3].endpoint_url points to an S3 service"
-            )
-        if code == "NoSuchBucket":
-            return (
-                f"bucket {self.bucket} does not exist at {endpoint}: create it first "
-                "(vaultfs never creates buckets), or fix the bucket name in [vault].store"
-            )
+        if code in ("404", "NotFound", "NoSuchBucket"):
+            return no_such_bucket(self.bucket, endpoint, bare_404=code != "NoSuchBucket")
         if code in _CREDENTIAL_CODES:
             creds = self._session.get_credentials()
-            source = f" (credentials from {creds.method})" if creds is not None else ""
-            return (
-                f"the S3 credentials were refused ({code}){source}: check "
-                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or [s3].profile"
-            )
+            method = creds.method if creds is not None else None
+            return credentials_refused(code, method, self._session.profile_name)
         if code in ("403", "AccessDenied", "AllAccessDisabled"):
-            return (
-                f"access to bucket {self.bucket} was denied ({code}): the credentials need "
-                "s3:ListBucket, s3:GetObject, s3:PutObject, s3:DeleteObject and "
-                "s3:RestoreObject on it"
-            )
+            return access_denied(code, self.bucket)
         if code in ("301", "PermanentRedirect", "AuthorizationHeaderMalformed", "400"):
             region = e.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get(
                 "x-amz-bucket-region"
