@@ -37,6 +37,7 @@ from vaultfs.model import (
     Entry,
     TreeId,
     VersionInfo,
+    band_file,
     band_key,
     sidecar_key,
     version_key,
@@ -284,7 +285,7 @@ class Vault:
         largest = max((u for _, u in info.frames), default=0)
         cache = max(cache_bytes, 2 * largest + 1)
         frames = _frames_from_sizes(info.frames)
-        local = self.cache_dir / f"{band}.tar.zst"
+        local = band_file(self.cache_dir, band)
         if local.exists() and local.stat().st_size == info.size:
             return bandfmt.BandReader(_FileRange(local).read, info.size, frames, label=band,
                                       cache_bytes=cache)
@@ -295,7 +296,7 @@ class Vault:
     def band_cached(self, band: BandId) -> bool:
         """Whether a complete copy of the band is in the local cache (readable now)."""
         info = self.catalog.band(band)
-        local = self.cache_dir / f"{band}.tar.zst"
+        local = band_file(self.cache_dir, band)
         return info is not None and local.exists() and local.stat().st_size == info.size
 
     # ---- retention support -------------------------------------------------------------
