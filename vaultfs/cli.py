@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vaultfs import __version__
+from vaultfs import __version__, logsafe
 from vaultfs.config import Config, load_config
 from vaultfs.errors import EXIT_ERROR, EXIT_OK, EXIT_WARNINGS, ConfigError, VaultError
 from vaultfs.output import emit_json, format_delta, human_bytes, iso_utc
@@ -280,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="vaultfs: %(levelname)s: %(message)s",
     )
+    logsafe.install()  # no credential in any line, --debug or not
     func: Callable[[argparse.Namespace, Config], int] = args.func
     if os.environ.get("VAULTFS_TESTPOINTS"):
         from vaultfs import testpoints

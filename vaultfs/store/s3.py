@@ -31,7 +31,7 @@ import boto3
 import botocore.exceptions as bex
 from botocore.config import Config
 
-from vaultfs import testpoints
+from vaultfs import logsafe, testpoints
 from vaultfs.config import S3Settings
 from vaultfs.errors import CorruptionError, StoreSetupError
 from vaultfs.store.base import (
@@ -163,6 +163,7 @@ class S3Store:
                 f"AWS profile {settings.profile!r} not found: check [s3].profile "
                 "and ~/.aws/config / ~/.aws/credentials"
             ) from None
+        _register_secrets(self._session)
         self._client = self._make_client(max_attempts, connect_timeout, read_timeout)
 
     def _make_client(self, max_attempts: int, connect_timeout: float, read_timeout: float) -> Any:
@@ -598,3 +599,15 @@ def _changed(path: Path, expected: bytes, got: bytes) -> CorruptionError:
         f"{path} no longer matches its SHA-256 (expected {expected.hex()}, read {got.hex()}): "
         "the file changed while it was backed up, or the disk is failing"
     )
+
+
+def _register_secrets(session: Any) -> None:
+    """Tell the log redactor the credentials boto3 found, so no line ever shows them."""
+    try:
+        creds = session.get_credentials()
+        frozen = creds.get_frozen_credentials() if creds is not None else None
+    except bex.BotoCoreError:
+        return  # no usable credentials: the first request says so
+    if frozen is not None:
+        for value in (frozen.access_key, frozen.secret_key, frozen.token):
+            logsafe.add_secret(value)
