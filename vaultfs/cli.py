@@ -116,11 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_init(args: argparse.Namespace, config: Config) -> int:
-    from vaultfs.vault import Vault
+    from vaultfs.vault import Vault, secure_state_dir
 
+    tightened = secure_state_dir(config.state_dir)
+    if tightened and not args.json:
+        print(f"vaultfs: {tightened}", file=sys.stderr)
     vault, created = Vault.create(config)
     vault.close()
-    result = {"store": config.store, "state_dir": str(config.state_dir), "created": created}
+    result = {"store": config.store, "state_dir": str(config.state_dir), "created": created,
+              "tightened": tightened}
     if args.json:
         emit_json(result)
     elif not args.quiet:

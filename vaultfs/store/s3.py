@@ -34,6 +34,7 @@ from botocore.config import Config
 from vaultfs import logsafe, testpoints
 from vaultfs.config import S3Settings
 from vaultfs.errors import CorruptionError, StoreSetupError
+from vaultfs.fsutil import make_private_dirs, open_private
 from vaultfs.store.base import (
     ObjectArchived,
     ObjectExists,
@@ -373,11 +374,11 @@ class S3Store:
 
     def get_to_file(self, key: str, path: Path, progress: ProgressCallback | None = None) -> None:
         """Stream the object into a temp file beside ``path``, fsync, rename into place."""
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(path.parent)
         tmp = path.parent / f".vaultfs-tmp-{secrets.token_hex(8)}"
         try:
             answer = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
-            with open(tmp, "xb") as f:
+            with open_private(tmp) as f:
                 for chunk in answer["Body"].iter_chunks(MiB):
                     f.write(chunk)
                     if progress is not None:
