@@ -48,7 +48,6 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from vaultfs import logsafe
 from vaultfs.errors import VaultError
 from vaultfs.fuse_ops import VaultOperations
 from vaultfs.model import BandId, BandInfo
@@ -231,6 +230,8 @@ def _detach() -> None:
 
 
 def _log_to_file(path: Path, debug: bool) -> None:
+    from vaultfs import logsafe  # here, not at the top: only the daemon needs it
+
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
