@@ -40,7 +40,7 @@ class BandFile:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         self.direct = _set_direct(self._fd, True)
         self._stage = mmap.mmap(-1, STAGE)  # page-aligned, as O_DIRECT wants
         self._staged = 0  # bytes in the stage

@@ -43,6 +43,7 @@ from vaultfs.model import (
     Entry,
     TreeId,
     VersionInfo,
+    band_file,
     band_key,
     sidecar_key,
     version_key,
@@ -133,6 +134,9 @@ class Checker:
         for blob, ref in catalog.iter_blobs():
             by_band.setdefault(ref.band, []).append((blob, ref))
         listing = index.StoreListing.read(store)
+        for damaged in listing.damaged:
+            self.problem(damaged, [], "vaultfs never writes such a name under bands/: look at "
+                         "the object, and delete it if it is not yours")
         self._bands(bands, by_band, listing)
         self._versions(walk.versions, listing)
         self._index(walk.versions, bands, listing)
@@ -232,7 +236,7 @@ class Checker:
             obj = listing.bands.get(band)
             if obj is None:
                 continue  # reported above
-            cached = self.vault.cache_dir / f"{band}.tar.zst"
+            cached = band_file(self.vault.cache_dir, band)
             if cached.exists():
                 self._verify_file(band, info, cached, by_band, "local cache copy")
             if not index.readable(self.vault.store, obj):
@@ -247,7 +251,7 @@ class Checker:
                              "`vaultfs check --read-data` again"),
                 })
                 continue
-            path = self.vault.spool_dir / f"{band}.check"
+            path = band_file(self.vault.spool_dir, band, ".check")
             try:
                 self.vault.store.get_to_file(band_key(band), path)
                 self._verify_file(band, info, path, by_band, "band")

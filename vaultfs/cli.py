@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vaultfs import __version__
+from vaultfs import __version__, logsafe
 from vaultfs.config import Config, load_config
 from vaultfs.errors import (
     EXIT_ERROR,
@@ -128,11 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_init(args: argparse.Namespace, config: Config) -> int:
-    from vaultfs.vault import Vault
+    from vaultfs.vault import Vault, secure_state_dir
 
+    tightened = secure_state_dir(config.state_dir)
+    if tightened and not args.json:
+        print(f"vaultfs: {tightened}", file=sys.stderr)
     vault, created = Vault.create(config)
     vault.close()
-    result = {"store": config.store, "state_dir": str(config.state_dir), "created": created}
+    result = {"store": config.store, "state_dir": str(config.state_dir), "created": created,
+              "tightened": tightened}
     if args.json:
         emit_json(result)
     elif not args.quiet:
@@ -311,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="vaultfs: %(levelname)s: %(message)s",
     )
+    logsafe.install()  # no credential in any line, --debug or not
     func: Callable[[argparse.Namespace, Config], int] = args.func
     if os.environ.get("VAULTFS_TESTPOINTS"):
         from vaultfs import testpoints

@@ -82,8 +82,10 @@ from vaultfs.model import (
     BlobRef,
     TreeId,
     VersionInfo,
+    band_file,
     band_key,
     decode_tree,
+    parse_band_id,
     sidecar_key,
     tree_id,
     version_key,
@@ -105,7 +107,8 @@ RUNGS = ("lmdb", "index", "sidecars", "tails", "scan")
 _INDEX_KEY = re.compile(r"^index/(\d{12})-(delta|full)\.zst$")
 _VERSION_KEY = re.compile(r"^versions/(.+)/(\d+)\.json$")
 _FORGOTTEN_KEY = re.compile(r"^forgotten/(.+)/(\d+)\.json$")
-_BAND_KEY = re.compile(r"^bands/(.+)\.tar\.zst$")
+_BAND_KEY = re.compile(r"^bands/(.+)\.tar\.zst$")  # any name: parse_band_id judges it
+_SIDECAR_KEY = re.compile(r"^bands/(.+)\.catalog\.zst$")
 
 VersionKey = tuple[str, int]
 
@@ -123,20 +126,22 @@ class IndexContent:
     blobs: dict[BlobId, BlobRef] = field(default_factory=dict)
     generation: int = 0
 
-    def merge_doc(self, doc: dict[str, Any]) -> None:
-        """Add an index document's records (ValueError/KeyError on malformed ones)."""
+    def merge_doc(self, doc: dict[str, Any], where: str = "index object") -> None:
+        """Add an index document's records (ValueError/KeyError on malformed ones; `where`
+        names the object in them)."""
         for v in doc["versions"]:
-            version = VersionInfo.from_json(v)
+            version = VersionInfo.from_json(v, where)
             self.versions[version.collection, version.number] = version
         for tid_hex, text in doc["trees"].items():
             self.add_tree(TreeId(bytes.fromhex(tid_hex)), text.encode("utf-8", "surrogateescape"))
         for b in doc["bands"]:
-            info = BandInfo.from_json(b)
+            info = BandInfo.from_json(b, where)
             self.bands[info.band] = info
         for band, rows in doc["blobs"].items():
+            band_id = parse_band_id(band, where)
             for sha, offset, size in rows:
                 self.blobs.setdefault(BlobId(bytes.fromhex(sha)),
-                                      BlobRef(BandId(band), int(offset), int(size)))
+                                      BlobRef(band_id, int(offset), int(size)))
 
     def add_tree(self, tid: TreeId, encoded: bytes) -> None:
         if tree_id(encoded) != tid:
@@ -207,7 +212,7 @@ def load_index(store: ObjectStore, vault_id: str,
     for gen, _, key in reversed(fulls):
         try:
             candidate = IndexContent()
-            candidate.merge_doc(_read_index_doc(store, key, gen, vault_id))
+            candidate.merge_doc(_read_index_doc(store, key, gen, vault_id), key)
         except (CorruptionError, ObjectNotFound) as e:
             skipped.append(_message(e))
             continue
@@ -220,7 +225,7 @@ def load_index(store: ObjectStore, vault_id: str,
     problems: list[str] = []
     for gen, _, key in deltas:
         try:
-            content.merge_doc(_read_index_doc(store, key, gen, vault_id))
+            content.merge_doc(_read_index_doc(store, key, gen, vault_id), key)
             used.append(key)
         except (CorruptionError, ObjectNotFound) as e:
             problems.append(_message(e))
@@ -461,6 +466,7 @@ class StoreListing:
     forgotten: set[VersionKey]
     bands: dict[BandId, ObjectInfo]  # band objects
     sidecars: dict[BandId, ObjectInfo]
+    damaged: list[str] = field(default_factory=list)  # keys under bands/ that name no band id
 
     @staticmethod
     def read(store: ObjectStore) -> StoreListing:
@@ -476,13 +482,19 @@ class StoreListing:
                 forgotten.add((m.group(1), int(m.group(2))))
         bands: dict[BandId, ObjectInfo] = {}
         sidecars: dict[BandId, ObjectInfo] = {}
+        damaged: list[str] = []
         for info in store.list("bands/"):
-            m = _BAND_KEY.match(info.key)
-            if m:
-                bands[BandId(m.group(1))] = info
-            elif info.key.endswith(".catalog.zst"):
-                sidecars[BandId(info.key[len("bands/"):-len(".catalog.zst")])] = info
-        return StoreListing(records, forgotten, bands, sidecars)
+            m = _BAND_KEY.match(info.key) or _SIDECAR_KEY.match(info.key)
+            if not m:
+                continue
+            try:
+                band = parse_band_id(m.group(1), info.key)
+            except CorruptionError:
+                damaged.append(f"store object {info.key!r} does not name a vaultfs band id "
+                               "(damaged or foreign data, not used)")
+                continue
+            (bands if info.key.endswith(".tar.zst") else sidecars)[band] = info
+        return StoreListing(records, forgotten, bands, sidecars, damaged)
 
     def committed(self) -> set[VersionKey]:
         """Versions whose record exists and that are not forgotten."""
@@ -712,7 +724,8 @@ class _Ladder:
             record: VersionInfo | None = None
             err = ""
             try:
-                record = VersionInfo.from_json(json.loads(self.store.get(self.listing.records[vk])))
+                key = self.listing.records[vk]
+                record = VersionInfo.from_json(json.loads(self.store.get(key)), key)
             except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
                 err = f"does not parse ({e})"
             except ObjectNotFound:
@@ -750,6 +763,7 @@ def _sidecar_blobs(doc: dict[str, Any]) -> list[tuple[bytes, int, int]]:
 
 def _catalog_parts(doc: dict[str, Any], band: BandId) -> tuple[dict[TreeId, bytes],
                                                               VersionInfo | None]:
+    parse_band_id(doc.get("band"), f"the catalog of band {band}")
     if doc.get("band") != band:
         raise CorruptionError(f"catalog names band {doc.get('band')!r}, not {band}")
     trees: dict[TreeId, bytes] = {}
@@ -759,7 +773,8 @@ def _catalog_parts(doc: dict[str, Any], band: BandId) -> tuple[dict[TreeId, byte
         if tree_id(enc) != tid:
             raise CorruptionError(f"tree {tid_hex[:16]} in the catalog does not hash to its id")
         trees[tid] = enc
-    version = VersionInfo.from_json(doc["version"]) if doc.get("version") else None
+    version = (VersionInfo.from_json(doc["version"], f"the catalog of band {band}")
+               if doc.get("version") else None)
     return trees, version
 
 
@@ -809,7 +824,7 @@ def _from_tail(store: ObjectStore, band: BandId, obj: ObjectInfo) -> BandCatalog
 def _from_scan(store: ObjectStore, band: BandId, obj: ObjectInfo, work_dir: Path) -> BandCatalog:
     """Read the whole band: re-hash every member of its tar stream; the last is the catalog."""
     work_dir.mkdir(parents=True, exist_ok=True)
-    path = work_dir / f"{band}.scan"
+    path = band_file(work_dir, band, ".scan")
     try:
         store.get_to_file(band_key(band), path)
         scanned = scan_band_file(path, band)
@@ -952,7 +967,7 @@ def rebuild(config: Config, store: ObjectStore, *, start: str | None = None,
     try:
         with vault.lock():
             listing = StoreListing.read(store)
-            report = RebuildReport(rung="")
+            report = RebuildReport(rung="", problems=list(listing.damaged))
             ladder = _Ladder(store, listing, state / "spool", confirm, report,
                              config.s3.restore_days, config.s3.restore_tier)
             _rebuild_locked(vault, ladder, live, vault_id, start)
@@ -1152,7 +1167,8 @@ def _adopt(vault: Vault, ladder: _Ladder, listing: StoreListing) -> None:
     need = set(listing.bands) - known
     for vk in missing:  # their last band's catalog carries their trees
         try:
-            record = VersionInfo.from_json(json.loads(ladder.store.get(listing.records[vk])))
+            key = listing.records[vk]
+            record = VersionInfo.from_json(json.loads(ladder.store.get(key)), key)
             need |= {b for b in record.bands if b in listing.bands}
         except (ValueError, KeyError, TypeError, UnicodeDecodeError, ObjectNotFound):
             need |= {b for b in listing.bands if b in known}  # find its copy the hard way
@@ -1251,7 +1267,7 @@ def _sidecar_from_band(vault: Vault, info: BandInfo) -> bytes:
         reader = bandfmt.BandReader(lambda s, n: store.get_range(key, s, n), info.size,
                                     label=info.band)
         return sidecar_bytes(reader.catalog_bytes, info)
-    path = vault.spool_dir / f"{info.band}.scan"
+    path = band_file(vault.spool_dir, info.band, ".scan")
     try:
         store.get_to_file(band_key(info.band), path)
         scanned = scan_band_file(path, info.band)

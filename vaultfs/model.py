@@ -20,12 +20,45 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, NewType
+
+from vaultfs.errors import CorruptionError
 
 BlobId = NewType("BlobId", bytes)  # 32-byte SHA-256 of a file's content
 TreeId = NewType("TreeId", bytes)  # 32-byte SHA-256 of a tree's canonical encoding
 BandId = NewType("BandId", str)  # "20261126T103000Z-1a2b3c4d", sorts by time
+
+# The one syntax of a band id: what `band.new_band_id` generates (UTC time, 8 hex digits).
+# Band ids become object keys and local file names (spool, cache), so an id read from
+# the store, an index object, a sidecar, a band's catalog or the LMDB is checked against
+# this before it is used: anything else ("../x", "a/b", "") is damage, never a path.
+BAND_ID_SYNTAX = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}")
+
+
+class BadBandId(CorruptionError, ValueError):
+    """A band id that vaultfs cannot have written. A ValueError too, so every place that
+    treats a malformed record as damage (``except ValueError``) treats this one so."""
+
+
+def parse_band_id(text: object, where: str) -> BandId:
+    """`text` as a BandId; BadBandId (naming `where` it came from) unless it has the syntax
+    of `BAND_ID_SYNTAX` exactly."""
+    if isinstance(text, str) and BAND_ID_SYNTAX.fullmatch(text):
+        return BandId(text)
+    shown = repr(text)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    raise BadBandId(f"{where}: {shown} is not a vaultfs band id (damaged or foreign data, "
+                    "not used)")
+
+
+def band_file(directory: Path, band: str, suffix: str = ".tar.zst") -> Path:
+    """The local file of `band` in `directory` (spool, cache): the id is checked again
+    here, where it becomes a path, so no id can name a file outside `directory`."""
+    return directory / (parse_band_id(band, "band id for a local file") + suffix)
 
 Kind = Literal["file", "dir", "symlink", "fifo", "socket", "chardev", "blockdev"]
 KINDS: tuple[Kind, ...] = ("file", "dir", "symlink", "fifo", "socket", "chardev", "blockdev")
@@ -237,13 +270,14 @@ class VersionInfo:
         }
 
     @staticmethod
-    def from_json(d: dict[str, Any]) -> VersionInfo:
+    def from_json(d: dict[str, Any], where: str = "version record") -> VersionInfo:
+        """Parse a version record; `where` (the object it came from) names it in errors."""
         return VersionInfo(
             collection=d["collection"],
             number=int(d["number"]),
             created_ns=int(d["created_ns"]),
             root=TreeId(bytes.fromhex(d["root"])),
-            bands=tuple(BandId(b) for b in d["bands"]),
+            bands=tuple(parse_band_id(b, where) for b in d["bands"]),
             stats=ChangeStats.from_json(d.get("stats", {})),
             previous_created_ns=d.get("previous_created_ns"),
             host=d.get("host", ""),
@@ -294,9 +328,10 @@ class BandInfo:
         return d
 
     @staticmethod
-    def from_json(d: dict[str, Any]) -> BandInfo:
+    def from_json(d: dict[str, Any], where: str = "band record") -> BandInfo:
+        """Parse a band record; `where` (the object it came from) names it in errors."""
         return BandInfo(
-            band=BandId(d["band"]),
+            band=parse_band_id(d["band"], where),
             state=d["state"],
             size=d["size"],
             sha256=bytes.fromhex(d["sha256"]),

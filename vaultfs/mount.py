@@ -230,14 +230,19 @@ def _detach() -> None:
 
 
 def _log_to_file(path: Path, debug: bool) -> None:
+    from vaultfs import logsafe  # here, not at the top: only the daemon needs it
+
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600))
+    os.chmod(path, 0o600)  # it names files and bands: for the owner only, like the state
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s vaultfs[%(process)d]: %(levelname)s: "
                                            "%(message)s"))
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.INFO)
+    logsafe.install(root)
 
 
 class RestoreService:

@@ -73,6 +73,7 @@ from vaultfs.model import (
     TreeId,
     VersionInfo,
     band_key,
+    parse_band_id,
     sidecar_key,
     to_text,
     version_key,
@@ -537,7 +538,7 @@ def _finish_pending(vault: Vault) -> int:
     raw = vault.catalog.meta(PENDING_META)
     if raw is None:
         return 0
-    bands = [BandId(b) for b in json.loads(raw)]
+    bands = [parse_band_id(b, f"the local catalog's {PENDING_META} record") for b in json.loads(raw)]
     # A band id listed here may have been registered again since (a spool band
     # recovered by a snapshot): only objects the catalog does not know go.
     orphans = [b for b in bands if vault.catalog.band(b) is None]

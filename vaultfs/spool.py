@@ -9,6 +9,7 @@ run uploads (`recover_spool`), and ``.part`` files, which it deletes.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import threading
@@ -16,9 +17,12 @@ from dataclasses import replace
 
 from vaultfs import band as bandfmt
 from vaultfs import testpoints
+from vaultfs.errors import CorruptionError
 from vaultfs.fsutil import fsync_path
-from vaultfs.model import BandId
+from vaultfs.model import parse_band_id
 from vaultfs.vault import Vault
+
+log = logging.getLogger(__name__)
 
 
 def finish_spool_file(closed: bandfmt.ClosedBand) -> bandfmt.ClosedBand:
@@ -100,7 +104,7 @@ def recover_spool(vault: Vault) -> list[str]:
 
     Returns the ids of the bands uploaded now.
     """
-    recovered = []
+    recovered: list[str] = []
     for path in sorted(vault.spool_dir.iterdir()):
         name = path.name
         if name.endswith(".part"):
@@ -108,8 +112,12 @@ def recover_spool(vault: Vault) -> list[str]:
             continue
         if not name.endswith(".tar.zst"):
             continue
-        band_id = name.removesuffix(".tar.zst")
-        if vault.catalog.band(BandId(band_id)) is None:
+        try:
+            band_id = parse_band_id(name.removesuffix(".tar.zst"), f"spool file {path}")
+        except CorruptionError as e:  # not ours: leave it for the owner to look at
+            log.warning("%s", e.message)
+            continue
+        if vault.catalog.band(band_id) is None:
             closed = bandfmt.reopen_closed(path)
             collection = str(json.loads(closed.catalog).get("collection", ""))
             vault.upload_band(closed, collection)

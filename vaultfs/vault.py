@@ -16,6 +16,7 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import threading
 import time
 import uuid
@@ -37,6 +38,7 @@ from vaultfs.model import (
     Entry,
     TreeId,
     VersionInfo,
+    band_file,
     band_key,
     sidecar_key,
     version_key,
@@ -284,7 +286,7 @@ class Vault:
         largest = max((u for _, u in info.frames), default=0)
         cache = max(cache_bytes, 2 * largest + 1)
         frames = _frames_from_sizes(info.frames)
-        local = self.cache_dir / f"{band}.tar.zst"
+        local = band_file(self.cache_dir, band)
         if local.exists() and local.stat().st_size == info.size:
             return bandfmt.BandReader(_FileRange(local).read, info.size, frames, label=band,
                                       cache_bytes=cache)
@@ -295,7 +297,7 @@ class Vault:
     def band_cached(self, band: BandId) -> bool:
         """Whether a complete copy of the band is in the local cache (readable now)."""
         info = self.catalog.band(band)
-        local = self.cache_dir / f"{band}.tar.zst"
+        local = band_file(self.cache_dir, band)
         return info is not None and local.exists() and local.stat().st_size == info.size
 
     # ---- retention support -------------------------------------------------------------
@@ -367,10 +369,52 @@ def _prepare_state_dir(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
         for sub in ("spool", "cache"):
-            (path / sub).mkdir(exist_ok=True)
+            (path / sub).mkdir(exist_ok=True, mode=0o700)
     except OSError as e:
         raise StoreSetupError(
             f"cannot create the state directory {path}: {e.strerror}; "
             "set [vault].state_dir to a writable directory"
         ) from None
 
+
+def secure_state_dir(path: Path) -> str | None:
+    """Make a pre-existing state directory private, for `vaultfs init`.
+
+    The state dir holds the catalog (every file name of every version), the spool and
+    the cache (whole bands: the files' contents), so it must be 0700. One that other
+    users can enter is tightened to 0700 (its entries lose their group and other bits
+    too) when this user owns it; when another user does, init refuses (StoreSetupError)
+    rather than back up into a directory that it cannot make private. Returns the line
+    that says what was changed (None: nothing was).
+    """
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None  # `_prepare_state_dir` creates it 0700
+    if not stat.S_ISDIR(st.st_mode):
+        raise StoreSetupError(f"the state directory {path} is not a directory: "
+                              "fix [vault].state_dir")
+    mode = stat.S_IMODE(st.st_mode)
+    if not mode & 0o077:
+        return None
+    if st.st_uid != os.geteuid():
+        raise StoreSetupError(
+            f"the state directory {path} is open to other users (mode {mode:04o}) and "
+            f"belongs to uid {st.st_uid}, not this user: `chmod 700` it as its owner, or "
+            "set [vault].state_dir to a directory of this user")
+    try:
+        os.chmod(path, 0o700)
+        for dirpath, dirnames, filenames in os.walk(path):
+            for name in dirnames + filenames:
+                _drop_group_other(Path(dirpath) / name)
+    except OSError as e:
+        raise StoreSetupError(f"cannot make the state directory {path} private: "
+                              f"{e.strerror}") from None
+    return (f"the state directory {path} was open to other users (mode {mode:04o}): "
+            "now 0700")
+
+
+def _drop_group_other(path: Path) -> None:
+    st = path.lstat()
+    if not stat.S_ISLNK(st.st_mode) and st.st_uid == os.geteuid() and st.st_mode & 0o077:
+        os.chmod(path, stat.S_IMODE(st.st_mode) & 0o700)

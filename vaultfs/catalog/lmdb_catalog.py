@@ -23,6 +23,7 @@ from vaultfs.model import (
     TreeId,
     VersionInfo,
     decode_tree,
+    parse_band_id,
     tree_id,
 )
 
@@ -87,7 +88,9 @@ def _pack_blob_ref(ref: BlobRef) -> bytes:
 
 def _unpack_blob_ref(raw: bytes) -> BlobRef:
     offset, size = schema.BLOB_REF.unpack_from(raw)
-    return BlobRef(BandId(bytes(raw[schema.BLOB_REF.size :]).decode("ascii")), offset, size)
+    band = bytes(raw[schema.BLOB_REF.size :]).decode("ascii", "replace")
+    return BlobRef(parse_band_id(band, "a blob record of the local catalog (run `vaultfs index "
+                                       "rebuild`)"), offset, size)
 
 
 class Catalog:
@@ -97,14 +100,15 @@ class Catalog:
         self.path = path
         try:
             if not readonly:
-                path.mkdir(parents=True, exist_ok=True)
-            self.env = lmdb.open(
+                path.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.env = lmdb.open(  # mode: the directory 0700, data and lock files 0600
                 str(path),
                 map_size=MAP_SIZE,
                 max_dbs=len(schema.DATABASES) + 4,
                 readonly=readonly,
                 subdir=True,
                 max_readers=256,
+                mode=0o700,
             )
         except lmdb.Error as e:
             raise VaultError(f"cannot open the local catalog {path}: {e}") from None

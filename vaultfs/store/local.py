@@ -10,6 +10,10 @@ object or the whole object. Temporary files left behind by a crash are what
 There is one storage class, ``STANDARD``; ``copy_to_class`` and ``restore``
 are accepted and do nothing.
 
+Files are created 0600 and directories 0700 whatever the umask: a band is a
+readable tar stream of the owner's files, so no other user of the machine may
+read it (the same holds for the copies `get_to_file` makes in the state dir).
+
 Concurrency: every method is safe to call from several threads; nothing is
 cached in memory.
 """
@@ -26,7 +30,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from vaultfs.errors import CorruptionError, StoreSetupError
-from vaultfs.fsutil import fsync_path
+from vaultfs.fsutil import DIR_MODE, fsync_path, make_private_dirs, open_private
 from vaultfs.store.base import (
     ObjectExists,
     ObjectInfo,
@@ -66,11 +70,11 @@ class LocalStore:
 
     def _write_temp(self, final: Path, chunks: Iterator[bytes]) -> tuple[Path, int]:
         """Write ``chunks`` to a fsynced temp file beside ``final``; return it and its size."""
-        final.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(final.parent)
         tmp = final.parent / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
         size = 0
         try:
-            with open(tmp, "xb") as f:
+            with open_private(tmp) as f:
                 for chunk in chunks:
                     f.write(chunk)
                     size += len(chunk)
@@ -152,7 +156,7 @@ class LocalStore:
         Returns False (copy instead) across filesystems or where links are refused.
         """
         with _os_errors(key, self.url):
-            final.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dirs(final.parent)
         tmp = final.parent / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
         try:
             os.link(path, tmp)
@@ -197,10 +201,10 @@ class LocalStore:
         """Copy the object to ``path`` atomically (temp file beside it, then rename)."""
         src_path = self._path(key)
         with _os_errors(key, self.url), open(src_path, "rb") as src:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dirs(path.parent)
             tmp = path.parent / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
             try:
-                with open(tmp, "xb") as dst:
+                with open_private(tmp) as dst:
                     for chunk in _read_chunks(src, progress):
                         dst.write(chunk)
                     dst.flush()
@@ -286,7 +290,7 @@ class LocalStore:
                     "create it, or fix [vault].store"
                 )
             try:
-                root.mkdir()
+                root.mkdir(mode=DIR_MODE)
             except FileExistsError:
                 pass
             except OSError as e:

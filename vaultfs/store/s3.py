@@ -31,9 +31,10 @@ import boto3
 import botocore.exceptions as bex
 from botocore.config import Config
 
-from vaultfs import testpoints
+from vaultfs import logsafe, testpoints
 from vaultfs.config import S3Settings
 from vaultfs.errors import CorruptionError, StoreSetupError
+from vaultfs.fsutil import make_private_dirs, open_private
 from vaultfs.store.base import (
     ObjectArchived,
     ObjectExists,
@@ -201,6 +202,7 @@ class S3Store:
                 f"AWS profile {settings.profile!r} not found: check [s3].profile "
                 "and ~/.aws/config / ~/.aws/credentials"
             ) from None
+        _register_secrets(self._session)
         self._client = self._make_client(max_attempts, connect_timeout, read_timeout)
         self._bucket_seen = False  # the bucket answered a listing (see _check_bucket_exists)
 
@@ -445,11 +447,11 @@ class S3Store:
 
     def get_to_file(self, key: str, path: Path, progress: ProgressCallback | None = None) -> None:
         """Stream the object into a temp file beside ``path``, fsync, rename into place."""
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(path.parent)
         tmp = path.parent / f".vaultfs-tmp-{secrets.token_hex(8)}"
         try:
             answer = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
-            with open(tmp, "xb") as f:
+            with open_private(tmp) as f:
                 for chunk in answer["Body"].iter_chunks(MiB):
                     f.write(chunk)
                     if progress is not None:
@@ -656,3 +658,15 @@ def _changed(path: Path, expected: bytes, got: bytes) -> CorruptionError:
         f"{path} no longer matches its SHA-256 (expected {expected.hex()}, read {got.hex()}): "
         "the file changed while it was backed up, or the disk is failing"
     )
+
+
+def _register_secrets(session: Any) -> None:
+    """Tell the log redactor the credentials boto3 found, so no line ever shows them."""
+    try:
+        creds = session.get_credentials()
+        frozen = creds.get_frozen_credentials() if creds is not None else None
+    except bex.BotoCoreError:
+        return  # no usable credentials: the first request says so
+    if frozen is not None:
+        for value in (frozen.access_key, frozen.secret_key, frozen.token):
+            logsafe.add_secret(value)
