@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -92,6 +93,10 @@ def _unpack_blob_ref(raw: bytes | memoryview) -> BlobRef:
 
 
 REBUILD = "run `vaultfs index rebuild`"
+_crc32 = zlib.crc32
+_unpack_row = schema.FILE_CACHE.unpack_from
+_ROW_SEALED = schema.FILE_CACHE.size + schema.SEAL_SIZE
+_BLOB_SEALED_MIN = schema.BLOB_REF.size + schema.SEAL_SIZE
 TREE_CORRUPT = "corrupt: it does not hash to its id"
 
 
@@ -431,16 +436,16 @@ class FileCacheLookup:
 
     def stat_key(self, path: bytes) -> tuple[int, int, int, int, int, bytes] | None:
         """(dev, ino, size, mtime_ns, ctime_ns, blob) of a row, without building a record:
-        a no-change snapshot looks up every file of the collection. CorruptionError for
-        a damaged row: its blob id could name other content."""
+        a snapshot looks up every file of a changed directory, so the seal is checked
+        inline (`schema.is_sound`, without its calls). CorruptionError for a damaged row:
+        its blob id could name other content."""
         key = self._prefix + path
         stored = self._txn.get(key, db=self._files)
         if stored is None:
             return None
-        raw = _unseal("files", key, stored)
-        if len(raw) != schema.FILE_CACHE.size:
-            raise _damaged("files", key, f"{len(raw)} bytes")
-        return schema.FILE_CACHE.unpack(raw)
+        if len(stored) != _ROW_SEALED or _crc32(stored, _crc32(key)) != schema.SEAL_RESIDUE:
+            raise _damaged("files", key)
+        return _unpack_row(stored)  # unpack_from: the seal after the row is ignored
 
     def has_blob(self, blob: BlobId) -> bool:
         """Whether the blob is still in the vault (a cached row may outlive a pruned blob);
@@ -448,7 +453,8 @@ class FileCacheLookup:
         stored = self._txn.get(blob, db=self._blobs)
         if stored is None:
             return False
-        _unseal("blobs", blob, stored)
+        if len(stored) < _BLOB_SEALED_MIN or _crc32(stored, _crc32(blob)) != schema.SEAL_RESIDUE:
+            raise _damaged("blobs", blob)
         return True
 
     def _memo_value(self, key: bytes) -> bytes | None:

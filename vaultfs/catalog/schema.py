@@ -51,9 +51,9 @@ reads as absent and costs one rebuilt listing. Trees need no seal: their key is
 the SHA-256 of their value, and every tree read checks it. CRC-32 rather than a
 keyed or cryptographic hash: the threat is media and memory errors, not an attacker
 with write access to ``state_dir`` (who could rewrite the checksums too), and
-CRC-32 detects every burst of up to 32 flipped bits; measured on the hot path (a
-no-change snapshot looks up every file's row and blob) it costs about half of
-BLAKE2b with an 8-byte digest (see docs/recovery.md).
+CRC-32 detects every burst of up to 32 flipped bits; on the hot path (a snapshot
+looks up the row and the blob of every file in a changed directory) it adds
+0.6 µs per file where BLAKE2b with an 8-byte digest adds 2 µs (docs/recovery.md).
 
 Formats (``meta`` ``format``, itself sealed): ``"1"`` had no seals; ``"2"`` seals
 every value as above. A format-1 catalog is not converted in place — its records
@@ -89,7 +89,7 @@ FILE_CACHE = struct.Struct(">QQQqq32s")
 
 
 SEAL_SIZE = 4  # the CRC-32 after every value but a tree's
-_SEAL_RESIDUE = 0x2144DF1C  # crc32(m + crc32(m) as little-endian u32) for every m
+SEAL_RESIDUE = 0x2144DF1C  # crc32(m + crc32(m) as little-endian u32), for every m
 
 
 def seal(key: bytes, value: bytes) -> bytes:
@@ -99,7 +99,7 @@ def seal(key: bytes, value: bytes) -> bytes:
 
 def is_sound(key: bytes, stored: bytes | memoryview) -> bool:
     """Whether `stored` is a value `seal` made under `key` (one CRC pass, no copy)."""
-    return len(stored) >= SEAL_SIZE and zlib.crc32(stored, zlib.crc32(key)) == _SEAL_RESIDUE
+    return len(stored) >= SEAL_SIZE and zlib.crc32(stored, zlib.crc32(key)) == SEAL_RESIDUE
 
 
 # LMDB 0.9 on a 64-bit machine (native byte order): each of the two meta pages, at
