@@ -194,3 +194,24 @@ def test_format_1_catalog_asks_for_a_rebuild(file_vault: VaultEnv, tmp_path: Pat
     assert [v["version"] for v in file_vault.versions("photos")] == [1]
     file_vault.run("restore", "fetch", "photos", "--to", str(tmp_path / "out"))
     assert diff_r(src, tmp_path / "out") == []
+
+
+def test_damaged_tree_is_eio_in_the_mount(file_vault: VaultEnv, tmp_path: Path) -> None:
+    """The mount lists directories from the catalog's trees: one whose bytes no longer
+    hash to its id is EIO, not a listing with a renamed entry."""
+    src = file_vault.add_collection("photos")
+    write(src / "sub/keep.txt", b"kept")
+    file_vault.run("init")
+    file_vault.run("snapshot")
+    mdb = data_mdb(file_vault)
+    data = bytearray(mdb.read_bytes())
+    name = data.index(b'"name":"keep.txt"') + len(b'"name":"')
+    data[name] = ord("X")  # the entry would be listed as Xeep.txt
+    mdb.write_bytes(bytes(data))
+    mnt = tmp_path / "mnt"
+    with mounted(file_vault, mnt):
+        ls = subprocess.run(["ls", str(mnt / "photos/latest/sub")], capture_output=True, text=True)
+        assert ls.returncode != 0 and "Input/output error" in ls.stderr, ls
+        assert "Xeep.txt" not in ls.stdout
+    assert any("tree" in line and "corrupt" in line and REBUILD in line
+               for line in mount_log(file_vault).read_text().splitlines())

@@ -967,7 +967,7 @@ def rebuild(config: Config, store: ObjectStore, *, start: str | None = None,
                 old = state / "catalog.lmdb.before-rebuild"
                 if live.exists() and _truncated(live):  # with --from, rung 1 did not look
                     report.notes.append(f"the damaged local catalog is kept as "
-                                        f"{set_aside_damaged(live)}")
+                                        f"{_set_aside_damaged(live)}")
                 if live.exists():
                     shutil.rmtree(old, ignore_errors=True)
                     os.replace(live, old)
@@ -1074,7 +1074,7 @@ def _rebuild_locked(vault: Vault, ladder: _Ladder, live: Path, vault_id: str,
 
 def _verify_live(live: Path, vault_id: str, store_url: str) -> str | None:
     """Why the live LMDB cannot be used (None: it verifies). A damaged one (truncated, or
-    a record failing its checksum) is moved aside, never deleted: `set_aside_damaged`."""
+    a record failing its checksum) is moved aside, never deleted: `_set_aside_damaged`."""
     if not (live / "data.mdb").exists():
         return "there is none"
     try:
@@ -1099,11 +1099,11 @@ def _verify_live(live: Path, vault_id: str, store_url: str) -> str | None:
 
 
 def _damaged_why(e: CorruptionError, live: Path) -> str:
-    aside = set_aside_damaged(live)
+    aside = _set_aside_damaged(live)
     return f"{e.message.removesuffix(': run `vaultfs index rebuild`')}; kept as {aside}"
 
 
-def set_aside_damaged(live: Path) -> Path:
+def _set_aside_damaged(live: Path) -> Path:
     """Rename a damaged LMDB directory to ``catalog.lmdb.damaged-<UTC time>`` (kept for
     inspection; nothing deletes it) so the rebuild never maps it again."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())

@@ -134,9 +134,12 @@ def check_data_file(lmdb_dir: Path) -> None:
     Reads the two meta pages with plain reads (no mapping) and, like LMDB, trusts the
     one with the newer transaction id. Touching a mapped page past the end of the file
     is SIGBUS, which kills the process before Python can report anything, so this runs
-    before every `lmdb.open`. A missing file is not checked (a new environment).
+    before every `lmdb.open`. A missing file is not checked (a new environment), nor is
+    any on a 32-bit build, whose meta pages have another layout.
     """
     data = lmdb_dir / "data.mdb"
+    if struct.calcsize("P") != 8:
+        return
     try:
         fd = os.open(data, os.O_RDONLY)
     except FileNotFoundError:
@@ -155,7 +158,7 @@ def check_data_file(lmdb_dir: Path) -> None:
     valid = [m for m in metas if m[0] & schema.LMDB_P_META and m[1] == schema.LMDB_MAGIC
              and m[2] == schema.LMDB_DATA_VERSION]
     where = f"the local catalog {lmdb_dir} is damaged"
-    if len(valid) < 2 or not 4096 <= page_size <= 65536:
+    if len(valid) < 2 or not 512 <= page_size <= 65536:
         raise CorruptionError(f"{where}: data.mdb ({size} bytes) has no valid LMDB meta "
                               f"pages: {REBUILD}")
     last_page = max(valid, key=lambda m: m[5])[4]
