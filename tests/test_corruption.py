@@ -139,7 +139,7 @@ def test_damaged_lmdb_values_are_never_served_and_rebuilt(file_vault: VaultEnv,
     rebuilt = file_vault.json("index", "rebuild")
     assert rebuilt["rung"] == "index"
     assert any("rung 1" in w for w in rebuilt["why"])
-    assert (file_vault.state_dir / "catalog.lmdb.before-rebuild").exists()
+    assert list(file_vault.state_dir.glob("catalog.lmdb.damaged-*"))  # kept, not deleted
     file_vault.run("check", "--read-data")
     file_vault.run("restore", "fetch", "photos", "--to", str(tmp_path / "out"))
     assert diff_r(src, tmp_path / "out") == []

@@ -107,7 +107,7 @@ def cmd_check(args: argparse.Namespace, config: Config) -> int:
     try:
         vault = Vault.open(config, readonly=True)
     except VaultError as e:
-        if "local catalog" not in e.message:
+        if "local catalog" not in e.message or "index rebuild" in e.message:
             raise
         raise CorruptionError(f"{e.message}; the store still holds everything: run "
                               "`vaultfs index rebuild`") from None

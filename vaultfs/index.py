@@ -70,7 +70,7 @@ import zstandard
 
 from vaultfs import band as bandfmt
 from vaultfs import testpoints
-from vaultfs.catalog import Catalog
+from vaultfs.catalog import Catalog, check_data_file
 from vaultfs.config import Config
 from vaultfs.errors import CorruptionError, StoreSetupError, VaultError
 from vaultfs.model import (
@@ -534,9 +534,16 @@ class CatalogWalk:
 
 
 def verify_catalog(catalog: Catalog) -> CatalogWalk:
-    """Check the local catalog's structure: every record parses, every tree hashes to its
-    id, and every version's trees, file blobs and their bands are present. Never raises
-    for bad content (CorruptionError only when LMDB itself cannot be read)."""
+    """Check the local catalog's structure: every record of every database passes its
+    checksum (trees: hashes to its id), every record parses, and every version's trees,
+    file blobs and their bands are present. CorruptionError when LMDB cannot be read or
+    any record is damaged (nothing read from such a catalog can be trusted); other
+    problems are listed in the result."""
+    damaged = catalog.damaged_records()
+    if damaged:
+        raise CorruptionError(
+            "the local catalog is damaged: " + ", ".join(damaged[:3])
+            + (" and more" if len(damaged) > 3 else "") + ": run `vaultfs index rebuild`")
     walk = CatalogWalk()
     for key, raw in catalog.iter_raw("versions"):
         try:
@@ -974,6 +981,9 @@ def rebuild(config: Config, store: ObjectStore, *, start: str | None = None,
             catalog.close()
             if report.rung != "lmdb":
                 old = state / "catalog.lmdb.before-rebuild"
+                if live.exists() and _truncated(live):  # with --from, rung 1 did not look
+                    report.notes.append(f"the damaged local catalog is kept as "
+                                        f"{_set_aside_damaged(live)}")
                 if live.exists():
                     shutil.rmtree(old, ignore_errors=True)
                     os.replace(live, old)
@@ -988,6 +998,14 @@ def rebuild(config: Config, store: ObjectStore, *, start: str | None = None,
     finally:
         catalog.close()
         shutil.rmtree(new, ignore_errors=True)
+
+
+def _truncated(live: Path) -> bool:
+    try:
+        check_data_file(live)
+    except CorruptionError:
+        return True
+    return False
 
 
 def _rebuild_locked(vault: Vault, ladder: _Ladder, live: Path, vault_id: str,
@@ -1071,11 +1089,14 @@ def _rebuild_locked(vault: Vault, ladder: _Ladder, live: Path, vault_id: str,
 
 
 def _verify_live(live: Path, vault_id: str, store_url: str) -> str | None:
-    """Why the live LMDB cannot be used (None: it verifies)."""
+    """Why the live LMDB cannot be used (None: it verifies). A damaged one (truncated, or
+    a record failing its checksum) is moved aside, never deleted: `_set_aside_damaged`."""
     if not (live / "data.mdb").exists():
         return "there is none"
     try:
         catalog = Catalog(live, readonly=True)
+    except CorruptionError as e:
+        return _damaged_why(e, live)
     except VaultError as e:
         return e.message
     try:
@@ -1087,9 +1108,28 @@ def _verify_live(live: Path, vault_id: str, store_url: str) -> str | None:
                                        if len(walk.problems) > 1 else "")
         return None
     except CorruptionError as e:
-        return e.message
+        damage = e
     finally:
         catalog.close()
+    return _damaged_why(damage, live)
+
+
+def _damaged_why(e: CorruptionError, live: Path) -> str:
+    aside = _set_aside_damaged(live)
+    return f"{e.message.removesuffix(': run `vaultfs index rebuild`')}; kept as {aside}"
+
+
+def _set_aside_damaged(live: Path) -> Path:
+    """Rename a damaged LMDB directory to ``catalog.lmdb.damaged-<UTC time>`` (kept for
+    inspection; nothing deletes it) so the rebuild never maps it again."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = live.with_name(f"{live.name}.damaged-{stamp}")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = live.with_name(f"{live.name}.damaged-{stamp}-{n}")
+    os.replace(live, aside)
+    return aside
 
 
 def _refresh_band_states(content: IndexContent, listing: StoreListing) -> None:
@@ -1121,7 +1161,6 @@ def _install(vault: Vault, content: IndexContent, vault_id: str, report: Rebuild
     with vault.catalog.writer() as w:
         w.set_meta("vault_id", vault_id)
         w.set_meta("store", vault.config.store)
-        w.set_meta("format", "1")
         for tid, enc in content.trees.items():
             w.put_tree(tid, enc)
         for info in content.bands.values():

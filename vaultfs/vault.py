@@ -128,7 +128,6 @@ class Vault:
             with catalog.writer() as w:
                 w.set_meta("vault_id", vault_id)
                 w.set_meta("store", config.store)
-                w.set_meta("format", str(VAULT_FORMAT))
             created = True
         return Vault(config, store, catalog), created
 

@@ -9,6 +9,7 @@ from vaultfs.catalog.lmdb_catalog import (
     DirMemo,
     FileCacheLookup,
     FileCacheRow,
+    check_data_file,
 )
 
-__all__ = ["Catalog", "CatalogWriter", "DirMemo", "FileCacheLookup", "FileCacheRow"]
+__all__ = ["Catalog", "CatalogWriter", "DirMemo", "FileCacheLookup", "FileCacheRow", "check_data_file"]

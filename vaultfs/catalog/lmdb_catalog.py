@@ -1,9 +1,16 @@
-"""`Catalog`: typed access to the LMDB databases described in `schema`."""
+"""`Catalog`: typed access to the LMDB databases described in `schema`.
+
+Every value is sealed on put and its seal checked on every get and iteration
+(`schema.seal`), so no damaged record ever reaches a caller: a bad one raises
+`CorruptionError` naming the record (directory memo rows read as absent instead).
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import struct
+import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,11 +51,6 @@ class FileCacheRow:
             self.dev, self.ino, self.size, self.mtime_ns, self.ctime_ns, self.blob
         )
 
-    @staticmethod
-    def unpack(raw: bytes) -> FileCacheRow:
-        dev, ino, size, mtime_ns, ctime_ns, blob = schema.FILE_CACHE.unpack(raw)
-        return FileCacheRow(dev, ino, size, mtime_ns, ctime_ns, BlobId(blob))
-
 
 @dataclass(frozen=True, slots=True)
 class DirMemo:
@@ -86,11 +88,87 @@ def _pack_blob_ref(ref: BlobRef) -> bytes:
     return schema.BLOB_REF.pack(ref.offset, ref.size) + ref.band.encode("ascii")
 
 
-def _unpack_blob_ref(raw: bytes) -> BlobRef:
+def _unpack_blob_ref(raw: bytes | memoryview) -> BlobRef:
     offset, size = schema.BLOB_REF.unpack_from(raw)
     band = bytes(raw[schema.BLOB_REF.size :]).decode("ascii", "replace")
     return BlobRef(parse_band_id(band, "a blob record of the local catalog (run `vaultfs index "
                                        "rebuild`)"), offset, size)
+
+
+REBUILD = "run `vaultfs index rebuild`"
+_crc32 = zlib.crc32
+_unpack_row = schema.FILE_CACHE.unpack_from
+_ROW_SEALED = schema.FILE_CACHE.size + schema.SEAL_SIZE
+_BLOB_SEALED_MIN = schema.BLOB_REF.size + schema.SEAL_SIZE
+TREE_CORRUPT = "corrupt: it does not hash to its id"
+
+
+def _record_name(db: str, key: bytes) -> str:
+    """What a record is, for a one-line message (keys of damaged records may be garbage)."""
+    text = bytes(key)
+    if db == "blobs":
+        return f"blob record {text.hex()[:16]}"
+    if db == "trees":
+        return f"tree {text.hex()[:16]}"
+    coll, sep, rest = text.partition(b"\0")
+    if db == "versions" and sep and len(rest) == 8:
+        return f"version record {coll.decode(errors='replace')}@v{int.from_bytes(rest, 'big')}"
+    if db == "files" and sep and b"\1" not in coll:
+        return f"files cache row {(coll + b'/' + rest).decode(errors='backslashreplace')!r}"
+    name = {"meta": "meta record", "bands": "band record", "files": "directory memo row"}
+    return f"{name.get(db, db + ' record')} {text.decode(errors='backslashreplace')[:80]!r}"
+
+
+def _damaged(db: str, key: bytes, why: str = "checksum mismatch") -> CorruptionError:
+    return CorruptionError(f"the local catalog's {_record_name(db, key)} is damaged ({why}): "
+                           f"{REBUILD}")
+
+
+def _unseal(db: str, key: bytes, stored: bytes | memoryview) -> bytes | memoryview:
+    """The value `schema.seal` sealed under `key`; CorruptionError if the seal is broken."""
+    if not schema.is_sound(key, stored):
+        raise _damaged(db, key)
+    return stored[: -schema.SEAL_SIZE]
+
+
+def check_data_file(lmdb_dir: Path) -> None:
+    """CorruptionError when ``data.mdb`` is shorter than the pages LMDB will map.
+
+    Reads the two meta pages with plain reads (no mapping) and, like LMDB, trusts the
+    one with the newer transaction id. Touching a mapped page past the end of the file
+    is SIGBUS, which kills the process before Python can report anything, so this runs
+    before every `lmdb.open`. A missing file is not checked (a new environment), nor is
+    any on a 32-bit build, whose meta pages have another layout.
+    """
+    data = lmdb_dir / "data.mdb"
+    if struct.calcsize("P") != 8:
+        return
+    try:
+        fd = os.open(data, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise VaultError(f"cannot read the local catalog {data}: {e.strerror}") from None
+    try:
+        size = os.fstat(fd).st_size
+        first = os.pread(fd, schema.LMDB_META.size, 0)
+        page_size = schema.LMDB_META.unpack(first)[3] if len(first) == schema.LMDB_META.size else 0
+        second = os.pread(fd, schema.LMDB_META.size, page_size) if page_size else b""
+    finally:
+        os.close(fd)
+    metas = [schema.LMDB_META.unpack(raw) for raw in (first, second)
+             if len(raw) == schema.LMDB_META.size]
+    valid = [m for m in metas if m[0] & schema.LMDB_P_META and m[1] == schema.LMDB_MAGIC
+             and m[2] == schema.LMDB_DATA_VERSION]
+    where = f"the local catalog {lmdb_dir} is damaged"
+    if len(valid) < 2 or not 512 <= page_size <= 65536:
+        raise CorruptionError(f"{where}: data.mdb ({size} bytes) has no valid LMDB meta "
+                              f"pages: {REBUILD}")
+    last_page = max(valid, key=lambda m: m[5])[4]
+    needed = (last_page + 1) * page_size
+    if size < needed:
+        raise CorruptionError(f"{where}: data.mdb is truncated ({size} bytes, its pages "
+                              f"need {needed}): {REBUILD}")
 
 
 class Catalog:
@@ -98,6 +176,7 @@ class Catalog:
 
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = path
+        check_data_file(path)
         try:
             if not readonly:
                 path.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -110,40 +189,75 @@ class Catalog:
                 max_readers=256,
                 mode=0o700,
             )
+            self.db = {
+                name: self.env.open_db(name.encode(), create=not readonly)
+                for name in schema.DATABASES
+            }
+            self._check_format(readonly)
         except lmdb.Error as e:
             raise VaultError(f"cannot open the local catalog {path}: {e}") from None
-        self.db = {
-            name: self.env.open_db(name.encode(), create=not readonly)
-            for name in schema.DATABASES
-        }
+        except VaultError:
+            self.env.close()
+            raise
+
+    def _check_format(self, readonly: bool) -> None:
+        """Refuse a catalog of another format; stamp `schema.FORMAT` on a new one."""
+        key = b"format"
+        with self.env.begin(db=self.db["meta"]) as txn:
+            stored = txn.get(key)
+            fresh = stored is None and txn.stat(self.db["meta"])["entries"] == 0
+        if fresh and not readonly:
+            with self.env.begin(db=self.db["meta"], write=True) as txn:
+                txn.put(key, schema.seal(key, schema.FORMAT.encode()), overwrite=False)
+            return
+        if fresh:
+            return
+        if stored is None:
+            raise _damaged("meta", key, "it is missing")
+        if bytes(stored) == b"1":
+            raise VaultError(f"the local catalog {self.path} is in format 1 (written by an "
+                             "older vaultfs, records without checksums): run `vaultfs index "
+                             "rebuild` to rebuild it from the store")
+        found = bytes(_unseal("meta", key, stored)).decode(errors="replace")
+        if found != schema.FORMAT:
+            raise VaultError(f"the local catalog {self.path} is in format {found!r}, which "
+                             f"this vaultfs (format {schema.FORMAT}) cannot read: upgrade vaultfs")
 
     def close(self) -> None:
         self.env.close()
 
     # ---- reads -------------------------------------------------------------------------
 
+    def _get(self, db: str, key: bytes) -> bytes | None:
+        """The unsealed value of `key` in `db`, or None."""
+        with self.env.begin(db=self.db[db]) as txn:
+            stored = txn.get(key)
+            return None if stored is None else bytes(_unseal(db, key, stored))
+
     def meta(self, name: str) -> str | None:
-        with self.env.begin(db=self.db["meta"]) as txn:
-            raw = txn.get(name.encode())
-        return None if raw is None else bytes(raw).decode()
+        raw = self._get("meta", name.encode())
+        return None if raw is None else raw.decode()
 
     def blob(self, blob: BlobId) -> BlobRef | None:
-        with self.env.begin(db=self.db["blobs"]) as txn:
-            raw = txn.get(blob)
+        raw = self._get("blobs", blob)
         return None if raw is None else _unpack_blob_ref(raw)
 
     def tree_bytes(self, tree: TreeId) -> bytes | None:
+        """A tree's encoding, checked against its id (CorruptionError if it does not hash)."""
         with self.env.begin(db=self.db["trees"]) as txn:
             raw = txn.get(tree)
-        return None if raw is None else bytes(raw)
+        if raw is None:
+            return None
+        raw = bytes(raw)
+        if tree_id(raw) != tree:  # issue 5: a damaged tree is never served
+            raise _damaged("trees", tree, TREE_CORRUPT)
+        return raw
 
     def tree(self, tree: TreeId) -> tuple[Entry, ...]:
         raw = self.tree_bytes(tree)
-        if raw is None or tree_id(raw) != tree:  # issue 5: a damaged tree is never served
-            raise CorruptionError(
-                f"tree {tree.hex()[:16]} is {'missing from' if raw is None else 'damaged in'} "
-                "the local catalog: run `vaultfs index rebuild`"
-            )
+        if raw is None:
+            raise CorruptionError(f"tree {tree.hex()[:16]} is missing from the local catalog: "
+                                  f"{REBUILD}")
         return decode_tree(raw)
 
     def has_tree(self, tree: TreeId) -> bool:
@@ -159,13 +273,13 @@ class Catalog:
                 for key, value in cur:
                     if not bytes(key).startswith(prefix):
                         break
-                    out.append(VersionInfo.from_json(json.loads(value)))
+                    out.append(_version(key, value))
         return out
 
     def version(self, collection: str, number: int) -> VersionInfo | None:
-        with self.env.begin(db=self.db["versions"]) as txn:
-            raw = txn.get(schema.version_key(collection, number))
-        return None if raw is None else VersionInfo.from_json(json.loads(raw))
+        key = schema.version_key(collection, number)
+        raw = self._get("versions", key)
+        return None if raw is None else _version(key, raw, sealed=False)
 
     def latest_version(self, collection: str) -> VersionInfo | None:
         prefix = schema.collection_prefix(collection)
@@ -180,7 +294,7 @@ class Catalog:
             key = bytes(cur.key())
             if not key.startswith(prefix):
                 return None
-            return VersionInfo.from_json(json.loads(cur.value()))
+            return _version(key, cur.value())
 
     def collections(self) -> list[str]:
         names: list[str] = []
@@ -192,14 +306,14 @@ class Catalog:
         return names
 
     def band(self, band: BandId) -> BandInfo | None:
-        with self.env.begin(db=self.db["bands"]) as txn:
-            raw = txn.get(band.encode("ascii"))
-        return None if raw is None else BandInfo.from_json(json.loads(raw))
+        key = band.encode("ascii")
+        raw = self._get("bands", key)
+        return None if raw is None else _band(key, raw, sealed=False)
 
     def bands(self) -> Iterator[BandInfo]:
         with self.env.begin(db=self.db["bands"]) as txn:
-            for _, value in txn.cursor():
-                yield BandInfo.from_json(json.loads(value))
+            for key, value in txn.cursor():
+                yield _band(key, value)
 
     @contextmanager
     def files_reader(self, collection: str) -> Iterator[FileCacheLookup]:
@@ -229,14 +343,42 @@ class Catalog:
     # ---- index support (vaultfs.index and vaultfs.check) ------------------------------
 
     def iter_raw(self, name: str) -> Iterator[tuple[bytes, bytes]]:
-        """Every (key, value) of database `name`, raw; CorruptionError if LMDB fails."""
+        """Every (key, value) of database `name`, unsealed (trees: checked against their
+        id); CorruptionError for a damaged record or if LMDB fails."""
         try:
             with self.env.begin(db=self.db[name]) as txn:
                 for key, value in txn.cursor():
-                    yield bytes(key), bytes(value)
+                    key = bytes(key)
+                    if name != "trees":
+                        yield key, bytes(_unseal(name, key, value))
+                    elif tree_id(value) == key:
+                        yield key, bytes(value)
+                    else:
+                        raise _damaged(name, key, TREE_CORRUPT)
         except lmdb.Error as e:
             raise CorruptionError(f"local catalog {self.path} is damaged ({e}): "
-                                  "run `vaultfs index rebuild`") from None
+                                  f"{REBUILD}") from None
+
+    def damaged_records(self, limit: int = 20) -> list[str]:
+        """Up to `limit` records of any database whose seal (trees: hash) fails, each as
+        "what (why)": `index rebuild` rung 1 and `vaultfs check` read every record once."""
+        found: list[str] = []
+        try:
+            with self.env.begin() as txn:
+                for name in schema.DATABASES:
+                    for key, value in txn.cursor(db=self.db[name]):
+                        if name == "trees":
+                            why = "" if tree_id(value) == key else TREE_CORRUPT
+                        else:
+                            why = "" if schema.is_sound(key, value) else "checksum mismatch"
+                        if why:
+                            found.append(f"{_record_name(name, key)} ({why})")
+                            if len(found) >= limit:
+                                return found
+        except lmdb.Error as e:
+            raise CorruptionError(f"local catalog {self.path} is damaged ({e}): "
+                                  f"{REBUILD}") from None
+        return found
 
     def iter_trees(self) -> Iterator[tuple[TreeId, bytes]]:
         for key, value in self.iter_raw("trees"):
@@ -252,7 +394,7 @@ class Catalog:
         """Every (blob, where it lies) of the blob map, in blob id order (one read snapshot)."""
         with self.env.begin(db=self.db["blobs"]) as txn:
             for key, value in txn.cursor():
-                yield BlobId(bytes(key)), _unpack_blob_ref(value)
+                yield BlobId(bytes(key)), _unpack_blob_ref(_unseal("blobs", key, value))
 
     def tree_ids(self) -> list[TreeId]:
         """Every tree id in the trees database."""
@@ -262,13 +404,29 @@ class Catalog:
     def all_versions(self) -> list[VersionInfo]:
         """Every version of every collection, in (collection, number) order."""
         with self.env.begin(db=self.db["versions"]) as txn:
-            return [VersionInfo.from_json(json.loads(v)) for _, v in txn.cursor()]
+            return [_version(k, v) for k, v in txn.cursor()]
 
     # ---- mount support -------------------------------------------------------------------
 
     def restore_budget_spent(self, day: str) -> int:
         """Bytes of bands the mount asked to restore on UTC `day` (``YYYY-MM-DD``)."""
         return _budget_spent(self.meta(schema.RESTORE_BUDGET_KEY), day)
+
+
+def _version(key: bytes, stored: bytes | memoryview, *, sealed: bool = True) -> VersionInfo:
+    raw = _unseal("versions", key, stored) if sealed else stored
+    try:
+        return VersionInfo.from_json(json.loads(bytes(raw)))
+    except (ValueError, KeyError, TypeError) as e:
+        raise _damaged("versions", key, f"unreadable: {e}") from None
+
+
+def _band(key: bytes, stored: bytes | memoryview, *, sealed: bool = True) -> BandInfo:
+    raw = _unseal("bands", key, stored) if sealed else stored
+    try:
+        return BandInfo.from_json(json.loads(bytes(raw)))
+    except (ValueError, KeyError, TypeError) as e:
+        raise _damaged("bands", key, f"unreadable: {e}") from None
 
 
 class FileCacheLookup:
@@ -280,31 +438,50 @@ class FileCacheLookup:
         self._blobs = blobs
 
     def get(self, path: bytes) -> FileCacheRow | None:
-        raw = self._txn.get(self._prefix + path, db=self._files)
-        return None if raw is None else FileCacheRow.unpack(bytes(raw))
+        row = self.stat_key(path)
+        return None if row is None else FileCacheRow(*row[:5], BlobId(row[5]))
 
     def stat_key(self, path: bytes) -> tuple[int, int, int, int, int, bytes] | None:
         """(dev, ino, size, mtime_ns, ctime_ns, blob) of a row, without building a record:
-        a no-change snapshot looks up every file of the collection."""
-        raw = self._txn.get(self._prefix + path, db=self._files)
-        return None if raw is None else schema.FILE_CACHE.unpack(raw)
+        a snapshot looks up every file of a changed directory, so the seal is checked
+        inline (`schema.is_sound`, without its calls). CorruptionError for a damaged row:
+        its blob id could name other content."""
+        key = self._prefix + path
+        stored = self._txn.get(key, db=self._files)
+        if stored is None:
+            return None
+        if len(stored) != _ROW_SEALED or _crc32(stored, _crc32(key)) != schema.SEAL_RESIDUE:
+            raise _damaged("files", key)
+        return _unpack_row(stored)  # unpack_from: the seal after the row is ignored
 
     def has_blob(self, blob: BlobId) -> bool:
-        """Whether the blob is still in the vault (a cached row may outlive a pruned blob)."""
-        return self._txn.get(blob, db=self._blobs) is not None
+        """Whether the blob is still in the vault (a cached row may outlive a pruned blob);
+        CorruptionError if its record is damaged (it would be reused, then misread)."""
+        stored = self._txn.get(blob, db=self._blobs)
+        if stored is None:
+            return False
+        if len(stored) < _BLOB_SEALED_MIN or _crc32(stored, _crc32(blob)) != schema.SEAL_RESIDUE:
+            raise _damaged("blobs", blob)
+        return True
+
+    def _memo_value(self, key: bytes) -> bytes | None:
+        stored = self._txn.get(key, db=self._files)
+        if stored is None or not schema.is_sound(key, stored):
+            return None  # a damaged row only costs rebuilding that listing
+        return bytes(stored[: -schema.SEAL_SIZE])
 
     def dir_memo_root(self) -> TreeId | None:
         """The root tree of the version the directory memo rows describe."""
-        raw = self._txn.get(self._memo_prefix + schema.DIR_MEMO_ROOT, db=self._files)
-        return None if raw is None or len(raw) != 32 else TreeId(bytes(raw))
+        raw = self._memo_value(self._memo_prefix + schema.DIR_MEMO_ROOT)
+        return None if raw is None or len(raw) != 32 else TreeId(raw)
 
     def dir_memo(self, path: bytes) -> DirMemo | None:
         """The memo row of a directory (b"": the root); None if absent or unreadable."""
-        raw = self._txn.get(self._memo_prefix + path, db=self._files)
+        raw = self._memo_value(self._memo_prefix + path)
         if raw is None:
             return None
         try:
-            return DirMemo.unpack(bytes(raw))
+            return DirMemo.unpack(raw)
         except (ValueError, struct.error):
             return None  # a damaged row only costs rebuilding that listing
 
@@ -314,32 +491,31 @@ class CatalogWriter:
         self._txn = txn
         self._db = db
 
+    def _put(self, db: str, key: bytes, value: bytes) -> None:
+        self._txn.put(key, schema.seal(key, value), db=self._db[db])
+
     def set_meta(self, name: str, value: str) -> None:
-        self._txn.put(name.encode(), value.encode(), db=self._db["meta"])
+        if name == "format":
+            raise ValueError("the catalog stamps its own format (schema.FORMAT)")
+        self._put("meta", name.encode(), value.encode())
 
     def put_blob(self, blob: BlobId, ref: BlobRef) -> None:
-        self._txn.put(blob, _pack_blob_ref(ref), db=self._db["blobs"])
+        self._put("blobs", blob, _pack_blob_ref(ref))
 
     def put_tree(self, tree: TreeId, encoded: bytes) -> bool:
         """Store a tree; False when it was already there."""
         return bool(self._txn.put(tree, encoded, db=self._db["trees"], overwrite=False))
 
     def put_version(self, version: VersionInfo) -> None:
-        self._txn.put(
-            schema.version_key(version.collection, version.number),
-            json.dumps(version.to_json(), sort_keys=True).encode(),
-            db=self._db["versions"],
-        )
+        self._put("versions", schema.version_key(version.collection, version.number),
+                  json.dumps(version.to_json(), sort_keys=True).encode())
 
     def put_band(self, band: BandInfo) -> None:
-        self._txn.put(
-            band.band.encode("ascii"),
-            json.dumps(band.to_json(), sort_keys=True).encode(),
-            db=self._db["bands"],
-        )
+        self._put("bands", band.band.encode("ascii"),
+                  json.dumps(band.to_json(), sort_keys=True).encode())
 
     def put_file(self, collection: str, path: bytes, row: FileCacheRow) -> None:
-        self._txn.put(schema.collection_prefix(collection) + path, row.pack(), db=self._db["files"])
+        self._put("files", schema.collection_prefix(collection) + path, row.pack())
 
     def delete_file(self, collection: str, path: bytes) -> None:
         self._txn.delete(schema.collection_prefix(collection) + path, db=self._db["files"])
@@ -355,9 +531,9 @@ class CatalogWriter:
             while bytes(cur.key()).startswith(prefix):
                 if not cur.delete():
                     break
-        self._txn.put(prefix + schema.DIR_MEMO_ROOT, root, db=self._db["files"])
+        self._put("files", prefix + schema.DIR_MEMO_ROOT, root)
         for path, memo in rows:
-            self._txn.put(prefix + path, memo.pack(), db=self._db["files"])
+            self._put("files", prefix + path, memo.pack())
 
     # ---- retention support ---------------------------------------------------------------
 
@@ -387,12 +563,13 @@ class CatalogWriter:
         once cannot both slip under the limit. A negative `nbytes` refunds.
         """
         key = schema.RESTORE_BUDGET_KEY.encode()
-        raw = self._txn.get(key, db=self._db["meta"])
-        spent = _budget_spent(None if raw is None else bytes(raw).decode(), day)
+        stored = self._txn.get(key, db=self._db["meta"])
+        raw = None if stored is None else bytes(_unseal("meta", key, stored)).decode()
+        spent = _budget_spent(raw, day)
         if nbytes > 0 and spent + nbytes > limit:
             return False
         doc = {"day": day, "bytes": max(0, spent + nbytes)}
-        self._txn.put(key, json.dumps(doc, sort_keys=True).encode(), db=self._db["meta"])
+        self._put("meta", key, json.dumps(doc, sort_keys=True).encode())
         return True
 
 
