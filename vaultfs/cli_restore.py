@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -68,7 +69,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
                 "Write COLLECTION[@vN] (default: the latest version), or only the given PATHs\n"
                 "inside it, under DIR with their metadata. Every file is checked against its\n"
                 "SHA-256; nothing is ever written outside DIR. Archived bands must be restored\n"
-                "first (`vaultfs restore start`); --wait polls until they are ready.")
+                "first (`vaultfs restore start`); --wait polls until they are ready.\n"
+                "A file whose content is missing or damaged is skipped and listed, everything\n"
+                "else is restored, and the exit status is 3. Restoring a whole version gives\n"
+                "DIR the collection root's mode, owner and times; restoring PATHs leaves DIR as is.")
     target(ap)
     ap.add_argument("--to", required=True, metavar="DIR", help="target directory")
     ap.add_argument("--wait", action="store_true", help="wait until restoring bands are ready")
@@ -308,9 +312,14 @@ def _fetch_summary(what: str, to: str, result: Any) -> str:
 
 
 def _one_line(text: str) -> str:
-    """Line breaks in a name shown as ``\\n``/``\\r``: one line per problem, whatever the
-    names hold, so a file name cannot forge a line of this output."""
-    return text.replace("\n", "\\n").replace("\r", "\\r")
+    """Control characters in a name shown as escapes (``\\n``, ``\\r``, ``\\t``, ``\\xNN``):
+    one line per problem, whatever the names hold, so a file name cannot forge a line of
+    this output or move the cursor."""
+    return _CONTROL.sub(lambda m: _C_NAMES.get(m[0], f"\\x{ord(m[0]):02x}"), text)
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+_C_NAMES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 def _t(ns: int) -> str:

@@ -123,6 +123,7 @@ class Restorer:
         others = [i for i in items if i.entry.kind not in ("dir", "file")]
         restored: set[tuple[bytes, ...]] = set()
         made: list[_Item] = []  # directories that exist now: their metadata is set at the end
+        completed = False
         root_fd = os.open(self.target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             for item in dirs:
@@ -140,11 +141,12 @@ class Restorer:
                 self._link(root_fd, item, restored)
             for item in others:
                 self._special(root_fd, item)
+            completed = True
         finally:
             try:  # also when something above failed: no directory is left at 0700 untimed
                 for item in sorted(made, key=lambda i: len(i.parts), reverse=True):
                     self._dir_metadata(root_fd, item)
-                if not selection:
+                if completed and not selection:  # last: the root's mtime must not move again
                     self._root_metadata(root_fd)
             finally:
                 os.close(root_fd)
