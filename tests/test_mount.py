@@ -44,6 +44,7 @@ def shared() -> Iterator[Shared]:
     base.chmod(0o755)
     env = VaultEnv(base, f"file://{base / 'store'}")
     src = env.add_collection("photos")
+    src.chmod(0o755)  # the version root is as open as this, whatever the umask: nobody reads
     make_every_kind(src)
     env.run("init")
     env.run("snapshot")
