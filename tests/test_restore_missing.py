@@ -108,3 +108,29 @@ def test_fetch_restores_everything_but_the_lost_band(vault_env: VaultEnv) -> Non
                              "--json", expect=3).stdout)
     assert {m["path"] for m in doc["missing"]} == lost
     assert doc["files"] == len(content) - len(lost) and doc["exit_code"] == 3
+
+
+def test_fetch_goes_on_past_a_damaged_frame(file_vault: VaultEnv) -> None:
+    """A flipped byte in one band (a CorruptionError while reading) costs only its files."""
+    env = file_vault
+    env.band_size = "1MiB"
+    src = env.add_collection("p")
+    content = make_source(src)
+    env.run("init")
+    env.run("snapshot")
+    damaged = band_of(env, content["b/b1.raw"])
+    lost = {p for p, data in content.items() if band_of(env, data) == damaged}
+    band = env.store_dir / band_key(damaged)
+    raw = bytearray(band.read_bytes())
+    raw[1000] ^= 0x40  # inside the first data frame
+    band.write_bytes(bytes(raw))
+
+    to = env.tmp / "back"
+    doc = json.loads(env.run("restore", "fetch", "p", "--to", str(to), "--json",
+                             expect=3).stdout)
+    assert {m["path"] for m in doc["missing"]} == lost
+    for path, data in content.items():
+        assert (to / path).exists() == (path not in lost), path
+        if path not in lost:
+            assert (to / path).read_bytes() == data, path
+    assert dir_meta(to) == dir_meta(src)
