@@ -44,6 +44,7 @@ def shared() -> Iterator[Shared]:
     base.chmod(0o755)
     env = VaultEnv(base, f"file://{base / 'store'}")
     src = env.add_collection("photos")
+    src.chmod(0o755)  # the version root is as open as this, whatever the umask: nobody reads
     make_every_kind(src)
     env.run("init")
     env.run("snapshot")
@@ -91,11 +92,14 @@ def test_layout_times_and_status(shared: Shared) -> None:
     assert os.readlink(mnt / "photos" / "latest") == "v2"
     catalog = Catalog(shared.env.state_dir / "catalog.lmdb", readonly=True)
     try:
-        created = {v.number: v.created_ns for v in catalog.versions("photos")}
+        roots = {v.number: v.root_meta for v in catalog.versions("photos")}
     finally:
         catalog.close()
-    for n in (1, 2):
-        assert os.stat(mnt / "photos" / f"v{n}").st_mtime_ns == created[n]
+    for n in (1, 2):  # a version directory is the source root as the snapshot saw it
+        meta, st = roots[n], os.stat(mnt / "photos" / f"v{n}")
+        assert meta is not None
+        assert (st.st_mtime_ns, st.st_mode & 0o7777) == (meta.mtime_ns, meta.mode)
+    assert os.stat(mnt / "photos" / "v2").st_mtime_ns == os.stat(shared.src).st_mtime_ns
     status = (mnt / ".vaultfs" / "status").read_text()
     assert "photos: 2 version(s), latest v2" in status
     assert "standard:" in status

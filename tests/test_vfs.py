@@ -53,7 +53,7 @@ def walk(view: vfs.VaultView, ino: int, *names: bytes) -> vfs.Node:
 
 
 def test_layout(every_kind: tuple[VaultEnv, Path, vfs.VaultView]) -> None:
-    _, _, view = every_kind
+    _, src, view = every_kind
     root = [name for name, _, _ in view.children(vfs.ROOT_INO)]
     assert sorted(root) == [b".vaultfs", b"photos"]
     coll = walk(view, vfs.ROOT_INO, b"photos")
@@ -62,7 +62,11 @@ def test_layout(every_kind: tuple[VaultEnv, Path, vfs.VaultView]) -> None:
     assert view.readlink(latest.ino) == b"v1"
     assert stat.S_ISLNK(view.attr(latest).mode)
     v1 = walk(view, coll.ino, b"v1")
-    assert stat.S_ISDIR(view.attr(v1).mode) and view.attr(v1).mtime_ns == v1.created_ns > 0
+    src_root = os.stat(src)  # the version directory is the source root as snapshotted
+    a = view.attr(v1)
+    assert (a.mode, a.uid, a.gid, a.mtime_ns) == (
+        stat.S_IFDIR | stat.S_IMODE(src_root.st_mode), src_root.st_uid, src_root.st_gid,
+        src_root.st_mtime_ns)
     for bad in (b"v0", b"v2", b"v01", b"x", b"latest2"):
         with pytest.raises(vfs.NotFound):
             view.lookup(coll.ino, bad)

@@ -68,7 +68,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
                 "Write COLLECTION[@vN] (default: the latest version), or only the given PATHs\n"
                 "inside it, under DIR with their metadata. Every file is checked against its\n"
                 "SHA-256; nothing is ever written outside DIR. Archived bands must be restored\n"
-                "first (`vaultfs restore start`); --wait polls until they are ready.")
+                "first (`vaultfs restore start`); --wait polls until they are ready.\n"
+                "A file whose content is missing or damaged is skipped and listed, everything\n"
+                "else is restored, and the exit status is 3. Restoring a whole version gives\n"
+                "DIR the collection root's mode, owner and times; restoring PATHs leaves DIR as is.")
     target(ap)
     ap.add_argument("--to", required=True, metavar="DIR", help="target directory")
     ap.add_argument("--wait", action="store_true", help="wait until restoring bands are ready")
@@ -243,7 +246,7 @@ def cmd_fetch(args: argparse.Namespace, config: Config) -> int:
     vault = _open(config)
     try:
         version, selection = _selection(vault, args)
-        needed = bands_needed(vault, version.root, selection)
+        needed = bands_needed(vault, version.root, selection, skip_unknown=True)
         while True:
             bands = [b for b in (vault.catalog.band(i) for i in needed) if b is not None]
             blocked = [archive.refresh(vault, b) for b in bands if not archive.readable(b)]
@@ -272,24 +275,39 @@ def cmd_fetch(args: argparse.Namespace, config: Config) -> int:
         vault.close()
     for p in result.problems:
         print(f"warning: {p.display()}", file=sys.stderr)
-    code = EXIT_WARNINGS if result.problems else EXIT_OK
+    for p in result.missing:
+        print(f"not restored: {p.display()}", file=sys.stderr)
+    code = EXIT_WARNINGS if result.problems or result.missing else EXIT_OK
     if args.json:
-        from vaultfs.model import to_text
-
-        emit_json({
-            "collection": collection, "version": result.version.number, "to": args.to,
-            "files": result.files, "bytes": result.bytes, "dirs": result.dirs,
-            "others": result.others,
-            "problems": [{"path": to_text(p.path), "reason": p.reason} for p in result.problems],
-            "exit_code": code,
-        })
+        emit_json(_fetch_json(collection, args.to, result, code))
     elif not args.quiet:
-        print(
-            f"restored {collection}@v{result.version.number}: {result.files} files "
-            f"({human_bytes(result.bytes)}), {result.dirs} directories, {result.others} other "
-            f"entries into {args.to}; every file's SHA-256 verified"
-        )
+        print(_fetch_summary(f"{collection}@v{result.version.number}", args.to, result))
     return code
+
+
+def _fetch_json(collection: str, to: str, result: Any, code: int) -> dict[str, Any]:
+    from vaultfs.model import to_text
+
+    return {
+        "collection": collection, "version": result.version.number, "to": to,
+        "files": result.files, "bytes": result.bytes, "dirs": result.dirs,
+        "others": result.others,
+        "problems": [{"path": to_text(p.path), "reason": p.reason} for p in result.problems],
+        "missing": [{"path": to_text(p.path), "reason": p.reason} for p in result.missing],
+        "root_metadata_applied": result.root_meta_applied,
+        "exit_code": code,
+    }
+
+
+def _fetch_summary(what: str, to: str, result: Any) -> str:
+    """The last line of ``restore fetch``: what was restored and verified, and what was not."""
+    done = (f"{result.files} files ({human_bytes(result.bytes)}), {result.dirs} directories, "
+            f"{result.others} other entries into {to}")
+    if not result.missing:
+        return f"restored {what}: {done}; every file's SHA-256 verified"
+    return (f"restored {what} in part: {done}, each of those files' SHA-256 verified; "
+            f"{len(result.missing)} file(s) NOT restored, their content is missing or damaged "
+            "(listed above as `not restored`; `vaultfs check` says more)")
 
 
 def _t(ns: int) -> str:

@@ -242,6 +242,43 @@ class ChangeStats:
 
 
 @dataclass(frozen=True, slots=True)
+class RootMeta:
+    """The collection root's own metadata, kept in the version record.
+
+    The root directory has no entry in any listing (it is the listing), so its mode,
+    owner, mtime and xattrs live beside the root tree in `VersionInfo`: without them a
+    0700 home directory would show as world-listable in the mount and lose its mode on
+    restore. JSON: ``{"mode": 448, "uid": 0, "gid": 0, "mtime_ns": …, "xattrs": [[k, b64]]}``,
+    every key written.
+    """
+
+    mode: int  # st_mode & 0o7777
+    uid: int
+    gid: int
+    mtime_ns: int
+    xattrs: tuple[tuple[bytes, bytes], ...] = ()
+
+    def entry(self, tree: TreeId) -> Entry:
+        """The root as a directory entry (empty name), as mount and restore treat entries."""
+        return Entry(name=b"", kind="dir", mode=self.mode, uid=self.uid, gid=self.gid,
+                     mtime_ns=self.mtime_ns, tree=tree, xattrs=self.xattrs)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode, "uid": self.uid, "gid": self.gid, "mtime_ns": self.mtime_ns,
+            "xattrs": [[to_text(k), base64.b64encode(v).decode("ascii")] for k, v in self.xattrs],
+        }
+
+    @staticmethod
+    def from_json(d: dict[str, Any]) -> RootMeta:
+        return RootMeta(
+            mode=int(d["mode"]) & 0o7777, uid=int(d["uid"]), gid=int(d["gid"]),
+            mtime_ns=int(d["mtime_ns"]),
+            xattrs=tuple((from_text(k), base64.b64decode(v)) for k, v in d.get("xattrs", ())),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class VersionInfo:
     """One immutable snapshot of a collection (the version commit record)."""
 
@@ -254,9 +291,12 @@ class VersionInfo:
     previous_created_ns: int | None = None
     host: str = ""
     verified_ns: tuple[int, ...] = ()  # later snapshots that found the tree unchanged
+    # The source root's own mode, owner, mtime, xattrs; None in records written before
+    # vaultfs kept them (such a version's root shows as 0555 root:root, snapshot time).
+    root_meta: RootMeta | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "format": 1,
             "collection": self.collection,
             "number": self.number,
@@ -268,6 +308,9 @@ class VersionInfo:
             "host": self.host,
             "verified_ns": list(self.verified_ns),
         }
+        if self.root_meta is not None:
+            d["root_meta"] = self.root_meta.to_json()
+        return d
 
     @staticmethod
     def from_json(d: dict[str, Any], where: str = "version record") -> VersionInfo:
@@ -282,6 +325,7 @@ class VersionInfo:
             previous_created_ns=d.get("previous_created_ns"),
             host=d.get("host", ""),
             verified_ns=tuple(d.get("verified_ns", ())),
+            root_meta=RootMeta.from_json(d["root_meta"]) if d.get("root_meta") else None,
         )
 
 

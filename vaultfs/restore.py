@@ -10,6 +10,18 @@ Every file's content is verified against its SHA-256 before the file is
 given its final name; a mismatch leaves no file behind and is reported.
 Files are read in band order (band, offset) so each band is read once, front
 to back.
+
+Restore everything that can be restored: a file whose bytes cannot be read (its
+band object missing or damaged, its blob not in the catalog, a frame that fails
+its checksum) is listed in `RestoreResult.missing` and skipped, with no partial
+file under its name, and the restore goes on with the next file. Whatever
+happens, every directory written gets its recorded mode, owner and times at the
+end (deepest first, so setting one does not disturb the times of its parent).
+
+The target directory itself gets the version root's mode, owner, mtime and
+xattrs (`VersionInfo.root_meta`) only when the whole version is restored: it
+then *is* the root. When only some paths are restored, the target is just the
+place they are put in, and it is left as it was.
 """
 
 from __future__ import annotations
@@ -23,7 +35,7 @@ from pathlib import Path
 from typing import Protocol
 
 from vaultfs.errors import CorruptionError, UsageError, VaultError
-from vaultfs.model import BandId, Entry, TreeId, VersionInfo
+from vaultfs.model import BandId, BlobId, Entry, TreeId, VersionInfo
 from vaultfs.source import Problem, display_path
 from vaultfs.vault import Vault
 
@@ -42,11 +54,22 @@ class RestoreResult:
     bytes: int = 0
     dirs: int = 0
     others: int = 0  # symlinks, fifos, devices, hard links
-    problems: list[Problem] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)  # restored, but not quite as recorded
+    # Files not restored because their bytes could not be read or failed verification.
+    missing: list[Problem] = field(default_factory=list)
+    root_meta_applied: bool = False  # the target got the version root's mode, owner, times
 
 
 class UnsafeName(CorruptionError):
     """A catalog entry whose name or link path would leave the target directory."""
+
+
+class _ContentUnreadable(Exception):
+    """A file's bytes could not be read back whole and verified: it is skipped, not fatal."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 def check_name(name: bytes) -> bytes:
@@ -99,10 +122,13 @@ class Restorer:
         links = [i for i in items if i.entry.kind == "file" and i.entry.hardlink is not None]
         others = [i for i in items if i.entry.kind not in ("dir", "file")]
         restored: set[tuple[bytes, ...]] = set()
+        made: list[_Item] = []  # directories that exist now: their metadata is set at the end
+        completed = False
         root_fd = os.open(self.target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             for item in dirs:
                 self._mkdir(root_fd, item)
+                made.append(item)
             files.sort(key=self._band_order)
             if progress:
                 progress.reading(len(files), sum(i.entry.size for i in files))
@@ -115,14 +141,32 @@ class Restorer:
                 self._link(root_fd, item, restored)
             for item in others:
                 self._special(root_fd, item)
-            for item in sorted(dirs, key=lambda i: len(i.parts), reverse=True):
-                self._dir_metadata(root_fd, item)
+            completed = True
         finally:
-            os.close(root_fd)
+            try:  # also when something above failed: no directory is left at 0700 untimed
+                for item in sorted(made, key=lambda i: len(i.parts), reverse=True):
+                    self._dir_metadata(root_fd, item)
+                if completed and not selection:  # last: the root's mtime must not move again
+                    self._root_metadata(root_fd)
+            finally:
+                os.close(root_fd)
         return self.result
 
     def _select(self, selection: list[tuple[bytes, ...]]) -> Iterator[_Item]:
         return select(self.vault, self.version.root, selection, self.version)
+
+    def _root_metadata(self, root_fd: int) -> None:
+        """The whole version was restored: the target takes the source root's metadata."""
+        meta = self.version.root_meta
+        if meta is None:  # a record from before vaultfs kept it
+            return
+        try:
+            self._apply_metadata(root_fd, meta.entry(self.version.root))
+        except OSError as err:
+            self.result.problems.append(
+                Problem(b"", f"mode, owner or times of {self.target} not set ({err.strerror})"))
+            return
+        self.result.root_meta_applied = True
 
     def _band_order(self, item: _Item) -> tuple[str, int]:
         ref = self.vault.catalog.blob(item.entry.blob) if item.entry.blob else None
@@ -169,15 +213,7 @@ class Restorer:
             _unlink_quiet(tmp, dfd)
             fd = os.open(tmp, _FILE_BASE_FLAGS, 0o600, dir_fd=dfd)
             try:
-                written = 0
-                for chunk in self.vault.iter_blob(e.blob):
-                    os.write(fd, chunk)
-                    written += len(chunk)
-                if written != e.size:
-                    raise CorruptionError(
-                        f"{display_path(b'/'.join(item.parts))}: restored {written} bytes, "
-                        f"the catalog says {e.size}"
-                    )
+                self._copy_content(fd, e.blob, e.size)
                 self._apply_metadata(fd, e)
             except BaseException:
                 os.close(fd)
@@ -185,14 +221,29 @@ class Restorer:
                 raise
             os.close(fd)
             _replace_nofollow(tmp, name, dfd)
-        except CorruptionError as err:
-            self._problem(item, f"not restored: {err.message}")
+        except _ContentUnreadable as err:
+            self.result.missing.append(Problem(b"/".join(item.parts), err.reason))
             return False
         finally:
             os.close(dfd)
         self.result.files += 1
         self.result.bytes += e.size
         return True
+
+    def _copy_content(self, fd: int, blob: BlobId, size: int) -> None:
+        """Write a blob's verified bytes to `fd`. Any vault error while reading them (band
+        object missing or archived, blob or band not in the catalog, a damaged frame, a
+        SHA-256 mismatch) means this file cannot be restored now: `_ContentUnreadable`.
+        Errors of the target (a full disk, a name in the way) stay fatal."""
+        written = 0
+        try:
+            for chunk in self.vault.iter_blob(blob):
+                os.write(fd, chunk)
+                written += len(chunk)
+        except VaultError as err:
+            raise _ContentUnreadable(err.message) from None
+        if written != size:
+            raise _ContentUnreadable(f"read {written} bytes back, the catalog says {size}")
 
     def _apply_metadata(self, fd: int, e: Entry) -> None:
         for key, value in e.xattrs:
@@ -260,15 +311,21 @@ class Restorer:
             os.close(dfd)
 
     def _dir_metadata(self, root_fd: int, item: _Item) -> None:
-        dfd = self._parent(root_fd, item.parts)
+        """Give a restored directory its recorded metadata; a failure is reported, and the
+        other directories still get theirs."""
         try:
-            fd = os.open(item.parts[-1], os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd)
-        finally:
-            os.close(dfd)
-        try:
-            self._apply_metadata(fd, item.entry)
-        finally:
-            os.close(fd)
+            dfd = self._parent(root_fd, item.parts)
+            try:
+                fd = os.open(item.parts[-1], os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
+                             dir_fd=dfd)
+            finally:
+                os.close(dfd)
+            try:
+                self._apply_metadata(fd, item.entry)
+            finally:
+                os.close(fd)
+        except OSError as err:
+            self._problem(item, f"directory's mode, owner or times not set ({err.strerror})")
 
 
 def _without_link(e: Entry) -> Entry:
@@ -362,9 +419,13 @@ def selected_entries(
 
 
 def bands_needed(
-    vault: Vault, root: TreeId, selection: list[tuple[bytes, ...]]
+    vault: Vault, root: TreeId, selection: list[tuple[bytes, ...]], *,
+    skip_unknown: bool = False,
 ) -> dict[BandId, int]:
-    """Band → bytes of content that restoring ``selection`` of the tree needs from it."""
+    """Band → bytes of content that restoring ``selection`` of the tree needs from it.
+
+    A blob the catalog does not know is an error, unless `skip_unknown` (``restore
+    fetch``, which restores the other files and lists that one as missing)."""
     needed: dict[BandId, int] = {}
     seen: set[bytes] = set()
     for entry in selected_entries(vault, root, selection):
@@ -373,6 +434,8 @@ def bands_needed(
         seen.add(entry.blob)
         ref = vault.catalog.blob(entry.blob)
         if ref is None:
+            if skip_unknown:
+                continue
             raise CorruptionError(
                 f"blob {entry.blob.hex()[:16]} is not in the catalog: run `vaultfs check`"
             )

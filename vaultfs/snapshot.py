@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -45,6 +46,7 @@ from vaultfs.model import (
     BlobId,
     ChangeStats,
     Entry,
+    RootMeta,
     TreeId,
     VersionInfo,
     encode_tree,
@@ -174,6 +176,7 @@ class Snapshot:
         self._uploader = Uploader(vault, collection.name)
         self._known: FileCacheLookup | None = None  # the catalog's blobs, while files are read
         self._member_prefix = collection.name.encode() + b"/"  # band members: <collection>/<path>
+        self._root_meta: RootMeta | None = None  # the source root's own metadata, from the scan
         self.result = SnapshotResult(collection.name, None, None, unchanged=False)
 
     # ---- the run -----------------------------------------------------------------------
@@ -205,6 +208,7 @@ class Snapshot:
             except OSError as e:
                 raise _unreadable_root(self.collection, e) from None
             self.result.problems = scanner.problems
+            self._root_meta = _root_meta(root, top)
             testpoints.reach("after-scan")
             self._uploader.start()
             try:
@@ -218,7 +222,8 @@ class Snapshot:
             stats = _Stats()
             root_id = self._build_tree(top, trees, stats)
             self.result.dirs, self.result.dirs_reused = trees.dirs, trees.reused
-            if latest is not None and root_id == latest.root:
+            # The root's own mode or owner is in no listing: compared on its own.
+            if latest is not None and root_id == latest.root and self._root_meta == latest.root_meta:
                 self._finish_unchanged(latest, trees)
             else:
                 self._diff(latest.root if latest else None, root_id, b"", trees.listings, stats)
@@ -674,6 +679,7 @@ class Snapshot:
             ),
             previous_created_ns=latest.created_ns if latest else None,
             host=socket.gethostname(),
+            root_meta=self._root_meta,
         )
         self._close_band(
             final_extra={
@@ -801,6 +807,13 @@ def _meta(f: ScannedFile) -> bandfmt.MemberMeta:
         mode=st.st_mode & 0o7777, uid=st.st_uid, gid=st.st_gid,
         mtime_ns=st.st_mtime_ns, xattrs=f.xattrs,
     )
+
+
+def _root_meta(root: bytes, top: ScannedDir) -> RootMeta:
+    """The collection root's mode, owner, mtime and xattrs (of the directory a symlinked
+    root points to: its own mode, not the link's 0777, is what guards the files)."""
+    st = top.st if not stat.S_ISLNK(top.st.st_mode) else os.stat(root)
+    return RootMeta(stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns, top.xattrs)
 
 
 def _file_entry(f: ScannedFile) -> Entry:

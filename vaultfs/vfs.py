@@ -7,7 +7,9 @@ Layout::
                               restores in flight, the restore watcher
     /.vaultfs/restores.json   every band restoring, restored or cached (as `restore status --json`)
     /<collection>/            one directory per collection; mtime = its newest version
-    /<collection>/v<N>/…      every version; the version directory's mtime = snapshot time
+    /<collection>/v<N>/…      every version; the version directory has the source root's mode,
+                              owner, mtime and xattrs (records from before vaultfs kept
+                              them: 0555 root:root, mtime = snapshot time)
     /<collection>/latest      symlink → v<newest>
 
 Everything except file content is answered from the local catalog (LMDB): each
@@ -333,8 +335,11 @@ class VaultView:
         return self._make("collection", ("collection", name), collection=name)
 
     def _version(self, v: VersionInfo) -> Node:
+        """A version directory: with the source root's mode, owner, mtime and xattrs when the
+        record has them (so the kernel's default_permissions guard what the source guarded)."""
+        root = v.root_meta.entry(v.root) if v.root_meta is not None else None
         return self._make("version", ("version", v.collection, v.number), collection=v.collection,
-                          version=v.number, tree=v.root, created_ns=v.created_ns)
+                          version=v.number, tree=v.root, created_ns=v.created_ns, entry=root)
 
     def _child(self, parent: Node, e: Entry) -> Node:
         """The node of entry `e` of directory `parent` (called for every entry listed)."""
