@@ -37,6 +37,7 @@ from typing import Protocol
 from vaultfs.errors import CorruptionError, UsageError, VaultError
 from vaultfs.model import BandId, BlobId, Entry, TreeId, VersionInfo
 from vaultfs.source import Problem, display_path
+from vaultfs.store import ObjectArchived, ObjectNotFound
 from vaultfs.vault import Vault
 
 _FILE_BASE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -234,13 +235,14 @@ class Restorer:
         """Write a blob's verified bytes to `fd`. Any vault error while reading them (band
         object missing or archived, blob or band not in the catalog, a damaged frame, a
         SHA-256 mismatch) means this file cannot be restored now: `_ContentUnreadable`.
-        Errors of the target (a full disk, a name in the way) stay fatal."""
+        Errors of the target (a full disk, a name in the way) stay fatal, and so do the
+        store's refusals and exhausted retries: they would fail every file the same way."""
         written = 0
         try:
             for chunk in self.vault.iter_blob(blob):
                 os.write(fd, chunk)
                 written += len(chunk)
-        except VaultError as err:
+        except (CorruptionError, ObjectNotFound, ObjectArchived) as err:
             raise _ContentUnreadable(err.message) from None
         if written != size:
             raise _ContentUnreadable(f"read {written} bytes back, the catalog says {size}")
