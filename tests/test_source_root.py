@@ -120,6 +120,24 @@ def test_removing_more_than_max_removed_warns(vault_env: VaultEnv, tier: str) ->
     assert "v5 keeps them" in line and "raise [collections.photos].max_removed" in line
 
 
+def test_a_share_does_not_apply_to_a_handful_of_files(file_vault: VaultEnv) -> None:
+    """Renaming the one file of a small collection is not a mass removal; a number is."""
+    src = file_vault.add_collection("notes", tier="warm")
+    for i in range(9):
+        write(src / f"n{i}.txt", f"{i}\n".encode())
+    file_vault.run("init")
+    file_vault.run("snapshot")
+    for i in range(8):  # 8 of 9 (89 %), but 9 files are below the share's floor of 10
+        (src / f"n{i}.txt").rename(src / f"m{i}.txt")
+    assert file_vault.json("snapshot")["collections"][0]["mass_removal"] is None
+    set_keys(file_vault, "notes", "max_removed = 5")
+    for i in range(8):
+        (src / f"m{i}.txt").unlink()
+    proc = file_vault.run("snapshot", expect=3)
+    [line] = removal_warnings(proc.stderr)
+    assert "removes 8 of the 9 files of v2 (more than max_removed = 5)" in line
+
+
 def test_max_removed_as_a_number_of_files(file_vault: VaultEnv) -> None:
     src = file_vault.add_collection("code", tier="warm")
     set_keys(file_vault, "code", "max_removed = 2")

@@ -97,11 +97,17 @@ class RemovalLimit:
     files: int | None = None
 
     def exceeded(self, removed: int, previous_files: int) -> bool:
-        """More than the limit: a share is of the previous version's files."""
+        """More than the limit: a share is of the previous version's files.
+
+        A share says nothing about a handful of files (renaming the one file of a
+        collection would be "100 % removed"), so it applies from
+        `SHARE_APPLIES_FROM_FILES` previous files on; a number of files always applies.
+        """
         if self.files is not None:
             return removed > self.files
         assert self.percent is not None
-        return previous_files > 0 and removed * 100 > self.percent * previous_files
+        return (previous_files >= SHARE_APPLIES_FROM_FILES
+                and removed * 100 > self.percent * previous_files)
 
     def __str__(self) -> str:
         if self.files is not None:
@@ -109,6 +115,7 @@ class RemovalLimit:
         return f"{self.percent:g}%"
 
 
+SHARE_APPLIES_FROM_FILES = 10  # see MaxRemoved.exceeded
 _PERCENT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 
 
