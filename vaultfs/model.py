@@ -225,6 +225,28 @@ class BlobRef:
 
 
 @dataclass(frozen=True, slots=True)
+class LostBlob:
+    """A blob whose bytes the vault no longer has anywhere it can read: its band is
+    missing from the store, or the part of the band that held it is damaged.
+
+    A lost blob has no row in the blob map (nothing may read or deduplicate against
+    it); the next snapshot that finds the same content in a source stores it again,
+    which heals every version that names it (versions name blobs by SHA-256).
+    """
+
+    band: str  # the band that held it, "" when no surviving record says which
+    why: str  # "missing" (band object gone) or "damaged" (its bytes do not verify)
+    since_ns: int  # when the vault learnt it
+
+    def to_json(self) -> dict[str, Any]:
+        return {"band": self.band, "why": self.why, "since_ns": self.since_ns}
+
+    @staticmethod
+    def from_json(d: dict[str, Any]) -> LostBlob:
+        return LostBlob(band=str(d.get("band", "")), why=str(d["why"]), since_ns=int(d["since_ns"]))
+
+
+@dataclass(frozen=True, slots=True)
 class ChangeStats:
     files: int = 0  # regular files in the version
     bytes: int = 0  # their total size

@@ -27,6 +27,7 @@ from vaultfs.model import (
     BlobId,
     BlobRef,
     Entry,
+    LostBlob,
     TreeId,
     VersionInfo,
     decode_tree,
@@ -108,6 +109,8 @@ def _record_name(db: str, key: bytes) -> str:
     text = bytes(key)
     if db == "blobs":
         return f"blob record {text.hex()[:16]}"
+    if db == "lost":
+        return f"lost-blob record {text.hex()[:16]}"
     if db == "trees":
         return f"tree {text.hex()[:16]}"
     coll, sep, rest = text.partition(b"\0")
@@ -189,15 +192,22 @@ class Catalog:
                 max_readers=256,
                 mode=0o700,
             )
-            self.db = {
-                name: self.env.open_db(name.encode(), create=not readonly)
-                for name in schema.DATABASES
-            }
+            self.db = {name: self._open_db(name, readonly) for name in schema.DATABASES}
             self._check_format(readonly)
         except lmdb.Error as e:
             raise VaultError(f"cannot open the local catalog {path}: {e}") from None
         except VaultError:
             self.env.close()
+            raise
+
+    def _open_db(self, name: str, readonly: bool) -> Any:
+        """A named database; None for an optional one that a read-only open cannot create
+        (a catalog written before it existed: it reads as empty)."""
+        try:
+            return self.env.open_db(name.encode(), create=not readonly)
+        except lmdb.NotFoundError:
+            if name in schema.OPTIONAL_DATABASES:
+                return None
             raise
 
     def _check_format(self, readonly: bool) -> None:
@@ -241,6 +251,20 @@ class Catalog:
     def blob(self, blob: BlobId) -> BlobRef | None:
         raw = self._get("blobs", blob)
         return None if raw is None else _unpack_blob_ref(raw)
+
+    def lost_blob(self, blob: BlobId) -> LostBlob | None:
+        """Why `blob`'s bytes are gone, or None if it is not known to be lost."""
+        if self.db["lost"] is None:
+            return None
+        raw = self._get("lost", blob)
+        return None if raw is None else _lost(blob, raw, sealed=False)
+
+    def lost_blobs(self) -> dict[BlobId, LostBlob]:
+        """Every blob known to be lost (one read snapshot; the table is small)."""
+        if self.db["lost"] is None:
+            return {}
+        with self.env.begin(db=self.db["lost"]) as txn:
+            return {BlobId(bytes(k)): _lost(bytes(k), v) for k, v in txn.cursor()}
 
     def tree_bytes(self, tree: TreeId) -> bytes | None:
         """A tree's encoding, checked against its id (CorruptionError if it does not hash)."""
@@ -345,6 +369,8 @@ class Catalog:
     def iter_raw(self, name: str) -> Iterator[tuple[bytes, bytes]]:
         """Every (key, value) of database `name`, unsealed (trees: checked against their
         id); CorruptionError for a damaged record or if LMDB fails."""
+        if self.db[name] is None:
+            return
         try:
             with self.env.begin(db=self.db[name]) as txn:
                 for key, value in txn.cursor():
@@ -366,6 +392,8 @@ class Catalog:
         try:
             with self.env.begin() as txn:
                 for name in schema.DATABASES:
+                    if self.db[name] is None:
+                        continue
                     for key, value in txn.cursor(db=self.db[name]):
                         if name == "trees":
                             why = "" if tree_id(value) == key else TREE_CORRUPT
@@ -419,6 +447,14 @@ def _version(key: bytes, stored: bytes | memoryview, *, sealed: bool = True) -> 
         return VersionInfo.from_json(json.loads(bytes(raw)))
     except (ValueError, KeyError, TypeError) as e:
         raise _damaged("versions", key, f"unreadable: {e}") from None
+
+
+def _lost(key: bytes, stored: bytes | memoryview, *, sealed: bool = True) -> LostBlob:
+    raw = _unseal("lost", key, stored) if sealed else stored
+    try:
+        return LostBlob.from_json(json.loads(bytes(raw)))
+    except (ValueError, KeyError, TypeError) as e:
+        raise _damaged("lost", key, f"unreadable: {e}") from None
 
 
 def _band(key: bytes, stored: bytes | memoryview, *, sealed: bool = True) -> BandInfo:
@@ -500,7 +536,19 @@ class CatalogWriter:
         self._put("meta", name.encode(), value.encode())
 
     def put_blob(self, blob: BlobId, ref: BlobRef) -> None:
+        """Record where a blob lies; a blob that was lost is healed by it."""
         self._put("blobs", blob, _pack_blob_ref(ref))
+        self._txn.delete(blob, db=self._db["lost"])
+
+    def mark_lost(self, blob: BlobId, lost: LostBlob) -> None:
+        """The blob's bytes are gone: drop its place from the blob map (nothing reads or
+        deduplicates against it any more) and remember why, until `put_blob` heals it."""
+        self._txn.delete(blob, db=self._db["blobs"])
+        self._put("lost", blob, json.dumps(lost.to_json(), sort_keys=True).encode())
+
+    def forget_lost(self, blob: BlobId) -> bool:
+        """Drop a lost blob's record (no version names it any more); False if absent."""
+        return bool(self._txn.delete(blob, db=self._db["lost"]))
 
     def put_tree(self, tree: TreeId, encoded: bytes) -> bool:
         """Store a tree; False when it was already there."""

@@ -17,6 +17,9 @@ versions   collection utf-8 + NUL + number (u64 BE)     version record JSON (`Ve
 trees      tree id (32 raw bytes)                       canonical tree encoding (`model.encode_tree`)
 blobs      blob id (32 raw bytes)                       `BLOB_REF`: offset u64, size u64, band id ascii
 bands      band id ascii                                `BandInfo.to_json` as JSON
+lost       blob id (32 raw bytes)                       `LostBlob.to_json` as JSON: a blob whose bytes
+                                                        are gone (band missing or damaged); it has
+                                                        no ``blobs`` row while it is here
 files      collection utf-8 + NUL + path bytes          `FILE_CACHE`: dev, ino, size, mtime_ns,
                                                         ctime_ns (u64/i64), blob id (32 bytes)
 files      collection utf-8 + 0x01 + directory path     `DIR_MEMO` (``DirMemo.pack``): listing
@@ -80,7 +83,8 @@ import struct
 import zlib
 
 FORMAT = "2"
-DATABASES = ("meta", "versions", "trees", "blobs", "bands", "files")
+DATABASES = ("meta", "versions", "trees", "blobs", "bands", "files", "lost")
+OPTIONAL_DATABASES = frozenset({"lost"})  # absent in catalogs written before it; read as empty
 
 RESTORE_BUDGET_KEY = "mount_restore_budget"  # in ``meta``; see the table above
 
