@@ -17,8 +17,15 @@ Three levels, each adding to the one before:
   anything else that differs is an ordinary change.
 
 Every problem says what it affects (versions, rungs of the rebuild ladder) and
-what to do. Read-only: takes no lock and writes nothing but temporary files in
-the spool.
+what to do. Files whose bytes are lost (`vaultfs.heal`) are listed per version:
+those the next snapshot may still store again from their source, and those lost
+for good (a snapshot ran since and did not find them).
+
+The checks themselves read only (no lock; temporary files in the spool). What
+they find lost — a band missing from the store, blobs of a damaged band that
+fail their SHA-256 — is then recorded (`record`, under the vault lock, taken
+briefly after the checks): the blobs are marked lost and the next snapshot
+stores them again from the sources. Nothing is ever deleted on the store.
 """
 
 from __future__ import annotations
@@ -27,25 +34,28 @@ import hashlib
 import json
 import os
 import stat
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vaultfs import band as bandfmt
-from vaultfs import index
-from vaultfs.config import CollectionConfig
-from vaultfs.errors import CorruptionError, UsageError
+from vaultfs import heal, index
+from vaultfs.config import CollectionConfig, Config
+from vaultfs.errors import CorruptionError, LockedError, UsageError
 from vaultfs.model import (
     BandId,
     BandInfo,
     BlobId,
     BlobRef,
     Entry,
+    LostBlob,
     TreeId,
     VersionInfo,
     band_file,
     band_key,
     sidecar_key,
+    to_text,
     version_key,
 )
 from vaultfs.output import display_path
@@ -88,6 +98,10 @@ class CheckReport:
     not_read: list[dict[str, Any]] = field(default_factory=list)  # archived bands
     checked: dict[str, int] = field(default_factory=dict)
     source: SourceReport | None = None
+    lost: list[heal.LostFiles] = field(default_factory=list)  # files whose bytes are lost
+    notes: list[str] = field(default_factory=list)  # worth knowing, not problems
+    missing_bands: list[BandId] = field(default_factory=list)  # to record (`record`)
+    damaged_blobs: dict[BlobId, BandId] = field(default_factory=dict)  # to record
 
     @property
     def ok(self) -> bool:
@@ -96,10 +110,15 @@ class CheckReport:
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "problems": [p.to_json() for p in self.problems],
                 "not_read": self.not_read, "checked": self.checked,
-                "source": self.source.to_json() if self.source else None}
+                "source": self.source.to_json() if self.source else None,
+                "lost": [{"collection": x.collection, "version": x.version,
+                          "for_good": x.for_good, "paths": [to_text(p) for p in x.paths]}
+                         for x in self.lost],
+                "notes": self.notes}
 
 
 REBUILD = "run `vaultfs index rebuild`"
+LIST_LIMIT = 20  # paths named in one problem line (--json lists all)
 
 
 class Checker:
@@ -142,8 +161,10 @@ class Checker:
         self._index(walk.versions, bands, listing)
         self.report.checked.update(versions=len(walk.versions), trees=walk.trees,
                                    file_blobs=walk.blobs, bands=len(bands))
+        self.report.missing_bands = heal.missing_bands(self.vault, set(listing.bands))
         if read_data:
             self._read_data(bands, by_band, listing)
+        self._lost_files(walk.versions)
         if source is not None:
             self._source(source)
         return self.report
@@ -267,6 +288,9 @@ class Checker:
         try:
             scanned = index.scan_band_file(path, band)
         except CorruptionError as e:
+            if what == "band":
+                self._damaged(band, info, path, by_band, e.message)
+                return
             self.problem(f"{what} {band} is damaged: {e.message}", self.affects(band),
                          "no damaged byte is ever served (reads fail with an error); snapshot "
                          "the affected files again from their sources if they still exist")
@@ -280,6 +304,52 @@ class Checker:
         if lost:
             self.problem(f"{what} {band}: {len(lost)} blob(s) of the catalog are not in it "
                          "with the right SHA-256", self.affects(band))
+
+    def _damaged(self, band: BandId, info: BandInfo, path: Path,
+                 by_band: dict[BandId, list[tuple[BlobId, BlobRef]]], why: str) -> None:
+        """A band that fails to verify: re-hash every blob the catalog reads from it. Only
+        those that fail are lost (recorded by `record`); if none does, the damage touches
+        nothing the vault still reads from it (its lost blobs were stored again elsewhere)."""
+        blobs = by_band.get(band, [])
+        bad = heal.failing_blobs(path, info, blobs)
+        if not bad:
+            self.report.notes.append(
+                f"band {band} is damaged ({why}), but every blob the catalog reads from it "
+                "verifies (what it lost was stored again in other bands)")
+            return
+        self.report.damaged_blobs.update((blob, band) for blob in bad)
+        self.problem(f"band {band} is damaged: {why}; {len(bad)} of the {len(blobs)} blob(s) "
+                     "the catalog reads from it fail their SHA-256", self.affects(band),
+                     "no damaged byte is ever served; the files that held them are listed as "
+                     "lost, and the next snapshot stores again those their sources still hold")
+
+    def _lost_files(self, versions: dict[tuple[str, int], VersionInfo]) -> None:
+        """One problem per version with lost files (known lost, or found so by this run)."""
+        catalog = self.vault.catalog
+        lost = catalog.lost_blobs()
+        now = time.time_ns()
+        found = {blob: LostBlob(band, "damaged", now) for blob, band in
+                 self.report.damaged_blobs.items()}
+        if self.report.missing_bands:
+            gone = set(self.report.missing_bands)
+            found.update((blob, LostBlob(ref.band, "missing", now))
+                         for blob, ref in catalog.iter_blobs() if ref.band in gone)
+        self.report.lost = heal.lost_files(catalog, versions.values(), {**found, **lost})
+        for x in self.report.lost:
+            shown = ", ".join(display_path(p) for p in x.paths[:LIST_LIMIT])
+            if len(x.paths) > LIST_LIMIT:
+                shown += f" … and {len(x.paths) - LIST_LIMIT} more (--json lists all)"
+            if x.for_good:
+                self.problem(f"{x.name}: {len(x.paths)} file(s) lost for good (no copy in the "
+                             f"store, and its source did not hold them at the last snapshot): "
+                             f"{shown}", [x.name],
+                             "restore them from another copy if you have one; the version's "
+                             "other files restore as usual")
+            else:
+                self.problem(f"{x.name}: {len(x.paths)} file(s) whose bytes are lost: {shown}",
+                             [x.name], f"run `vaultfs snapshot {x.collection}`: it stores again "
+                             "each one its source still holds; `vaultfs check` then names those "
+                             "lost for good")
 
     # ---- the source ----------------------------------------------------------------------
 
@@ -359,6 +429,30 @@ def _committed(v: VersionInfo) -> dict[str, Any]:
 
 def store_get(vault: Vault, key: str) -> bytes:
     return vault.store.get(key)
+
+
+def record(config: Config, report: CheckReport) -> str:
+    """Record what `check` found lost (missing bands, damaged blobs) in the catalog, under the
+    vault lock; the check itself ran on a read-only catalog, which is closed by now. Returns
+    a note saying what was recorded, or why not."""
+    if not report.missing_bands and not report.damaged_blobs:
+        return ""
+    vault = Vault.open(config)
+    try:
+        with vault.lock():
+            missing = heal.record_missing_bands(vault, report.missing_bands)
+            damaged = heal.record_damaged_blobs(vault, report.damaged_blobs)
+    except LockedError:
+        return ("what was found lost is not recorded (another vaultfs process holds the lock): "
+                "the next snapshot finds missing bands itself; run `vaultfs check --read-data` "
+                "again for damaged ones")
+    finally:
+        vault.close()
+    blobs = sum(m.blobs for m in missing) + damaged
+    if not blobs:
+        return ""
+    return (f"recorded {blobs} lost blob(s) in the local catalog: the next snapshot stores "
+            "again those their sources still hold")
 
 
 def check(vault: Vault, *, read_data: bool = False,

@@ -185,6 +185,13 @@ def cmd_snapshot(args: argparse.Namespace, config: Config) -> int:
 
 
 def print_snapshot(r: Any, quiet: bool) -> None:
+    for m in r.lost_bands:
+        print(
+            f"WARNING: band {m.band} is missing from the store: the {m.blobs} blob(s) it held "
+            "are lost; this snapshot stores again those its source still holds "
+            "(`vaultfs check` lists the files lost for good)",
+            file=sys.stderr,
+        )
     for p in r.problems:
         print(f"warning: {r.collection}: skipped {p.display()}", file=sys.stderr)
     for kind, paths in (("modified", r.modified), ("deleted", r.deleted)):
@@ -212,13 +219,17 @@ def print_snapshot(r: Any, quiet: bool) -> None:
         return
     rate = r.bytes_read / r.seconds if r.seconds > 0 else 0
     read = f"read {r.files_read} files ({human_bytes(r.bytes_read)}, {human_bytes(rate)}/s)"
-    if r.unchanged and r.latest is not None:
+    healed = (f"re-stored {r.restored_lost} file(s) whose band was lost, in {r.bands} band(s); "
+              if r.restored_lost else "")
+    if r.unchanged and r.latest is not None and r.restored_lost:
+        print(f"{r.collection}: unchanged since v{r.latest.number}; {healed}{read}")
+    elif r.unchanged and r.latest is not None:
         print(f"{r.collection}: unchanged since v{r.latest.number}, verified; {read}")
     elif r.version is not None:
         s = r.version.stats
         print(
             f"{r.collection}: v{r.version.number} created: {s.files} files, "
-            f"{human_bytes(s.bytes)}; +{s.added} ~{s.changed} -{s.removed}; {read}; "
+            f"{human_bytes(s.bytes)}; +{s.added} ~{s.changed} -{s.removed}; {healed}{read}; "
             f"stored {human_bytes(r.bytes_stored)} in {r.bands} band(s) in {r.seconds:.2f}s"
         )
 
@@ -243,6 +254,8 @@ def snapshot_json(r: Any) -> dict[str, Any]:
         "skipped": [{"path": to_text(p.path), "reason": p.reason} for p in r.problems],
         "modified": [to_text(p) for p in r.modified],
         "deleted": [to_text(p) for p in r.deleted],
+        "lost_bands": [{"band": m.band, "blobs": m.blobs} for m in r.lost_bands],
+        "restored_lost": r.restored_lost,
         "mass_removal": None if r.mass_removal is None else {
             "removed": r.mass_removal.removed,
             "previous_files": r.mass_removal.previous_files,

@@ -54,7 +54,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
         "records and the consolidated index match. --read-data also reads every readable\n"
         "band and verifies every SHA-256; archived bands are listed with the restore that\n"
         "reading them needs. --source COLLECTION re-hashes the local files against the\n"
-        "latest version and reports bit rot (same size and mtime, different bytes).\n\n"
+        "latest version and reports bit rot (same size and mtime, different bytes).\n"
+        "Files whose bytes are lost are listed per version. A band found missing, or blobs\n"
+        "of a damaged band, are recorded as lost (under the vault lock, briefly) so that\n"
+        "the next snapshot stores them again from the sources.\n\n"
         "Exit status: 0 clean; 1 problems found (listed, with what they affect);\n"
         "3 clean, but archived bands could not be read.",
     )
@@ -100,7 +103,7 @@ def cmd_index_rebuild(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_check(args: argparse.Namespace, config: Config) -> int:
-    from vaultfs.check import check
+    from vaultfs.check import check, record
     from vaultfs.vault import Vault
 
     source = config.collection(args.source) if args.source else None
@@ -115,6 +118,9 @@ def cmd_check(args: argparse.Namespace, config: Config) -> int:
         report = check(vault, read_data=args.read_data, source=source)
     finally:
         vault.close()
+    note = record(config, report)  # what was found lost, so the next snapshot heals it
+    if note:
+        report.notes.append(note)
     code = EXIT_ERROR if report.problems else EXIT_WARNINGS if report.not_read else EXIT_OK
     if args.json:
         _emit({**report.to_json(), "exit_code": code})
@@ -127,6 +133,8 @@ def cmd_check(args: argparse.Namespace, config: Config) -> int:
             print(f"  to do: {p.advice}", file=sys.stderr)
     for nr in report.not_read:
         print(f"NOT READ: band {nr['band']} is archived: {nr['plan']}", file=sys.stderr)
+    for n in report.notes:
+        print(f"note: {n}", file=sys.stderr)
     sr = report.source
     if sr is not None and not args.quiet:
         print(f"source {sr.collection} against v{sr.version}: {sr.files} files, {sr.hashed} "

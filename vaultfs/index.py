@@ -24,7 +24,9 @@ old objects stay until ``prune`` (and make rung 2 more robust meanwhile).
 
   A delta holds what its generation added; a full object holds everything up
   to its generation. Loading = newest verifiable full object + every delta
-  after it, in order (merging is a union, so repeats are harmless).
+  after it, in order (merging is a union, so repeats are harmless; a blob
+  placed twice takes the later placement: it was stored again because the
+  earlier band was lost).
   ``tail -c +80 OBJ | zstd -dc`` shows the JSON with standard tools.
 
 Forgotten versions: ``forgotten/<collection>/<n>.json`` markers (written by
@@ -139,9 +141,9 @@ class IndexContent:
             self.bands[info.band] = info
         for band, rows in doc["blobs"].items():
             band_id = parse_band_id(band, where)
-            for sha, offset, size in rows:
-                self.blobs.setdefault(BlobId(bytes.fromhex(sha)),
-                                      BlobRef(band_id, int(offset), int(size)))
+            for sha, offset, size in rows:  # a later placement wins: a blob stored again
+                # (its band was lost, docs/recovery.md) is read from its new copy
+                self.blobs[BlobId(bytes.fromhex(sha))] = BlobRef(band_id, int(offset), int(size))
 
     def add_tree(self, tid: TreeId, encoded: bytes) -> None:
         if tree_id(encoded) != tid:
@@ -407,7 +409,7 @@ def _merge_catalog(content: IndexContent, catalog: Catalog) -> None:
     for b in catalog.bands():
         content.bands[b.band] = b
     for blob, ref in catalog.iter_blobs():
-        content.blobs.setdefault(blob, ref)
+        content.blobs[blob] = ref  # the catalog's placement wins (a healed blob's new copy)
 
 
 def _unverified(v: VersionInfo) -> VersionInfo:
@@ -587,6 +589,8 @@ def verify_catalog(catalog: Catalog) -> CatalogWalk:
                     used |= sub
             elif ent.kind == "file" and ent.blob is not None and ent.hardlink is None:
                 ref = catalog.blob(ent.blob)
+                if ref is None and catalog.lost_blob(ent.blob) is not None:
+                    continue  # a known loss (`vaultfs.heal`), reported as such, not damage
                 if ref is None:
                     walk.problems.append(
                         f"local catalog: {where} refers to blob {ent.blob.hex()[:16]} "

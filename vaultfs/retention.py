@@ -18,7 +18,9 @@ consolidated index:
 1. *Live set*: walk every tree of every kept version (all collections) from
    its root; the blobs those trees name are live. A tree or blob a kept
    version needs that the catalog lacks stops the prune (the live set would
-   be wrong; `vaultfs check` / `vaultfs index rebuild` first).
+   be wrong; `vaultfs check` / `vaultfs index rebuild` first) — except a blob
+   known lost (its band is gone: `vaultfs.heal`), which has no band to keep.
+   A lost blob that no kept version names any more is forgotten.
 2. *Needed bands*: the band of every live blob (by the blob map), and every
    band a kept version lists (its last band's catalog carries the version
    record and the trees that snapshot added; rungs 3–5 need it).
@@ -391,6 +393,7 @@ def prune(
     doomed_ids = {b.band for b in doomed}
     dead_trees = [t for t in vault.catalog.tree_ids() if t not in live.trees]
     dead_blobs = [blob for blob, ref in vault.catalog.blob_refs() if ref.band in doomed_ids]
+    forgotten_losses = [blob for blob in vault.catalog.lost_blobs() if blob not in live.blobs]
     rehome: dict[TreeId, bytes] = {}
     for b in doomed:
         for tid in b.live_trees:
@@ -409,6 +412,8 @@ def prune(
     with vault.catalog.writer() as w:
         for blob in dead_blobs:
             w.delete_blob(blob)
+        for blob in forgotten_losses:  # no kept version names it: nothing left to heal
+            w.forget_lost(blob)
         for b in doomed:
             w.delete_band(b.band)
         for tid in dead_trees:
@@ -456,7 +461,8 @@ def _plan_bands(
         elif plan is not None:
             plan.dead_blobs += 1
             plan.dead_bytes += ref.size
-    missing = live.blobs - found
+    # A blob known lost (`vaultfs.heal`) is a known loss, not catalog damage: it has no band.
+    missing = live.blobs - found - set(vault.catalog.lost_blobs())
     if missing:
         raise CorruptionError(
             f"{len(missing)} blob(s) that kept versions need (e.g. {min(missing).hex()[:16]}) are "

@@ -4,7 +4,9 @@ Order of work, and why it is safe to kill at any point:
 
 1. *Recover* the spool: a band finished by an earlier run but not uploaded is
    uploaded now; half-written ``.part`` bands are deleted; unfinished
-   multipart uploads are aborted.
+   multipart uploads are aborted. Then one LIST of the store's bands: a band
+   the catalog knows that is gone has its blobs marked lost (`vaultfs.heal`),
+   so the files holding them are read and stored again below.
 2. *Scan* (stat only) and consult the files cache: a file whose (dev, inode,
    size, mtime_ns, ctime_ns) did not change is not read.
 3. *Read* the others: hash, dedup against every blob of the vault, and pack
@@ -36,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from vaultfs import archive, index, testpoints  # index: issue 5
+from vaultfs import archive, heal, index, testpoints  # index: issue 5
 from vaultfs import band as bandfmt
 from vaultfs.catalog import CatalogWriter, DirMemo, FileCacheLookup, FileCacheRow
 from vaultfs.config import CollectionConfig
@@ -118,6 +120,8 @@ class SnapshotResult:
     dirs_reused: int = 0  # of them, listings taken over unchanged from the latest version
     seconds: float = 0.0
     mass_removal: MassRemoval | None = None  # more files removed than max_removed allows
+    lost_bands: list[heal.MissingBand] = field(default_factory=list)  # found gone by this run
+    restored_lost: int = 0  # files read whose blob was lost: stored again (healed)
 
     @property
     def cold_changes(self) -> bool:
@@ -125,8 +129,9 @@ class SnapshotResult:
 
     @property
     def warnings(self) -> bool:
-        """Whether this run ends with exit status 3 (files skipped, cold changes, mass removal)."""
-        return bool(self.problems or self.cold_changes or self.mass_removal)
+        """Whether this run ends with exit status 3 (files skipped, cold changes, mass removal,
+        bands found missing from the store)."""
+        return bool(self.problems or self.cold_changes or self.mass_removal or self.lost_bands)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +182,7 @@ class Snapshot:
         self._known: FileCacheLookup | None = None  # the catalog's blobs, while files are read
         self._member_prefix = collection.name.encode() + b"/"  # band members: <collection>/<path>
         self._root_meta: RootMeta | None = None  # the source root's own metadata, from the scan
+        self._lost: set[BlobId] = set()  # blobs known lost when the run began
         self.result = SnapshotResult(collection.name, None, None, unchanged=False)
 
     # ---- the run -----------------------------------------------------------------------
@@ -188,6 +194,12 @@ class Snapshot:
         self.progress.stage("recovering")
         recover_spool(self.vault)
         index.adopt_committed(self.vault, self.collection.name)  # issue 5: with their bands
+        # A band gone from the store is never a dedup target again: its blobs are marked
+        # lost before the files cache and the memos are consulted (docs/snapshots.md).
+        on_store = heal.store_bands(self.vault.store)
+        self.result.lost_bands = heal.record_missing_bands(
+            self.vault, heal.missing_bands(self.vault, on_store))
+        self._lost = set(self.vault.catalog.lost_blobs())
         self._scan_read_commit(root)  # its scan records are freed before what follows
         self._cache_rows = []
         index.publish(self.vault)  # issue 5: bring the consolidated index on the store up to date
@@ -345,6 +357,8 @@ class Snapshot:
         f.blob = blob
         st = f.st
         self.result.files_read += 1
+        if blob in self._lost:  # stored again by this run (`_is_new`): the blob is healed
+            self.result.restored_lost += 1
         self.result.bytes_read += st.st_size
         self._cache_rows.append(
             (f.rel, FileCacheRow(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, blob))
@@ -637,6 +651,10 @@ class Snapshot:
     # ---- commit ------------------------------------------------------------------------
 
     def _finish_unchanged(self, latest: VersionInfo, trees: _Trees) -> None:
+        """The root equals the latest version's: no new version. Content stored by this run
+        (blobs that were lost and are healed now, `restored_lost`) is in closed bands that
+        the uploader registers before the catalog commit below; `run` then publishes them
+        to the consolidated index."""
         band = self._band
         if band is not None and band.uncompressed_size == 0:
             self._band = None
