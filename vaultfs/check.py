@@ -42,7 +42,7 @@ from typing import Any
 from vaultfs import band as bandfmt
 from vaultfs import heal, index
 from vaultfs.config import CollectionConfig, Config
-from vaultfs.errors import CorruptionError, LockedError, UsageError
+from vaultfs.errors import CorruptionError, LockedError, UsageError, VaultError
 from vaultfs.model import (
     BandId,
     BandInfo,
@@ -295,6 +295,12 @@ class Checker:
                          "no damaged byte is ever served (reads fail with an error); snapshot "
                          "the affected files again from their sources if they still exist")
             return
+        if info.sha256 and scanned.sha256 != info.sha256 and what == "band":
+            # Damage no frame checksum covers (padding, the seek table): what it costs is
+            # found blob by blob.
+            self._damaged(band, info, path, by_band, f"SHA-256 {scanned.sha256.hex()[:16]} "
+                          f"differs from the catalog's {info.sha256.hex()[:16]}")
+            return
         if info.sha256 and scanned.sha256 != info.sha256:
             self.problem(f"{what} {band}: SHA-256 {scanned.sha256.hex()[:16]} differs from the "
                          f"catalog's {info.sha256.hex()[:16]}", self.affects(band))
@@ -437,7 +443,10 @@ def record(config: Config, report: CheckReport) -> str:
     a note saying what was recorded, or why not."""
     if not report.missing_bands and not report.damaged_blobs:
         return ""
-    vault = Vault.open(config)
+    try:
+        vault = Vault.open(config)
+    except VaultError as e:
+        return f"what was found lost is not recorded: {e.message}"
     try:
         with vault.lock():
             missing = heal.record_missing_bands(vault, report.missing_bands)

@@ -101,9 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
         "Exit status 3: files were skipped (unreadable, vanished, changed while read), a\n"
         "cold collection had files modified or deleted (often an accident or a failing disk),\n"
         "or more than max_removed of the files were removed; the version is still written\n"
-        "and nothing old is lost. Exit status 1: a collection was refused (its path is\n"
-        "missing, unreadable or empty: is the volume mounted?); the others are still\n"
-        "snapshotted.",
+        "and nothing old is lost. Also 3: a band was found missing from the store; its\n"
+        "content is stored again from the sources that still hold it.\n"
+        "Exit status 1: a collection was refused (its path is missing, unreadable or\n"
+        "empty: is the volume mounted?); the others are still snapshotted.",
     )
     sp.add_argument("collections", nargs="*", metavar="COLLECTION")
     sp.set_defaults(func=cmd_snapshot)
@@ -189,7 +190,9 @@ def print_snapshot(r: Any, quiet: bool) -> None:
         print(
             f"WARNING: band {m.band} is missing from the store: the {m.blobs} blob(s) it held "
             "are lost; this snapshot stores again those its source still holds "
-            "(`vaultfs check` lists the files lost for good)",
+            "(`vaultfs check` lists the files lost for good)" if m.blobs else
+            f"WARNING: band {m.band} is missing from the store; it held no file content (only "
+            "catalog records, which the local catalog still has)",
             file=sys.stderr,
         )
     for p in r.problems:
