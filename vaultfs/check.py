@@ -321,7 +321,8 @@ class Checker:
         if not bad:
             self.report.notes.append(
                 f"band {band} is damaged ({why}), but every blob the catalog reads from it "
-                "verifies (what it lost was stored again in other bands)")
+                "verifies: the damage costs nothing still in use (what it held there was "
+                "stored again in other bands, or was never file content)")
             return
         self.report.damaged_blobs.update((blob, band) for blob in bad)
         self.problem(f"band {band} is damaged: {why}; {len(bad)} of the {len(blobs)} blob(s) "
