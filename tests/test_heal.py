@@ -17,7 +17,7 @@ from pathlib import Path
 from tests.test_restore_missing import band_of, delete_object
 from tests.trees import write
 from tests.vaultenv import VaultEnv
-from vaultfs import index
+from vaultfs import heal, index
 from vaultfs.model import band_key
 
 OLD = 1_500_000_000 * 10**9
@@ -140,3 +140,18 @@ def test_damaged_band_found_by_read_data_is_healed(file_vault: VaultEnv) -> None
     assert out["ok"] and out["lost"] == []
     assert any(f"band {damaged} is damaged" in n for n in out["notes"])  # said, not a problem
     assert_index_points_at_the_store(env, content["f3.raw"])
+
+
+def test_a_listing_cut_short_never_makes_a_band_lost(file_vault: VaultEnv) -> None:
+    """Only a band whose object is really gone (HEAD says not found) counts as missing:
+    a listing that omits bands that exist — here, an empty one — marks nothing lost."""
+    four_files(file_vault)
+    vault = file_vault.open_vault()
+    try:
+        bands = sorted(b.band for b in vault.catalog.bands())
+        assert len(bands) >= 4
+        assert heal.missing_bands(vault, on_store=set()) == []
+        delete_object(file_vault, band_key(bands[0]))
+        assert heal.missing_bands(vault, on_store=set()) == [bands[0]]
+    finally:
+        vault.close()

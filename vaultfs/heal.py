@@ -43,10 +43,11 @@ from vaultfs.model import (
     LostBlob,
     TreeId,
     VersionInfo,
+    band_key,
     decode_tree,
     parse_band_id,
 )
-from vaultfs.store import ObjectStore
+from vaultfs.store import ObjectNotFound, ObjectStore, StoreError
 from vaultfs.vault import Vault
 
 log = logging.getLogger(__name__)
@@ -81,9 +82,27 @@ def missing_bands(vault: Vault, on_store: set[BandId]) -> list[BandId]:
     """Bands the catalog knows that are not on the store. A band still being written
     (``staging``) is not missing yet, and a band whose complete copy is in the local
     cache still has its bytes (`Vault.band_cached`): neither is lost."""
-    return sorted(b.band for b in vault.catalog.bands()
-                  if b.band not in on_store and b.state != "staging"
-                  and not vault.band_cached(b.band))
+    unlisted = sorted(b.band for b in vault.catalog.bands()
+                      if b.band not in on_store and b.state != "staging"
+                      and not vault.band_cached(b.band))
+    return [b for b in unlisted if _confirmed_gone(vault.store, b)]
+
+
+def _confirmed_gone(store: ObjectStore, band: BandId) -> bool:
+    """Whether a band absent from the listing is really gone: one HEAD of its object. A
+    listing cut short (a store or proxy that pages wrongly, a prefix renamed under us)
+    must never make whole bands count as lost; an error other than "not found" leaves
+    the band as it is (the next run asks again)."""
+    try:
+        store.head(band_key(band))
+    except ObjectNotFound:
+        return True
+    except StoreError as e:
+        log.warning("band %s is not in the store's listing, and asking for it failed (%s): "
+                    "taken as still there", band, e)
+        return False
+    log.warning("band %s is not in the store's listing but exists: taken as still there", band)
+    return False
 
 
 def record_missing_bands(vault: Vault, bands: Iterable[BandId],
