@@ -257,7 +257,7 @@ def test_names_are_escaped_in_human_output(file_vault: VaultEnv, tmp_path: Path)
 
 def _commands() -> set[str]:
     """Every command and action the parser knows, e.g. "snapshot", "restore fetch"."""
-    from vaultfs.cli import build_parser
+    from vaultfs.cli.main import build_parser
 
     found: set[str] = set()
 

@@ -37,7 +37,7 @@ from tests.vaultenv import VaultEnv
 from vaultfs import restore_policy
 from vaultfs.catalog import Catalog
 from vaultfs.model import BandId, BandInfo, RestoreInfo
-from vaultfs.vfs import state_text
+from vaultfs.mount.view import state_text
 
 FILES = 6  # 1 MB each, two to a band: three bands of ~2 MB, all archived
 HOLD_FOREVER = 10**9

@@ -20,8 +20,9 @@ from tests.test_retention_property import DAY, World, read_tree
 from tests.trees import write
 from tests.vaultenv import VaultEnv
 from vaultfs import band as bandfmt
-from vaultfs import cli_retention, retention
+from vaultfs import retention
 from vaultfs.catalog import Catalog
+from vaultfs.cli import retention as cli_retention
 from vaultfs.errors import CorruptionError
 from vaultfs.model import BandId, BlobId, TreeId, sidecar_key, to_text
 from vaultfs.store import StoreError

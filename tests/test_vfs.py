@@ -1,4 +1,4 @@
-"""Handler-level tests of vaultfs.vfs (and fuse_ops's edge) without a kernel."""
+"""Handler-level tests of vaultfs.mount.view (and fuse_ops's edge) without a kernel."""
 
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ import trio
 
 from tests.trees import make_every_kind, write
 from tests.vaultenv import VaultEnv
-from vaultfs import vfs
 from vaultfs.catalog import Catalog
 from vaultfs.config import load_config
 from vaultfs.errors import CorruptionError
-from vaultfs.fuse_ops import VaultOperations
 from vaultfs.model import BandId, BlobId
+from vaultfs.mount import view as vfs
+from vaultfs.mount.fuse_ops import VaultOperations
 from vaultfs.vault import Vault
 
 MiB = 1024 * 1024

@@ -1,6 +1,6 @@
 """Parse the TOML configuration into a frozen `Config`.
 
-Only `cli.py` decides *which* file to read (``--config``, ``$VAULTFS_CONFIG``,
+Only `vaultfs.cli` decides *which* file to read (``--config``, ``$VAULTFS_CONFIG``,
 ``~/.config/vaultfs/vault.toml``, ``/etc/vaultfs/vault.toml``); this module
 turns text into validated records and names the bad key in every error.
 Unknown keys are errors too: a typo such as ``keep_version`` must not be

@@ -3,7 +3,7 @@
 Crash safety and "file changed while read" cannot be tested by timing; they
 need the process to stop at an exact place. Production code calls
 ``reach("band-uploaded")`` at such places; it does nothing unless the command
-line was given ``VAULTFS_TESTPOINTS`` (read by cli.py only), e.g.
+line was given ``VAULTFS_TESTPOINTS`` (read by vaultfs.cli only), e.g.
 
     VAULTFS_TESTPOINTS="band-uploaded#2=kill,after-scan=stop"
 

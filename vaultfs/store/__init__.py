@@ -45,7 +45,7 @@ _test_faults: tuple[float, int] | None = None  # issue 5: see enable_test_faults
 
 
 def enable_test_faults(spec: str) -> None:
-    """For tests (``VAULTFS_TEST_FAULTS=rate:seed``, read by cli.py): every store opened
+    """For tests (``VAULTFS_TEST_FAULTS=rate:seed``, read by vaultfs.cli): every store opened
     afterwards is a FaultyStore failing about ``rate`` of its calls with transient errors,
     under a RetryingStore with more attempts and millisecond backoff. ConfigError if bad."""
     global _test_faults

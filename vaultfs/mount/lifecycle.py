@@ -49,9 +49,9 @@ import pyfuse3
 import trio
 
 from vaultfs.errors import UsageError, VaultError
-from vaultfs.fuse_ops import VaultOperations
 from vaultfs.model import BandId, BandInfo
-from vaultfs.restore_policy import (
+from vaultfs.mount.fuse_ops import VaultOperations
+from vaultfs.mount.restore_policy import (
     BandCache,
     OnDemandRestores,
     ProcessMatcher,
@@ -59,8 +59,8 @@ from vaultfs.restore_policy import (
     parse_rules,
     poll_restores,
 )
+from vaultfs.mount.view import MountInfo, VaultView, start_threads
 from vaultfs.vault import Vault
-from vaultfs.vfs import MountInfo, VaultView, start_threads
 
 log = logging.getLogger("vaultfs.mount")
 

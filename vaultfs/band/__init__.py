@@ -47,7 +47,7 @@ from typing import Any
 
 import zstandard
 
-from vaultfs.bandfile import BandFile
+from vaultfs.band.direct_file import BandFile
 from vaultfs.errors import CorruptionError
 from vaultfs.fsutil import fsync_path
 from vaultfs.malloc import release_free_memory

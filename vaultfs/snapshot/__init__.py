@@ -53,6 +53,7 @@ from vaultfs.model import (
     to_text,
     tree_id,
 )
+from vaultfs.snapshot.spool import Uploader, recover_spool
 from vaultfs.source import (
     ChangedWhileReading,
     FileStat,
@@ -67,7 +68,6 @@ from vaultfs.source import (
     read_small,
     same_file_state,
 )
-from vaultfs.spool import Uploader, recover_spool
 from vaultfs.vault import Vault
 
 SMALL_FILE = 1024 * 1024  # read whole into memory: one read serves hash and band

@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
 
 def cmd_mount(args: argparse.Namespace, config: Config) -> int:
     from vaultfs.malloc import tune_for_large_buffers
-    from vaultfs.mount import MountOptions, mount
+    from vaultfs.mount.lifecycle import MountOptions, mount
     from vaultfs.vault import Vault
 
     tune_for_large_buffers()  # frames of MiBs, read and decompressed over and over
@@ -71,7 +71,7 @@ def cmd_mount(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_umount(args: argparse.Namespace, config: Config) -> int:
-    from vaultfs.mount import unmount
+    from vaultfs.mount.lifecycle import unmount
 
     message = unmount(args.mountpoint.absolute())
     if not args.quiet:

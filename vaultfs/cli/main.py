@@ -117,7 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_versions)
 
     # Command groups that live in their own modules (each owns its commands' code).
-    from vaultfs import cli_index, cli_mount, cli_restore, cli_retention
+    from vaultfs.cli import index as cli_index
+    from vaultfs.cli import mount as cli_mount
+    from vaultfs.cli import restore as cli_restore
+    from vaultfs.cli import retention as cli_retention
 
     for group in (cli_restore, cli_mount, cli_index, cli_retention):
         group.register(sub, add)
@@ -146,7 +149,7 @@ def cmd_init(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_snapshot(args: argparse.Namespace, config: Config) -> int:
-    from vaultfs import cli_retention
+    from vaultfs.cli import retention as cli_retention
     from vaultfs.malloc import tune_for_large_buffers
     from vaultfs.progress import TerminalProgress
     from vaultfs.snapshot import Snapshot
@@ -346,6 +349,3 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_ERROR
 
-
-if __name__ == "__main__":
-    sys.exit(main())
