@@ -182,3 +182,22 @@ def test_good_values_of_max_removed(file_vault: VaultEnv) -> None:
         set_keys(file_vault, "photos", f"max_removed = {value}", "allow_empty = false")
         file_vault.run("init")
         file_vault.write_config()
+
+
+def test_a_root_whose_path_has_braces_is_an_ordinary_path(file_vault: VaultEnv) -> None:
+    """Messages name the root with f-strings, never ``str.format`` (a ``{`` in a path was
+    once a KeyError, an "internal error" instead of the message)."""
+    root = file_vault.tmp / "src" / "shots {2024} {name}"
+    file_vault.collections["photos"] = (root, "cold")
+    file_vault.write_config()
+    file_vault.run("init")
+    proc = file_vault.run("snapshot", expect=1)
+    [line] = error_lines(proc.stderr)
+    assert f"collection photos: {root} does not exist (is the volume mounted?)" in line
+    assert "internal error" not in proc.stderr and "Traceback" not in proc.stderr
+    write(root / "{a}.raw", b"raw {0} bytes")
+    proc = file_vault.run("snapshot", expect=0)
+    assert "photos: v1 created: 1 files" in proc.stdout
+    out = file_vault.tmp / "out {x}"
+    file_vault.run("restore", "fetch", "photos@v1", "--to", str(out))
+    assert (out / "{a}.raw").read_bytes() == b"raw {0} bytes"
