@@ -263,7 +263,7 @@ def test_after_snapshot_applies_keep_versions(tmp_path: Path) -> None:
             with world.vault.lock():
                 r = cli_retention.after_snapshot(world.vault, coll, quiet=True)
             assert r is not None
-        assert r.forgotten == (1,) and r.kept == (2, 3)
+        assert r is not None and r.forgotten == (1,) and r.kept == (2, 3)
         world.kept, world.forgotten = [2, 3], {1}
         world.check()
     finally:

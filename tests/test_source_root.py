@@ -157,16 +157,16 @@ def test_max_removed_as_a_number_of_files(file_vault: VaultEnv) -> None:
 
 
 @pytest.mark.parametrize(("line", "says"), [
-    ('allow_empty = "yes"', "collections.photos.allow_empty = 'yes': expected true or false"),
-    ("allow_empty = 1", "collections.photos.allow_empty = 1: expected true or false"),
-    ('max_removed = "150%"', "collections.photos.max_removed = '150%': a percentage runs"),
-    ('max_removed = "-5%"', "collections.photos.max_removed = '-5%': expected a percentage"),
-    ('max_removed = "half"', "collections.photos.max_removed = 'half': expected a percentage"),
-    ('max_removed = "50"', "collections.photos.max_removed = '50': expected a percentage"),
-    ("max_removed = 0.5", "collections.photos.max_removed = 0.5: expected a percentage"),
-    ("max_removed = -1", "collections.photos.max_removed = -1: a number of files cannot be"),
-    ("max_removed = true", "collections.photos.max_removed = True: expected a percentage"),
-    ("max_remove = 3", "unknown key collections.photos.max_remove"),
+    ('allow_empty = "yes"', "[collections.photos].allow_empty = 'yes': expected true or false"),
+    ("allow_empty = 1", "[collections.photos].allow_empty = 1: expected true or false"),
+    ('max_removed = "150%"', "[collections.photos].max_removed = '150%': a percentage runs"),
+    ('max_removed = "-5%"', "[collections.photos].max_removed = '-5%': expected a percentage"),
+    ('max_removed = "half"', "[collections.photos].max_removed = 'half': expected a percentage"),
+    ('max_removed = "50"', "[collections.photos].max_removed = '50': expected a percentage"),
+    ("max_removed = 0.5", "[collections.photos].max_removed = 0.5: expected a percentage"),
+    ("max_removed = -1", "[collections.photos].max_removed = -1: a number of files cannot be"),
+    ("max_removed = true", "[collections.photos].max_removed = True: expected a percentage"),
+    ("max_remove = 3", "unknown key [collections.photos].max_remove"),
 ])
 def test_bad_values_of_the_new_keys(file_vault: VaultEnv, line: str, says: str) -> None:
     file_vault.add_collection("photos")

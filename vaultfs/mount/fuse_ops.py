@@ -201,7 +201,7 @@ class VaultOperations(pyfuse3.Operations):
         # cached frame goes to the kernel without a copy.
         handle = self._handles[fh]
         peek = getattr(handle, "peek", None)
-        data = peek(off, size) if peek is not None else None  # a cached frame: no thread hop
+        data: bytes | memoryview | None = peek(off, size) if peek is not None else None  # cached
         if data is not None:
             return data
         return await trio.to_thread.run_sync(handle.read_view, off, size, limiter=self.limiter)

@@ -9,11 +9,11 @@
   cleanly; cancelling the nursery ends the restore watcher with it. An unexpected
   exception out of the loop is logged and the mount is *left in place*: the
   kernel then answers ENOTCONN, which no mirroring job mistakes for an empty
-  backup (STYLE habit 10); `vaultfs umount` clears it.
+  backup; `vaultfs umount` clears it.
 * `unmount` is ``fusermount3 -u`` with clear messages; it also clears a crashed
   (ENOTCONN) mount.
 
-The restore service (DESIGN §10, §11; docs/mount.md):
+The restore service (docs/mount.md, docs/restore.md):
 
 * An open of a file whose band is not readable asks `OnDemandRestores` whether
   to request the band's restore (auto_restore, the opener's process, the band's

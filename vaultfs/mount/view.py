@@ -80,7 +80,7 @@ from vaultfs.vault import Vault
 log = logging.getLogger("vaultfs.mount")
 
 ROOT_INO = 1
-BLKSIZE = 1024 * 1024  # st_blksize: cat/cp then read 1 MiB at a time (DESIGN §17)
+BLKSIZE = 1024 * 1024  # st_blksize: cat/cp then read 1 MiB at a time (docs/mount.md)
 TREE_CACHE_BYTES = 16 * 1024 * 1024
 FRAME_CACHE_BYTES = 16 * 1024 * 1024
 READ_AHEAD_FRAMES = 2  # a sequential reader has this many frames decompressed ahead
@@ -137,7 +137,7 @@ class Unsupported(VfsError):
 
 
 class Archived(VfsError):
-    """The content lies in a band that is not readable now (ENODATA, DESIGN §11)."""
+    """The content lies in a band that is not readable now (ENODATA, docs/mount.md)."""
 
     def __init__(self, band: BandId, state: str) -> None:
         super().__init__(f"band {band} is {state}")
@@ -297,29 +297,11 @@ class VaultView:
         """The child `name` of a directory; NotFound if there is none. Counts are unchanged."""
         parent = self.node(parent_ino)
         if parent.kind == "root":
-            if name == META_DIR:
-                return self._meta_dir()
-            coll = name.decode("utf-8", "surrogateescape")
-            if not self.catalog.latest_version(coll):
-                raise NotFound(name)
-            return self._collection(coll)
+            return self._lookup_in_root(name)
         if parent.kind == "meta":
-            if name == STATUS:
-                return self._make("status", ("status",))
-            if name == RESTORES:
-                return self._make("restores", ("restores",))
-            raise NotFound(name)
+            return self._lookup_in_meta(name)
         if parent.kind == "collection":
-            if name == LATEST:
-                if self.catalog.latest_version(parent.collection) is None:
-                    raise NotFound(name)
-                return self._make("latest", ("latest", parent.collection),
-                                  collection=parent.collection)
-            number = _version_number(name)
-            version = None if number is None else self.catalog.version(parent.collection, number)
-            if version is None:
-                raise NotFound(name)
-            return self._version(version)
+            return self._lookup_in_collection(parent, name)
         if parent.tree is None:
             raise NotADirectory(parent.path)
         listing = self._listing(parent.tree)
@@ -327,6 +309,34 @@ class VaultView:
         if pos is None:
             raise NotFound(name)
         return self._child(parent, listing.entries[pos])
+
+    def _lookup_in_root(self, name: bytes) -> Node:
+        """``.vaultfs`` or a collection that has at least one version."""
+        if name == META_DIR:
+            return self._meta_dir()
+        coll = name.decode("utf-8", "surrogateescape")
+        if not self.catalog.latest_version(coll):
+            raise NotFound(name)
+        return self._collection(coll)
+
+    def _lookup_in_meta(self, name: bytes) -> Node:
+        if name == STATUS:
+            return self._make("status", ("status",))
+        if name == RESTORES:
+            return self._make("restores", ("restores",))
+        raise NotFound(name)
+
+    def _lookup_in_collection(self, parent: Node, name: bytes) -> Node:
+        """``latest`` or ``vN``."""
+        if name == LATEST:
+            if self.catalog.latest_version(parent.collection) is None:
+                raise NotFound(name)
+            return self._make("latest", ("latest", parent.collection), collection=parent.collection)
+        number = _version_number(name)
+        version = None if number is None else self.catalog.version(parent.collection, number)
+        if version is None:
+            raise NotFound(name)
+        return self._version(version)
 
     def _meta_dir(self) -> Node:
         return self._make("meta", ("meta",))

@@ -275,7 +275,7 @@ class Snapshot:
                 f.blob = f.link_of.blob
                 f.skipped = f.link_of.skipped
         # The band being filled stays open: the commit closes it with the new trees
-        # and the version record in its catalog (DESIGN §6), so a small snapshot
+        # and the version record in its catalog (docs/band-format.md), so a small snapshot
         # writes one band, not a data band and a metadata band.
         self._uploader.drain()
 
