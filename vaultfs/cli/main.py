@@ -21,6 +21,7 @@ from vaultfs.config import Config, load_config
 from vaultfs.errors import (
     EXIT_ERROR,
     EXIT_OK,
+    EXIT_USAGE,
     EXIT_WARNINGS,
     ConfigError,
     SourceRefused,
@@ -320,14 +321,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     logsafe.install()  # no credential in any line, --debug or not
     func: Callable[[argparse.Namespace, Config], int] = args.func
-    if os.environ.get("VAULTFS_TESTPOINTS"):
+    if os.environ.get("VAULTFS_TESTPOINTS"):  # the one test hook (vaultfs/testpoints.py)
         from vaultfs import testpoints
 
-        testpoints.configure(os.environ["VAULTFS_TESTPOINTS"])
-    if os.environ.get("VAULTFS_TEST_FAULTS"):  # issue 5: store fault injection for tests
-        from vaultfs.store import enable_test_faults
-
-        enable_test_faults(os.environ["VAULTFS_TEST_FAULTS"])
+        try:
+            testpoints.configure(os.environ["VAULTFS_TESTPOINTS"])
+        except ValueError as e:
+            print(f"vaultfs: error: {e}", file=sys.stderr)
+            return EXIT_USAGE
     try:
         config = load_config(find_config(args.config))
         return func(args, config)

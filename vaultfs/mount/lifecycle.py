@@ -77,7 +77,6 @@ class MountOptions:
     foreground: bool = False
     debug: bool = False
     log_file: Path | None = None  # background mode; None: <state_dir>/mount.log
-    fault_name: bytes | None = None  # test hook, see docs/mount.md
 
 
 def fuse_options(opts: MountOptions) -> set[str]:
@@ -147,7 +146,7 @@ def _run(open_vault: Callable[[], Vault], mountpoint: Path, opts: MountOptions,
     vault = open_vault()
     try:
         info = MountInfo(store=vault.config.store)
-        view = VaultView(vault, info, fault_name=opts.fault_name)
+        view = VaultView(vault, info)
         service = RestoreService(vault, view)
         info.status_lines = service.status_lines
         ops = VaultOperations(view, trio.CapacityLimiter(READ_THREADS), service.on_unreadable)

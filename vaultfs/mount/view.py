@@ -70,10 +70,20 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Literal, NamedTuple
 
-from vaultfs import archive
+from vaultfs import archive, testpoints
 from vaultfs import band as bandfmt
 from vaultfs.errors import CorruptionError
-from vaultfs.model import BandId, BandInfo, BandState, BlobId, BlobRef, Entry, TreeId, VersionInfo
+from vaultfs.model import (
+    BandId,
+    BandInfo,
+    BandState,
+    BlobId,
+    BlobRef,
+    Entry,
+    TreeId,
+    VersionInfo,
+    to_text,
+)
 from vaultfs.store.base import ObjectArchived
 from vaultfs.vault import Vault
 
@@ -236,13 +246,10 @@ class VaultView:
     band pass through: they mean EIO.
     """
 
-    def __init__(self, vault: Vault, info: MountInfo | None = None, *,
-                 fault_name: bytes | None = None) -> None:
+    def __init__(self, vault: Vault, info: MountInfo | None = None) -> None:
         self.vault = vault
         self.catalog = vault.catalog
         self.info = info or MountInfo(store=vault.config.store)
-        # Test hook (docs/mount.md): reading a file of this name raises an unexpected error.
-        self._fault_name = fault_name
         self._nodes: dict[int, Node] = {}
         root = Node(ROOT_INO, "root", ("root",), refs=1)
         self._nodes[ROOT_INO] = root
@@ -550,7 +557,7 @@ class VaultView:
                 raise Archived(ref.band, info.state)
             self.in_use[ref.band] += 1
             self.last_used[ref.band] = time.time_ns()
-        fault = self._fault_name is not None and e.name == self._fault_name
+        fault = testpoints.fails("read:" + to_text(e.name))  # tests only (vaultfs/testpoints.py)
         return OpenFile(self.readers, ref, e.blob or BlobId(_EMPTY_SHA256), e.size, fault)
 
     def _cache_copy_lost(self, info: BandInfo) -> BandInfo:
@@ -652,7 +659,7 @@ class OpenFile:
     def read_view(self, offset: int, length: int) -> bytes | memoryview:
         """Like `read`; a range inside one frame comes back as a view of the frame (no copy)."""
         if self._fault:
-            raise RuntimeError("injected fault (VAULTFS_MOUNT_FAULT test hook)")
+            raise testpoints.InjectedFault("injected fault at read (VAULTFS_TESTPOINTS)")
         length = max(0, min(length, self.size - offset))
         if length == 0 or self.ref is None:
             return b""
