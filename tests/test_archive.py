@@ -1,7 +1,7 @@
 """Deep Archive: verified bands move there after a snapshot, and come back on request.
 
 S3 is moto's HTTP server; a restore is held *pending* with moto's state manager
-(model ``s3::keyrestore``, DESIGN §17) and released with ``unset-transition``.
+(model ``s3::keyrestore``) and released with ``unset-transition``.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ def start_held_restores(env: VaultEnv, *args: str) -> dict[str, Any]:
         head = client.head_object(Bucket=env.bucket.name, Key=f"vault/bands/{band['band']}.tar.zst")
         assert head["Restore"] == 'ongoing-request="true"'
     transition(10**9)
+    assert isinstance(result, dict)
     return result
 
 
@@ -69,7 +71,7 @@ def release_restores(bucket: S3Bucket) -> None:
 
 
 @pytest.fixture
-def cold(s3_bucket: S3Bucket, tmp_path: Path) -> VaultEnv:
+def cold(s3_bucket: S3Bucket, tmp_path: Path) -> Iterator[VaultEnv]:
     env = VaultEnv(tmp_path, f"s3://{s3_bucket.name}/vault", s3_endpoint=s3_bucket.endpoint_url,
                    bucket=s3_bucket, band_size="1MiB")
     env.extra_config = PRICES
@@ -191,7 +193,8 @@ def test_restore_expiry_returns_the_band_to_archived(cold: VaultEnv) -> None:
         assert restored.state == "restored" and restored.restore is not None
         later = restored.restore.expires_ns + 1
         assert archive.refresh(vault, restored, now=later).state == "archived"
-        assert vault.catalog.band(band.band).state == "archived"  # type: ignore[union-attr]
+        now = vault.catalog.band(band.band)
+        assert now is not None and now.state == "archived"
     finally:
         vault.close()
 
@@ -207,7 +210,7 @@ def test_restore_already_in_progress_is_not_an_error(cold: VaultEnv) -> None:
     vault = cold.open_vault()
     try:
         (band,) = archive.in_flight(vault)
-        s3 = vault.store.inner  # type: ignore[attr-defined]  # below the retry wrapper
+        s3 = vault.store.inner  # below the retry wrapper
         answered: list[int] = []
 
         class Raw:

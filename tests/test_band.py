@@ -1,4 +1,4 @@
-"""Tests of the band format (vaultfs/band.py) against the spec and against standard tools.
+"""Tests of the band format (vaultfs/band/) against the spec and against standard tools.
 
 The seek table and tar stream are checked with parsers written here from the format
 specifications (struct, Python's tarfile) and with the zstd and GNU tar command lines.
@@ -605,7 +605,7 @@ def test_band_file_appends_truncates_and_finishes(tmp_path: Path, direct: bool) 
     """BandFile against a plain model: pieces of every size across the stage, roll-backs
     into bytes still staged and into bytes already on disk (re-staged from the file),
     then the unaligned tail; the same bytes with O_DIRECT and buffered."""
-    from vaultfs import bandfile
+    from vaultfs.band import direct_file as bandfile
 
     path = tmp_path / "band"
     f = bandfile.BandFile(path)

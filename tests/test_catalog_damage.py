@@ -87,9 +87,9 @@ def test_flipped_blob_offset_is_eio_in_the_mount(file_vault: VaultEnv, tmp_path:
     assert any("rung 1" in w and "blob record" in w for w in rebuilt["why"]), rebuilt["why"]
     assert list(file_vault.state_dir.glob("catalog.lmdb.damaged-*"))
     with mounted(file_vault, mnt):
-        dd = subprocess.run(["dd", f"if={mnt / 'photos/latest/big.bin'}", "of=/dev/stdout",
-                             "bs=4096", "skip=100", "count=1"], capture_output=True)
-        assert dd.returncode == 0 and dd.stdout == big[409600:409600 + 4096]
+        dd_ok = subprocess.run(["dd", f"if={mnt / 'photos/latest/big.bin'}", "of=/dev/stdout",
+                                "bs=4096", "skip=100", "count=1"], capture_output=True)
+        assert dd_ok.returncode == 0 and dd_ok.stdout == big[409600:409600 + 4096]
     file_vault.run("restore", "fetch", "photos", "--to", str(tmp_path / "out"))
     assert diff_r(src, tmp_path / "out") == []
     file_vault.run("check")

@@ -100,7 +100,7 @@ def test_exhausted_retries_say_so(vault_env: VaultEnv) -> None:
     """Every store call fails transiently: the final error counts the attempts, promises none."""
     (vault_env.add_collection("p") / "a.txt").write_bytes(b"alpha")
     vault_env.run("init")
-    faults = vault_env.env(VAULTFS_TEST_FAULTS="1.0:3")  # 14 attempts, millisecond backoff
+    faults = vault_env.env(VAULTFS_TESTPOINTS="store-faults=1.0:3")  # 14 attempts, millisecond backoff
     line = one_line_error(vault_env.run("snapshot", expect=None, env=faults), 1)
     assert "gave up after 14 attempts" in line
     assert "check the network and the store, then run the command again" in line
@@ -113,7 +113,7 @@ def test_s3_transient_answer_after_retries(s3_env: VaultEnv) -> None:
     with serve(400, body) as server:  # botocore does not retry a 400; RetryingStore does
         s3_env.s3_endpoint = server.url
         s3_env.write_config()
-        proc = s3_env.run("snapshot", expect=None, env=s3_env.env(VAULTFS_TEST_FAULTS="0:0"))
+        proc = s3_env.run("snapshot", expect=None, env=s3_env.env(VAULTFS_TESTPOINTS="store-faults=0:0"))
         line = one_line_error(proc, 1)
         assert "S3 answered InternalError" in line and "gave up after 14 attempts" in line
         assert "will retry" not in line
@@ -257,7 +257,7 @@ def test_names_are_escaped_in_human_output(file_vault: VaultEnv, tmp_path: Path)
 
 def _commands() -> set[str]:
     """Every command and action the parser knows, e.g. "snapshot", "restore fetch"."""
-    from vaultfs.cli import build_parser
+    from vaultfs.cli.main import build_parser
 
     found: set[str] = set()
 

@@ -67,7 +67,7 @@ def remove_hard_link_first_name(src: Path) -> None:
     (src / "hard_a").unlink()  # "hard_c" and "nested/hard_b" remain; the first name changes
 
 
-STEPS: list[tuple[str, Callable[[Path], None]]] = [
+STEPS: list[tuple[str, Callable[[Path], object]]] = [
     ("nothing", lambda src: None),
     ("deep content, new size", lambda src: write(src / "nested/deeper/deepest/leaf.txt", b"v2 longer")),
     ("deep content, same size and mtime",

@@ -102,15 +102,15 @@ def test_snapshot_through_a_flaky_store(store: str, request: pytest.FixtureReque
                        bucket=bucket, band_size="1MiB")
     src = env.add_collection("photos", tier="warm")  # warm: bands stay readable on S3
     fill(src)
-    faulty = env.env(VAULTFS_TEST_FAULTS="0.3:7")
+    faulty = env.env(VAULTFS_TESTPOINTS="store-faults=0.3:7")
     env.run("init", env=faulty)
     proc = env.run("--debug", "snapshot", env=faulty)
     assert "injected fault" in proc.stderr  # the faults happened and were retried
     write(src / "more.txt", b"more")
-    env.run("snapshot", env=env.env(VAULTFS_TEST_FAULTS="0.3:8"))
-    env.run("check", "--read-data", env=env.env(VAULTFS_TEST_FAULTS="0.3:9"))
+    env.run("snapshot", env=env.env(VAULTFS_TESTPOINTS="store-faults=0.3:8"))
+    env.run("check", "--read-data", env=env.env(VAULTFS_TESTPOINTS="store-faults=0.3:9"))
     env.run("restore", "fetch", "photos", "--to", str(tmp_path / "out"),
-            env=env.env(VAULTFS_TEST_FAULTS="0.3:10"))
+            env=env.env(VAULTFS_TESTPOINTS="store-faults=0.3:10"))
     assert diff_r(src, tmp_path / "out") == []
     nas = second_machine(env, tmp_path / "nas2")
     assert nas.json("index", "rebuild", "--from", "sidecars")["problems"] == []
@@ -226,3 +226,11 @@ def test_kill_while_archiving_cold_bands(s3_bucket, tmp_path: Path) -> None:  # 
     states = {v["state"] for v in nas.versions("photos")}
     assert any("archived" in s for s in states), states
     no_debris(env)
+
+
+@pytest.mark.parametrize("spec", ["after-scan=explode", "store-faults=lots", "store-faults=2:1", "=kill"])
+def test_a_mistyped_test_hook_is_a_usage_error_not_a_silent_no_op(file_vault: VaultEnv, spec: str) -> None:
+    """A hook that silently did nothing would let a crash test pass without crashing."""
+    proc = file_vault.run("init", expect=2, env=file_vault.env(VAULTFS_TESTPOINTS=spec))
+    assert proc.stderr.count("\n") == 1 and "VAULTFS_TESTPOINTS" in proc.stderr
+    assert spec in proc.stderr and "Traceback" not in proc.stderr

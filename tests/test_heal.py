@@ -18,7 +18,7 @@ from tests.test_restore_missing import band_of, delete_object
 from tests.trees import write
 from tests.vaultenv import VaultEnv
 from vaultfs import heal, index
-from vaultfs.model import band_key
+from vaultfs.model import BlobId, band_key
 
 OLD = 1_500_000_000 * 10**9
 
@@ -49,7 +49,7 @@ def assert_index_points_at_the_store(env: VaultEnv, data: bytes) -> None:
     vault = env.open_vault()
     try:
         loaded = index.load_index(vault.store, vault.catalog.meta("vault_id") or "")
-        ref = loaded.content.blobs[hashlib.sha256(data).digest()]
+        ref = loaded.content.blobs[BlobId(hashlib.sha256(data).digest())]
         assert band_key(ref.band) in env.store_keys("bands/")
         assert vault.catalog.blob(hashlib.sha256(data).digest()) == ref
     finally:

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from vaultfs import check as checkmod
-from vaultfs import restore
+from vaultfs import extract
 from vaultfs.config import CollectionConfig, Config
 from vaultfs.model import BandId, BlobId, BlobRef, band_key
 from vaultfs.snapshot import Snapshot
@@ -84,7 +84,7 @@ class World:
 
     def restore(self, number: int) -> tuple[Files, set[str]]:
         to = self.tmp / f"back-{number}-{random.random()}"
-        result = restore.fetch(self.vault, "c", number, [], to)
+        result = extract.fetch(self.vault, "c", number, [], to)
         got = {str(p.relative_to(to)): p.read_bytes() for p in to.rglob("*") if p.is_file()}
         return got, {os.fsdecode(m.path) for m in result.missing}
 

@@ -257,7 +257,7 @@ def test_an_unexpected_error_is_eio_and_the_mount_goes_on(file_vault: VaultEnv, 
         [sys.executable, "-m", "vaultfs.cli", "--config", str(file_vault.config_path),
          "mount", str(mnt), "--foreground"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-        env=file_vault.env(VAULTFS_MOUNT_FAULT="a.txt"),
+        env=file_vault.env(VAULTFS_TESTPOINTS="read:a.txt=fail"),
     )
     try:
         wait_for(lambda: is_mounted(mnt) or proc.poll() is not None, "the mount")

@@ -3,7 +3,7 @@
 S3 is moto's HTTP server. The mount talks to it through `CountingProxy`, which
 counts RestoreObject requests on the wire, so a duplicate request is caught
 whatever the mount's own bookkeeping believes. Pending restores are held with
-moto's state manager (DESIGN §17). The watcher polls only at mount start and on
+moto's state manager. The watcher polls only at mount start and on
 SIGUSR1 (poll_interval is an hour here); `poll_now` waits until a poll that
 started after its signal has finished, as /.vaultfs/status reports.
 """
@@ -34,10 +34,10 @@ from tests.mounts import mount_log, mount_pid, mounted, wait_for
 from tests.test_archive import moto_api, release_restores
 from tests.trees import write
 from tests.vaultenv import VaultEnv
-from vaultfs import restore_policy
 from vaultfs.catalog import Catalog
 from vaultfs.model import BandId, BandInfo, RestoreInfo
-from vaultfs.vfs import state_text
+from vaultfs.mount import restore_policy
+from vaultfs.mount.view import state_text
 
 FILES = 6  # 1 MB each, two to a band: three bands of ~2 MB, all archived
 HOLD_FOREVER = 10**9

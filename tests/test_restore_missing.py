@@ -52,7 +52,7 @@ def band_of(env: VaultEnv, data: bytes) -> BandId:
     try:
         ref = vault.catalog.blob(hashlib.sha256(data).digest())
         assert ref is not None
-        return ref.band
+        return BandId(ref.band)
     finally:
         vault.close()
 

@@ -20,8 +20,9 @@ from tests.test_retention_property import DAY, World, read_tree
 from tests.trees import write
 from tests.vaultenv import VaultEnv
 from vaultfs import band as bandfmt
-from vaultfs import cli_retention, retention
+from vaultfs import retention
 from vaultfs.catalog import Catalog
+from vaultfs.cli import retention as cli_retention
 from vaultfs.errors import CorruptionError
 from vaultfs.model import BandId, BlobId, TreeId, sidecar_key, to_text
 from vaultfs.store import StoreError
@@ -262,7 +263,7 @@ def test_after_snapshot_applies_keep_versions(tmp_path: Path) -> None:
             with world.vault.lock():
                 r = cli_retention.after_snapshot(world.vault, coll, quiet=True)
             assert r is not None
-        assert r.forgotten == (1,) and r.kept == (2, 3)
+        assert r is not None and r.forgotten == (1,) and r.kept == (2, 3)
         world.kept, world.forgotten = [2, 3], {1}
         world.check()
     finally:

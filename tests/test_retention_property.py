@@ -25,8 +25,8 @@ from hypothesis.control import currently_in_test_context
 from vaultfs import band as bandfmt
 from vaultfs import retention
 from vaultfs.config import CollectionConfig, Config
+from vaultfs.extract import fetch
 from vaultfs.model import BandId, BlobId, TreeId, band_key, sidecar_key, version_key
-from vaultfs.restore import fetch
 from vaultfs.snapshot import Snapshot
 from vaultfs.store import ObjectNotFound
 from vaultfs.vault import Vault

@@ -157,16 +157,16 @@ def test_max_removed_as_a_number_of_files(file_vault: VaultEnv) -> None:
 
 
 @pytest.mark.parametrize(("line", "says"), [
-    ('allow_empty = "yes"', "collections.photos.allow_empty = 'yes': expected true or false"),
-    ("allow_empty = 1", "collections.photos.allow_empty = 1: expected true or false"),
-    ('max_removed = "150%"', "collections.photos.max_removed = '150%': a percentage runs"),
-    ('max_removed = "-5%"', "collections.photos.max_removed = '-5%': expected a percentage"),
-    ('max_removed = "half"', "collections.photos.max_removed = 'half': expected a percentage"),
-    ('max_removed = "50"', "collections.photos.max_removed = '50': expected a percentage"),
-    ("max_removed = 0.5", "collections.photos.max_removed = 0.5: expected a percentage"),
-    ("max_removed = -1", "collections.photos.max_removed = -1: a number of files cannot be"),
-    ("max_removed = true", "collections.photos.max_removed = True: expected a percentage"),
-    ("max_remove = 3", "unknown key collections.photos.max_remove"),
+    ('allow_empty = "yes"', "[collections.photos].allow_empty = 'yes': expected true or false"),
+    ("allow_empty = 1", "[collections.photos].allow_empty = 1: expected true or false"),
+    ('max_removed = "150%"', "[collections.photos].max_removed = '150%': a percentage runs"),
+    ('max_removed = "-5%"', "[collections.photos].max_removed = '-5%': expected a percentage"),
+    ('max_removed = "half"', "[collections.photos].max_removed = 'half': expected a percentage"),
+    ('max_removed = "50"', "[collections.photos].max_removed = '50': expected a percentage"),
+    ("max_removed = 0.5", "[collections.photos].max_removed = 0.5: expected a percentage"),
+    ("max_removed = -1", "[collections.photos].max_removed = -1: a number of files cannot be"),
+    ("max_removed = true", "[collections.photos].max_removed = True: expected a percentage"),
+    ("max_remove = 3", "unknown key [collections.photos].max_remove"),
 ])
 def test_bad_values_of_the_new_keys(file_vault: VaultEnv, line: str, says: str) -> None:
     file_vault.add_collection("photos")
@@ -182,3 +182,22 @@ def test_good_values_of_max_removed(file_vault: VaultEnv) -> None:
         set_keys(file_vault, "photos", f"max_removed = {value}", "allow_empty = false")
         file_vault.run("init")
         file_vault.write_config()
+
+
+def test_a_root_whose_path_has_braces_is_an_ordinary_path(file_vault: VaultEnv) -> None:
+    """Messages name the root with f-strings, never ``str.format`` (a ``{`` in a path was
+    once a KeyError, an "internal error" instead of the message)."""
+    root = file_vault.tmp / "src" / "shots {2024} {name}"
+    file_vault.collections["photos"] = (root, "cold")
+    file_vault.write_config()
+    file_vault.run("init")
+    proc = file_vault.run("snapshot", expect=1)
+    [line] = error_lines(proc.stderr)
+    assert f"collection photos: {root} does not exist (is the volume mounted?)" in line
+    assert "internal error" not in proc.stderr and "Traceback" not in proc.stderr
+    write(root / "{a}.raw", b"raw {0} bytes")
+    proc = file_vault.run("snapshot", expect=0)
+    assert "photos: v1 created: 1 files" in proc.stdout
+    out = file_vault.tmp / "out {x}"
+    file_vault.run("restore", "fetch", "photos@v1", "--to", str(out))
+    assert (out / "{a}.raw").read_bytes() == b"raw {0} bytes"

@@ -1,4 +1,4 @@
-"""Handler-level tests of vaultfs.vfs (and fuse_ops's edge) without a kernel."""
+"""Handler-level tests of vaultfs.mount.view (and fuse_ops's edge) without a kernel."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pyfuse3
 import pytest
@@ -17,12 +18,12 @@ import trio
 
 from tests.trees import make_every_kind, write
 from tests.vaultenv import VaultEnv
-from vaultfs import vfs
 from vaultfs.catalog import Catalog
 from vaultfs.config import load_config
 from vaultfs.errors import CorruptionError
-from vaultfs.fuse_ops import VaultOperations
 from vaultfs.model import BandId, BlobId
+from vaultfs.mount import view as vfs
+from vaultfs.mount.fuse_ops import VaultOperations
 from vaultfs.vault import Vault
 
 MiB = 1024 * 1024
@@ -267,7 +268,7 @@ def test_write_handlers_answer_erofs(every_kind: tuple[VaultEnv, Path, vfs.Vault
     ]
     for fn, args in calls:
         with pytest.raises(pyfuse3.FUSEError) as info:
-            trio.run(fn, *args)
+            trio.run(cast(Any, fn), *args)
         assert info.value.errno == errno.EROFS, fn.__name__
     node = walk(view, vfs.ROOT_INO, b"photos", b"v1", b"plain.txt")
     with pytest.raises(pyfuse3.FUSEError) as info:
@@ -301,7 +302,7 @@ def read_like_the_mount(handle: vfs.OpenFile, size: int) -> tuple[bytes, int]:
     """Sequential 1 MiB reads as fuse_ops serves them: `peek` first, else `read_view`."""
     out, peeked = bytearray(), 0
     for off in range(0, size, 1 << 20):
-        data = handle.peek(off, 1 << 20)
+        data: bytes | memoryview | None = handle.peek(off, 1 << 20)
         if data is not None:
             peeked += 1
         else:
@@ -324,6 +325,7 @@ def test_streamed_reads_peek_cached_frames_and_still_check_the_sha256(
     vault, view = open_view(file_vault)
     try:
         handle = view.open(walk(view, vfs.ROOT_INO, b"photos", b"v1", b"c.raw").ino)
+        assert isinstance(handle, vfs.OpenFile)
         assert handle.peek(0, MiB) is None  # nothing decompressed yet: never waits
         assert handle.peek(len(c) - 17, 17) is None  # the last read waits for the hash
         data, peeked = read_like_the_mount(handle, len(c))
@@ -335,6 +337,7 @@ def test_streamed_reads_peek_cached_frames_and_still_check_the_sha256(
     vault, view = open_view(file_vault)
     try:
         handle = view.open(walk(view, vfs.ROOT_INO, b"photos", b"v1", b"d.raw").ino)
+        assert isinstance(handle, vfs.OpenFile)
         with pytest.raises(CorruptionError, match="fails SHA-256"):
             read_like_the_mount(handle, len(d))
     finally:

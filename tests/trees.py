@@ -21,7 +21,7 @@ def write(path: Path, data: bytes, mtime: int | None = None) -> Path:
 
 
 def make_every_kind(root: Path) -> None:
-    """A tree with every kind of entry vaultfs must keep (DESIGN §15, issue 2)."""
+    """A tree with every kind of entry vaultfs must keep (docs/snapshots.md)."""
     root.mkdir(parents=True, exist_ok=True)
     write(root / "plain.txt", b"hello vault\n" * 100, 1_600_000_000 * 10**9 + NS)
     write(root / "empty", b"")

@@ -1,6 +1,6 @@
 """Parse the TOML configuration into a frozen `Config`.
 
-Only `cli.py` decides *which* file to read (``--config``, ``$VAULTFS_CONFIG``,
+Only `vaultfs.cli` decides *which* file to read (``--config``, ``$VAULTFS_CONFIG``,
 ``~/.config/vaultfs/vault.toml``, ``/etc/vaultfs/vault.toml``); this module
 turns text into validated records and names the bad key in every error.
 Unknown keys are errors too: a typo such as ``keep_version`` must not be
@@ -196,7 +196,9 @@ class _Table:
         self.where = where
 
     def key(self, name: str) -> str:
-        return f"{self.where}.{name}" if self.where else name
+        """How messages spell a key: ``[vault].store``, ``[collections.photos].path``; a
+        table itself: ``[vault]`` (docs/config.md uses the same spelling)."""
+        return f"[{self.where}].{name}" if self.where else f"[{name}]"
 
     def take(self, name: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
         if name not in self.data:
@@ -264,120 +266,135 @@ def _build(data: dict[str, Any], source: Path | None) -> Config:
     vault = _Table(top.require("vault", dict), "vault")
     s3 = _Table(top.take("s3", dict, {}), "s3")
     mount = _Table(top.take("mount", dict, {}), "mount")
-    prices_table = _Table(top.take("prices", dict, {}), "prices")
+    prices = _Table(top.take("prices", dict, {}), "prices")
     collections_raw: dict[str, Any] = top.take("collections", dict, {})
     top.finish()
-
-    store = vault.require("store", str)
-    if not (store.startswith("s3://") or store.startswith("file://")):
-        raise ConfigError(
-            f"vault.store = {store!r}: expected \"s3://bucket/prefix\" or \"file:///absolute/path\""
-        )
-    if store.startswith("s3://") and not store[5:].split("/", 1)[0]:
-        raise ConfigError(f"vault.store = {store!r}: the bucket name is missing")
-    if store.startswith("file://") and not store[7:].startswith("/"):
-        raise ConfigError(f"vault.store = {store!r}: a file:// store needs an absolute path")
-    state_dir_raw = vault.take("state_dir", str)
-    state_dir = Path(state_dir_raw).expanduser() if state_dir_raw else default_state_dir()
-    band_size = vault.take_size("band_size", 1024**3)
-    if band_size < 64 * 1024:
-        raise ConfigError(f"vault.band_size = {band_size}: must be at least 64KiB")
-    level = vault.take("compression_level", int, 3)
-    if not -7 <= level <= 22:
-        raise ConfigError(f"vault.compression_level = {level}: zstd levels run from -7 to 22")
-    threads = vault.take("threads", int, max(1, min(4, os.cpu_count() or 1)))
-    if threads < 1:
-        raise ConfigError(f"vault.threads = {threads}: must be at least 1")
-    vault.finish()
-
-    s3_settings = S3Settings(
-        endpoint_url=s3.take("endpoint_url", str),
-        region=s3.take("region", str),
-        profile=s3.take("profile", str),
-        archive_class=s3.take("archive_class", str, "DEEP_ARCHIVE"),
-        restore_tier=s3.take("restore_tier", str, "Bulk"),
-        restore_days=s3.take("restore_days", int, 7),
-        multipart_threshold=s3.take_size("multipart_threshold", 64 * 1024**2),
-        multipart_chunksize=s3.take_size("multipart_chunksize", 64 * 1024**2),
-    )
-    if s3_settings.restore_tier not in ("Bulk", "Standard"):
-        raise ConfigError(
-            f"s3.restore_tier = {s3_settings.restore_tier!r}: expected \"Bulk\" or \"Standard\""
-        )
-    if s3_settings.multipart_chunksize < 5 * 1024**2:
-        raise ConfigError("s3.multipart_chunksize: S3 needs parts of at least 5MiB")
-    s3.finish()
-
-    collections = []
-    for name, raw in collections_raw.items():
-        if not _COLLECTION_NAME.match(name):
-            raise ConfigError(
-                f"collections.{name}: a collection name uses letters, digits, '.', '_' and '-' only"
-            )
-        if not isinstance(raw, dict):
-            raise ConfigError(f"collections.{name}: expected a table [collections.{name}]")
-        t = _Table(raw, f"collections.{name}")
-        path = Path(t.require("path", str)).expanduser()
-        if not path.is_absolute():
-            raise ConfigError(f"collections.{name}.path = {str(path)!r}: must be an absolute path")
-        tier = t.take("tier", str, "cold")
-        if tier not in ("cold", "warm"):
-            raise ConfigError(f"collections.{name}.tier = {tier!r}: expected \"cold\" or \"warm\"")
-        keep = t.take("keep_versions", int)
-        if keep is not None and keep < 1:
-            raise ConfigError(f"collections.{name}.keep_versions = {keep}: must be at least 1")
-        frame = t.take_size("frame_size", 0) or None
-        if frame is not None and not 64 * 1024 <= frame <= 1024**3:
-            raise ConfigError(f"collections.{name}.frame_size: must be between 64KiB and 1GiB")
-        clevel = t.take("compression_level", int)
-        allow_empty = t.take("allow_empty", bool, False)
-        max_removed = t.take_removal_limit("max_removed")
-        t.finish()
-        collections.append(CollectionConfig(
-            name, path, tier, keep, frame, clevel, allow_empty, max_removed))
-
-    mount_settings = MountSettings(
-        auto_restore=mount.take("auto_restore", bool, True),
-        restore_budget_per_day=mount.take_size("restore_budget_per_day", 200 * 1024**3),
-        no_restore_processes=tuple(
-            mount.take("no_restore_processes", list, list(DEFAULT_NO_RESTORE_PROCESSES))
-        ),
-        poll_interval=float(mount.take("poll_interval", (int, float), 900.0)),
-        fetch_restored=mount.take("fetch_restored", bool, True),
-        cache_size=mount.take_size("cache_size", 50 * 1024**3),
-        on_restore_ready=mount.take("on_restore_ready", str, ""),
-    )
-    if mount_settings.poll_interval <= 0:
-        raise ConfigError(f"mount.poll_interval = {mount_settings.poll_interval}: must be positive")
-    if mount_settings.on_restore_ready:
-        try:
-            shlex.split(mount_settings.on_restore_ready)
-        except ValueError as e:  # e.g. an unclosed quote: say so now, not when a restore is ready
-            raise ConfigError(f"mount.on_restore_ready = {mount_settings.on_restore_ready!r}: "
-                              f"{e}; it is split like a shell command line") from None
-    if not all(isinstance(p, str) and p for p in mount_settings.no_restore_processes):
-        raise ConfigError("mount.no_restore_processes: expected a list of process names")
-    mount.finish()
-    defaults = Prices()
-    price_values: dict[str, Any] = {"taken": prices_table.take("taken", str, defaults.taken)}
-    for name in ("bulk_per_gb", "standard_per_gb", "bulk_per_1000_requests",
-                 "standard_per_1000_requests", "restored_copy_per_gb_month"):
-        value = prices_table.take(name, (int, float), getattr(defaults, name))
-        if value < 0:
-            raise ConfigError(f"prices.{name} = {value}: a price cannot be negative")
-        price_values[name] = float(value)
-    for name in ("bulk_hours", "standard_hours"):
-        price_values[name] = prices_table.take(name, int, getattr(defaults, name))
-    prices_table.finish()
+    store, state_dir, band_size, level, threads = _vault_settings(vault)
     return Config(
         store=store,
         state_dir=state_dir,
         band_size=band_size,
         compression_level=level,
         threads=threads,
-        s3=s3_settings,
-        collections=tuple(collections),
-        mount=mount_settings,
-        prices=Prices(**price_values),
+        s3=_s3_settings(s3),
+        collections=tuple(_collection(name, raw) for name, raw in collections_raw.items()),
+        mount=_mount_settings(mount),
+        prices=_prices(prices),
         source=source,
     )
+
+
+def _vault_settings(t: _Table) -> tuple[str, Path, int, int, int]:
+    """``[vault]``: store, state_dir, band_size, compression_level, threads."""
+    store = t.require("store", str)
+    if not (store.startswith("s3://") or store.startswith("file://")):
+        raise ConfigError(
+            f"{t.key('store')} = {store!r}: expected \"s3://bucket/prefix\" or \"file:///absolute/path\""
+        )
+    if store.startswith("s3://") and not store[5:].split("/", 1)[0]:
+        raise ConfigError(f"{t.key('store')} = {store!r}: the bucket name is missing")
+    if store.startswith("file://") and not store[7:].startswith("/"):
+        raise ConfigError(f"{t.key('store')} = {store!r}: a file:// store needs an absolute path")
+    state_dir_raw = t.take("state_dir", str)
+    state_dir = Path(state_dir_raw).expanduser() if state_dir_raw else default_state_dir()
+    band_size = t.take_size("band_size", 1024**3)
+    if band_size < 64 * 1024:
+        raise ConfigError(f"{t.key('band_size')} = {band_size}: must be at least 64KiB")
+    level = t.take("compression_level", int, 3)
+    if not -7 <= level <= 22:
+        raise ConfigError(f"{t.key('compression_level')} = {level}: zstd levels run from -7 to 22")
+    threads = t.take("threads", int, max(1, min(4, os.cpu_count() or 1)))
+    if threads < 1:
+        raise ConfigError(f"{t.key('threads')} = {threads}: must be at least 1")
+    t.finish()
+    return store, state_dir, band_size, level, threads
+
+
+def _s3_settings(t: _Table) -> S3Settings:
+    settings = S3Settings(
+        endpoint_url=t.take("endpoint_url", str),
+        region=t.take("region", str),
+        profile=t.take("profile", str),
+        archive_class=t.take("archive_class", str, "DEEP_ARCHIVE"),
+        restore_tier=t.take("restore_tier", str, "Bulk"),
+        restore_days=t.take("restore_days", int, 7),
+        multipart_threshold=t.take_size("multipart_threshold", 64 * 1024**2),
+        multipart_chunksize=t.take_size("multipart_chunksize", 64 * 1024**2),
+    )
+    if settings.restore_tier not in ("Bulk", "Standard"):
+        raise ConfigError(
+            f"{t.key('restore_tier')} = {settings.restore_tier!r}: expected \"Bulk\" or \"Standard\""
+        )
+    if settings.multipart_chunksize < 5 * 1024**2:
+        raise ConfigError(f"{t.key('multipart_chunksize')}: S3 needs parts of at least 5MiB")
+    t.finish()
+    return settings
+
+
+def _collection(name: str, raw: Any) -> CollectionConfig:
+    """``[collections.NAME]``."""
+    if not _COLLECTION_NAME.match(name):
+        raise ConfigError(
+            f"[collections.{name}]: a collection name uses letters, digits, '.', '_' and '-' only"
+        )
+    if not isinstance(raw, dict):
+        raise ConfigError(f"[collections.{name}]: expected a table, not a value")
+    t = _Table(raw, f"collections.{name}")
+    path = Path(t.require("path", str)).expanduser()
+    if not path.is_absolute():
+        raise ConfigError(f"{t.key('path')} = {str(path)!r}: must be an absolute path")
+    tier = t.take("tier", str, "cold")
+    if tier not in ("cold", "warm"):
+        raise ConfigError(f"{t.key('tier')} = {tier!r}: expected \"cold\" or \"warm\"")
+    keep = t.take("keep_versions", int)
+    if keep is not None and keep < 1:
+        raise ConfigError(f"{t.key('keep_versions')} = {keep}: must be at least 1")
+    frame = t.take_size("frame_size", 0) or None
+    if frame is not None and not 64 * 1024 <= frame <= 1024**3:
+        raise ConfigError(f"{t.key('frame_size')}: must be between 64KiB and 1GiB")
+    clevel = t.take("compression_level", int)
+    allow_empty = t.take("allow_empty", bool, False)
+    max_removed = t.take_removal_limit("max_removed")
+    t.finish()
+    return CollectionConfig(name, path, tier, keep, frame, clevel, allow_empty, max_removed)
+
+
+def _mount_settings(t: _Table) -> MountSettings:
+    settings = MountSettings(
+        auto_restore=t.take("auto_restore", bool, True),
+        restore_budget_per_day=t.take_size("restore_budget_per_day", 200 * 1024**3),
+        no_restore_processes=tuple(
+            t.take("no_restore_processes", list, list(DEFAULT_NO_RESTORE_PROCESSES))
+        ),
+        poll_interval=float(t.take("poll_interval", (int, float), 900.0)),
+        fetch_restored=t.take("fetch_restored", bool, True),
+        cache_size=t.take_size("cache_size", 50 * 1024**3),
+        on_restore_ready=t.take("on_restore_ready", str, ""),
+    )
+    if settings.poll_interval <= 0:
+        raise ConfigError(f"{t.key('poll_interval')} = {settings.poll_interval}: must be positive")
+    if settings.on_restore_ready:
+        try:
+            shlex.split(settings.on_restore_ready)
+        except ValueError as e:  # e.g. an unclosed quote: say so now, not when a restore is ready
+            raise ConfigError(f"{t.key('on_restore_ready')} = {settings.on_restore_ready!r}: "
+                              f"{e}; it is split like a shell command line") from None
+    if not all(isinstance(p, str) and p for p in settings.no_restore_processes):
+        raise ConfigError(f"{t.key('no_restore_processes')}: expected a list of process names")
+    t.finish()
+    return settings
+
+
+def _prices(t: _Table) -> Prices:
+    defaults = Prices()
+    values: dict[str, Any] = {"taken": t.take("taken", str, defaults.taken)}
+    for name in ("bulk_per_gb", "standard_per_gb", "bulk_per_1000_requests",
+                 "standard_per_1000_requests", "restored_copy_per_gb_month"):
+        value = t.take(name, (int, float), getattr(defaults, name))
+        if value < 0:
+            raise ConfigError(f"{t.key(name)} = {value}: a price cannot be negative")
+        values[name] = float(value)
+    for name in ("bulk_hours", "standard_hours"):
+        values[name] = t.take(name, int, getattr(defaults, name))
+    t.finish()
+    return Prices(**values)

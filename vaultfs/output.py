@@ -58,7 +58,7 @@ def display_path(path: bytes | str) -> str:
 
 
 AddCommand = Callable[[str, str, str], argparse.ArgumentParser]
-"""How cli.py lets a command module add a subcommand: add(name, help, description)."""
+"""How `vaultfs.cli.main` lets a command module add a subcommand: add(name, help, description)."""
 
 
 def parse_target(text: str) -> tuple[str, int | None]:

@@ -46,7 +46,7 @@ GNU_TIME = "/usr/bin/time"
 MIB = 1024 * 1024
 TOOLS = ("vaultfs", "restic", "borg")
 
-# vaultfs's targets from DESIGN.md: (label, ratio or absolute key, limit).
+# vaultfs's targets (docs/benchmarks.md): (label, ratio or absolute key, limit).
 TARGETS = (
     ("first snapshot, vaultfs / restic", "first_vs_restic", 0.5),
     ("no-change snapshot, vaultfs / restic", "nochange_vs_restic", 0.33),
@@ -277,7 +277,7 @@ def make_tools(data: Path, work: Path, vaultfs_bin: Path) -> dict[str, Tool]:
             init_cmd=[*vf, "init"],
             snapshot_cmd=lambda n: [*vf, "snapshot", "bench"],
             # The state dir is vaultfs's local index (LMDB, rebuildable from the store,
-            # DESIGN §6): the counterpart of restic's and borg's local caches.
+            # docs/recovery.md): the counterpart of restic's and borg's local caches.
             repo_paths=[vf_store],
             cache_paths=[vf_state],
             settings=f"file:// store, tier cold, config {vf_config.name}",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from vaultfs import testpoints
 from vaultfs.config import S3Settings
 from vaultfs.errors import ConfigError
 from vaultfs.store.base import (
@@ -41,21 +42,6 @@ __all__ = [
     "open_store",
 ]
 
-_test_faults: tuple[float, int] | None = None  # issue 5: see enable_test_faults
-
-
-def enable_test_faults(spec: str) -> None:
-    """For tests (``VAULTFS_TEST_FAULTS=rate:seed``, read by cli.py): every store opened
-    afterwards is a FaultyStore failing about ``rate`` of its calls with transient errors,
-    under a RetryingStore with more attempts and millisecond backoff. ConfigError if bad."""
-    global _test_faults
-    rate, _, seed = spec.partition(":")
-    try:
-        _test_faults = (float(rate), int(seed or "0"))
-    except ValueError:
-        raise ConfigError(f"VAULTFS_TEST_FAULTS={spec!r}: expected RATE:SEED, e.g. 0.3:7") from None
-
-
 _FORMS = "expected file:///absolute/path or s3://bucket/prefix"
 
 
@@ -79,9 +65,10 @@ def open_store(url: str, s3: S3Settings) -> ArchiveStore:
         inner = S3Store(parts.netloc, unquote(parts.path).strip("/"), s3)
     else:
         raise ConfigError(f"[vault].store = {url!r}: {_FORMS}")
-    if _test_faults is not None:  # issue 5: fault injection for tests
+    faults = testpoints.store_faults()  # tests only: VAULTFS_TESTPOINTS="store-faults=…"
+    if faults is not None:
         from vaultfs.store.faults import FaultyStore
 
-        return RetryingStore(FaultyStore(inner, *_test_faults), attempts=14, base_delay=0.005,
+        return RetryingStore(FaultyStore(inner, *faults), attempts=14, base_delay=0.005,
                              max_delay=0.1)
     return RetryingStore(inner)

@@ -5,7 +5,7 @@ Nothing here knows FUSE or trio: `vaultfs.mount` calls the blocking methods
 from the trio loop.
 
 * `ProcessMatcher` — whether the process that opened a file is one whose opens
-  never start a restore (DESIGN §11): file-manager thumbnailers and indexers.
+  never start a restore (docs/mount.md): file-manager thumbnailers and indexers.
 * `OnDemandRestores` — the guards (``[mount].auto_restore``, the opener, the
   state, ``restore_budget_per_day``) and the request itself.
 * `BandCache` — whole bands in ``<state_dir>/cache``, bounded by
@@ -36,7 +36,7 @@ log = logging.getLogger("vaultfs.mount")
 
 THUMBNAILERS_DIR = Path("/usr/share/thumbnailers")
 COMM_LEN = 15  # the kernel truncates a process's comm to 15 characters
-# A person's copy out of the mount runs in these: never match them (DESIGN §11).
+# A person's copy out of the mount runs in these: never match them (docs/mount.md).
 FILE_MANAGERS = frozenset({"thunar", "nautilus", "pcmanfm", "pcmanfm-qt", "dolphin", "kioslave5",
                            "kioworker", "caja", "nemo"})
 

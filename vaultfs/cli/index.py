@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
     isub = ip.add_subparsers(dest="index_command", metavar="ACTION")
     isub.required = True
     rp = isub.add_parser(
-        "rebuild", help="rebuild the local index (DESIGN §6 ladder)",
+        "rebuild", help="rebuild the local index from the store (the rebuild ladder, docs/recovery.md)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Rebuild the local index. Without --from, walk the ladder and use the first rung\n"

@@ -47,7 +47,7 @@ from typing import Any
 
 import zstandard
 
-from vaultfs.bandfile import BandFile
+from vaultfs.band.direct_file import BandFile
 from vaultfs.errors import CorruptionError
 from vaultfs.fsutil import fsync_path
 from vaultfs.malloc import release_free_memory
@@ -261,7 +261,8 @@ def _compressor(level: int, checksum: bool = True) -> zstandard.ZstdCompressor:
 def _decompressor() -> zstandard.ZstdDecompressor:
     if not hasattr(_local, "d"):
         _local.d = zstandard.ZstdDecompressor()
-    return _local.d
+    d: zstandard.ZstdDecompressor = _local.d
+    return d
 
 
 def probe_ratio(data: bytes | bytearray | memoryview) -> float | None:
@@ -351,7 +352,7 @@ def seek_table_length(tail: bytes) -> int:
     n, descriptor, magic = _FOOTER.unpack(tail[-_FOOTER.size:])
     if magic != SEEKABLE_MAGIC or descriptor & 0x7C:
         raise CorruptionError("no seek table at the end of the band")
-    return 8 + n * (12 if descriptor & 0x80 else 8) + _FOOTER.size
+    return 8 + int(n) * (12 if descriptor & 0x80 else 8) + _FOOTER.size
 
 
 def read_seek_table(tail: bytes) -> tuple[Frame, ...]:

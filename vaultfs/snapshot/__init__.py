@@ -55,6 +55,7 @@ from vaultfs.model import (
     to_text,
     tree_id,
 )
+from vaultfs.snapshot.spool import Uploader, recover_spool
 from vaultfs.source import (
     ChangedWhileReading,
     FileStat,
@@ -69,7 +70,6 @@ from vaultfs.source import (
     read_small,
     same_file_state,
 )
-from vaultfs.spool import Uploader, recover_spool
 from vaultfs.vault import Vault
 
 SMALL_FILE = 1024 * 1024  # read whole into memory: one read serves hash and band
@@ -287,7 +287,7 @@ class Snapshot:
                 f.blob = f.link_of.blob
                 f.skipped = f.link_of.skipped
         # The band being filled stays open: the commit closes it with the new trees
-        # and the version record in its catalog (DESIGN §6), so a small snapshot
+        # and the version record in its catalog (docs/band-format.md), so a small snapshot
         # writes one band, not a data band and a metadata band.
         self._uploader.drain()
 

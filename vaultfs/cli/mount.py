@@ -1,21 +1,17 @@
 """The ``mount`` and ``umount`` subcommands (registered by `vaultfs.cli`).
 
 `vaultfs.mount` (pyfuse3, trio) is imported inside the commands, so every other
-command works on a machine without libfuse. This module reads the one test-only
-environment variable of the mount, ``VAULTFS_MOUNT_FAULT`` (docs/mount.md).
+command works on a machine without libfuse.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 
 from vaultfs.config import Config
 from vaultfs.output import AddCommand
-
-FAULT_ENV = "VAULTFS_MOUNT_FAULT"  # test hook: reading a file of this name fails unexpectedly
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddCommand) -> None:
@@ -49,15 +45,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
 
 def cmd_mount(args: argparse.Namespace, config: Config) -> int:
     from vaultfs.malloc import tune_for_large_buffers
-    from vaultfs.mount import MountOptions, mount
+    from vaultfs.mount.lifecycle import MountOptions, mount
     from vaultfs.vault import Vault
 
     tune_for_large_buffers()  # frames of MiBs, read and decompressed over and over
-    fault = os.environ.get(FAULT_ENV)
     opts = MountOptions(
         allow_other=args.allow_other, foreground=args.foreground, debug=args.debug,
         log_file=args.log.absolute() if args.log else None,
-        fault_name=os.fsencode(fault) if fault else None,
     )
     if args.foreground:
         logging.getLogger("vaultfs.mount").setLevel(logging.DEBUG if args.debug else logging.INFO)
@@ -71,7 +65,7 @@ def cmd_mount(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_umount(args: argparse.Namespace, config: Config) -> int:
-    from vaultfs.mount import unmount
+    from vaultfs.mount.lifecycle import unmount
 
     message = unmount(args.mountpoint.absolute())
     if not args.quiet:

@@ -87,7 +87,7 @@ def _open(config: Config, readonly: bool = False) -> Any:
 
 
 def _selection(vault: Any, args: argparse.Namespace) -> tuple[Any, list[tuple[bytes, ...]]]:
-    from vaultfs.restore import parse_selection
+    from vaultfs.extract import parse_selection
 
     collection, number = parse_target(args.what)
     vault.config.collection(collection)
@@ -102,7 +102,7 @@ def band_status_json(b: Any) -> dict[str, Any]:
 
 def cmd_plan(args: argparse.Namespace, config: Config) -> int:
     from vaultfs import archive
-    from vaultfs.restore import bands_needed
+    from vaultfs.extract import bands_needed
 
     vault = _open(config)
     try:
@@ -156,7 +156,7 @@ def cmd_plan(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_start(args: argparse.Namespace, config: Config) -> int:
     from vaultfs import archive
-    from vaultfs.restore import bands_needed
+    from vaultfs.extract import bands_needed
 
     tier = args.tier or config.s3.restore_tier
     days = args.days if args.days is not None else config.s3.restore_days
@@ -239,8 +239,8 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_fetch(args: argparse.Namespace, config: Config) -> int:
     from vaultfs import archive
+    from vaultfs.extract import bands_needed, fetch
     from vaultfs.progress import TerminalProgress
-    from vaultfs.restore import bands_needed, fetch
 
     collection, _ = parse_target(args.what)
     vault = _open(config)

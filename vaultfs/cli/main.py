@@ -21,6 +21,7 @@ from vaultfs.config import Config, load_config
 from vaultfs.errors import (
     EXIT_ERROR,
     EXIT_OK,
+    EXIT_USAGE,
     EXIT_WARNINGS,
     ConfigError,
     SourceRefused,
@@ -118,7 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_versions)
 
     # Command groups that live in their own modules (each owns its commands' code).
-    from vaultfs import cli_index, cli_mount, cli_restore, cli_retention
+    from vaultfs.cli import index as cli_index
+    from vaultfs.cli import mount as cli_mount
+    from vaultfs.cli import restore as cli_restore
+    from vaultfs.cli import retention as cli_retention
 
     for group in (cli_restore, cli_mount, cli_index, cli_retention):
         group.register(sub, add)
@@ -147,7 +151,7 @@ def cmd_init(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_snapshot(args: argparse.Namespace, config: Config) -> int:
-    from vaultfs import cli_retention
+    from vaultfs.cli import retention as cli_retention
     from vaultfs.malloc import tune_for_large_buffers
     from vaultfs.progress import TerminalProgress
     from vaultfs.snapshot import Snapshot
@@ -333,14 +337,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     logsafe.install()  # no credential in any line, --debug or not
     func: Callable[[argparse.Namespace, Config], int] = args.func
-    if os.environ.get("VAULTFS_TESTPOINTS"):
+    if os.environ.get("VAULTFS_TESTPOINTS"):  # the one test hook (vaultfs/testpoints.py)
         from vaultfs import testpoints
 
-        testpoints.configure(os.environ["VAULTFS_TESTPOINTS"])
-    if os.environ.get("VAULTFS_TEST_FAULTS"):  # issue 5: store fault injection for tests
-        from vaultfs.store import enable_test_faults
-
-        enable_test_faults(os.environ["VAULTFS_TEST_FAULTS"])
+        try:
+            testpoints.configure(os.environ["VAULTFS_TESTPOINTS"])
+        except ValueError as e:
+            print(f"vaultfs: error: {e}", file=sys.stderr)
+            return EXIT_USAGE
     try:
         config = load_config(find_config(args.config))
         return func(args, config)
@@ -362,6 +366,3 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_ERROR
 
-
-if __name__ == "__main__":
-    sys.exit(main())

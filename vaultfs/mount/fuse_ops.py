@@ -1,6 +1,6 @@
 """pyfuse3 `Operations` over a `VaultView`: translation and errno only.
 
-Each handler asks `vaultfs.vfs` and converts the answer; `errno_of` is the one
+Each handler asks `vaultfs.mount.view` and converts the answer; `errno_of` is the one
 place where errors become errno values. Only `FUSEError` may leave a handler
 (any other exception would end the mount): `_edge` logs an unexpected one with
 its traceback and answers EIO, and the mount goes on serving.
@@ -28,9 +28,9 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
-from vaultfs import vfs
 from vaultfs.errors import CorruptionError, VaultError
 from vaultfs.model import BandId
+from vaultfs.mount import view as vfs
 
 log = logging.getLogger("vaultfs.mount")
 
@@ -104,7 +104,7 @@ def _erofs() -> pyfuse3.FUSEError:
 
 
 class VaultOperations(pyfuse3.Operations):
-    """The read-only filesystem of `vaultfs.vfs`, for the kernel."""
+    """The read-only filesystem of `vaultfs.mount.view`, for the kernel."""
 
     supports_dot_lookup = False
     enable_writeback_cache = False
@@ -201,7 +201,7 @@ class VaultOperations(pyfuse3.Operations):
         # cached frame goes to the kernel without a copy.
         handle = self._handles[fh]
         peek = getattr(handle, "peek", None)
-        data = peek(off, size) if peek is not None else None  # a cached frame: no thread hop
+        data: bytes | memoryview | None = peek(off, size) if peek is not None else None  # cached
         if data is not None:
             return data
         return await trio.to_thread.run_sync(handle.read_view, off, size, limiter=self.limiter)

@@ -9,11 +9,11 @@
   cleanly; cancelling the nursery ends the restore watcher with it. An unexpected
   exception out of the loop is logged and the mount is *left in place*: the
   kernel then answers ENOTCONN, which no mirroring job mistakes for an empty
-  backup (STYLE habit 10); `vaultfs umount` clears it.
+  backup; `vaultfs umount` clears it.
 * `unmount` is ``fusermount3 -u`` with clear messages; it also clears a crashed
   (ENOTCONN) mount.
 
-The restore service (DESIGN §10, §11; docs/mount.md):
+The restore service (docs/mount.md, docs/restore.md):
 
 * An open of a file whose band is not readable asks `OnDemandRestores` whether
   to request the band's restore (auto_restore, the opener's process, the band's
@@ -49,9 +49,9 @@ import pyfuse3
 import trio
 
 from vaultfs.errors import UsageError, VaultError
-from vaultfs.fuse_ops import VaultOperations
 from vaultfs.model import BandId, BandInfo
-from vaultfs.restore_policy import (
+from vaultfs.mount.fuse_ops import VaultOperations
+from vaultfs.mount.restore_policy import (
     BandCache,
     OnDemandRestores,
     ProcessMatcher,
@@ -59,8 +59,8 @@ from vaultfs.restore_policy import (
     parse_rules,
     poll_restores,
 )
+from vaultfs.mount.view import MountInfo, VaultView, start_threads
 from vaultfs.vault import Vault
-from vaultfs.vfs import MountInfo, VaultView, start_threads
 
 log = logging.getLogger("vaultfs.mount")
 
@@ -77,7 +77,6 @@ class MountOptions:
     foreground: bool = False
     debug: bool = False
     log_file: Path | None = None  # background mode; None: <state_dir>/mount.log
-    fault_name: bytes | None = None  # test hook, see docs/mount.md
 
 
 def fuse_options(opts: MountOptions) -> set[str]:
@@ -147,7 +146,7 @@ def _run(open_vault: Callable[[], Vault], mountpoint: Path, opts: MountOptions,
     vault = open_vault()
     try:
         info = MountInfo(store=vault.config.store)
-        view = VaultView(vault, info, fault_name=opts.fault_name)
+        view = VaultView(vault, info)
         service = RestoreService(vault, view)
         info.status_lines = service.status_lines
         ops = VaultOperations(view, trio.CapacityLimiter(READ_THREADS), service.on_unreadable)

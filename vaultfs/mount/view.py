@@ -70,17 +70,27 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Literal, NamedTuple
 
-from vaultfs import archive
+from vaultfs import archive, testpoints
 from vaultfs import band as bandfmt
 from vaultfs.errors import CorruptionError
-from vaultfs.model import BandId, BandInfo, BandState, BlobId, BlobRef, Entry, TreeId, VersionInfo
+from vaultfs.model import (
+    BandId,
+    BandInfo,
+    BandState,
+    BlobId,
+    BlobRef,
+    Entry,
+    TreeId,
+    VersionInfo,
+    to_text,
+)
 from vaultfs.store.base import ObjectArchived
 from vaultfs.vault import Vault
 
 log = logging.getLogger("vaultfs.mount")
 
 ROOT_INO = 1
-BLKSIZE = 1024 * 1024  # st_blksize: cat/cp then read 1 MiB at a time (DESIGN §17)
+BLKSIZE = 1024 * 1024  # st_blksize: cat/cp then read 1 MiB at a time (docs/mount.md)
 TREE_CACHE_BYTES = 16 * 1024 * 1024
 FRAME_CACHE_BYTES = 16 * 1024 * 1024
 READ_AHEAD_FRAMES = 2  # a sequential reader has this many frames decompressed ahead
@@ -137,7 +147,7 @@ class Unsupported(VfsError):
 
 
 class Archived(VfsError):
-    """The content lies in a band that is not readable now (ENODATA, DESIGN §11)."""
+    """The content lies in a band that is not readable now (ENODATA, docs/mount.md)."""
 
     def __init__(self, band: BandId, state: str) -> None:
         super().__init__(f"band {band} is {state}")
@@ -236,13 +246,10 @@ class VaultView:
     band pass through: they mean EIO.
     """
 
-    def __init__(self, vault: Vault, info: MountInfo | None = None, *,
-                 fault_name: bytes | None = None) -> None:
+    def __init__(self, vault: Vault, info: MountInfo | None = None) -> None:
         self.vault = vault
         self.catalog = vault.catalog
         self.info = info or MountInfo(store=vault.config.store)
-        # Test hook (docs/mount.md): reading a file of this name raises an unexpected error.
-        self._fault_name = fault_name
         self._nodes: dict[int, Node] = {}
         root = Node(ROOT_INO, "root", ("root",), refs=1)
         self._nodes[ROOT_INO] = root
@@ -297,29 +304,11 @@ class VaultView:
         """The child `name` of a directory; NotFound if there is none. Counts are unchanged."""
         parent = self.node(parent_ino)
         if parent.kind == "root":
-            if name == META_DIR:
-                return self._meta_dir()
-            coll = name.decode("utf-8", "surrogateescape")
-            if not self.catalog.latest_version(coll):
-                raise NotFound(name)
-            return self._collection(coll)
+            return self._lookup_in_root(name)
         if parent.kind == "meta":
-            if name == STATUS:
-                return self._make("status", ("status",))
-            if name == RESTORES:
-                return self._make("restores", ("restores",))
-            raise NotFound(name)
+            return self._lookup_in_meta(name)
         if parent.kind == "collection":
-            if name == LATEST:
-                if self.catalog.latest_version(parent.collection) is None:
-                    raise NotFound(name)
-                return self._make("latest", ("latest", parent.collection),
-                                  collection=parent.collection)
-            number = _version_number(name)
-            version = None if number is None else self.catalog.version(parent.collection, number)
-            if version is None:
-                raise NotFound(name)
-            return self._version(version)
+            return self._lookup_in_collection(parent, name)
         if parent.tree is None:
             raise NotADirectory(parent.path)
         listing = self._listing(parent.tree)
@@ -327,6 +316,34 @@ class VaultView:
         if pos is None:
             raise NotFound(name)
         return self._child(parent, listing.entries[pos])
+
+    def _lookup_in_root(self, name: bytes) -> Node:
+        """``.vaultfs`` or a collection that has at least one version."""
+        if name == META_DIR:
+            return self._meta_dir()
+        coll = name.decode("utf-8", "surrogateescape")
+        if not self.catalog.latest_version(coll):
+            raise NotFound(name)
+        return self._collection(coll)
+
+    def _lookup_in_meta(self, name: bytes) -> Node:
+        if name == STATUS:
+            return self._make("status", ("status",))
+        if name == RESTORES:
+            return self._make("restores", ("restores",))
+        raise NotFound(name)
+
+    def _lookup_in_collection(self, parent: Node, name: bytes) -> Node:
+        """``latest`` or ``vN``."""
+        if name == LATEST:
+            if self.catalog.latest_version(parent.collection) is None:
+                raise NotFound(name)
+            return self._make("latest", ("latest", parent.collection), collection=parent.collection)
+        number = _version_number(name)
+        version = None if number is None else self.catalog.version(parent.collection, number)
+        if version is None:
+            raise NotFound(name)
+        return self._version(version)
 
     def _meta_dir(self) -> Node:
         return self._make("meta", ("meta",))
@@ -540,7 +557,7 @@ class VaultView:
                 raise Archived(ref.band, info.state)
             self.in_use[ref.band] += 1
             self.last_used[ref.band] = time.time_ns()
-        fault = self._fault_name is not None and e.name == self._fault_name
+        fault = testpoints.fails("read:" + to_text(e.name))  # tests only (vaultfs/testpoints.py)
         return OpenFile(self.readers, ref, e.blob or BlobId(_EMPTY_SHA256), e.size, fault)
 
     def _cache_copy_lost(self, info: BandInfo) -> BandInfo:
@@ -642,7 +659,7 @@ class OpenFile:
     def read_view(self, offset: int, length: int) -> bytes | memoryview:
         """Like `read`; a range inside one frame comes back as a view of the frame (no copy)."""
         if self._fault:
-            raise RuntimeError("injected fault (VAULTFS_MOUNT_FAULT test hook)")
+            raise testpoints.InjectedFault("injected fault at read (VAULTFS_TESTPOINTS)")
         length = max(0, min(length, self.size - offset))
         if length == 0 or self.ref is None:
             return b""

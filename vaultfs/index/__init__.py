@@ -1,4 +1,4 @@
-"""The consolidated index on the store, and the rebuild ladder (DESIGN §6).
+"""The consolidated index on the store, and the rebuild ladder (docs/recovery.md).
 
 Index objects
 -------------

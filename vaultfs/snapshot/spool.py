@@ -19,7 +19,7 @@ from vaultfs import band as bandfmt
 from vaultfs import testpoints
 from vaultfs.errors import CorruptionError
 from vaultfs.fsutil import fsync_path
-from vaultfs.model import parse_band_id
+from vaultfs.model import BandInfo, parse_band_id
 from vaultfs.vault import Vault
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class Uploader:
         self.vault = vault
         self.collection = collection
         self.queue: queue.Queue[bandfmt.ClosedBand | None] = queue.Queue(maxsize=1)
-        self.uploaded: list = []
+        self.uploaded: list[BandInfo] = []
         self.error: BaseException | None = None
         self._thread: threading.Thread | None = None
         self._abort = threading.Event()
