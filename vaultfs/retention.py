@@ -387,41 +387,70 @@ def prune(
             index.adopt_committed(vault, name)
         result.deletions_resumed = _finish_pending(vault)
     kept = [v for v in vault.catalog.all_versions() if (v.collection, v.number) not in markers]
-    live = live_set(vault, kept)
-    result.bands = _plan_bands(vault, live, now_ns, allow_early_delete)
+    plan = _plan(vault, live_set(vault, kept), result, allow_early_delete)
+    result.version_records = sorted(markers & _version_records(vault))
+    if dry_run:
+        result.index_objects = index.superseded(vault.store)
+    else:
+        _apply(vault, plan, result)
+    return result
+
+
+@dataclass(slots=True)
+class _Drops:
+    """What a prune takes out of the catalog (and the store), decided before anything is."""
+
+    doomed: list[BandPlan]
+    dead_trees: list[TreeId]
+    dead_blobs: list[BlobId]
+    forgotten_losses: list[BlobId]  # lost blobs no kept version names: nothing left to heal
+    rehome: dict[TreeId, bytes]  # live trees whose only copy is in a doomed band
+
+    @property
+    def doomed_ids(self) -> list[BandId]:
+        return sorted(b.band for b in self.doomed)
+
+
+def _plan(vault: Vault, live: LiveSet, result: PruneResult, allow_early_delete: bool) -> _Drops:
+    result.bands = _plan_bands(vault, live, result.now_ns, allow_early_delete)
     doomed = [b for b in result.bands if b.deleted]
     doomed_ids = {b.band for b in doomed}
-    dead_trees = [t for t in vault.catalog.tree_ids() if t not in live.trees]
-    dead_blobs = [blob for blob, ref in vault.catalog.blob_refs() if ref.band in doomed_ids]
-    forgotten_losses = [blob for blob in vault.catalog.lost_blobs() if blob not in live.blobs]
     rehome: dict[TreeId, bytes] = {}
     for b in doomed:
         for tid in b.live_trees:
             raw = vault.catalog.tree_bytes(tid)
             assert raw is not None  # in the live set, so in the catalog
             rehome[tid] = raw
-    result.trees_dropped = len(dead_trees)
-    result.blobs_dropped = len(dead_blobs)
+    drops = _Drops(
+        doomed=doomed,
+        dead_trees=[t for t in vault.catalog.tree_ids() if t not in live.trees],
+        dead_blobs=[blob for blob, ref in vault.catalog.blob_refs() if ref.band in doomed_ids],
+        forgotten_losses=[blob for blob in vault.catalog.lost_blobs() if blob not in live.blobs],
+        rehome=rehome,
+    )
+    result.trees_dropped = len(drops.dead_trees)
+    result.blobs_dropped = len(drops.dead_blobs)
     result.trees_rehomed = len(rehome)
-    result.version_records = sorted(markers & _version_records(vault))
-    if dry_run:
-        result.index_objects = index.superseded(vault.store)
-        return result
-    if rehome:
-        result.carrier_band = _write_carrier(vault, rehome, sorted(doomed_ids))
+    return drops
+
+
+def _apply(vault: Vault, drops: _Drops, result: PruneResult) -> None:
+    """Carry a plan out, in the order that keeps a crash safe (module docstring)."""
+    if drops.rehome:
+        result.carrier_band = _write_carrier(vault, drops.rehome, drops.doomed_ids)
     with vault.catalog.writer() as w:
-        for blob in dead_blobs:
+        for blob in drops.dead_blobs:
             w.delete_blob(blob)
-        for blob in forgotten_losses:  # no kept version names it: nothing left to heal
+        for blob in drops.forgotten_losses:
             w.forget_lost(blob)
-        for b in doomed:
+        for b in drops.doomed:
             w.delete_band(b.band)
-        for tid in dead_trees:
+        for tid in drops.dead_trees:
             w.delete_tree(tid)
-        if doomed:
-            w.set_meta(PENDING_META, json.dumps(sorted(doomed_ids)))
-    _delete_band_objects(vault, sorted(doomed_ids))
-    if doomed:
+        if drops.doomed:
+            w.set_meta(PENDING_META, json.dumps(drops.doomed_ids))
+    _delete_band_objects(vault, drops.doomed_ids)
+    if drops.doomed:
         with vault.catalog.writer() as w:
             w.delete_meta(PENDING_META)
     for c, n in result.version_records:
@@ -431,7 +460,6 @@ def prune(
     result.index_objects = index.superseded(vault.store)
     for key in result.index_objects:
         vault.store.delete(key)
-    return result
 
 
 def _plan_bands(
