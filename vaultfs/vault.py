@@ -284,7 +284,7 @@ class Vault:
             raise CorruptionError(f"band {band} is not in the local catalog: run `vaultfs check`")
         largest = max((u for _, u in info.frames), default=0)
         cache = max(cache_bytes, 2 * largest + 1)
-        frames = _frames_from_sizes(info.frames)
+        frames = bandfmt.frames_from_sizes(info.frames)
         local = band_file(self.cache_dir, band)
         if local.exists() and local.stat().st_size == info.size:
             return bandfmt.BandReader(_FileRange(local).read, info.size, frames, label=band,
@@ -338,16 +338,6 @@ class Vault:
             if len(parts) == 2 and parts[1].endswith(".json") and parts[1][:-5].isdigit():
                 out.add((parts[0], int(parts[1][:-5])))
         return out
-
-
-def _frames_from_sizes(sizes: tuple[tuple[int, int], ...]) -> tuple[bandfmt.Frame, ...]:
-    frames = []
-    coff = uoff = 0
-    for csize, usize in sizes:
-        frames.append(bandfmt.Frame(coff, csize, uoff, usize))
-        coff += csize
-        uoff += usize
-    return tuple(frames)
 
 
 class _FileRange:

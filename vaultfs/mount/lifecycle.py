@@ -144,6 +144,7 @@ def _check_mountpoint(mountpoint: Path) -> None:
 def _run(open_vault: Callable[[], Vault], mountpoint: Path, opts: MountOptions,
          report: int | None) -> int:
     vault = open_vault()
+    view: VaultView | None = None
     try:
         info = MountInfo(store=vault.config.store)
         view = VaultView(vault, info)
@@ -160,9 +161,11 @@ def _run(open_vault: Callable[[], Vault], mountpoint: Path, opts: MountOptions,
         if report is not None:
             _detach()
             _report(report, "ok")
-        start_threads()  # after the fork: threads do not survive it
+        start_threads(view)  # after the fork: threads do not survive it
         return trio.run(serve, mountpoint, service)
     finally:
+        if view is not None:
+            view.close()
         vault.close()
 
 

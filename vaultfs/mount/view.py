@@ -259,6 +259,10 @@ class VaultView:
         self.in_use: Counter[BandId] = Counter()  # open handles per band
         self.last_used: dict[BandId, int] = {}  # band → when a file of it was last opened (ns)
 
+    def close(self) -> None:
+        """Stop the threads the view started (reading ahead); the vault stays open."""
+        self.readers.close()
+
     # ---- inodes and lookup counts ------------------------------------------------------------
 
     def node(self, ino: int) -> Node:
@@ -712,12 +716,11 @@ class OpenFile:
                                       f"{self.ref.offset} fails SHA-256")
 
 
-def start_threads() -> None:
-    """Start the prefetch and hasher threads now (after any fork), so that the first read
-    of a mount does not pay for starting them while it waits for its frame."""
-    for pool, n in ((bandfmt.prefetcher(), bandfmt.PREFETCH_THREADS), (_hasher(), 1)):
-        for _ in range(n):
-            pool.submit(int)
+def start_threads(view: VaultView) -> None:
+    """Start the view's prefetch threads and the hasher thread now (after any fork), so that
+    the first read of a mount does not pay for starting them while it waits for its frame."""
+    view.readers.read_ahead.start()
+    _hasher().submit(int)
 
 
 @functools.cache
@@ -751,6 +754,13 @@ class BandReaders:
         self.limit = limit
         self._lock = threading.Lock()
         self._readers: OrderedDict[BandId, bandfmt.BandReader] = OrderedDict()
+        # Decompresses frames ahead of sequential readers (every reader's `prefetch`);
+        # its threads are ours: `close` stops them.
+        self.read_ahead = bandfmt.ReadAhead()
+
+    def close(self) -> None:
+        """Stop the read-ahead threads (after finishing what they were given)."""
+        self.read_ahead.close()
 
     def invalidate(self, band: BandId) -> None:
         """Forget the band's reader: its state changed (cached: read the local copy now)."""
@@ -779,7 +789,7 @@ class BandReaders:
             return None
         data = reader.peek_view(offset, length)
         if data is not None:
-            _read_ahead(reader, offset, until)
+            _read_ahead(reader, self.read_ahead, offset, until)
         return data
 
     def read(self, band: BandId, offset: int, length: int, until: int = 0) -> bytes | memoryview:
@@ -817,7 +827,7 @@ class BandReaders:
         frames = reader.frames
         i = reader.frame_index(offset)
         if until:  # this read's frames first, then the next: the pool decompresses both
-            _read_ahead(reader, offset, until, first=i)
+            _read_ahead(reader, self.read_ahead, offset, until, first=i)
         pieces: list[bytes | memoryview] = []
         pos, end = offset, offset + length
         while pos < end and i < len(frames):
@@ -830,8 +840,8 @@ class BandReaders:
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
-def _read_ahead(reader: bandfmt.BandReader, offset: int, until: int,
-                first: int | None = None) -> None:
+def _read_ahead(reader: bandfmt.BandReader, read_ahead: bandfmt.ReadAhead, offset: int,
+                until: int, first: int | None = None) -> None:
     """Prefetch READ_AHEAD_FRAMES frames after the one holding byte `offset` (and from
     frame `first` on, if given) that begin before `until`."""
     frames = reader.frames
@@ -840,7 +850,7 @@ def _read_ahead(reader: bandfmt.BandReader, offset: int, until: int,
                    min(after + READ_AHEAD_FRAMES, len(frames))):
         if frames[i].uncompressed_offset >= until:
             break
-        reader.prefetch(i)
+        reader.prefetch(i, read_ahead)
 
 
 def state_text(info: BandInfo) -> str:

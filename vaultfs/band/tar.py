@@ -1,0 +1,129 @@
+"""The tar layer: headers of the regular-file members a band's tar stream is made of.
+
+A member is a ustar header block, preceded by a pax ``x`` header only when a field does
+not fit ustar (long or non-ASCII name, huge size, sub-second or far-future mtime, large
+ids, long or non-ASCII owner names, xattrs). Pax headers use only keywords GNU tar knows
+(path, size, mtime, uid, gid, uname, gname, SCHILY.xattr.*); names that are not UTF-8 go
+into ``path`` raw (GNU tar 1.34 warns about ``hdrcharset``, so it is not written).
+`member_header` is on the hot path of a snapshot of small files: the constant bytes of a
+header and its checksum are computed once.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+BLOCK = 512  # tar's block: headers, and content padded to a multiple of it
+_OCT7, _OCT11 = 0o7777777, 0o77777777777
+
+
+@dataclass(frozen=True, slots=True)
+class MemberMeta:
+    """Metadata of the file a blob was first seen as (written into its tar header)."""
+
+    mode: int  # permission bits (st_mode & 0o7777)
+    uid: int
+    gid: int
+    mtime_ns: int
+    uname: str = ""
+    gname: str = ""
+    xattrs: tuple[tuple[bytes, bytes], ...] = ()  # (name, value)
+
+
+def _pax_record(key: bytes, value: bytes) -> bytes:
+    n = len(key) + len(value) + 3  # " ", "=", "\n"
+    digits = len(str(n))
+    total = n + digits
+    if len(str(total)) > digits:
+        total += 1
+    return b"%d %s=%s\n" % (total, key, value)
+
+
+_USTAR_TAIL = b"\0" * 100 + b"ustar\x0000"  # linkname, magic, version
+_USTAR_END = b"0000000\x000000000\x00" + b"\0" * 167  # devmajor, devminor, prefix, pad
+_CONST_SUM = 8 * ord(" ") + sum(_USTAR_TAIL) + sum(_USTAR_END)  # chksum field counts as spaces
+
+
+def _ustar(name: bytes, mode: int, uid: int, gid: int, size: int, mtime: int, typeflag: bytes,
+           uname: bytes, gname: bytes) -> bytes:
+    fields = b"%07o%07o%07o%011o%011o" % (mode, uid, gid, size, mtime)
+    # The checksum sums every byte; NULs add nothing, so sum only the non-constant bytes.
+    chksum = sum(b"%s%s%s%s%s" % (name, fields, typeflag, uname, gname)) + _CONST_SUM
+    return b"%s%s\0%s\0%s\0%s\0%s\0%06o\0 %s%s%s%s%s" % (
+        name.ljust(100, b"\0"), fields[:7], fields[7:14], fields[14:21], fields[21:32],
+        fields[32:], chksum, typeflag, _USTAR_TAIL, uname.ljust(32, b"\0"),
+        gname.ljust(32, b"\0"), _USTAR_END)
+
+
+@functools.lru_cache(maxsize=1024)
+def _pax_block(size: int) -> bytes:
+    return _ustar(b"././@PaxHeader", 0o644, 0, 0, size, 0, b"x", b"", b"")
+
+
+def _xattr_key(name: bytes) -> bytes:
+    # GNU tar percent-encodes '%' and '=' in xattr names (xheader.c: xattr_encode_keyword).
+    return b"SCHILY.xattr." + name.replace(b"%", b"%25").replace(b"=", b"%3D")
+
+
+def member_header(name: bytes, meta: MemberMeta, size: int) -> bytes:
+    """The tar header block(s) of a regular-file member: a pax 'x' header only when needed."""
+    records: list[bytes] = []
+    if len(name) <= 100 and name.isascii():
+        ustar_name = name
+    else:
+        records.append(_pax_record(b"path", name))
+        ustar_name = name[:100].decode("ascii", "replace").encode("ascii", "replace")
+    if size > _OCT11:
+        records.append(_pax_record(b"size", b"%d" % size))
+    # GNU tar warns about times before 1970 ("implausibly old time stamp"): clamp to 0.
+    sec, ns = divmod(max(meta.mtime_ns, 0), 1_000_000_000)
+    if ns or sec > _OCT11:
+        records.append(_pax_record(b"mtime", b"%d.%09d" % (sec, ns)))
+    uid, gid = meta.uid, meta.gid
+    if uid < 0 or gid < 0:
+        raise ValueError("negative uid/gid")
+    if uid > _OCT7:
+        records.append(_pax_record(b"uid", b"%d" % uid))
+    if gid > _OCT7:
+        records.append(_pax_record(b"gid", b"%d" % gid))
+    uname = meta.uname.encode("utf-8", "surrogateescape")
+    gname = meta.gname.encode("utf-8", "surrogateescape")
+    if len(uname) > 32 or not uname.isascii():
+        records.append(_pax_record(b"uname", uname))
+        uname = b""
+    if len(gname) > 32 or not gname.isascii():
+        records.append(_pax_record(b"gname", gname))
+        gname = b""
+    for xname, xvalue in meta.xattrs:
+        records.append(_pax_record(_xattr_key(xname), xvalue))
+    block = _ustar(ustar_name, meta.mode & 0o7777, uid if uid <= _OCT7 else 0,
+                   gid if gid <= _OCT7 else 0, size if size <= _OCT11 else 0,
+                   sec if sec <= _OCT11 else 0, b"0", uname, gname)
+    if not records:
+        return block
+    pax = b"".join(records)
+    return b"%s%s%s%s" % (_pax_block(len(pax)),
+                          pax, b"\0" * (-len(pax) % BLOCK), block)
+
+
+def parse_member(stream: bytes) -> tuple[bytes, int, int]:
+    """Parse the member at the start of `stream`: (name, content offset, size). ValueError."""
+    pax: dict[bytes, bytes] = {}
+    pos = 0
+    while True:
+        block = stream[pos:pos + BLOCK]
+        if len(block) < BLOCK or int(block[148:156].strip(b"\0 ") or b"-1", 8) != (
+                sum(block[:148]) + 256 + sum(block[156:])):
+            raise ValueError("bad tar header")
+        size = int(block[124:136].strip(b"\0 ") or b"0", 8)
+        pos += BLOCK
+        if block[156:157] != b"x":
+            break
+        data, pos = stream[pos:pos + size], pos + size + (-size % BLOCK)
+        while data:
+            length = int(data[:data.index(b" ")])
+            key, _, value = data[data.index(b" ") + 1:length - 1].partition(b"=")
+            pax[key], data = value, data[length:]
+    name = pax.get(b"path", block[:100].rstrip(b"\0"))
+    return name, pos, int(pax[b"size"]) if b"size" in pax else size
