@@ -700,7 +700,7 @@ class OpenFile:
                 self._hash = None  # not sequential: the frame checksums alone vouch for it
                 self._backlog.clear()
                 return
-            job = _hasher().submit(self._hash.update, data)
+            job = self.readers.hasher.submit(self._hash.update, data)
             self._backlog.append((job, len(data)))
             self._backlog_bytes += len(data)
             self._hashed += len(data)
@@ -720,13 +720,7 @@ def start_threads(view: VaultView) -> None:
     """Start the view's prefetch threads and the hasher thread now (after any fork), so that
     the first read of a mount does not pay for starting them while it waits for its frame."""
     view.readers.read_ahead.start()
-    _hasher().submit(int)
-
-
-@functools.cache
-def _hasher() -> ThreadPoolExecutor:
-    """The one thread that hashes what sequential readers were served, in order."""
-    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="vaultfs-hash")
+    view.readers.hasher.submit(int)
 
 
 class StatusFile:
@@ -757,10 +751,14 @@ class BandReaders:
         # Decompresses frames ahead of sequential readers (every reader's `prefetch`);
         # its threads are ours: `close` stops them.
         self.read_ahead = bandfmt.ReadAhead()
+        # The one thread that hashes what sequential readers were served, in order
+        # (`OpenFile`); ours too.
+        self.hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vaultfs-hash")
 
     def close(self) -> None:
-        """Stop the read-ahead threads (after finishing what they were given)."""
+        """Stop the read-ahead and hasher threads (after finishing what they were given)."""
         self.read_ahead.close()
+        self.hasher.shutdown(wait=True)
 
     def invalidate(self, band: BandId) -> None:
         """Forget the band's reader: its state changed (cached: read the local copy now)."""
