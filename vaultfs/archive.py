@@ -33,7 +33,7 @@ from typing import Any
 from vaultfs import testpoints
 from vaultfs.config import Prices
 from vaultfs.errors import CorruptionError, VaultError
-from vaultfs.model import BandId, BandInfo, BandState, RestoreInfo, band_file, band_key
+from vaultfs.model import BandId, BandInfo, BandState, RestoreInfo, band_key
 from vaultfs.output import iso_utc
 from vaultfs.store import ArchiveStore
 from vaultfs.vault import Vault
@@ -234,7 +234,7 @@ def fetch_to_cache(vault: Vault, band: BandInfo) -> BandInfo:
     """Download a whole readable band into ``<state_dir>/cache``, verify it, mark it cached."""
     from vaultfs.band import reopen_closed
 
-    target = band_file(vault.cache_dir, band.band)
+    target = vault.cached_band_path(band.band)
     part = target.with_name(target.name + ".part")
     vault.store.get_to_file(band_key(band.band), part)
     closed = reopen_closed(part)

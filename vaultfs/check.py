@@ -257,7 +257,7 @@ class Checker:
             obj = listing.bands.get(band)
             if obj is None:
                 continue  # reported above
-            cached = band_file(self.vault.cache_dir, band)
+            cached = self.vault.cached_band_path(band)
             if cached.exists():
                 self._verify_file(band, info, cached, by_band, "local cache copy")
             if not index.readable(self.vault.store, obj):

@@ -285,7 +285,7 @@ class Vault:
         largest = max((u for _, u in info.frames), default=0)
         cache = max(cache_bytes, 2 * largest + 1)
         frames = bandfmt.frames_from_sizes(info.frames)
-        local = band_file(self.cache_dir, band)
+        local = self.cached_band_path(band)
         if local.exists() and local.stat().st_size == info.size:
             return bandfmt.BandReader(_FileRange(local).read, info.size, frames, label=band,
                                       cache_bytes=cache)
@@ -293,10 +293,14 @@ class Vault:
         return bandfmt.BandReader(lambda start, length: store.get_range(key, start, length),
                                   info.size, frames, label=band, cache_bytes=cache)
 
+    def cached_band_path(self, band: BandId) -> Path:
+        """Where the local cache keeps a whole copy of `band` (the one place that says so)."""
+        return band_file(self.cache_dir, band)
+
     def band_cached(self, band: BandId) -> bool:
         """Whether a complete copy of the band is in the local cache (readable now)."""
         info = self.catalog.band(band)
-        local = band_file(self.cache_dir, band)
+        local = self.cached_band_path(band)
         return info is not None and local.exists() and local.stat().st_size == info.size
 
     # ---- retention support -------------------------------------------------------------

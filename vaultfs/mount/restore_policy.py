@@ -29,7 +29,7 @@ from pathlib import Path
 from vaultfs import archive
 from vaultfs.config import Config
 from vaultfs.errors import CorruptionError
-from vaultfs.model import BandId, BandInfo, band_file
+from vaultfs.model import BandId, BandInfo
 from vaultfs.vault import Vault
 
 log = logging.getLogger("vaultfs.mount")
@@ -209,7 +209,7 @@ class BandCache:
         self.limit = limit
 
     def path(self, band: BandId) -> Path:
-        return band_file(self.vault.cache_dir, band)
+        return self.vault.cached_band_path(band)
 
     def cached(self) -> list[BandInfo]:
         return [b for b in self.vault.catalog.bands() if b.state == "cached"]
