@@ -11,7 +11,10 @@ import random
 import shutil
 import signal
 import subprocess
+import threading
 from pathlib import Path
+
+import pytest
 
 from tests.trees import describe, diff_r, make_every_kind, write
 from tests.vaultenv import VaultEnv
@@ -189,7 +192,7 @@ def test_large_files_dedup_and_moves(file_vault: VaultEnv, tmp_path: Path) -> No
 
 def test_copy_of_a_large_file_in_the_same_run_is_recognised(file_vault: VaultEnv) -> None:
     """A large file whose size and both ends match one read earlier in the run is hashed
-    before packing (`Snapshot._probable_copy`); one that merely has the same size is not."""
+    before packing (`FileSaver.probable_copy`); one that merely has the same size is not."""
     from vaultfs.config import load_config
     from vaultfs.snapshot import FINGERPRINT_PIECE, SMALL_FILE, Snapshot
 
@@ -209,7 +212,7 @@ def test_copy_of_a_large_file_in_the_same_run_is_recognised(file_vault: VaultEnv
         for name in ("a.raw", "same_size.raw", "b/copy.raw", "same_ends.raw"):
             fd = os.open(src / name, os.O_RDONLY)
             try:
-                seen.append(snap._probable_copy(fd, os.fstat(fd)))
+                seen.append(snap.files.probable_copy(fd, os.fstat(fd)))
             finally:
                 os.close(fd)
         assert seen == [False, False, True, True]
@@ -217,6 +220,42 @@ def test_copy_of_a_large_file_in_the_same_run_is_recognised(file_vault: VaultEnv
         vault.close()
     out = file_vault.json("snapshot")["collections"][0]  # the real run stores `raw` once
     assert out["stats"]["bytes_added"] == 3 * size
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_a_failed_run_stops_and_joins_the_uploader(
+    file_vault: VaultEnv, monkeypatch: pytest.MonkeyPatch, error: type[BaseException]
+) -> None:
+    """The uploader thread is not a daemon: a run that fails after bands were queued
+    (also by KeyboardInterrupt) stops and joins it and deletes the band being filled;
+    the next run finishes the work."""
+    from vaultfs.config import load_config
+    from vaultfs.snapshot import Snapshot
+    from vaultfs.snapshot.trees import TreeSaver
+
+    file_vault.band_size = "1MiB"
+    src = file_vault.add_collection("media", tier="warm")
+    for i in range(5):
+        write(src / f"clip{i}.bin", os.urandom(400_000))
+    file_vault.run("init")
+
+    def fail(self: TreeSaver, node: object) -> None:
+        raise error("stop here")
+
+    vault = file_vault.open_vault()
+    try:
+        collection = load_config(file_vault.config_path).collection("media")
+        with monkeypatch.context() as m:
+            m.setattr(TreeSaver, "build", fail)
+            with pytest.raises(error):
+                Snapshot(vault, collection).run()
+        assert [t for t in threading.enumerate() if t.name == "vaultfs-upload"] == []
+        assert [p.name for p in vault.spool_dir.iterdir() if p.name.endswith(".part")] == []
+        result = Snapshot(vault, collection).run()
+        assert result.version is not None and result.version.stats.files == 5
+        assert [t for t in threading.enumerate() if t.name == "vaultfs-upload"] == []
+    finally:
+        vault.close()
 
 
 def test_small_files_read_ahead_while_zstd_is_behind(file_vault: VaultEnv, tmp_path: Path) -> None:

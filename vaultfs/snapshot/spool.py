@@ -14,6 +14,7 @@ import os
 import queue
 import threading
 from dataclasses import replace
+from types import TracebackType
 
 from vaultfs import band as bandfmt
 from vaultfs import testpoints
@@ -40,6 +41,11 @@ class Uploader:
 
     The queue holds at most one band waiting, so the spool never holds more
     than the band being filled, one waiting and one in flight.
+
+    The thread is not a daemon: it is stopped and joined on every path, which a
+    ``with`` block ensures (``stop(abort=True)`` when the block raises, also on
+    KeyboardInterrupt). After a failure the band in flight still finishes; a band
+    still waiting stays a ``.part`` file, which the next run's `recover_spool` deletes.
     """
 
     def __init__(self, vault: Vault, collection: str) -> None:
@@ -50,9 +56,22 @@ class Uploader:
         self.error: BaseException | None = None
         self._thread: threading.Thread | None = None
         self._abort = threading.Event()
+        self._stop_sent = False  # the thread was told to stop (a second None would block)
+
+    def __enter__(self) -> Uploader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop(abort=exc_type is not None)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="vaultfs-upload", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="vaultfs-upload")
+        self._stop_sent = False
         self._thread.start()
 
     def put(self, closed: bandfmt.ClosedBand) -> None:
@@ -64,12 +83,17 @@ class Uploader:
         self._raise()
 
     def stop(self, *, abort: bool) -> None:
-        if self._thread is None:
+        """Stop the thread and join it; without `abort`, after the queued bands are
+        uploaded (and raise an upload's error). Again after a stop: nothing."""
+        thread = self._thread
+        if thread is None:
             return
         if abort:
             self._abort.set()
-        self.queue.put(None)
-        self._thread.join()
+        if not self._stop_sent:
+            self.queue.put(None)
+            self._stop_sent = True
+        thread.join()
         self._thread = None
         if not abort:
             self._raise()

@@ -1,0 +1,437 @@
+"""The file saver: read the files the scan found changed, hash them, pack new content into bands.
+
+`FileSaver` owns the band being filled: it opens a band when content needs one, closes
+it at ``band_size`` and hands it to the uploader (`spool.Uploader`, owned by the
+`Snapshot`). Per file: open it and check it is the file the scan saw, read it (a small
+file in one read that serves hash and band; a large one streamed), dedup it against
+every blob of the vault and of this run, and pack it when it is new. Two shortcuts for
+large files (`_likely_known`, `probable_copy`) hash before packing when the content is
+probably stored already. While zstd is behind on a large file, the band writer's stall
+hook reads the next small files ahead (`_ReadAhead`).
+
+The small-file path (`_read_one` → `_pack_small` → `_file_read`) is the hot path of a
+first snapshot: it is kept free of extra calls and allocations per file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Protocol
+
+from vaultfs import band as bandfmt
+from vaultfs import testpoints
+from vaultfs.catalog import FileCacheLookup, FileCacheRow
+from vaultfs.config import CollectionConfig
+from vaultfs.model import BandId, BlobId, TreeId
+from vaultfs.snapshot.spool import Uploader
+from vaultfs.source import (
+    ChangedWhileReading,
+    FileStat,
+    NotRegularFile,
+    Problem,
+    ScannedFile,
+    hash_stream,
+    open_source,
+    read_into,
+    read_small,
+    same_file_state,
+)
+from vaultfs.vault import Vault
+
+SMALL_FILE = 1024 * 1024  # read whole into memory: one read serves hash and band
+FINGERPRINT_PIECE = 64 * 1024  # `probable_copy`: bytes hashed from each end of a large file
+READ_AHEAD_FILE = 256 * 1024  # files read ahead while zstd catches up (per-file cost dominates)
+READ_AHEAD_BYTES = 4 * 1024 * 1024  # at most this much read ahead at a time
+READ_LATER = (memoryview(b""), BlobId(b""))  # a file read ahead turned out large: read it later
+CHANGED = "changed while it was read; back it up again when it is quiet"
+WARM_FRAME_SIZE = 1024 * 1024
+
+
+class ReadProgress(Protocol):
+    """What the file saver reports: the files to read, then each file read."""
+
+    def reading(self, files_total: int, bytes_total: int) -> None: ...
+    def advance(self, files: int, size: int) -> None: ...
+
+
+class FileSaver:
+    """Reads, dedups and packs the files of one snapshot; owns the band being filled."""
+
+    def __init__(
+        self, vault: Vault, collection: CollectionConfig, uploader: Uploader, progress: ReadProgress
+    ) -> None:
+        self.vault = vault
+        self.collection = collection.name
+        self.progress = progress
+        self.uploader = uploader
+        cfg = vault.config
+        tier_frame = bandfmt.FRAME_SIZE_DEFAULT if collection.tier == "cold" else WARM_FRAME_SIZE
+        self.frame_size = collection.frame_size or tier_frame
+        self.level = (
+            collection.compression_level
+            if collection.compression_level is not None
+            else cfg.compression_level
+        )
+        self.band_size = cfg.band_size
+        self.band: bandfmt.BandWriter | None = None
+        self.band_ids: list[BandId] = []  # every band this run opened, in order
+        self.cache_rows: list[tuple[bytes, FileCacheRow]] = []  # files read: their new rows
+        self.bytes_added = 0  # content of the blobs this run stored
+        self.files_read = 0
+        self.bytes_read = 0
+        self.lost: set[BlobId] = set()  # blobs known lost when the run began (`vaultfs.heal`)
+        self.restored_lost = 0  # files read whose blob was lost: stored again, which heals it
+        self.problems: list[Problem] = []  # files skipped (the scan's list, once reading starts)
+        self._new_blobs: set[BlobId] = set()
+        self._large_files: set[tuple[int, int]] | None = None
+        self._fingerprints: set[tuple[int, bytes]] = set()  # large files read in this run
+        self._known: FileCacheLookup | None = None  # the catalog's blobs, while files are read
+        self._member_prefix = self.collection.encode() + b"/"  # band members: <collection>/<path>
+        self._ahead = _ReadAhead(b"", [])
+
+    # ---- the read loop -----------------------------------------------------------------
+
+    def read_files(
+        self, root: bytes, files: list[ScannedFile], cache: FileCacheLookup, problems: list[Problem]
+    ) -> None:
+        """Read every file whose files-cache row does not match its stat data; files that
+        match keep their recorded blob. Skipped files are appended to `problems`."""
+        self.problems = problems
+        to_read: list[ScannedFile] = []
+        for f in files:
+            if f.link_of is not None:
+                continue
+            row = cache.stat_key(f.rel)
+            st = f.st
+            if (
+                row is not None
+                and row[:5] == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                and cache.has_blob(BlobId(row[5]))
+            ):
+                f.blob = BlobId(row[5])
+                f.needs_read = False
+            else:
+                to_read.append(f)
+        self.progress.reading(len(to_read), sum(f.st.st_size for f in to_read))
+        self.cache_rows = []
+        self._ahead = _ReadAhead(root, to_read)
+        # Dedup lookups go through the scan's read transaction (one per file cost ~10 µs);
+        # blobs this run stores after it began are in `_new_blobs`.
+        self._known = cache
+        try:
+            for i, f in enumerate(to_read):
+                if self._ahead.take(i):
+                    self._read_one(root, f)
+                    self.progress.advance(1, f.st.st_size)
+                if self._ahead.done:
+                    self._pack_read_ahead()
+        finally:
+            self._known = None
+        for f in files:  # hard links follow their first name
+            if f.link_of is not None:
+                f.blob = f.link_of.blob
+                f.skipped = f.link_of.skipped
+        # The band being filled stays open: the commit closes it with the new trees
+        # and the version record in its catalog (docs/band-format.md), so a small snapshot
+        # writes one band, not a data band and a metadata band.
+        self.uploader.drain()
+
+    def _read_one(self, root: bytes, f: ScannedFile) -> None:
+        opened = self._open(root, f)
+        if opened is None:
+            return None
+        fd, before = opened
+        try:
+            if before.st_size <= SMALL_FILE:
+                data, blob = read_small(fd, before)
+                self._pack_small(f, data, blob)
+                return None
+            if self._likely_known(before) or self.probable_copy(fd, before):
+                blob = self._hash_then_pack(f, fd, before)
+            else:
+                blob = self._pack_large(f, fd, before)
+        except (ChangedWhileReading, bandfmt.ContentChanged):
+            return self._skip(f, CHANGED)
+        except OSError as e:
+            return self._skip(f, f"cannot read ({e.strerror})")
+        finally:
+            os.close(fd)
+        self._file_read(f, blob)
+        return None
+
+    def _open(self, root: bytes, f: ScannedFile) -> tuple[int, os.stat_result] | None:
+        """Open a file to read and check it is the one the scan saw (else skip it: None)."""
+        try:
+            fd, before = open_source(root + b"/" + f.rel)
+        except FileNotFoundError:
+            self._skip(f, "vanished before it could be read")
+            return None
+        except NotRegularFile as e:
+            self._skip(f, e.reason)
+            return None
+        except OSError as e:
+            self._skip(f, f"cannot read ({e.strerror})")
+            return None
+        if (before.st_ino, before.st_dev) != (f.st.st_ino, f.st.st_dev):
+            os.close(fd)
+            self._skip(f, "was replaced during the snapshot")
+            return None
+        if not same_file_state(f.st, before):
+            f.st = FileStat.of(before)  # else keep the scan's compact record
+        return fd, before
+
+    def _pack_small(self, f: ScannedFile, data: memoryview, blob: BlobId) -> None:
+        if self._is_new(blob):
+            self._make_room(len(data))
+            assert self.band is not None
+            self.band.add_blob(self._member_prefix + f.rel, _meta(f), data, blob)
+            self._blob_added(blob, len(data))
+        self._file_read(f, blob)
+
+    def _file_read(self, f: ScannedFile, blob: BlobId) -> None:
+        f.blob = blob
+        st = f.st
+        self.files_read += 1
+        if blob in self.lost:  # stored again by this run (`_is_new`): the blob is healed
+            self.restored_lost += 1
+        self.bytes_read += st.st_size
+        self.cache_rows.append(
+            (f.rel, FileCacheRow(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, blob))
+        )
+
+    def _skip(self, f: ScannedFile, reason: str) -> None:
+        f.skipped = True
+        self.problems.append(Problem(f.rel, reason))
+
+    # ---- reading ahead -----------------------------------------------------------------
+
+    def _read_ahead(self) -> bool:
+        """The band writer's stall hook: zstd is behind on a large file, so read and
+        hash the next small files meanwhile (per-file work that would otherwise leave
+        the compression threads idle later). They are packed right after the large
+        file. False when there is nothing (more) to read ahead."""
+        ahead = self._ahead
+        i = ahead.next_small()
+        if i is None:
+            return False
+        f = ahead.files[i]
+        ahead.pending_bytes += f.st.st_size
+        opened = self._open(ahead.root, f)
+        if opened is None:
+            ahead.done.append((f, None))
+            return True
+        fd, before = opened
+        try:
+            if before.st_size > READ_AHEAD_FILE:  # grew: read it with the main loop's rules
+                ahead.done.append((f, READ_LATER))
+            else:
+                ahead.done.append((f, read_small(fd, before)))
+        except ChangedWhileReading:
+            self._skip(f, CHANGED)
+            ahead.done.append((f, None))
+        except OSError as e:
+            self._skip(f, f"cannot read ({e.strerror})")
+            ahead.done.append((f, None))
+        finally:
+            os.close(fd)
+        return True
+
+    def _pack_read_ahead(self) -> None:
+        ahead = self._ahead
+        done, ahead.done, ahead.pending_bytes = ahead.done, [], 0
+        for f, got in done:
+            if got is READ_LATER:
+                self._read_one(ahead.root, f)
+            elif got is not None:
+                self._pack_small(f, *got)
+            self.progress.advance(1, f.st.st_size)
+
+    # ---- large files -------------------------------------------------------------------
+
+    def _hash_then_pack(self, f: ScannedFile, fd: int, before: os.stat_result) -> BlobId:
+        """A large file whose content is probably stored: hash first, pack only if new."""
+        blob = hash_stream(fd, before)
+        testpoints.reach("after-hash")
+        if self._is_new(blob):
+            self._make_room(before.st_size)
+            assert self.band is not None
+            self.band.add_blob_stream(
+                self._member_prefix + f.rel, _meta(f), before.st_size,
+                read_into(fd), blob,
+                skip_if=lambda _: _changed_since(fd, before),
+            )
+            self._blob_added(blob, before.st_size)
+        return blob
+
+    def _pack_large(self, f: ScannedFile, fd: int, before: os.stat_result) -> BlobId:
+        """One read that hashes and packs; rolled back if the vault already has the blob."""
+        self._make_room(before.st_size)
+        assert self.band is not None
+        digests: list[BlobId] = []
+
+        def known(digest: bytes) -> bool:
+            testpoints.reach("after-hash")
+            _changed_since(fd, before)
+            digests.append(BlobId(digest))
+            return not self._is_new(BlobId(digest))
+
+        loc = self.band.add_blob_stream(
+            self._member_prefix + f.rel, _meta(f), before.st_size, read_into(fd),
+            skip_if=known,
+        )
+        if loc is not None:
+            self._blob_added(digests[0], before.st_size)
+        return digests[0]
+
+    def _likely_known(self, st: os.stat_result) -> bool:
+        """Whether a large file probably has content the vault already holds.
+
+        True when the latest version has a large file of the same size and mtime
+        (a file moved or renamed: the files cache, keyed by path, missed it).
+        Such files are hashed before they are packed, so a reorganised photo
+        library costs a hash pass, not a compression pass.
+        """
+        if self._large_files is None:
+            self._large_files = set()
+            latest = self.vault.catalog.latest_version(self.collection)
+            if latest is not None:
+                self._collect_large(latest.root, self._large_files)
+        return (st.st_size, st.st_mtime_ns) in self._large_files
+
+    def probable_copy(self, fd: int, st: os.stat_result) -> bool:
+        """Whether a large file is probably a copy of one read earlier in this run.
+
+        A copy has a new mtime and path, so neither the files cache nor `_likely_known`
+        sees it. Every large file leaves a fingerprint — its size and the SHA-256 of its
+        first and last `FINGERPRINT_PIECE` bytes (a fraction of a millisecond) — and a
+        file whose fingerprint was seen is hashed before it is packed: a copied folder
+        of photos costs a hash pass, not a compression pass that is then rolled back.
+        A wrong guess costs one extra read; the whole-file SHA-256 still decides.
+        """
+        size = st.st_size
+        head = os.pread(fd, FINGERPRINT_PIECE, 0)
+        tail = os.pread(fd, FINGERPRINT_PIECE, max(size - FINGERPRINT_PIECE, 0))
+        mark = (size, hashlib.sha256(head + tail).digest())
+        if mark in self._fingerprints:
+            return True
+        self._fingerprints.add(mark)
+        return False
+
+    def _collect_large(self, tree: TreeId, out: set[tuple[int, int]]) -> None:
+        for e in self.vault.tree(tree):
+            if e.kind == "file" and e.size > SMALL_FILE:
+                out.add((e.size, e.mtime_ns))
+            elif e.kind == "dir" and e.tree is not None:
+                self._collect_large(e.tree, out)
+
+    # ---- blobs and bands ---------------------------------------------------------------
+
+    def _is_new(self, blob: BlobId) -> bool:
+        assert self._known is not None, "only while files are read"
+        return blob not in self._new_blobs and not self._known.has_blob(blob)
+
+    def _blob_added(self, blob: BlobId, size: int) -> None:
+        self._new_blobs.add(blob)
+        self.bytes_added += size
+        if self.band is not None and self.band.uncompressed_size >= self.band_size:
+            self.close_band(final_extra=None)
+
+    def _make_room(self, size: int) -> None:
+        """Close the current band first if this file would push it past band_size."""
+        band = self.band
+        if band is not None and band.uncompressed_size > 0 and (
+            band.uncompressed_size + size > self.band_size
+        ):
+            self.close_band(final_extra=None)
+        if self.band is None:
+            self.open_band()
+
+    def open_band(self) -> bandfmt.BandWriter:
+        band_id = bandfmt.new_band_id()
+        path = self.vault.spool_dir / f"{band_id}.tar.zst.part"
+        self.band = bandfmt.BandWriter(
+            path, band_id, level=self.level, frame_size=self.frame_size,
+            threads=self.vault.config.threads,
+        )
+        self.band.on_stall = self._read_ahead
+        self.band_ids.append(BandId(band_id))
+        return self.band
+
+    def close_band(self, final_extra: dict[str, object] | None) -> bandfmt.ClosedBand | None:
+        """Close the band being filled (if any) and queue it for the uploader; the last band
+        of a version carries `final_extra` (the version record, the new trees)."""
+        band = self.band
+        if band is None:
+            return None
+        self.band = None
+        extra: dict[str, object] = {"collection": self.collection}
+        if final_extra:
+            extra.update(final_extra)
+        # The uploader makes the band durable and gives it its final name: flushing
+        # a 1 GiB band to disk then overlaps with packing the next one.
+        band.on_stall = None  # files read ahead now would wait for the next loop turn
+        closed = band.close(extra, sync=False)
+        self.uploader.put(closed)
+        return closed
+
+    def drop_empty_band(self) -> None:
+        """Forget the band being filled if nothing went into it (no version will name it)."""
+        band = self.band
+        if band is not None and band.uncompressed_size == 0:
+            self.band = None
+            band.abort()
+            self.band_ids.pop()
+
+    def abort(self) -> None:
+        """After a failure: delete the band being filled (its writer's threads stop with it)."""
+        if self.band is not None:
+            self.band.abort()
+
+
+def _changed_since(fd: int, before: os.stat_result) -> bool:
+    """Raise ChangedWhileReading if the open file moved since ``before``; else False."""
+    if not same_file_state(before, os.fstat(fd)):
+        raise ChangedWhileReading
+    return False
+
+
+def _meta(f: ScannedFile) -> bandfmt.MemberMeta:
+    st = f.st
+    return bandfmt.MemberMeta(
+        mode=st.st_mode & 0o7777, uid=st.st_uid, gid=st.st_gid,
+        mtime_ns=st.st_mtime_ns, xattrs=f.xattrs,
+    )
+
+
+class _ReadAhead:
+    """Which files of the read list are taken, and the small files read ahead of the main
+    loop (in list order, so a directory's small files stay together in the band)."""
+
+    def __init__(self, root: bytes, files: list[ScannedFile]) -> None:
+        self.root, self.files = root, files
+        self.taken = bytearray(len(files))
+        self.cursor = 0  # files before this were taken or are too large to read ahead
+        self.done: list[tuple[ScannedFile, tuple[memoryview, BlobId] | None]] = []
+        self.pending_bytes = 0
+
+    def take(self, i: int) -> bool:
+        """Claim file `i` for the main loop; False if it was read ahead."""
+        if self.taken[i]:
+            return False
+        self.taken[i] = 1
+        return True
+
+    def next_small(self) -> int | None:
+        """Claim the next small file not taken yet, within the memory bound."""
+        if self.pending_bytes >= READ_AHEAD_BYTES:
+            return None
+        files, taken, i = self.files, self.taken, self.cursor
+        while i < len(files) and (taken[i] or files[i].st.st_size > READ_AHEAD_FILE):
+            i += 1
+        if i >= len(files):
+            self.cursor = len(files)
+            return None
+        self.cursor = i + 1
+        taken[i] = 1
+        return i
