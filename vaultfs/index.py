@@ -54,6 +54,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import mmap
 import os
 import re
 import shutil
@@ -80,6 +81,7 @@ from vaultfs.model import (
     BandState,
     BlobId,
     BlobRef,
+    LostBlob,
     TreeId,
     VersionInfo,
     band_file,
@@ -622,6 +624,8 @@ class BandCatalog:
     version: VersionInfo | None
     source: str  # "sidecar", "tail" or "scan"
     catalog_doc: dict[str, Any] | None = None
+    damage: list[str] = field(default_factory=list)  # a salvage scan: what is damaged
+    lost: list[tuple[bytes, int, int]] = field(default_factory=list)  # listed, not recovered
 
 
 @dataclass(slots=True)
@@ -634,11 +638,16 @@ class RebuildReport:
     versions: list[str] = field(default_factory=list)
     bands: dict[str, str] = field(default_factory=dict)  # band -> source of its catalog
     repairs: list[str] = field(default_factory=list)
+    lost: dict[BlobId, LostBlob] = field(default_factory=dict)  # recorded as lost
+    lost_files: dict[str, list[str]] = field(default_factory=dict)  # version -> paths
+    damaged_bands: dict[str, list[str]] = field(default_factory=dict)  # band -> damage
 
     def to_json(self) -> dict[str, Any]:
         return {"rung": self.rung, "why": self.why, "notes": self.notes,
                 "problems": self.problems, "restore_plan": self.plan,
-                "versions": self.versions, "band_sources": self.bands, "repairs": self.repairs}
+                "versions": self.versions, "band_sources": self.bands, "repairs": self.repairs,
+                "lost_blobs": {b.hex(): lb.to_json() for b, lb in sorted(self.lost.items())},
+                "lost_files": self.lost_files, "damaged_bands": self.damaged_bands}
 
 
 Confirm = Callable[[list[str]], bool]
@@ -654,6 +663,21 @@ class _Ladder:
         self.confirm, self.report = confirm, report
         self.restore_days, self.restore_tier = restore_days, restore_tier
         self.catalogs: dict[BandId, BandCatalog] = {}
+        self._orphans: dict[BandId, BandCatalog] | None = None
+
+    def orphans(self) -> dict[BandId, BandCatalog]:
+        """Catalogs of bands whose object is gone from the store but whose sidecar is
+        still there: they say which band held a lost blob, and carry trees and version
+        copies (the last band of a snapshot holds them) that nothing else may have."""
+        if self._orphans is None:
+            self._orphans = {}
+            for band in sorted(set(self.listing.sidecars) - set(self.listing.bands)):
+                try:
+                    self._orphans[band] = _from_sidecar(self.store, band, None)
+                except (CorruptionError, ObjectNotFound, ValueError, KeyError, TypeError) as e:
+                    self.report.notes.append(f"sidecar of the missing band {band} is not "
+                                             f"usable either: {_message(e)}")
+        return self._orphans
 
     def recover_bands(self, bands: Iterable[BandId], first: str) -> None:
         """Get the catalog of each band, starting at rung `first` (sidecars/tails/scan)."""
@@ -725,7 +749,8 @@ class _Ladder:
         """The committed versions in `wanted`: the record, checked against the copy in its
         last band's catalog (which wins: it is checksummed)."""
         copies = {(c.version.collection, c.version.number): c.version
-                  for c in self.catalogs.values() if c.version is not None}
+                  for c in [*self.orphans().values(), *self.catalogs.values()]
+                  if c.version is not None}
         out: dict[VersionKey, VersionInfo] = {}
         for vk in sorted(wanted):
             record: VersionInfo | None = None
@@ -762,6 +787,35 @@ class _Ladder:
                 content.blobs.setdefault(BlobId(sha), BlobRef(band, offset, size))
             content.trees.update(cat.trees)
         return content
+
+    def lost_blobs(self, content: IndexContent, indexed: IndexContent | None,
+                   versions: Iterable[VersionKey]) -> dict[BlobId, LostBlob]:
+        """The blobs `versions` name that no readable band holds, each with the band a
+        surviving record (a damaged band's catalog, a missing band's sidecar, the index
+        objects) says held it, and why: "missing" when that band object is gone,
+        "damaged" when it is there but its bytes do not verify."""
+        gaps = content_gaps(content)
+        wanted = {blob for vk in versions for blob in gaps[vk][1]}
+        if not wanted:
+            return {}
+        said: dict[BlobId, str] = {}
+        for band, cat in [*self.catalogs.items(), *self.orphans().items()]:
+            for sha, _, _ in [*cat.lost, *cat.blobs]:
+                said.setdefault(BlobId(sha), band)
+        if indexed is not None:
+            for blob, ref in indexed.blobs.items():
+                said.setdefault(blob, ref.band)
+        damaged = any(c.damage for c in self.catalogs.values())
+        now = time.time_ns()
+        out: dict[BlobId, LostBlob] = {}
+        for blob in sorted(wanted):
+            holder = said.get(blob, "")
+            if holder:
+                why = "damaged" if holder in self.listing.bands else "missing"
+            else:
+                why = "damaged" if damaged else "missing"
+            out[blob] = LostBlob(holder, why, now)
+        return out
 
 
 def _sidecar_blobs(doc: dict[str, Any]) -> list[tuple[bytes, int, int]]:
@@ -834,14 +888,19 @@ def _from_scan(store: ObjectStore, band: BandId, obj: ObjectInfo, work_dir: Path
     path = band_file(work_dir, band, ".scan")
     try:
         store.get_to_file(band_key(band), path)
-        scanned = scan_band_file(path, band)
+        scanned = scan_band_file(path, band, salvage=True)
     finally:
         path.unlink(missing_ok=True)
+    if not scanned.frames:
+        raise CorruptionError(f"band {band}: no part of it can be read ("
+                              + "; ".join(scanned.damage) + ")")
     doc = scanned.catalog or {}
     trees, version = _catalog_parts(doc, band) if scanned.catalog else ({}, None)
-    info = _band_info(band, obj, scanned.size, scanned.sha256, scanned.frames, doc,
-                      len(scanned.blobs))
-    return BandCatalog(info, scanned.blobs, trees, version, "scan", scanned.catalog)
+    # A damaged band's SHA-256 is not recorded: it would vouch for the damage.
+    info = _band_info(band, obj, scanned.size, b"" if scanned.damage else scanned.sha256,
+                      scanned.frames, doc, len(scanned.blobs))
+    return BandCatalog(info, scanned.blobs, trees, version, "scan", scanned.catalog,
+                       scanned.damage, scanned.lost)
 
 
 @dataclass(slots=True)
@@ -852,57 +911,95 @@ class ScannedBand:
     blobs: list[tuple[bytes, int, int]]  # re-hashed members: (sha256, offset, size)
     catalog: dict[str, Any] | None
     problems: list[str]
+    damage: list[str] = field(default_factory=list)  # what of the band is damaged
+    lost: list[tuple[bytes, int, int]] = field(default_factory=list)  # listed, not recovered
 
 
-def scan_band_file(path: Path, band: str) -> ScannedBand:
-    """Read a band file front to back: its SHA-256, seek table, every tar member re-hashed,
-    and the catalog (the last member), which must agree with the members.
-    CorruptionError when the stream does not decompress or parse."""
+def scan_band_file(path: Path, band: str, *, salvage: bool = False) -> ScannedBand:
+    """Read a band file front to back: its SHA-256, its frames, every tar member
+    re-hashed, and the catalog (the last member), which must agree with the members.
+
+    Without `salvage`: CorruptionError when any frame is damaged or a member the catalog
+    lists is not there with its SHA-256 (`check --read-data`). With it, what can be read
+    is returned: members before and after a damaged frame (the walk resynchronises at the
+    next frame and the next valid tar header), `damage` saying what was wrong and `lost`
+    the members the catalog lists that could not be re-hashed. A member is kept only when
+    its bytes hash to what the catalog says for it (or, without a catalog, the hash is
+    its blob id: content-addressed). CorruptionError only when nothing of the band makes
+    sense (a catalog naming members that are not in the band)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
             h.update(chunk)
         size = f.tell()
-        f.seek(max(0, size - (1 << 20)))
-        tail = f.read()
-    frames = tuple((fr.compressed_size, fr.uncompressed_size)
-                   for fr in bandfmt.read_seek_table(tail))
+        if size == 0:
+            raise CorruptionError(f"band {band}: the band object is empty")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            found, damage = bandfmt.salvage_frames(mm)
+            members = list(bandfmt.salvage_members(mm, found, damage))
     blobs: list[tuple[bytes, int, int]] = []
     catalog: dict[str, Any] | None = None
     problems: list[str] = []
-    try:
-        with open(path, "rb") as f, zstandard.ZstdDecompressor().stream_reader(
-                f, read_across_frames=True) as zr, tarfile.open(
-                fileobj=zr, mode="r|", encoding="utf-8", errors="surrogateescape") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                src = tar.extractfile(member)
-                assert src is not None
-                mh, n = hashlib.sha256(), 0
-                is_catalog = member.name == bandfmt.CATALOG_MEMBER
-                kept: list[bytes] = []
-                while chunk := src.read(1 << 20):
-                    mh.update(chunk)
-                    n += len(chunk)
-                    if is_catalog:
-                        kept.append(chunk)
-                if is_catalog:
-                    try:
-                        catalog = json.loads(b"".join(kept))
-                    except ValueError as e:
-                        problems.append(f"catalog member does not parse: {e}")
-                    continue
-                blobs.append((mh.digest(), member.offset_data, n))
-    except (zstandard.ZstdError, tarfile.TarError, OSError, EOFError) as e:
-        raise CorruptionError(f"band {band}: tar stream unreadable: {e}") from e
+    broken = 0
+    for m in members:
+        if m.name == bandfmt.CATALOG_MEMBER.encode():
+            if m.content is None:
+                continue
+            try:
+                catalog = json.loads(m.content)
+            except ValueError as e:
+                problems.append(f"catalog member does not parse: {e}")
+            continue
+        if m.sha256 is None:
+            broken += 1
+        else:
+            blobs.append((m.sha256, m.offset, m.size))
+    if broken:
+        damage.append(f"{broken} member(s) overlap the damage")
+    if catalog is None and damage:
+        damage.append("its catalog is lost")
+    lost: list[tuple[bytes, int, int]] = []
     if catalog is not None:
-        listed = {(bytes.fromhex(b["sha256"]), int(b["offset"]), int(b["size"]))
-                  for b in catalog.get("blobs", [])}
-        if listed != set(blobs):
+        try:
+            listed = {(bytes.fromhex(b["sha256"]), int(b["offset"]), int(b["size"]))
+                      for b in catalog.get("blobs", [])}
+        except (KeyError, TypeError, ValueError) as e:
+            raise CorruptionError(f"band {band}: its catalog is malformed: {e}") from e
+        stray = set(blobs) - listed
+        if stray and not damage:
             problems.append("catalog disagrees with the re-hashed members")
             raise CorruptionError(f"band {band}: its catalog disagrees with its members")
-    return ScannedBand(size, h.digest(), frames, blobs, catalog, problems)
+        if stray:  # members whose bytes do not hash to what the catalog says: damaged
+            damage.append(f"{len(stray)} member(s) fail their SHA-256")
+            blobs = [b for b in blobs if b not in stray]
+        lost = sorted(listed - set(blobs), key=lambda b: b[1])
+        if lost and not damage:
+            damage.append(f"{len(lost)} member(s) of its catalog are not in it")
+    if damage and not salvage:
+        raise CorruptionError(f"band {band}: damaged: " + "; ".join(damage))
+    frames = _readable_frames(found, size)
+    return ScannedBand(size, h.digest(), frames, blobs, catalog, problems, damage, lost)
+
+
+def _readable_frames(found: tuple[bandfmt.Frame, ...], size: int) -> tuple[tuple[int, int], ...]:
+    """The (compressed, uncompressed) sizes of a band's frames as `BandInfo.frames`, from
+    what a scan found. When the tail or a frame's structure is broken, the frames whose
+    place in the stream is known are kept and one last frame (read as the catalog; it
+    fails to decompress) spans the rest up to a seek table of the right length, so the
+    band's size checks out and the recovered blobs can be read by range as usual."""
+    known: list[tuple[int, int]] = []
+    for fr in found:
+        if fr.uncompressed_size < 0:
+            break
+        known.append((fr.compressed_size, fr.uncompressed_size))
+    if sum(c for c, _ in known) + 17 + 8 * len(known) == size:
+        return tuple(known)
+    while known:
+        rest = size - sum(c for c, _ in known) - 17 - 8 * (len(known) + 1)
+        if rest > 0:
+            return (*known, (rest, 0))
+        known.pop()
+    return ()
 
 
 def _frames(sizes: tuple[tuple[int, int], ...]) -> tuple[bandfmt.Frame, ...]:
@@ -915,31 +1012,60 @@ def _frames(sizes: tuple[tuple[int, int], ...]) -> tuple[bandfmt.Frame, ...]:
 
 def check_content(content: IndexContent) -> dict[VersionKey, list[str]]:
     """For each version: what it lacks in `content` (trees, blob map, bands); empty = whole."""
-    out: dict[VersionKey, list[str]] = {}
-    done: dict[TreeId, list[str]] = {}
+    return {vk: [f"tree {t.hex()[:16]}" for t in trees] + [f"blob {b.hex()[:16]}" for b in blobs]
+            for vk, (trees, blobs) in content_gaps(content).items()}
 
-    def visit(tid: TreeId) -> list[str]:
+
+def content_gaps(content: IndexContent) -> dict[VersionKey, tuple[list[TreeId], list[BlobId]]]:
+    """For each version: the trees it lacks in `content` (without them it cannot be
+    listed at all) and the file blobs the blob map lacks (those files' bytes)."""
+    out: dict[VersionKey, tuple[list[TreeId], list[BlobId]]] = {}
+    done: dict[TreeId, tuple[list[TreeId], list[BlobId]]] = {}
+
+    def visit(tid: TreeId) -> tuple[list[TreeId], list[BlobId]]:
         if tid in done:
             return done[tid]
-        done[tid] = []
+        done[tid] = ([], [])
         raw = content.trees.get(tid)
         if raw is None:
-            done[tid] = [f"tree {tid.hex()[:16]}"]
+            done[tid] = ([tid], [])
             return done[tid]
-        lacks: list[str] = []
+        trees: list[TreeId] = []
+        blobs: list[BlobId] = []
         for e in decode_tree(raw):
             if e.kind == "dir" and e.tree is not None:
-                lacks += visit(e.tree)
+                sub = visit(e.tree)
+                trees += sub[0]
+                blobs += sub[1]
             elif e.kind == "file" and e.blob is not None and e.hardlink is None:
                 ref = content.blobs.get(e.blob)
                 if ref is None or ref.band not in content.bands:
-                    lacks.append(f"blob {e.blob.hex()[:16]}")
-        done[tid] = lacks
-        return lacks
+                    blobs.append(e.blob)
+        done[tid] = (trees, blobs)
+        return done[tid]
 
     for vk, v in content.versions.items():
-        out[vk] = visit(v.root)
+        trees, blobs = visit(v.root)
+        out[vk] = (trees, list(dict.fromkeys(blobs)))
     return out
+
+
+def lost_paths(content: IndexContent, root: TreeId, lost: dict[BlobId, LostBlob]) -> list[str]:
+    """Display paths of the files under `root` whose blob is in `lost`."""
+    out: list[str] = []
+    stack: list[tuple[TreeId, bytes]] = [(root, b"")]
+    while stack:
+        tid, prefix = stack.pop()
+        raw = content.trees.get(tid)
+        if raw is None:
+            continue
+        for e in decode_tree(raw):
+            path = prefix + b"/" + e.name if prefix else e.name
+            if e.kind == "dir" and e.tree is not None:
+                stack.append((e.tree, path))
+            elif e.kind == "file" and e.blob is not None and e.blob in lost:
+                out.append(display_path(path))
+    return sorted(out)
 
 
 # ---- rebuild --------------------------------------------------------------------------------
@@ -1068,24 +1194,56 @@ def _rebuild_locked(vault: Vault, ladder: _Ladder, live: Path, vault_id: str,
         # Rungs 3-5: every band's catalog, each band falling further on its own.
         ladder.recover_bands(listing.bands, rung)
         content = ladder.content(ladder.versions(committed))
-        for vk, lacks in sorted(check_content(content).items()):
-            if lacks:
+        loaded = load_index(store, vault_id, listing.forgotten)
+        # Trees are content-addressed (each checked against its id): any surviving copy
+        # serves, from the sidecar of a band that is gone or from the index objects.
+        for cat in ladder.orphans().values():
+            for tid, enc in cat.trees.items():
+                content.trees.setdefault(tid, enc)
+        for tid, enc in loaded.content.trees.items():
+            content.trees.setdefault(tid, enc)
+        for vk, (trees, _) in sorted(content_gaps(content).items()):
+            if trees:
                 report.problems.append(
-                    f"{vk[0]}@v{vk[1]} cannot be recovered: it lacks " + ", ".join(lacks[:5])
-                    + (f" and {len(lacks) - 5} more" if len(lacks) > 5 else ""))
+                    f"{vk[0]}@v{vk[1]} cannot be recovered: its directory listings are gone "
+                    f"(tree {', tree '.join(t.hex()[:16] for t in trees[:5])}"
+                    + (f" and {len(trees) - 5} more" if len(trees) > 5 else "") + ")")
                 content.versions.pop(vk)
+        lost = ladder.lost_blobs(content, loaded.content, content.versions)
+        _report_lost(report, content, lost, ladder)
         report.rung = rung
         report.bands = {b: c.source for b, c in ladder.catalogs.items()}
-        loaded = load_index(store, vault_id, listing.forgotten)
         base = None if loaded.problems or loaded.skipped else loaded.content
         if base is not None:
             now = time.time_ns()  # bands the index lacks: the next publish indexes them
             for band, info in content.bands.items():
                 if band not in base.bands:
                     content.bands[band] = BandInfo.from_json({**info.to_json(), "created_ns": now})
-        _install(vault, content, vault_id, report, base, loaded.latest_generation)
+        _install(vault, content, vault_id, report, base, loaded.latest_generation, lost)
         return
     raise VaultError("no rung of the ladder could rebuild the catalog")  # pragma: no cover
+
+
+def _report_lost(report: RebuildReport, content: IndexContent, lost: dict[BlobId, LostBlob],
+                 ladder: _Ladder) -> None:
+    """Put the lost blobs, the files they leave without bytes and the damaged bands into
+    the report."""
+    report.lost = lost
+    for band, cat in sorted(ladder.catalogs.items()):
+        if cat.damage:
+            report.damaged_bands[band] = list(cat.damage)
+            report.notes.append(f"band {band} is damaged ({'; '.join(cat.damage)}): "
+                                f"{len(cat.blobs)} member(s) recovered from it, {len(cat.lost)} "
+                                "listed in its catalog are lost")
+    if not lost:
+        return
+    for (c, n), v in sorted(content.versions.items()):
+        paths = lost_paths(content, v.root, lost)
+        if paths:
+            report.lost_files[f"{c}@v{n}"] = paths
+    missing = sorted({lb.band for lb in lost.values() if lb.why == "missing" and lb.band})
+    for name in missing:
+        report.notes.append(f"band {name} is missing from the store")
 
 
 def _verify_live(live: Path, vault_id: str, store_url: str) -> str | None:
@@ -1150,9 +1308,12 @@ def _refresh_band_states(content: IndexContent, listing: StoreListing) -> None:
 
 
 def _install(vault: Vault, content: IndexContent, vault_id: str, report: RebuildReport,
-             indexed: IndexContent | None, generation: int) -> None:
+             indexed: IndexContent | None, generation: int,
+             lost: dict[BlobId, LostBlob] | None = None) -> None:
     """Write `content` into the (new, empty) catalog of `vault`. `indexed`: what of it the
-    consolidated index already holds (None: the index must be rewritten in full)."""
+    consolidated index already holds (None: the index must be rewritten in full). `lost`:
+    blobs the versions name whose bytes are nowhere (their files read as lost; a snapshot
+    that finds the same content again stores it and heals them)."""
     state = _IndexState(generation=generation, needs_full=indexed is None)
     if indexed is not None:
         for c, n in indexed.versions:
@@ -1167,6 +1328,8 @@ def _install(vault: Vault, content: IndexContent, vault_id: str, report: Rebuild
             w.put_band(info)
         for blob, ref in content.blobs.items():
             w.put_blob(blob, ref)
+        for blob, why in (lost or {}).items():
+            w.mark_lost(blob, why)
         for _, v in sorted(content.versions.items()):
             w.put_version(v)
         state.write(w)
@@ -1281,6 +1444,9 @@ def _repair(vault: Vault, report: RebuildReport, listing: StoreListing) -> None:
             continue
         except (CorruptionError, ObjectNotFound):
             pass
+        if info.band in report.damaged_bands:  # a sidecar must describe an intact band
+            report.notes.append(f"the sidecar of the damaged band {info.band} is not rewritten")
+            continue
         try:
             data = _sidecar_from_band(vault, info)
         except (CorruptionError, ObjectNotFound, ObjectArchived) as e:
