@@ -9,12 +9,16 @@ snapshot works (no "already exists on the store" loop).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
 
+import pytest
+
+from tests.mounts import mount_log, mounted
 from tests.test_restore_missing import band_of, delete_object
 from tests.trees import write
 from tests.vaultenv import VaultEnv
@@ -81,6 +85,18 @@ def test_one_lost_band_on_a_new_nas(file_vault: VaultEnv) -> None:
     proc = env.run("restore", "fetch", "p", "--to", str(env.tmp / "back2"), expect=3)
     assert any(line.startswith("not restored: ") and victim in line and "lost" in line
                for line in proc.stderr.splitlines()), proc.stderr
+
+    with mounted(env, env.tmp / "mnt") as mnt:
+        for path, data in content.items():
+            if path == victim:
+                with pytest.raises(OSError) as err:
+                    (mnt / "p" / "latest" / path).read_bytes()
+                assert err.value.errno == errno.EIO
+            else:
+                assert (mnt / "p" / "latest" / path).read_bytes() == data, path
+    log = [line for line in mount_log(env).read_text().splitlines() if "answered EIO" in line]
+    assert len(log) == 1 and f"p@v1/{victim}" in log[0] and f"band {band}" in log[0] \
+        and "missing from the store" in log[0], log
 
     # The source still has the file: the snapshot stores it again, which heals v1 (the
     # tree is unchanged, so no new version); a changed source gets a new version.
