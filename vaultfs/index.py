@@ -793,29 +793,50 @@ class _Ladder:
         """The blobs `versions` name that no readable band holds, each with the band a
         surviving record (a damaged band's catalog, a missing band's sidecar, the index
         objects) says held it, and why: "missing" when that band object is gone,
-        "damaged" when it is there but its bytes do not verify."""
+        "damaged" when it is there but its bytes do not verify. A blob such a record
+        places in a band that is there is first read from it (a member whose tar header
+        was in a damaged frame, while its content is intact): when its bytes verify, it
+        goes into `content`'s blob map instead."""
         gaps = content_gaps(content)
         wanted = {blob for vk in versions for blob in gaps[vk][1]}
         if not wanted:
             return {}
-        said: dict[BlobId, str] = {}
+        said: dict[BlobId, BlobRef] = {}
         for band, cat in [*self.catalogs.items(), *self.orphans().items()]:
-            for sha, _, _ in [*cat.lost, *cat.blobs]:
-                said.setdefault(BlobId(sha), band)
+            for sha, offset, size in [*cat.lost, *cat.blobs]:
+                said.setdefault(BlobId(sha), BlobRef(band, offset, size))
         if indexed is not None:
             for blob, ref in indexed.blobs.items():
-                said.setdefault(blob, ref.band)
+                said.setdefault(blob, ref)
         damaged = any(c.damage for c in self.catalogs.values())
         now = time.time_ns()
         out: dict[BlobId, LostBlob] = {}
         for blob in sorted(wanted):
-            holder = said.get(blob, "")
+            place = said.get(blob)
+            if place is not None and self._read_back(blob, place):
+                content.blobs[blob] = place
+                continue
+            holder = place.band if place is not None else ""
             if holder:
                 why = "damaged" if holder in self.listing.bands else "missing"
             else:
                 why = "damaged" if damaged else "missing"
             out[blob] = LostBlob(holder, why, now)
         return out
+
+    def _read_back(self, blob: BlobId, ref: BlobRef) -> bool:
+        """Whether `blob` can be read from where `ref` says, its SHA-256 verified."""
+        cat = self.catalogs.get(ref.band)
+        if cat is None or not cat.info.frames:
+            return False
+        key = band_key(ref.band)
+        reader = bandfmt.BandReader(lambda s, n: self.store.get_range(key, s, n), cat.info.size,
+                                    _frames(cat.info.frames), label=ref.band)
+        try:
+            reader.read_blob(bandfmt.BlobLocation(blob, ref.offset, ref.size))
+        except (CorruptionError, ObjectNotFound, ObjectArchived):
+            return False
+        return True
 
 
 def _sidecar_blobs(doc: dict[str, Any]) -> list[tuple[bytes, int, int]]:
@@ -1233,8 +1254,7 @@ def _report_lost(report: RebuildReport, content: IndexContent, lost: dict[BlobId
         if cat.damage:
             report.damaged_bands[band] = list(cat.damage)
             report.notes.append(f"band {band} is damaged ({'; '.join(cat.damage)}): "
-                                f"{len(cat.blobs)} member(s) recovered from it, {len(cat.lost)} "
-                                "listed in its catalog are lost")
+                                f"{len(cat.blobs)} member(s) recovered by the scan")
     if not lost:
         return
     for (c, n), v in sorted(content.versions.items()):
