@@ -74,8 +74,8 @@ from vaultfs import archive
 from vaultfs import band as bandfmt
 from vaultfs.errors import CorruptionError
 from vaultfs.model import BandId, BandInfo, BandState, BlobId, BlobRef, Entry, TreeId, VersionInfo
-from vaultfs.store.base import ObjectArchived
 from vaultfs.output import display_path
+from vaultfs.store.base import ObjectArchived
 from vaultfs.vault import Vault, lost_message
 
 log = logging.getLogger("vaultfs.mount")
