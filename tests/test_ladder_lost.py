@@ -71,6 +71,7 @@ def test_one_lost_band_on_a_new_nas(file_vault: VaultEnv) -> None:
     assert "1 version(s); 1 file(s) in them lost" in proc.stdout, proc.stdout
     assert f"lost: p@v1: {victim}" in proc.stderr
     doc = env.json("index", "rebuild", "--yes", expect=3)  # again: the same answer
+    assert doc["rung"] == "lmdb"  # a catalog with lost blobs recorded verifies
     assert doc["lost_files"] == {"p@v1": [victim]}
     blob = hashlib.sha256(content[victim]).hexdigest()
     assert doc["lost_blobs"][blob]["why"] == "missing"

@@ -533,14 +533,16 @@ class CatalogWalk:
     versions: dict[VersionKey, VersionInfo] = field(default_factory=dict)
     trees: int = 0
     blobs: int = 0
+    lost: set[BlobId] = field(default_factory=set)  # named by versions, recorded as lost
 
 
 def verify_catalog(catalog: Catalog) -> CatalogWalk:
     """Check the local catalog's structure: every record of every database passes its
     checksum (trees: hashes to its id), every record parses, and every version's trees,
-    file blobs and their bands are present. CorruptionError when LMDB cannot be read or
-    any record is damaged (nothing read from such a catalog can be trusted); other
-    problems are listed in the result."""
+    file blobs and their bands are present (a blob recorded as lost is listed in `lost`,
+    not a problem: its bytes are gone, the catalog is whole). CorruptionError when LMDB
+    cannot be read or any record is damaged (nothing read from such a catalog can be
+    trusted); other problems are listed in the result."""
     damaged = catalog.damaged_records()
     if damaged:
         raise CorruptionError(
@@ -562,6 +564,7 @@ def verify_catalog(catalog: Catalog) -> CatalogWalk:
         except (ValueError, KeyError, TypeError) as e:
             walk.problems.append(f"local catalog: band record {key!r} is unreadable: {e}")
     tree_bands: dict[TreeId, set[BandId] | None] = {}  # None: incomplete
+    lost = catalog.lost_blobs()
 
     def visit(tid: TreeId, where: str) -> set[BandId] | None:
         if tid in tree_bands:
@@ -589,6 +592,9 @@ def verify_catalog(catalog: Catalog) -> CatalogWalk:
                     used |= sub
             elif ent.kind == "file" and ent.blob is not None and ent.hardlink is None:
                 ref = catalog.blob(ent.blob)
+                if ref is None and ent.blob in lost:  # known to be lost: not damage
+                    walk.lost.add(ent.blob)
+                    continue
                 if ref is None:
                     walk.problems.append(
                         f"local catalog: {where} refers to blob {ent.blob.hex()[:16]} "
@@ -1137,6 +1143,8 @@ def rebuild(config: Config, store: ObjectStore, *, start: str | None = None,
                 os.replace(new, live)
             done = Vault(config, store, Catalog(live))
             try:
+                if report.rung == "lmdb":  # lost files recorded before: still lost
+                    _report_recorded_lost(done, report)
                 _adopt(done, ladder, listing)
                 _repair(done, report, listing)
             finally:
@@ -1243,6 +1251,20 @@ def _rebuild_locked(vault: Vault, ladder: _Ladder, live: Path, vault_id: str,
         _install(vault, content, vault_id, report, base, loaded.latest_generation, lost)
         return
     raise VaultError("no rung of the ladder could rebuild the catalog")  # pragma: no cover
+
+
+def _report_recorded_lost(vault: Vault, report: RebuildReport) -> None:
+    """Put the lost blobs a verified local catalog records, and their files, in the report."""
+    lost = vault.catalog.lost_blobs()
+    if not lost:
+        return
+    memo: dict[TreeId, list[tuple[bytes, BlobId]]] = {}
+    for c in vault.catalog.collections():
+        for v in vault.catalog.versions(c):
+            files = vault.lost_files(v.root, lost, memo)
+            if files:
+                report.lost_files[f"{c}@v{v.number}"] = [display_path(p) for p, _ in files]
+                report.lost.update((blob, lost[blob]) for _, blob in files)
 
 
 def _report_lost(report: RebuildReport, content: IndexContent, lost: dict[BlobId, LostBlob],
