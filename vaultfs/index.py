@@ -647,13 +647,15 @@ class RebuildReport:
     lost: dict[BlobId, LostBlob] = field(default_factory=dict)  # recorded as lost
     lost_files: dict[str, list[str]] = field(default_factory=dict)  # version -> paths
     damaged_bands: dict[str, list[str]] = field(default_factory=dict)  # band -> damage
+    warnings: list[str] = field(default_factory=list)  # the catalog is whole, but ...
 
     def to_json(self) -> dict[str, Any]:
         return {"rung": self.rung, "why": self.why, "notes": self.notes,
                 "problems": self.problems, "restore_plan": self.plan,
                 "versions": self.versions, "band_sources": self.bands, "repairs": self.repairs,
                 "lost_blobs": {b.hex(): lb.to_json() for b, lb in sorted(self.lost.items())},
-                "lost_files": self.lost_files, "damaged_bands": self.damaged_bands}
+                "lost_files": self.lost_files, "damaged_bands": self.damaged_bands,
+                "warnings": self.warnings}
 
 
 Confirm = Callable[[list[str]], bool]
@@ -1492,8 +1494,10 @@ def _repair(vault: Vault, report: RebuildReport, listing: StoreListing) -> None:
         try:
             data = _sidecar_from_band(vault, info)
         except (CorruptionError, ObjectNotFound, ObjectArchived) as e:
-            report.problems.append(f"sidecar of band {info.band} is damaged and cannot be "
-                                   f"rewritten now: {_message(e)}")
+            # The catalog is whole; the band's own damage is for `check --read-data`.
+            report.warnings.append(f"sidecar of band {info.band} is damaged and cannot be "
+                                   f"rewritten now: {_message(e)} (`vaultfs check --read-data` "
+                                   "tells what the damage affects)")
             continue
         store.put(sidecar_key(info.band), data)
         report.repairs.append(f"rewrote {sidecar_key(info.band)} from the band's own catalog")
