@@ -82,6 +82,8 @@ def test_one_lost_band_on_a_new_nas(file_vault: VaultEnv) -> None:
     table = env.run("versions", "p").stdout
     assert "LOST" in table and "1" in table.splitlines()[1]
 
+    plan = env.json("restore", "plan", "p")  # lost files need no band restored
+    assert plan["bands_needed"] == 7, plan
     fetch_all(env, env.tmp / "back", content, {victim})
     proc = env.run("restore", "fetch", "p", "--to", str(env.tmp / "back2"), expect=3)
     assert any(line.startswith("not restored: ") and victim in line and "lost" in line
