@@ -112,10 +112,24 @@ def test_one_lost_band_on_a_new_nas(file_vault: VaultEnv) -> None:
     assert [v["version"] for v in env.versions("p")] == [1, 2]
 
 
-def test_damaged_band_tail_without_index_or_sidecars(file_vault: VaultEnv) -> None:
+@pytest.mark.parametrize("which", ["middle", "last"])
+def test_damaged_band_tail_without_index_or_sidecars(file_vault: VaultEnv, which: str) -> None:
+    """A middle band: its seek table and the end of its catalog frame are damaged; every
+    member is recovered by the scan. The last band (its catalog holds the version's
+    directory listings, and neither sidecars nor index objects are left): its seek table
+    and its catalog frame's checksum are damaged; the listings are salvaged from the
+    catalog frame (each checked against its id) and the version is whole."""
     env = file_vault
     content = eight_files(env)
-    band = band_of(env, content["d0/f2.raw"])
+    middle = band_of(env, content["d0/f2.raw"])
+    vault = env.open_vault()
+    try:
+        (v1,) = vault.catalog.versions("p")
+        band = v1.bands[-1] if which == "last" else middle
+        frames = next(b.frames for b in vault.catalog.bands() if b.band == band)
+    finally:
+        vault.close()
+    assert which == "last" or band != v1.bands[-1]
     for key in env.store_keys("index/"):
         delete_object(env, key)
     for key in env.store_keys("bands/"):
@@ -123,13 +137,14 @@ def test_damaged_band_tail_without_index_or_sidecars(file_vault: VaultEnv) -> No
             delete_object(env, key)
     path = env.store_dir / band_key(band)
     raw = bytearray(path.read_bytes())
-    for i in range(1, 300):  # the seek table and the end of the catalog frame
+    span = 300 if which == "middle" else 17 + 8 * len(frames) + 4
+    for i in range(1, span + 1):
         raw[-i] ^= 0x5A
     path.write_bytes(bytes(raw))
     new_nas(env)
 
     doc = env.json("index", "rebuild", "--yes", expect=0)
-    assert doc["versions"] == ["p@v1"] and doc["lost_files"] == {}
+    assert doc["versions"] == ["p@v1"] and doc["lost_files"] == {}, doc
     assert band in doc["damaged_bands"] and doc["band_sources"][band] == "scan"
     fetch_all(env, env.tmp / "back", content, set())
     write(env.collections["p"][0] / "new.raw", b"new", OLD)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import bisect
 import functools
 import hashlib
+import io
 import json
 import mmap
 import os
@@ -1186,6 +1187,28 @@ def _walk_frames(raw: bytes | memoryview | mmap.mmap, problems: list[str]) -> tu
     if any(f.uncompressed_size < 0 for f in frames):
         problems.append("a broken frame hides where the rest of the tar stream lies")
     return tuple(frames)
+
+
+def salvage_frame_prefix(frame: bytes) -> bytes:
+    """What a damaged frame still decompresses to, unverified: its checksum is ignored
+    and decoding stops at the first error. Only for content that carries its own proof
+    (the trees of a damaged catalog, each checked against its id); never served."""
+    raw = bytearray(frame)
+    if bytes(raw[:4]) == ZSTD_MAGIC and len(raw) > 4 and raw[4] & 0x04:
+        try:
+            end = zstd_frame_size(bytes(raw), 0)
+            raw[4] &= ~0x04 & 0xFF
+            del raw[end - 4:end]
+        except ValueError:
+            pass  # structure broken: decode what comes before the break
+    out: list[bytes] = []
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(bytes(raw))) as reader:
+            while chunk := reader.read(1 << 16):
+                out.append(chunk)
+    except zstandard.ZstdError:
+        pass
+    return b"".join(out)
 
 
 def salvage_members(data: bytes | memoryview | mmap.mmap, frames: Sequence[Frame],

@@ -924,7 +924,7 @@ def _from_scan(store: ObjectStore, band: BandId, obj: ObjectInfo, work_dir: Path
         raise CorruptionError(f"band {band}: no part of it can be read ("
                               + "; ".join(scanned.damage) + ")")
     doc = scanned.catalog or {}
-    trees, version = _catalog_parts(doc, band) if scanned.catalog else ({}, None)
+    trees, version = _catalog_parts(doc, band) if scanned.catalog else (scanned.trees, None)
     # A damaged band's SHA-256 is not recorded: it would vouch for the damage.
     info = _band_info(band, obj, scanned.size, b"" if scanned.damage else scanned.sha256,
                       scanned.frames, doc, len(scanned.blobs))
@@ -942,6 +942,7 @@ class ScannedBand:
     problems: list[str]
     damage: list[str] = field(default_factory=list)  # what of the band is damaged
     lost: list[tuple[bytes, int, int]] = field(default_factory=list)  # listed, not recovered
+    trees: dict[TreeId, bytes] = field(default_factory=dict)  # from a damaged catalog
 
 
 def scan_band_file(path: Path, band: str, *, salvage: bool = False) -> ScannedBand:
@@ -966,6 +967,12 @@ def scan_band_file(path: Path, band: str, *, salvage: bool = False) -> ScannedBa
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             found, damage = bandfmt.salvage_frames(mm)
             members = list(bandfmt.salvage_members(mm, found, damage))
+            # The catalog is the last zstd frame (what follows may be a broken seek table).
+            last = next((fr for fr in reversed(found)
+                         if mm[fr.compressed_offset:fr.compressed_offset + 4] == bandfmt.ZSTD_MAGIC),
+                        None)
+            tail = bytes(mm[last.compressed_offset:last.compressed_offset + last.compressed_size]
+                         ) if last is not None and salvage else b""
     blobs: list[tuple[bytes, int, int]] = []
     catalog: dict[str, Any] | None = None
     problems: list[str] = []
@@ -985,8 +992,11 @@ def scan_band_file(path: Path, band: str, *, salvage: bool = False) -> ScannedBa
             blobs.append((m.sha256, m.offset, m.size))
     if broken:
         damage.append(f"{broken} member(s) overlap the damage")
+    trees: dict[TreeId, bytes] = {}
     if catalog is None and damage:
-        damage.append("its catalog is lost")
+        trees = _salvage_trees(bandfmt.salvage_frame_prefix(tail)) if tail else {}
+        damage.append("its catalog is lost" + (f" (but {len(trees)} directory listing(s) in it "
+                                               "verify)" if trees else ""))
     lost: list[tuple[bytes, int, int]] = []
     if catalog is not None:
         try:
@@ -1007,7 +1017,26 @@ def scan_band_file(path: Path, band: str, *, salvage: bool = False) -> ScannedBa
     if damage and not salvage:
         raise CorruptionError(f"band {band}: damaged: " + "; ".join(damage))
     frames = _readable_frames(found, size)
-    return ScannedBand(size, h.digest(), frames, blobs, catalog, problems, damage, lost)
+    return ScannedBand(size, h.digest(), frames, blobs, catalog, problems, damage, lost, trees)
+
+
+_TREE_JSON = re.compile(rb'"([0-9a-f]{64})":"((?:[^"\\]|\\.)*)"')
+
+
+def _salvage_trees(text: bytes) -> dict[TreeId, bytes]:
+    """The directory listings found in what is left of a damaged catalog: every
+    ``"<tree id>":"<encoding>"`` pair whose encoding hashes to its id (nothing else of
+    such a catalog is trusted: a tree proves itself, a version copy would not)."""
+    out: dict[TreeId, bytes] = {}
+    for m in _TREE_JSON.finditer(text):
+        try:
+            enc = json.loads(b'"' + m.group(2) + b'"').encode("utf-8", "surrogateescape")
+        except (ValueError, UnicodeError):
+            continue
+        tid = TreeId(bytes.fromhex(m.group(1).decode()))
+        if tree_id(enc) == tid:
+            out[tid] = enc
+    return out
 
 
 def _readable_frames(found: tuple[bandfmt.Frame, ...], size: int) -> tuple[tuple[int, int], ...]:
