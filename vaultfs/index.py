@@ -38,12 +38,16 @@ every version's trees, blobs and bands resolve, no committed version is
 missing); 2 the index objects; 3 band sidecars + version records; 4 the
 catalog at the end of each band (ranged GET; archived bands need a restore,
 planned and confirmed first); 5 a full read of each band's tar stream,
-re-hashing every member. A rung is used only when the ones above fail
-verification; a band whose sidecar is bad falls to rung 4 and then 5 on its
-own, and versions committed after the newest index object are topped up from
-their sidecars. After a rebuild, damaged version records and sidecars are
-rewritten from verified copies and the consolidated index is brought up to
-date (a new full object when the old chain is unusable).
+re-hashing every member (a damaged band is salvaged: every member before and
+after the damage that verifies is kept). A rung is used only when the ones
+above fail verification; a band whose sidecar is bad falls to rung 4 and then
+5 on its own, and versions committed after the newest index object are topped
+up from their sidecars. On rungs 3-5 a version whose trees exist somewhere is
+installed even when some of its files' blobs are in no readable band: those
+blobs are recorded as lost (`Catalog.lost_blobs`) and reported. After a
+rebuild, damaged version records and sidecars are rewritten from verified
+copies and the consolidated index is brought up to date (a new full object
+when the old chain is unusable).
 
 Concurrency: callers hold the vault lock (`Vault.lock`) for `publish` and
 `rebuild`; `load_index` and `verify_catalog` only read.
