@@ -426,8 +426,10 @@ def bands_needed(
 ) -> dict[BandId, int]:
     """Band → bytes of content that restoring ``selection`` of the tree needs from it.
 
-    A blob the catalog does not know is an error, unless `skip_unknown` (``restore
-    fetch``, which restores the other files and lists that one as missing)."""
+    A blob recorded as lost needs no band (there is none to restore; ``restore fetch``
+    lists its files). A blob the catalog does not know otherwise is an error, unless
+    `skip_unknown` (``restore fetch``, which restores the other files and lists that one
+    as missing)."""
     needed: dict[BandId, int] = {}
     seen: set[bytes] = set()
     for entry in selected_entries(vault, root, selection):
@@ -436,7 +438,7 @@ def bands_needed(
         seen.add(entry.blob)
         ref = vault.catalog.blob(entry.blob)
         if ref is None:
-            if skip_unknown:
+            if skip_unknown or vault.catalog.lost_blob(entry.blob) is not None:
                 continue
             raise CorruptionError(
                 f"blob {entry.blob.hex()[:16]} is not in the catalog: run `vaultfs check`"

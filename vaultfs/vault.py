@@ -36,10 +36,12 @@ from vaultfs.model import (
     BlobId,
     BlobRef,
     Entry,
+    LostBlob,
     TreeId,
     VersionInfo,
     band_file,
     band_key,
+    decode_tree,
     sidecar_key,
     version_key,
 )
@@ -263,10 +265,37 @@ class Vault:
     def _ref(self, blob: BlobId) -> BlobRef:
         ref = self.catalog.blob(blob)
         if ref is None:
+            lost = self.catalog.lost_blob(blob)
+            if lost is not None:
+                raise CorruptionError(lost_message(lost))
             raise CorruptionError(
                 f"blob {blob.hex()[:16]} is not in the local catalog: run `vaultfs check`"
             )
         return ref
+
+    def lost_files(self, root: TreeId, lost: dict[BlobId, LostBlob],
+                   memo: dict[TreeId, list[tuple[bytes, BlobId]]] | None = None
+                   ) -> list[tuple[bytes, BlobId]]:
+        """(path, blob) of every file under `root` whose blob is in `lost` (the catalog's
+        `lost_blobs`; callers skip this walk when it is empty). `memo`, shared across
+        versions, makes the walk of unchanged directories free."""
+        memo = {} if memo is None else memo
+
+        def visit(tid: TreeId) -> list[tuple[bytes, BlobId]]:
+            if tid in memo:
+                return memo[tid]
+            memo[tid] = []
+            raw = self.catalog.tree_bytes(tid)
+            out: list[tuple[bytes, BlobId]] = []
+            for e in decode_tree(raw) if raw is not None else ():
+                if e.kind == "dir" and e.tree is not None:
+                    out += [(e.name + b"/" + p, b) for p, b in visit(e.tree)]
+                elif e.kind == "file" and e.blob is not None and e.blob in lost:
+                    out.append((e.name, e.blob))
+            memo[tid] = out
+            return out
+
+        return sorted(visit(root))
 
     # ---- mount support -------------------------------------------------------------------
 
@@ -411,3 +440,11 @@ def _drop_group_other(path: Path) -> None:
     st = path.lstat()
     if not stat.S_ISLNK(st.st_mode) and st.st_uid == os.geteuid() and st.st_mode & 0o077:
         os.chmod(path, stat.S_IMODE(st.st_mode) & 0o700)
+
+
+def lost_message(lost: LostBlob) -> str:
+    """One line saying why a file's bytes are gone and what can bring them back."""
+    where = f"band {lost.band}" if lost.band else "the band that held them"
+    state = "is missing from the store" if lost.why == "missing" else "is damaged"
+    return (f"its bytes are lost ({where} {state}); a snapshot stores them again if a "
+            "source still has the file")

@@ -19,6 +19,8 @@ blob, then the member ``.vaultfs/catalog.json`` and tar's end of archive, so
 * `reader`: `BandReader` (random access, verified on read, frame cache) and `ReadAhead`
   (the threads that decompress frames ahead of sequential readers).
 * `sidecar`: the sidecar object beside a band in the store (encode, decode, its frames).
+* `salvage`: reading a damaged band front to back (frames found by their headers, the tar
+  stream resynchronised after a hole) for the rebuild ladder's scans.
 * `direct_file`: `BandFile`, appending a band to disk with ``O_DIRECT`` where possible.
 
 Callers use the names re-exported here (``from vaultfs import band as bandfmt``).
@@ -49,6 +51,14 @@ from vaultfs.band.frames import (
     seek_table_length,
 )
 from vaultfs.band.reader import FRAME_CACHE_BYTES, PREFETCH_THREADS, TAIL_READ, BandReader, ReadAhead
+from vaultfs.band.salvage import (
+    ZSTD_MAGIC,
+    SalvagedMember,
+    salvage_frame_prefix,
+    salvage_frames,
+    salvage_members,
+    zstd_frame_size,
+)
 from vaultfs.band.sidecar import decode_sidecar, encode_sidecar, sidecar_frames
 from vaultfs.band.tar import MemberMeta, member_header
 from vaultfs.band.writer import (
@@ -64,14 +74,52 @@ from vaultfs.band.writer import (
 )
 
 __all__ = [
-    "CATALOG_FORMAT", "CATALOG_MEMBER", "CHEAP_LEVEL", "DEFAULT_LEVEL", "FRAMES_AHEAD",
-    "FRAME_CACHE_BYTES", "FRAME_SIZE_DEFAULT", "FRAME_SIZE_MAX", "INCOMPRESSIBLE_RATIO",
-    "PREFETCH_THREADS", "SAMPLE_SLICE", "SAMPLE_SLICES", "SEEKABLE_MAGIC", "SKIPPABLE_MAGIC",
-    "TAIL_READ", "TEXT_LIKE_RATIO", "TRIM_EVERY_FRAMES",
-    "BandReader", "BandWriter", "BlobLocation", "ClosedBand", "ContentChanged", "Frame",
-    "MemberMeta", "ReadAhead", "ReadInto",
-    "check_member_name", "decode_sidecar", "decompress_frames", "encode_seek_table",
-    "encode_sidecar", "frames_for_range", "frames_from_sizes", "is_incompressible",
-    "member_header", "new_band_id", "probe_ratio", "read_seek_table", "reopen_closed",
-    "seek_table_length", "sidecar_frames", "sync_band",
+    "CATALOG_FORMAT",
+    "CATALOG_MEMBER",
+    "CHEAP_LEVEL",
+    "DEFAULT_LEVEL",
+    "FRAMES_AHEAD",
+    "FRAME_CACHE_BYTES",
+    "FRAME_SIZE_DEFAULT",
+    "FRAME_SIZE_MAX",
+    "INCOMPRESSIBLE_RATIO",
+    "PREFETCH_THREADS",
+    "SAMPLE_SLICE",
+    "SAMPLE_SLICES",
+    "SEEKABLE_MAGIC",
+    "SKIPPABLE_MAGIC",
+    "TAIL_READ",
+    "TEXT_LIKE_RATIO",
+    "TRIM_EVERY_FRAMES",
+    "ZSTD_MAGIC",
+    "BandReader",
+    "BandWriter",
+    "BlobLocation",
+    "ClosedBand",
+    "ContentChanged",
+    "Frame",
+    "MemberMeta",
+    "ReadAhead",
+    "ReadInto",
+    "SalvagedMember",
+    "check_member_name",
+    "decode_sidecar",
+    "decompress_frames",
+    "encode_seek_table",
+    "encode_sidecar",
+    "frames_for_range",
+    "frames_from_sizes",
+    "is_incompressible",
+    "member_header",
+    "new_band_id",
+    "probe_ratio",
+    "read_seek_table",
+    "reopen_closed",
+    "salvage_frame_prefix",
+    "salvage_frames",
+    "salvage_members",
+    "seek_table_length",
+    "sidecar_frames",
+    "sync_band",
+    "zstd_frame_size",
 ]

@@ -123,6 +123,8 @@ def parse_member(stream: bytes) -> tuple[bytes, int, int]:
         data, pos = stream[pos:pos + size], pos + size + (-size % BLOCK)
         while data:
             length = int(data[:data.index(b" ")])
+            if length <= 0:
+                raise ValueError("bad pax record length")
             key, _, value = data[data.index(b" ") + 1:length - 1].partition(b"=")
             pax[key], data = value, data[length:]
     name = pax.get(b"path", block[:100].rstrip(b"\0"))

@@ -83,7 +83,11 @@ def cmd_index_rebuild(args: argparse.Namespace, config: Config) -> int:
         return input("restore them now? [y/N] ").strip().lower() in ("y", "yes")
 
     report = rebuild(config, store, start=args.rung, confirm=confirm)
-    code = EXIT_ERROR if report.problems else EXIT_OK
+    # Files whose bytes are gone (or a damaged band's sidecar that cannot be rewritten) are
+    # a warning, not a failure: every version is there, the lost files are listed, and
+    # snapshots heal what the sources still have.
+    code = (EXIT_ERROR if report.problems
+            else EXIT_WARNINGS if report.lost or report.warnings else EXIT_OK)
     if getattr(args, "json", False):
         _emit({**report.to_json(), "exit_code": code})
         return code
@@ -95,10 +99,19 @@ def cmd_index_rebuild(args: argparse.Namespace, config: Config) -> int:
         print(f"repaired: {line}")
     for line in report.problems:
         print(f"problem: {line}", file=sys.stderr)
+    for line in report.warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    for version, paths in sorted(report.lost_files.items()):
+        for path in paths:
+            print(f"lost: {version}: {path}", file=sys.stderr)
     if not args.quiet:
         what = "verified" if report.rung == "lmdb" else "rebuilt"
+        lost = sum(len(p) for p in report.lost_files.values())
         print(f"local index {what} using {RUNG_NAMES[report.rung]}: "
-              f"{len(report.versions)} version(s)")
+              f"{len(report.versions)} version(s)"
+              + (f"; {lost} file(s) in them lost ({len(report.lost)} blob(s) whose bytes are "
+                 "gone: `vaultfs versions` lists them; a snapshot stores again what the "
+                 "sources still have)" if report.lost else ""))
     return code
 
 

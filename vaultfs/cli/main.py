@@ -273,6 +273,7 @@ def snapshot_json(r: Any) -> dict[str, Any]:
 
 
 def cmd_versions(args: argparse.Namespace, config: Config) -> int:
+    from vaultfs.model import BlobId, TreeId
     from vaultfs.vault import Vault
 
     config.collection(args.collection)
@@ -280,6 +281,10 @@ def cmd_versions(args: argparse.Namespace, config: Config) -> int:
     try:
         versions = vault.versions(args.collection)
         bands = {b.band: b for b in vault.catalog.bands()}
+        lost_blobs = vault.catalog.lost_blobs()  # empty: no walk, `versions` stays fast
+        memo: dict[TreeId, list[tuple[bytes, BlobId]]] = {}
+        lost = {v.number: vault.lost_files(v.root, lost_blobs, memo) if lost_blobs else []
+                for v in versions}
     finally:
         vault.close()
     rows: list[dict[str, Any]] = []
@@ -302,6 +307,8 @@ def cmd_versions(args: argparse.Namespace, config: Config) -> int:
             "bytes_stored": sum(b.size for b in vb),
             "state": ",".join(states),
             "verified": [iso_utc(t) for t in v.verified_ns],
+            "lost_files": len(lost[v.number]),  # files whose bytes are gone (see `lost`)
+            "lost": [display_path(p) for p, _ in lost[v.number]],
         })
     if args.json:
         emit_json({"collection": args.collection, "versions": rows})
@@ -309,8 +316,9 @@ def cmd_versions(args: argparse.Namespace, config: Config) -> int:
     if not rows:
         print(f"{args.collection}: no versions yet (run `vaultfs snapshot {args.collection}`)")
         return EXIT_OK
+    any_lost = any(r["lost_files"] for r in rows)
     header = ("VERSION", "CREATED (UTC)", "SINCE PREV", "FILES", "ADDED", "CHANGED", "REMOVED",
-              "BYTES ADDED", "BANDS", "STORED", "STATE")
+              "BYTES ADDED", "BANDS", "STORED", "STATE") + (("LOST",) if any_lost else ())
     table = [header]
     for r in rows:
         table.append((
@@ -318,10 +326,13 @@ def cmd_versions(args: argparse.Namespace, config: Config) -> int:
             format_delta(r["since_previous_s"]), str(r["files"]), f"+{r['added']}",
             f"~{r['changed']}", f"-{r['removed']}", human_bytes(r["bytes_added"]),
             str(r["bands"]), human_bytes(r["bytes_stored"]), r["state"],
-        ))
+        ) + ((str(r["lost_files"]),) if any_lost else ()))
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    if any_lost:
+        print("LOST: files whose bytes are gone from the store (`vaultfs versions --json` "
+              "lists them; a snapshot stores them again if a source still has them)")
     last = versions[-1]
     if last.verified_ns:
         print(f"v{last.number} verified unchanged at {iso_utc(last.verified_ns[-1])}")

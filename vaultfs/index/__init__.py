@@ -40,12 +40,16 @@ every version's trees, blobs and bands resolve, no committed version is
 missing); 2 the index objects; 3 band sidecars + version records; 4 the
 catalog at the end of each band (ranged GET; archived bands need a restore,
 planned and confirmed first); 5 a full read of each band's tar stream,
-re-hashing every member. A rung is used only when the ones above fail
-verification; a band whose sidecar is bad falls to rung 4 and then 5 on its
-own, and versions committed after the newest index object are topped up from
-their sidecars. After a rebuild, damaged version records and sidecars are
-rewritten from verified copies and the consolidated index is brought up to
-date (a new full object when the old chain is unusable).
+re-hashing every member (a damaged band is salvaged: every member before and
+after the damage that verifies is kept). A rung is used only when the ones
+above fail verification; a band whose sidecar is bad falls to rung 4 and then
+5 on its own, and versions committed after the newest index object are topped
+up from their sidecars. On rungs 3-5 a version whose trees exist somewhere is
+installed even when some of its files' blobs are in no readable band: those
+blobs are recorded as lost (`Catalog.lost_blobs`) and reported. After a
+rebuild, damaged version records and sidecars are rewritten from verified
+copies and the consolidated index is brought up to date (a new full object
+when the old chain is unusable).
 
 Concurrency: callers hold the vault lock (`Vault.lock`) for `publish` and
 `rebuild`; `load_index` and `verify_catalog` only read.
@@ -56,6 +60,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import mmap
 import os
 import re
 import shutil
@@ -82,6 +87,7 @@ from vaultfs.model import (
     BandState,
     BlobId,
     BlobRef,
+    LostBlob,
     TreeId,
     VersionInfo,
     band_file,
@@ -533,14 +539,16 @@ class CatalogWalk:
     versions: dict[VersionKey, VersionInfo] = field(default_factory=dict)
     trees: int = 0
     blobs: int = 0
+    lost: set[BlobId] = field(default_factory=set)  # named by versions, recorded as lost
 
 
 def verify_catalog(catalog: Catalog) -> CatalogWalk:
     """Check the local catalog's structure: every record of every database passes its
     checksum (trees: hashes to its id), every record parses, and every version's trees,
-    file blobs and their bands are present. CorruptionError when LMDB cannot be read or
-    any record is damaged (nothing read from such a catalog can be trusted); other
-    problems are listed in the result."""
+    file blobs and their bands are present (a blob recorded as lost is listed in `lost`,
+    not a problem: its bytes are gone, the catalog is whole). CorruptionError when LMDB
+    cannot be read or any record is damaged (nothing read from such a catalog can be
+    trusted); other problems are listed in the result."""
     damaged = catalog.damaged_records()
     if damaged:
         raise CorruptionError(
@@ -562,6 +570,7 @@ def verify_catalog(catalog: Catalog) -> CatalogWalk:
         except (ValueError, KeyError, TypeError) as e:
             walk.problems.append(f"local catalog: band record {key!r} is unreadable: {e}")
     tree_bands: dict[TreeId, set[BandId] | None] = {}  # None: incomplete
+    lost = catalog.lost_blobs()
 
     def visit(tid: TreeId, where: str) -> set[BandId] | None:
         if tid in tree_bands:
@@ -589,8 +598,9 @@ def verify_catalog(catalog: Catalog) -> CatalogWalk:
                     used |= sub
             elif ent.kind == "file" and ent.blob is not None and ent.hardlink is None:
                 ref = catalog.blob(ent.blob)
-                if ref is None and catalog.lost_blob(ent.blob) is not None:
-                    continue  # a known loss (`vaultfs.heal`), reported as such, not damage
+                if ref is None and ent.blob in lost:  # known to be lost: not damage
+                    walk.lost.add(ent.blob)
+                    continue
                 if ref is None:
                     walk.problems.append(
                         f"local catalog: {where} refers to blob {ent.blob.hex()[:16]} "
@@ -626,6 +636,8 @@ class BandCatalog:
     version: VersionInfo | None
     source: str  # "sidecar", "tail" or "scan"
     catalog_doc: dict[str, Any] | None = None
+    damage: list[str] = field(default_factory=list)  # a salvage scan: what is damaged
+    lost: list[tuple[bytes, int, int]] = field(default_factory=list)  # listed, not recovered
 
 
 @dataclass(slots=True)
@@ -638,11 +650,18 @@ class RebuildReport:
     versions: list[str] = field(default_factory=list)
     bands: dict[str, str] = field(default_factory=dict)  # band -> source of its catalog
     repairs: list[str] = field(default_factory=list)
+    lost: dict[BlobId, LostBlob] = field(default_factory=dict)  # recorded as lost
+    lost_files: dict[str, list[str]] = field(default_factory=dict)  # version -> paths
+    damaged_bands: dict[str, list[str]] = field(default_factory=dict)  # band -> damage
+    warnings: list[str] = field(default_factory=list)  # the catalog is whole, but ...
 
     def to_json(self) -> dict[str, Any]:
         return {"rung": self.rung, "why": self.why, "notes": self.notes,
                 "problems": self.problems, "restore_plan": self.plan,
-                "versions": self.versions, "band_sources": self.bands, "repairs": self.repairs}
+                "versions": self.versions, "band_sources": self.bands, "repairs": self.repairs,
+                "lost_blobs": {b.hex(): lb.to_json() for b, lb in sorted(self.lost.items())},
+                "lost_files": self.lost_files, "damaged_bands": self.damaged_bands,
+                "warnings": self.warnings}
 
 
 Confirm = Callable[[list[str]], bool]
@@ -658,6 +677,21 @@ class _Ladder:
         self.confirm, self.report = confirm, report
         self.restore_days, self.restore_tier = restore_days, restore_tier
         self.catalogs: dict[BandId, BandCatalog] = {}
+        self._orphans: dict[BandId, BandCatalog] | None = None
+
+    def orphans(self) -> dict[BandId, BandCatalog]:
+        """Catalogs of bands whose object is gone from the store but whose sidecar is
+        still there: they say which band held a lost blob, and carry trees and version
+        copies (the last band of a snapshot holds them) that nothing else may have."""
+        if self._orphans is None:
+            self._orphans = {}
+            for band in sorted(set(self.listing.sidecars) - set(self.listing.bands)):
+                try:
+                    self._orphans[band] = _from_sidecar(self.store, band, None)
+                except (CorruptionError, ObjectNotFound, ValueError, KeyError, TypeError) as e:
+                    self.report.notes.append(f"sidecar of the missing band {band} is not "
+                                             f"usable either: {_message(e)}")
+        return self._orphans
 
     def recover_bands(self, bands: Iterable[BandId], first: str) -> None:
         """Get the catalog of each band, starting at rung `first` (sidecars/tails/scan)."""
@@ -729,7 +763,8 @@ class _Ladder:
         """The committed versions in `wanted`: the record, checked against the copy in its
         last band's catalog (which wins: it is checksummed)."""
         copies = {(c.version.collection, c.version.number): c.version
-                  for c in self.catalogs.values() if c.version is not None}
+                  for c in [*self.orphans().values(), *self.catalogs.values()]
+                  if c.version is not None}
         out: dict[VersionKey, VersionInfo] = {}
         for vk in sorted(wanted):
             record: VersionInfo | None = None
@@ -766,6 +801,56 @@ class _Ladder:
                 content.blobs.setdefault(BlobId(sha), BlobRef(band, offset, size))
             content.trees.update(cat.trees)
         return content
+
+    def lost_blobs(self, content: IndexContent, indexed: IndexContent | None,
+                   versions: Iterable[VersionKey]) -> dict[BlobId, LostBlob]:
+        """The blobs `versions` name that no readable band holds, each with the band a
+        surviving record (a damaged band's catalog, a missing band's sidecar, the index
+        objects) says held it, and why: "missing" when that band object is gone,
+        "damaged" when it is there but its bytes do not verify. A blob such a record
+        places in a band that is there is first read from it (a member whose tar header
+        was in a damaged frame, while its content is intact): when its bytes verify, it
+        goes into `content`'s blob map instead."""
+        gaps = content_gaps(content)
+        wanted = {blob for vk in versions for blob in gaps[vk][1]}
+        if not wanted:
+            return {}
+        said: dict[BlobId, BlobRef] = {}
+        for band, cat in [*self.catalogs.items(), *self.orphans().items()]:
+            for sha, offset, size in [*cat.lost, *cat.blobs]:
+                said.setdefault(BlobId(sha), BlobRef(band, offset, size))
+        if indexed is not None:
+            for blob, ref in indexed.blobs.items():
+                said.setdefault(blob, ref)
+        damaged = any(c.damage for c in self.catalogs.values())
+        now = time.time_ns()
+        out: dict[BlobId, LostBlob] = {}
+        for blob in sorted(wanted):
+            place = said.get(blob)
+            if place is not None and self._read_back(blob, place):
+                content.blobs[blob] = place
+                continue
+            holder = place.band if place is not None else ""
+            if holder:
+                why = "damaged" if holder in self.listing.bands else "missing"
+            else:
+                why = "damaged" if damaged else "missing"
+            out[blob] = LostBlob(holder, why, now)
+        return out
+
+    def _read_back(self, blob: BlobId, ref: BlobRef) -> bool:
+        """Whether `blob` can be read from where `ref` says, its SHA-256 verified."""
+        cat = self.catalogs.get(ref.band)
+        if cat is None or not cat.info.frames:
+            return False
+        key = band_key(ref.band)
+        reader = bandfmt.BandReader(lambda s, n: self.store.get_range(key, s, n), cat.info.size,
+                                    _frames(cat.info.frames), label=ref.band)
+        try:
+            reader.read_blob(bandfmt.BlobLocation(blob, ref.offset, ref.size))
+        except (CorruptionError, ObjectNotFound, ObjectArchived):
+            return False
+        return True
 
 
 def _sidecar_blobs(doc: dict[str, Any]) -> list[tuple[bytes, int, int]]:
@@ -838,14 +923,19 @@ def _from_scan(store: ObjectStore, band: BandId, obj: ObjectInfo, work_dir: Path
     path = band_file(work_dir, band, ".scan")
     try:
         store.get_to_file(band_key(band), path)
-        scanned = scan_band_file(path, band)
+        scanned = scan_band_file(path, band, salvage=True)
     finally:
         path.unlink(missing_ok=True)
+    if not scanned.frames:
+        raise CorruptionError(f"band {band}: no part of it can be read ("
+                              + "; ".join(scanned.damage) + ")")
     doc = scanned.catalog or {}
-    trees, version = _catalog_parts(doc, band) if scanned.catalog else ({}, None)
-    info = _band_info(band, obj, scanned.size, scanned.sha256, scanned.frames, doc,
-                      len(scanned.blobs))
-    return BandCatalog(info, scanned.blobs, trees, version, "scan", scanned.catalog)
+    trees, version = _catalog_parts(doc, band) if scanned.catalog else (scanned.trees, None)
+    # A damaged band's SHA-256 is not recorded: it would vouch for the damage.
+    info = _band_info(band, obj, scanned.size, b"" if scanned.damage else scanned.sha256,
+                      scanned.frames, doc, len(scanned.blobs))
+    return BandCatalog(info, scanned.blobs, trees, version, "scan", scanned.catalog,
+                       scanned.damage, scanned.lost)
 
 
 @dataclass(slots=True)
@@ -856,57 +946,124 @@ class ScannedBand:
     blobs: list[tuple[bytes, int, int]]  # re-hashed members: (sha256, offset, size)
     catalog: dict[str, Any] | None
     problems: list[str]
+    damage: list[str] = field(default_factory=list)  # what of the band is damaged
+    lost: list[tuple[bytes, int, int]] = field(default_factory=list)  # listed, not recovered
+    trees: dict[TreeId, bytes] = field(default_factory=dict)  # from a damaged catalog
 
 
-def scan_band_file(path: Path, band: str) -> ScannedBand:
-    """Read a band file front to back: its SHA-256, seek table, every tar member re-hashed,
-    and the catalog (the last member), which must agree with the members.
-    CorruptionError when the stream does not decompress or parse."""
+def scan_band_file(path: Path, band: str, *, salvage: bool = False) -> ScannedBand:
+    """Read a band file front to back: its SHA-256, its frames, every tar member
+    re-hashed, and the catalog (the last member), which must agree with the members.
+
+    Without `salvage`: CorruptionError when any frame is damaged or a member the catalog
+    lists is not there with its SHA-256 (`check --read-data`). With it, what can be read
+    is returned: members before and after a damaged frame (the walk resynchronises at the
+    next frame and the next valid tar header), `damage` saying what was wrong and `lost`
+    the members the catalog lists that could not be re-hashed. A member is kept only when
+    its bytes hash to what the catalog says for it (or, without a catalog, the hash is
+    its blob id: content-addressed). CorruptionError only when nothing of the band makes
+    sense (a catalog naming members that are not in the band)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
             h.update(chunk)
         size = f.tell()
-        f.seek(max(0, size - (1 << 20)))
-        tail = f.read()
-    frames = tuple((fr.compressed_size, fr.uncompressed_size)
-                   for fr in bandfmt.read_seek_table(tail))
+        if size == 0:
+            raise CorruptionError(f"band {band}: the band object is empty")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            found, damage = bandfmt.salvage_frames(mm)
+            members = list(bandfmt.salvage_members(mm, found, damage))
+            # The catalog is the last zstd frame (what follows may be a broken seek table).
+            last = next((fr for fr in reversed(found)
+                         if mm[fr.compressed_offset:fr.compressed_offset + 4] == bandfmt.ZSTD_MAGIC),
+                        None)
+            tail = bytes(mm[last.compressed_offset:last.compressed_offset + last.compressed_size]
+                         ) if last is not None and salvage else b""
     blobs: list[tuple[bytes, int, int]] = []
     catalog: dict[str, Any] | None = None
     problems: list[str] = []
-    try:
-        with open(path, "rb") as f, zstandard.ZstdDecompressor().stream_reader(
-                f, read_across_frames=True) as zr, tarfile.open(
-                fileobj=zr, mode="r|", encoding="utf-8", errors="surrogateescape") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                src = tar.extractfile(member)
-                assert src is not None
-                mh, n = hashlib.sha256(), 0
-                is_catalog = member.name == bandfmt.CATALOG_MEMBER
-                kept: list[bytes] = []
-                while chunk := src.read(1 << 20):
-                    mh.update(chunk)
-                    n += len(chunk)
-                    if is_catalog:
-                        kept.append(chunk)
-                if is_catalog:
-                    try:
-                        catalog = json.loads(b"".join(kept))
-                    except ValueError as e:
-                        problems.append(f"catalog member does not parse: {e}")
-                    continue
-                blobs.append((mh.digest(), member.offset_data, n))
-    except (zstandard.ZstdError, tarfile.TarError, OSError, EOFError) as e:
-        raise CorruptionError(f"band {band}: tar stream unreadable: {e}") from e
+    broken = 0
+    for m in members:
+        if m.name == bandfmt.CATALOG_MEMBER.encode():
+            if m.content is None:
+                continue
+            try:
+                catalog = json.loads(m.content)
+            except ValueError as e:
+                problems.append(f"catalog member does not parse: {e}")
+            continue
+        if m.sha256 is None:
+            broken += 1
+        else:
+            blobs.append((m.sha256, m.offset, m.size))
+    if broken:
+        damage.append(f"{broken} member(s) overlap the damage")
+    trees: dict[TreeId, bytes] = {}
+    if catalog is None and damage:
+        trees = _salvage_trees(bandfmt.salvage_frame_prefix(tail)) if tail else {}
+        damage.append("its catalog is lost" + (f" (but {len(trees)} directory listing(s) in it "
+                                               "verify)" if trees else ""))
+    lost: list[tuple[bytes, int, int]] = []
     if catalog is not None:
-        listed = {(bytes.fromhex(b["sha256"]), int(b["offset"]), int(b["size"]))
-                  for b in catalog.get("blobs", [])}
-        if listed != set(blobs):
+        try:
+            listed = {(bytes.fromhex(b["sha256"]), int(b["offset"]), int(b["size"]))
+                      for b in catalog.get("blobs", [])}
+        except (KeyError, TypeError, ValueError) as e:
+            raise CorruptionError(f"band {band}: its catalog is malformed: {e}") from e
+        stray = set(blobs) - listed
+        if stray and not damage:
             problems.append("catalog disagrees with the re-hashed members")
             raise CorruptionError(f"band {band}: its catalog disagrees with its members")
-    return ScannedBand(size, h.digest(), frames, blobs, catalog, problems)
+        if stray:  # members whose bytes do not hash to what the catalog says: damaged
+            damage.append(f"{len(stray)} member(s) fail their SHA-256")
+            blobs = [b for b in blobs if b not in stray]
+        lost = sorted(listed - set(blobs), key=lambda b: b[1])
+        if lost and not damage:
+            damage.append(f"{len(lost)} member(s) of its catalog are not in it")
+    if damage and not salvage:
+        raise CorruptionError(f"band {band}: damaged: " + "; ".join(damage))
+    frames = _readable_frames(found, size)
+    return ScannedBand(size, h.digest(), frames, blobs, catalog, problems, damage, lost, trees)
+
+
+_TREE_JSON = re.compile(rb'"([0-9a-f]{64})":"((?:[^"\\]|\\.)*)"')
+
+
+def _salvage_trees(text: bytes) -> dict[TreeId, bytes]:
+    """The directory listings found in what is left of a damaged catalog: every
+    ``"<tree id>":"<encoding>"`` pair whose encoding hashes to its id (nothing else of
+    such a catalog is trusted: a tree proves itself, a version copy would not)."""
+    out: dict[TreeId, bytes] = {}
+    for m in _TREE_JSON.finditer(text):
+        try:
+            enc = json.loads(b'"' + m.group(2) + b'"').encode("utf-8", "surrogateescape")
+        except (ValueError, UnicodeError):
+            continue
+        tid = TreeId(bytes.fromhex(m.group(1).decode()))
+        if tree_id(enc) == tid:
+            out[tid] = enc
+    return out
+
+
+def _readable_frames(found: tuple[bandfmt.Frame, ...], size: int) -> tuple[tuple[int, int], ...]:
+    """The (compressed, uncompressed) sizes of a band's frames as `BandInfo.frames`, from
+    what a scan found. When the tail or a frame's structure is broken, the frames whose
+    place in the stream is known are kept and one last frame (read as the catalog; it
+    fails to decompress) spans the rest up to a seek table of the right length, so the
+    band's size checks out and the recovered blobs can be read by range as usual."""
+    known: list[tuple[int, int]] = []
+    for fr in found:
+        if fr.uncompressed_size < 0:
+            break
+        known.append((fr.compressed_size, fr.uncompressed_size))
+    if sum(c for c, _ in known) + 17 + 8 * len(known) == size:
+        return tuple(known)
+    while known:
+        rest = size - sum(c for c, _ in known) - 17 - 8 * (len(known) + 1)
+        if rest > 0:
+            return (*known, (rest, 0))
+        known.pop()
+    return ()
 
 
 def _frames(sizes: tuple[tuple[int, int], ...]) -> tuple[bandfmt.Frame, ...]:
@@ -919,31 +1076,60 @@ def _frames(sizes: tuple[tuple[int, int], ...]) -> tuple[bandfmt.Frame, ...]:
 
 def check_content(content: IndexContent) -> dict[VersionKey, list[str]]:
     """For each version: what it lacks in `content` (trees, blob map, bands); empty = whole."""
-    out: dict[VersionKey, list[str]] = {}
-    done: dict[TreeId, list[str]] = {}
+    return {vk: [f"tree {t.hex()[:16]}" for t in trees] + [f"blob {b.hex()[:16]}" for b in blobs]
+            for vk, (trees, blobs) in content_gaps(content).items()}
 
-    def visit(tid: TreeId) -> list[str]:
+
+def content_gaps(content: IndexContent) -> dict[VersionKey, tuple[list[TreeId], list[BlobId]]]:
+    """For each version: the trees it lacks in `content` (without them it cannot be
+    listed at all) and the file blobs the blob map lacks (those files' bytes)."""
+    out: dict[VersionKey, tuple[list[TreeId], list[BlobId]]] = {}
+    done: dict[TreeId, tuple[list[TreeId], list[BlobId]]] = {}
+
+    def visit(tid: TreeId) -> tuple[list[TreeId], list[BlobId]]:
         if tid in done:
             return done[tid]
-        done[tid] = []
+        done[tid] = ([], [])
         raw = content.trees.get(tid)
         if raw is None:
-            done[tid] = [f"tree {tid.hex()[:16]}"]
+            done[tid] = ([tid], [])
             return done[tid]
-        lacks: list[str] = []
+        trees: list[TreeId] = []
+        blobs: list[BlobId] = []
         for e in decode_tree(raw):
             if e.kind == "dir" and e.tree is not None:
-                lacks += visit(e.tree)
+                sub = visit(e.tree)
+                trees += sub[0]
+                blobs += sub[1]
             elif e.kind == "file" and e.blob is not None and e.hardlink is None:
                 ref = content.blobs.get(e.blob)
                 if ref is None or ref.band not in content.bands:
-                    lacks.append(f"blob {e.blob.hex()[:16]}")
-        done[tid] = lacks
-        return lacks
+                    blobs.append(e.blob)
+        done[tid] = (trees, blobs)
+        return done[tid]
 
     for vk, v in content.versions.items():
-        out[vk] = visit(v.root)
+        trees, blobs = visit(v.root)
+        out[vk] = (trees, list(dict.fromkeys(blobs)))
     return out
+
+
+def lost_paths(content: IndexContent, root: TreeId, lost: dict[BlobId, LostBlob]) -> list[str]:
+    """Display paths of the files under `root` whose blob is in `lost`."""
+    out: list[str] = []
+    stack: list[tuple[TreeId, bytes]] = [(root, b"")]
+    while stack:
+        tid, prefix = stack.pop()
+        raw = content.trees.get(tid)
+        if raw is None:
+            continue
+        for e in decode_tree(raw):
+            path = prefix + b"/" + e.name if prefix else e.name
+            if e.kind == "dir" and e.tree is not None:
+                stack.append((e.tree, path))
+            elif e.kind == "file" and e.blob is not None and e.blob in lost:
+                out.append(display_path(path))
+    return sorted(out)
 
 
 # ---- rebuild --------------------------------------------------------------------------------
@@ -994,6 +1180,8 @@ def rebuild(config: Config, store: ObjectStore, *, start: str | None = None,
                 os.replace(new, live)
             done = Vault(config, store, Catalog(live))
             try:
+                if report.rung == "lmdb":  # lost files recorded before: still lost
+                    _report_recorded_lost(done, report)
                 _adopt(done, ladder, listing)
                 _repair(done, report, listing)
             finally:
@@ -1072,24 +1260,69 @@ def _rebuild_locked(vault: Vault, ladder: _Ladder, live: Path, vault_id: str,
         # Rungs 3-5: every band's catalog, each band falling further on its own.
         ladder.recover_bands(listing.bands, rung)
         content = ladder.content(ladder.versions(committed))
-        for vk, lacks in sorted(check_content(content).items()):
-            if lacks:
+        loaded = load_index(store, vault_id, listing.forgotten)
+        # Trees are content-addressed (each checked against its id): any surviving copy
+        # serves, from the sidecar of a band that is gone or from the index objects.
+        for cat in ladder.orphans().values():
+            for tid, enc in cat.trees.items():
+                content.trees.setdefault(tid, enc)
+        for tid, enc in loaded.content.trees.items():
+            content.trees.setdefault(tid, enc)
+        for vk, (trees, _) in sorted(content_gaps(content).items()):
+            if trees:
                 report.problems.append(
-                    f"{vk[0]}@v{vk[1]} cannot be recovered: it lacks " + ", ".join(lacks[:5])
-                    + (f" and {len(lacks) - 5} more" if len(lacks) > 5 else ""))
+                    f"{vk[0]}@v{vk[1]} cannot be recovered: its directory listings are gone "
+                    f"(tree {', tree '.join(t.hex()[:16] for t in trees[:5])}"
+                    + (f" and {len(trees) - 5} more" if len(trees) > 5 else "") + ")")
                 content.versions.pop(vk)
+        lost = ladder.lost_blobs(content, loaded.content, content.versions)
+        _report_lost(report, content, lost, ladder)
         report.rung = rung
         report.bands = {b: c.source for b, c in ladder.catalogs.items()}
-        loaded = load_index(store, vault_id, listing.forgotten)
         base = None if loaded.problems or loaded.skipped else loaded.content
         if base is not None:
             now = time.time_ns()  # bands the index lacks: the next publish indexes them
             for band, info in content.bands.items():
                 if band not in base.bands:
                     content.bands[band] = BandInfo.from_json({**info.to_json(), "created_ns": now})
-        _install(vault, content, vault_id, report, base, loaded.latest_generation)
+        _install(vault, content, vault_id, report, base, loaded.latest_generation, lost)
         return
     raise VaultError("no rung of the ladder could rebuild the catalog")  # pragma: no cover
+
+
+def _report_recorded_lost(vault: Vault, report: RebuildReport) -> None:
+    """Put the lost blobs a verified local catalog records, and their files, in the report."""
+    lost = vault.catalog.lost_blobs()
+    if not lost:
+        return
+    memo: dict[TreeId, list[tuple[bytes, BlobId]]] = {}
+    for c in vault.catalog.collections():
+        for v in vault.catalog.versions(c):
+            files = vault.lost_files(v.root, lost, memo)
+            if files:
+                report.lost_files[f"{c}@v{v.number}"] = [display_path(p) for p, _ in files]
+                report.lost.update((blob, lost[blob]) for _, blob in files)
+
+
+def _report_lost(report: RebuildReport, content: IndexContent, lost: dict[BlobId, LostBlob],
+                 ladder: _Ladder) -> None:
+    """Put the lost blobs, the files they leave without bytes and the damaged bands into
+    the report."""
+    report.lost = lost
+    for band, cat in sorted(ladder.catalogs.items()):
+        if cat.damage:
+            report.damaged_bands[band] = list(cat.damage)
+            report.notes.append(f"band {band} is damaged ({'; '.join(cat.damage)}): "
+                                f"{len(cat.blobs)} member(s) recovered by the scan")
+    if not lost:
+        return
+    for (c, n), v in sorted(content.versions.items()):
+        paths = lost_paths(content, v.root, lost)
+        if paths:
+            report.lost_files[f"{c}@v{n}"] = paths
+    missing = sorted({lb.band for lb in lost.values() if lb.why == "missing" and lb.band})
+    for name in missing:
+        report.notes.append(f"band {name} is missing from the store")
 
 
 def _verify_live(live: Path, vault_id: str, store_url: str) -> str | None:
@@ -1154,9 +1387,12 @@ def _refresh_band_states(content: IndexContent, listing: StoreListing) -> None:
 
 
 def _install(vault: Vault, content: IndexContent, vault_id: str, report: RebuildReport,
-             indexed: IndexContent | None, generation: int) -> None:
+             indexed: IndexContent | None, generation: int,
+             lost: dict[BlobId, LostBlob] | None = None) -> None:
     """Write `content` into the (new, empty) catalog of `vault`. `indexed`: what of it the
-    consolidated index already holds (None: the index must be rewritten in full)."""
+    consolidated index already holds (None: the index must be rewritten in full). `lost`:
+    blobs the versions name whose bytes are nowhere (their files read as lost; a snapshot
+    that finds the same content again stores it and heals them)."""
     state = _IndexState(generation=generation, needs_full=indexed is None)
     if indexed is not None:
         for c, n in indexed.versions:
@@ -1171,6 +1407,8 @@ def _install(vault: Vault, content: IndexContent, vault_id: str, report: Rebuild
             w.put_band(info)
         for blob, ref in content.blobs.items():
             w.put_blob(blob, ref)
+        for blob, why in (lost or {}).items():
+            w.mark_lost(blob, why)
         for _, v in sorted(content.versions.items()):
             w.put_version(v)
         state.write(w)
@@ -1285,11 +1523,16 @@ def _repair(vault: Vault, report: RebuildReport, listing: StoreListing) -> None:
             continue
         except (CorruptionError, ObjectNotFound):
             pass
+        if info.band in report.damaged_bands:  # a sidecar must describe an intact band
+            report.notes.append(f"the sidecar of the damaged band {info.band} is not rewritten")
+            continue
         try:
             data = _sidecar_from_band(vault, info)
         except (CorruptionError, ObjectNotFound, ObjectArchived) as e:
-            report.problems.append(f"sidecar of band {info.band} is damaged and cannot be "
-                                   f"rewritten now: {_message(e)}")
+            # The catalog is whole; the band's own damage is for `check --read-data`.
+            report.warnings.append(f"sidecar of band {info.band} is damaged and cannot be "
+                                   f"rewritten now: {_message(e)} (`vaultfs check --read-data` "
+                                   "tells what the damage affects)")
             continue
         store.put(sidecar_key(info.band), data)
         report.repairs.append(f"rewrote {sidecar_key(info.band)} from the band's own catalog")

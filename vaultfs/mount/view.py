@@ -84,8 +84,9 @@ from vaultfs.model import (
     VersionInfo,
     to_text,
 )
+from vaultfs.output import display_path
 from vaultfs.store.base import ObjectArchived
-from vaultfs.vault import Vault
+from vaultfs.vault import Vault, lost_message
 
 log = logging.getLogger("vaultfs.mount")
 
@@ -552,7 +553,15 @@ class VaultView:
         e = node.entry
         if e is None or e.kind != "file":
             raise NotFound(node.path)  # the kernel opens only regular files through open()
-        ref = self._blob_ref(e)
+        try:
+            ref = self._blob_ref(e)
+        except CorruptionError:
+            lost = self.catalog.lost_blob(e.blob) if e.blob is not None else None
+            if lost is None:
+                raise
+            # EIO, and one log line (fuse_ops) naming the file, its version and why.
+            raise CorruptionError(f"{node.collection}@v{node.version}/"
+                                  f"{display_path(node.path)}: {lost_message(lost)}") from None
         if ref is not None:
             info = self.band_info(ref.band)
             if info.state == "cached" and not self.vault.band_cached(ref.band):
