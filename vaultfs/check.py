@@ -341,7 +341,7 @@ class Checker:
             gone = set(self.report.missing_bands)
             found.update((blob, LostBlob(ref.band, "missing", now))
                          for blob, ref in catalog.iter_blobs() if ref.band in gone)
-        self.report.lost = heal.lost_files(catalog, versions.values(), {**found, **lost})
+        self.report.lost = heal.lost_files(self.vault, versions.values(), {**found, **lost})
         for x in self.report.lost:
             shown = ", ".join(display_path(p) for p in x.paths[:LIST_LIMIT])
             if len(x.paths) > LIST_LIMIT:

@@ -44,7 +44,6 @@ from vaultfs.model import (
     TreeId,
     VersionInfo,
     band_key,
-    decode_tree,
     parse_band_id,
 )
 from vaultfs.store import ObjectNotFound, ObjectStore, StoreError
@@ -212,10 +211,11 @@ def last_snapshot_ns(versions: list[VersionInfo]) -> int:
     return max([latest.created_ns, *latest.verified_ns])
 
 
-def lost_files(catalog: Catalog, versions: Iterable[VersionInfo],
+def lost_files(vault: Vault, versions: Iterable[VersionInfo],
                lost: dict[BlobId, LostBlob]) -> list[LostFiles]:
     """Every version's files whose blob is in `lost`, one entry per version (and per
-    kind: still to be healed, or lost for good), paths sorted.
+    kind: still to be healed, or lost for good), paths sorted. The walk is
+    `Vault.lost_files` (one walk per tree, shared across versions).
 
     Lost *for good*: a snapshot of the version's collection finished after the blob was
     lost, yet the blob is still lost, so that collection's source no longer holds those
@@ -233,7 +233,7 @@ def lost_files(catalog: Catalog, versions: Iterable[VersionInfo],
         vs.sort(key=lambda v: v.number)
         seen_ns = last_snapshot_ns(vs)
         for v in vs:
-            found = _lost_in(catalog, v.root, lost, memo)
+            found = vault.lost_files(v.root, lost, memo)
             if not found:
                 continue
             pending = LostFiles(collection, v.number)
@@ -242,21 +242,3 @@ def lost_files(catalog: Catalog, versions: Iterable[VersionInfo],
                 (gone if seen_ns > lost[blob].since_ns else pending).paths.append(path)
             out += [x for x in (gone, pending) if x.paths]
     return out
-
-
-def _lost_in(catalog: Catalog, tid: TreeId, lost: dict[BlobId, LostBlob],
-             memo: dict[TreeId, list[tuple[bytes, BlobId]]]) -> list[tuple[bytes, BlobId]]:
-    """(path, blob) of each file under tree `tid` whose blob is lost; one walk per tree."""
-    if tid in memo:
-        return memo[tid]
-    found: list[tuple[bytes, BlobId]] = []
-    raw = catalog.tree_bytes(tid)
-    if raw is not None:  # a missing tree is `verify_catalog`'s to report
-        for e in decode_tree(raw):
-            if e.kind == "dir" and e.tree is not None:
-                found += [(e.name + b"/" + p, b) for p, b in _lost_in(catalog, e.tree, lost, memo)]
-            elif e.kind == "file" and e.blob is not None and e.blob in lost:
-                found.append((e.name, e.blob))
-    found.sort()
-    memo[tid] = found
-    return found

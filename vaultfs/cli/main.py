@@ -1,6 +1,8 @@
-"""The ``vaultfs`` command line: argparse subcommands, config lookup, output, exit codes.
+"""The ``vaultfs`` command line: the parser, config lookup, exit codes.
 
-This is the only module that reads the environment or decides which config
+Each command group lives in its own module of this package (`backup`, `restore`,
+`mount`, `index`, `retention`), which registers its subcommands and prints their
+output. This is the only module that reads the environment or decides which config
 file to use. Errors the user can fix (`VaultError`) print one line and exit
 with their code; anything else is a bug and shows a traceback with --debug
 (or a one-line "internal error" without it).
@@ -14,22 +16,15 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from vaultfs import __version__, logsafe
 from vaultfs.config import Config, load_config
 from vaultfs.errors import (
     EXIT_ERROR,
-    EXIT_OK,
     EXIT_USAGE,
-    EXIT_WARNINGS,
     ConfigError,
-    SourceRefused,
     VaultError,
 )
-from vaultfs.output import display_path, emit_json, format_delta, human_bytes, iso_utc
-
-LIST_LIMIT = 20  # paths listed per kind of warning before "… and N more"
 
 DESCRIPTION = """\
 vaultfs backs up collections of files (photos, media, source code) from a NAS
@@ -87,256 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--json", action="store_true", help="print a JSON result for scripts")
         return sp
 
-    add(
-        "init", "create the vault described by the config",
-        "Create the vault on the configured store (writes vault.json) and the local state\n"
-        "directory. Safe to run again: an existing vault of this machine is left as it is.\n"
-        "The bucket of an s3:// store must exist; vaultfs never creates buckets.",
-    ).set_defaults(func=cmd_init)
-
-    sp = add(
-        "snapshot", "back up collections as new versions",
-        "Snapshot the named collections (default: all in the config). Only files whose\n"
-        "size, times or inode changed are read again; content already in the vault is not\n"
-        "stored twice. A new version is made only if something changed.\n\n"
-        "Exit status 3: files were skipped (unreadable, vanished, changed while read), a\n"
-        "cold collection had files modified or deleted (often an accident or a failing disk),\n"
-        "or more than max_removed of the files were removed; the version is still written\n"
-        "and nothing old is lost. Also 3: a band was found missing from the store; its\n"
-        "content is stored again from the sources that still hold it.\n"
-        "Exit status 1: a collection was refused (its path is missing, unreadable or\n"
-        "empty: is the volume mounted?); the others are still snapshotted.",
-    )
-    sp.add_argument("collections", nargs="*", metavar="COLLECTION")
-    sp.set_defaults(func=cmd_snapshot)
-
-    sp = add(
-        "versions", "list the versions of a collection",
-        "List every version: number, creation time (UTC), time since the previous version,\n"
-        "files added/changed/removed, bytes added, bands written and their state.",
-    )
-    sp.add_argument("collection", metavar="COLLECTION")
-    sp.set_defaults(func=cmd_versions)
-
-    # Command groups that live in their own modules (each owns its commands' code).
+    # One module per command group, each owning its commands' code (and --help order).
+    from vaultfs.cli import backup as cli_backup
     from vaultfs.cli import index as cli_index
     from vaultfs.cli import mount as cli_mount
     from vaultfs.cli import restore as cli_restore
     from vaultfs.cli import retention as cli_retention
 
-    for group in (cli_restore, cli_mount, cli_index, cli_retention):
+    for group in (cli_backup, cli_restore, cli_mount, cli_index, cli_retention):
         group.register(sub, add)
     return p
-
-
-# ---- commands ----------------------------------------------------------------------------
-
-
-def cmd_init(args: argparse.Namespace, config: Config) -> int:
-    from vaultfs.vault import Vault, secure_state_dir
-
-    tightened = secure_state_dir(config.state_dir)
-    if tightened and not args.json:
-        print(f"vaultfs: {tightened}", file=sys.stderr)
-    vault, created = Vault.create(config)
-    vault.close()
-    result = {"store": config.store, "state_dir": str(config.state_dir), "created": created,
-              "tightened": tightened}
-    if args.json:
-        emit_json(result)
-    elif not args.quiet:
-        what = "created" if created else "already initialised"
-        print(f"vault {what}: store {config.store}, state {config.state_dir}")
-    return EXIT_OK
-
-
-def cmd_snapshot(args: argparse.Namespace, config: Config) -> int:
-    from vaultfs.cli import retention as cli_retention
-    from vaultfs.malloc import tune_for_large_buffers
-    from vaultfs.progress import TerminalProgress
-    from vaultfs.snapshot import Snapshot
-    from vaultfs.vault import Vault
-
-    tune_for_large_buffers()
-    names = args.collections or [c.name for c in config.collections]
-    if not names:
-        raise ConfigError("no collections configured: add a [collections.NAME] table")
-    selected = [config.collection(n) for n in names]
-    vault = Vault.open(config)
-    results = []
-    refused: list[SourceRefused] = []  # their collections got no version; the others go on
-    try:
-        with vault.lock():
-            for coll in selected:
-                try:
-                    with TerminalProgress(coll.name, enabled=None if not args.quiet else False) as prog:
-                        result = Snapshot(vault, coll, prog).run()
-                except SourceRefused as e:
-                    refused.append(e)
-                    print(f"vaultfs: error: {e.message}", file=sys.stderr)
-                    continue
-                cli_retention.after_snapshot(vault, coll, quiet=args.quiet or args.json)
-                results.append(result)
-                if not args.json:
-                    print_snapshot(result, quiet=args.quiet)
-    finally:
-        vault.close()
-    # A collection without a new version is an error (1), which outweighs warnings (3).
-    code = EXIT_ERROR if refused else EXIT_WARNINGS if any(r.warnings for r in results) else EXIT_OK
-    if args.json:
-        emit_json({"collections": [snapshot_json(r) for r in results],
-                   "refused": [e.message for e in refused], "exit_code": code})
-    return code
-
-
-def print_snapshot(r: Any, quiet: bool) -> None:
-    for m in r.lost_bands:
-        print(
-            f"WARNING: band {m.band} is missing from the store: the {m.blobs} blob(s) it held "
-            "are lost; this snapshot stores again those its source still holds "
-            "(`vaultfs check` lists the files lost for good)" if m.blobs else
-            f"WARNING: band {m.band} is missing from the store; it held no file content (only "
-            "catalog records, which the local catalog still has)",
-            file=sys.stderr,
-        )
-    for p in r.problems:
-        print(f"warning: {r.collection}: skipped {p.display()}", file=sys.stderr)
-    for kind, paths in (("modified", r.modified), ("deleted", r.deleted)):
-        if not paths:
-            continue
-        print(
-            f"WARNING: cold collection {r.collection}: {len(paths)} file(s) {kind} "
-            "since the previous version (a failing disk or an accident?):",
-            file=sys.stderr,
-        )
-        for path in paths[:LIST_LIMIT]:
-            print(f"  {kind}: {display_path(path)}", file=sys.stderr)
-        if len(paths) > LIST_LIMIT:
-            print(f"  … and {len(paths) - LIST_LIMIT} more (--json lists all)", file=sys.stderr)
-    if r.mass_removal is not None:
-        m = r.mass_removal
-        print(
-            f"WARNING: {r.collection}: this snapshot removes {m.removed} of the {m.previous_files} "
-            f"files of v{m.previous_version} (more than max_removed = {m.limit}); the new version "
-            f"is written and v{m.previous_version} keeps them. Is the volume mounted and healthy? "
-            f"If the removal is intended, raise [collections.{r.collection}].max_removed",
-            file=sys.stderr,
-        )
-    if quiet:
-        return
-    rate = r.bytes_read / r.seconds if r.seconds > 0 else 0
-    read = f"read {r.files_read} files ({human_bytes(r.bytes_read)}, {human_bytes(rate)}/s)"
-    healed = (f"re-stored {r.restored_lost} file(s) whose band was lost, in {r.bands} band(s); "
-              if r.restored_lost else "")
-    if r.unchanged and r.latest is not None and r.restored_lost:
-        print(f"{r.collection}: unchanged since v{r.latest.number}; {healed}{read}")
-    elif r.unchanged and r.latest is not None:
-        print(f"{r.collection}: unchanged since v{r.latest.number}, verified; {read}")
-    elif r.version is not None:
-        s = r.version.stats
-        print(
-            f"{r.collection}: v{r.version.number} created: {s.files} files, "
-            f"{human_bytes(s.bytes)}; +{s.added} ~{s.changed} -{s.removed}; {healed}{read}; "
-            f"stored {human_bytes(r.bytes_stored)} in {r.bands} band(s) in {r.seconds:.2f}s"
-        )
-
-
-def snapshot_json(r: Any) -> dict[str, Any]:
-    from vaultfs.model import to_text
-
-    return {
-        "collection": r.collection,
-        "version": r.version.number if r.version else None,
-        "latest": r.latest.number if r.latest else None,
-        "unchanged": r.unchanged,
-        "files_read": r.files_read,
-        "bytes_read": r.bytes_read,
-        "bands": r.bands,
-        "bytes_stored": r.bytes_stored,
-        "archived": r.archived,
-        "dirs": r.dirs,
-        "dirs_reused": r.dirs_reused,
-        "seconds": round(r.seconds, 3),
-        "stats": r.latest.stats.to_json() if r.latest else None,
-        "skipped": [{"path": to_text(p.path), "reason": p.reason} for p in r.problems],
-        "modified": [to_text(p) for p in r.modified],
-        "deleted": [to_text(p) for p in r.deleted],
-        "lost_bands": [{"band": m.band, "blobs": m.blobs} for m in r.lost_bands],
-        "restored_lost": r.restored_lost,
-        "mass_removal": None if r.mass_removal is None else {
-            "removed": r.mass_removal.removed,
-            "previous_files": r.mass_removal.previous_files,
-            "previous_version": r.mass_removal.previous_version,
-            "max_removed": r.mass_removal.limit,
-        },
-    }
-
-
-def cmd_versions(args: argparse.Namespace, config: Config) -> int:
-    from vaultfs.model import BlobId, TreeId
-    from vaultfs.vault import Vault
-
-    config.collection(args.collection)
-    vault = Vault.open(config, readonly=True)
-    try:
-        versions = vault.versions(args.collection)
-        bands = {b.band: b for b in vault.catalog.bands()}
-        lost_blobs = vault.catalog.lost_blobs()  # empty: no walk, `versions` stays fast
-        memo: dict[TreeId, list[tuple[bytes, BlobId]]] = {}
-        lost = {v.number: vault.lost_files(v.root, lost_blobs, memo) if lost_blobs else []
-                for v in versions}
-    finally:
-        vault.close()
-    rows: list[dict[str, Any]] = []
-    for v in versions:
-        vb = [bands[b] for b in v.bands if b in bands]
-        states: list[str] = sorted({b.state for b in vb}) or ["missing"]
-        rows.append({
-            "version": v.number,
-            "created": iso_utc(v.created_ns),
-            "since_previous_s": (
-                (v.created_ns - v.previous_created_ns) / 1e9 if v.previous_created_ns else None
-            ),
-            "files": v.stats.files,
-            "bytes": v.stats.bytes,
-            "added": v.stats.added,
-            "changed": v.stats.changed,
-            "removed": v.stats.removed,
-            "bytes_added": v.stats.bytes_added,
-            "bands": len(v.bands),
-            "bytes_stored": sum(b.size for b in vb),
-            "state": ",".join(states),
-            "verified": [iso_utc(t) for t in v.verified_ns],
-            "lost_files": len(lost[v.number]),  # files whose bytes are gone (see `lost`)
-            "lost": [display_path(p) for p, _ in lost[v.number]],
-        })
-    if args.json:
-        emit_json({"collection": args.collection, "versions": rows})
-        return EXIT_OK
-    if not rows:
-        print(f"{args.collection}: no versions yet (run `vaultfs snapshot {args.collection}`)")
-        return EXIT_OK
-    any_lost = any(r["lost_files"] for r in rows)
-    header = ("VERSION", "CREATED (UTC)", "SINCE PREV", "FILES", "ADDED", "CHANGED", "REMOVED",
-              "BYTES ADDED", "BANDS", "STORED", "STATE") + (("LOST",) if any_lost else ())
-    table = [header]
-    for r in rows:
-        table.append((
-            f"v{r['version']}", r["created"].replace("T", " ").rstrip("Z"),
-            format_delta(r["since_previous_s"]), str(r["files"]), f"+{r['added']}",
-            f"~{r['changed']}", f"-{r['removed']}", human_bytes(r["bytes_added"]),
-            str(r["bands"]), human_bytes(r["bytes_stored"]), r["state"],
-        ) + ((str(r["lost_files"]),) if any_lost else ()))
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-    if any_lost:
-        print("LOST: files whose bytes are gone from the store (`vaultfs versions --json` "
-              "lists them; a snapshot stores them again if a source still has them)")
-    last = versions[-1]
-    if last.verified_ns:
-        print(f"v{last.number} verified unchanged at {iso_utc(last.verified_ns[-1])}")
-    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
