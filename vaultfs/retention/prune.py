@@ -1,59 +1,7 @@
-"""Retention: ``forget`` old versions, ``prune`` the bands no kept version needs.
+"""``prune``: the live set, the plan (what happens to each band, and why), and its
+application, including the carrier band and the store deletions a killed prune left pending.
 
-**forget** keeps the newest N versions of a collection. For each older
-version it first writes the write-once marker ``forgotten/<C>/<N>.json`` on
-the store (`Vault.mark_forgotten`, If-None-Match; a marker already there is
-fine), then removes the version from the local catalog. The version record
-``versions/<C>/<N>.json`` stays on the store until ``prune``; the marker stays
-forever, so no rung of the index rebuild ladder (version records, sidecars,
-band catalogs) can bring the version back. The latest version is never
-forgotten, so version numbers are never reused.
-
-**prune** works from the local catalog (after finishing interrupted forgets,
-adopting versions committed on the store but not yet known locally with
-`index.adopt_committed`, and finishing the store deletions of an interrupted
-prune); at the end it calls `index.publish` so a carrier band reaches the
-consolidated index:
-
-1. *Live set*: walk every tree of every kept version (all collections) from
-   its root; the blobs those trees name are live. A tree or blob a kept
-   version needs that the catalog lacks stops the prune (the live set would
-   be wrong; `vaultfs check` / `vaultfs index rebuild` first) — except a blob
-   known lost (its band is gone: `vaultfs.heal`), which has no band to keep.
-   A lost blob that no kept version names any more is forgotten.
-2. *Needed bands*: the band of every live blob (by the blob map), and every
-   band a kept version lists (its last band's catalog carries the version
-   record and the trees that snapshot added; rungs 3–5 need it).
-3. Every other band is *unused*. It is deleted only when its storage class's
-   minimum duration (`STORAGE_CLASSES`) has passed since the band entered that class
-   (``BandInfo.archived_ns`` for archived bands, else ``created_ns``)
-   — or at once with ``allow_early_delete``, and the early-deletion charge is
-   reported either way. The class is the costlier of the catalog's
-   ``storage_class`` and what the store's HEAD reports.
-4. An unused band's catalog may carry trees that kept versions still use
-   (an unchanged directory is stored once, in the band of the snapshot that
-   first saw it). Such a band holding no blobs is kept (it is small); a band
-   holding blobs is deleted after its live trees are copied into a new
-   metadata-only *carrier band* (a band with no blobs whose catalog holds
-   ``trees`` and ``carries_trees_of``), so the rebuild ladder still finds
-   every tree. A band whose sidecar cannot be read is kept.
-5. Partly used bands are never rewritten (an archived one would need a
-   restore); the report gives each one's garbage fraction.
-
-Deleting, in an order that is safe to kill at any point: upload the carrier
-band; then one LMDB transaction drops the bands' blob entries and BandInfo,
-every tree no kept version reaches, and records the band ids under the meta
-key ``prune_pending``; then the sidecar and the band object are deleted on the
-store (sidecar first: a sidecar never names a band that is gone); then
-``prune_pending`` is cleared. A killed prune leaves only orphan objects, which
-the next prune deletes from ``prune_pending``; no snapshot can dedup against
-a band after its blob entries are gone. Last, the version records of
-forgotten versions are deleted (their markers stay).
-
-Concurrency: a caller that changes anything (not ``dry_run``) holds the vault
-lock (`Vault.lock`); a dry run needs no lock and changes nothing, locally or
-on the store. A mount reading a version forgotten meanwhile may find its
-trees gone (EIO there); it never sees wrong bytes.
+The rules and the crash-safe order are in the docstring of `vaultfs.retention`.
 """
 
 from __future__ import annotations
@@ -67,7 +15,7 @@ from typing import Any, Literal
 
 from vaultfs import band as bandfmt
 from vaultfs import index
-from vaultfs.errors import ConfigError, CorruptionError
+from vaultfs.errors import CorruptionError
 from vaultfs.model import (
     BandId,
     BandInfo,
@@ -80,120 +28,17 @@ from vaultfs.model import (
     to_text,
     version_key,
 )
+from vaultfs.retention.forget import finish_forgets
+from vaultfs.retention.terms import (
+    NS_PER_DAY,
+    PRICES_AS_OF,
+    STORAGE_CLASSES,
+    class_terms,
+    early_delete_charge,
+    monthly_cost,
+)
 from vaultfs.store import ObjectNotFound
 from vaultfs.vault import Vault
-
-NS_PER_DAY = 86_400 * 10**9
-GIB = 1024**3  # AWS bills storage per GB of 2^30 bytes
-
-
-@dataclass(frozen=True, slots=True)
-class ClassTerms:
-    """What keeping data in one S3 storage class costs, for prune's arithmetic."""
-
-    min_days: int  # minimum storage duration: deleting earlier bills the remaining days
-    usd_per_gb_month: float
-
-
-PRICES_AS_OF = "2025-01, AWS S3 list prices for us-east-1 (aws.amazon.com/s3/pricing)"
-STORAGE_CLASSES: dict[str, ClassTerms] = {
-    "STANDARD": ClassTerms(0, 0.023),
-    "REDUCED_REDUNDANCY": ClassTerms(0, 0.024),
-    "INTELLIGENT_TIERING": ClassTerms(0, 0.023),
-    "STANDARD_IA": ClassTerms(30, 0.0125),
-    "ONEZONE_IA": ClassTerms(30, 0.01),
-    "GLACIER_IR": ClassTerms(90, 0.004),
-    "GLACIER": ClassTerms(90, 0.0036),
-    "DEEP_ARCHIVE": ClassTerms(180, 0.00099),
-}
-# A class this table does not know is treated as strictly as the strictest known one
-# for its minimum duration and as dearly as the dearest for its price.
-UNKNOWN_CLASS = ClassTerms(180, 0.024)
-DAYS_PER_MONTH = 30  # AWS pro-rates early deletion by the day against a 30-day month
-
-
-def class_terms(storage_class: str) -> ClassTerms:
-    return STORAGE_CLASSES.get(storage_class, UNKNOWN_CLASS)
-
-
-def early_delete_charge(size: int, storage_class: str, age_days: float) -> float:
-    """USD billed for deleting ``size`` bytes of ``storage_class`` at ``age_days`` old."""
-    terms = class_terms(storage_class)
-    remaining = max(0.0, terms.min_days - age_days)
-    return size / GIB * terms.usd_per_gb_month * remaining / DAYS_PER_MONTH
-
-
-def monthly_cost(size: int, storage_class: str) -> float:
-    return size / GIB * class_terms(storage_class).usd_per_gb_month
-
-
-# ---- forget ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ForgetResult:
-    collection: str
-    keep: int
-    kept: tuple[int, ...]  # version numbers still listed
-    forgotten: tuple[int, ...]  # forgotten by this call (or that would be, in a dry run)
-    dry_run: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "collection": self.collection, "keep": self.keep, "kept": list(self.kept),
-            "forgotten": list(self.forgotten), "dry_run": self.dry_run,
-        }
-
-
-def forget(
-    vault: Vault,
-    keeps: dict[str, int],
-    *,
-    dry_run: bool = False,
-    now: Callable[[], int] = time.time_ns,
-) -> list[ForgetResult]:
-    """Keep the newest ``keeps[C]`` versions of each collection C; forget the others.
-
-    Markers go to the store before the local catalog drops a version, so a
-    crash in between leaves a marker whose version the next forget or prune
-    drops (`finish_forgets`). Not ``dry_run``: the caller holds the vault lock.
-    """
-    for name, keep in keeps.items():
-        if keep < 1:
-            raise ConfigError(f"{name}: keep {keep} versions? keep at least 1")
-    markers = vault.forgotten_versions()
-    if not dry_run:
-        finish_forgets(vault, markers)
-    results = []
-    for name, keep in keeps.items():
-        if not dry_run:
-            index.adopt_committed(vault, name)
-        listed = [v.number for v in vault.catalog.versions(name) if (name, v.number) not in markers]
-        drop = tuple(listed[:-keep]) if len(listed) > keep else ()
-        if not dry_run and drop:
-            stamp = now()
-            for number in drop:
-                vault.mark_forgotten(name, number, stamp)
-            with vault.catalog.writer() as w:
-                for number in drop:
-                    w.delete_version(name, number)
-        results.append(ForgetResult(name, keep, tuple(listed[len(drop):]), drop, dry_run))
-    return results
-
-
-def finish_forgets(vault: Vault, markers: set[tuple[str, int]] | None = None) -> int:
-    """Drop from the local catalog every version the store says was forgotten; how many."""
-    if markers is None:
-        markers = vault.forgotten_versions()
-    present = [(c, n) for c, n in sorted(markers) if vault.catalog.version(c, n) is not None]
-    if present:
-        with vault.catalog.writer() as w:
-            for c, n in present:
-                w.delete_version(c, n)
-    return len(present)
-
-
-# ---- prune -------------------------------------------------------------------------------
 
 Action = Literal[
     "delete",  # unused, minimum duration passed (or STANDARD)
@@ -601,35 +446,3 @@ def _count_unadopted(vault: Vault, names: list[str]) -> int:
             continue
         count += 1
     return count
-
-
-def keep_for(
-    requested: list[str], configured: dict[str, int | None], override: int | None
-) -> tuple[dict[str, int], list[str]]:
-    """Which collections to forget in and how many versions each keeps.
-
-    Returns (collection → keep, configured collections skipped for having no
-    ``keep_versions``). A collection named explicitly without a policy and
-    without ``override`` is a ConfigError; so is an unknown name.
-    """
-    if override is not None and override < 1:
-        raise ConfigError(f"--keep {override}: keep at least 1 version")
-    names = requested or list(configured)
-    keeps: dict[str, int] = {}
-    skipped: list[str] = []
-    for name in names:
-        if name not in configured:
-            known = ", ".join(configured) or "none"
-            raise ConfigError(f"no collection named {name!r} in the config (configured: {known})")
-        keep = override if override is not None else configured[name]
-        if keep is None:
-            if requested:
-                raise ConfigError(
-                    f"collection {name!r} has no keep_versions: pass --keep N or set "
-                    f"[collections.{name}].keep_versions"
-                )
-            skipped.append(name)
-            continue
-        keeps[name] = keep
-    return keeps, skipped
-

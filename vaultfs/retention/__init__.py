@@ -1,0 +1,104 @@
+"""Retention: ``forget`` old versions, ``prune`` the bands no kept version needs.
+
+**forget** keeps the newest N versions of a collection. For each older
+version it first writes the write-once marker ``forgotten/<C>/<N>.json`` on
+the store (`Vault.mark_forgotten`, If-None-Match; a marker already there is
+fine), then removes the version from the local catalog. The version record
+``versions/<C>/<N>.json`` stays on the store until ``prune``; the marker stays
+forever, so no rung of the index rebuild ladder (version records, sidecars,
+band catalogs) can bring the version back. The latest version is never
+forgotten, so version numbers are never reused.
+
+**prune** works from the local catalog (after finishing interrupted forgets,
+adopting versions committed on the store but not yet known locally with
+`index.adopt_committed`, and finishing the store deletions of an interrupted
+prune); at the end it calls `index.publish` so a carrier band reaches the
+consolidated index:
+
+1. *Live set*: walk every tree of every kept version (all collections) from
+   its root; the blobs those trees name are live. A tree or blob a kept
+   version needs that the catalog lacks stops the prune (the live set would
+   be wrong; `vaultfs check` / `vaultfs index rebuild` first) — except a blob
+   known lost (its band is gone: `vaultfs.heal`), which has no band to keep.
+   A lost blob that no kept version names any more is forgotten.
+2. *Needed bands*: the band of every live blob (by the blob map), and every
+   band a kept version lists (its last band's catalog carries the version
+   record and the trees that snapshot added; rungs 3–5 need it).
+3. Every other band is *unused*. It is deleted only when its storage class's
+   minimum duration (`STORAGE_CLASSES`) has passed since the band entered that class
+   (``BandInfo.archived_ns`` for archived bands, else ``created_ns``)
+   — or at once with ``allow_early_delete``, and the early-deletion charge is
+   reported either way. The class is the costlier of the catalog's
+   ``storage_class`` and what the store's HEAD reports.
+4. An unused band's catalog may carry trees that kept versions still use
+   (an unchanged directory is stored once, in the band of the snapshot that
+   first saw it). Such a band holding no blobs is kept (it is small); a band
+   holding blobs is deleted after its live trees are copied into a new
+   metadata-only *carrier band* (a band with no blobs whose catalog holds
+   ``trees`` and ``carries_trees_of``), so the rebuild ladder still finds
+   every tree. A band whose sidecar cannot be read is kept.
+5. Partly used bands are never rewritten (an archived one would need a
+   restore); the report gives each one's garbage fraction.
+
+Deleting, in an order that is safe to kill at any point: upload the carrier
+band; then one LMDB transaction drops the bands' blob entries and BandInfo,
+every tree no kept version reaches, and records the band ids under the meta
+key ``prune_pending``; then the sidecar and the band object are deleted on the
+store (sidecar first: a sidecar never names a band that is gone); then
+``prune_pending`` is cleared. A killed prune leaves only orphan objects, which
+the next prune deletes from ``prune_pending``; no snapshot can dedup against
+a band after its blob entries are gone. Last, the version records of
+forgotten versions are deleted (their markers stay).
+
+Concurrency: a caller that changes anything (not ``dry_run``) holds the vault
+lock (`Vault.lock`); a dry run needs no lock and changes nothing, locally or
+on the store. A mount reading a version forgotten meanwhile may find its
+trees gone (EIO there); it never sees wrong bytes.
+"""
+
+from vaultfs.retention.forget import ForgetResult, finish_forgets, forget, keep_for
+from vaultfs.retention.prune import (
+    PENDING_META,
+    Action,
+    BandPlan,
+    LiveSet,
+    PruneResult,
+    live_set,
+    prune,
+)
+from vaultfs.retention.terms import (
+    DAYS_PER_MONTH,
+    GIB,
+    NS_PER_DAY,
+    PRICES_AS_OF,
+    STORAGE_CLASSES,
+    UNKNOWN_CLASS,
+    ClassTerms,
+    class_terms,
+    early_delete_charge,
+    monthly_cost,
+)
+
+__all__ = [
+    "DAYS_PER_MONTH",
+    "GIB",
+    "NS_PER_DAY",
+    "PENDING_META",
+    "PRICES_AS_OF",
+    "STORAGE_CLASSES",
+    "UNKNOWN_CLASS",
+    "Action",
+    "BandPlan",
+    "ClassTerms",
+    "ForgetResult",
+    "LiveSet",
+    "PruneResult",
+    "class_terms",
+    "early_delete_charge",
+    "finish_forgets",
+    "forget",
+    "keep_for",
+    "live_set",
+    "monthly_cost",
+    "prune",
+]
