@@ -12,18 +12,15 @@ Layout::
                               them: 0555 root:root, mtime = snapshot time)
     /<collection>/latest      symlink → v<newest>
 
-`VaultView` owns the filesystem's shape: the node table, lookup, directory
-listings, attributes, extended attributes, and `open`. Around it, each in its own
-module of `vaultfs.mount`: `nodes` (the `Node` and `Attr` records, stable inode
-numbers), `errors` (what the view refuses, one errno each), `reads` (`OpenFile`,
-`BandReaders`: verified reads of file content and the threads behind them),
-`status` (the files under /.vaultfs/). fuse_ops and the tests use this module as
-the one vocabulary: it re-exports those names (`__all__`).
+`VaultView` owns the filesystem's shape: the node table, lookup, listings,
+attributes, extended attributes and `open`. The records it answers with (`nodes`),
+what it refuses (`errors`), the reads of open files (`reads`) and the /.vaultfs/
+files (`status`) are their own modules; fuse_ops and the tests use this one, which
+re-exports what they need from those (`__all__`).
 
 Everything except file content is answered from the local catalog (LMDB): each
 call opens its own short read transaction, so a version committed while mounted
-shows up at the next lookup or listing of its collection directory. File content
-comes from the band's frames (`vaultfs.mount.reads`).
+shows up at the next lookup or listing of its collection directory.
 
 readdir offsets (stable across remounts, like inode numbers, `vaultfs.mount.nodes`):
 inside a version they are positions in the immutable tree (+1); in the root and
@@ -35,9 +32,9 @@ each successful lookup/readdirplus entry, `forget` when the kernel drops them; a
 node is dropped when its count reaches zero, so the node table holds only what
 the kernel holds.
 
-Memory bound: the node table (~0.3 KiB per inode the kernel references), the
-decoded-tree cache (`TREE_CACHE_BYTES` of encoded trees, ~4x that decoded), and
-the band readers of `vaultfs.mount.reads` (bounded there).
+Memory bound: the node table (~0.3 KiB per inode the kernel references) and the
+decoded-tree cache (`TREE_CACHE_BYTES` of encoded trees, ~4x that decoded); the
+band readers are bounded in `vaultfs.mount.reads`.
 
 Band states (`vaultfs.archive`): opening a file whose band is not readable now
 (archived, restoring) raises `Archived` naming the band; the caller decides
@@ -45,8 +42,8 @@ about a restore. The view counts open handles per band (`in_use`, so the band
 cache never evicts a band being read) and when each band was last opened
 (`last_used`).
 
-Concurrency: the listing methods are called from one thread (the trio loop);
-reads of open files run in worker threads (`vaultfs.mount.reads`).
+Concurrency: the listing methods are called from one thread (the trio loop); reads
+of open files run in worker threads (`vaultfs.mount.reads`).
 """
 
 from __future__ import annotations
@@ -61,7 +58,6 @@ from dataclasses import dataclass
 from vaultfs import archive, testpoints
 from vaultfs.errors import CorruptionError
 from vaultfs.model import BandId, BandInfo, BlobId, BlobRef, Entry, TreeId, VersionInfo, to_text
-from vaultfs.mount import status
 from vaultfs.mount.errors import (
     Archived,
     NoAttribute,
@@ -73,7 +69,6 @@ from vaultfs.mount.errors import (
     VfsError,
 )
 from vaultfs.mount.nodes import (
-    IMMUTABLE_TIMEOUT,
     MAX_INO,
     ROOT_INO,
     Attr,
@@ -84,16 +79,15 @@ from vaultfs.mount.nodes import (
     inode_number,
 )
 from vaultfs.mount.reads import BandReaders, OpenFile
-from vaultfs.mount.status import MountInfo, StatusFile, state_text
+from vaultfs.mount.status import MountInfo, StatusFile, restores_json, state_text, status_text
 from vaultfs.output import display_path
 from vaultfs.vault import Vault, lost_message
 
 __all__ = [  # this module's own names, and the ones fuse_ops and the tests find here
-    "BLKSIZE", "IMMUTABLE_TIMEOUT", "LIVE_TIMEOUT", "ROOT_INO", "TREE_CACHE_BYTES",
-    "Archived", "Attr", "MountInfo", "NoAttribute", "Node", "NodeKind", "NotADirectory",
-    "NotASymlink", "NotFound", "OpenFile", "ReadOnly", "StatusFile", "Unsupported",
-    "VaultView", "VfsError", "inode_number", "start_threads", "state_text",
-]
+    "BLKSIZE", "LIVE_TIMEOUT", "ROOT_INO", "TREE_CACHE_BYTES", "Archived", "Attr", "MountInfo",
+    "NoAttribute", "Node", "NotADirectory", "NotASymlink", "NotFound", "OpenFile", "ReadOnly",
+    "StatusFile", "Unsupported", "VaultView", "VfsError", "inode_number", "start_threads",
+    "state_text"]
 
 BLKSIZE = 1024 * 1024  # st_blksize: cat/cp then read 1 MiB at a time (docs/mount.md)
 TREE_CACHE_BYTES = 16 * 1024 * 1024
@@ -115,8 +109,6 @@ class _Listing:
     index: dict[bytes, int]
     subdirs: int
     cost: int
-
-# ---- the view -------------------------------------------------------------------------------
 
 
 class VaultView:
@@ -471,11 +463,11 @@ class VaultView:
 
     def restores_json(self) -> bytes:
         """/.vaultfs/restores.json (`vaultfs.mount.status`)."""
-        return status.restores_json(self.catalog)
+        return restores_json(self.catalog)
 
     def status_text(self) -> bytes:
         """/.vaultfs/status (`vaultfs.mount.status`)."""
-        return status.status_text(self.catalog, self.info, self.inode_count)
+        return status_text(self.catalog, self.info, self.inode_count)
 
     def statfs(self) -> tuple[int, int]:
         """(files, bytes) of the newest version of every collection, for statvfs."""
@@ -486,7 +478,6 @@ class VaultView:
                 files += latest.stats.files
                 size += latest.stats.bytes
         return files, size
-
 
 
 def start_threads(view: VaultView) -> None:
