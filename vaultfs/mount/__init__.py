@@ -1,7 +1,13 @@
 """The read-only FUSE mount of every version (the only package that imports pyfuse3 and trio).
 
-* `view` — what a version looks like: inodes, attributes, directory listings,
-  open files and verified reads, all from the catalog (no pyfuse3 here);
+* `view` — what a version looks like: the node table, lookup, directory listings,
+  attributes, xattrs and opening files, all from the catalog (no pyfuse3 here; it
+  re-exports the names fuse_ops and the tests use from the four modules below);
+* `nodes` — the records the view answers with (`Node`, `Attr`) and stable inode numbers;
+* `errors` — what the view refuses, one exception class per errno;
+* `reads` — content of open files: verified ranged reads (`OpenFile`), the LRU of
+  band readers, the read-ahead and hasher threads (`BandReaders`);
+* `status` — the files under /.vaultfs/ (status, restores.json) and band states in words;
 * `fuse_ops` — the pyfuse3 adapter: each handler asks the view and converts
   its answer (errno, entry attributes);
 * `restore_policy` — which opens of an archived file may ask Deep Archive for

@@ -12,193 +12,95 @@ Layout::
                               them: 0555 root:root, mtime = snapshot time)
     /<collection>/latest      symlink → v<newest>
 
+`VaultView` owns the filesystem's shape: the node table, lookup, listings,
+attributes, extended attributes and `open`. The records it answers with (`nodes`),
+what it refuses (`errors`), the reads of open files (`reads`) and the /.vaultfs/
+files (`status`) are their own modules; fuse_ops and the tests use this one, which
+re-exports what they need from those (`__all__`).
+
 Everything except file content is answered from the local catalog (LMDB): each
 call opens its own short read transaction, so a version committed while mounted
-shows up at the next lookup or listing of its collection directory. File content
-comes from the band's frames through `Vault.band_reader`.
+shows up at the next lookup or listing of its collection directory.
 
-Identity (what makes inode numbers and readdir offsets stable across remounts):
-
-* An inode number is 63 bits of BLAKE2b over the node's catalog identity:
-  ``(collection, version, path)``; the second and later names of a hard-linked file
-  use the path of the group's first name (`Entry.hardlink`), so they share one
-  inode. On a collision with a different node that the kernel still references,
-  the next free number is used (stable within a mount; with 2**63 numbers a
-  collision is not expected in practice).
-* readdir offsets inside a version are positions in the immutable tree (+1);
-  in the root and collection directories (which change while mounted) an
-  entry's offset is its inode number, entries listed in inode order.
+readdir offsets (stable across remounts, like inode numbers, `vaultfs.mount.nodes`):
+inside a version they are positions in the immutable tree (+1); in the root and
+collection directories (which change while mounted) an entry's offset is its
+inode number, entries listed in inode order.
 
 Lookup counts (the kernel's references) are kept per inode: `remember` after
 each successful lookup/readdirplus entry, `forget` when the kernel drops them; a
 node is dropped when its count reaches zero, so the node table holds only what
 the kernel holds.
 
-Memory bound: the node table (~0.3 KiB per inode the kernel references), the
-decoded-tree cache (`TREE_CACHE_BYTES` of encoded trees, ~4x that decoded), and
-at most `READERS` band readers, each with a frame cache of
-max(`FRAME_CACHE_BYTES`, 2 x its largest frame) that also receives the frames
-prefetched for sequential readers (2 prefetch threads, one frame each in flight).
-A read inside one frame returns a view of the cached frame (no copy): that frame
-stays alive until the kernel has taken the reply.
+Memory bound: the node table (~0.3 KiB per inode the kernel references) and the
+decoded-tree cache (`TREE_CACHE_BYTES` of encoded trees, ~4x that decoded); the
+band readers are bounded in `vaultfs.mount.reads`.
 
 Band states (`vaultfs.archive`): opening a file whose band is not readable now
 (archived, restoring) raises `Archived` naming the band; the caller decides
 about a restore. The view counts open handles per band (`in_use`, so the band
 cache never evicts a band being read) and when each band was last opened
-(`last_used`); `BandReaders.invalidate` drops a band's reader when its state
-changes (restored → cached: read the local copy from then on).
+(`last_used`).
 
-Concurrency: the listing methods are called from one thread (the trio loop).
-`OpenFile.read` is blocking and thread-safe (called from worker threads);
-the band reader LRU and the per-handle hash state have their own locks.
+Concurrency: the listing methods are called from one thread (the trio loop); reads
+of open files run in worker threads (`vaultfs.mount.reads`).
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import json
-import logging
-import os
 import stat
-import threading
 import time
-from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
-from typing import Literal, NamedTuple
+from collections import Counter, OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 from vaultfs import archive, testpoints
-from vaultfs import band as bandfmt
 from vaultfs.errors import CorruptionError
-from vaultfs.model import (
-    BandId,
-    BandInfo,
-    BandState,
-    BlobId,
-    BlobRef,
-    Entry,
-    TreeId,
-    VersionInfo,
-    to_text,
+from vaultfs.model import BandId, BandInfo, BlobId, BlobRef, Entry, TreeId, VersionInfo, to_text
+from vaultfs.mount.errors import (
+    Archived,
+    NoAttribute,
+    NotADirectory,
+    NotASymlink,
+    NotFound,
+    ReadOnly,
+    Unsupported,
+    VfsError,
 )
+from vaultfs.mount.nodes import (
+    MAX_INO,
+    ROOT_INO,
+    Attr,
+    Node,
+    NodeKind,
+    entry_prefix,
+    hashed_ino,
+    inode_number,
+)
+from vaultfs.mount.reads import BandReaders, OpenFile
+from vaultfs.mount.status import MountInfo, StatusFile, restores_json, state_text, status_text
 from vaultfs.output import display_path
-from vaultfs.store.base import ObjectArchived
 from vaultfs.vault import Vault, lost_message
 
-log = logging.getLogger("vaultfs.mount")
+__all__ = [  # this module's own names, and the ones fuse_ops and the tests find here
+    "BLKSIZE", "LIVE_TIMEOUT", "ROOT_INO", "TREE_CACHE_BYTES", "Archived", "Attr", "MountInfo",
+    "NoAttribute", "Node", "NotADirectory", "NotASymlink", "NotFound", "OpenFile", "ReadOnly",
+    "StatusFile", "Unsupported", "VaultView", "VfsError", "inode_number", "start_threads",
+    "state_text"]
 
-ROOT_INO = 1
 BLKSIZE = 1024 * 1024  # st_blksize: cat/cp then read 1 MiB at a time (docs/mount.md)
 TREE_CACHE_BYTES = 16 * 1024 * 1024
-FRAME_CACHE_BYTES = 16 * 1024 * 1024
-READ_AHEAD_FRAMES = 2  # a sequential reader has this many frames decompressed ahead
-HASH_BACKLOG = 8 * 1024 * 1024  # served bytes of one open file waiting for the hasher
-READERS = 4
-IMMUTABLE_TIMEOUT = 3600.0  # attributes inside a version never change
 LIVE_TIMEOUT = 1.0  # root, collection directories, `latest`: change when a version commits
 META_DIR = b".vaultfs"
 STATUS = b"status"
 RESTORES = b"restores.json"
 LATEST = b"latest"
-_MASK63 = (1 << 63) - 1
 _EMPTY_SHA256 = hashlib.sha256().digest()
-
-NodeKind = Literal["root", "meta", "status", "restores", "collection", "latest", "version",
-                   "entry"]
 _KIND_BITS = {
     "file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK, "fifo": stat.S_IFIFO,
     "socket": stat.S_IFSOCK, "chardev": stat.S_IFCHR, "blockdev": stat.S_IFBLK,
 }
-
-
-# ---- errors (fuse_ops maps each to one errno) ----------------------------------------------
-
-
-class VfsError(Exception):
-    """A request the filesystem refuses; fuse_ops turns each subclass into one errno."""
-
-
-class NotFound(VfsError):
-    """No such name, or an inode the kernel no longer references (ENOENT)."""
-
-
-class NotADirectory(VfsError):
-    """A directory operation on something else (ENOTDIR)."""
-
-
-class NotASymlink(VfsError):
-    """readlink of something that is not a symlink (EINVAL)."""
-
-
-class NoAttribute(VfsError):
-    """No such extended attribute (ENODATA)."""
-
-
-class Unsupported(VfsError):
-    """An extended attribute outside ``user.*``: none is ever kept (EOPNOTSUPP).
-
-    Only ``user.*`` names are backed up (`vaultfs.source`), so the mount, like a
-    filesystem without security labels or ACLs, answers EOPNOTSUPP for the others.
-    ``ls -l`` asks every file for ``security.selinux``; after one EOPNOTSUPP it stops
-    asking for the whole mount (ENODATA would be asked again for every file).
-    """
-
-
-class Archived(VfsError):
-    """The content lies in a band that is not readable now (ENODATA, docs/mount.md)."""
-
-    def __init__(self, band: BandId, state: str) -> None:
-        super().__init__(f"band {band} is {state}")
-        self.band = band
-        self.state = state
-
-
-class ReadOnly(VfsError):
-    """Any change to the filesystem (EROFS)."""
-
-
-# ---- records ---------------------------------------------------------------------------------
-
-
-class Attr(NamedTuple):
-    """What stat(2) shows for a node, and how long the kernel may cache it.
-
-    (A named tuple: one is made for every entry a listing returns, and a tuple is
-    several times cheaper to make than a frozen dataclass.)
-    """
-
-    ino: int
-    mode: int  # st_mode, file type included
-    nlink: int
-    uid: int
-    gid: int
-    size: int
-    mtime_ns: int
-    rdev: int = 0
-    timeout: float = IMMUTABLE_TIMEOUT
-
-    @property
-    def blocks(self) -> int:
-        return (self.size + 511) // 512
-
-
-@dataclass(slots=True, eq=False)
-class Node:
-    """One inode. ``path`` is relative to the version root ('/'-separated, b"" for it)."""
-
-    ino: int
-    kind: NodeKind
-    key: tuple[object, ...]
-    collection: str = ""
-    version: int = 0
-    path: bytes = b""
-    entry: Entry | None = None
-    tree: TreeId | None = None
-    refs: int = 0
-    created_ns: int = 0  # version directories: snapshot time
 
 
 @dataclass(slots=True)
@@ -207,36 +109,6 @@ class _Listing:
     index: dict[bytes, int]
     subdirs: int
     cost: int
-
-
-@dataclass
-class MountInfo:
-    """Facts for /.vaultfs/status that the caller knows (the VFS cannot see them)."""
-
-    store: str = ""
-    pid: int = field(default_factory=os.getpid)
-    started_ns: int = field(default_factory=time.time_ns)
-    # More lines for /.vaultfs/status (the restore watcher and budget, from vaultfs.mount).
-    status_lines: Callable[[], list[str]] = field(default=lambda: [])
-
-
-def inode_number(*key: object) -> int:
-    """The stable inode number of a catalog identity (never 0 or the root's 1)."""
-    return _hashed_ino(b"\0".join(k if isinstance(k, bytes) else str(k).encode() for k in key))
-
-
-def _hashed_ino(raw: bytes) -> int:
-    n = int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big") & _MASK63
-    return n if n > ROOT_INO else n + 2
-
-
-@functools.lru_cache(maxsize=64)
-def _entry_prefix(collection: str, version: int) -> bytes:
-    """``inode_number("entry", collection, version, path)`` hashes this + path."""
-    return b"\0".join((b"entry", collection.encode(), str(version).encode(), b""))
-
-
-# ---- the view -------------------------------------------------------------------------------
 
 
 class VaultView:
@@ -301,7 +173,7 @@ class VaultView:
                 return Node(ino, kind, key, **fields)  # type: ignore[arg-type]
             if known.key == key:
                 return known
-            ino = ino + 1 if ino < _MASK63 else 2  # collision: next free number
+            ino = ino + 1 if ino < MAX_INO else 2  # collision: next free number
 
     # ---- lookup --------------------------------------------------------------------------
 
@@ -369,7 +241,7 @@ class VaultView:
         identity = e.hardlink if e.kind == "file" and e.hardlink is not None else path
         key = ("entry", parent.collection, parent.version, identity)
         # inode_number(*key), without re-encoding the collection and version for each entry
-        ino = _hashed_ino(_entry_prefix(parent.collection, parent.version) + identity)
+        ino = hashed_ino(entry_prefix(parent.collection, parent.version) + identity)
         known = self._nodes.get(ino)
         if known is None:
             return Node(ino, "entry", key, parent.collection, parent.version, path, e,
@@ -589,47 +461,13 @@ class VaultView:
             if self.in_use[band] <= 0:
                 del self.in_use[band]
 
-    def in_flight(self) -> list[BandInfo]:
-        """Bands restoring, restored or cached (the catalog's view; the watcher refreshes it)."""
-        return [b for b in self.catalog.bands() if b.state in ("restoring", "restored", "cached")]
-
     def restores_json(self) -> bytes:
-        """/.vaultfs/restores.json: like ``vaultfs restore status --json`` (without a HEAD)."""
-        bands = self.in_flight()
-        doc = {
-            "bands": [archive.band_status_json(b) for b in bands],
-            "bytes_pending": sum(b.size for b in bands if b.state == "restoring"),
-            "bytes_ready": sum(b.size for b in bands if b.state != "restoring"),
-        }
-        return (json.dumps(doc, indent=1) + "\n").encode()
+        """/.vaultfs/restores.json (`vaultfs.mount.status`)."""
+        return restores_json(self.catalog)
 
     def status_text(self) -> bytes:
-        """/.vaultfs/status: the vault, its collections and versions, bands by state."""
-        lines = [f"vaultfs mount of {self.info.store}",
-                 f"pid {self.info.pid}, mounted since {_iso(self.info.started_ns)}", "",
-                 "collections:"]
-        for coll in self.catalog.collections():
-            versions = self.catalog.versions(coll)
-            last = versions[-1]
-            lines.append(f"  {coll}: {len(versions)} version(s), latest v{last.number} "
-                         f"at {_iso(last.created_ns)}, {last.stats.files} files, "
-                         f"{last.stats.bytes} bytes")
-        states: dict[str, list[int]] = {}
-        flight: list[BandInfo] = []
-        for info in self.catalog.bands():
-            acc = states.setdefault(info.state, [0, 0])
-            acc[0] += 1
-            acc[1] += info.size
-            if info.state in ("restoring", "restored"):
-                flight.append(info)
-        lines += ["", "bands by state:"]
-        lines += [f"  {s}: {n} band(s), {size} bytes" for s, (n, size) in sorted(states.items())]
-        lines.append(f"  inodes in use: {self.inode_count}")
-        lines += ["", f"restores in flight: {len(flight)} band(s), "
-                      f"{sum(b.size for b in flight)} bytes (/.vaultfs/restores.json)"]
-        lines += [f"  {b.band}: {state_text(b)}" for b in flight]
-        lines += self.info.status_lines()
-        return ("\n".join(lines) + "\n").encode()
+        """/.vaultfs/status (`vaultfs.mount.status`)."""
+        return status_text(self.catalog, self.info, self.inode_count)
 
     def statfs(self) -> tuple[int, int]:
         """(files, bytes) of the newest version of every collection, for statvfs."""
@@ -642,241 +480,11 @@ class VaultView:
         return files, size
 
 
-class OpenFile:
-    """An open file: ranged reads of its blob. Thread-safe; `read` blocks (run it in a thread),
-    `peek` does not (an event loop may call it).
-
-    Every byte returned has passed its zstd frame's checksum. While a file is read
-    sequentially from offset 0, its SHA-256 is also computed over exactly the bytes
-    returned, and the read that reaches the end fails with CorruptionError unless it
-    matches the blob id. Three things overlap for a sequential reader: the band's next
-    frame is decompressed in the background (`BandReaders.read` with ``until``), the
-    bytes already returned are hashed by the hasher thread (in order: it is one thread),
-    and the current frame is served, straight from the event loop when it is cached.
-    At most HASH_BACKLOG bytes wait for the hasher (they pin their frames in memory).
-    """
-
-    def __init__(self, readers: BandReaders, ref: BlobRef | None, blob: BlobId, size: int,
-                 fault: bool = False) -> None:
-        self.readers, self.ref, self.blob, self.size = readers, ref, blob, size
-        self._fault = fault
-        self._lock = threading.Lock()
-        self._hash: hashlib._Hash | None = hashlib.sha256()
-        self._hashed = 0  # bytes handed to the hasher (from offset 0, in order)
-        self._backlog: deque[tuple[Future[None], int]] = deque()  # hasher jobs not done
-        self._backlog_bytes = 0
-
-    def read(self, offset: int, length: int) -> bytes:
-        return bytes(self.read_view(offset, length))
-
-    def read_view(self, offset: int, length: int) -> bytes | memoryview:
-        """Like `read`; a range inside one frame comes back as a view of the frame (no copy)."""
-        if self._fault:
-            raise testpoints.InjectedFault("injected fault at read (VAULTFS_TESTPOINTS)")
-        length = max(0, min(length, self.size - offset))
-        if length == 0 or self.ref is None:
-            return b""
-        sequential = self._hash is not None and offset == self._hashed
-        until = self.ref.offset + self.size if sequential else 0
-        data = self.readers.read(self.ref.band, self.ref.offset + offset, length, until)
-        if len(data) != length:
-            raise CorruptionError(f"band {self.ref.band}: short read of blob {self.blob.hex()}")
-        self._verify(offset, data)
-        return data
-
-    def peek(self, offset: int, length: int) -> memoryview | None:
-        """`read_view` when it needs no waiting: the bytes are in a cached frame, this read
-        does not end the file (that one waits for the hash) and the hasher is not too far
-        behind. Else None: call `read_view` in a thread."""
-        if self._fault or self.ref is None:
-            return None
-        length = min(length, self.size - offset)
-        if length <= 0 or offset + length == self.size:
-            return None
-        with self._lock:
-            if self._hash is not None and (
-                    offset != self._hashed or self._backlog_bytes >= HASH_BACKLOG):
-                return None  # not sequential (read_view decides), or let the hasher catch up
-        data = self.readers.peek(self.ref.band, self.ref.offset + offset, length,
-                                 self.ref.offset + self.size)
-        if data is not None:
-            self._verify(offset, data, wait=False)
-        return data
-
-    def _verify(self, offset: int, data: bytes | memoryview, *, wait: bool = True) -> None:
-        with self._lock:
-            if self._hash is None or offset != self._hashed:
-                self._hash = None  # not sequential: the frame checksums alone vouch for it
-                self._backlog.clear()
-                return
-            job = self.readers.hasher.submit(self._hash.update, data)
-            self._backlog.append((job, len(data)))
-            self._backlog_bytes += len(data)
-            self._hashed += len(data)
-            done = self._hashed == self.size
-            while self._backlog and (self._backlog[0][0].done() or (wait and (
-                    done or self._backlog_bytes > HASH_BACKLOG))):
-                oldest, n = self._backlog.popleft()
-                oldest.result()  # waits only when the file ends or the backlog is full
-                self._backlog_bytes -= n
-            if done and self._hash.digest() != self.blob:
-                assert self.ref is not None
-                raise CorruptionError(f"band {self.ref.band}: blob {self.blob.hex()} at "
-                                      f"{self.ref.offset} fails SHA-256")
-
-
 def start_threads(view: VaultView) -> None:
     """Start the view's prefetch threads and the hasher thread now (after any fork), so that
     the first read of a mount does not pay for starting them while it waits for its frame."""
     view.readers.read_ahead.start()
     view.readers.hasher.submit(int)
-
-
-class StatusFile:
-    """An open /.vaultfs/status: the text rendered at open."""
-
-    def __init__(self, text: bytes) -> None:
-        self.text = text
-
-    def read(self, offset: int, length: int) -> bytes:
-        return self.text[offset:offset + length]
-
-    read_view = read
-
-
-class BandReaders:
-    """A bounded LRU of labelled band readers; reads split at frame boundaries.
-
-    Splitting means a read decompresses (or finds in the reader's frame cache)
-    whole frames but copies only the bytes asked for, so 1 MiB reads of a band
-    with 8 MiB frames cost one decompression per frame, not one per read.
-    """
-
-    def __init__(self, vault: Vault, limit: int = READERS) -> None:
-        self.vault = vault
-        self.limit = limit
-        self._lock = threading.Lock()
-        self._readers: OrderedDict[BandId, bandfmt.BandReader] = OrderedDict()
-        # Decompresses frames ahead of sequential readers (every reader's `prefetch`);
-        # its threads are ours: `close` stops them.
-        self.read_ahead = bandfmt.ReadAhead()
-        # The one thread that hashes what sequential readers were served, in order
-        # (`OpenFile`); ours too.
-        self.hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vaultfs-hash")
-
-    def close(self) -> None:
-        """Stop the read-ahead and hasher threads (after finishing what they were given)."""
-        self.read_ahead.close()
-        self.hasher.shutdown(wait=True)
-
-    def invalidate(self, band: BandId) -> None:
-        """Forget the band's reader: its state changed (cached: read the local copy now)."""
-        with self._lock:
-            self._readers.pop(band, None)
-
-    def get(self, band: BandId) -> bandfmt.BandReader:
-        with self._lock:
-            reader = self._readers.get(band)
-            if reader is not None:
-                self._readers.move_to_end(band)
-                return reader
-        reader = self.vault.band_reader(band, cache_bytes=FRAME_CACHE_BYTES)
-        with self._lock:
-            reader = self._readers.setdefault(band, reader)
-            while len(self._readers) > self.limit:
-                self._readers.popitem(last=False)
-        return reader
-
-    def peek(self, band: BandId, offset: int, length: int, until: int) -> memoryview | None:
-        """`read` of a range in one frame that is decompressed already, else None; never
-        blocks. Starts decompressing the next frame, like `read` with ``until``."""
-        with self._lock:
-            reader = self._readers.get(band)
-        if reader is None:
-            return None
-        data = reader.peek_view(offset, length)
-        if data is not None:
-            _read_ahead(reader, self.read_ahead, offset, until)
-        return data
-
-    def read(self, band: BandId, offset: int, length: int, until: int = 0) -> bytes | memoryview:
-        """Bytes [offset, offset+length) of the band's tar stream, frame-checksum verified.
-
-        A sequential reader passes `until`, the end of what it will read: the
-        READ_AHEAD_FRAMES frames after the last one this read touches are then
-        decompressed in the background (`BandReader.prefetch`) if they begin before `until`.
-        Archived (ENODATA) if S3 says the band is archived after all (a restore that
-        expired unnoticed): the catalog then says so too, and the next open restores it.
-        """
-        try:
-            return self._read(band, offset, length, until)
-        except ObjectArchived:
-            info = self.vault.catalog.band(band)
-            if info is not None and info.state != "archived":
-                self.demote(info, "archived", "S3 says it is archived (its restore expired); "
-                            "opening a file of it restores it again")
-            else:
-                self.invalidate(band)
-            raise Archived(band, "archived") from None
-
-    def demote(self, info: BandInfo, state: BandState, why: str) -> BandInfo:
-        """The band is less available than the catalog said: record `state` (not cached),
-        forget its reader, say why in the log."""
-        new = replace(info, state=state, cached=False)
-        with self.vault.catalog.writer() as w:
-            w.put_band(new)
-        self.invalidate(info.band)
-        log.warning("band %s: %s; it is %s now", info.band, why, state)
-        return new
-
-    def _read(self, band: BandId, offset: int, length: int, until: int) -> bytes | memoryview:
-        reader = self.get(band)
-        frames = reader.frames
-        i = reader.frame_index(offset)
-        if until:  # this read's frames first, then the next: the pool decompresses both
-            _read_ahead(reader, self.read_ahead, offset, until, first=i)
-        pieces: list[bytes | memoryview] = []
-        pos, end = offset, offset + length
-        while pos < end and i < len(frames):
-            f = frames[i]
-            stop = min(end, f.uncompressed_offset + f.uncompressed_size)
-            if stop > pos:
-                pieces.append(reader.read_view(pos, stop - pos))
-                pos = stop
-            i += 1
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
-
-
-def _read_ahead(reader: bandfmt.BandReader, read_ahead: bandfmt.ReadAhead, offset: int,
-                until: int, first: int | None = None) -> None:
-    """Prefetch READ_AHEAD_FRAMES frames after the one holding byte `offset` (and from
-    frame `first` on, if given) that begin before `until`."""
-    frames = reader.frames
-    after = reader.frame_index(offset) + 1
-    for i in range(after if first is None else first,
-                   min(after + READ_AHEAD_FRAMES, len(frames))):
-        if frames[i].uncompressed_offset >= until:
-            break
-        reader.prefetch(i, read_ahead)
-
-
-def state_text(info: BandInfo) -> str:
-    """``available`` (standard), ``archived``, ``restoring (Bulk, ready by …)``,
-    ``restored until …`` or ``cached``."""
-    r = info.restore
-    if info.state == "restoring":
-        if r is None:
-            return "restoring"
-        return f"restoring ({r.tier}, ready by {_minute(r.expected_ns)})"
-    if info.state == "restored":
-        return f"restored until {_minute(r.expires_ns)}" if r and r.expires_ns else "restored"
-    if info.state in ("archived", "cached"):
-        return info.state
-    return "available"
-
-
-def _minute(ns: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime(ns / 1e9))
 
 
 def _version_number(name: bytes) -> int | None:
@@ -889,7 +497,3 @@ def _by_inode(items: list[tuple[bytes, Node]], after: int) -> Iterator[tuple[byt
     for name, node in sorted(items, key=lambda item: item[1].ino):
         if node.ino > after:
             yield name, node, node.ino
-
-
-def _iso(ns: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ns / 1e9))

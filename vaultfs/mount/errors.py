@@ -1,0 +1,55 @@
+"""What the mount refuses: one exception class per errno (no FUSE here).
+
+The view (`vaultfs.mount.view`) and the read path (`vaultfs.mount.reads`) raise
+these; `vaultfs.mount.fuse_ops.errno_of` is the one place that turns each into its
+errno. They live apart from both so that either can raise them without importing
+the other.
+"""
+
+from __future__ import annotations
+
+from vaultfs.model import BandId
+
+
+class VfsError(Exception):
+    """A request the filesystem refuses; fuse_ops turns each subclass into one errno."""
+
+
+class NotFound(VfsError):
+    """No such name, or an inode the kernel no longer references (ENOENT)."""
+
+
+class NotADirectory(VfsError):
+    """A directory operation on something else (ENOTDIR)."""
+
+
+class NotASymlink(VfsError):
+    """readlink of something that is not a symlink (EINVAL)."""
+
+
+class NoAttribute(VfsError):
+    """No such extended attribute (ENODATA)."""
+
+
+class Unsupported(VfsError):
+    """An extended attribute outside ``user.*``: none is ever kept (EOPNOTSUPP).
+
+    Only ``user.*`` names are backed up (`vaultfs.source`), so the mount, like a
+    filesystem without security labels or ACLs, answers EOPNOTSUPP for the others.
+    ``ls -l`` asks every file for ``security.selinux``; after one EOPNOTSUPP it stops
+    asking for the whole mount (ENODATA would be asked again for every file).
+    """
+
+
+class Archived(VfsError):
+    """The content lies in a band that is not readable now (ENODATA, docs/mount.md)."""
+
+    def __init__(self, band: BandId, state: str) -> None:
+        super().__init__(f"band {band} is {state}")
+        self.band = band
+        self.state = state
+
+
+class ReadOnly(VfsError):
+    """Any change to the filesystem (EROFS)."""
+
