@@ -24,6 +24,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from vaultfs import band as bandfmt
 from vaultfs.catalog import Catalog
@@ -77,37 +78,7 @@ class Vault:
         _prepare_state_dir(config.state_dir)
         catalog = Catalog(config.state_dir / "catalog.lmdb")
         local_id = catalog.meta("vault_id")
-        try:
-            remote = json.loads(store.get(VAULT_KEY))
-        except ObjectNotFound:
-            remote = None
-        except ValueError:
-            raise StoreSetupError(
-                f"{config.store}/{VAULT_KEY} is not a vault description: "
-                "this store holds something else; choose another prefix or directory"
-            ) from None
-        created = False
-        if remote is None:
-            if local_id is not None:
-                raise StoreSetupError(
-                    f"the state directory {config.state_dir} belongs to vault {local_id}, "
-                    f"which is not on {config.store}: use another state_dir"
-                )
-            if any(True for _ in store.list("")):
-                raise StoreSetupError(
-                    f"{config.store} is not empty and holds no vault: "
-                    "choose an empty bucket prefix or directory"
-                )
-            remote = {
-                "format": VAULT_FORMAT,
-                "vault_id": uuid.uuid4().hex,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            }
-            try:
-                store.put(VAULT_KEY, json.dumps(remote, indent=1).encode(), if_none_match=True)
-            except ObjectExists:
-                remote = json.loads(store.get(VAULT_KEY))
-            created = True
+        remote, created = _vault_description(store, config, local_id)
         vault_id = str(remote.get("vault_id", ""))
         if remote.get("format") != VAULT_FORMAT or not vault_id:
             raise StoreSetupError(
@@ -448,3 +419,38 @@ def lost_message(lost: LostBlob) -> str:
     state = "is missing from the store" if lost.why == "missing" else "is damaged"
     return (f"its bytes are lost ({where} {state}); a snapshot stores them again if a "
             "source still has the file")
+
+
+def _vault_description(store: ObjectStore, config: Config, local_id: str | None
+                       ) -> tuple[dict[str, Any], bool]:
+    """The store's ``vault.json``, written first (If-None-Match) into an empty store;
+    and whether it was written now. A store that holds something else is refused."""
+    try:
+        return json.loads(store.get(VAULT_KEY)), False
+    except ObjectNotFound:
+        pass
+    except ValueError:
+        raise StoreSetupError(
+            f"{config.store}/{VAULT_KEY} is not a vault description: "
+            "this store holds something else; choose another prefix or directory"
+        ) from None
+    if local_id is not None:
+        raise StoreSetupError(
+            f"the state directory {config.state_dir} belongs to vault {local_id}, "
+            f"which is not on {config.store}: use another state_dir"
+        )
+    if any(True for _ in store.list("")):
+        raise StoreSetupError(
+            f"{config.store} is not empty and holds no vault: "
+            "choose an empty bucket prefix or directory"
+        )
+    remote = {
+        "format": VAULT_FORMAT,
+        "vault_id": uuid.uuid4().hex,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    try:
+        store.put(VAULT_KEY, json.dumps(remote, indent=1).encode(), if_none_match=True)
+    except ObjectExists:
+        remote = json.loads(store.get(VAULT_KEY))  # another machine's init won the race
+    return remote, True

@@ -166,11 +166,29 @@ def describe_prune(r: retention.PruneResult) -> list[str]:
             f"note: {r.unadopted_versions} version(s) are committed on the store but not yet in "
             "the local catalog; the real prune adopts them first, which may keep more"
         )
-    deleted = r.deleted
+    out += _deleted_lines(r, would)
+    out += _kept_lines(r)
     out.append(
+        f"{would}delete {len(r.version_records)} version record(s) of forgotten versions; "
+        f"{would}drop {r.trees_dropped} unused tree(s) and {r.blobs_dropped} blob entries "
+        "from the index"
+    )
+    if r.index_objects:
+        out.append(f"{would}delete {len(r.index_objects)} superseded consolidated-index "
+                   "object(s) (two full ones and the deltas after them are kept)")
+    if r.deletions_resumed:
+        out.append(f"finished deleting {r.deletions_resumed} band(s) an interrupted prune left")
+    out.append(f"prices: {retention.PRICES_AS_OF}")
+    return out
+
+
+def _deleted_lines(r: retention.PruneResult, would: str) -> list[str]:
+    """The bands deleted (or that would be), with their early-deletion charges."""
+    deleted = r.deleted
+    out = [
         f"{would}delete {len(deleted)} band(s): {would}free {human_bytes(r.bytes_freed)} "
         f"({r.bytes_freed} bytes), saving ${r.monthly_saving_usd:.4f}/month"
-    )
+    ]
     for b in deleted:
         early = (
             f", early-deletion charge ${b.early_charge_usd:.4f} "
@@ -182,6 +200,12 @@ def describe_prune(r: retention.PruneResult) -> list[str]:
             f"  {b.band}  {b.storage_class}  {human_bytes(b.size)}  age {b.age_days:.1f}d{early}{gone}"
         )
     out.append(f"early-deletion charge: ${r.early_charge_usd:.4f}")
+    return out
+
+
+def _kept_lines(r: retention.PruneResult) -> list[str]:
+    """The bands kept although unused or partly used, and why."""
+    out: list[str] = []
     young = r.of("keep-young")
     if young:
         out.append(
@@ -214,17 +238,6 @@ def describe_prune(r: retention.PruneResult) -> list[str]:
             f"{'would copy' if r.dry_run else 'copied'} {r.trees_rehomed} directory listing(s) "
             f"still in use out of deleted bands into band {r.carrier_band or '(new)'}"
         )
-    out.append(
-        f"{would}delete {len(r.version_records)} version record(s) of forgotten versions; "
-        f"{would}drop {r.trees_dropped} unused tree(s) and {r.blobs_dropped} blob entries "
-        "from the index"
-    )
-    if r.index_objects:
-        out.append(f"{would}delete {len(r.index_objects)} superseded consolidated-index "
-                   "object(s) (two full ones and the deltas after them are kept)")
-    if r.deletions_resumed:
-        out.append(f"finished deleting {r.deletions_resumed} band(s) an interrupted prune left")
-    out.append(f"prices: {retention.PRICES_AS_OF}")
     return out
 
 
