@@ -524,7 +524,7 @@ def test_s3_credentials_checked(
 def test_s3_error_classification() -> None:
     import botocore.exceptions as bex
 
-    from vaultfs.store.s3 import classify
+    from vaultfs.store.s3_errors import classify
 
     def client_error(code: str, status: int) -> bex.ClientError:
         response: Any = {

@@ -1,25 +1,37 @@
-"""`Catalog`: typed access to the LMDB databases described in `schema`.
+"""`Catalog`: the LMDB environment and typed reads of the databases described in `schema`.
 
 Every value is sealed on put and its seal checked on every get and iteration
 (`schema.seal`), so no damaged record ever reaches a caller: a bad one raises
 `CorruptionError` naming the record (directory memo rows read as absent instead).
+Records and their packing are in `records`, writes in `writer` (`CatalogWriter`),
+a snapshot's files-cache reads in `lookup` (`FileCacheLookup`).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import struct
-import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lmdb
 
 from vaultfs.catalog import schema
+from vaultfs.catalog.lookup import FileCacheLookup
+from vaultfs.catalog.records import (
+    REBUILD,
+    TREE_CORRUPT,
+    _band,
+    _budget_spent,
+    _damaged,
+    _lost,
+    _record_name,
+    _unpack_blob_ref,
+    _unseal,
+    _version,
+    check_data_file,
+)
+from vaultfs.catalog.writer import CatalogWriter
 from vaultfs.errors import CorruptionError, VaultError
 from vaultfs.model import (
     BandId,
@@ -31,147 +43,10 @@ from vaultfs.model import (
     TreeId,
     VersionInfo,
     decode_tree,
-    parse_band_id,
     tree_id,
 )
 
 MAP_SIZE = 1 << 36  # 64 GiB of address space; the file grows only as used
-
-
-@dataclass(frozen=True, slots=True)
-class FileCacheRow:
-    dev: int
-    ino: int
-    size: int
-    mtime_ns: int
-    ctime_ns: int
-    blob: BlobId
-
-    def pack(self) -> bytes:
-        return schema.FILE_CACHE.pack(
-            self.dev, self.ino, self.size, self.mtime_ns, self.ctime_ns, self.blob
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class DirMemo:
-    """What the latest version holds for one directory of a collection (schema: ``files``)."""
-
-    signature: bytes  # `source.listing_signature` of its entries when the tree was built
-    tree: TreeId
-    files: int  # regular files directly in it
-    size: int  # and their bytes
-    subtrees: tuple[tuple[bytes, TreeId], ...]  # (name, tree) of its subdirectories, in `tree`
-
-    def pack(self) -> bytes:
-        parts = [schema.DIR_MEMO.pack(self.signature, self.tree, self.files, self.size)]
-        for name, tree in self.subtrees:
-            parts += [schema.DIR_MEMO_CHILD.pack(len(name)), name, tree]
-        return b"".join(parts)
-
-    @staticmethod
-    def unpack(raw: bytes) -> DirMemo:
-        """ValueError (or struct.error) on bytes that are not a packed DirMemo."""
-        signature, tree, files, size = schema.DIR_MEMO.unpack_from(raw)
-        pos, subtrees = schema.DIR_MEMO.size, []
-        while pos < len(raw):
-            (n,) = schema.DIR_MEMO_CHILD.unpack_from(raw, pos)
-            pos += schema.DIR_MEMO_CHILD.size
-            name, tree_id = raw[pos:pos + n], raw[pos + n:pos + n + 32]
-            if len(tree_id) != 32:
-                raise ValueError("truncated directory memo")
-            subtrees.append((bytes(name), TreeId(bytes(tree_id))))
-            pos += n + 32
-        return DirMemo(bytes(signature), TreeId(bytes(tree)), files, size, tuple(subtrees))
-
-
-def _pack_blob_ref(ref: BlobRef) -> bytes:
-    return schema.BLOB_REF.pack(ref.offset, ref.size) + ref.band.encode("ascii")
-
-
-def _unpack_blob_ref(raw: bytes | memoryview) -> BlobRef:
-    offset, size = schema.BLOB_REF.unpack_from(raw)
-    band = bytes(raw[schema.BLOB_REF.size :]).decode("ascii", "replace")
-    return BlobRef(parse_band_id(band, "a blob record of the local catalog (run `vaultfs index "
-                                       "rebuild`)"), offset, size)
-
-
-REBUILD = "run `vaultfs index rebuild`"
-_crc32 = zlib.crc32
-_unpack_row = schema.FILE_CACHE.unpack_from
-_ROW_SEALED = schema.FILE_CACHE.size + schema.SEAL_SIZE
-_BLOB_SEALED_MIN = schema.BLOB_REF.size + schema.SEAL_SIZE
-TREE_CORRUPT = "corrupt: it does not hash to its id"
-
-
-def _record_name(db: str, key: bytes) -> str:
-    """What a record is, for a one-line message (keys of damaged records may be garbage)."""
-    text = bytes(key)
-    if db == "blobs":
-        return f"blob record {text.hex()[:16]}"
-    if db == "lost":
-        return f"lost-blob record {text.hex()[:16]}"
-    if db == "trees":
-        return f"tree {text.hex()[:16]}"
-    coll, sep, rest = text.partition(b"\0")
-    if db == "versions" and sep and len(rest) == 8:
-        return f"version record {coll.decode(errors='replace')}@v{int.from_bytes(rest, 'big')}"
-    if db == "files" and sep and b"\1" not in coll:
-        return f"files cache row {(coll + b'/' + rest).decode(errors='backslashreplace')!r}"
-    name = {"meta": "meta record", "bands": "band record", "files": "directory memo row"}
-    return f"{name.get(db, db + ' record')} {text.decode(errors='backslashreplace')[:80]!r}"
-
-
-def _damaged(db: str, key: bytes, why: str = "checksum mismatch") -> CorruptionError:
-    return CorruptionError(f"the local catalog's {_record_name(db, key)} is damaged ({why}): "
-                           f"{REBUILD}")
-
-
-def _unseal(db: str, key: bytes, stored: bytes | memoryview) -> bytes | memoryview:
-    """The value `schema.seal` sealed under `key`; CorruptionError if the seal is broken."""
-    if not schema.is_sound(key, stored):
-        raise _damaged(db, key)
-    return stored[: -schema.SEAL_SIZE]
-
-
-def check_data_file(lmdb_dir: Path) -> None:
-    """CorruptionError when ``data.mdb`` is shorter than the pages LMDB will map.
-
-    Reads the two meta pages with plain reads (no mapping) and, like LMDB, trusts the
-    one with the newer transaction id. Touching a mapped page past the end of the file
-    is SIGBUS, which kills the process before Python can report anything, so this runs
-    before every `lmdb.open`. A missing file is not checked (a new environment), nor is
-    any on a 32-bit build, whose meta pages have another layout.
-    """
-    data = lmdb_dir / "data.mdb"
-    if struct.calcsize("P") != 8:
-        return
-    try:
-        fd = os.open(data, os.O_RDONLY)
-    except FileNotFoundError:
-        return
-    except OSError as e:
-        raise VaultError(f"cannot read the local catalog {data}: {e.strerror}") from None
-    try:
-        size = os.fstat(fd).st_size
-        first = os.pread(fd, schema.LMDB_META.size, 0)
-        page_size = schema.LMDB_META.unpack(first)[3] if len(first) == schema.LMDB_META.size else 0
-        second = os.pread(fd, schema.LMDB_META.size, page_size) if page_size else b""
-    finally:
-        os.close(fd)
-    metas = [schema.LMDB_META.unpack(raw) for raw in (first, second)
-             if len(raw) == schema.LMDB_META.size]
-    valid = [m for m in metas if m[0] & schema.LMDB_P_META and m[1] == schema.LMDB_MAGIC
-             and m[2] == schema.LMDB_DATA_VERSION]
-    where = f"the local catalog {lmdb_dir} is damaged"
-    if len(valid) < 2 or not 512 <= page_size <= 65536:
-        raise CorruptionError(f"{where}: data.mdb ({size} bytes) has no valid LMDB meta "
-                              f"pages: {REBUILD}")
-    last_page = max(valid, key=lambda m: m[5])[4]
-    needed = (last_page + 1) * page_size
-    if size < needed:
-        raise CorruptionError(f"{where}: data.mdb is truncated ({size} bytes, its pages "
-                              f"need {needed}): {REBUILD}")
 
 
 class Catalog:
@@ -439,194 +314,3 @@ class Catalog:
     def restore_budget_spent(self, day: str) -> int:
         """Bytes of bands the mount asked to restore on UTC `day` (``YYYY-MM-DD``)."""
         return _budget_spent(self.meta(schema.RESTORE_BUDGET_KEY), day)
-
-
-def _version(key: bytes, stored: bytes | memoryview, *, sealed: bool = True) -> VersionInfo:
-    raw = _unseal("versions", key, stored) if sealed else stored
-    try:
-        return VersionInfo.from_json(json.loads(bytes(raw)))
-    except (ValueError, KeyError, TypeError) as e:
-        raise _damaged("versions", key, f"unreadable: {e}") from None
-
-
-def _lost(key: bytes, stored: bytes | memoryview, *, sealed: bool = True) -> LostBlob:
-    raw = _unseal("lost", key, stored) if sealed else stored
-    try:
-        return LostBlob.from_json(json.loads(bytes(raw)))
-    except (ValueError, KeyError, TypeError) as e:
-        raise _damaged("lost", key, f"unreadable: {e}") from None
-
-
-def _band(key: bytes, stored: bytes | memoryview, *, sealed: bool = True) -> BandInfo:
-    raw = _unseal("bands", key, stored) if sealed else stored
-    try:
-        return BandInfo.from_json(json.loads(bytes(raw)))
-    except (ValueError, KeyError, TypeError) as e:
-        raise _damaged("bands", key, f"unreadable: {e}") from None
-
-
-class FileCacheLookup:
-    def __init__(self, txn: lmdb.Transaction, collection: str, files: Any, blobs: Any) -> None:
-        self._txn = txn
-        self._prefix = schema.collection_prefix(collection)
-        self._memo_prefix = schema.dir_memo_prefix(collection)
-        self._files = files
-        self._blobs = blobs
-
-    def get(self, path: bytes) -> FileCacheRow | None:
-        row = self.stat_key(path)
-        return None if row is None else FileCacheRow(*row[:5], BlobId(row[5]))
-
-    def stat_key(self, path: bytes) -> tuple[int, int, int, int, int, bytes] | None:
-        """(dev, ino, size, mtime_ns, ctime_ns, blob) of a row, without building a record:
-        a snapshot looks up every file of a changed directory, so the seal is checked
-        inline (`schema.is_sound`, without its calls). CorruptionError for a damaged row:
-        its blob id could name other content."""
-        key = self._prefix + path
-        stored = self._txn.get(key, db=self._files)
-        if stored is None:
-            return None
-        if len(stored) != _ROW_SEALED or _crc32(stored, _crc32(key)) != schema.SEAL_RESIDUE:
-            raise _damaged("files", key)
-        return _unpack_row(stored)  # unpack_from: the seal after the row is ignored
-
-    def has_blob(self, blob: BlobId) -> bool:
-        """Whether the blob is still in the vault (a cached row may outlive a pruned blob);
-        CorruptionError if its record is damaged (it would be reused, then misread)."""
-        stored = self._txn.get(blob, db=self._blobs)
-        if stored is None:
-            return False
-        if len(stored) < _BLOB_SEALED_MIN or _crc32(stored, _crc32(blob)) != schema.SEAL_RESIDUE:
-            raise _damaged("blobs", blob)
-        return True
-
-    def _memo_value(self, key: bytes) -> bytes | None:
-        stored = self._txn.get(key, db=self._files)
-        if stored is None or not schema.is_sound(key, stored):
-            return None  # a damaged row only costs rebuilding that listing
-        return bytes(stored[: -schema.SEAL_SIZE])
-
-    def dir_memo_root(self) -> TreeId | None:
-        """The root tree of the version the directory memo rows describe."""
-        raw = self._memo_value(self._memo_prefix + schema.DIR_MEMO_ROOT)
-        return None if raw is None or len(raw) != 32 else TreeId(raw)
-
-    def dir_memo(self, path: bytes) -> DirMemo | None:
-        """The memo row of a directory (b"": the root); None if absent or unreadable."""
-        raw = self._memo_value(self._memo_prefix + path)
-        if raw is None:
-            return None
-        try:
-            return DirMemo.unpack(raw)
-        except (ValueError, struct.error):
-            return None  # a damaged row only costs rebuilding that listing
-
-
-class CatalogWriter:
-    def __init__(self, txn: lmdb.Transaction, db: dict[str, lmdb._Database]) -> None:
-        self._txn = txn
-        self._db = db
-
-    def _put(self, db: str, key: bytes, value: bytes) -> None:
-        self._txn.put(key, schema.seal(key, value), db=self._db[db])
-
-    def set_meta(self, name: str, value: str) -> None:
-        if name == "format":
-            raise ValueError("the catalog stamps its own format (schema.FORMAT)")
-        self._put("meta", name.encode(), value.encode())
-
-    def put_blob(self, blob: BlobId, ref: BlobRef) -> None:
-        """Record where a blob lies; a blob that was lost is healed by it."""
-        self._put("blobs", blob, _pack_blob_ref(ref))
-        self._txn.delete(blob, db=self._db["lost"])
-
-    def mark_lost(self, blob: BlobId, lost: LostBlob) -> None:
-        """The blob's bytes are gone: drop its place from the blob map (nothing reads or
-        deduplicates against it any more) and remember why, until `put_blob` heals it."""
-        self._txn.delete(blob, db=self._db["blobs"])
-        self._put("lost", blob, json.dumps(lost.to_json(), sort_keys=True).encode())
-
-    def forget_lost(self, blob: BlobId) -> bool:
-        """Drop a lost blob's record (no version names it any more); False if absent."""
-        return bool(self._txn.delete(blob, db=self._db["lost"]))
-
-    def put_tree(self, tree: TreeId, encoded: bytes) -> bool:
-        """Store a tree; False when it was already there."""
-        return bool(self._txn.put(tree, encoded, db=self._db["trees"], overwrite=False))
-
-    def put_version(self, version: VersionInfo) -> None:
-        self._put("versions", schema.version_key(version.collection, version.number),
-                  json.dumps(version.to_json(), sort_keys=True).encode())
-
-    def put_band(self, band: BandInfo) -> None:
-        self._put("bands", band.band.encode("ascii"),
-                  json.dumps(band.to_json(), sort_keys=True).encode())
-
-    def put_file(self, collection: str, path: bytes, row: FileCacheRow) -> None:
-        self._put("files", schema.collection_prefix(collection) + path, row.pack())
-
-    def delete_file(self, collection: str, path: bytes) -> None:
-        self._txn.delete(schema.collection_prefix(collection) + path, db=self._db["files"])
-
-    def replace_dir_memos(
-        self, collection: str, root: TreeId, rows: Iterable[tuple[bytes, DirMemo]]
-    ) -> None:
-        """Drop every directory memo row of `collection`, then write `rows`, which describe
-        the version with tree `root`."""
-        prefix = schema.dir_memo_prefix(collection)
-        cur = self._txn.cursor(db=self._db["files"])
-        if cur.set_range(prefix):
-            while bytes(cur.key()).startswith(prefix):
-                if not cur.delete():
-                    break
-        self._put("files", prefix + schema.DIR_MEMO_ROOT, root)
-        for path, memo in rows:
-            self._put("files", prefix + path, memo.pack())
-
-    # ---- retention support ---------------------------------------------------------------
-
-    def delete_version(self, collection: str, number: int) -> bool:
-        """Remove a version record; False when it was not there."""
-        return bool(self._txn.delete(schema.version_key(collection, number), db=self._db["versions"]))
-
-    def delete_band(self, band: BandId) -> bool:
-        """Remove a band's BandInfo (not its blob entries: see `delete_blob`)."""
-        return bool(self._txn.delete(band.encode("ascii"), db=self._db["bands"]))
-
-    def delete_blob(self, blob: BlobId) -> bool:
-        return bool(self._txn.delete(blob, db=self._db["blobs"]))
-
-    def delete_tree(self, tree: TreeId) -> bool:
-        return bool(self._txn.delete(tree, db=self._db["trees"]))
-
-    def delete_meta(self, name: str) -> bool:
-        return bool(self._txn.delete(name.encode(), db=self._db["meta"]))
-
-    # ---- mount support -------------------------------------------------------------------
-
-    def charge_restore_budget(self, day: str, nbytes: int, limit: int) -> bool:
-        """Add `nbytes` to UTC `day`'s restore spending unless that would pass `limit`.
-
-        Atomic with the rest of this write transaction, so two bands asked for at
-        once cannot both slip under the limit. A negative `nbytes` refunds.
-        """
-        key = schema.RESTORE_BUDGET_KEY.encode()
-        stored = self._txn.get(key, db=self._db["meta"])
-        raw = None if stored is None else bytes(_unseal("meta", key, stored)).decode()
-        spent = _budget_spent(raw, day)
-        if nbytes > 0 and spent + nbytes > limit:
-            return False
-        doc = {"day": day, "bytes": max(0, spent + nbytes)}
-        self._put("meta", key, json.dumps(doc, sort_keys=True).encode())
-        return True
-
-
-def _budget_spent(raw: str | None, day: str) -> int:
-    if raw is None:
-        return 0
-    try:
-        doc = json.loads(raw)
-        return int(doc["bytes"]) if doc.get("day") == day else 0
-    except (ValueError, KeyError, TypeError):
-        raise CorruptionError("the mount's restore budget record in the local catalog is "
-                              "damaged: run `vaultfs index rebuild`") from None

@@ -65,7 +65,7 @@ Opening one says so in one line and asks for ``vaultfs index rebuild``, which
 rebuilds from the store (rung 1 refuses format 1). The catalog stamps its format
 itself when it creates a new environment.
 
-Before LMDB maps ``data.mdb``, `vaultfs.catalog.lmdb_catalog.check_data_file`
+Before LMDB maps ``data.mdb``, `vaultfs.catalog.records.check_data_file`
 compares the file's size with the last page its newer meta page names
 (``mm_last_pg``, LMDB 0.9 layout: see `LMDB_META`): touching a mapped page past
 the end of a truncated file is SIGBUS, which kills the process before any

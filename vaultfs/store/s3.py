@@ -1,15 +1,16 @@
 """A store in an S3 bucket (``s3://bucket/prefix``) — the only module that imports boto3.
 
-Talks to AWS or any S3-compatible endpoint (``[s3].endpoint_url``: MinIO,
-Ceph, moto in the tests). Credentials come from boto3's normal chain (env,
-``[s3].profile``/shared files, instance roles) and are never logged.
+`S3Store`: the boto3 session and client, and every request of the store
+protocol. Talks to AWS or any S3-compatible endpoint (``[s3].endpoint_url``:
+MinIO, Ceph, moto in the tests). Credentials come from boto3's normal chain
+(env, ``[s3].profile``/shared files, instance roles) and are never logged.
 
-Every botocore failure goes through `classify` and leaves as a `StoreError`
-whose ``transient`` flag says whether retrying may help; botocore retries
-individual requests (standard mode) and `retry.RetryingStore` retries whole
-operations. Uploads carry SHA-256 checksums (whole object, or one per part for
-multipart), so S3 itself refuses bytes that differ from what was hashed
-locally.
+Every botocore failure goes through `s3_errors.classify` and leaves as a
+`StoreError` whose ``transient`` flag says whether retrying may help; botocore
+retries individual requests (standard mode) and `retry.RetryingStore` retries
+whole operations. Uploads carry SHA-256 checksums (`s3_upload`: whole object,
+or one per part for multipart), so S3 itself refuses bytes that differ from
+what was hashed locally.
 
 Concurrency: one boto3 client per store, which botocore documents as safe to
 share between threads.
@@ -17,10 +18,7 @@ share between threads.
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import logging
-import math
 import os
 import secrets
 from collections.abc import Iterator
@@ -31,144 +29,29 @@ import boto3
 import botocore.exceptions as bex
 from botocore.config import Config
 
-from vaultfs import logsafe, testpoints
+from vaultfs import logsafe
 from vaultfs.config import S3Settings
-from vaultfs.errors import CorruptionError, StoreSetupError
+from vaultfs.errors import StoreSetupError
 from vaultfs.fsutil import make_private_dirs, open_private
+from vaultfs.store import s3_upload
 from vaultfs.store.base import (
-    ObjectArchived,
-    ObjectExists,
     ObjectInfo,
     ObjectNotFound,
     ProgressCallback,
     StoreError,
     StoreRefused,
 )
-
-log = logging.getLogger(__name__)
-
-MiB = 1024**2
-GiB = 1024**3
-MIN_PART = 5 * MiB  # S3's smallest part (except the last)
-MAX_PARTS = 10_000
-MAX_SINGLE_PUT = 5 * GiB  # largest PutObject / CopyObject
-
-_TRANSIENT_CODES = frozenset({
-    "SlowDown", "Throttling", "ThrottlingException", "ThrottledException",
-    "RequestThrottled", "RequestThrottledException", "TooManyRequestsException",
-    "RequestLimitExceeded", "BandwidthLimitExceeded", "ProvisionedThroughputExceededException",
-    "RequestTimeout", "RequestTimeoutException", "PriorRequestNotComplete",
-    "InternalError", "ServiceUnavailable", "500", "502", "503", "504",
-})
-_CREDENTIAL_CODES = frozenset({
-    "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
-    "TokenRefreshRequired", "InvalidClientTokenId", "UnrecognizedClientException",
-})
-_TRANSIENT_EXCEPTIONS = (
-    bex.ConnectionError,  # EndpointConnectionError, ConnectTimeoutError, proxy errors
-    bex.HTTPClientError,  # ConnectionClosedError, ReadTimeoutError, ResponseStreamingError
-    bex.IncompleteReadError,
-    OSError,  # socket errors (reset, timeout) while sending or reading a body
+from vaultfs.store.s3_errors import (
+    CREDENTIAL_CODES,
+    NO_CREDENTIALS,
+    TRANSIENT_CODES,
+    access_denied,
+    classify,
+    credentials_refused,
+    error_code,
+    no_such_bucket,
 )
-_NO_CREDENTIALS = (
-    "no S3 credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
-    "or [s3].profile, or run where an instance role is available"
-)
-
-
-_PERMISSIONS = "s3:ListBucket, s3:GetObject, s3:PutObject, s3:DeleteObject and s3:RestoreObject"
-# Where boto3 found the credentials (Credentials.method) -> (which ones, what to fix).
-_CREDENTIAL_SOURCES = {
-    "env": ("from the environment",
-            "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN if set), "
-            "or unset them and set [s3].profile"),
-    "shared-credentials-file": ("of profile {profile} in ~/.aws/credentials",
-                                "fix that profile's keys, or choose another with [s3].profile"),
-    "config-file": ("of profile {profile} in ~/.aws/config",
-                    "fix that profile's keys, or choose another with [s3].profile"),
-    "iam-role": ("of this machine's instance role", "check the role attached to the instance"),
-    "container-role": ("of the container's role", "check the role of the task or pod"),
-}
-
-
-def credentials_refused(code: str, method: str | None, profile: str | None) -> str:
-    """The one message for refused credentials (access check and any later request alike)."""
-    which, fix = _CREDENTIAL_SOURCES.get(method or "", (
-        f"from {method or 'an unknown source'} (profile {{profile}})",
-        "refresh or fix them, or choose other ones with [s3].profile"))
-    which = which.format(profile=profile or "default")
-    return f"the S3 credentials were refused ({code}): they are the ones {which}: {fix}"
-
-
-def access_denied(code: str, bucket: str) -> str:
-    return (f"access to bucket {bucket} was denied ({code}): the credentials need "
-            f"{_PERMISSIONS} on it")
-
-
-def no_such_bucket(bucket: str, endpoint: str, *, bare_404: bool = False) -> str:
-    """The one message for a missing bucket, or an endpoint answering 404 for it."""
-    why = " (it answered HTTP 404 without an S3 error code)" if bare_404 else ""
-    return (f"no such bucket {bucket} at {endpoint}{why}: check [s3].endpoint_url and the "
-            "bucket name in [vault].store (vaultfs never creates buckets: create it first)")
-
-
-def error_code(exc: bex.ClientError) -> str:
-    """The S3 error code, or the HTTP status as a string for body-less answers (HEAD)."""
-    err = exc.response.get("Error", {})
-    code = str(err.get("Code") or "")
-    if not code:
-        code = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
-    return code
-
-
-def classify(
-    exc: Exception, *, what: str, bucket: str, endpoint: str = "S3",
-    credentials: tuple[str | None, str | None] = (None, None),
-) -> StoreError:
-    """Turn a botocore/boto3 failure of ``what`` (e.g. "GET s3://b/k") into a StoreError.
-
-    Transient: throttling, 5xx, timeouts, broken connections. Problems of the
-    configuration (credentials, permissions, the bucket) are `StoreRefused`
-    with the same message `S3Store.check_access` gives; ``credentials`` is
-    (Credentials.method, profile) for saying which credentials were refused.
-    Everything else is permanent; the message names the request and says what
-    to check. A bare 404 is ObjectNotFound here; `S3Store` tells a missing
-    bucket from a missing key.
-    """
-    if isinstance(exc, bex.ClientError):
-        code = error_code(exc)
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        text = exc.response.get("Error", {}).get("Message") or code
-        if code == "NoSuchBucket":
-            return StoreRefused(no_such_bucket(bucket, endpoint))
-        if code in ("NoSuchKey", "NotFound", "404"):
-            return ObjectNotFound(f"{what}: no such object")
-        if code in ("PreconditionFailed", "412"):
-            return ObjectExists(f"{what}: the object already exists")
-        if code == "InvalidObjectState":
-            return ObjectArchived(
-                f"{what}: the object is archived: restore it first (vaultfs restore start)"
-            )
-        if code in _TRANSIENT_CODES or status >= 500:
-            return StoreError(f"{what}: S3 answered {code}", transient=True)
-        if code in _CREDENTIAL_CODES:
-            log.debug("%s: %s", what, code)
-            return StoreRefused(credentials_refused(code, *credentials))
-        if code in ("AccessDenied", "403", "AllAccessDisabled"):
-            log.debug("%s: %s", what, code)
-            return StoreRefused(access_denied(code, bucket))
-        return StoreError(f"{what}: S3 answered {code}: {text}")
-    if isinstance(exc, (bex.NoCredentialsError, bex.PartialCredentialsError)):
-        return StoreRefused(_NO_CREDENTIALS)
-    if isinstance(exc, _TRANSIENT_EXCEPTIONS):
-        return StoreError(f"{what}: {type(exc).__name__}: {exc}", transient=True)
-    if isinstance(exc, bex.BotoCoreError):
-        return StoreError(f"{what}: {exc}")
-    raise TypeError(f"not an S3 failure: {exc!r}") from exc
-
-
-def _b64(digest: bytes) -> str:
-    return base64.b64encode(digest).decode("ascii")
+from vaultfs.store.s3_upload import MiB
 
 
 class S3Store:
@@ -179,7 +62,7 @@ class S3Store:
     """
 
     #: Objects larger than this are copied with UploadPartCopy (a class knob for tests).
-    copy_part_threshold: int = MAX_SINGLE_PUT
+    copy_part_threshold: int = s3_upload.MAX_SINGLE_PUT
 
     def __init__(
         self,
@@ -237,6 +120,11 @@ class S3Store:
     def _error(self, exc: Exception, op: str, key: str) -> StoreError:
         return self._classify(exc, self._what(op, key))
 
+    def _target(self, key: str) -> s3_upload.Target:
+        """``key`` as the object an upload or a multipart copy writes."""
+        return s3_upload.Target(self._client, self.bucket, key, self._key(key), f"{self.url}/{key}",
+                                lambda exc, op: self._error(exc, op, key))
+
     def _classify(self, exc: Exception, what: str) -> StoreError:
         """`classify` with this store's endpoint and credentials; a bare 404 is checked.
 
@@ -280,7 +168,7 @@ class S3Store:
             "Key": self._key(key),
             "Body": data,
             "ChecksumAlgorithm": "SHA256",  # some servers (moto) keep the sum only with this
-            "ChecksumSHA256": _b64(hashlib.sha256(data).digest()),
+            "ChecksumSHA256": s3_upload.b64(hashlib.sha256(data).digest()),
         }
         if if_none_match:
             args["IfNoneMatch"] = "*"
@@ -302,121 +190,10 @@ class S3Store:
         The bytes read are hashed locally and must match ``sha256`` (else
         CorruptionError, nothing published); S3 checks what it receives against
         the SHA-256 we send (whole object, or per part). A failed multipart upload
-        is aborted. After completion the object's size is checked with HEAD.
+        is aborted. After completion the object's size and checksum are checked
+        with HEAD (`s3_upload`).
         """
-        size = path.stat().st_size
-        threshold = min(self.settings.multipart_threshold, MAX_SINGLE_PUT)
-        if size < threshold or size == 0:  # a multipart upload needs a part
-            self._put_small(key, path, sha256)
-            expected = _b64(sha256)
-            if progress is not None:
-                progress(size)
-        else:
-            expected = self._put_multipart(key, path, size, sha256, progress)
-        self._verify_stored(key, path, size, expected)
-
-    def _verify_stored(self, key: str, path: Path, size: int, expected: str) -> None:
-        """HEAD with checksums: the stored object must have our size and SHA-256 checksum.
-
-        A multipart object's checksum is S3's composite one (the SHA-256 of the
-        parts' SHA-256s, "-N" appended); servers that keep no checksum are
-        checked by size alone (logged).
-        """
-        try:
-            answer = self._client.head_object(
-                Bucket=self.bucket, Key=self._key(key), ChecksumMode="ENABLED"
-            )
-        except (bex.ClientError, bex.BotoCoreError, OSError) as e:
-            raise self._error(e, "HEAD", key) from e
-        stored_size = int(answer["ContentLength"])
-        if stored_size != size:
-            raise CorruptionError(
-                f"upload of {path} to {self.url}/{key}: stored size {stored_size} != {size}"
-            )
-        stored = answer.get("ChecksumSHA256")
-        if stored is None:
-            log.info("%s/%s: the server keeps no SHA-256 checksum; size verified", self.url, key)
-            return
-        if stored.split("-")[0] != expected.split("-")[0]:
-            raise CorruptionError(
-                f"upload of {path} to {self.url}/{key}: stored SHA-256 checksum {stored} "
-                f"!= {expected}: the object is damaged; it will be uploaded again"
-            )
-
-    def _put_small(self, key: str, path: Path, sha256: bytes) -> None:
-        data = path.read_bytes()
-        digest = hashlib.sha256(data).digest()
-        if digest != sha256:
-            raise _changed(path, sha256, digest)
-        try:
-            self._client.put_object(
-                Bucket=self.bucket, Key=self._key(key), Body=data,
-                ChecksumAlgorithm="SHA256", ChecksumSHA256=_b64(digest),
-            )
-        except (bex.ClientError, bex.BotoCoreError, OSError) as e:
-            raise self._upload_error(e, key, path) from e
-
-    def _put_multipart(
-        self, key: str, path: Path, size: int, sha256: bytes, progress: ProgressCallback | None
-    ) -> str:
-        """Upload in parts; return the composite checksum S3 should report."""
-        part_size = max(self.settings.multipart_chunksize, MIN_PART, math.ceil(size / MAX_PARTS))
-        s3key = self._key(key)
-        try:
-            upload_id = self._client.create_multipart_upload(
-                Bucket=self.bucket, Key=s3key, ChecksumAlgorithm="SHA256"
-            )["UploadId"]
-        except (bex.ClientError, bex.BotoCoreError, OSError) as e:
-            raise self._error(e, "CreateMultipartUpload", key) from e
-        try:
-            whole = hashlib.sha256()
-            parts: list[dict[str, Any]] = []
-            with open(path, "rb") as f:
-                number = 0
-                while chunk := f.read(part_size):
-                    number += 1
-                    whole.update(chunk)
-                    part_sum = _b64(hashlib.sha256(chunk).digest())
-                    answer = self._client.upload_part(
-                        Bucket=self.bucket, Key=s3key, UploadId=upload_id, PartNumber=number,
-                        Body=chunk, ChecksumAlgorithm="SHA256", ChecksumSHA256=part_sum,
-                    )
-                    parts.append(
-                        {"PartNumber": number, "ETag": answer["ETag"], "ChecksumSHA256": part_sum}
-                    )
-                    testpoints.reach("multipart-part-uploaded")
-                    if progress is not None:
-                        progress(len(chunk))
-            if whole.digest() != sha256:
-                raise _changed(path, sha256, whole.digest())
-            self._client.complete_multipart_upload(
-                Bucket=self.bucket, Key=s3key, UploadId=upload_id,
-                MultipartUpload={"Parts": parts},
-            )
-        except BaseException as e:
-            self._abort(s3key, upload_id)
-            if isinstance(e, (bex.ClientError, bex.BotoCoreError, OSError)):
-                raise self._upload_error(e, key, path) from e
-            raise
-        composite = hashlib.sha256(b"".join(base64.b64decode(p["ChecksumSHA256"]) for p in parts))
-        return f"{_b64(composite.digest())}-{len(parts)}"
-
-    def _upload_error(self, exc: Exception, key: str, path: Path) -> Exception:
-        if isinstance(exc, bex.ClientError) and error_code(exc) in ("BadDigest", "InvalidDigest"):
-            return CorruptionError(
-                f"upload of {path} to {self.url}/{key}: S3 received bytes that do not match "
-                f"their SHA-256 ({error_code(exc)}): the file changed, or the network corrupts data"
-            )
-        if isinstance(exc, OSError) and not isinstance(exc, (ConnectionError, TimeoutError)):
-            raise exc  # reading the local file failed: not a store problem
-        return self._error(exc, "PUT", key)
-
-    def _abort(self, s3key: str, upload_id: str) -> None:
-        try:
-            self._client.abort_multipart_upload(Bucket=self.bucket, Key=s3key, UploadId=upload_id)
-        except (bex.ClientError, bex.BotoCoreError, OSError) as e:
-            # Left for abort_incomplete_uploads (run at the start of every snapshot).
-            log.info("could not abort multipart upload of %s: %s", s3key, e)
+        s3_upload.put_file(self._target(key), path, self.settings, sha256, progress)
 
     def get(self, key: str) -> bytes:
         """Whole object. ObjectNotFound, ObjectArchived."""
@@ -544,38 +321,7 @@ class S3Store:
                 return
         except (bex.ClientError, bex.BotoCoreError, OSError) as e:
             raise self._error(e, "COPY", key) from e
-        self._copy_multipart(key, info.size, storage_class)
-
-    def _copy_multipart(self, key: str, size: int, storage_class: str) -> None:
-        s3key = self._key(key)
-        try:
-            head = self._client.head_object(Bucket=self.bucket, Key=s3key)
-            upload_id = self._client.create_multipart_upload(
-                Bucket=self.bucket, Key=s3key, StorageClass=storage_class,
-                Metadata=head.get("Metadata", {}),
-                **({"ContentType": head["ContentType"]} if head.get("ContentType") else {}),
-            )["UploadId"]
-        except (bex.ClientError, bex.BotoCoreError, OSError) as e:
-            raise self._error(e, "COPY", key) from e
-        part_size = max(self.settings.multipart_chunksize, MIN_PART, math.ceil(size / MAX_PARTS))
-        try:
-            parts = []
-            for number, start in enumerate(range(0, size, part_size), start=1):
-                end = min(start + part_size, size) - 1
-                answer = self._client.upload_part_copy(
-                    Bucket=self.bucket, Key=s3key, UploadId=upload_id, PartNumber=number,
-                    CopySource={"Bucket": self.bucket, "Key": s3key},
-                    CopySourceRange=f"bytes={start}-{end}",
-                )
-                parts.append({"PartNumber": number, "ETag": answer["CopyPartResult"]["ETag"]})
-            self._client.complete_multipart_upload(
-                Bucket=self.bucket, Key=s3key, UploadId=upload_id, MultipartUpload={"Parts": parts}
-            )
-        except BaseException as e:
-            self._abort(s3key, upload_id)
-            if isinstance(e, (bex.ClientError, bex.BotoCoreError, OSError)):
-                raise self._error(e, "COPY", key) from e
-            raise
+        s3_upload.copy_multipart(self._target(key), info.size, storage_class, self.settings)
 
     def restore(self, key: str, days: int, tier: str) -> None:
         """RestoreObject for ``days`` at ``tier`` (Bulk/Standard/Expedited).
@@ -614,7 +360,7 @@ class S3Store:
             if head_error is not None:
                 raise head_error
         except (bex.NoCredentialsError, bex.PartialCredentialsError):
-            raise StoreSetupError(_NO_CREDENTIALS) from None
+            raise StoreSetupError(NO_CREDENTIALS) from None
         except (bex.EndpointConnectionError, bex.ConnectTimeoutError, bex.ConnectionClosedError,
                 bex.ReadTimeoutError):
             raise StoreSetupError(
@@ -632,7 +378,7 @@ class S3Store:
         code = error_code(e)
         if code in ("404", "NotFound", "NoSuchBucket"):
             return no_such_bucket(self.bucket, endpoint, bare_404=code != "NoSuchBucket")
-        if code in _CREDENTIAL_CODES:
+        if code in CREDENTIAL_CODES:
             creds = self._session.get_credentials()
             method = creds.method if creds is not None else None
             return credentials_refused(code, method, self._session.profile_name)
@@ -644,20 +390,13 @@ class S3Store:
             )
             if region:
                 return f"bucket {self.bucket} is in region {region}: set [s3].region = \"{region}\""
-        if code in _TRANSIENT_CODES:
+        if code in TRANSIENT_CODES:
             return f"the S3 endpoint {endpoint} answered {code}: try again later"
         text = e.response.get("Error", {}).get("Message") or ""
         return f"the S3 endpoint {endpoint} refused access to bucket {self.bucket} ({code} {text})"
 
     def __repr__(self) -> str:
         return f"S3Store({self.url!r})"
-
-
-def _changed(path: Path, expected: bytes, got: bytes) -> CorruptionError:
-    return CorruptionError(
-        f"{path} no longer matches its SHA-256 (expected {expected.hex()}, read {got.hex()}): "
-        "the file changed while it was backed up, or the disk is failing"
-    )
 
 
 def _register_secrets(session: Any) -> None:

@@ -1,0 +1,79 @@
+"""`FileCacheLookup`: a snapshot's reads of one collection's files cache and directory memos.
+
+One long read transaction (`Catalog.files_reader`); a snapshot looks up every
+file of a changed directory here, so rows are checked and unpacked inline.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import Any
+
+import lmdb
+
+from vaultfs.catalog import schema
+from vaultfs.catalog.records import DirMemo, FileCacheRow, _damaged
+from vaultfs.model import BlobId, TreeId
+
+_crc32 = zlib.crc32
+_unpack_row = schema.FILE_CACHE.unpack_from
+_ROW_SEALED = schema.FILE_CACHE.size + schema.SEAL_SIZE
+_BLOB_SEALED_MIN = schema.BLOB_REF.size + schema.SEAL_SIZE
+
+
+class FileCacheLookup:
+    def __init__(self, txn: lmdb.Transaction, collection: str, files: Any, blobs: Any) -> None:
+        self._txn = txn
+        self._prefix = schema.collection_prefix(collection)
+        self._memo_prefix = schema.dir_memo_prefix(collection)
+        self._files = files
+        self._blobs = blobs
+
+    def get(self, path: bytes) -> FileCacheRow | None:
+        row = self.stat_key(path)
+        return None if row is None else FileCacheRow(*row[:5], BlobId(row[5]))
+
+    def stat_key(self, path: bytes) -> tuple[int, int, int, int, int, bytes] | None:
+        """(dev, ino, size, mtime_ns, ctime_ns, blob) of a row, without building a record:
+        a snapshot looks up every file of a changed directory, so the seal is checked
+        inline (`schema.is_sound`, without its calls). CorruptionError for a damaged row:
+        its blob id could name other content."""
+        key = self._prefix + path
+        stored = self._txn.get(key, db=self._files)
+        if stored is None:
+            return None
+        if len(stored) != _ROW_SEALED or _crc32(stored, _crc32(key)) != schema.SEAL_RESIDUE:
+            raise _damaged("files", key)
+        return _unpack_row(stored)  # unpack_from: the seal after the row is ignored
+
+    def has_blob(self, blob: BlobId) -> bool:
+        """Whether the blob is still in the vault (a cached row may outlive a pruned blob);
+        CorruptionError if its record is damaged (it would be reused, then misread)."""
+        stored = self._txn.get(blob, db=self._blobs)
+        if stored is None:
+            return False
+        if len(stored) < _BLOB_SEALED_MIN or _crc32(stored, _crc32(blob)) != schema.SEAL_RESIDUE:
+            raise _damaged("blobs", blob)
+        return True
+
+    def _memo_value(self, key: bytes) -> bytes | None:
+        stored = self._txn.get(key, db=self._files)
+        if stored is None or not schema.is_sound(key, stored):
+            return None  # a damaged row only costs rebuilding that listing
+        return bytes(stored[: -schema.SEAL_SIZE])
+
+    def dir_memo_root(self) -> TreeId | None:
+        """The root tree of the version the directory memo rows describe."""
+        raw = self._memo_value(self._memo_prefix + schema.DIR_MEMO_ROOT)
+        return None if raw is None or len(raw) != 32 else TreeId(raw)
+
+    def dir_memo(self, path: bytes) -> DirMemo | None:
+        """The memo row of a directory (b"": the root); None if absent or unreadable."""
+        raw = self._memo_value(self._memo_prefix + path)
+        if raw is None:
+            return None
+        try:
+            return DirMemo.unpack(raw)
+        except (ValueError, struct.error):
+            return None  # a damaged row only costs rebuilding that listing

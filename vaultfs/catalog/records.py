@@ -1,0 +1,195 @@
+"""What the catalog's records hold, and how a damaged one is named and refused.
+
+Rows (`FileCacheRow`, `DirMemo`, blob refs) and how they pack into LMDB
+values; unsealing a value (`schema.seal`) and reading version, lost-blob, band
+and restore-budget records, each refused with a `CorruptionError` that names
+the record (`_damaged`); `check_data_file`, run before LMDB maps ``data.mdb``.
+The underscore names are for the catalog's own modules.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from vaultfs.catalog import schema
+from vaultfs.errors import CorruptionError, VaultError
+from vaultfs.model import (
+    BandInfo,
+    BlobId,
+    BlobRef,
+    LostBlob,
+    TreeId,
+    VersionInfo,
+    parse_band_id,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FileCacheRow:
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    blob: BlobId
+
+    def pack(self) -> bytes:
+        return schema.FILE_CACHE.pack(
+            self.dev, self.ino, self.size, self.mtime_ns, self.ctime_ns, self.blob
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DirMemo:
+    """What the latest version holds for one directory of a collection (schema: ``files``)."""
+
+    signature: bytes  # `source.listing_signature` of its entries when the tree was built
+    tree: TreeId
+    files: int  # regular files directly in it
+    size: int  # and their bytes
+    subtrees: tuple[tuple[bytes, TreeId], ...]  # (name, tree) of its subdirectories, in `tree`
+
+    def pack(self) -> bytes:
+        parts = [schema.DIR_MEMO.pack(self.signature, self.tree, self.files, self.size)]
+        for name, tree in self.subtrees:
+            parts += [schema.DIR_MEMO_CHILD.pack(len(name)), name, tree]
+        return b"".join(parts)
+
+    @staticmethod
+    def unpack(raw: bytes) -> DirMemo:
+        """ValueError (or struct.error) on bytes that are not a packed DirMemo."""
+        signature, tree, files, size = schema.DIR_MEMO.unpack_from(raw)
+        pos, subtrees = schema.DIR_MEMO.size, []
+        while pos < len(raw):
+            (n,) = schema.DIR_MEMO_CHILD.unpack_from(raw, pos)
+            pos += schema.DIR_MEMO_CHILD.size
+            name, tree_id = raw[pos:pos + n], raw[pos + n:pos + n + 32]
+            if len(tree_id) != 32:
+                raise ValueError("truncated directory memo")
+            subtrees.append((bytes(name), TreeId(bytes(tree_id))))
+            pos += n + 32
+        return DirMemo(bytes(signature), TreeId(bytes(tree)), files, size, tuple(subtrees))
+
+
+def _pack_blob_ref(ref: BlobRef) -> bytes:
+    return schema.BLOB_REF.pack(ref.offset, ref.size) + ref.band.encode("ascii")
+
+
+def _unpack_blob_ref(raw: bytes | memoryview) -> BlobRef:
+    offset, size = schema.BLOB_REF.unpack_from(raw)
+    band = bytes(raw[schema.BLOB_REF.size :]).decode("ascii", "replace")
+    return BlobRef(parse_band_id(band, "a blob record of the local catalog (run `vaultfs index "
+                                       "rebuild`)"), offset, size)
+
+
+REBUILD = "run `vaultfs index rebuild`"
+TREE_CORRUPT = "corrupt: it does not hash to its id"
+
+
+def _record_name(db: str, key: bytes) -> str:
+    """What a record is, for a one-line message (keys of damaged records may be garbage)."""
+    text = bytes(key)
+    if db == "blobs":
+        return f"blob record {text.hex()[:16]}"
+    if db == "lost":
+        return f"lost-blob record {text.hex()[:16]}"
+    if db == "trees":
+        return f"tree {text.hex()[:16]}"
+    coll, sep, rest = text.partition(b"\0")
+    if db == "versions" and sep and len(rest) == 8:
+        return f"version record {coll.decode(errors='replace')}@v{int.from_bytes(rest, 'big')}"
+    if db == "files" and sep and b"\1" not in coll:
+        return f"files cache row {(coll + b'/' + rest).decode(errors='backslashreplace')!r}"
+    name = {"meta": "meta record", "bands": "band record", "files": "directory memo row"}
+    return f"{name.get(db, db + ' record')} {text.decode(errors='backslashreplace')[:80]!r}"
+
+
+def _damaged(db: str, key: bytes, why: str = "checksum mismatch") -> CorruptionError:
+    return CorruptionError(f"the local catalog's {_record_name(db, key)} is damaged ({why}): "
+                           f"{REBUILD}")
+
+
+def _unseal(db: str, key: bytes, stored: bytes | memoryview) -> bytes | memoryview:
+    """The value `schema.seal` sealed under `key`; CorruptionError if the seal is broken."""
+    if not schema.is_sound(key, stored):
+        raise _damaged(db, key)
+    return stored[: -schema.SEAL_SIZE]
+
+
+def check_data_file(lmdb_dir: Path) -> None:
+    """CorruptionError when ``data.mdb`` is shorter than the pages LMDB will map.
+
+    Reads the two meta pages with plain reads (no mapping) and, like LMDB, trusts the
+    one with the newer transaction id. Touching a mapped page past the end of the file
+    is SIGBUS, which kills the process before Python can report anything, so this runs
+    before every `lmdb.open`. A missing file is not checked (a new environment), nor is
+    any on a 32-bit build, whose meta pages have another layout.
+    """
+    data = lmdb_dir / "data.mdb"
+    if struct.calcsize("P") != 8:
+        return
+    try:
+        fd = os.open(data, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise VaultError(f"cannot read the local catalog {data}: {e.strerror}") from None
+    try:
+        size = os.fstat(fd).st_size
+        first = os.pread(fd, schema.LMDB_META.size, 0)
+        page_size = schema.LMDB_META.unpack(first)[3] if len(first) == schema.LMDB_META.size else 0
+        second = os.pread(fd, schema.LMDB_META.size, page_size) if page_size else b""
+    finally:
+        os.close(fd)
+    metas = [schema.LMDB_META.unpack(raw) for raw in (first, second)
+             if len(raw) == schema.LMDB_META.size]
+    valid = [m for m in metas if m[0] & schema.LMDB_P_META and m[1] == schema.LMDB_MAGIC
+             and m[2] == schema.LMDB_DATA_VERSION]
+    where = f"the local catalog {lmdb_dir} is damaged"
+    if len(valid) < 2 or not 512 <= page_size <= 65536:
+        raise CorruptionError(f"{where}: data.mdb ({size} bytes) has no valid LMDB meta "
+                              f"pages: {REBUILD}")
+    last_page = max(valid, key=lambda m: m[5])[4]
+    needed = (last_page + 1) * page_size
+    if size < needed:
+        raise CorruptionError(f"{where}: data.mdb is truncated ({size} bytes, its pages "
+                              f"need {needed}): {REBUILD}")
+
+
+def _version(key: bytes, stored: bytes | memoryview, *, sealed: bool = True) -> VersionInfo:
+    raw = _unseal("versions", key, stored) if sealed else stored
+    try:
+        return VersionInfo.from_json(json.loads(bytes(raw)))
+    except (ValueError, KeyError, TypeError) as e:
+        raise _damaged("versions", key, f"unreadable: {e}") from None
+
+
+def _lost(key: bytes, stored: bytes | memoryview, *, sealed: bool = True) -> LostBlob:
+    raw = _unseal("lost", key, stored) if sealed else stored
+    try:
+        return LostBlob.from_json(json.loads(bytes(raw)))
+    except (ValueError, KeyError, TypeError) as e:
+        raise _damaged("lost", key, f"unreadable: {e}") from None
+
+
+def _band(key: bytes, stored: bytes | memoryview, *, sealed: bool = True) -> BandInfo:
+    raw = _unseal("bands", key, stored) if sealed else stored
+    try:
+        return BandInfo.from_json(json.loads(bytes(raw)))
+    except (ValueError, KeyError, TypeError) as e:
+        raise _damaged("bands", key, f"unreadable: {e}") from None
+
+
+def _budget_spent(raw: str | None, day: str) -> int:
+    if raw is None:
+        return 0
+    try:
+        doc = json.loads(raw)
+        return int(doc["bytes"]) if doc.get("day") == day else 0
+    except (ValueError, KeyError, TypeError):
+        raise CorruptionError("the mount's restore budget record in the local catalog is "
+                              "damaged: run `vaultfs index rebuild`") from None
