@@ -82,6 +82,7 @@ from vaultfs.model import (
     Entry,
     TreeId,
     VersionInfo,
+    readable_now,
     to_text,
 )
 from vaultfs.output import display_path
@@ -566,7 +567,7 @@ class VaultView:
             info = self.band_info(ref.band)
             if info.state == "cached" and not self.vault.band_cached(ref.band):
                 info = self._cache_copy_lost(info)
-            if not archive.readable(info):
+            if not readable_now(info):
                 raise Archived(ref.band, info.state)
             self.in_use[ref.band] += 1
             self.last_used[ref.band] = time.time_ns()
