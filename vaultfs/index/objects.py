@@ -198,7 +198,12 @@ def _read_content(store: ObjectStore, key: str, gen: int, vault_id: str,
     fails its checks; BadRecord ("<key>: malformed record: ...") when a record in it does
     not parse."""
     doc = _read_index_doc(store, key, gen, vault_id)
-    decode_record(lambda d: content.merge_doc(d, key), doc, f"{key}: malformed record")
+    try:
+        decode_record(lambda d: content.merge_doc(d, key), doc, f"{key}: malformed record")
+    except BadRecord as e:
+        if isinstance(e.__cause__, CorruptionError):  # a bad band id: it names `key` itself
+            raise e.__cause__ from None
+        raise
     return content
 
 
