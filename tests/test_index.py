@@ -14,6 +14,7 @@ from tests.trees import diff_r, make_every_kind, write
 from tests.vaultenv import VaultEnv
 from vaultfs import index
 from vaultfs.config import load_config
+from vaultfs.index import publishing
 from vaultfs.snapshot import Snapshot
 from vaultfs.vault import Vault
 
@@ -94,7 +95,7 @@ def snapshots_in_process(env: VaultEnv, count: int) -> Vault:
 
 def test_consolidation_into_a_full_object(file_vault: VaultEnv,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(index, "CONSOLIDATE_AFTER", 3)
+    monkeypatch.setattr(publishing, "CONSOLIDATE_AFTER", 3)
     vault = snapshots_in_process(file_vault, 4)
     try:
         keys = file_vault.store_keys("index/")
@@ -201,7 +202,7 @@ def test_prune_deletes_superseded_index_objects(file_vault: VaultEnv,
     index loads the same as before, and still falls back if the newest full is damaged."""
     from vaultfs import retention
 
-    monkeypatch.setattr(index, "CONSOLIDATE_AFTER", 2)
+    monkeypatch.setattr(publishing, "CONSOLIDATE_AFTER", 2)
     vault = snapshots_in_process(file_vault, 7)
     try:
         with vault.lock():

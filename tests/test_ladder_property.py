@@ -72,6 +72,90 @@ def damaged_frames(before: bytes, after: bytes, frames: tuple[bandfmt.Frame, ...
     return out
 
 
+def run_history(env: VaultEnv, src: Path, history: list[list[tuple[int, int | None]]],
+                rnd: random.Random) -> tuple[dict[int, dict[str, bytes]], dict[str, bytes]]:
+    """Snapshot after each step of `history`: the tree of every version, and the source
+    as it is at the end."""
+    trees: dict[int, dict[str, bytes]] = {}
+    current: dict[str, bytes] = {}
+    for step in history:
+        for pi, si in step:
+            path = src / PATHS[pi]
+            if si is None:
+                path.unlink(missing_ok=True)
+                current.pop(PATHS[pi], None)
+            else:
+                data = rnd.randbytes(SIZES[si])
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+                current[PATHS[pi]] = data
+        env.run("snapshot", expect=None)  # 3: deletions in a cold collection (a warning)
+        numbers = [v["version"] for v in env.versions("p")]
+        if numbers:
+            trees[numbers[-1]] = dict(current)
+    return trees, current
+
+
+def bands_of(env: VaultEnv) -> dict[str, Band]:
+    """Every band with its frames and the blobs it holds, as the catalog records them."""
+    vault = env.open_vault()
+    try:
+        bands = {b.band: Band(b.band, frames_of(b.frames), {}) for b in vault.catalog.bands()}
+        for blob, ref in vault.catalog.iter_blobs():
+            bands[ref.band].refs[bytes(blob)] = (ref.offset, ref.size)
+    finally:
+        vault.close()
+    return bands
+
+
+def damage_bands(env: VaultEnv, bands: dict[str, Band], damage: list[str],
+                 rnd: random.Random) -> set[bytes]:
+    """Delete or damage band objects as `damage` says; the blobs whose bytes no longer
+    exist in the store."""
+    gone: set[bytes] = set()
+    for b, what in zip(sorted(bands), damage, strict=False):
+        path = env.store_dir / band_key(b)
+        if what == "delete":
+            path.unlink()
+            gone |= set(bands[b].refs)
+            continue
+        if what == "none":
+            continue
+        before = path.read_bytes()
+        raw = bytearray(before)
+        if what == "flip":
+            raw[rnd.randrange(len(raw) // 4, 3 * len(raw) // 4)] ^= 1 << rnd.randrange(8)
+        else:  # the seek table and the end of the catalog frame
+            for i in range(1, 49):
+                raw[-i] ^= 0xA5
+        path.write_bytes(bytes(raw))
+        gone |= blobs_in_frames(bands[b], damaged_frames(before, bytes(raw), bands[b].frames))
+    return gone
+
+
+def blobs_in_frames(band: Band, bad: set[int]) -> set[bytes]:
+    """The blobs of `band` with part of their content in one of the frames `bad`."""
+    return {blob for blob, (off, size) in band.refs.items()
+            if any(size and off < f.uncompressed_offset + f.uncompressed_size
+                   and off + size > f.uncompressed_offset
+                   for i, f in enumerate(band.frames) if i in bad)}
+
+
+def check_fetch(env: VaultEnv, tmp: str, trees: dict[int, dict[str, bytes]], n: int,
+                missing: set[bytes], tag: str) -> None:
+    """`restore fetch` of version `n` restores every file but those whose blob is in
+    `missing`, and lists exactly those."""
+    to = Path(tmp) / f"back-{tag}-{n}"
+    out = env.run("restore", "fetch", f"p@v{n}", "--to", str(to), "--json", expect=None)
+    result = json.loads(out.stdout)
+    lost = {p for p, d in trees[n].items() if hashlib.sha256(d).digest() in missing}
+    assert {m["path"] for m in result["missing"]} == lost, (n, result["missing"])
+    assert out.returncode == (3 if lost else 0), out.stderr
+    for p, d in trees[n].items():
+        if p not in lost:
+            assert (to / p).read_bytes() == d, p
+
+
 @settings(max_examples=6, deadline=None, derandomize=True,
           phases=(Phase.explicit, Phase.reuse, Phase.generate),  # shrinking costs minutes
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -86,56 +170,11 @@ def test_lost_and_damaged_bands_after_random_histories(
                        extra_config='frame_size = "64KiB"\nallow_empty = true\n')
         src = env.add_collection("p")
         env.run("init")
-        trees: dict[int, dict[str, bytes]] = {}
-        current: dict[str, bytes] = {}
-        for step in history:
-            for pi, si in step:
-                path = src / PATHS[pi]
-                if si is None:
-                    path.unlink(missing_ok=True)
-                    current.pop(PATHS[pi], None)
-                else:
-                    data = rnd.randbytes(SIZES[si])
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    path.write_bytes(data)
-                    current[PATHS[pi]] = data
-            env.run("snapshot", expect=None)  # 3: deletions in a cold collection (a warning)
-            numbers = [v["version"] for v in env.versions("p")]
-            if numbers:
-                trees[numbers[-1]] = dict(current)
+        trees, current = run_history(env, src, history, rnd)
         if not trees:
             return
-        vault = env.open_vault()
-        try:
-            bands = {b.band: Band(b.band, frames_of(b.frames), {}) for b in vault.catalog.bands()}
-            for blob, ref in vault.catalog.iter_blobs():
-                bands[ref.band].refs[bytes(blob)] = (ref.offset, ref.size)
-        finally:
-            vault.close()
-
-        gone: set[bytes] = set()  # blobs whose bytes no longer exist in the store
-        for b, what in zip(sorted(bands), damage, strict=False):
-            path = env.store_dir / band_key(b)
-            if what == "delete":
-                path.unlink()
-                gone |= set(bands[b].refs)
-                continue
-            if what == "none":
-                continue
-            before = path.read_bytes()
-            raw = bytearray(before)
-            if what == "flip":
-                raw[rnd.randrange(len(raw) // 4, 3 * len(raw) // 4)] ^= 1 << rnd.randrange(8)
-            else:  # the seek table and the end of the catalog frame
-                for i in range(1, 49):
-                    raw[-i] ^= 0xA5
-            path.write_bytes(bytes(raw))
-            bad = damaged_frames(before, bytes(raw), bands[b].frames)
-            for blob, (off, size) in bands[b].refs.items():
-                if any(size and off < f.uncompressed_offset + f.uncompressed_size
-                       and off + size > f.uncompressed_offset
-                       for i, f in enumerate(bands[b].frames) if i in bad):
-                    gone.add(blob)
+        bands = bands_of(env)
+        gone = damage_bands(env, bands, damage, rnd)  # blobs whose bytes no longer exist
         if drop_sidecars:
             for b in bands:
                 (env.store_dir / sidecar_key(b)).unlink(missing_ok=True)
@@ -152,21 +191,10 @@ def test_lost_and_damaged_bands_after_random_histories(
             named = {hashlib.sha256(d).digest() for t in trees.values() for d in t.values()}
             assert lost_by_rebuild == gone & named
 
-        def check_fetch(n: int, missing: set[bytes], tag: str) -> None:
-            to = Path(tmp) / f"back-{tag}-{n}"
-            out = env.run("restore", "fetch", f"p@v{n}", "--to", str(to), "--json", expect=None)
-            result = json.loads(out.stdout)
-            lost = {p for p, d in trees[n].items() if hashlib.sha256(d).digest() in missing}
-            assert {m["path"] for m in result["missing"]} == lost, (n, result["missing"])
-            assert out.returncode == (3 if lost else 0), out.stderr
-            for p, d in trees[n].items():
-                if p not in lost:
-                    assert (to / p).read_bytes() == d, p
-
         for n in trees:
-            check_fetch(n, gone, "rebuilt")
+            check_fetch(env, tmp, trees, n, gone, "rebuilt")
         # A snapshot works, and stores again what the source still has of the lost blobs.
         assert env.run("snapshot", expect=None).returncode in (0, 3)
         healed = lost_by_rebuild & {hashlib.sha256(d).digest() for d in current.values()}
         for n in trees:
-            check_fetch(n, gone - healed, "healed")
+            check_fetch(env, tmp, trees, n, gone - healed, "healed")

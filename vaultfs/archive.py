@@ -19,7 +19,8 @@ Band states (``BandInfo.state``), and what moves a band between them:
 * `archive_pending` runs at the end of every snapshot, under the vault lock,
   so an archiving step interrupted by a crash is finished by the next run.
 
-Readable now: ``standard``, ``restored`` and ``cached`` bands (`readable`).
+Readable now: ``standard``, ``restored`` and ``cached`` bands (`model.readable_now`; which
+storage classes are archive classes is decided in `vaultfs.model` too).
 """
 
 from __future__ import annotations
@@ -33,20 +34,14 @@ from typing import Any
 from vaultfs import testpoints
 from vaultfs.config import Prices
 from vaultfs.errors import CorruptionError, VaultError
-from vaultfs.model import BandId, BandInfo, BandState, RestoreInfo, band_key
+from vaultfs.model import BandId, BandInfo, BandState, RestoreInfo, band_key, needs_restore, readable_now
 from vaultfs.output import iso_utc
 from vaultfs.store import ArchiveStore
 from vaultfs.vault import Vault
 
 MIN_ARCHIVE_SIZE = 1024 * 1024
-ARCHIVE_CLASSES = frozenset({"DEEP_ARCHIVE", "GLACIER"})
-READABLE_STATES = frozenset({"standard", "restored", "cached"})
 EXTEND_BEFORE_NS = 24 * 3600 * 10**9  # a restored copy expiring sooner than this is extended
 _EXPIRY = re.compile(r'expiry-date="([^"]+)"')
-
-
-def readable(band: BandInfo) -> bool:
-    return band.state in READABLE_STATES
 
 
 def state_without_cache(band: BandInfo, now: int | None = None) -> BandState:
@@ -57,7 +52,7 @@ def state_without_cache(band: BandInfo, now: int | None = None) -> BandState:
     r = band.restore
     if r is not None and r.ready_ns and (r.expires_ns == 0 or r.expires_ns > now):
         return "restored"
-    if band.storage_class in ARCHIVE_CLASSES:
+    if needs_restore(band.storage_class):
         return "archived"
     return "standard"
 
@@ -137,7 +132,7 @@ def plan(vault: Vault, bands: dict[BandId, int]) -> Plan:
         band = vault.catalog.band(band_id)
         if band is None:
             raise CorruptionError(f"band {band_id} is not in the catalog: run `vaultfs check`")
-        if readable(band):
+        if readable_now(band):
             result.free.append(band)
         elif band.state == "restoring":
             result.in_flight.append(band)

@@ -31,7 +31,6 @@ stores them again from the sources. Nothing is ever deleted on the store.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import stat
 import time
@@ -44,6 +43,7 @@ from vaultfs import heal, index
 from vaultfs.config import CollectionConfig, Config
 from vaultfs.errors import CorruptionError, LockedError, UsageError, VaultError
 from vaultfs.model import (
+    BadRecord,
     BandId,
     BandInfo,
     BlobId,
@@ -54,6 +54,7 @@ from vaultfs.model import (
     VersionInfo,
     band_file,
     band_key,
+    decode_record,
     sidecar_key,
     to_text,
     version_key,
@@ -217,9 +218,9 @@ class Checker:
                              f"{REBUILD} (it rewrites the record)")
                 continue
             try:
-                record = VersionInfo.from_json(json.loads(store_get(self.vault, key)))
+                record = decode_record(VersionInfo.from_json, store_get(self.vault, key), key)
                 same = _committed(record) == _committed(v)
-            except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            except BadRecord:
                 same = False
             if not same:
                 self.problem(f"version record {key} is damaged (it differs from the local "
@@ -260,7 +261,7 @@ class Checker:
             cached = self.vault.cached_band_path(band)
             if cached.exists():
                 self._verify_file(band, info, cached, by_band, "local cache copy")
-            if not index.readable(self.vault.store, obj):
+            if not index.readable_on_store(self.vault.store, obj):
                 state = self.vault.store.head(obj.key)
                 self.report.not_read.append({
                     "band": band, "size": obj.size, "storage_class": obj.storage_class,
@@ -286,7 +287,7 @@ class Checker:
     def _verify_file(self, band: BandId, info: BandInfo, path: Path,
                      by_band: dict[BandId, list[tuple[BlobId, BlobRef]]], what: str) -> None:
         try:
-            scanned = index.scan_band_file(path, band)
+            scanned = bandfmt.scan_band_file(path, band)
         except CorruptionError as e:
             if what == "band":
                 self._damaged(band, info, path, by_band, e.message)

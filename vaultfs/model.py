@@ -21,9 +21,10 @@ import base64
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NewType
+from typing import Any, Literal, NewType, TypeVar
 
 from vaultfs.errors import CorruptionError
 
@@ -353,6 +354,41 @@ class VersionInfo:
 
 BandState = Literal["staging", "standard", "archived", "restoring", "restored", "cached"]
 
+# Storage classes, as S3 names them in LIST and HEAD (``StorageClass``). The one question
+# vaultfs asks of a class is whether a GET needs a RestoreObject first; this is the one
+# place that answers it (the index's store listings and the archive tier both ask).
+# Decision: only GLACIER and DEEP_ARCHIVE are archive classes. GLACIER_IR is read
+# instantly (milliseconds, like STANDARD_IA) and is NOT one. INTELLIGENT_TIERING's
+# optional Archive Access tiers need a restore too, but S3 reports those in
+# ``x-amz-archive-status``, not in the class, and vaultfs never opts into them. No S3
+# class is called "GLACIER_IR_ARCHIVE" (an earlier list of vaultfs's named it; no object
+# S3 lists can carry it, so leaving it out changes nothing).
+#   STANDARD             readable now (vaultfs's default; sidecars, index, versions)
+#   STANDARD_IA          readable now (30-day minimum, retrieval fee)
+#   ONEZONE_IA           readable now (one zone; 30-day minimum)
+#   INTELLIGENT_TIERING  readable now (the instant tiers; see above)
+#   GLACIER_IR           readable now (Instant Retrieval; 90-day minimum)
+#   GLACIER              restore first (Flexible Retrieval: minutes to hours)
+#   DEEP_ARCHIVE         restore first (12-48 hours; vaultfs's archive class)
+ARCHIVE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
+READABLE_STATES = frozenset({"standard", "restored", "cached"})  # a GET works now
+
+
+def needs_restore(storage_class: str) -> bool:
+    """Whether an object of `storage_class` must be restored before it can be read."""
+    return storage_class in ARCHIVE_CLASSES
+
+
+def listed_band_state(storage_class: str, restore: str | None) -> BandState:
+    """The state of a band object as the store lists it: its class and its raw
+    ``x-amz-restore`` header (None: no restore was asked for). A restore finished when
+    S3 says ``ongoing-request="false"``."""
+    if not needs_restore(storage_class):
+        return "standard"
+    if restore and 'ongoing-request="false"' in restore:
+        return "restored"
+    return "archived"
+
 
 @dataclass(frozen=True, slots=True)
 class BandInfo:
@@ -433,6 +469,41 @@ class RestoreInfo:
             tier=d["tier"], requested_ns=d["requested_ns"], expected_ns=d["expected_ns"],
             days=d.get("days", 0), ready_ns=d.get("ready_ns", 0), expires_ns=d.get("expires_ns", 0),
         )
+
+
+def readable_now(band: BandInfo) -> bool:
+    """Whether the catalog says `band` can be read without a restore (its state: standard,
+    restored or cached)."""
+    return band.state in READABLE_STATES
+
+
+# ---- malformed records ---------------------------------------------------------------------
+
+# What json.loads plus a ``from_json`` raise on a malformed record (a UnicodeDecodeError
+# of bytes that are not UTF-8 is a ValueError too). Caught here and nowhere else.
+RECORD_ERRORS: tuple[type[Exception], ...] = (ValueError, KeyError, TypeError)
+
+_Record = TypeVar("_Record")
+
+
+class BadRecord(ValueError):
+    """A stored record (JSON) that does not parse into what it should be. `reason` is the
+    parser's own message; the exception's text is ``"<where>: <reason>"``."""
+
+    def __init__(self, where: str, reason: str) -> None:
+        super().__init__(f"{where}: {reason}")
+        self.where, self.reason = where, reason
+
+
+def decode_record(from_json: Callable[[Any], _Record], raw: bytes | str | dict[str, Any],
+                  where: str) -> _Record:
+    """``from_json(json.loads(raw))`` (`raw` already a dict: just ``from_json(raw)``);
+    BadRecord naming `where` when the JSON or the record is malformed, so callers catch
+    one type whatever the parser raised."""
+    try:
+        return from_json(raw if isinstance(raw, dict) else json.loads(raw))
+    except RECORD_ERRORS as e:
+        raise BadRecord(where, str(e)) from e
 
 
 def band_key(band: str) -> str:

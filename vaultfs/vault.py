@@ -175,7 +175,8 @@ class Vault:
         dies later leaves bands whose content the next run reuses (resume).
         """
         self.store.put_file(band_key(closed.band_id), closed.path, sha256=closed.sha256)
-        self.store.put(sidecar_key(closed.band_id), bandfmt.encode_sidecar(closed))
+        self.store.put(sidecar_key(closed.band_id), bandfmt.encode_sidecar(
+            closed.catalog, closed.size, closed.sha256, closed.frames))
         info = BandInfo(
             band=BandId(closed.band_id),
             state="standard",

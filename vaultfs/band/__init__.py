@@ -18,9 +18,13 @@ blob, then the member ``.vaultfs/catalog.json`` and tar's end of archive, so
 * `writer`: `BandWriter` and its threads, `ClosedBand`, `reopen_closed`, `sync_band`.
 * `reader`: `BandReader` (random access, verified on read, frame cache) and `ReadAhead`
   (the threads that decompress frames ahead of sequential readers).
-* `sidecar`: the sidecar object beside a band in the store (encode, decode, its frames).
+* `sidecar`: the sidecar object beside a band in the store (encode, decode, its frames
+  and blobs).
 * `salvage`: reading a damaged band front to back (frames found by their headers, the tar
   stream resynchronised after a hole) for the rebuild ladder's scans.
+* `scan`: `scan_band_file`, a whole band file checked front to back (its SHA-256, frames,
+  every member re-hashed against its catalog), strict for ``check --read-data`` or
+  salvaging for the rebuild ladder; built on `salvage`.
 * `direct_file`: `BandFile`, appending a band to disk with ``O_DIRECT`` where possible.
 
 Callers use the names re-exported here (``from vaultfs import band as bandfmt``).
@@ -59,7 +63,8 @@ from vaultfs.band.salvage import (
     salvage_members,
     zstd_frame_size,
 )
-from vaultfs.band.sidecar import decode_sidecar, encode_sidecar, sidecar_frames
+from vaultfs.band.scan import ScannedBand, scan_band_file
+from vaultfs.band.sidecar import decode_sidecar, encode_sidecar, sidecar_blobs, sidecar_frames
 from vaultfs.band.tar import MemberMeta, member_header
 from vaultfs.band.writer import (
     FRAMES_AHEAD,
@@ -102,6 +107,7 @@ __all__ = [
     "ReadAhead",
     "ReadInto",
     "SalvagedMember",
+    "ScannedBand",
     "check_member_name",
     "decode_sidecar",
     "decompress_frames",
@@ -118,7 +124,9 @@ __all__ = [
     "salvage_frame_prefix",
     "salvage_frames",
     "salvage_members",
+    "scan_band_file",
     "seek_table_length",
+    "sidecar_blobs",
     "sidecar_frames",
     "sync_band",
     "zstd_frame_size",

@@ -10,6 +10,7 @@ may be in Deep Archive).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import zstandard
@@ -17,16 +18,17 @@ import zstandard
 from vaultfs.band.catalog import CATALOG_FORMAT
 from vaultfs.band.compression import compressor, decompressor
 from vaultfs.band.frames import Frame, frames_from_sizes
-from vaultfs.band.writer import ClosedBand
 from vaultfs.errors import CorruptionError
 
 
-def encode_sidecar(band: ClosedBand) -> bytes:
+def encode_sidecar(catalog: bytes, size: int, sha256: bytes, frames: Sequence[Frame]) -> bytes:
     """zstd-compressed JSON: the catalog's keys plus band_size, band_sha256 and frames
-    ([[compressed_size, uncompressed_size], ...], the seek table's entries)."""
-    doc = json.loads(band.catalog)
-    doc.update(band_size=band.size, band_sha256=band.sha256.hex(),
-               frames=[[f.compressed_size, f.uncompressed_size] for f in band.frames])
+    ([[compressed_size, uncompressed_size], ...], the seek table's entries). The one
+    encoder: a snapshot writes it from a `ClosedBand`, a rebuild rewrites a damaged one
+    from the band's own catalog and its `BandInfo`."""
+    doc = json.loads(catalog)
+    doc.update(band_size=size, band_sha256=sha256.hex(),
+               frames=[[f.compressed_size, f.uncompressed_size] for f in frames])
     text = json.dumps(doc, ensure_ascii=True, sort_keys=True, separators=(",", ":"))
     return compressor(3).compress(text.encode("ascii"))
 
@@ -54,3 +56,9 @@ def sidecar_frames(doc: dict[str, Any]) -> tuple[Frame, ...]:
     except (KeyError, TypeError) as e:
         raise ValueError(f"bad frames: {e}") from e
     return frames_from_sizes(sizes)
+
+
+def sidecar_blobs(doc: dict[str, Any]) -> list[tuple[bytes, int, int]]:
+    """(sha256, offset, size) of every blob a decoded sidecar lists (KeyError, TypeError or
+    ValueError if malformed)."""
+    return [(bytes.fromhex(b["sha256"]), int(b["offset"]), int(b["size"])) for b in doc["blobs"]]

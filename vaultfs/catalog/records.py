@@ -9,7 +9,6 @@ The underscore names are for the catalog's own modules.
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 from dataclasses import dataclass
@@ -18,12 +17,14 @@ from pathlib import Path
 from vaultfs.catalog import schema
 from vaultfs.errors import CorruptionError, VaultError
 from vaultfs.model import (
+    BadRecord,
     BandInfo,
     BlobId,
     BlobRef,
     LostBlob,
     TreeId,
     VersionInfo,
+    decode_record,
     parse_band_id,
 )
 
@@ -163,33 +164,33 @@ def check_data_file(lmdb_dir: Path) -> None:
 def _version(key: bytes, stored: bytes | memoryview, *, sealed: bool = True) -> VersionInfo:
     raw = _unseal("versions", key, stored) if sealed else stored
     try:
-        return VersionInfo.from_json(json.loads(bytes(raw)))
-    except (ValueError, KeyError, TypeError) as e:
-        raise _damaged("versions", key, f"unreadable: {e}") from None
+        return decode_record(VersionInfo.from_json, bytes(raw), "versions")
+    except BadRecord as e:
+        raise _damaged("versions", key, f"unreadable: {e.reason}") from None
 
 
 def _lost(key: bytes, stored: bytes | memoryview, *, sealed: bool = True) -> LostBlob:
     raw = _unseal("lost", key, stored) if sealed else stored
     try:
-        return LostBlob.from_json(json.loads(bytes(raw)))
-    except (ValueError, KeyError, TypeError) as e:
-        raise _damaged("lost", key, f"unreadable: {e}") from None
+        return decode_record(LostBlob.from_json, bytes(raw), "lost")
+    except BadRecord as e:
+        raise _damaged("lost", key, f"unreadable: {e.reason}") from None
 
 
 def _band(key: bytes, stored: bytes | memoryview, *, sealed: bool = True) -> BandInfo:
     raw = _unseal("bands", key, stored) if sealed else stored
     try:
-        return BandInfo.from_json(json.loads(bytes(raw)))
-    except (ValueError, KeyError, TypeError) as e:
-        raise _damaged("bands", key, f"unreadable: {e}") from None
+        return decode_record(BandInfo.from_json, bytes(raw), "bands")
+    except BadRecord as e:
+        raise _damaged("bands", key, f"unreadable: {e.reason}") from None
 
 
 def _budget_spent(raw: str | None, day: str) -> int:
     if raw is None:
         return 0
     try:
-        doc = json.loads(raw)
-        return int(doc["bytes"]) if doc.get("day") == day else 0
-    except (ValueError, KeyError, TypeError):
+        return decode_record(lambda doc: int(doc["bytes"]) if doc.get("day") == day else 0, raw,
+                             "restore budget")
+    except BadRecord:
         raise CorruptionError("the mount's restore budget record in the local catalog is "
                               "damaged: run `vaultfs index rebuild`") from None

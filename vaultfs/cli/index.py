@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vaultfs.config import Config
 from vaultfs.errors import EXIT_ERROR, EXIT_OK, EXIT_WARNINGS, CorruptionError, VaultError
 from vaultfs.output import AddCommand
+
+if TYPE_CHECKING:  # imported when a command runs (startup time)
+    from vaultfs.index import RebuildReport
 
 RUNG_NAMES = {"lmdb": "rung 1 (local catalog)", "index": "rung 2 (consolidated index)",
               "sidecars": "rung 3 (sidecars and version records)",
@@ -91,6 +94,13 @@ def cmd_index_rebuild(args: argparse.Namespace, config: Config) -> int:
     if getattr(args, "json", False):
         _emit({**report.to_json(), "exit_code": code})
         return code
+    _print_rebuild(report, quiet=args.quiet)
+    return code
+
+
+def _print_rebuild(report: RebuildReport, *, quiet: bool) -> None:
+    """The rebuild report for people: what happened on stdout, problems, warnings and lost
+    files on stderr, and a summary line unless `quiet`."""
     for line in report.why:
         print(line)
     for line in report.notes:
@@ -104,7 +114,7 @@ def cmd_index_rebuild(args: argparse.Namespace, config: Config) -> int:
     for version, paths in sorted(report.lost_files.items()):
         for path in paths:
             print(f"lost: {version}: {path}", file=sys.stderr)
-    if not args.quiet:
+    if not quiet:
         what = "verified" if report.rung == "lmdb" else "rebuilt"
         lost = sum(len(p) for p in report.lost_files.values())
         print(f"local index {what} using {RUNG_NAMES[report.rung]}: "
@@ -112,7 +122,6 @@ def cmd_index_rebuild(args: argparse.Namespace, config: Config) -> int:
               + (f"; {lost} file(s) in them lost ({len(report.lost)} blob(s) whose bytes are "
                  "gone: `vaultfs versions` lists them; a snapshot stores again what the "
                  "sources still have)" if report.lost else ""))
-    return code
 
 
 def cmd_check(args: argparse.Namespace, config: Config) -> int:

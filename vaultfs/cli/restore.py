@@ -10,6 +10,7 @@ from typing import Any
 
 from vaultfs.config import Config
 from vaultfs.errors import EXIT_OK, EXIT_WARNINGS, ConfigError, VaultError
+from vaultfs.model import readable_now
 from vaultfs.output import AddCommand, emit_json, human_bytes, iso_utc, parse_target
 
 TIERS = ("Bulk", "Standard")
@@ -180,7 +181,7 @@ def cmd_start(args: argparse.Namespace, config: Config) -> int:
         pending = sum(1 for b in states if b is not None and b.state == "restoring")
         print(f"requested {len(requested)} restore(s) ({tier}, {days} days); "
               f"{pending} band(s) restoring, "
-              f"{sum(1 for b in states if b is not None and archive.readable(b))} readable")
+              f"{sum(1 for b in states if b is not None and readable_now(b))} readable")
     return EXIT_OK
 
 
@@ -249,8 +250,8 @@ def cmd_fetch(args: argparse.Namespace, config: Config) -> int:
         needed = bands_needed(vault, version.root, selection, skip_unknown=True)
         while True:
             bands = [b for b in (vault.catalog.band(i) for i in needed) if b is not None]
-            blocked = [archive.refresh(vault, b) for b in bands if not archive.readable(b)]
-            blocked = [b for b in blocked if not archive.readable(b)]
+            blocked = [archive.refresh(vault, b) for b in bands if not readable_now(b)]
+            blocked = [b for b in blocked if not readable_now(b)]
             if not blocked:
                 break
             unasked = [b for b in blocked if b.state != "restoring"]

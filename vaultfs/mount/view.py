@@ -57,7 +57,17 @@ from dataclasses import dataclass
 
 from vaultfs import archive, testpoints
 from vaultfs.errors import CorruptionError
-from vaultfs.model import BandId, BandInfo, BlobId, BlobRef, Entry, TreeId, VersionInfo, to_text
+from vaultfs.model import (
+    BandId,
+    BandInfo,
+    BlobId,
+    BlobRef,
+    Entry,
+    TreeId,
+    VersionInfo,
+    readable_now,
+    to_text,
+)
 from vaultfs.mount.errors import (
     Archived,
     NoAttribute,
@@ -438,7 +448,7 @@ class VaultView:
             info = self.band_info(ref.band)
             if info.state == "cached" and not self.vault.band_cached(ref.band):
                 info = self._cache_copy_lost(info)
-            if not archive.readable(info):
+            if not readable_now(info):
                 raise Archived(ref.band, info.state)
             self.in_use[ref.band] += 1
             self.last_used[ref.band] = time.time_ns()
