@@ -231,6 +231,15 @@ def cmd_versions(args: argparse.Namespace, config: Config) -> int:
     if not rows:
         print(f"{args.collection}: no versions yet (run `vaultfs snapshot {args.collection}`)")
         return EXIT_OK
+    _print_versions(rows)
+    last = versions[-1]
+    if last.verified_ns:
+        print(f"v{last.number} verified unchanged at {iso_utc(last.verified_ns[-1])}")
+    return EXIT_OK
+
+
+def _print_versions(rows: list[dict[str, Any]]) -> None:
+    """The versions as a table; a LOST column only when some version has lost files."""
     any_lost = any(r["lost_files"] for r in rows)
     header = ("VERSION", "CREATED (UTC)", "SINCE PREV", "FILES", "ADDED", "CHANGED", "REMOVED",
               "BYTES ADDED", "BANDS", "STORED", "STATE") + (("LOST",) if any_lost else ())
@@ -248,7 +257,3 @@ def cmd_versions(args: argparse.Namespace, config: Config) -> int:
     if any_lost:
         print("LOST: files whose bytes are gone from the store (`vaultfs versions --json` "
               "lists them; a snapshot stores them again if a source still has them)")
-    last = versions[-1]
-    if last.verified_ns:
-        print(f"v{last.number} verified unchanged at {iso_utc(last.verified_ns[-1])}")
-    return EXIT_OK
