@@ -35,8 +35,12 @@ FAKE_ENV = {
     "AWS_EC2_METADATA_DISABLED": "true",
 }
 _UNSET = (
-    "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
-    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
 )
 for _name in _UNSET:
     os.environ.pop(_name, None)
@@ -146,10 +150,12 @@ def s3_auth_server() -> Iterator[AuthServer]:
         iam.put_user_policy(  # moto loads no AWS-managed policies unless asked to
             UserName="vaultfs",
             PolicyName="s3",
-            PolicyDocument=json.dumps({
-                "Version": "2012-10-17",
-                "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
-            }),
+            PolicyDocument=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
+                }
+            ),
         )
         key = iam.create_access_key(UserName="vaultfs")["AccessKey"]
         _s3_client(endpoint).create_bucket(Bucket="vaultfs-auth")

@@ -80,5 +80,7 @@ def as_nobody(*cmd: str) -> subprocess.CompletedProcess[bytes]:
     """Run a command as uid/gid 65534 with no supplementary groups."""
     return subprocess.run(
         ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd],
-        capture_output=True, cwd="/", env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        capture_output=True,
+        cwd="/",
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
     )

@@ -37,7 +37,8 @@ standard_hours = 12
 def moto_api(bucket: S3Bucket, action: str, body: dict[str, Any]) -> None:
     request = urllib.request.Request(
         f"{bucket.endpoint_url}/moto-api/state-manager/{action}",
-        data=json.dumps(body).encode(), method="POST",
+        data=json.dumps(body).encode(),
+        method="POST",
     )
     urllib.request.urlopen(request).close()
 
@@ -50,10 +51,16 @@ def start_held_restores(env: VaultEnv, *args: str) -> dict[str, Any]:
     looked at after ``times`` requests. So: one step allowed while the restore is
     requested and looked at once (→ IN_PROGRESS), then none.
     """
+
     def transition(times: int) -> None:
-        moto_api(env.bucket, "set-transition", {
-            "model_name": "s3::keyrestore", "transition": {"progression": "manual", "times": times},
-        })
+        moto_api(
+            env.bucket,
+            "set-transition",
+            {
+                "model_name": "s3::keyrestore",
+                "transition": {"progression": "manual", "times": times},
+            },
+        )
 
     transition(1)
     result = env.json("restore", "start", *args)
@@ -72,8 +79,13 @@ def release_restores(bucket: S3Bucket) -> None:
 
 @pytest.fixture
 def cold(s3_bucket: S3Bucket, tmp_path: Path) -> Iterator[VaultEnv]:
-    env = VaultEnv(tmp_path, f"s3://{s3_bucket.name}/vault", s3_endpoint=s3_bucket.endpoint_url,
-                   bucket=s3_bucket, band_size="1MiB")
+    env = VaultEnv(
+        tmp_path,
+        f"s3://{s3_bucket.name}/vault",
+        s3_endpoint=s3_bucket.endpoint_url,
+        bucket=s3_bucket,
+        band_size="1MiB",
+    )
     env.extra_config = PRICES
     src = env.add_collection("photos", tier="cold")
     for i in range(3):
@@ -107,8 +119,13 @@ def test_bands_move_to_deep_archive_after_the_snapshot(cold: VaultEnv) -> None:
 
 
 def test_warm_collections_stay_standard(s3_bucket: S3Bucket, tmp_path: Path) -> None:
-    env = VaultEnv(tmp_path, f"s3://{s3_bucket.name}/vault", s3_endpoint=s3_bucket.endpoint_url,
-                   bucket=s3_bucket, band_size="1MiB")
+    env = VaultEnv(
+        tmp_path,
+        f"s3://{s3_bucket.name}/vault",
+        s3_endpoint=s3_bucket.endpoint_url,
+        bucket=s3_bucket,
+        band_size="1MiB",
+    )
     src = env.add_collection("code", tier="warm")
     write(src / "big.bin", os.urandom(2_000_000))
     env.run("init")
@@ -226,8 +243,10 @@ def test_restore_already_in_progress_is_not_an_error(cold: VaultEnv) -> None:
 
         def conflict(request: Any, **_: Any) -> AWSResponse:
             answered.append(409)
-            body = (b"<Error><Code>RestoreAlreadyInProgress</Code>"
-                    b"<Message>Object restore is already in progress</Message></Error>")
+            body = (
+                b"<Error><Code>RestoreAlreadyInProgress</Code>"
+                b"<Message>Object restore is already in progress</Message></Error>"
+            )
             return AWSResponse(request.url, 409, HTTPHeaders(), Raw(body))
 
         s3._client.meta.events.register("before-send.s3.RestoreObject", conflict)

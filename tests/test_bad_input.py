@@ -80,7 +80,10 @@ def test_unreadable_file_and_directory_are_skipped(world_dir: Path) -> None:
     cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
     proc = subprocess.run(
         [*cmd, *file_vault_cmd(env), "snapshot"],
-        capture_output=True, text=True, env=env.env(HOME=str(world_dir)), cwd=world_dir,
+        capture_output=True,
+        text=True,
+        env=env.env(HOME=str(world_dir)),
+        cwd=world_dir,
     )
     assert proc.returncode == 3, proc.stderr
     assert "locked.raw: cannot read (Permission denied)" in proc.stderr
@@ -178,8 +181,9 @@ def replace_with(path: Path, kind: str) -> None:
         path.symlink_to("stays.raw")
 
 
-@pytest.mark.parametrize(("kind", "now"), [
-    ("fifo", "FIFO"), ("directory", "directory"), ("symlink", "symlink")])
+@pytest.mark.parametrize(
+    ("kind", "now"), [("fifo", "FIFO"), ("directory", "directory"), ("symlink", "symlink")]
+)
 def test_file_replaced_by_another_kind_after_the_scan(
     file_vault: VaultEnv, tmp_path: Path, kind: str, now: str
 ) -> None:
@@ -247,9 +251,7 @@ while True:
 """
 
 
-def test_file_under_a_lease_is_read_once_the_lease_is_broken(
-    file_vault: VaultEnv, tmp_path: Path
-) -> None:
+def test_file_under_a_lease_is_read_once_the_lease_is_broken(file_vault: VaultEnv, tmp_path: Path) -> None:
     """A write lease (Samba's kernel oplocks) makes an O_NONBLOCK open fail with EAGAIN;
     the snapshot then waits for the lease break, as a blocking open always did, instead
     of skipping the file. A helper process holds the lease and gives it up when told."""
@@ -258,8 +260,9 @@ def test_file_under_a_lease_is_read_once_the_lease_is_broken(
     src = file_vault.add_collection("shares", tier="warm")
     leased = write(src / "open_in_word.docx", b"a document a client holds open")
     file_vault.run("init")
-    holder = subprocess.Popen([sys.executable, "-c", LEASE_HOLDER, str(leased)],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LEASE_HOLDER, str(leased)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "leased\n"
         file_vault.run("snapshot", expect=0)

@@ -28,8 +28,14 @@ from hypothesis import strategies as st
 from vaultfs import band as B
 from vaultfs.errors import CorruptionError
 
-META = B.MemberMeta(mode=0o640, uid=1234, gid=2345, mtime_ns=1_700_000_000_123_456_789,
-                    uname="vfs-no-user", gname="vfs-no-group")
+META = B.MemberMeta(
+    mode=0o640,
+    uid=1234,
+    gid=2345,
+    mtime_ns=1_700_000_000_123_456_789,
+    uname="vfs-no-user",
+    gname="vfs-no-group",
+)
 
 
 def sha(data: bytes) -> bytes:
@@ -59,10 +65,10 @@ def parse_seek_table(blob: bytes) -> list[tuple[int, int]]:
     assert magic == 0x8F92EAB1
     assert descriptor == 0  # no checksums, reserved bits zero
     table_size = 8 + 8 * n + 9
-    skip_magic, frame_size = struct.unpack("<II", blob[-table_size:-table_size + 8])
+    skip_magic, frame_size = struct.unpack("<II", blob[-table_size : -table_size + 8])
     assert skip_magic == 0x184D2A5E
     assert frame_size == table_size - 8
-    entries = blob[-table_size + 8:-9]
+    entries = blob[-table_size + 8 : -9]
     return [struct.unpack_from("<II", entries, 8 * i) for i in range(n)]
 
 
@@ -75,7 +81,7 @@ def check_band_file(path: Path) -> list[bytes]:
     out, pos = [], 0
     dctx = zstandard.ZstdDecompressor()
     for csize, usize in entries:
-        frame = blob[pos:pos + csize]
+        frame = blob[pos : pos + csize]
         params = zstandard.get_frame_parameters(frame)
         assert params.has_checksum and params.content_size == usize
         data = dctx.decompress(frame, allow_extra_data=False)
@@ -106,12 +112,13 @@ def chunk_reader(chunks: Iterable[bytes]) -> B.ReadInto:
     return read
 
 
-def write_band(path: Path, blobs: list[tuple[bytes, bytes]], *, stream_over: int = 1 << 62,
-               **kw: int) -> B.ClosedBand:
+def write_band(
+    path: Path, blobs: list[tuple[bytes, bytes]], *, stream_over: int = 1 << 62, **kw: int
+) -> B.ClosedBand:
     w = B.BandWriter(path, "band-test", **kw)
     for name, data in blobs:
         if len(data) > stream_over:
-            chunks = (data[i:i + 1000] for i in range(0, len(data), 1000))
+            chunks = (data[i : i + 1000] for i in range(0, len(data), 1000))
             w.add_blob_stream(name, META, len(data), chunk_reader(chunks), sha(data))
         else:
             w.add_blob(name, META, data, sha(data))
@@ -121,10 +128,12 @@ def write_band(path: Path, blobs: list[tuple[bytes, bytes]], *, stream_over: int
 def untar(path: Path, dest: Path, *extra: str) -> None:
     """zstd -dc band | tar -x: both must succeed and GNU tar must print nothing."""
     dest.mkdir()
-    with subprocess.Popen(["zstd", "-dcq", str(path)], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE) as zstd:
-        tar = subprocess.run(["tar", "-x", "-p", *extra, "-C", str(dest)], stdin=zstd.stdout,
-                             capture_output=True, check=False)
+    with subprocess.Popen(
+        ["zstd", "-dcq", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as zstd:
+        tar = subprocess.run(
+            ["tar", "-x", "-p", *extra, "-C", str(dest)], stdin=zstd.stdout, capture_output=True, check=False
+        )
         zerr = zstd.stderr.read() if zstd.stderr else b""
     assert zstd.returncode == 0, zerr
     assert tar.returncode == 0 and tar.stderr == b"" and tar.stdout == b"", tar.stderr
@@ -156,7 +165,7 @@ def test_round_trip_many_blobs(tmp_path: Path) -> None:
     assert reader.catalog_bytes == band.catalog
     for (name, data), loc, (cname, cloc) in zip(blobs, band.blobs, reader.blobs(), strict=True):
         assert cname == name.decode() and cloc == loc
-        assert stream[loc.offset:loc.offset + loc.size] == data
+        assert stream[loc.offset : loc.offset + loc.size] == data
         assert reader.read_blob(loc) == data
         assert b"".join(reader.iter_blob(loc, chunk_frames=1)) == data
         assert reader.read_uncompressed(loc.offset, loc.size) == data
@@ -168,14 +177,15 @@ def test_round_trip_many_blobs(tmp_path: Path) -> None:
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(sizes=st.lists(st.integers(0, 20_000), max_size=12),
-       frame_size=st.sampled_from([512, 1000, 4096, 65536]),
-       stream_over=st.sampled_from([0, 5000, 1 << 40]), seed=st.integers(0, 2**32))
-def test_round_trip_property(sizes: list[int], frame_size: int, stream_over: int,
-                             seed: int) -> None:
+@given(
+    sizes=st.lists(st.integers(0, 20_000), max_size=12),
+    frame_size=st.sampled_from([512, 1000, 4096, 65536]),
+    stream_over=st.sampled_from([0, 5000, 1 << 40]),
+    seed=st.integers(0, 2**32),
+)
+def test_round_trip_property(sizes: list[int], frame_size: int, stream_over: int, seed: int) -> None:
     rnd = random.Random(seed)
-    blobs = [(b"d/%d" % i, rnd.randbytes(n) if i % 2 else b"ab" * (n // 2))
-             for i, n in enumerate(sizes)]
+    blobs = [(b"d/%d" % i, rnd.randbytes(n) if i % 2 else b"ab" * (n // 2)) for i, n in enumerate(sizes)]
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "b"
         band = write_band(path, blobs, stream_over=stream_over, frame_size=frame_size)
@@ -183,7 +193,7 @@ def test_round_trip_property(sizes: list[int], frame_size: int, stream_over: int
         reader = open_reader(path)
         for (_, data), loc in zip(blobs, band.blobs, strict=True):
             assert reader.read_blob(loc) == data
-            assert stream[loc.offset:loc.offset + loc.size] == data
+            assert stream[loc.offset : loc.offset + loc.size] == data
         # Python's tarfile agrees on members, offsets and the catalog
         with tarfile.open(fileobj=io.BytesIO(stream), mode="r:") as tf:
             members = tf.getmembers()
@@ -191,7 +201,12 @@ def test_round_trip_property(sizes: list[int], frame_size: int, stream_over: int
             assert [m.offset_data for m in members[:-1]] == [b.offset for b in band.blobs]
             for m in members[:-1]:
                 assert (m.mode, m.uid, m.gid, m.uname, m.gname) == (
-                    META.mode, META.uid, META.gid, META.uname, META.gname)
+                    META.mode,
+                    META.uid,
+                    META.gid,
+                    META.uname,
+                    META.gname,
+                )
                 assert m.pax_headers["mtime"] == "1700000000.123456789"
             cat = tf.extractfile(members[-1])
             assert cat is not None and cat.read() == band.catalog
@@ -202,14 +217,17 @@ def test_catalog_contents(tmp_path: Path) -> None:
     band = write_band(tmp_path / "b", blobs, frame_size=4096)
     raw = (tmp_path / "b").read_bytes()
     doc = json.loads(band.catalog)
-    assert band.catalog == json.dumps(doc, ensure_ascii=True, sort_keys=True,
-                                      separators=(",", ":")).encode()
+    assert band.catalog == json.dumps(doc, ensure_ascii=True, sort_keys=True, separators=(",", ":")).encode()
     assert doc["format"] == 1 and doc["band"] == "band-test" and doc["collection"] == "docs"
     assert doc["blobs"][1]["name"] == "caf\udce9"
-    assert doc["blobs"][0] == {"sha256": sha(b"hello").hex(), "name": "a",
-                               "offset": band.blobs[0].offset, "size": 5}
+    assert doc["blobs"][0] == {
+        "sha256": sha(b"hello").hex(),
+        "name": "a",
+        "offset": band.blobs[0].offset,
+        "size": 5,
+    }
     catalog_frame = band.frames[-1]
-    assert doc["body_sha256"] == hashlib.sha256(raw[:catalog_frame.compressed_offset]).hexdigest()
+    assert doc["body_sha256"] == hashlib.sha256(raw[: catalog_frame.compressed_offset]).hexdigest()
     assert band.sha256 == hashlib.sha256(raw).digest() and band.size == len(raw)
     last = check_band_file(tmp_path / "b")[-1]
     assert last.startswith(b".vaultfs/catalog.json\0") and last.endswith(bytes(1024))
@@ -218,8 +236,7 @@ def test_catalog_contents(tmp_path: Path) -> None:
 
 
 def test_reader_loads_tail_in_one_read(tmp_path: Path) -> None:
-    band = write_band(tmp_path / "b", [(b"f%d" % i, os.urandom(3000)) for i in range(50)],
-                      frame_size=8192)
+    band = write_band(tmp_path / "b", [(b"f%d" % i, os.urandom(3000)) for i in range(50)], frame_size=8192)
     read_range, calls = file_reader(tmp_path / "b")
     reader = B.BandReader(read_range, band.size)
     assert reader.catalog["band"] == "band-test"
@@ -252,8 +269,7 @@ def test_zstd_and_gnu_tar_extract_everything(tmp_path: Path) -> None:
         long_name: B.MemberMeta(0o600, 0, 0, 1_600_000_000_000_000_001),
         b"caf\xe9-latin1": B.MemberMeta(0o755, 5, 6, 1_500_000_000_999_999_999),
         "ünïcödé/名前".encode(): B.MemberMeta(0o644, 7, 8, 10**18, "ü" * 40, "g"),
-        b"xattrs": B.MemberMeta(0o644, 3_000_000, 4_000_000, 1_700_000_000_000_000_000,
-                                xattrs=xattrs),
+        b"xattrs": B.MemberMeta(0o644, 3_000_000, 4_000_000, 1_700_000_000_000_000_000, xattrs=xattrs),
         b"old": B.MemberMeta(0o444, 1, 1, -1_500_000_000),  # written as 0: no tar warning
     }
     contents = {name: os.urandom(i * 3000 + 1) for i, name in enumerate(metas)}
@@ -267,8 +283,11 @@ def test_zstd_and_gnu_tar_extract_everything(tmp_path: Path) -> None:
     band.close({})
     out = tmp_path / "out"
     untar(tmp_path / "b", out, "--xattrs", "--xattrs-include=*")
-    found = {p.relative_to(out).as_posix().encode("utf-8", "surrogateescape")
-             for p in out.rglob("*") if p.is_file()}
+    found = {
+        p.relative_to(out).as_posix().encode("utf-8", "surrogateescape")
+        for p in out.rglob("*")
+        if p.is_file()
+    }
     assert found == set(metas) | {B.CATALOG_MEMBER.encode()}
     for name, meta in metas.items():
         p = os.path.join(os.fsencode(out), name)
@@ -279,8 +298,9 @@ def test_zstd_and_gnu_tar_extract_everything(tmp_path: Path) -> None:
         assert (st_.st_uid, st_.st_gid) == (meta.uid, meta.gid)  # we run as root
     for key, value in xattrs:
         assert os.getxattr(os.path.join(out, "xattrs"), key.decode()) == value
-    getf = subprocess.run(["getfattr", "-d", "-e", "hex", str(out / "xattrs")],
-                          capture_output=True, check=True, text=True).stdout
+    getf = subprocess.run(
+        ["getfattr", "-d", "-e", "hex", str(out / "xattrs")], capture_output=True, check=True, text=True
+    ).stdout
     assert "user.comment=0x" + xattrs[0][1].hex() in getf
 
 
@@ -336,8 +356,12 @@ def test_flipped_byte_in_data_frame(small_band: tuple[Path, B.ClosedBand]) -> No
     frame = band.frames[3]
     flip(path, frame.compressed_offset + frame.compressed_size // 2)
     reader = open_reader(path)
-    hit = [b for b in band.blobs if B.frames_for_range(band.frames, b.offset, b.size)
-           and frame in B.frames_for_range(band.frames, b.offset, b.size)]
+    hit = [
+        b
+        for b in band.blobs
+        if B.frames_for_range(band.frames, b.offset, b.size)
+        and frame in B.frames_for_range(band.frames, b.offset, b.size)
+    ]
     assert hit
     with pytest.raises(CorruptionError, match="band b"):
         reader.read_blob(hit[0])
@@ -393,8 +417,9 @@ def test_sidecar_round_trip_and_corruption(small_band: tuple[Path, B.ClosedBand]
     doc = B.decode_sidecar(data)
     assert doc["band_size"] == band.size and doc["band_sha256"] == band.sha256.hex()
     assert B.sidecar_frames(doc) == band.frames
-    assert {k: v for k, v in doc.items() if k not in ("band_size", "band_sha256", "frames")} \
-        == json.loads(band.catalog)
+    assert {k: v for k, v in doc.items() if k not in ("band_size", "band_sha256", "frames")} == json.loads(
+        band.catalog
+    )
     for pos in (0, len(data) // 2, len(data) - 1):
         bad = bytearray(data)
         bad[pos] ^= 1
@@ -408,7 +433,7 @@ def test_sidecar_round_trip_and_corruption(small_band: tuple[Path, B.ClosedBand]
 
 
 def chunks_of(data: bytes, n: int = 3000) -> Iterator[bytes]:
-    return (data[i:i + n] for i in range(0, len(data), n))
+    return (data[i : i + n] for i in range(0, len(data), n))
 
 
 def failing_chunks(data: bytes) -> Iterator[bytes]:
@@ -422,8 +447,12 @@ def test_stream_rollback_leaves_a_valid_band(tmp_path: Path, case: str) -> None:
     w = B.BandWriter(tmp_path / "b", "band-rb", frame_size=4096)
     w.add_blob(b"before", META, before, sha(before))
     size_before = w.uncompressed_size
-    chunks = {"fewer": chunks_of(big[:-1]), "more": chunks_of(big + b"!"),
-              "different": chunks_of(big[:-1] + b"?"), "oserror": failing_chunks(big)}[case]
+    chunks = {
+        "fewer": chunks_of(big[:-1]),
+        "more": chunks_of(big + b"!"),
+        "different": chunks_of(big[:-1] + b"?"),
+        "oserror": failing_chunks(big),
+    }[case]
     with pytest.raises(OSError if case == "oserror" else B.ContentChanged):
         w.add_blob_stream(b"changing", META, len(big), chunk_reader(chunks), sha(big))
     assert w.uncompressed_size >= size_before
@@ -436,11 +465,12 @@ def test_stream_rollback_leaves_a_valid_band(tmp_path: Path, case: str) -> None:
     assert [n for n, _ in reader.blobs()] == ["before", "after", "big-ok"]
     assert [reader.read_blob(loc) for _, loc in reader.blobs()] == [before, after, big]
     untar(tmp_path / "b", tmp_path / "out")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        ".vaultfs", "after", "before", "big-ok"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".vaultfs", "after", "before", "big-ok"]
     raw = (tmp_path / "b").read_bytes()
-    assert json.loads(band.catalog)["body_sha256"] == hashlib.sha256(
-        raw[:band.frames[-1].compressed_offset]).hexdigest()
+    assert (
+        json.loads(band.catalog)["body_sha256"]
+        == hashlib.sha256(raw[: band.frames[-1].compressed_offset]).hexdigest()
+    )
 
 
 @pytest.mark.parametrize("case", ["duplicate", "fewer", "new"])
@@ -484,7 +514,7 @@ def test_stream_without_known_hash_rolls_back_duplicates(tmp_path: Path, case: s
 def test_incompressible_frames_use_the_cheap_level(tmp_path: Path) -> None:
     fs = 256 * 1024
     text = b"".join(b"line %d of a very compressible log file\n" % i for i in range(20_000))
-    blobs = [(b"random.bin", os.urandom(2 * fs)), (b"log.txt", text[:2 * fs])]
+    blobs = [(b"random.bin", os.urandom(2 * fs)), (b"log.txt", text[: 2 * fs])]
     band = write_band(tmp_path / "b", blobs, frame_size=fs, level=5)
     assert band.frame_levels[:2] == (B.CHEAP_LEVEL, B.CHEAP_LEVEL)
     assert band.frame_levels[3] == 5
@@ -551,20 +581,33 @@ def test_abort_and_context_manager(tmp_path: Path) -> None:
 def test_catalog_is_canonical_json(tmp_path: Path) -> None:
     """The catalog is written without one dict per blob; it must still be exactly the
     canonical json.dumps of the document (names that need escaping included)."""
-    names = [b"plain", "caf\u00e9 \"quoted\"\\".encode(), b"\xff\xfe raw", b"tab\there"]
+    names = [b"plain", 'caf\u00e9 "quoted"\\'.encode(), b"\xff\xfe raw", b"tab\there"]
     blobs = [(n, os.urandom(100 + i)) for i, n in enumerate(names)]
-    extra = {"collection": "c", "trees": {"ab": "{\"x\":1}"}, "version": {"n": 1}}
+    extra = {"collection": "c", "trees": {"ab": '{"x":1}'}, "version": {"n": 1}}
     w = B.BandWriter(tmp_path / "b", "band-json", frame_size=4096)
     for name, data in blobs:
         w.add_blob(name, META, data, sha(data))
     band = w.close(extra)
     expected = json.dumps(
-        {"format": 1, "band": "band-json",
-         "blobs": [{"sha256": sha(d).hex(), "name": n.decode("utf-8", "surrogateescape"),
-                    "offset": loc.offset, "size": loc.size}
-                   for (n, d), loc in zip(blobs, band.blobs, strict=True)],
-         "body_sha256": json.loads(band.catalog)["body_sha256"], **extra},
-        ensure_ascii=True, sort_keys=True, separators=(",", ":")).encode()
+        {
+            "format": 1,
+            "band": "band-json",
+            "blobs": [
+                {
+                    "sha256": sha(d).hex(),
+                    "name": n.decode("utf-8", "surrogateescape"),
+                    "offset": loc.offset,
+                    "size": loc.size,
+                }
+                for (n, d), loc in zip(blobs, band.blobs, strict=True)
+            ],
+            "body_sha256": json.loads(band.catalog)["body_sha256"],
+            **extra,
+        },
+        ensure_ascii=True,
+        sort_keys=True,
+        separators=(",", ":"),
+    ).encode()
     assert band.catalog == expected
 
 

@@ -52,8 +52,7 @@ def _snapshot_one_band(env: VaultEnv) -> tuple[str, bytes]:
     (src / "a.bin").write_bytes(content)
     env.run("init")
     env.run("snapshot")
-    [band] = [k[len("bands/"):-len(".tar.zst")] for k in env.store_keys("bands/")
-              if k.endswith(".tar.zst")]
+    [band] = [k[len("bands/") : -len(".tar.zst")] for k in env.store_keys("bands/") if k.endswith(".tar.zst")]
     return band, content
 
 
@@ -72,15 +71,21 @@ def _index_delta_naming(env: VaultEnv, band: str, name: str) -> None:
     keys = [k for k in env.store_keys("index/") if k.endswith(".zst")]
     raw = env.fetch_object(keys[-1], env.tmp / "index-object").read_bytes()
     doc = decode_index_object(raw)
-    generation = int(keys[-1][len("index/"):].split("-")[0]) + 1
+    generation = int(keys[-1][len("index/") :].split("-")[0]) + 1
     bands = [{**b, "band": name} for b in doc["bands"] if b["band"] == band]
-    hostile = {**doc, "kind": "delta", "generation": generation, "versions": [], "trees": {},
-               "bands": bands, "blobs": {name: doc["blobs"][band]}}
+    hostile = {
+        **doc,
+        "kind": "delta",
+        "generation": generation,
+        "versions": [],
+        "trees": {},
+        "bands": bands,
+        "blobs": {name: doc["blobs"][band]},
+    }
     _put(env, f"index/{generation:012d}-delta.zst", encode_index_object(hostile))
 
 
-def test_hostile_band_ids_are_damage_in_rebuild_and_check(vault_env: VaultEnv,
-                                                          tmp_path: Path) -> None:
+def test_hostile_band_ids_are_damage_in_rebuild_and_check(vault_env: VaultEnv, tmp_path: Path) -> None:
     env = vault_env
     band, content = _snapshot_one_band(env)
     decoy, escape = _decoys(tmp_path)
@@ -120,8 +125,9 @@ def test_hostile_band_ids_are_damage_in_rebuild_and_check(vault_env: VaultEnv,
     assert not list((env.state_dir / "cache").iterdir())
 
 
-def test_a_hostile_band_id_in_the_local_catalog_is_eio_not_a_path(file_vault: VaultEnv,
-                                                                  tmp_path: Path) -> None:
+def test_a_hostile_band_id_in_the_local_catalog_is_eio_not_a_path(
+    file_vault: VaultEnv, tmp_path: Path
+) -> None:
     """The mount's band cache path: a damaged LMDB blob row naming a band outside the cache,
     where a complete copy of the real band lies, must not be read from there."""
     env = file_vault

@@ -71,12 +71,14 @@ def test_flipped_blob_offset_is_eio_in_the_mount(file_vault: VaultEnv, tmp_path:
     flip_bit(mdb, blob_record_at(mdb, big) + 6, 1)
     mnt = tmp_path / "mnt"
     with mounted(file_vault, mnt):
-        dd = subprocess.run(["dd", f"if={mnt / 'photos/latest/big.bin'}", "of=/dev/null",
-                             "bs=4096", "skip=100", "count=1"], capture_output=True, text=True)
+        dd = subprocess.run(
+            ["dd", f"if={mnt / 'photos/latest/big.bin'}", "of=/dev/null", "bs=4096", "skip=100", "count=1"],
+            capture_output=True,
+            text=True,
+        )
         assert dd.returncode != 0 and "Input/output error" in dd.stderr, dd
     log = mount_log(file_vault).read_text()
-    assert any("blob record" in line and REBUILD in line and "EIO" in line
-               for line in log.splitlines()), log
+    assert any("blob record" in line and REBUILD in line and "EIO" in line for line in log.splitlines()), log
     proc = file_vault.run("restore", "fetch", "photos", "--to", str(tmp_path / "bad"), expect=None)
     assert proc.returncode == 1 and "blob record" in proc.stderr and REBUILD in proc.stderr
     assert not (tmp_path / "bad" / "big.bin").exists()
@@ -87,16 +89,17 @@ def test_flipped_blob_offset_is_eio_in_the_mount(file_vault: VaultEnv, tmp_path:
     assert any("rung 1" in w and "blob record" in w for w in rebuilt["why"]), rebuilt["why"]
     assert list(file_vault.state_dir.glob("catalog.lmdb.damaged-*"))
     with mounted(file_vault, mnt):
-        dd_ok = subprocess.run(["dd", f"if={mnt / 'photos/latest/big.bin'}", "of=/dev/stdout",
-                                "bs=4096", "skip=100", "count=1"], capture_output=True)
-        assert dd_ok.returncode == 0 and dd_ok.stdout == big[409600:409600 + 4096]
+        dd_ok = subprocess.run(
+            ["dd", f"if={mnt / 'photos/latest/big.bin'}", "of=/dev/stdout", "bs=4096", "skip=100", "count=1"],
+            capture_output=True,
+        )
+        assert dd_ok.returncode == 0 and dd_ok.stdout == big[409600 : 409600 + 4096]
     file_vault.run("restore", "fetch", "photos", "--to", str(tmp_path / "out"))
     assert diff_r(src, tmp_path / "out") == []
     file_vault.run("check")
 
 
-def test_damaged_files_cache_row_never_becomes_a_version(file_vault: VaultEnv,
-                                                         tmp_path: Path) -> None:
+def test_damaged_files_cache_row_never_becomes_a_version(file_vault: VaultEnv, tmp_path: Path) -> None:
     """A files-cache row whose blob id changed (a few flipped bits) would make the next
     version's file point at other content; its checksum stops the snapshot instead."""
     src = file_vault.add_collection("docs")
@@ -109,8 +112,8 @@ def test_damaged_files_cache_row_never_becomes_a_version(file_vault: VaultEnv,
     data = bytearray(mdb.read_bytes())
     row = data.index(b"docs\0a.txt") + len(b"docs\0a.txt")  # the key, then its value
     blob_at = row + struct.calcsize(">QQQqq")
-    assert data[blob_at:blob_at + 32] == hashlib.sha256(a).digest()
-    data[blob_at:blob_at + 32] = hashlib.sha256(b).digest()
+    assert data[blob_at : blob_at + 32] == hashlib.sha256(a).digest()
+    data[blob_at : blob_at + 32] = hashlib.sha256(b).digest()
     mdb.write_bytes(bytes(data))
     write(src / "new.txt", b"a change, so that a version is made")
     error = one_line_error(file_vault.run("snapshot", expect=None))
@@ -124,8 +127,7 @@ def test_damaged_files_cache_row_never_becomes_a_version(file_vault: VaultEnv,
 
 
 @pytest.mark.parametrize("cut", ["half", "odd"])
-def test_truncated_data_mdb_is_an_error_and_rebuilt(file_vault: VaultEnv, tmp_path: Path,
-                                                   cut: str) -> None:
+def test_truncated_data_mdb_is_an_error_and_rebuilt(file_vault: VaultEnv, tmp_path: Path, cut: str) -> None:
     src = file_vault.add_collection("photos")
     for i in range(300):  # enough records that data.mdb spans many pages
         write(src / f"d{i % 7}/f{i}.txt", f"file {i}\n".encode() * 20)
@@ -139,8 +141,12 @@ def test_truncated_data_mdb_is_an_error_and_rebuilt(file_vault: VaultEnv, tmp_pa
     os.truncate(mdb, size)
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    for args in (["versions", "photos"], ["snapshot"], ["check"],
-                 ["mount", str(mnt), "--log", str(tmp_path / "mount.log")]):
+    for args in (
+        ["versions", "photos"],
+        ["snapshot"],
+        ["check"],
+        ["mount", str(mnt), "--log", str(tmp_path / "mount.log")],
+    ):
         proc = file_vault.run(*args, expect=None)
         assert proc.returncode not in (-signal.SIGBUS, 128 + signal.SIGBUS), (args, proc)
         error = one_line_error(proc)
@@ -213,5 +219,7 @@ def test_damaged_tree_is_eio_in_the_mount(file_vault: VaultEnv, tmp_path: Path) 
         ls = subprocess.run(["ls", str(mnt / "photos/latest/sub")], capture_output=True, text=True)
         assert ls.returncode != 0 and "Input/output error" in ls.stderr, ls
         assert "Xeep.txt" not in ls.stdout
-    assert any("tree" in line and "corrupt" in line and REBUILD in line
-               for line in mount_log(file_vault).read_text().splitlines())
+    assert any(
+        "tree" in line and "corrupt" in line and REBUILD in line
+        for line in mount_log(file_vault).read_text().splitlines()
+    )

@@ -37,8 +37,10 @@ def test_missing_band_is_reported_with_the_versions_it_affects(file_vault: Vault
     setup(file_vault)
     write(file_vault.collections["photos"][0] / "v2.txt", b"two")
     file_vault.run("snapshot")
-    band = max((k for k in file_vault.store_keys("bands/") if k.endswith(".tar.zst")),
-               key=lambda k: store_path(file_vault, k).stat().st_size)  # v1's data: v2 too
+    band = max(
+        (k for k in file_vault.store_keys("bands/") if k.endswith(".tar.zst")),
+        key=lambda k: store_path(file_vault, k).stat().st_size,
+    )  # v1's data: v2 too
     store_path(file_vault, band).unlink()
     out = file_vault.json("check", expect=1)
     assert not out["ok"] and out["exit_code"] == 1
@@ -73,16 +75,20 @@ def test_source_bit_rot_is_told_apart_from_modifications(file_vault: VaultEnv) -
 
 
 def test_archived_bands_are_listed_with_the_plan_never_skipped(s3_bucket, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    env = VaultEnv(tmp_path, f"s3://{s3_bucket.name}/vault", s3_endpoint=s3_bucket.endpoint_url,
-                   bucket=s3_bucket)
+    env = VaultEnv(
+        tmp_path, f"s3://{s3_bucket.name}/vault", s3_endpoint=s3_bucket.endpoint_url, bucket=s3_bucket
+    )
     env.write_config()
     setup(env)
     client = s3_bucket.client()
     archived = sorted(k for k in env.store_keys("bands/") if k.endswith(".tar.zst"))[:1]
     for key in archived:
-        client.copy_object(Bucket=s3_bucket.name, Key="vault/" + key,
-                           CopySource={"Bucket": s3_bucket.name, "Key": "vault/" + key},
-                           StorageClass="DEEP_ARCHIVE")
+        client.copy_object(
+            Bucket=s3_bucket.name,
+            Key="vault/" + key,
+            CopySource={"Bucket": s3_bucket.name, "Key": "vault/" + key},
+            StorageClass="DEEP_ARCHIVE",
+        )
     out = env.json("check", "--read-data", expect=3)
     assert out["problems"] == []
     assert [f"bands/{n['band']}.tar.zst" for n in out["not_read"]] == archived

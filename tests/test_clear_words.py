@@ -64,8 +64,13 @@ class FixedAnswer(http.server.ThreadingHTTPServer):
 @pytest.fixture
 def s3_env(tmp_path: Path, s3_bucket: Any) -> VaultEnv:
     """An initialised vault on moto with one snapshot of a cold collection ``p``."""
-    env = VaultEnv(tmp_path, f"s3://{s3_bucket.name}/vault", s3_endpoint=s3_bucket.endpoint_url,
-                   bucket=s3_bucket, band_size="1MiB")
+    env = VaultEnv(
+        tmp_path,
+        f"s3://{s3_bucket.name}/vault",
+        s3_endpoint=s3_bucket.endpoint_url,
+        bucket=s3_bucket,
+        band_size="1MiB",
+    )
     src = env.add_collection("p")
     (src / "a.txt").write_bytes(b"alpha")
     env.run("init")
@@ -122,19 +127,20 @@ def test_s3_transient_answer_after_retries(s3_env: VaultEnv) -> None:
 # ---- 2. refused credentials: exit 2 and one message everywhere ----------------------------
 
 
-def test_refused_credentials_are_exit_2_everywhere(
-    s3_auth_server: AuthServer, tmp_path: Path
-) -> None:
-    env = VaultEnv(tmp_path, f"s3://{s3_auth_server.bucket}/words",
-                   s3_endpoint=s3_auth_server.endpoint_url)
+def test_refused_credentials_are_exit_2_everywhere(s3_auth_server: AuthServer, tmp_path: Path) -> None:
+    env = VaultEnv(tmp_path, f"s3://{s3_auth_server.bucket}/words", s3_endpoint=s3_auth_server.endpoint_url)
     (env.add_collection("p") / "a.txt").write_bytes(b"alpha")
     good = env.env(**s3_auth_server.good)
     env.run("init", env=good)
     env.run("snapshot", env=good)
     bad = env.env(AWS_ACCESS_KEY_ID="AKIAWRONGWRONGWRONG1", AWS_SECRET_ACCESS_KEY="nope")
-    commands = [("init",), ("snapshot",), ("check",),
-                ("restore", "fetch", "p", "--to", str(tmp_path / "out")),
-                ("index", "rebuild", "--yes")]
+    commands = [
+        ("init",),
+        ("snapshot",),
+        ("check",),
+        ("restore", "fetch", "p", "--to", str(tmp_path / "out")),
+        ("index", "rebuild", "--yes"),
+    ]
     lines = {one_line_error(env.run(*cmd, expect=None, env=bad), 2) for cmd in commands}
     assert len(lines) == 1, lines  # the same words whichever command met the refusal
     line = lines.pop()
@@ -201,8 +207,7 @@ def test_missing_version_collection_or_path_is_exit_2(file_vault: VaultEnv, tmp_
 
 FORGED = b"a\nWARNING: everything is fine"
 ODD_NAMES = [FORGED, b"bad\xffbyte", b"tab\there", b"esc\x1b[2Jclear", b"back\\slash"]
-SHOWN = ["a\\nWARNING: everything is fine", "bad\\xffbyte", "tab\\there", "esc\\x1b[2Jclear",
-         "back\\\\slash"]
+SHOWN = ["a\\nWARNING: everything is fine", "bad\\xffbyte", "tab\\there", "esc\\x1b[2Jclear", "back\\\\slash"]
 
 
 def _write_odd_names(src: Path, content: bytes) -> None:
@@ -239,8 +244,7 @@ def test_names_are_escaped_in_human_output(file_vault: VaultEnv, tmp_path: Path)
     assert f"PROBLEM: bit rot suspected: p/{SHOWN[0]} has" in check.stderr
 
     # restore: a path named on the command line that is not there is shown escaped too.
-    missing = file_vault.run("restore", "fetch", "p", "x\ny", "--to", str(tmp_path / "o"),
-                             expect=2)
+    missing = file_vault.run("restore", "fetch", "p", "x\ny", "--to", str(tmp_path / "o"), expect=2)
     assert "error: x\\ny is not in" in missing.stderr
 
     # --json keeps the exact names (surrogate escapes for bytes that are not UTF-8).
@@ -277,8 +281,10 @@ def _commands() -> set[str]:
 
 def test_every_command_has_its_exit_statuses_documented() -> None:
     doc = (REPO / "docs" / "cli.md").read_text()
-    table = {m.group(1): m.group(2) for m in
-             re.finditer(r"^\| `vaultfs ([a-z ]+?)` \| ([0-9, ]+) \|", doc, re.MULTILINE)}
+    table = {
+        m.group(1): m.group(2)
+        for m in re.finditer(r"^\| `vaultfs ([a-z ]+?)` \| ([0-9, ]+) \|", doc, re.MULTILINE)
+    }
     assert set(table) == _commands()
     for command, codes in table.items():
         statuses = {int(c) for c in codes.split(",")}

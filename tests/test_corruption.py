@@ -57,8 +57,7 @@ def test_flipped_band_byte(file_vault: VaultEnv, tmp_path: Path) -> None:
     out = file_vault.json("check", "--read-data", expect=1)
     hits = [p for p in out["problems"] if band.split("/")[1].split(".")[0] in p["what"]]
     assert hits and hits[0]["affects"] == ["photos@v1"], out["problems"]
-    proc = file_vault.run("restore", "fetch", "photos", "--to", str(tmp_path / "out"),
-                          expect=None)
+    proc = file_vault.run("restore", "fetch", "photos", "--to", str(tmp_path / "out"), expect=None)
     assert proc.returncode != 0
     assert len(restored_never_wrong(src, tmp_path / "out")) >= 1
 
@@ -107,8 +106,7 @@ def test_flipped_version_record(file_vault: VaultEnv, tmp_path: Path) -> None:
     doc["created_ns"] += 1  # still valid JSON: only the cross-check can tell
     record.write_text(json.dumps(doc, indent=1, sort_keys=True))
     out = file_vault.json("check", expect=1)
-    assert any("versions/photos/1.json" in p["what"] and "photos@v1" in p["affects"]
-               for p in out["problems"])
+    assert any("versions/photos/1.json" in p["what"] and "photos@v1" in p["affects"] for p in out["problems"])
     nas = second_machine(file_vault, tmp_path / "nas2")
     rebuilt = nas.json("index", "rebuild", "--from", "sidecars")
     assert any("band catalog's copy" in n for n in rebuilt["notes"]), rebuilt
@@ -122,8 +120,7 @@ def test_flipped_version_record(file_vault: VaultEnv, tmp_path: Path) -> None:
     file_vault.run("check")
 
 
-def test_damaged_lmdb_values_are_never_served_and_rebuilt(file_vault: VaultEnv,
-                                                          tmp_path: Path) -> None:
+def test_damaged_lmdb_values_are_never_served_and_rebuilt(file_vault: VaultEnv, tmp_path: Path) -> None:
     src = setup(file_vault)
     mdb = file_vault.state_dir / "catalog.lmdb" / "data.mdb"
     data = bytearray(mdb.read_bytes())
@@ -133,8 +130,7 @@ def test_damaged_lmdb_values_are_never_served_and_rebuilt(file_vault: VaultEnv,
     mdb.write_bytes(bytes(data))
     out = file_vault.json("check", expect=1)
     assert any("tree" in p["what"] and "corrupt" in p["what"] for p in out["problems"]), out
-    proc = file_vault.run("restore", "fetch", "photos", "--to", str(tmp_path / "bad"),
-                          expect=None)
+    proc = file_vault.run("restore", "fetch", "photos", "--to", str(tmp_path / "bad"), expect=None)
     assert proc.returncode == 1 and "index rebuild" in proc.stderr
     rebuilt = file_vault.json("index", "rebuild")
     assert rebuilt["rung"] == "index"

@@ -70,8 +70,10 @@ def remove_hard_link_first_name(src: Path) -> None:
 STEPS: list[tuple[str, Callable[[Path], object]]] = [
     ("nothing", lambda src: None),
     ("deep content, new size", lambda src: write(src / "nested/deeper/deepest/leaf.txt", b"v2 longer")),
-    ("deep content, same size and mtime",
-     lambda src: same_size_rewrite(src / "nested/deeper/deepest/leaf.txt")),
+    (
+        "deep content, same size and mtime",
+        lambda src: same_size_rewrite(src / "nested/deeper/deepest/leaf.txt"),
+    ),
     ("user xattr on a file", lambda src: os.setxattr(src / "photos/2019/img_0001.raw", "user.k", b"v")),
     ("user xattr on a directory", lambda src: os.setxattr(src / "nested/deeper", "user.k", b"v")),
     ("mode of a file", lambda src: (src / "nested/deeper/deepest/leaf.txt").chmod(0o640)),
@@ -125,8 +127,9 @@ def test_memo_of_another_version_is_not_used(file_vault: VaultEnv, tmp_path: Pat
     file_vault.run("init")
     file_vault.run("snapshot")
     write(src / "d0/f.txt", b"two")
-    proc = file_vault.run("snapshot", expect=None,
-                          env=file_vault.env(VAULTFS_TESTPOINTS="version-record-written=kill"))
+    proc = file_vault.run(
+        "snapshot", expect=None, env=file_vault.env(VAULTFS_TESTPOINTS="version-record-written=kill")
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     write(src / "d1/f.txt", b"three")
     out = file_vault.json("snapshot", expect=None)["collections"][0]

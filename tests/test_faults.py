@@ -56,13 +56,13 @@ KILL_POINTS = [
 
 @pytest.mark.parametrize("point", KILL_POINTS)
 def test_kill_anywhere_then_next_run_completes_and_checks_clean(
-        file_vault: VaultEnv, tmp_path: Path, point: str) -> None:
+    file_vault: VaultEnv, tmp_path: Path, point: str
+) -> None:
     file_vault.band_size = "1MiB"
     src = file_vault.add_collection("photos")
     fill(src)
     file_vault.run("init")
-    proc = file_vault.run("snapshot", expect=None,
-                          env=file_vault.env(VAULTFS_TESTPOINTS=f"{point}=kill"))
+    proc = file_vault.run("snapshot", expect=None, env=file_vault.env(VAULTFS_TESTPOINTS=f"{point}=kill"))
     assert proc.returncode == -signal.SIGKILL, (point, proc.stderr)
     committed = point in ("version-record-written", "index-publish", "index-object-written")
     listed = [v["version"] for v in file_vault.versions("photos")]
@@ -78,8 +78,13 @@ def test_kill_anywhere_then_next_run_completes_and_checks_clean(
 
 
 def test_kill_during_multipart_upload_and_index_on_s3(s3_bucket, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    env = VaultEnv(tmp_path, f"s3://{s3_bucket.name}/vault", s3_endpoint=s3_bucket.endpoint_url,
-                   bucket=s3_bucket, band_size="32MiB")
+    env = VaultEnv(
+        tmp_path,
+        f"s3://{s3_bucket.name}/vault",
+        s3_endpoint=s3_bucket.endpoint_url,
+        bucket=s3_bucket,
+        band_size="32MiB",
+    )
     src = env.add_collection("photos", tier="warm")  # warm: bands stay readable on S3
     write(src / "video.bin", os.urandom(11 * 1024 * 1024))  # multipart: 5 MiB parts
     env.run("init")
@@ -92,14 +97,18 @@ def test_kill_during_multipart_upload_and_index_on_s3(s3_bucket, tmp_path: Path)
 
 
 @pytest.mark.parametrize("store", ["file", "s3"])
-def test_snapshot_through_a_flaky_store(store: str, request: pytest.FixtureRequest,
-                                        tmp_path: Path) -> None:
+def test_snapshot_through_a_flaky_store(store: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     if store == "file":
         env = VaultEnv(tmp_path, f"file://{tmp_path / 'store'}", band_size="1MiB")
     else:
         bucket = request.getfixturevalue("s3_bucket")
-        env = VaultEnv(tmp_path, f"s3://{bucket.name}/vault", s3_endpoint=bucket.endpoint_url,
-                       bucket=bucket, band_size="1MiB")
+        env = VaultEnv(
+            tmp_path,
+            f"s3://{bucket.name}/vault",
+            s3_endpoint=bucket.endpoint_url,
+            bucket=bucket,
+            band_size="1MiB",
+        )
     src = env.add_collection("photos", tier="warm")  # warm: bands stay readable on S3
     fill(src)
     faulty = env.env(VAULTFS_TESTPOINTS="store-faults=0.3:7")
@@ -109,8 +118,14 @@ def test_snapshot_through_a_flaky_store(store: str, request: pytest.FixtureReque
     write(src / "more.txt", b"more")
     env.run("snapshot", env=env.env(VAULTFS_TESTPOINTS="store-faults=0.3:8"))
     env.run("check", "--read-data", env=env.env(VAULTFS_TESTPOINTS="store-faults=0.3:9"))
-    env.run("restore", "fetch", "photos", "--to", str(tmp_path / "out"),
-            env=env.env(VAULTFS_TESTPOINTS="store-faults=0.3:10"))
+    env.run(
+        "restore",
+        "fetch",
+        "photos",
+        "--to",
+        str(tmp_path / "out"),
+        env=env.env(VAULTFS_TESTPOINTS="store-faults=0.3:10"),
+    )
     assert diff_r(src, tmp_path / "out") == []
     nas = second_machine(env, tmp_path / "nas2")
     assert nas.json("index", "rebuild", "--from", "sidecars")["problems"] == []
@@ -119,8 +134,9 @@ def test_snapshot_through_a_flaky_store(store: str, request: pytest.FixtureReque
 
 
 def test_permanent_store_errors_fail_fast_and_clearly(s3_bucket, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    env = VaultEnv(tmp_path, f"s3://{s3_bucket.name}/vault", s3_endpoint=s3_bucket.endpoint_url,
-                   bucket=s3_bucket)
+    env = VaultEnv(
+        tmp_path, f"s3://{s3_bucket.name}/vault", s3_endpoint=s3_bucket.endpoint_url, bucket=s3_bucket
+    )
     src = env.add_collection("photos")
     write(src / "a.bin", os.urandom(100_000))
     env.run("init")
@@ -207,8 +223,13 @@ def test_two_machines_on_one_store(vault_env: VaultEnv, tmp_path: Path) -> None:
 
 
 def test_kill_while_archiving_cold_bands(s3_bucket, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    env = VaultEnv(tmp_path, f"s3://{s3_bucket.name}/vault", s3_endpoint=s3_bucket.endpoint_url,
-                   bucket=s3_bucket, band_size="2MiB")
+    env = VaultEnv(
+        tmp_path,
+        f"s3://{s3_bucket.name}/vault",
+        s3_endpoint=s3_bucket.endpoint_url,
+        bucket=s3_bucket,
+        band_size="2MiB",
+    )
     src = env.add_collection("photos")  # cold: bands move to DEEP_ARCHIVE after the commit
     for i in range(3):
         write(src / f"img{i}.raw", os.urandom(1_500_000))

@@ -110,7 +110,9 @@ def test_files_no_source_holds_are_named_lost_for_good(file_vault: VaultEnv) -> 
 
     out = env.json("check", expect=1)
     assert [(x["version"], x["for_good"], x["paths"]) for x in out["lost"]] == [
-        (1, True, ["f0.raw"]), (2, True, ["f0.raw"])]
+        (1, True, ["f0.raw"]),
+        (2, True, ["f0.raw"]),
+    ]
     lines = env.run("check", expect=1).stderr
     assert "p@v1: 1 file(s) lost for good" in lines and "p@v2: 1 file(s) lost for good" in lines
     assert "p@v3" not in lines

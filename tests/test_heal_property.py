@@ -43,8 +43,13 @@ class World:
         self.src = tmp / "src"
         self.src.mkdir()
         self.coll = CollectionConfig("c", self.src, "warm", frame_size=FRAME)
-        self.config = Config(store=f"file://{tmp / 'store'}", state_dir=tmp / "state",
-                             band_size=BAND, threads=1, collections=(self.coll,))
+        self.config = Config(
+            store=f"file://{tmp / 'store'}",
+            state_dir=tmp / "state",
+            band_size=BAND,
+            threads=1,
+            collections=(self.coll,),
+        )
         self.store_dir = tmp / "store"
         self.tmp = tmp
         self.vault, _ = Vault.create(self.config)
@@ -65,8 +70,7 @@ class World:
             (self.src / "a").write_bytes(b"keep the root non-empty")
 
     def files(self) -> Files:
-        return {str(p.relative_to(self.src)): p.read_bytes()
-                for p in self.src.rglob("*") if p.is_file()}
+        return {str(p.relative_to(self.src)): p.read_bytes() for p in self.src.rglob("*") if p.is_file()}
 
     def snapshot(self) -> None:
         with self.vault.lock():
@@ -103,19 +107,29 @@ def intact(ref: BlobRef, frames: tuple[tuple[int, int], ...], damaged_at: int | 
 
 
 history = st.lists(  # snapshots, each after a few changes: (path, content or delete)
-    st.lists(st.tuples(st.integers(0, len(PATHS) - 1),
-                       st.one_of(st.none(), st.integers(0, 11))), min_size=1, max_size=4),
-    min_size=1, max_size=3)
+    st.lists(
+        st.tuples(st.integers(0, len(PATHS) - 1), st.one_of(st.none(), st.integers(0, 11))),
+        min_size=1,
+        max_size=4,
+    ),
+    min_size=1,
+    max_size=3,
+)
 
 
-@settings(max_examples=25, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(history=history, harm=st.data(),
-       after=st.lists(st.tuples(st.integers(0, len(PATHS) - 1),
-                                st.one_of(st.none(), st.integers(0, 11))), max_size=3))
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
+@given(
+    history=history,
+    harm=st.data(),
+    after=st.lists(
+        st.tuples(st.integers(0, len(PATHS) - 1), st.one_of(st.none(), st.integers(0, 11))), max_size=3
+    ),
+)
 def test_every_surviving_file_restores_and_exactly_the_rest_is_lost(
-        history: list[list[tuple[int, int | None]]], harm: st.DataObject,
-        after: list[tuple[int, int | None]]) -> None:
+    history: list[list[tuple[int, int | None]]], harm: st.DataObject, after: list[tuple[int, int | None]]
+) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         world = World(Path(tmp))
         try:
@@ -148,8 +162,7 @@ def test_every_surviving_file_restores_and_exactly_the_rest_is_lost(
                 if ref is None:
                     return True  # stored by the snapshot after the harm
                 f = fate.get(ref.band, "keep")
-                in_store = f != "delete" and intact(ref, frames[ref.band],
-                                                    f if isinstance(f, int) else None)
+                in_store = f != "delete" and intact(ref, frames[ref.band], f if isinstance(f, int) else None)
                 return in_store or data in source
 
             world.check()

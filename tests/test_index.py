@@ -21,8 +21,14 @@ from vaultfs.vault import Vault
 
 def second_machine(env: VaultEnv, tmp: Path) -> VaultEnv:
     """A NAS with only the config (same store, same sources) and an empty state dir."""
-    other = VaultEnv(tmp, env.store_url, s3_endpoint=env.s3_endpoint, bucket=env.bucket,
-                     band_size=env.band_size, collections=dict(env.collections))
+    other = VaultEnv(
+        tmp,
+        env.store_url,
+        s3_endpoint=env.s3_endpoint,
+        bucket=env.bucket,
+        band_size=env.band_size,
+        collections=dict(env.collections),
+    )
     tmp.mkdir(parents=True, exist_ok=True)
     other.write_config()
     return other
@@ -51,8 +57,7 @@ def two_versions(env: VaultEnv) -> Path:
     return src
 
 
-def test_index_is_incremental_and_readable_with_standard_tools(file_vault: VaultEnv,
-                                                               tmp_path: Path) -> None:
+def test_index_is_incremental_and_readable_with_standard_tools(file_vault: VaultEnv, tmp_path: Path) -> None:
     src = file_vault.add_collection("photos")
     write(src / "a.txt", b"a" * 1000)
     file_vault.run("init")
@@ -69,8 +74,7 @@ def test_index_is_incremental_and_readable_with_standard_tools(file_vault: Vault
     header, body = raw[:80], raw[80:]
     assert header.startswith(b"VAULTFS-INDEX1 ")
     assert hashlib.sha256(body).hexdigest() == header[15:79].decode()
-    text = subprocess.run(f"tail -c +81 {obj} | zstd -dc", shell=True, check=True,
-                          capture_output=True).stdout
+    text = subprocess.run(f"tail -c +81 {obj} | zstd -dc", shell=True, check=True, capture_output=True).stdout
     doc = json.loads(text)
     assert doc["generation"] == 3 and doc["kind"] == "delta"
     assert [v["number"] for v in doc["versions"]] == [3]
@@ -93,15 +97,18 @@ def snapshots_in_process(env: VaultEnv, count: int) -> Vault:
     return vault
 
 
-def test_consolidation_into_a_full_object(file_vault: VaultEnv,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_consolidation_into_a_full_object(file_vault: VaultEnv, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(publishing, "CONSOLIDATE_AFTER", 3)
     vault = snapshots_in_process(file_vault, 4)
     try:
         keys = file_vault.store_keys("index/")
-        assert keys == ["index/000000000001-delta.zst", "index/000000000002-delta.zst",
-                        "index/000000000003-delta.zst", "index/000000000004-full.zst",
-                        "index/000000000005-delta.zst"]
+        assert keys == [
+            "index/000000000001-delta.zst",
+            "index/000000000002-delta.zst",
+            "index/000000000003-delta.zst",
+            "index/000000000004-full.zst",
+            "index/000000000005-delta.zst",
+        ]
         vid = vault.catalog.meta("vault_id") or ""
         loaded = index.load_index(vault.store, vid)
         assert loaded.objects == keys[3:] and not loaded.problems
@@ -124,8 +131,7 @@ def test_consolidation_into_a_full_object(file_vault: VaultEnv,
 
 
 @pytest.mark.parametrize("rung", [None, "sidecars", "tails", "scan"])
-def test_rebuild_into_an_empty_state_dir(vault_env: VaultEnv, tmp_path: Path,
-                                         rung: str | None) -> None:
+def test_rebuild_into_an_empty_state_dir(vault_env: VaultEnv, tmp_path: Path, rung: str | None) -> None:
     src = two_versions(vault_env)
     nas = second_machine(vault_env, tmp_path / "nas2")
     out = nas.json("index", "rebuild", *(["--from", rung] if rung else []))
@@ -135,8 +141,7 @@ def test_rebuild_into_an_empty_state_dir(vault_env: VaultEnv, tmp_path: Path,
         assert any("rung 1" in w and "there is none" in w for w in out["why"])
     assert out["versions"] == ["photos@v1", "photos@v2"]
     assert [v["version"] for v in nas.versions("photos")] == [1, 2]
-    assert [v["files"] for v in nas.versions("photos")] == \
-        [v["files"] for v in vault_env.versions("photos")]
+    assert [v["files"] for v in nas.versions("photos")] == [v["files"] for v in vault_env.versions("photos")]
     nas.run("check")
     restored = tmp_path / "v2"
     nas.run("restore", "fetch", "photos@v2", "--to", str(restored))
@@ -150,11 +155,13 @@ def test_rebuild_into_an_empty_state_dir(vault_env: VaultEnv, tmp_path: Path,
     nas.run("check")
 
 
-def test_forgotten_versions_stay_forgotten_on_every_rung(file_vault: VaultEnv,
-                                                         tmp_path: Path) -> None:
+def test_forgotten_versions_stay_forgotten_on_every_rung(file_vault: VaultEnv, tmp_path: Path) -> None:
     two_versions(file_vault)
-    put_object(file_vault, "forgotten/photos/1.json",
-               json.dumps({"collection": "photos", "number": 1, "forgotten_ns": 1}).encode())
+    put_object(
+        file_vault,
+        "forgotten/photos/1.json",
+        json.dumps({"collection": "photos", "number": 1, "forgotten_ns": 1}).encode(),
+    )
     for i, rung in enumerate(["index", "sidecars", "tails", "scan"]):
         nas = second_machine(file_vault, tmp_path / f"nas{i}")
         out = nas.json("index", "rebuild", "--from", rung)
@@ -162,12 +169,12 @@ def test_forgotten_versions_stay_forgotten_on_every_rung(file_vault: VaultEnv,
         assert [v["version"] for v in nas.versions("photos")] == [2]
 
 
-def test_rebuild_tops_up_versions_newer_than_the_index(file_vault: VaultEnv,
-                                                       tmp_path: Path) -> None:
+def test_rebuild_tops_up_versions_newer_than_the_index(file_vault: VaultEnv, tmp_path: Path) -> None:
     src = two_versions(file_vault)
     write(src / "v3.txt", b"three")
-    proc = file_vault.run("snapshot", expect=None,
-                          env=file_vault.env(VAULTFS_TESTPOINTS="index-publish=kill"))
+    proc = file_vault.run(
+        "snapshot", expect=None, env=file_vault.env(VAULTFS_TESTPOINTS="index-publish=kill")
+    )
     assert proc.returncode == -9
     assert len(file_vault.store_keys("index/")) == 2  # v3 is committed but not indexed
     nas = second_machine(file_vault, tmp_path / "nas2")
@@ -180,8 +187,9 @@ def test_rebuild_tops_up_versions_newer_than_the_index(file_vault: VaultEnv,
 
 
 def test_archived_bands_need_a_confirmed_restore(s3_bucket, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    env = VaultEnv(tmp_path, f"s3://{s3_bucket.name}/vault", s3_endpoint=s3_bucket.endpoint_url,
-                   bucket=s3_bucket)
+    env = VaultEnv(
+        tmp_path, f"s3://{s3_bucket.name}/vault", s3_endpoint=s3_bucket.endpoint_url, bucket=s3_bucket
+    )
     env.write_config()
     src = two_versions(env)
     env.move_bands_to("DEEP_ARCHIVE")
@@ -196,8 +204,9 @@ def test_archived_bands_need_a_confirmed_restore(s3_bucket, tmp_path: Path) -> N
     assert diff_r(src, tmp_path / "out") == []
 
 
-def test_prune_deletes_superseded_index_objects(file_vault: VaultEnv,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prune_deletes_superseded_index_objects(
+    file_vault: VaultEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Prune keeps the two newest full objects and the deltas after the older one; the
     index loads the same as before, and still falls back if the newest full is damaged."""
     from vaultfs import retention

@@ -48,15 +48,23 @@ def test_no_config_anywhere(file_vault: VaultEnv, tmp_path: Path) -> None:
         ("[vault]\nstore = 'ftp://x'\n", ("[vault].store = 'ftp://x'",)),
         ("[vault]\nstore = 'file:///tmp/s'\nband_size = 'lots'\n", ("[vault].band_size = 'lots'",)),
         ("[vault]\nstore = 'file:///tmp/s'\nbandsize = '1GiB'\n", ("unknown key [vault].bandsize",)),
-        ("[vault]\nstore = 'file:///tmp/s'\n[collections.p]\ntier = 'cold'\n",
-         ("[collections.p].path is missing",)),
-        ("[vault]\nstore = 'file:///tmp/s'\n[collections.p]\npath = '/x'\ntier = 'icy'\n",
-         ("[collections.p].tier = 'icy'",)),
-        ("[vault]\nstore = 'file:///tmp/s'\n[collections.p]\npath = '/x'\nkeep_versions = 'ten'\n",
-         ("[collections.p].keep_versions = 'ten'", "expected an integer")),
+        (
+            "[vault]\nstore = 'file:///tmp/s'\n[collections.p]\ntier = 'cold'\n",
+            ("[collections.p].path is missing",),
+        ),
+        (
+            "[vault]\nstore = 'file:///tmp/s'\n[collections.p]\npath = '/x'\ntier = 'icy'\n",
+            ("[collections.p].tier = 'icy'",),
+        ),
+        (
+            "[vault]\nstore = 'file:///tmp/s'\n[collections.p]\npath = '/x'\nkeep_versions = 'ten'\n",
+            ("[collections.p].keep_versions = 'ten'", "expected an integer"),
+        ),
         ("[vault]\nstore = 's3://b/p'\n[s3]\nrestore_tier = 'Fast'\n", ("[s3].restore_tier",)),
-        ("[vault]\nstore = 'file:///tmp/s'\n[mount]\non_restore_ready = \"notify 'me\"\n",
-         ("[mount].on_restore_ready", "No closing quotation")),
+        (
+            "[vault]\nstore = 'file:///tmp/s'\n[mount]\non_restore_ready = \"notify 'me\"\n",
+            ("[mount].on_restore_ready", "No closing quotation"),
+        ),
     ],
 )
 def test_bad_config(file_vault: VaultEnv, text: str, needles: tuple[str, ...]) -> None:
@@ -66,14 +74,16 @@ def test_bad_config(file_vault: VaultEnv, text: str, needles: tuple[str, ...]) -
 
 
 def s3_config(env: VaultEnv, endpoint: str, bucket: str) -> None:
-    env.config_path.write_text(textwrap.dedent(f"""\
+    env.config_path.write_text(
+        textwrap.dedent(f"""\
         [vault]
         store = "s3://{bucket}/vault"
         state_dir = "{env.state_dir}"
         [s3]
         endpoint_url = "{endpoint}"
         region = "us-east-1"
-        """))
+        """)
+    )
 
 
 def test_unreachable_endpoint(file_vault: VaultEnv) -> None:

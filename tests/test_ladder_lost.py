@@ -45,12 +45,12 @@ def new_nas(env: VaultEnv) -> None:
     shutil.rmtree(env.state_dir)
 
 
-def fetch_all(env: VaultEnv, to: Path, content: dict[str, bytes], lost: set[str],
-              spec: str = "p") -> None:
+def fetch_all(env: VaultEnv, to: Path, content: dict[str, bytes], lost: set[str], spec: str = "p") -> None:
     """`restore fetch` restores every file not in `lost` byte for byte, lists the lost
     ones and exits 3 when there are any."""
-    doc = json.loads(env.run("restore", "fetch", spec, "--to", str(to), "--json",
-                             expect=3 if lost else 0).stdout)
+    doc = json.loads(
+        env.run("restore", "fetch", spec, "--to", str(to), "--json", expect=3 if lost else 0).stdout
+    )
     assert {m["path"] for m in doc["missing"]} == lost
     for path, data in content.items():
         assert (to / path).exists() == (path not in lost), path
@@ -86,8 +86,10 @@ def test_one_lost_band_on_a_new_nas(file_vault: VaultEnv) -> None:
     assert plan["bands_needed"] == 7, plan
     fetch_all(env, env.tmp / "back", content, {victim})
     proc = env.run("restore", "fetch", "p", "--to", str(env.tmp / "back2"), expect=3)
-    assert any(line.startswith("not restored: ") and victim in line and "lost" in line
-               for line in proc.stderr.splitlines()), proc.stderr
+    assert any(
+        line.startswith("not restored: ") and victim in line and "lost" in line
+        for line in proc.stderr.splitlines()
+    ), proc.stderr
 
     with mounted(env, env.tmp / "mnt") as mnt:
         for path, data in content.items():
@@ -98,8 +100,12 @@ def test_one_lost_band_on_a_new_nas(file_vault: VaultEnv) -> None:
             else:
                 assert (mnt / "p" / "latest" / path).read_bytes() == data, path
     log = [line for line in mount_log(env).read_text().splitlines() if "answered EIO" in line]
-    assert len(log) == 1 and f"p@v1/{victim}" in log[0] and f"band {band}" in log[0] \
-        and "missing from the store" in log[0], log
+    assert (
+        len(log) == 1
+        and f"p@v1/{victim}" in log[0]
+        and f"band {band}" in log[0]
+        and "missing from the store" in log[0]
+    ), log
 
     # The source still has the file: the snapshot stores it again, which heals v1 (the
     # tree is unchanged, so no new version); a changed source gets a new version.
@@ -157,7 +163,7 @@ def test_scan_recovers_members_before_and_after_a_flipped_byte(file_vault: Vault
     frame costs only the members in it."""
     env = file_vault
     env.band_size = "64MiB"
-    env.extra_config = "frame_size = \"64KiB\"\n"  # in [collections.p]
+    env.extra_config = 'frame_size = "64KiB"\n'  # in [collections.p]
     src = env.add_collection("p")
     content = {}
     for i in range(40):
@@ -183,8 +189,11 @@ def test_scan_recovers_members_before_and_after_a_flipped_byte(file_vault: Vault
     raw = bytearray(path.read_bytes())
     raw[hit[0] + hit[1] // 2] ^= 0x10
     path.write_bytes(bytes(raw))
-    lost = {p for p, ref in refs.items()
-            if ref is not None and ref.offset < hit[2] + hit[3] and ref.offset + ref.size > hit[2]}
+    lost = {
+        p
+        for p, ref in refs.items()
+        if ref is not None and ref.offset < hit[2] + hit[3] and ref.offset + ref.size > hit[2]
+    }
     assert 0 < len(lost) < 4
     new_nas(env)
 

@@ -33,11 +33,15 @@ PATHS = ("a", "b", "d1/c", "d1/d", "d2/e")
 SIZES = (0, 100, 5_000, 40_000, 150_000)
 
 history_st = st.lists(  # snapshots: each a list of (path index, size index or None: delete)
-    st.lists(st.tuples(st.integers(0, len(PATHS) - 1), st.none() | st.integers(0, len(SIZES) - 1)),
-             min_size=1, max_size=4),
-    min_size=1, max_size=3)
-damage_st = st.lists(st.sampled_from(("none", "none", "delete", "flip", "tail")), min_size=1,
-                     max_size=12)
+    st.lists(
+        st.tuples(st.integers(0, len(PATHS) - 1), st.none() | st.integers(0, len(SIZES) - 1)),
+        min_size=1,
+        max_size=4,
+    ),
+    min_size=1,
+    max_size=3,
+)
+damage_st = st.lists(st.sampled_from(("none", "none", "delete", "flip", "tail")), min_size=1, max_size=12)
 
 
 @dataclass
@@ -59,8 +63,8 @@ def damaged_frames(before: bytes, after: bytes, frames: tuple[bandfmt.Frame, ...
     """Indexes of the frames that no longer decompress to what they held."""
     out = set()
     for i, f in enumerate(frames):
-        old = before[f.compressed_offset:f.compressed_offset + f.compressed_size]
-        new = after[f.compressed_offset:f.compressed_offset + f.compressed_size]
+        old = before[f.compressed_offset : f.compressed_offset + f.compressed_size]
+        new = after[f.compressed_offset : f.compressed_offset + f.compressed_size]
         if old == new:
             continue
         try:
@@ -72,8 +76,9 @@ def damaged_frames(before: bytes, after: bytes, frames: tuple[bandfmt.Frame, ...
     return out
 
 
-def run_history(env: VaultEnv, src: Path, history: list[list[tuple[int, int | None]]],
-                rnd: random.Random) -> tuple[dict[int, dict[str, bytes]], dict[str, bytes]]:
+def run_history(
+    env: VaultEnv, src: Path, history: list[list[tuple[int, int | None]]], rnd: random.Random
+) -> tuple[dict[int, dict[str, bytes]], dict[str, bytes]]:
     """Snapshot after each step of `history`: the tree of every version, and the source
     as it is at the end."""
     trees: dict[int, dict[str, bytes]] = {}
@@ -108,8 +113,7 @@ def bands_of(env: VaultEnv) -> dict[str, Band]:
     return bands
 
 
-def damage_bands(env: VaultEnv, bands: dict[str, Band], damage: list[str],
-                 rnd: random.Random) -> set[bytes]:
+def damage_bands(env: VaultEnv, bands: dict[str, Band], damage: list[str], rnd: random.Random) -> set[bytes]:
     """Delete or damage band objects as `damage` says; the blobs whose bytes no longer
     exist in the store."""
     gone: set[bytes] = set()
@@ -135,14 +139,20 @@ def damage_bands(env: VaultEnv, bands: dict[str, Band], damage: list[str],
 
 def blobs_in_frames(band: Band, bad: set[int]) -> set[bytes]:
     """The blobs of `band` with part of their content in one of the frames `bad`."""
-    return {blob for blob, (off, size) in band.refs.items()
-            if any(size and off < f.uncompressed_offset + f.uncompressed_size
-                   and off + size > f.uncompressed_offset
-                   for i, f in enumerate(band.frames) if i in bad)}
+    return {
+        blob
+        for blob, (off, size) in band.refs.items()
+        if any(
+            size and off < f.uncompressed_offset + f.uncompressed_size and off + size > f.uncompressed_offset
+            for i, f in enumerate(band.frames)
+            if i in bad
+        )
+    }
 
 
-def check_fetch(env: VaultEnv, tmp: str, trees: dict[int, dict[str, bytes]], n: int,
-                missing: set[bytes], tag: str) -> None:
+def check_fetch(
+    env: VaultEnv, tmp: str, trees: dict[int, dict[str, bytes]], n: int, missing: set[bytes], tag: str
+) -> None:
     """`restore fetch` of version `n` restores every file but those whose blob is in
     `missing`, and lists exactly those."""
     to = Path(tmp) / f"back-{tag}-{n}"
@@ -156,18 +166,35 @@ def check_fetch(env: VaultEnv, tmp: str, trees: dict[int, dict[str, bytes]], n: 
             assert (to / p).read_bytes() == d, p
 
 
-@settings(max_examples=6, deadline=None, derandomize=True,
-          phases=(Phase.explicit, Phase.reuse, Phase.generate),  # shrinking costs minutes
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(history=history_st, damage=damage_st, seed=st.integers(0, 2**16),
-       from_scan=st.booleans(), drop_sidecars=st.booleans())
+@settings(
+    max_examples=6,
+    deadline=None,
+    derandomize=True,
+    phases=(Phase.explicit, Phase.reuse, Phase.generate),  # shrinking costs minutes
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    history=history_st,
+    damage=damage_st,
+    seed=st.integers(0, 2**16),
+    from_scan=st.booleans(),
+    drop_sidecars=st.booleans(),
+)
 def test_lost_and_damaged_bands_after_random_histories(
-        history: list[list[tuple[int, int | None]]], damage: list[str], seed: int,
-        from_scan: bool, drop_sidecars: bool) -> None:
+    history: list[list[tuple[int, int | None]]],
+    damage: list[str],
+    seed: int,
+    from_scan: bool,
+    drop_sidecars: bool,
+) -> None:
     rnd = random.Random(seed)
     with tempfile.TemporaryDirectory(prefix="ladder-prop-") as tmp:
-        env = VaultEnv(Path(tmp), f"file://{tmp}/store", band_size="256KiB",
-                       extra_config='frame_size = "64KiB"\nallow_empty = true\n')
+        env = VaultEnv(
+            Path(tmp),
+            f"file://{tmp}/store",
+            band_size="256KiB",
+            extra_config='frame_size = "64KiB"\nallow_empty = true\n',
+        )
         src = env.add_collection("p")
         env.run("init")
         trees, current = run_history(env, src, history, rnd)

@@ -32,8 +32,9 @@ entries = st.builds(
     rdev=ints,
     nlink=st.integers(1, 1000),
     hardlink=st.none() | st.binary(min_size=1, max_size=60),
-    xattrs=st.lists(st.tuples(st.binary(min_size=1, max_size=20), st.binary(max_size=50)),
-                    max_size=3).map(tuple),
+    xattrs=st.lists(st.tuples(st.binary(min_size=1, max_size=20), st.binary(max_size=50)), max_size=3).map(
+        tuple
+    ),
 )
 
 

@@ -110,15 +110,27 @@ def test_layout_times_and_status(shared: Shared) -> None:
 
 
 def stat_c(path: Path, fmt: str) -> str:
-    return subprocess.run(["stat", "-c", fmt, str(path)], capture_output=True, text=True,
-                          check=True).stdout.strip()
+    return subprocess.run(
+        ["stat", "-c", fmt, str(path)], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def test_stat_and_getfattr(shared: Shared) -> None:
     latest = shared.mnt / "photos" / "v2"
     fmt = "%f %u %g %h %s %y"
-    for name in ("plain.txt", "owned", "secret", "setuid_tool", "sticky", "link_rel", "hard_a",
-                 "nested/deeper", "fifo", "null_dev", "photos"):
+    for name in (
+        "plain.txt",
+        "owned",
+        "secret",
+        "setuid_tool",
+        "sticky",
+        "link_rel",
+        "hard_a",
+        "nested/deeper",
+        "fifo",
+        "null_dev",
+        "photos",
+    ):
         f = fmt if not (shared.src / name).is_dir() else fmt.replace(" %s", "")  # dir sizes: not kept
         assert stat_c(latest / name, f) == stat_c(shared.src / name, f), name
     assert os.readlink(latest / "link_dangling") == "does/not/exist"
@@ -128,8 +140,12 @@ def test_stat_and_getfattr(shared: Shared) -> None:
     assert os.stat(latest / "hard_a").st_nlink == 3
     assert os.stat(latest / "plain.txt").st_ino != os.stat(latest / "owned").st_ino
     assert os.stat(latest / "plain.txt").st_blksize == 1024 * 1024
-    out = subprocess.run(["getfattr", "-d", "-m", "-", "--absolute-names", str(latest / "plain.txt")],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["getfattr", "-d", "-m", "-", "--absolute-names", str(latest / "plain.txt")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     sha = hashlib.sha256((shared.src / "plain.txt").read_bytes()).hexdigest()
     assert 'user.comment="a note"' in out
     assert f'user.vaultfs.sha256="{sha}"' in out
@@ -254,9 +270,20 @@ def test_an_unexpected_error_is_eio_and_the_mount_goes_on(file_vault: VaultEnv, 
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vaultfs.cli", "--config", str(file_vault.config_path),
-         "mount", str(mnt), "--foreground"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        [
+            sys.executable,
+            "-m",
+            "vaultfs.cli",
+            "--config",
+            str(file_vault.config_path),
+            "mount",
+            str(mnt),
+            "--foreground",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
         env=file_vault.env(VAULTFS_TESTPOINTS="read:a.txt=fail"),
     )
     try:

@@ -51,8 +51,7 @@ RESTORED = re.compile(r"restored until \d{4}-\d\d-\d\dT\d\d:\d\dZ")
 class CountingProxy:
     """HTTP in front of moto; `restores` lists the key of every RestoreObject request."""
 
-    HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "date",
-                     "server"})
+    HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "date", "server"})
 
     def __init__(self, upstream: str) -> None:
         parts = urlsplit(upstream)
@@ -129,8 +128,13 @@ class Cold:
 
 @pytest.fixture
 def cold(s3_bucket: S3Bucket, tmp_path: Path) -> Iterator[Cold]:
-    env = VaultEnv(tmp_path, f"s3://{s3_bucket.name}/vault", s3_endpoint=s3_bucket.endpoint_url,
-                   bucket=s3_bucket, band_size="2MiB")
+    env = VaultEnv(
+        tmp_path,
+        f"s3://{s3_bucket.name}/vault",
+        s3_endpoint=s3_bucket.endpoint_url,
+        bucket=s3_bucket,
+        band_size="2MiB",
+    )
     src = env.add_collection("photos", tier="cold")
     contents = {f"img{i}.raw": os.urandom(1_000_000) for i in range(FILES)}
     for name, data in contents.items():
@@ -186,24 +190,34 @@ def poll_now(mnt: Path) -> None:
 
 def hold_next_restore(bucket: S3Bucket) -> None:
     """The next restore stays pending: one state step for the request (see start_held_restores)."""
-    moto_api(bucket, "set-transition", {
-        "model_name": "s3::keyrestore", "transition": {"progression": "manual", "times": 1}})
+    moto_api(
+        bucket,
+        "set-transition",
+        {"model_name": "s3::keyrestore", "transition": {"progression": "manual", "times": 1}},
+    )
 
 
 def keep_holding(bucket: S3Bucket, band: str) -> None:
     head = bucket.client().head_object(Bucket=bucket.name, Key=f"vault/bands/{band}.tar.zst")
     assert head["Restore"] == 'ongoing-request="true"'
-    moto_api(bucket, "set-transition", {
-        "model_name": "s3::keyrestore",
-        "transition": {"progression": "manual", "times": HOLD_FOREVER}})
+    moto_api(
+        bucket,
+        "set-transition",
+        {"model_name": "s3::keyrestore", "transition": {"progression": "manual", "times": HOLD_FOREVER}},
+    )
 
 
 def expire_restored_copy(bucket: S3Bucket, band: str) -> None:
     """What S3 does when restore_days are over: the x-amz-restore header goes away."""
     client, key = bucket.client(), f"vault/bands/{band}.tar.zst"
-    client.copy_object(Bucket=bucket.name, Key=key, CopySource={"Bucket": bucket.name, "Key": key},
-                       StorageClass="DEEP_ARCHIVE", MetadataDirective="REPLACE",
-                       Metadata={"expired": "yes"})
+    client.copy_object(
+        Bucket=bucket.name,
+        Key=key,
+        CopySource={"Bucket": bucket.name, "Key": key},
+        StorageClass="DEEP_ARCHIVE",
+        MetadataDirective="REPLACE",
+        Metadata={"expired": "yes"},
+    )
     assert "Restore" not in client.head_object(Bucket=bucket.name, Key=key)
 
 
@@ -220,8 +234,12 @@ def test_open_requests_exactly_one_restore_and_fails_at_once(cold: Cold, tmp_pat
         assert len(bands) == 3 and all(len(files) == 2 for files in bands.values())
         a, b, _ = bands
         first = bands[a][0]
-        getfattr = subprocess.run(["getfattr", "-n", "user.vaultfs.state", "--only-values",
-                                   str(first)], capture_output=True, text=True, check=True)
+        getfattr = subprocess.run(
+            ["getfattr", "-n", "user.vaultfs.state", "--only-values", str(first)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         assert getfattr.stdout == "archived"
         assert {state(p) for files in bands.values() for p in files} == {"archived"}
 
@@ -241,9 +259,15 @@ def test_open_requests_exactly_one_restore_and_fails_at_once(cold: Cold, tmp_pat
         assert "restores in flight: 1 band(s)" in status and f"{a}: restoring (Bulk" in status
 
         # 20 processes open the files of one archived band at the same moment.
-        procs = [subprocess.Popen(["sh", "-c", 'read x; exec cat "$0"', str(bands[b][i % 2])],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE) for i in range(20)]
+        procs = [
+            subprocess.Popen(
+                ["sh", "-c", 'read x; exec cat "$0"', str(bands[b][i % 2])],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            for i in range(20)
+        ]
         for proc in procs:  # each waits for its line: the 20 opens start together
             assert proc.stdin is not None
             proc.stdin.write(b"go\n")
@@ -291,8 +315,9 @@ def test_budget_and_auto_restore_guards_survive_a_remount(cold: Cold, tmp_path: 
         assert open_errno(bands[b][0]) == errno.ENODATA
         assert cold.proxy.restores == [f"vault/bands/{a}.tar.zst"]
         assert state(bands[b][0]) == "archived"
-        assert re.search(r"today's budget \d+ of 3000000 bytes used",
-                         (mnt / ".vaultfs" / "status").read_text())
+        assert re.search(
+            r"today's budget \d+ of 3000000 bytes used", (mnt / ".vaultfs" / "status").read_text()
+        )
     with mounted(cold.env, mnt_dir) as mnt:  # the day's spending is kept
         assert open_errno(bands[c][0]) == errno.ENODATA
         assert len(cold.proxy.restores) == 1
@@ -334,11 +359,14 @@ def test_pending_restore_becomes_readable(cold: Cold, tmp_path: Path) -> None:
 def test_watcher_fetches_into_a_bounded_cache_and_expiry(cold: Cold, tmp_path: Path) -> None:
     hook_out = tmp_path / "hook.jsonl"
     hook = tmp_path / "hook.py"
-    hook.write_text("import json, sys\n"
-                    f"with open({str(hook_out)!r}, 'a') as f:\n"
-                    "    f.write(json.dumps(sys.argv[1:]) + '\\n')\n")
-    cold.configure(fetch_restored=True, cache_size=3_000_000,
-                   on_restore_ready=f"{sys.executable} {hook} '$HOME;x'")
+    hook.write_text(
+        "import json, sys\n"
+        f"with open({str(hook_out)!r}, 'a') as f:\n"
+        "    f.write(json.dumps(sys.argv[1:]) + '\\n')\n"
+    )
+    cold.configure(
+        fetch_restored=True, cache_size=3_000_000, on_restore_ready=f"{sys.executable} {hook} '$HOME;x'"
+    )
 
     def hook_calls() -> list[list[str]]:
         return [json.loads(x) for x in hook_out.read_text().splitlines()] if hook_out.exists() else []
@@ -397,12 +425,18 @@ def test_process_rules(tmp_path: Path) -> None:
     thumbs.mkdir()
     (thumbs / "my.thumbnailer").write_text(
         "[Thumbnailer Entry]\nTryExec=/usr/bin/my-thumbnailer\n"
-        "Exec=/usr/bin/my-thumbnailer -s %s %u %o\nMimeType=image/png;\n")
+        "Exec=/usr/bin/my-thumbnailer -s %s %u %o\nMimeType=image/png;\n"
+    )
     (thumbs / "fm.thumbnailer").write_text("[Thumbnailer Entry]\nExec=nautilus --thumb %u\n")
     rules = restore_policy.parse_rules(
-        ["thunar", "kioslave5", "tumblerd", "kioslave5:thumbnail.so", "baloo_file_extractor"], thumbs)
-    assert [str(r) for r in rules] == ["tumblerd", "kioslave5:thumbnail.so",
-                                       "baloo_file_extractor", "my-thumbnailer"]
+        ["thunar", "kioslave5", "tumblerd", "kioslave5:thumbnail.so", "baloo_file_extractor"], thumbs
+    )
+    assert [str(r) for r in rules] == [
+        "tumblerd",
+        "kioslave5:thumbnail.so",
+        "baloo_file_extractor",
+        "my-thumbnailer",
+    ]
     matcher = restore_policy.ProcessMatcher(rules)
 
     def spawn(name: str, how: str) -> subprocess.Popen[bytes]:
@@ -429,8 +463,12 @@ def test_process_rules(tmp_path: Path) -> None:
     try:
         found = {k: matcher.match(p.pid) for k, p in procs.items()}
         assert {k: str(v) if v else None for k, v in found.items()} == {
-            "my-thumbnailer": "my-thumbnailer", "baloo": "baloo_file_extractor",
-            "tumblerd": "tumblerd", "other": None, "thunar": None}
+            "my-thumbnailer": "my-thumbnailer",
+            "baloo": "baloo_file_extractor",
+            "tumblerd": "tumblerd",
+            "other": None,
+            "thunar": None,
+        }
         # The executable's basename matches on its own, whatever the comm says.
         (tmp_path / "renamed").symlink_to(tmp_path / "tumblerd")
         renamed = procs["renamed"] = started(subprocess.Popen([str(tmp_path / "renamed"), "30"]))
@@ -469,7 +507,14 @@ def test_state_text() -> None:
     assert state_text(BandInfo(BandId("b"), "archived", 10, b"", 10, ())) == "archived"
     restoring = BandInfo(BandId("b"), "restoring", 10, b"", 10, (), restore=r)
     assert state_text(restoring) == "restoring (Bulk, ready by 2026-11-28T10:00Z)"
-    restored = BandInfo(BandId("b"), "restored", 10, b"", 10, (),
-                        restore=RestoreInfo("Bulk", 0, 0, 7, ready_ns=1, expires_ns=when))
+    restored = BandInfo(
+        BandId("b"),
+        "restored",
+        10,
+        b"",
+        10,
+        (),
+        restore=RestoreInfo("Bulk", 0, 0, 7, ready_ns=1, expires_ns=when),
+    )
     assert state_text(restored) == "restored until 2026-11-28T10:00Z"
     assert state_text(BandInfo(BandId("b"), "cached", 10, b"", 10, (), cached=True)) == "cached"

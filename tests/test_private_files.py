@@ -38,8 +38,9 @@ def open_vault_env() -> Iterator[VaultEnv]:
 
 
 def _loose(*paths: Path) -> list[str]:
-    found = subprocess.run(["find", *map(str, paths), "-perm", "/077"], capture_output=True,
-                           text=True, check=True)
+    found = subprocess.run(
+        ["find", *map(str, paths), "-perm", "/077"], capture_output=True, text=True, check=True
+    )
     return found.stdout.split()
 
 
@@ -86,8 +87,7 @@ def test_init_tightens_a_loose_state_dir(open_vault_env: VaultEnv) -> None:
     (env.state_dir / "notes.txt").write_text("left by the owner\n")
     (env.state_dir / "notes.txt").chmod(0o644)
     done = env.run("init")
-    assert f"the state directory {env.state_dir} was open to other users (mode 0755): now " \
-           "0700" in done.stderr
+    assert f"the state directory {env.state_dir} was open to other users (mode 0755): now 0700" in done.stderr
     assert oct(env.state_dir.stat().st_mode & 0o777) == oct(0o700)
     assert _loose(env.state_dir) == []
     assert env.run("init").stderr == ""  # once private, nothing more to say

@@ -69,8 +69,7 @@ def dir_meta(root: Path) -> dict[str, tuple[int, int, int, int]]:
     out = {}
     for dirpath, _, _ in os.walk(root):
         st = os.lstat(dirpath)
-        out[os.path.relpath(dirpath, root)] = (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
-                                               st.st_mtime_ns)
+        out[os.path.relpath(dirpath, root)] = (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns)
     return out
 
 
@@ -98,14 +97,14 @@ def test_fetch_restores_everything_but_the_lost_band(vault_env: VaultEnv) -> Non
         if path in lost:
             assert not (to / path).exists(), path
         else:
-            assert hashlib.sha256((to / path).read_bytes()).digest() == \
-                hashlib.sha256(data).digest(), path
+            assert hashlib.sha256((to / path).read_bytes()).digest() == hashlib.sha256(data).digest(), path
     leftovers = [n for _, _, names in os.walk(to) for n in names if n.startswith(".vaultfs")]
     assert leftovers == []
     assert dir_meta(to) == dir_meta(src)  # modes (no 0700 leftovers), owners and mtimes
 
-    doc = json.loads(env.run("restore", "fetch", "p", "--to", str(env.tmp / "back2"),
-                             "--json", expect=3).stdout)
+    doc = json.loads(
+        env.run("restore", "fetch", "p", "--to", str(env.tmp / "back2"), "--json", expect=3).stdout
+    )
     assert {m["path"] for m in doc["missing"]} == lost
     assert doc["files"] == len(content) - len(lost) and doc["exit_code"] == 3
 
@@ -126,8 +125,7 @@ def test_fetch_goes_on_past_a_damaged_frame(file_vault: VaultEnv) -> None:
     band.write_bytes(bytes(raw))
 
     to = env.tmp / "back"
-    doc = json.loads(env.run("restore", "fetch", "p", "--to", str(to), "--json",
-                             expect=3).stdout)
+    doc = json.loads(env.run("restore", "fetch", "p", "--to", str(to), "--json", expect=3).stdout)
     assert {m["path"] for m in doc["missing"]} == lost
     for path, data in content.items():
         assert (to / path).exists() == (path not in lost), path

@@ -27,8 +27,9 @@ def craft_version(env: VaultEnv, entries: list[Entry]) -> int:
         enc = encode_tree(entries)
         with catalog.writer() as w:
             w.put_tree(tree_id(enc), enc)
-            w.put_version(VersionInfo("photos", latest.number + 1, latest.created_ns + 1,
-                                      tree_id(enc), latest.bands))
+            w.put_version(
+                VersionInfo("photos", latest.number + 1, latest.created_ns + 1, tree_id(enc), latest.bands)
+            )
         return latest.number + 1
     finally:
         catalog.close()
@@ -65,17 +66,18 @@ def vault_with_file(file_vault: VaultEnv) -> VaultEnv:
     return file_vault
 
 
-@pytest.mark.parametrize(
-    "name", [b"..", b".", b"/etc/evil", b"a/../../evil", b"../evil", b"", b"nul\0byte"]
-)
+@pytest.mark.parametrize("name", [b"..", b".", b"/etc/evil", b"a/../../evil", b"../evil", b"", b"nul\0byte"])
 def test_unsafe_names_are_refused(vault_with_file: VaultEnv, tmp_path: Path, name: bytes) -> None:
     env = vault_with_file
     good = real_file(env)
     inner = sub_tree(env, [Entry(name=b"evil", kind="file", blob=good.blob, size=good.size)])
-    n = craft_version(env, [
-        Entry(name=name, kind="dir", tree=inner, mode=0o755),
-        Entry(name=b"x", kind="file", blob=good.blob, size=good.size),
-    ])
+    n = craft_version(
+        env,
+        [
+            Entry(name=name, kind="dir", tree=inner, mode=0o755),
+            Entry(name=b"x", kind="file", blob=good.blob, size=good.size),
+        ],
+    )
     target = tmp_path / "deep" / "target"
     before = sorted(p for p in tmp_path.rglob("*"))
     proc = env.run("restore", "fetch", f"photos@v{n}", "--to", str(target), expect=1)
@@ -90,10 +92,13 @@ def test_unsafe_names_are_refused(vault_with_file: VaultEnv, tmp_path: Path, nam
 def test_duplicate_names_are_refused(vault_with_file: VaultEnv, tmp_path: Path) -> None:
     env = vault_with_file
     good = real_file(env)
-    n = craft_version(env, [
-        Entry(name=b"twice", kind="symlink", target=str(tmp_path / "outside").encode(), size=1),
-        Entry(name=b"twice", kind="file", blob=good.blob, size=good.size),
-    ])
+    n = craft_version(
+        env,
+        [
+            Entry(name=b"twice", kind="symlink", target=str(tmp_path / "outside").encode(), size=1),
+            Entry(name=b"twice", kind="file", blob=good.blob, size=good.size),
+        ],
+    )
     proc = env.run("restore", "fetch", f"photos@v{n}", "--to", str(tmp_path / "t"), expect=1)
     assert "lists b'twice' twice" in proc.stderr
     assert not (tmp_path / "outside").exists()
@@ -108,10 +113,13 @@ def test_hardlink_paths_cannot_climb_or_follow_symlinks(
     outside = tmp_path / "outside"
     outside.mkdir()
     secret = write(outside / "secret", b"not yours")
-    n = craft_version(env, [
-        Entry(name=b"door", kind="symlink", target=str(outside).encode(), size=1),
-        Entry(name=b"linked", kind="file", blob=good.blob, size=good.size, hardlink=link, nlink=2),
-    ])
+    n = craft_version(
+        env,
+        [
+            Entry(name=b"door", kind="symlink", target=str(outside).encode(), size=1),
+            Entry(name=b"linked", kind="file", blob=good.blob, size=good.size, hardlink=link, nlink=2),
+        ],
+    )
     target = tmp_path / "t"
     proc = env.run("restore", "fetch", f"photos@v{n}", "--to", str(target), expect=code)
     assert "Traceback" not in proc.stderr

@@ -69,9 +69,7 @@ def unused_bands(env: VaultEnv) -> list[str]:
 def catalog_dump(env: VaultEnv) -> Any:
     catalog = Catalog(env.state_dir / "catalog.lmdb", readonly=True)
     try:
-        return {
-            name: sorted(catalog.iter_raw(name)) for name in ("versions", "trees", "blobs", "bands")
-        }
+        return {name: sorted(catalog.iter_raw(name)) for name in ("versions", "trees", "blobs", "bands")}
     finally:
         catalog.close()
 
@@ -102,7 +100,9 @@ def test_forget_then_prune(vault_env: VaultEnv, tmp_path: Path) -> None:
     assert deleted and pruned["bytes_freed"] > 300_000
     assert pruned["early_delete_charge_usd"] == 0
     assert {(r["collection"], r["version"]) for r in pruned["version_records_deleted"]} == {
-        ("photos", 1), ("photos", 2)}
+        ("photos", 1),
+        ("photos", 2),
+    }
     after = set(vault_env.store_keys("bands/"))
     for band in deleted:
         assert f"bands/{band}.tar.zst" in bands_before - after
@@ -141,8 +141,9 @@ def test_dry_runs_change_nothing(file_vault: VaultEnv, tmp_path: Path) -> None:
 
 @pytest.mark.s3
 def test_early_deletion_of_deep_archive_refused_then_charged(s3_bucket: Any, tmp_path: Path) -> None:
-    env = VaultEnv(tmp_path, f"s3://{s3_bucket.name}/vault", s3_endpoint=s3_bucket.endpoint_url,
-                   bucket=s3_bucket)
+    env = VaultEnv(
+        tmp_path, f"s3://{s3_bucket.name}/vault", s3_endpoint=s3_bucket.endpoint_url, bucket=s3_bucket
+    )
     env.write_config()
     three_versions(env)
     env.run("forget", "photos", "--keep", "1")
@@ -150,8 +151,12 @@ def test_early_deletion_of_deep_archive_refused_then_charged(s3_bucket: Any, tmp
     client = s3_bucket.client()
     for band in old:  # what issue 4's archiving will do: CopyObject onto itself
         key = f"vault/bands/{band}.tar.zst"
-        client.copy_object(Bucket=s3_bucket.name, Key=key, StorageClass="DEEP_ARCHIVE",
-                           CopySource={"Bucket": s3_bucket.name, "Key": key})
+        client.copy_object(
+            Bucket=s3_bucket.name,
+            Key=key,
+            StorageClass="DEEP_ARCHIVE",
+            CopySource={"Bucket": s3_bucket.name, "Key": key},
+        )
     set_bands(env, old, storage_class="DEEP_ARCHIVE", state="archived")
     refused = env.json("prune")
     young = {b["band"]: b for b in refused["kept_young"]}
@@ -160,7 +165,8 @@ def test_early_deletion_of_deep_archive_refused_then_charged(s3_bucket: Any, tmp
     assert big["storage_class"] == "DEEP_ARCHIVE" and big["min_days"] == 180
     assert big["early_delete_charge_usd"] > 0
     assert refused["early_delete_charge_if_forced_usd"] == pytest.approx(
-        sum(b["early_delete_charge_usd"] for b in young.values()), rel=1e-3)
+        sum(b["early_delete_charge_usd"] for b in young.values()), rel=1e-3
+    )
     assert refused["early_delete_charge_usd"] == 0
     assert not {b["band"] for b in refused["deleted"]} & set(old)
     head = client.head_object(Bucket=s3_bucket.name, Key=f"vault/bands/{big['band']}.tar.zst")
@@ -172,7 +178,8 @@ def test_early_deletion_of_deep_archive_refused_then_charged(s3_bucket: Any, tmp
     early = {b["band"]: b for b in forced["deleted"] if b["action"] == "delete-early"}
     assert set(early) == set(old)
     assert forced["early_delete_charge_usd"] == pytest.approx(
-        refused["early_delete_charge_if_forced_usd"], rel=0.01)
+        refused["early_delete_charge_if_forced_usd"], rel=0.01
+    )
     assert forced["bytes_freed"] > 300_000
     assert not [k for k in env.store_keys("bands/") if any(b in k for b in old)]
     out = tmp_path / "out"
@@ -216,7 +223,8 @@ def test_keep_versions_from_the_config(file_vault: VaultEnv) -> None:
     other = file_vault.add_collection("misc", tier="warm")
     write(other / "x", b"x")
     text = file_vault.config_path.read_text().replace(
-        '[collections.docs]\n', '[collections.docs]\nkeep_versions = 2\n')
+        "[collections.docs]\n", "[collections.docs]\nkeep_versions = 2\n"
+    )
     file_vault.config_path.write_text(text)
     file_vault.run("init")
     for i in range(4):
@@ -227,7 +235,8 @@ def test_keep_versions_from_the_config(file_vault: VaultEnv) -> None:
     assert [v["version"] for v in file_vault.versions("docs")] == [3, 4]
     result = file_vault.json("forget")
     assert result["collections"] == [
-        {"collection": "docs", "keep": 2, "kept": [3, 4], "forgotten": [], "dry_run": False}]
+        {"collection": "docs", "keep": 2, "kept": [3, 4], "forgotten": [], "dry_run": False}
+    ]
     assert result["skipped"] == ["misc"]
     assert [v["version"] for v in file_vault.versions("docs")] == [3, 4]
     assert [v["version"] for v in file_vault.versions("misc")] == [1]
@@ -353,8 +362,7 @@ def test_live_trees_of_a_deleted_band_move_to_a_carrier_band(tmp_path: Path) -> 
         data = b"garbage no version needs"
         import hashlib
 
-        writer.add_blob(b"c/old", bandfmt.MemberMeta(0o644, 0, 0, 0), data,
-                        hashlib.sha256(data).digest())
+        writer.add_blob(b"c/old", bandfmt.MemberMeta(0o644, 0, 0, 0), data, hashlib.sha256(data).digest())
         closed = writer.close({"collection": "c", "trees": trees})
         info = world.vault.upload_band(closed, "c")
         path.unlink()
@@ -388,9 +396,7 @@ def test_price_table_and_charge() -> None:
     assert "2025" in retention.PRICES_AS_OF
 
 
-def test_rebuild_after_prune_does_not_bring_pruned_content_back(
-    file_vault: VaultEnv, tmp_path: Path
-) -> None:
+def test_rebuild_after_prune_does_not_bring_pruned_content_back(file_vault: VaultEnv, tmp_path: Path) -> None:
     """The index objects written before a prune still list the pruned band. A NAS rebuilt
     from them must not believe the vault holds that content: a later snapshot would then
     skip storing it ("already there") and the backup would be silently incomplete."""

@@ -69,8 +69,11 @@ class World:
         self.src.mkdir(parents=True)
         self.coll = CollectionConfig("c", self.src, "warm")
         self.config = Config(
-            store=f"file://{tmp / 'store'}", state_dir=tmp / "state", band_size=band_size,
-            threads=1, collections=(self.coll,),
+            store=f"file://{tmp / 'store'}",
+            state_dir=tmp / "state",
+            band_size=band_size,
+            threads=1,
+            collections=(self.coll,),
         )
         self.vault, _ = Vault.create(self.config)
         # Simulated time starts long ago: the consolidated index uses BandInfo.created_ns as
@@ -140,7 +143,7 @@ class World:
         drop = self.kept[:-keep] if len(self.kept) > keep else []
         assert list(r.forgotten) == drop
         if not dry_run:
-            self.kept = self.kept[len(drop):]
+            self.kept = self.kept[len(drop) :]
             self.forgotten |= set(drop)
 
     def prune(self, allow_early: bool, dry_run: bool) -> retention.PruneResult:
@@ -148,13 +151,19 @@ class World:
         bands_before = {b.band for b in self.vault.catalog.bands()}
         with self.vault.lock():
             result = retention.prune(
-                self.vault, dry_run=dry_run, allow_early_delete=allow_early,
-                now=lambda: self.clock, collections=["c"],
+                self.vault,
+                dry_run=dry_run,
+                allow_early_delete=allow_early,
+                now=lambda: self.clock,
+                collections=["c"],
             )
         for what, happened in (
-            ("band deleted", result.deleted), ("deleted early", result.of("delete-early")),
-            ("kept young", result.of("keep-young")), ("kept partly used", result.partly_used),
-            ("kept for trees", result.of("keep-trees")), ("trees re-homed", result.trees_rehomed),
+            ("band deleted", result.deleted),
+            ("deleted early", result.of("delete-early")),
+            ("kept young", result.of("keep-young")),
+            ("kept partly used", result.partly_used),
+            ("kept for trees", result.of("keep-trees")),
+            ("trees re-homed", result.trees_rehomed),
         ):
             if happened and currently_in_test_context():
                 event(f"prune: {what}")
@@ -181,10 +190,9 @@ class World:
 
     def fingerprint(self) -> Any:
         cat = self.vault.catalog
-        store_root = Path(self.config.store[len("file://"):])
+        store_root = Path(self.config.store[len("file://") :])
         files = sorted(
-            (str(p.relative_to(store_root)), p.read_bytes())
-            for p in store_root.rglob("*") if p.is_file()
+            (str(p.relative_to(store_root)), p.read_bytes()) for p in store_root.rglob("*") if p.is_file()
         )
         return (
             [v.to_json() for v in cat.all_versions()],
@@ -209,9 +217,7 @@ class World:
         assert markers == {("c", n) for n in self.forgotten}
         assert not set(listed) & self.forgotten
         bands = {b.band for b in cat.bands()}
-        on_store = {
-            i.key[len("bands/"):].split(".", 1)[0] for i in store.list("bands/")
-        }
+        on_store = {i.key[len("bands/") :].split(".", 1)[0] for i in store.list("bands/")}
         assert on_store == bands, "the store and the catalog disagree about the bands"
         refs = dict(cat.blob_refs())
         assert {r.band for r in refs.values()} <= bands
@@ -262,14 +268,21 @@ change = st.one_of(
     st.tuples(st.just("link"), st.integers(0, 2)),
 )
 # A round: a few changes to the source, then a snapshot whose bands go to a storage class.
-round_ = st.tuples(st.just("round"), st.lists(change, min_size=1, max_size=3),
-                   st.integers(0, len(CLASSES) - 1))
+round_ = st.tuples(
+    st.just("round"), st.lists(change, min_size=1, max_size=3), st.integers(0, len(CLASSES) - 1)
+)
 forget_ = st.tuples(st.just("forget"), st.integers(1, 3), st.booleans())
 prune_ = st.tuples(st.just("prune"), st.booleans(), st.sampled_from((False, False, True)))
 # forget then prune, as a user with keep_versions would run them
 retain = st.tuples(st.just("retain"), st.integers(1, 2), st.booleans())
 op = st.one_of(
-    round_, round_, round_, forget_, prune_, retain, retain,
+    round_,
+    round_,
+    round_,
+    forget_,
+    prune_,
+    retain,
+    retain,
     st.tuples(st.just("advance"), st.sampled_from((1, 29, 31, 89, 91, 181))),
 )
 

@@ -18,8 +18,15 @@ from tests.vaultenv import VaultEnv
 KEY_ID = "AKIAVAULTFSTESTKEY42"
 SECRET = "vaultfsTestSecret/0123456789abcdefghijABCDEFGHIJ"
 TOKEN = "vaultfsTestSessionToken+0123456789abcdefghijklmnopqrstuvwxyz=="
-FORBIDDEN = (KEY_ID, SECRET, TOKEN, "authorization", "x-amz-security-token",
-             "x-amz-credential", "x-amz-signature")
+FORBIDDEN = (
+    KEY_ID,
+    SECRET,
+    TOKEN,
+    "authorization",
+    "x-amz-security-token",
+    "x-amz-credential",
+    "x-amz-signature",
+)
 
 
 def _leaks(text: str) -> list[str]:
@@ -28,15 +35,20 @@ def _leaks(text: str) -> list[str]:
 
 
 def test_debug_logs_hold_no_credentials(s3_bucket: S3Bucket, tmp_path: Path) -> None:
-    env = VaultEnv(tmp_path, f"s3://{s3_bucket.name}/vault", s3_endpoint=s3_bucket.endpoint_url,
-                   bucket=s3_bucket)
+    env = VaultEnv(
+        tmp_path, f"s3://{s3_bucket.name}/vault", s3_endpoint=s3_bucket.endpoint_url, bucket=s3_bucket
+    )
     src = env.add_collection("p")
     (src / "a.bin").write_bytes(os.urandom(100_000))
-    creds = env.env(AWS_ACCESS_KEY_ID=KEY_ID, AWS_SECRET_ACCESS_KEY=SECRET,
-                    AWS_SESSION_TOKEN=TOKEN)
+    creds = env.env(AWS_ACCESS_KEY_ID=KEY_ID, AWS_SECRET_ACCESS_KEY=SECRET, AWS_SESSION_TOKEN=TOKEN)
     outputs: dict[str, str] = {}
-    for args in (("init",), ("snapshot",), ("check", "--read-data"), ("versions", "p"),
-                 ("restore", "fetch", "p@v1", "--to", str(tmp_path / "back"))):
+    for args in (
+        ("init",),
+        ("snapshot",),
+        ("check", "--read-data"),
+        ("versions", "p"),
+        ("restore", "fetch", "p@v1", "--to", str(tmp_path / "back")),
+    ):
         proc = env.run("--debug", *args, env=creds)
         outputs[" ".join(args)] = proc.stdout + proc.stderr
     assert "vaultfs: INFO:" in outputs["snapshot"]  # the --debug log is on, and searched
@@ -46,8 +58,7 @@ def test_debug_logs_hold_no_credentials(s3_bucket: S3Bucket, tmp_path: Path) -> 
     outputs["mount"] = proc.stdout + proc.stderr
     pid = mount_pid(mnt)
     try:
-        subprocess.run(["cat", str(mnt / "p" / "latest" / "a.bin")], check=True,
-                       capture_output=True)
+        subprocess.run(["cat", str(mnt / "p" / "latest" / "a.bin")], check=True, capture_output=True)
     finally:
         unmount(mnt)
         wait_for(lambda: not alive(pid), f"mount process {pid} to exit after unmount")

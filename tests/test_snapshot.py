@@ -115,8 +115,9 @@ def test_bands_close_near_band_size(vault_env: VaultEnv, tmp_path: Path) -> None
         listing = subprocess.run(
             f"zstd -dc {band} | tar -tv", shell=True, check=True, capture_output=True, text=True
         ).stdout
-        data = sum(int(line.split()[2]) for line in listing.splitlines()
-                   if ".vaultfs/catalog.json" not in line)
+        data = sum(
+            int(line.split()[2]) for line in listing.splitlines() if ".vaultfs/catalog.json" not in line
+        )
         if "big.bin" in listing:
             holds_big += 1
             assert "clip" not in listing  # a file larger than band_size gets a band of its own
@@ -185,7 +186,8 @@ def test_large_files_dedup_and_moves(file_vault: VaultEnv, tmp_path: Path) -> No
     assert diff_r(src, out) == []
     stored = sum(
         (tmp_path / "store" / k).stat().st_size
-        for k in file_vault.store_keys("bands/") if k.endswith(".tar.zst")
+        for k in file_vault.store_keys("bands/")
+        if k.endswith(".tar.zst")
     )
     assert len(video) < stored < len(video) + 64 * 1024
 
@@ -201,8 +203,10 @@ def test_copy_of_a_large_file_in_the_same_run_is_recognised(file_vault: VaultEnv
     raw = os.urandom(size)
     write(src / "a.raw", raw)
     write(src / "same_size.raw", os.urandom(size))
-    write(src / "same_ends.raw",  # the middle differs: still "probable", the hash decides
-          raw[:FINGERPRINT_PIECE] + os.urandom(size - 2 * FINGERPRINT_PIECE) + raw[-FINGERPRINT_PIECE:])
+    write(
+        src / "same_ends.raw",  # the middle differs: still "probable", the hash decides
+        raw[:FINGERPRINT_PIECE] + os.urandom(size - 2 * FINGERPRINT_PIECE) + raw[-FINGERPRINT_PIECE:],
+    )
     write(src / "b" / "copy.raw", raw)
     file_vault.run("init")
     vault = file_vault.open_vault()
@@ -292,8 +296,12 @@ def test_small_files_read_ahead_while_zstd_is_behind(file_vault: VaultEnv, tmp_p
     assert diff_r(src, out) == []
     (band,) = [k for k in file_vault.store_keys("bands/") if k.endswith(".tar.zst")]
     listing = subprocess.run(
-        f"zstd -dc {file_vault.store_dir / band} | tar -t", shell=True, check=True,
-        capture_output=True, text=True).stdout.split()
+        f"zstd -dc {file_vault.store_dir / band} | tar -t",
+        shell=True,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     members = [m.removeprefix("mixed/") for m in listing if m.startswith("mixed/")]
     assert sorted(members) == sorted(str(p.relative_to(src)) for p in src.rglob("*.txt"))
     small = [m for m in members if m.startswith("c/s") and "medium" not in m]

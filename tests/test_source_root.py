@@ -32,9 +32,7 @@ def error_lines(stderr: str) -> list[str]:
 
 
 @pytest.mark.parametrize("tier", TIERS)
-def test_empty_root_is_refused_and_the_others_still_snapshot(
-    vault_env: VaultEnv, tier: str
-) -> None:
+def test_empty_root_is_refused_and_the_others_still_snapshot(vault_env: VaultEnv, tier: str) -> None:
     empty = vault_env.add_collection("photos", tier=tier)
     docs = vault_env.add_collection("docs", tier=tier)
     write(docs / "a.txt", b"a")
@@ -105,7 +103,11 @@ def test_removing_more_than_max_removed_warns(vault_env: VaultEnv, tier: str) ->
     result = vault_env.json("snapshot", expect=3)
     [photos] = result["collections"]
     assert photos["mass_removal"] == {
-        "removed": 6, "previous_files": 10, "previous_version": 3, "max_removed": "50%"}
+        "removed": 6,
+        "previous_files": 10,
+        "previous_version": 3,
+        "max_removed": "50%",
+    }
     assert photos["version"] == 4  # still written: v3 keeps the files
     assert [v["files"] for v in vault_env.versions("photos")] == [10, 6, 10, 4]
     # The same, on the terminal: one line naming the collection and the counts.
@@ -147,8 +149,7 @@ def test_max_removed_as_a_number_of_files(file_vault: VaultEnv) -> None:
     file_vault.run("snapshot")
     for i in range(2):  # 2 files: at the limit, not above
         (src / f"f{i}.py").unlink()
-    assert json.loads(file_vault.run("snapshot", "--json").stdout)["collections"][0][
-        "mass_removal"] is None
+    assert json.loads(file_vault.run("snapshot", "--json").stdout)["collections"][0]["mass_removal"] is None
     for i in range(2, 5):  # 3 files (3 %): above a limit of 2 files
         (src / f"f{i}.py").unlink()
     proc = file_vault.run("snapshot", expect=3)
@@ -156,18 +157,21 @@ def test_max_removed_as_a_number_of_files(file_vault: VaultEnv) -> None:
     assert "removes 3 of the 98 files of v2 (more than max_removed = 2)" in line
 
 
-@pytest.mark.parametrize(("line", "says"), [
-    ('allow_empty = "yes"', "[collections.photos].allow_empty = 'yes': expected true or false"),
-    ("allow_empty = 1", "[collections.photos].allow_empty = 1: expected true or false"),
-    ('max_removed = "150%"', "[collections.photos].max_removed = '150%': a percentage runs"),
-    ('max_removed = "-5%"', "[collections.photos].max_removed = '-5%': expected a percentage"),
-    ('max_removed = "half"', "[collections.photos].max_removed = 'half': expected a percentage"),
-    ('max_removed = "50"', "[collections.photos].max_removed = '50': expected a percentage"),
-    ("max_removed = 0.5", "[collections.photos].max_removed = 0.5: expected a percentage"),
-    ("max_removed = -1", "[collections.photos].max_removed = -1: a number of files cannot be"),
-    ("max_removed = true", "[collections.photos].max_removed = True: expected a percentage"),
-    ("max_remove = 3", "unknown key [collections.photos].max_remove"),
-])
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ('allow_empty = "yes"', "[collections.photos].allow_empty = 'yes': expected true or false"),
+        ("allow_empty = 1", "[collections.photos].allow_empty = 1: expected true or false"),
+        ('max_removed = "150%"', "[collections.photos].max_removed = '150%': a percentage runs"),
+        ('max_removed = "-5%"', "[collections.photos].max_removed = '-5%': expected a percentage"),
+        ('max_removed = "half"', "[collections.photos].max_removed = 'half': expected a percentage"),
+        ('max_removed = "50"', "[collections.photos].max_removed = '50': expected a percentage"),
+        ("max_removed = 0.5", "[collections.photos].max_removed = 0.5: expected a percentage"),
+        ("max_removed = -1", "[collections.photos].max_removed = -1: a number of files cannot be"),
+        ("max_removed = true", "[collections.photos].max_removed = True: expected a percentage"),
+        ("max_remove = 3", "unknown key [collections.photos].max_remove"),
+    ],
+)
 def test_bad_values_of_the_new_keys(file_vault: VaultEnv, line: str, says: str) -> None:
     file_vault.add_collection("photos")
     set_keys(file_vault, "photos", line)

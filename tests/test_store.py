@@ -202,9 +202,7 @@ def test_put_file_multipart(backend: Backend, tmp_path: Path) -> None:
         assert progress.calls == [5 * MiB, 5 * MiB, size - 10 * MiB]  # one call per part
     data = path.read_bytes()
     assert backend.store.head("bands/big.tar.zst").size == size
-    assert backend.store.get_range("bands/big.tar.zst", 5 * MiB - 10, 20) == data[
-        5 * MiB - 10 : 5 * MiB + 10
-    ]
+    assert backend.store.get_range("bands/big.tar.zst", 5 * MiB - 10, 20) == data[5 * MiB - 10 : 5 * MiB + 10]
     assert backend.store.get("bands/big.tar.zst") == data
     assert backend.incomplete_uploads() == []
 
@@ -218,9 +216,7 @@ def other_fs_dir() -> Iterator[Path]:
 
 
 @pytest.mark.parametrize("size", [1000, 6 * MiB])
-def test_put_file_wrong_sha_publishes_nothing(
-    backend: Backend, other_fs_dir: Path, size: int
-) -> None:
+def test_put_file_wrong_sha_publishes_nothing(backend: Backend, other_fs_dir: Path, size: int) -> None:
     # A file on another filesystem: a local store copies it and must verify the copy.
     path, _ = _file(other_fs_dir, "f", size)
     with pytest.raises(CorruptionError, match="SHA-256"):
@@ -262,9 +258,7 @@ def test_list(backend: Backend) -> None:
         store.put(key, b"x" * i)
     assert [i.key for i in store.list("")] == sorted(keys)
     assert [i.key for i in store.list("bands/")] == ["bands/a", "bands/a.catalog.zst", "bands/b"]
-    assert [i.key for i in store.list("bands")] == [
-        "bands/a", "bands/a.catalog.zst", "bands/b", "bandsx"
-    ]
+    assert [i.key for i in store.list("bands")] == ["bands/a", "bands/a.catalog.zst", "bands/b", "bandsx"]
     assert [i.key for i in store.list("bands/a")] == ["bands/a", "bands/a.catalog.zst"]
     assert [i.key for i in store.list("versions/p/")] == ["versions/p/1.json"]
     assert list(store.list("nothing/")) == []
@@ -469,9 +463,7 @@ def test_s3_check_access_unreachable_endpoint() -> None:
 
 
 @pytest.mark.s3
-def test_s3_check_access_no_credentials(
-    s3_bucket: S3Bucket, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_s3_check_access_no_credentials(s3_bucket: S3Bucket, monkeypatch: pytest.MonkeyPatch) -> None:
     from vaultfs.store.s3 import S3Store
 
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
@@ -491,9 +483,7 @@ def test_s3_missing_profile(s3_bucket: S3Bucket) -> None:
 
 
 @pytest.mark.s3
-def test_s3_credentials_checked(
-    s3_auth_server: AuthServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_s3_credentials_checked(s3_auth_server: AuthServer, monkeypatch: pytest.MonkeyPatch) -> None:
     from vaultfs.store.s3 import S3Store
 
     settings = s3_settings(s3_auth_server.endpoint_url)
@@ -536,16 +526,28 @@ def test_s3_error_classification() -> None:
     def check(exc: Exception) -> StoreError:
         return classify(exc, what="GET s3://b/k", bucket="b")
 
-    for code, status in [("SlowDown", 503), ("Throttling", 400), ("InternalError", 500),
-                         ("RequestTimeout", 400), ("ServiceUnavailable", 503), ("503", 503)]:
+    for code, status in [
+        ("SlowDown", 503),
+        ("Throttling", 400),
+        ("InternalError", 500),
+        ("RequestTimeout", 400),
+        ("ServiceUnavailable", 503),
+        ("503", 503),
+    ]:
         assert check(client_error(code, status)).transient, code
-    for exc in [bex.EndpointConnectionError(endpoint_url="http://x"),
-                bex.ReadTimeoutError(endpoint_url="http://x"),
-                bex.ConnectionClosedError(endpoint_url="http://x"),
-                ConnectionResetError(104, "Connection reset by peer")]:
+    for exc in [
+        bex.EndpointConnectionError(endpoint_url="http://x"),
+        bex.ReadTimeoutError(endpoint_url="http://x"),
+        bex.ConnectionClosedError(endpoint_url="http://x"),
+        ConnectionResetError(104, "Connection reset by peer"),
+    ]:
         assert check(exc).transient, exc
-    for code, status in [("AccessDenied", 403), ("InvalidAccessKeyId", 403),
-                         ("SignatureDoesNotMatch", 403), ("NoSuchBucket", 404)]:
+    for code, status in [
+        ("AccessDenied", 403),
+        ("InvalidAccessKeyId", 403),
+        ("SignatureDoesNotMatch", 403),
+        ("NoSuchBucket", 404),
+    ]:
         err = check(client_error(code, status))
         assert not err.transient and type(err) is StoreRefused and err.exit_code == 2, code
     assert "no such bucket b" in check(client_error("NoSuchBucket", 404)).message
@@ -722,9 +724,7 @@ def test_s3_transient_answers_on_the_wire(s3_bucket: S3Bucket) -> None:
 
 
 @pytest.mark.parametrize("size", [1000, 12 * MiB])
-def test_s3_upload_is_verified_by_its_stored_checksum(
-    s3_bucket: S3Bucket, tmp_path: Path, size: int
-) -> None:
+def test_s3_upload_is_verified_by_its_stored_checksum(s3_bucket: S3Bucket, tmp_path: Path, size: int) -> None:
     """After an upload the object's SHA-256 checksum (composite for multipart) is compared;
     a server reporting another one is caught (moto never lies, so its answer is altered)."""
     from vaultfs.store.s3 import S3Store

@@ -75,15 +75,19 @@ def test_mount_guards_the_version_root_as_the_source_did(home_env: VaultEnv) -> 
         assert meta(v2) == (0o700, NOBODY, NOBODY, OLD)
         assert meta(latest) == (0o750, NOBODY, NOBODY, OLD)
         assert os.getxattr(v1, "user.comment") == b"the root's own"
-        for denied in (as_nobody("ls", str(v1)), as_nobody("cat", str(v1 / "notes.txt")),
-                       as_nobody("ls", str(v1 / "sub"))):
+        for denied in (
+            as_nobody("ls", str(v1)),
+            as_nobody("cat", str(v1 / "notes.txt")),
+            as_nobody("ls", str(v1 / "sub")),
+        ):
             assert denied.returncode != 0 and b"Permission denied" in denied.stderr, denied
         assert sorted(os.listdir(v1)) == ["notes.txt", "sub"]  # root may
         assert (v1 / "notes.txt").read_bytes() == b"private\n"
         allowed = as_nobody("cat", str(latest / "notes.txt"))  # v3 belongs to nobody
         assert allowed.returncode == 0 and allowed.stdout == b"private\n", allowed.stderr
-        stat_out = subprocess.run(["stat", "-c", "%a %u %g", str(v1)], capture_output=True,
-                                  text=True, check=True).stdout.split()
+        stat_out = subprocess.run(
+            ["stat", "-c", "%a %u %g", str(v1)], capture_output=True, text=True, check=True
+        ).stdout.split()
         assert stat_out == ["700", "0", "0"]
 
 
@@ -112,6 +116,5 @@ def test_restore_of_a_whole_version_gives_the_target_the_root_metadata(
 
 
 def test_version_records_without_root_metadata_still_load() -> None:
-    record = {"collection": "home", "number": 1, "created_ns": 5, "root": "00" * 32,
-              "bands": [], "format": 1}
+    record = {"collection": "home", "number": 1, "created_ns": 5, "root": "00" * 32, "bands": [], "format": 1}
     assert VersionInfo.from_json(record).root_meta is None

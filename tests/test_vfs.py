@@ -66,8 +66,11 @@ def test_layout(every_kind: tuple[VaultEnv, Path, vfs.VaultView]) -> None:
     src_root = os.stat(src)  # the version directory is the source root as snapshotted
     a = view.attr(v1)
     assert (a.mode, a.uid, a.gid, a.mtime_ns) == (
-        stat.S_IFDIR | stat.S_IMODE(src_root.st_mode), src_root.st_uid, src_root.st_gid,
-        src_root.st_mtime_ns)
+        stat.S_IFDIR | stat.S_IMODE(src_root.st_mode),
+        src_root.st_uid,
+        src_root.st_gid,
+        src_root.st_mtime_ns,
+    )
     for bad in (b"v0", b"v2", b"v01", b"x", b"latest2"):
         with pytest.raises(vfs.NotFound):
             view.lookup(coll.ino, bad)
@@ -82,12 +85,26 @@ def test_layout(every_kind: tuple[VaultEnv, Path, vfs.VaultView]) -> None:
 def test_attrs_are_the_sources(every_kind: tuple[VaultEnv, Path, vfs.VaultView]) -> None:
     _, src, view = every_kind
     v1 = walk(view, vfs.ROOT_INO, b"photos", b"v1")
-    for name in ("plain.txt", "owned", "secret", "setuid_tool", "sticky", "link_rel", "fifo",
-                 "null_dev", "hard_a"):
+    for name in (
+        "plain.txt",
+        "owned",
+        "secret",
+        "setuid_tool",
+        "sticky",
+        "link_rel",
+        "fifo",
+        "null_dev",
+        "hard_a",
+    ):
         st = os.lstat(src / name)
         a = view.attr(walk(view, v1.ino, name.encode()))
         assert (a.mode, a.uid, a.gid, a.mtime_ns, a.rdev) == (
-            st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns, st.st_rdev), name
+            st.st_mode,
+            st.st_uid,
+            st.st_gid,
+            st.st_mtime_ns,
+            st.st_rdev,
+        ), name
         if not stat.S_ISDIR(st.st_mode):
             assert (a.size, a.nlink) == (st.st_size, st.st_nlink), name
     photos = walk(view, v1.ino, b"photos")
@@ -100,8 +117,7 @@ def test_attrs_are_the_sources(every_kind: tuple[VaultEnv, Path, vfs.VaultView])
         view.lookup(walk(view, v1.ino, b"plain.txt").ino, b"x")
 
 
-def test_inodes_are_stable_and_hard_links_share_one(every_kind: tuple[VaultEnv, Path, vfs.VaultView]
-                                                     ) -> None:
+def test_inodes_are_stable_and_hard_links_share_one(every_kind: tuple[VaultEnv, Path, vfs.VaultView]) -> None:
     _, _, view = every_kind
     v1 = walk(view, vfs.ROOT_INO, b"photos", b"v1")
     paths = [(b"plain.txt",), (b"hard_a",), (b"hard_c",), (b"nested", b"hard_b"), (b"photos", b"2019")]
@@ -132,7 +148,7 @@ def test_reads_ranges_and_xattrs(every_kind: tuple[VaultEnv, Path, vfs.VaultView
     content = (src / "photos" / "2019" / "img_0001.raw").read_bytes()
     handle = view.open(node.ino)
     for off, size in ((0, 1), (0, 4096), (1000, 70_000), (len(content) - 10, 100), (len(content), 10)):
-        assert handle.read(off, size) == content[off:off + size]
+        assert handle.read(off, size) == content[off : off + size]
     names = view.xattr_names(node.ino)
     assert {b"user.vaultfs.state", b"user.vaultfs.sha256", b"user.vaultfs.band"} <= set(names)
     assert view.xattr(node.ino, b"user.vaultfs.state") == b"available"
@@ -259,12 +275,18 @@ def test_write_handlers_answer_erofs(every_kind: tuple[VaultEnv, Path, vfs.Vault
     _, _, view = every_kind
     ops = VaultOperations(view, trio.CapacityLimiter(1))
     calls = [
-        (ops.mkdir, (1, b"x", 0o755, None)), (ops.unlink, (1, b"x", None)),
-        (ops.rmdir, (1, b"x", None)), (ops.rename, (1, b"a", 1, b"b", 0, None)),
-        (ops.create, (1, b"x", 0o644, os.O_WRONLY, None)), (ops.write, (1, 0, b"x")),
-        (ops.setattr, (1, None, None, None, None)), (ops.setxattr, (1, b"user.x", b"1", None)),
-        (ops.removexattr, (1, b"user.x", None)), (ops.symlink, (1, b"l", b"t", None)),
-        (ops.link, (1, 1, b"l", None)), (ops.mknod, (1, b"n", 0o644, 0, None)),
+        (ops.mkdir, (1, b"x", 0o755, None)),
+        (ops.unlink, (1, b"x", None)),
+        (ops.rmdir, (1, b"x", None)),
+        (ops.rename, (1, b"a", 1, b"b", 0, None)),
+        (ops.create, (1, b"x", 0o644, os.O_WRONLY, None)),
+        (ops.write, (1, 0, b"x")),
+        (ops.setattr, (1, None, None, None, None)),
+        (ops.setxattr, (1, b"user.x", b"1", None)),
+        (ops.removexattr, (1, b"user.x", None)),
+        (ops.symlink, (1, b"l", b"t", None)),
+        (ops.link, (1, 1, b"l", None)),
+        (ops.mknod, (1, b"n", 0o644, 0, None)),
     ]
     for fn, args in calls:
         with pytest.raises(pyfuse3.FUSEError) as info:
@@ -276,9 +298,11 @@ def test_write_handlers_answer_erofs(every_kind: tuple[VaultEnv, Path, vfs.Vault
     assert info.value.errno == errno.EROFS
 
 
-def test_an_unexpected_exception_becomes_eio(every_kind: tuple[VaultEnv, Path, vfs.VaultView],
-                                             caplog: pytest.LogCaptureFixture,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unexpected_exception_becomes_eio(
+    every_kind: tuple[VaultEnv, Path, vfs.VaultView],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     _, _, view = every_kind
     ops = VaultOperations(view, trio.CapacityLimiter(1))
 
@@ -311,8 +335,7 @@ def read_like_the_mount(handle: vfs.OpenFile, size: int) -> tuple[bytes, int]:
     return bytes(out), peeked
 
 
-def test_streamed_reads_peek_cached_frames_and_still_check_the_sha256(
-        file_vault: VaultEnv) -> None:
+def test_streamed_reads_peek_cached_frames_and_still_check_the_sha256(file_vault: VaultEnv) -> None:
     """Reads of a frame already decompressed are answered without waiting (`peek`),
     the hash runs behind them, and the read that ends the file still waits for it:
     with the catalog pointing d.raw at c.raw's bytes, that read fails."""

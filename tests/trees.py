@@ -84,10 +84,13 @@ def describe(root: Path, *, skip_sockets: bool = False) -> dict[bytes, tuple[obj
                 continue
             xattrs: tuple[tuple[str, bytes], ...] = ()
             if not stat.S_ISLNK(st.st_mode):
-                xattrs = tuple(sorted(
-                    (n, os.getxattr(full, n, follow_symlinks=False))
-                    for n in os.listxattr(full, follow_symlinks=False) if n.startswith("user.")
-                ))
+                xattrs = tuple(
+                    sorted(
+                        (n, os.getxattr(full, n, follow_symlinks=False))
+                        for n in os.listxattr(full, follow_symlinks=False)
+                        if n.startswith("user.")
+                    )
+                )
             link_group = None
             if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
                 link_group = inode_names.setdefault((st.st_dev, st.st_ino), rel)
@@ -98,15 +101,24 @@ def describe(root: Path, *, skip_sockets: bool = False) -> dict[bytes, tuple[obj
                     content = f.read()
             mtime = None if stat.S_ISLNK(st.st_mode) and os.geteuid() != 0 else st.st_mtime_ns
             out[rel] = (
-                kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, mtime,
-                xattrs, link_group, target, st.st_rdev if not stat.S_ISDIR(st.st_mode) else 0,
+                kind,
+                stat.S_IMODE(st.st_mode),
+                st.st_uid,
+                st.st_gid,
+                mtime,
+                xattrs,
+                link_group,
+                target,
+                st.st_rdev if not stat.S_ISDIR(st.st_mode) else 0,
                 content,
             )
     return out
 
 
-_SAME_TYPE = re.compile(r"^File .* is a (fifo|character special file|block special file) "
-                        r"while file .* is a \1$")
+_SAME_TYPE = re.compile(
+    r"^File .* is a (fifo|character special file|block special file) "
+    r"while file .* is a \1$"
+)
 
 
 def diff_r(a: Path, b: Path, ignore: tuple[str, ...] = ()) -> list[str]:
@@ -117,11 +129,9 @@ def diff_r(a: Path, b: Path, ignore: tuple[str, ...] = ()) -> list[str]:
     containing any of the given strings.
     """
     proc = subprocess.run(
-        ["diff", "-r", "--no-dereference", str(a), str(b)], capture_output=True,
+        ["diff", "-r", "--no-dereference", str(a), str(b)],
+        capture_output=True,
     )
     assert proc.returncode in (0, 1), proc.stderr
     lines = proc.stdout.decode("utf-8", "backslashreplace").splitlines()
-    return [
-        line for line in lines
-        if not _SAME_TYPE.match(line) and not any(i in line for i in ignore)
-    ]
+    return [line for line in lines if not _SAME_TYPE.match(line) and not any(i in line for i in ignore)]

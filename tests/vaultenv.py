@@ -49,12 +49,15 @@ class VaultEnv:
         return path
 
     def write_config(self) -> None:
-        text = textwrap.dedent(f"""\
+        text = (
+            textwrap.dedent(f"""\
             [vault]
             store = "{self.store_url}"
             state_dir = "{self.state_dir}"
             band_size = "{self.band_size}"
-            """) + self.vault_extra
+            """)
+            + self.vault_extra
+        )
         if self.s3_endpoint:
             text += textwrap.dedent(f"""\
                 [s3]
@@ -75,14 +78,21 @@ class VaultEnv:
         return env
 
     def run(
-        self, *args: str, expect: int | None = 0, env: dict[str, str] | None = None,
+        self,
+        *args: str,
+        expect: int | None = 0,
+        env: dict[str, str] | None = None,
         config: bool = True,
     ) -> subprocess.CompletedProcess[str]:
         cmd = [sys.executable, "-m", "vaultfs.cli"]
         if config:
             cmd += ["--config", str(self.config_path)]
         proc = subprocess.run(
-            [*cmd, *args], capture_output=True, text=True, env=env or self.env(), cwd=REPO,
+            [*cmd, *args],
+            capture_output=True,
+            text=True,
+            env=env or self.env(),
+            cwd=REPO,
             timeout=240,
         )
         if expect is not None:
@@ -95,8 +105,11 @@ class VaultEnv:
     def popen(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         return subprocess.Popen(
             [sys.executable, "-m", "vaultfs.cli", "--config", str(self.config_path), *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env=env or self.env(), cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env or self.env(),
+            cwd=REPO,
         )
 
     def json(self, *args: str, expect: int | None = 0) -> Any:
@@ -109,7 +122,7 @@ class VaultEnv:
     def store_dir(self) -> Path:
         """The directory of a file:// store."""
         assert self.store_url.startswith("file://"), "not a file:// store"
-        return Path(self.store_url[len("file://"):])
+        return Path(self.store_url[len("file://") :])
 
     def open_vault(self) -> Any:
         """The vault opened in this process (to arrange or inspect what the CLI cannot)."""
@@ -123,16 +136,20 @@ class VaultEnv:
         client = self.bucket.client()
         for key in self.store_keys("bands/"):
             if key.endswith(".tar.zst"):
-                client.copy_object(Bucket=self.bucket.name, Key="vault/" + key,
-                                   CopySource={"Bucket": self.bucket.name, "Key": "vault/" + key},
-                                   StorageClass=storage_class)
+                client.copy_object(
+                    Bucket=self.bucket.name,
+                    Key="vault/" + key,
+                    CopySource={"Bucket": self.bucket.name, "Key": "vault/" + key},
+                    StorageClass=storage_class,
+                )
 
     def store_keys(self, prefix: str = "") -> list[str]:
         """Every object key on the store (relative to the vault's prefix)."""
         if self.store_url.startswith("file://"):
             root = self.store_dir
             return sorted(
-                str(p.relative_to(root)) for p in root.rglob("*")
+                str(p.relative_to(root))
+                for p in root.rglob("*")
                 if p.is_file() and str(p.relative_to(root)).startswith(prefix)
             )
         client = self.bucket.client()
@@ -140,7 +157,7 @@ class VaultEnv:
         for page in client.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket.name, Prefix="vault/" + prefix
         ):
-            keys += [o["Key"][len("vault/"):] for o in page.get("Contents", [])]
+            keys += [o["Key"][len("vault/") :] for o in page.get("Contents", [])]
         return sorted(keys)
 
     def fetch_object(self, key: str, to: Path) -> Path:
@@ -158,9 +175,7 @@ def vault_env(request: pytest.FixtureRequest, tmp_path: Path) -> VaultEnv:
         env = VaultEnv(tmp_path, f"file://{tmp_path / 'store'}")
     else:
         bucket = request.getfixturevalue("s3_bucket")
-        env = VaultEnv(
-            tmp_path, f"s3://{bucket.name}/vault", s3_endpoint=bucket.endpoint_url, bucket=bucket
-        )
+        env = VaultEnv(tmp_path, f"s3://{bucket.name}/vault", s3_endpoint=bucket.endpoint_url, bucket=bucket)
     env.write_config()
     return env
 

@@ -87,7 +87,9 @@ def archive_pending(vault: Vault, now: int | None = None) -> list[BandInfo]:
         if store.head(key).storage_class != target:
             raise VaultError(f"band {band.band} did not move to {target}: the store refused it")
         updated = replace(
-            band, state="archived", storage_class=target,
+            band,
+            state="archived",
+            storage_class=target,
             archived_ns=now if now is not None else time.time_ns(),
         )
         with vault.catalog.writer() as w:
@@ -162,13 +164,14 @@ def request_restores(
         current = vault.catalog.band(band.band) or band
         if current.state == "restoring" or current.state in ("standard", "cached"):
             continue
-        if current.state == "restored" and current.restore is not None and (
-            current.restore.expires_ns == 0 or current.restore.expires_ns - now > EXTEND_BEFORE_NS
+        if (
+            current.state == "restored"
+            and current.restore is not None
+            and (current.restore.expires_ns == 0 or current.restore.expires_ns - now > EXTEND_BEFORE_NS)
         ):
             continue
         store.restore(band_key(current.band), days, tier)
-        info = RestoreInfo(tier=tier, requested_ns=now, expected_ns=now + hours * 3600 * 10**9,
-                           days=days)
+        info = RestoreInfo(tier=tier, requested_ns=now, expected_ns=now + hours * 3600 * 10**9, days=days)
         if current.state == "restored" and current.restore is not None:
             info = replace(current.restore, days=days, requested_ns=now)
             new = replace(current, restore=info)
@@ -206,9 +209,15 @@ def refresh(vault: Vault, band: BandInfo, now: int | None = None) -> BandInfo:
     new = band
     if info.restore and not ongoing and (expires == 0 or expires > now):
         restore = band.restore or RestoreInfo("?", now, now, 0)
-        new = replace(band, state="restored", restore=replace(
-            restore, ready_ns=restore.ready_ns or now, expires_ns=expires,
-        ))
+        new = replace(
+            band,
+            state="restored",
+            restore=replace(
+                restore,
+                ready_ns=restore.ready_ns or now,
+                expires_ns=expires,
+            ),
+        )
     elif ongoing:
         if band.state != "restoring":
             restore = band.restore or RestoreInfo("?", now, now, 0)
@@ -251,7 +260,10 @@ def band_status_json(b: BandInfo) -> dict[str, Any]:
         return iso_utc(ns) if ns else None
 
     return {
-        "band": b.band, "size": b.size, "state": b.state, "storage_class": b.storage_class,
+        "band": b.band,
+        "size": b.size,
+        "state": b.state,
+        "storage_class": b.storage_class,
         "cached": b.cached,
         "tier": r.tier if r else None,
         "requested": t(r.requested_ns) if r else None,

@@ -21,18 +21,34 @@ from vaultfs.errors import ConfigError
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?i?B?)?\s*$", re.IGNORECASE)
 _UNITS = {
-    "": 1, "B": 1,
-    "K": 1000, "KB": 1000, "KIB": 1024,
-    "M": 1000**2, "MB": 1000**2, "MIB": 1024**2,
-    "G": 1000**3, "GB": 1000**3, "GIB": 1024**3,
-    "T": 1000**4, "TB": 1000**4, "TIB": 1024**4,
-    "P": 1000**5, "PB": 1000**5, "PIB": 1024**5,
+    "": 1,
+    "B": 1,
+    "K": 1000,
+    "KB": 1000,
+    "KIB": 1024,
+    "M": 1000**2,
+    "MB": 1000**2,
+    "MIB": 1024**2,
+    "G": 1000**3,
+    "GB": 1000**3,
+    "GIB": 1024**3,
+    "T": 1000**4,
+    "TB": 1000**4,
+    "TIB": 1024**4,
+    "P": 1000**5,
+    "PB": 1000**5,
+    "PIB": 1024**5,
 }
 _COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 DEFAULT_NO_RESTORE_PROCESSES = (
-    "tumblerd", "gdk-pixbuf-thumbnailer", "ffmpegthumbnailer", "totem-video-thumbnailer",
-    "evince-thumbnailer", "baloo_file_extractor", "kioslave5:thumbnail.so",
+    "tumblerd",
+    "gdk-pixbuf-thumbnailer",
+    "ffmpegthumbnailer",
+    "totem-video-thumbnailer",
+    "evince-thumbnailer",
+    "baloo_file_extractor",
+    "kioslave5:thumbnail.so",
     "kioworker:thumbnail.so",
 )
 
@@ -40,7 +56,7 @@ DEFAULT_NO_RESTORE_PROCESSES = (
 def parse_size(value: object, key: str) -> int:
     """``"4MiB"`` → 4194304; plain integers are bytes."""
     if isinstance(value, bool):
-        raise ConfigError(f"{key} = {value!r}: expected a size such as \"1GiB\" or a byte count")
+        raise ConfigError(f'{key} = {value!r}: expected a size such as "1GiB" or a byte count')
     if isinstance(value, int):
         if value < 0:
             raise ConfigError(f"{key} = {value}: a size cannot be negative")
@@ -51,7 +67,7 @@ def parse_size(value: object, key: str) -> int:
             return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
         if m and m.group(2) is None:
             return int(float(m.group(1)))
-    raise ConfigError(f"{key} = {value!r}: expected a size such as \"1GiB\", \"4MiB\" or a byte count")
+    raise ConfigError(f'{key} = {value!r}: expected a size such as "1GiB", "4MiB" or a byte count')
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +122,7 @@ class RemovalLimit:
         if self.files is not None:
             return removed > self.files
         assert self.percent is not None
-        return (previous_files >= SHARE_APPLIES_FROM_FILES
-                and removed * 100 > self.percent * previous_files)
+        return previous_files >= SHARE_APPLIES_FROM_FILES and removed * 100 > self.percent * previous_files
 
     def __str__(self) -> str:
         if self.files is not None:
@@ -289,7 +304,7 @@ def _vault_settings(t: _Table) -> tuple[str, Path, int, int, int]:
     store = t.require("store", str)
     if not (store.startswith("s3://") or store.startswith("file://")):
         raise ConfigError(
-            f"{t.key('store')} = {store!r}: expected \"s3://bucket/prefix\" or \"file:///absolute/path\""
+            f'{t.key("store")} = {store!r}: expected "s3://bucket/prefix" or "file:///absolute/path"'
         )
     if store.startswith("s3://") and not store[5:].split("/", 1)[0]:
         raise ConfigError(f"{t.key('store')} = {store!r}: the bucket name is missing")
@@ -323,7 +338,7 @@ def _s3_settings(t: _Table) -> S3Settings:
     )
     if settings.restore_tier not in ("Bulk", "Standard"):
         raise ConfigError(
-            f"{t.key('restore_tier')} = {settings.restore_tier!r}: expected \"Bulk\" or \"Standard\""
+            f'{t.key("restore_tier")} = {settings.restore_tier!r}: expected "Bulk" or "Standard"'
         )
     if settings.multipart_chunksize < 5 * 1024**2:
         raise ConfigError(f"{t.key('multipart_chunksize')}: S3 needs parts of at least 5MiB")
@@ -345,7 +360,7 @@ def _collection(name: str, raw: Any) -> CollectionConfig:
         raise ConfigError(f"{t.key('path')} = {str(path)!r}: must be an absolute path")
     tier = t.take("tier", str, "cold")
     if tier not in ("cold", "warm"):
-        raise ConfigError(f"{t.key('tier')} = {tier!r}: expected \"cold\" or \"warm\"")
+        raise ConfigError(f'{t.key("tier")} = {tier!r}: expected "cold" or "warm"')
     keep = t.take("keep_versions", int)
     if keep is not None and keep < 1:
         raise ConfigError(f"{t.key('keep_versions')} = {keep}: must be at least 1")
@@ -363,9 +378,7 @@ def _mount_settings(t: _Table) -> MountSettings:
     settings = MountSettings(
         auto_restore=t.take("auto_restore", bool, True),
         restore_budget_per_day=t.take_size("restore_budget_per_day", 200 * 1024**3),
-        no_restore_processes=tuple(
-            t.take("no_restore_processes", list, list(DEFAULT_NO_RESTORE_PROCESSES))
-        ),
+        no_restore_processes=tuple(t.take("no_restore_processes", list, list(DEFAULT_NO_RESTORE_PROCESSES))),
         poll_interval=float(t.take("poll_interval", (int, float), 900.0)),
         fetch_restored=t.take("fetch_restored", bool, True),
         cache_size=t.take_size("cache_size", 50 * 1024**3),
@@ -377,8 +390,10 @@ def _mount_settings(t: _Table) -> MountSettings:
         try:
             shlex.split(settings.on_restore_ready)
         except ValueError as e:  # e.g. an unclosed quote: say so now, not when a restore is ready
-            raise ConfigError(f"{t.key('on_restore_ready')} = {settings.on_restore_ready!r}: "
-                              f"{e}; it is split like a shell command line") from None
+            raise ConfigError(
+                f"{t.key('on_restore_ready')} = {settings.on_restore_ready!r}: "
+                f"{e}; it is split like a shell command line"
+            ) from None
     if not all(isinstance(p, str) and p for p in settings.no_restore_processes):
         raise ConfigError(f"{t.key('no_restore_processes')}: expected a list of process names")
     t.finish()
@@ -388,8 +403,13 @@ def _mount_settings(t: _Table) -> MountSettings:
 def _prices(t: _Table) -> Prices:
     defaults = Prices()
     values: dict[str, Any] = {"taken": t.take("taken", str, defaults.taken)}
-    for name in ("bulk_per_gb", "standard_per_gb", "bulk_per_1000_requests",
-                 "standard_per_1000_requests", "restored_copy_per_gb_month"):
+    for name in (
+        "bulk_per_gb",
+        "standard_per_gb",
+        "bulk_per_1000_requests",
+        "standard_per_1000_requests",
+        "restored_copy_per_gb_month",
+    ):
         value = t.take(name, (int, float), getattr(defaults, name))
         if value < 0:
             raise ConfigError(f"{t.key(name)} = {value}: a price cannot be negative")

@@ -165,7 +165,8 @@ class Restorer:
             self._apply_metadata(root_fd, meta.entry(self.version.root))
         except OSError as err:
             self.result.problems.append(
-                Problem(b"", f"mode, owner or times of {self.target} not set ({err.strerror})"))
+                Problem(b"", f"mode, owner or times of {self.target} not set ({err.strerror})")
+            )
             return
         self.result.root_meta_applied = True
 
@@ -270,8 +271,7 @@ class Restorer:
             dst = self._parent(root_fd, item.parts)
             try:
                 _unlink_quiet(item.parts[-1], dst)
-                os.link(target[-1], item.parts[-1], src_dir_fd=src, dst_dir_fd=dst,
-                        follow_symlinks=False)
+                os.link(target[-1], item.parts[-1], src_dir_fd=src, dst_dir_fd=dst, follow_symlinks=False)
                 restored.add(item.parts)
                 self.result.others += 1
             finally:
@@ -318,8 +318,7 @@ class Restorer:
         try:
             dfd = self._parent(root_fd, item.parts)
             try:
-                fd = os.open(item.parts[-1], os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
-                             dir_fd=dfd)
+                fd = os.open(item.parts[-1], os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd)
             finally:
                 os.close(dfd)
             try:
@@ -413,15 +412,16 @@ def select(
             yield from _walk(vault, found.tree, prefix)
 
 
-def selected_entries(
-    vault: Vault, root: TreeId, selection: list[tuple[bytes, ...]]
-) -> Iterator[Entry]:
+def selected_entries(vault: Vault, root: TreeId, selection: list[tuple[bytes, ...]]) -> Iterator[Entry]:
     """The entries a restore of ``selection`` (everything when empty) would write."""
     return (item.entry for item in select(vault, root, selection))
 
 
 def bands_needed(
-    vault: Vault, root: TreeId, selection: list[tuple[bytes, ...]], *,
+    vault: Vault,
+    root: TreeId,
+    selection: list[tuple[bytes, ...]],
+    *,
     skip_unknown: bool = False,
 ) -> dict[BandId, int]:
     """Band → bytes of content that restoring ``selection`` of the tree needs from it.
@@ -440,9 +440,7 @@ def bands_needed(
         if ref is None:
             if skip_unknown or vault.catalog.lost_blob(entry.blob) is not None:
                 continue
-            raise CorruptionError(
-                f"blob {entry.blob.hex()[:16]} is not in the catalog: run `vaultfs check`"
-            )
+            raise CorruptionError(f"blob {entry.blob.hex()[:16]} is not in the catalog: run `vaultfs check`")
         needed[ref.band] = needed.get(ref.band, 0) + ref.size
     return needed
 

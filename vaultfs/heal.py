@@ -69,7 +69,7 @@ def store_bands(store: ObjectStore) -> set[BandId]:
     for info in store.list("bands/"):
         if not info.key.endswith(BAND_SUFFIX):
             continue
-        name = info.key[len("bands/"):-len(BAND_SUFFIX)]
+        name = info.key[len("bands/") : -len(BAND_SUFFIX)]
         try:
             out.add(parse_band_id(name, info.key))
         except CorruptionError:
@@ -81,9 +81,11 @@ def missing_bands(vault: Vault, on_store: set[BandId]) -> list[BandId]:
     """Bands the catalog knows that are not on the store. A band still being written
     (``staging``) is not missing yet, and a band whose complete copy is in the local
     cache still has its bytes (`Vault.band_cached`): neither is lost."""
-    unlisted = sorted(b.band for b in vault.catalog.bands()
-                      if b.band not in on_store and b.state != "staging"
-                      and not vault.band_cached(b.band))
+    unlisted = sorted(
+        b.band
+        for b in vault.catalog.bands()
+        if b.band not in on_store and b.state != "staging" and not vault.band_cached(b.band)
+    )
     return [b for b in unlisted if _confirmed_gone(vault.store, b)]
 
 
@@ -97,15 +99,17 @@ def _confirmed_gone(store: ObjectStore, band: BandId) -> bool:
     except ObjectNotFound:
         return True
     except StoreError as e:
-        log.warning("band %s is not in the store's listing, and asking for it failed (%s): "
-                    "taken as still there", band, e)
+        log.warning(
+            "band %s is not in the store's listing, and asking for it failed (%s): taken as still there",
+            band,
+            e,
+        )
         return False
     log.warning("band %s is not in the store's listing but exists: taken as still there", band)
     return False
 
 
-def record_missing_bands(vault: Vault, bands: Iterable[BandId],
-                         now: int | None = None) -> list[MissingBand]:
+def record_missing_bands(vault: Vault, bands: Iterable[BandId], now: int | None = None) -> list[MissingBand]:
     """Mark every blob of `bands` lost and drop the bands' records (their objects are gone:
     nothing should try to read them), in one transaction with dropping the directory
     memos. The caller holds the vault lock. Returns what was recorded."""
@@ -128,20 +132,21 @@ def record_missing_bands(vault: Vault, bands: Iterable[BandId],
         drop_dir_memos(w, catalog)
     out = [MissingBand(band, len(blobs)) for band, blobs in sorted(held.items())]
     for m in out:
-        log.warning("band %s is missing from the store: %d blob(s) it held are lost", m.band,
-                    m.blobs)
+        log.warning("band %s is missing from the store: %d blob(s) it held are lost", m.band, m.blobs)
     return out
 
 
-def record_damaged_blobs(vault: Vault, damaged: dict[BlobId, BandId],
-                         now: int | None = None) -> int:
+def record_damaged_blobs(vault: Vault, damaged: dict[BlobId, BandId], now: int | None = None) -> int:
     """Mark lost each blob of `damaged` whose only copy is still the damaged band it maps
     to (a snapshot may have stored it again meanwhile), and drop the directory memos, in
     one transaction. The caller holds the vault lock. Returns how many were marked."""
     catalog = vault.catalog
     now = now if now is not None else time.time_ns()
-    marked = [(blob, band) for blob, band in sorted(damaged.items())
-              if (ref := catalog.blob(blob)) is not None and ref.band == band]
+    marked = [
+        (blob, band)
+        for blob, band in sorted(damaged.items())
+        if (ref := catalog.blob(blob)) is not None and ref.band == band
+    ]
     if not marked:
         return 0
     with catalog.writer() as w:
@@ -159,8 +164,7 @@ def drop_dir_memos(w: CatalogWriter, catalog: Catalog) -> None:
         w.replace_dir_memos(collection, NO_MEMO_ROOT, [])
 
 
-def failing_blobs(path: Path, info: BandInfo, blobs: Iterable[tuple[BlobId, BlobRef]]
-                  ) -> list[BlobId]:
+def failing_blobs(path: Path, info: BandInfo, blobs: Iterable[tuple[BlobId, BlobRef]]) -> list[BlobId]:
     """Of `blobs` (in the band whose local copy is `path`), those whose bytes fail: a frame
     that fails its zstd checksum or a blob that fails its SHA-256. Damage costs only the
     blobs it touches, so only they are marked lost. The frame table is the catalog's (the
@@ -171,8 +175,9 @@ def failing_blobs(path: Path, info: BandInfo, blobs: Iterable[tuple[BlobId, Blob
         coff, uoff = coff + csize, uoff + usize
     fd = os.open(path, os.O_RDONLY)
     try:
-        reader = bandfmt.BandReader(lambda start, length: os.pread(fd, length, start),
-                                    info.size, tuple(frames), label=info.band)
+        reader = bandfmt.BandReader(
+            lambda start, length: os.pread(fd, length, start), info.size, tuple(frames), label=info.band
+        )
         bad = []
         for blob, ref in blobs:
             try:
@@ -211,8 +216,9 @@ def last_snapshot_ns(versions: list[VersionInfo]) -> int:
     return max([latest.created_ns, *latest.verified_ns])
 
 
-def lost_files(vault: Vault, versions: Iterable[VersionInfo],
-               lost: dict[BlobId, LostBlob]) -> list[LostFiles]:
+def lost_files(
+    vault: Vault, versions: Iterable[VersionInfo], lost: dict[BlobId, LostBlob]
+) -> list[LostFiles]:
     """Every version's files whose blob is in `lost`, one entry per version (and per
     kind: still to be healed, or lost for good), paths sorted. The walk is
     `Vault.lost_files` (one walk per tree, shared across versions).

@@ -52,14 +52,14 @@ def parse_band_id(text: object, where: str) -> BandId:
     shown = repr(text)
     if len(shown) > 80:
         shown = shown[:77] + "..."
-    raise BadBandId(f"{where}: {shown} is not a vaultfs band id (damaged or foreign data, "
-                    "not used)")
+    raise BadBandId(f"{where}: {shown} is not a vaultfs band id (damaged or foreign data, not used)")
 
 
 def band_file(directory: Path, band: str, suffix: str = ".tar.zst") -> Path:
     """The local file of `band` in `directory` (spool, cache): the id is checked again
     here, where it becomes a path, so no id can name a file outside `directory`."""
     return directory / (parse_band_id(band, "band id for a local file") + suffix)
+
 
 Kind = Literal["file", "dir", "symlink", "fifo", "socket", "chardev", "blockdev"]
 KINDS: tuple[Kind, ...] = ("file", "dir", "symlink", "fifo", "socket", "chardev", "blockdev")
@@ -121,9 +121,7 @@ class Entry:
         if self.hardlink is not None:
             d["hardlink"] = to_text(self.hardlink)
         if self.xattrs:
-            d["xattrs"] = [
-                [to_text(k), base64.b64encode(v).decode("ascii")] for k, v in self.xattrs
-            ]
+            d["xattrs"] = [[to_text(k), base64.b64encode(v).decode("ascii")] for k, v in self.xattrs]
         return d
 
     @staticmethod
@@ -158,8 +156,7 @@ def encode_tree(entries: list[Entry] | tuple[Entry, ...]) -> bytes:
     a no-change snapshot encodes every directory of the tree, and this is 3x faster.
     """
     ordered = sorted(entries, key=lambda e: e.name)
-    return ('{"entries":[' + ",".join(map(_entry_json, ordered))
-            + f'],"format":{TREE_FORMAT}}}').encode()
+    return ('{"entries":[' + ",".join(map(_entry_json, ordered)) + f'],"format":{TREE_FORMAT}}}').encode()
 
 
 def encode_tree_reference(entries: list[Entry] | tuple[Entry, ...]) -> bytes:
@@ -200,8 +197,9 @@ def _entry_json(e: Entry) -> str:  # noqa: C901 - unrolled per field for speed (
     if e.uid:
         parts.append(f'"uid":{e.uid}')
     if e.xattrs:
-        parts.append('"xattrs":' + json.dumps(e.to_json()["xattrs"], separators=(",", ":"),
-                                              ensure_ascii=True))
+        parts.append(
+            '"xattrs":' + json.dumps(e.to_json()["xattrs"], separators=(",", ":"), ensure_ascii=True)
+        )
     return "{" + ",".join(parts) + "}"
 
 
@@ -283,19 +281,32 @@ class RootMeta:
 
     def entry(self, tree: TreeId) -> Entry:
         """The root as a directory entry (empty name), as mount and restore treat entries."""
-        return Entry(name=b"", kind="dir", mode=self.mode, uid=self.uid, gid=self.gid,
-                     mtime_ns=self.mtime_ns, tree=tree, xattrs=self.xattrs)
+        return Entry(
+            name=b"",
+            kind="dir",
+            mode=self.mode,
+            uid=self.uid,
+            gid=self.gid,
+            mtime_ns=self.mtime_ns,
+            tree=tree,
+            xattrs=self.xattrs,
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "mode": self.mode, "uid": self.uid, "gid": self.gid, "mtime_ns": self.mtime_ns,
+            "mode": self.mode,
+            "uid": self.uid,
+            "gid": self.gid,
+            "mtime_ns": self.mtime_ns,
             "xattrs": [[to_text(k), base64.b64encode(v).decode("ascii")] for k, v in self.xattrs],
         }
 
     @staticmethod
     def from_json(d: dict[str, Any]) -> RootMeta:
         return RootMeta(
-            mode=int(d["mode"]) & 0o7777, uid=int(d["uid"]), gid=int(d["gid"]),
+            mode=int(d["mode"]) & 0o7777,
+            uid=int(d["uid"]),
+            gid=int(d["gid"]),
             mtime_ns=int(d["mtime_ns"]),
             xattrs=tuple((from_text(k), base64.b64decode(v)) for k, v in d.get("xattrs", ())),
         )
@@ -466,8 +477,12 @@ class RestoreInfo:
     @staticmethod
     def from_json(d: dict[str, Any]) -> RestoreInfo:
         return RestoreInfo(
-            tier=d["tier"], requested_ns=d["requested_ns"], expected_ns=d["expected_ns"],
-            days=d.get("days", 0), ready_ns=d.get("ready_ns", 0), expires_ns=d.get("expires_ns", 0),
+            tier=d["tier"],
+            requested_ns=d["requested_ns"],
+            expected_ns=d["expected_ns"],
+            days=d.get("days", 0),
+            ready_ns=d.get("ready_ns", 0),
+            expires_ns=d.get("expires_ns", 0),
         )
 
 
@@ -495,8 +510,9 @@ class BadRecord(ValueError):
         self.where, self.reason = where, reason
 
 
-def decode_record(from_json: Callable[[Any], _Record], raw: bytes | str | dict[str, Any],
-                  where: str) -> _Record:
+def decode_record(
+    from_json: Callable[[Any], _Record], raw: bytes | str | dict[str, Any], where: str
+) -> _Record:
     """``from_json(json.loads(raw))`` (`raw` already a dict: just ``from_json(raw)``);
     BadRecord naming `where` when the JSON or the record is malformed, so callers catch
     one type whatever the parser raised."""

@@ -12,12 +12,19 @@ from typing import Any
 
 from vaultfs.errors import ConfigError
 
-_C_ESCAPES = {"\\": "\\\\", "\a": "\\a", "\b": "\\b", "\t": "\\t", "\n": "\\n",
-              "\v": "\\v", "\f": "\\f", "\r": "\\r"}
+_C_ESCAPES = {
+    "\\": "\\\\",
+    "\a": "\\a",
+    "\b": "\\b",
+    "\t": "\\t",
+    "\n": "\\n",
+    "\v": "\\v",
+    "\f": "\\f",
+    "\r": "\\r",
+}
 # Besides C0/C1 controls (category Cc): line and paragraph separators, and the
 # bidirectional controls that reorder what a terminal shows ("Trojan Source").
-_INVISIBLE = frozenset("\u2028\u2029\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
-                       "\u2066\u2067\u2068\u2069")
+_INVISIBLE = frozenset("\u2028\u2029\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 def _escape_char(ch: str) -> str:
@@ -33,8 +40,7 @@ def _escape_char(ch: str) -> str:
     return ch
 
 
-_NEEDS_ESCAPE = re.compile("[\\\\\x00-\x1f\x7f-\x9f\ud800-\udfff"
-                           + "".join(sorted(_INVISIBLE)) + "]")
+_NEEDS_ESCAPE = re.compile("[\\\\\x00-\x1f\x7f-\x9f\ud800-\udfff" + "".join(sorted(_INVISIBLE)) + "]")
 
 
 def display_path(path: bytes | str) -> str:

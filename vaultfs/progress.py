@@ -76,9 +76,7 @@ class TerminalProgress:
             self._bytes = self._progress.add_task(self.label, total=None)
         self._files_total = files_total
         self._files_done = 0
-        self._progress.update(
-            self._bytes, description=self._describe(), total=bytes_total, completed=0
-        )
+        self._progress.update(self._bytes, description=self._describe(), total=bytes_total, completed=0)
 
     def _describe(self) -> str:
         return f"{self.label}: {self._files_done}/{self._files_total} files"

@@ -59,8 +59,18 @@ class FileStat(NamedTuple):
 
     @staticmethod
     def of(st: os.stat_result) -> FileStat:
-        return FileStat(st.st_mode, st.st_ino, st.st_dev, st.st_nlink, st.st_uid, st.st_gid,
-                        st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_rdev)
+        return FileStat(
+            st.st_mode,
+            st.st_ino,
+            st.st_dev,
+            st.st_nlink,
+            st.st_uid,
+            st.st_gid,
+            st.st_size,
+            st.st_mtime_ns,
+            st.st_ctime_ns,
+            st.st_rdev,
+        )
 
 
 StatLike = FileStat | os.stat_result
@@ -152,8 +162,21 @@ class Scanner:
                 self.problems.append(Problem(_rel(node, de.name), _vanished_or(e)))
                 continue
             listing.append((de, st))
-            rows.append((de.name, st.st_mode, st.st_ino, st.st_dev, st.st_nlink, st.st_uid,
-                         st.st_gid, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_rdev))
+            rows.append(
+                (
+                    de.name,
+                    st.st_mode,
+                    st.st_ino,
+                    st.st_dev,
+                    st.st_nlink,
+                    st.st_uid,
+                    st.st_gid,
+                    st.st_size,
+                    st.st_mtime_ns,
+                    st.st_ctime_ns,
+                    st.st_rdev,
+                )
+            )
             linked = linked or (st.st_nlink > 1 and stat.S_ISREG(st.st_mode))
         if len(self.problems) == problems_before and not linked:
             node.signature = listing_signature(rows)
@@ -197,14 +220,15 @@ class Scanner:
             node.children.append(_entry(name, "symlink", st, target=target))
         else:
             kind: Kind = (
-                "fifo" if stat.S_ISFIFO(mode)
-                else "socket" if stat.S_ISSOCK(mode)
-                else "chardev" if stat.S_ISCHR(mode)
+                "fifo"
+                if stat.S_ISFIFO(mode)
+                else "socket"
+                if stat.S_ISSOCK(mode)
+                else "chardev"
+                if stat.S_ISCHR(mode)
                 else "blockdev"
             )
-            node.children.append(
-                _entry(name, kind, st, xattrs=read_xattrs(full, self.problems, rel))
-            )
+            node.children.append(_entry(name, kind, st, xattrs=read_xattrs(full, self.problems, rel)))
 
 
 def _rel(node: ScannedDir, name: bytes) -> bytes:
@@ -253,8 +277,9 @@ def read_xattrs(path: bytes, problems: list[Problem], rel: bytes) -> tuple[tuple
             out.append((raw, os.getxattr(path, name, follow_symlinks=False)))
         except OSError as e:
             if e.errno != errno.ENODATA:
-                problems.append(Problem(
-                    rel, f"cannot read extended attribute {display_path(name)} ({_why(e)})"))
+                problems.append(
+                    Problem(rel, f"cannot read extended attribute {display_path(name)} ({_why(e)})")
+                )
     return tuple(out)
 
 
@@ -334,11 +359,16 @@ def _kind_now(path: bytes) -> str | None:
 
 def _kind_of(mode: int) -> str:
     return (
-        "regular file" if stat.S_ISREG(mode)
-        else "directory" if stat.S_ISDIR(mode)
-        else "symlink" if stat.S_ISLNK(mode)
-        else "FIFO" if stat.S_ISFIFO(mode)
-        else "socket" if stat.S_ISSOCK(mode)
+        "regular file"
+        if stat.S_ISREG(mode)
+        else "directory"
+        if stat.S_ISDIR(mode)
+        else "symlink"
+        if stat.S_ISLNK(mode)
+        else "FIFO"
+        if stat.S_ISFIFO(mode)
+        else "socket"
+        if stat.S_ISSOCK(mode)
         else "device"
     )
 

@@ -55,8 +55,9 @@ def configure(spec: str) -> None:
         elif action in ACTIONS and name:
             _actions[name] = action
         else:
-            raise ValueError(f"VAULTFS_TESTPOINTS: {item!r} is not NAME=kill|stop|fail or "
-                             f"{STORE_FAULTS}=RATE:SEED")
+            raise ValueError(
+                f"VAULTFS_TESTPOINTS: {item!r} is not NAME=kill|stop|fail or {STORE_FAULTS}=RATE:SEED"
+            )
 
 
 def _parse_faults(value: str, item: str) -> tuple[float, int]:
@@ -64,8 +65,9 @@ def _parse_faults(value: str, item: str) -> tuple[float, int]:
     try:
         parsed = (float(rate), int(seed or "0"))
     except ValueError:
-        raise ValueError(f"VAULTFS_TESTPOINTS: {item!r}: expected {STORE_FAULTS}=RATE:SEED, "
-                         "e.g. 0.3:7") from None
+        raise ValueError(
+            f"VAULTFS_TESTPOINTS: {item!r}: expected {STORE_FAULTS}=RATE:SEED, e.g. 0.3:7"
+        ) from None
     if not 0 <= parsed[0] <= 1:
         raise ValueError(f"VAULTFS_TESTPOINTS: {item!r}: RATE runs from 0 to 1")
     return parsed

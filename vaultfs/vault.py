@@ -175,8 +175,10 @@ class Vault:
         dies later leaves bands whose content the next run reuses (resume).
         """
         self.store.put_file(band_key(closed.band_id), closed.path, sha256=closed.sha256)
-        self.store.put(sidecar_key(closed.band_id), bandfmt.encode_sidecar(
-            closed.catalog, closed.size, closed.sha256, closed.frames))
+        self.store.put(
+            sidecar_key(closed.band_id),
+            bandfmt.encode_sidecar(closed.catalog, closed.size, closed.sha256, closed.frames),
+        )
         info = BandInfo(
             band=BandId(closed.band_id),
             state="standard",
@@ -240,14 +242,15 @@ class Vault:
             lost = self.catalog.lost_blob(blob)
             if lost is not None:
                 raise CorruptionError(lost_message(lost))
-            raise CorruptionError(
-                f"blob {blob.hex()[:16]} is not in the local catalog: run `vaultfs check`"
-            )
+            raise CorruptionError(f"blob {blob.hex()[:16]} is not in the local catalog: run `vaultfs check`")
         return ref
 
-    def lost_files(self, root: TreeId, lost: dict[BlobId, LostBlob],
-                   memo: dict[TreeId, list[tuple[bytes, BlobId]]] | None = None
-                   ) -> list[tuple[bytes, BlobId]]:
+    def lost_files(
+        self,
+        root: TreeId,
+        lost: dict[BlobId, LostBlob],
+        memo: dict[TreeId, list[tuple[bytes, BlobId]]] | None = None,
+    ) -> list[tuple[bytes, BlobId]]:
         """(path, blob) of every file under `root` whose blob is in `lost` (the catalog's
         `lost_blobs`; callers skip this walk when it is empty). `memo`, shared across
         versions, makes the walk of unchanged directories free."""
@@ -271,8 +274,9 @@ class Vault:
 
     # ---- mount support -------------------------------------------------------------------
 
-    def band_reader(self, band: BandId, *, cache_bytes: int = bandfmt.FRAME_CACHE_BYTES
-                    ) -> bandfmt.BandReader:
+    def band_reader(
+        self, band: BandId, *, cache_bytes: int = bandfmt.FRAME_CACHE_BYTES
+    ) -> bandfmt.BandReader:
         """A new reader of one band, labelled with its id (errors name the band).
 
         Reads the local cache copy when it is complete, else ranged GETs on the
@@ -288,11 +292,17 @@ class Vault:
         frames = bandfmt.frames_from_sizes(info.frames)
         local = self.cached_band_path(band)
         if local.exists() and local.stat().st_size == info.size:
-            return bandfmt.BandReader(_FileRange(local).read, info.size, frames, label=band,
-                                      cache_bytes=cache)
+            return bandfmt.BandReader(
+                _FileRange(local).read, info.size, frames, label=band, cache_bytes=cache
+            )
         key, store = band_key(band), self.store
-        return bandfmt.BandReader(lambda start, length: store.get_range(key, start, length),
-                                  info.size, frames, label=band, cache_bytes=cache)
+        return bandfmt.BandReader(
+            lambda start, length: store.get_range(key, start, length),
+            info.size,
+            frames,
+            label=band,
+            cache_bytes=cache,
+        )
 
     def cached_band_path(self, band: BandId) -> Path:
         """Where the local cache keeps a whole copy of `band` (the one place that says so)."""
@@ -339,7 +349,7 @@ class Vault:
         """
         out: set[tuple[str, int]] = set()
         for info in self.store.list(self.FORGOTTEN_PREFIX):
-            parts = info.key[len(self.FORGOTTEN_PREFIX):].split("/")
+            parts = info.key[len(self.FORGOTTEN_PREFIX) :].split("/")
             if len(parts) == 2 and parts[1].endswith(".json") and parts[1][:-5].isdigit():
                 out.add((parts[0], int(parts[1][:-5])))
         return out
@@ -386,8 +396,7 @@ def secure_state_dir(path: Path) -> str | None:
     except FileNotFoundError:
         return None  # `_prepare_state_dir` creates it 0700
     if not stat.S_ISDIR(st.st_mode):
-        raise StoreSetupError(f"the state directory {path} is not a directory: "
-                              "fix [vault].state_dir")
+        raise StoreSetupError(f"the state directory {path} is not a directory: fix [vault].state_dir")
     mode = stat.S_IMODE(st.st_mode)
     if not mode & 0o077:
         return None
@@ -395,17 +404,16 @@ def secure_state_dir(path: Path) -> str | None:
         raise StoreSetupError(
             f"the state directory {path} is open to other users (mode {mode:04o}) and "
             f"belongs to uid {st.st_uid}, not this user: `chmod 700` it as its owner, or "
-            "set [vault].state_dir to a directory of this user")
+            "set [vault].state_dir to a directory of this user"
+        )
     try:
         os.chmod(path, 0o700)
         for dirpath, dirnames, filenames in os.walk(path):
             for name in dirnames + filenames:
                 _drop_group_other(Path(dirpath) / name)
     except OSError as e:
-        raise StoreSetupError(f"cannot make the state directory {path} private: "
-                              f"{e.strerror}") from None
-    return (f"the state directory {path} was open to other users (mode {mode:04o}): "
-            "now 0700")
+        raise StoreSetupError(f"cannot make the state directory {path} private: {e.strerror}") from None
+    return f"the state directory {path} was open to other users (mode {mode:04o}): now 0700"
 
 
 def _drop_group_other(path: Path) -> None:
@@ -418,12 +426,14 @@ def lost_message(lost: LostBlob) -> str:
     """One line saying why a file's bytes are gone and what can bring them back."""
     where = f"band {lost.band}" if lost.band else "the band that held them"
     state = "is missing from the store" if lost.why == "missing" else "is damaged"
-    return (f"its bytes are lost ({where} {state}); a snapshot stores them again if a "
-            "source still has the file")
+    return (
+        f"its bytes are lost ({where} {state}); a snapshot stores them again if a source still has the file"
+    )
 
 
-def _vault_description(store: ObjectStore, config: Config, local_id: str | None
-                       ) -> tuple[dict[str, Any], bool]:
+def _vault_description(
+    store: ObjectStore, config: Config, local_id: str | None
+) -> tuple[dict[str, Any], bool]:
     """The store's ``vault.json``, written first (If-None-Match) into an empty store;
     and whether it was written now. A store that holds something else is refused."""
     try:
@@ -442,8 +452,7 @@ def _vault_description(store: ObjectStore, config: Config, local_id: str | None
         )
     if any(True for _ in store.list("")):
         raise StoreSetupError(
-            f"{config.store} is not empty and holds no vault: "
-            "choose an empty bucket prefix or directory"
+            f"{config.store} is not empty and holds no vault: choose an empty bucket prefix or directory"
         )
     remote = {
         "format": VAULT_FORMAT,

@@ -47,11 +47,11 @@ def export(rev: str, dest: Path) -> Path:
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     if rev == WORKTREE:
-        shutil.copytree(REPO_ROOT / "vaultfs", dest / "vaultfs",
-                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(REPO_ROOT / "vaultfs", dest / "vaultfs", ignore=shutil.ignore_patterns("__pycache__"))
         return dest
-    archive = subprocess.run(["git", "-C", str(REPO_ROOT), "archive", rev, "vaultfs"],
-                             capture_output=True, check=False)
+    archive = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "archive", rev, "vaultfs"], capture_output=True, check=False
+    )
     if archive.returncode != 0:
         raise SystemExit(f"git archive {rev}: {archive.stderr.decode().strip()}")
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
@@ -69,7 +69,11 @@ def variant_env(v: Variant) -> dict[str, str]:
 def check_imports(v: Variant) -> None:
     out = subprocess.run(
         [sys.executable, "-P", "-c", "import vaultfs; print(vaultfs.__file__)"],
-        capture_output=True, text=True, env=variant_env(v), check=True).stdout.strip()
+        capture_output=True,
+        text=True,
+        env=variant_env(v),
+        check=True,
+    ).stdout.strip()
     if not Path(out).is_relative_to(v.tree):
         raise SystemExit(f"{v.label}: imports vaultfs from {out}, not from {v.tree}")
 
@@ -106,30 +110,33 @@ def one_round(v: Variant, data: Path, work: Path) -> None:
     v.nochange_s.append(nochange.wall_s)
     v.rss_mib.append(max((m.peak_rss_kib or 0) for m in results) / 1024)
     v.store_mib.append(du_bytes(base / "store") / MIB)
-    print(f"  {v.label}: first {first.wall_s:.2f} s, no-change {nochange.wall_s:.2f} s, "
-          f"peak RSS {v.rss_mib[-1]:.1f} MiB", flush=True)
+    print(
+        f"  {v.label}: first {first.wall_s:.2f} s, no-change {nochange.wall_s:.2f} s, "
+        f"peak RSS {v.rss_mib[-1]:.1f} MiB",
+        flush=True,
+    )
 
 
 def _cell(values: list[float], digits: int) -> str:
-    return (f"{statistics.median(values):.{digits}f} "
-            f"({min(values):.{digits}f}–{max(values):.{digits}f})")
+    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="directory to back up")
-    parser.add_argument("--work", type=Path, required=True,
-                        help="where the exported versions, stores and logs go")
+    parser.add_argument(
+        "--work", type=Path, required=True, help="where the exported versions, stores and logs go"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="A/B pairs to run (default 3)")
     parser.add_argument("rev_a", metavar="REV_A", help="git revision, or WORKTREE")
-    parser.add_argument("rev_b", metavar="REV_B", nargs="?", default=WORKTREE,
-                        help="git revision, or WORKTREE (the default)")
+    parser.add_argument(
+        "rev_b", metavar="REV_B", nargs="?", default=WORKTREE, help="git revision, or WORKTREE (the default)"
+    )
     args = parser.parse_args(argv)
     data, work = data_and_work(parser, args.data, args.work)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
-    variants = [Variant("A", export(args.rev_a, work / "A")),
-                Variant("B", export(args.rev_b, work / "B"))]
+    variants = [Variant("A", export(args.rev_a, work / "A")), Variant("B", export(args.rev_b, work / "B"))]
     for v in variants:
         check_imports(v)
     for n in range(1, args.rounds + 1):
@@ -142,10 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("| measure | A | B | B / A |")
     print("|---|---:|---:|---:|")
-    for label, attr, digits in (("first snapshot s", "first_s", 2),
-                                ("no-change snapshot s", "nochange_s", 3),
-                                ("peak RSS MiB", "rss_mib", 1),
-                                ("store MiB", "store_mib", 1)):
+    for label, attr, digits in (
+        ("first snapshot s", "first_s", 2),
+        ("no-change snapshot s", "nochange_s", 3),
+        ("peak RSS MiB", "rss_mib", 1),
+        ("store MiB", "store_mib", 1),
+    ):
         va, vb = getattr(a, attr), getattr(b, attr)
         ratio = statistics.median(vb) / statistics.median(va)
         print(f"| {label} | {_cell(va, digits)} | {_cell(vb, digits)} | {ratio:.3f} |")

@@ -53,8 +53,7 @@ def headers() -> None:
         print(f"band.member_header, {label}: {dt / n * 1e6:.2f} us")
     ti = tarfile.TarInfo(name.decode())
     ti.size, ti.mtime, ti.uname, ti.gname = 12345, 1_700_000_000.123456789, "alice", "users"
-    dt = best(lambda: [ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-                       for _ in range(n // 10)])
+    dt = best(lambda: [ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape") for _ in range(n // 10)])
     print(f"tarfile.TarInfo.tobuf (PAX): {dt / (n // 10) * 1e6:.2f} us")
 
 
@@ -72,9 +71,11 @@ def levels() -> None:
             row.append(f"{len(data) / dt / 1e6:>10.0f}  {len(c.compress(data)) / len(data):.3f}")
         print("  ".join(row))
     dt = best(lambda: band.is_incompressible(rnd), 20)
-    print(f"\nprobe (is_incompressible, {band.SAMPLE_SLICES} x {band.SAMPLE_SLICE // 1024} KiB "
-          f"at level 1): {dt * 1e3:.3f} ms per frame; random -> {band.is_incompressible(rnd)}, "
-          f"text -> {band.is_incompressible(text)}")
+    print(
+        f"\nprobe (is_incompressible, {band.SAMPLE_SLICES} x {band.SAMPLE_SLICE // 1024} KiB "
+        f"at level 1): {dt * 1e3:.3f} ms per frame; random -> {band.is_incompressible(rnd)}, "
+        f"text -> {band.is_incompressible(text)}"
+    )
 
 
 def writer() -> None:
@@ -86,20 +87,24 @@ def writer() -> None:
             t = time.perf_counter()
             w = band.BandWriter(path, "bench")
             for i in range(0, len(data), 4 * MIB):
-                piece = data[i:i + 4 * MIB]
-                w.add_blob(b"f%d" % i, band.MemberMeta(0o644, 0, 0, 0), piece,
-                           hashlib.sha256(piece).digest())
+                piece = data[i : i + 4 * MIB]
+                w.add_blob(b"f%d" % i, band.MemberMeta(0o644, 0, 0, 0), piece, hashlib.sha256(piece).digest())
             closed = w.close({})
             dt = time.perf_counter() - t
-            print(f"writer, 64 MiB {label}, 2 threads: {len(data) / dt / 1e6:.0f} MB/s, "
-                  f"ratio {closed.size / len(data):.3f}, levels {set(closed.frame_levels)}")
+            print(
+                f"writer, 64 MiB {label}, 2 threads: {len(data) / dt / 1e6:.0f} MB/s, "
+                f"ratio {closed.size / len(data):.3f}, levels {set(closed.frame_levels)}"
+            )
         t = time.perf_counter()
         w = band.BandWriter(Path(d) / "small", "bench")
         for i in range(25_000):
-            piece = text[i * 2000:(i + 1) * 2000]
-            w.add_blob(b"dir/sub/file-%06d.txt" % i,
-                       band.MemberMeta(0o644, 1000, 100, 1_700_000_000_123_456_789), piece,
-                       hashlib.sha256(piece).digest())
+            piece = text[i * 2000 : (i + 1) * 2000]
+            w.add_blob(
+                b"dir/sub/file-%06d.txt" % i,
+                band.MemberMeta(0o644, 1000, 100, 1_700_000_000_123_456_789),
+                piece,
+                hashlib.sha256(piece).digest(),
+            )
         w.close({})
         print(f"writer, 25k files of 2 KB: {(time.perf_counter() - t):.2f} s")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

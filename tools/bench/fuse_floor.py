@@ -71,8 +71,7 @@ def serve(data: Path, mountpoint: Path) -> None:
         async def getattr(self, inode: int, ctx: object = None) -> pyfuse3.EntryAttributes:
             return attrs[inode]
 
-        async def lookup(self, parent: int, name: bytes, ctx: object = None
-                         ) -> pyfuse3.EntryAttributes:
+        async def lookup(self, parent: int, name: bytes, ctx: object = None) -> pyfuse3.EntryAttributes:
             ino = by_name.get((parent, name))
             if ino is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
@@ -110,22 +109,24 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="fuse-floor-") as tmp:
         mnt = Path(tmp)
         for _ in range(args.rounds):
-            proc = subprocess.Popen([sys.executable, __file__, "--data", str(args.data),
-                                     "--serve", str(mnt)])
+            proc = subprocess.Popen([sys.executable, __file__, "--data", str(args.data), "--serve", str(mnt)])
             while not os.path.ismount(mnt):
                 if proc.poll() is not None:
                     raise SystemExit("the floor mount did not come up")
                 time.sleep(0.05)
             t0 = time.perf_counter()
-            out = subprocess.run(f"find '{mnt}' | wc -l", shell=True, check=True,
-                                 capture_output=True, text=True).stdout
+            out = subprocess.run(
+                f"find '{mnt}' | wc -l", shell=True, check=True, capture_output=True, text=True
+            ).stdout
             times.append(time.perf_counter() - t0)
             entries = int(out)
             subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
             proc.wait(timeout=60)
-    print(f"find over {entries} entries through a do-nothing pyfuse3 mount: median "
-          f"{statistics.median(times):.3f} s (min {min(times):.3f}, max {max(times):.3f}, "
-          f"{len(times)} fresh mounts)")
+    print(
+        f"find over {entries} entries through a do-nothing pyfuse3 mount: median "
+        f"{statistics.median(times):.3f} s (min {min(times):.3f}, max {max(times):.3f}, "
+        f"{len(times)} fresh mounts)"
+    )
     return 0
 
 

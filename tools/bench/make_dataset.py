@@ -163,9 +163,7 @@ def raw_file_chunks(size: int, seed: int) -> Iterator[bytes]:
         low = b"".join(low_plane[r // 2 : r // 2 + width] for r in rows)
         high = b"".join(high_plane[r // 2 : r // 2 + width] for r in rows)
         noise = rng.randbytes(len(low)).translate(table)
-        low = (int.from_bytes(low, "little") | int.from_bytes(noise, "little")).to_bytes(
-            len(low), "little"
-        )
+        low = (int.from_bytes(low, "little") | int.from_bytes(noise, "little")).to_bytes(len(low), "little")
         chunk = bytearray(2 * len(low))
         chunk[0::2] = low
         chunk[1::2] = high
@@ -278,9 +276,7 @@ def doc_text(size: int, seed: int, ext: str, vocab: Vocabulary) -> bytes:
         while length < size:
             if i + columns > len(words):
                 words += vocab.sample(rng, 64)
-            row = ",".join(
-                words[i + c] if c % 2 == 0 else str(rng.randint(0, 99999)) for c in range(columns)
-            )
+            row = ",".join(words[i + c] if c % 2 == 0 else str(rng.randint(0, 99999)) for c in range(columns))
             i += columns
             parts.append(row + "\n")
             length += len(row) + 1
@@ -323,9 +319,7 @@ def _sizes_for_budget(rng: random.Random, budget: int, low: int, high: int) -> l
     return sizes
 
 
-def plan_text_tree(
-    rng: random.Random, vocab: Vocabulary, n_dirs: int, n_files: int
-) -> list[FileSpec]:
+def plan_text_tree(rng: random.Random, vocab: Vocabulary, n_dirs: int, n_files: int) -> list[FileSpec]:
     """Lay out nested source repos and document folders, then scatter text files over them."""
     n_projects = max(1, round(n_dirs / 120))
     roots: list[tuple[str, str]] = []  # (dir, kind)
@@ -376,9 +370,7 @@ def plan(seed: int, scale: float) -> tuple[list[FileSpec], Vocabulary]:
     specs: list[FileSpec] = []
 
     # Sensor-like raw files and their JPEG siblings, grouped in dated event folders.
-    raw_sizes = _sizes_for_budget(
-        rng, int(RAW_BUDGET * scale), int(20 * MB * shrink), int(40 * MB * shrink)
-    )
+    raw_sizes = _sizes_for_budget(rng, int(RAW_BUDGET * scale), int(20 * MB * shrink), int(40 * MB * shrink))
     photo_sizes = _sizes_for_budget(
         rng, int(PHOTO_BUDGET * scale), int(2 * MB * shrink), int(8 * MB * shrink)
     )
@@ -396,9 +388,7 @@ def plan(seed: int, scale: float) -> tuple[list[FileSpec], Vocabulary]:
         mtime = EPOCH + day * DAY + rng.randrange(DAY)
         if i < len(raw_sizes):
             raws.append(
-                FileSpec(
-                    f"{event}/IMG_{image_no}.CR2", "raw", raw_sizes[i], rng.getrandbits(63), mtime
-                )
+                FileSpec(f"{event}/IMG_{image_no}.CR2", "raw", raw_sizes[i], rng.getrandbits(63), mtime)
             )
         if i < len(photo_sizes):
             photos.append(
@@ -463,9 +453,7 @@ def plan(seed: int, scale: float) -> tuple[list[FileSpec], Vocabulary]:
 # --------------------------------------------------------------------------- writing
 
 
-def content_chunks(
-    spec: FileSpec, by_rel: dict[str, FileSpec], vocab: Vocabulary
-) -> Iterator[bytes]:
+def content_chunks(spec: FileSpec, by_rel: dict[str, FileSpec], vocab: Vocabulary) -> Iterator[bytes]:
     ext = os.path.splitext(spec.rel)[1]
     if spec.kind == "dup":
         yield from content_chunks(by_rel[spec.source], by_rel, vocab)
@@ -491,9 +479,7 @@ def prepare_out_dir(out: Path, force: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def write_tree(
-    out: Path, specs: list[FileSpec], vocab: Vocabulary, seed: int, scale: float
-) -> None:
+def write_tree(out: Path, specs: list[FileSpec], vocab: Vocabulary, seed: int, scale: float) -> None:
     by_rel = {s.rel: s for s in specs}
     made: set[Path] = set()
     for spec in specs:
@@ -536,9 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--scale", type=float, default=1.0, help="1.0 is about 2 GB")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument(
-        "--force", action="store_true", help="replace OUT_DIR if it holds an earlier dataset"
-    )
+    parser.add_argument("--force", action="store_true", help="replace OUT_DIR if it holds an earlier dataset")
     args = parser.parse_args(argv)
     if args.scale <= 0:
         parser.error("--scale must be positive")

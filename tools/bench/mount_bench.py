@@ -169,24 +169,37 @@ def make_mounts(data: Path, work: Path, mnt: Path, vaultfs: Path) -> dict[str, M
     collection = next(iter(tomllib.loads(config.read_text())["collections"]))
     rel = str(data.resolve()).lstrip("/")
     restic_env = base | {"RESTIC_PASSWORD": "bench", "RESTIC_CACHE_DIR": str(work / "restic-cache")}
-    borg_env = base | {"BORG_BASE_DIR": str(work / "borg-home"),
-                       "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes",
-                       "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes"}
+    borg_env = base | {
+        "BORG_BASE_DIR": str(work / "borg-home"),
+        "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes",
+        "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes",
+    }
     return {
-        "vaultfs": Mount("vaultfs", [str(vaultfs), "--config", str(config), "mount", "--foreground",
-                                     str(mnt / "vaultfs")], base, mnt / "vaultfs",
-                         mnt / "vaultfs" / collection / "v1"),
-        "restic": Mount("restic", ["restic", "--repo", str(work / "restic-repo"), "mount",
-                                   str(mnt / "restic")], restic_env, mnt / "restic",
-                        mnt / "restic" / "snapshots" / "latest" / rel),
-        "borg": Mount("borg", ["borg", "mount", "--foreground", str(work / "borg-repo"),
-                               str(mnt / "borg")], borg_env, mnt / "borg",
-                      mnt / "borg" / "snap1" / rel),
+        "vaultfs": Mount(
+            "vaultfs",
+            [str(vaultfs), "--config", str(config), "mount", "--foreground", str(mnt / "vaultfs")],
+            base,
+            mnt / "vaultfs",
+            mnt / "vaultfs" / collection / "v1",
+        ),
+        "restic": Mount(
+            "restic",
+            ["restic", "--repo", str(work / "restic-repo"), "mount", str(mnt / "restic")],
+            restic_env,
+            mnt / "restic",
+            mnt / "restic" / "snapshots" / "latest" / rel,
+        ),
+        "borg": Mount(
+            "borg",
+            ["borg", "mount", "--foreground", str(work / "borg-repo"), str(mnt / "borg")],
+            borg_env,
+            mnt / "borg",
+            mnt / "borg" / "snap1" / rel,
+        ),
     }
 
 
-def bench(m: Mount, data: Path, files: tuple[str, str], log: Path, round_no: int,
-          rounds: int) -> Result:
+def bench(m: Mount, data: Path, files: tuple[str, str], log: Path, round_no: int, rounds: int) -> Result:
     r = Result(m.name, round=round_no)
     largest, second = files
 
@@ -316,9 +329,11 @@ def fmt_range(low: float | None, high: float | None, digits: int) -> str:
 
 
 def markdown(results: dict[str, Summary]) -> str:
-    lines = ["| tool | rounds ok | find s | find min–max | entries | ls -lR s | first byte ms "
-             "| cat cold MB/s | cat cold min–max | cat warm MB/s | mount peak RSS MiB |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| tool | rounds ok | find s | find min–max | entries | ls -lR s | first byte ms "
+        "| cat cold MB/s | cat cold min–max | cat warm MB/s | mount peak RSS MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for s in results.values():
         name = s.tool
         if s.error:
@@ -326,15 +341,16 @@ def markdown(results: dict[str, Summary]) -> str:
             why = s.error.split(": ", 1)[1][:60].replace("|", "/").replace("\n", " ")
             name = f"{s.tool} (failed in round {where}: {why})"
         if s.entries_differ:
-            entries = "differ: " + "/".join("–" if n is None else str(n)
-                                            for n in s.find_entries_by_round)
+            entries = "differ: " + "/".join("–" if n is None else str(n) for n in s.find_entries_by_round)
         else:
             entries = "–" if s.find_entries is None else str(s.find_entries)
-        lines.append(f"| {name} | {s.rounds_ok}/{s.rounds_run} | {fmt(s.find_s)} | "
-                     f"{fmt_range(s.find_s_min, s.find_s_max, 2)} | {entries} | {fmt(s.ls_s)} | "
-                     f"{fmt(s.ttfb_ms, 1)} | {fmt(s.cat_cold_mbs, 0)} | "
-                     f"{fmt_range(s.cat_cold_mbs_min, s.cat_cold_mbs_max, 0)} | "
-                     f"{fmt(s.cat_warm_mbs, 0)} | {fmt(s.peak_rss_mib, 0)} |")
+        lines.append(
+            f"| {name} | {s.rounds_ok}/{s.rounds_run} | {fmt(s.find_s)} | "
+            f"{fmt_range(s.find_s_min, s.find_s_max, 2)} | {entries} | {fmt(s.ls_s)} | "
+            f"{fmt(s.ttfb_ms, 1)} | {fmt(s.cat_cold_mbs, 0)} | "
+            f"{fmt_range(s.cat_cold_mbs_min, s.cat_cold_mbs_max, 0)} | "
+            f"{fmt(s.cat_warm_mbs, 0)} | {fmt(s.peak_rss_mib, 0)} |"
+        )
     lines += ["", "| measure | value | target | met |", "|---|---:|---:|:---:|"]
     got = ratios(results)
     for label, key, op, limit in TARGETS:
@@ -348,10 +364,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--work", type=Path, required=True)
-    p.add_argument("--only", default=",".join(TOOLS),
-                   help="comma-separated subset of: " + ", ".join(TOOLS))
-    p.add_argument("--rounds", type=int, default=3,
-                   help="rounds of all selected tools, interleaved; the table shows medians (default 3)")
+    p.add_argument("--only", default=",".join(TOOLS), help="comma-separated subset of: " + ", ".join(TOOLS))
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds of all selected tools, interleaved; the table shows medians (default 3)",
+    )
     p.add_argument("--json", type=Path)
     p.add_argument("--vaultfs", type=Path, default=REPO_ROOT / ".venv" / "bin" / "vaultfs")
     args = p.parse_args(argv)
@@ -375,29 +394,39 @@ def main(argv: list[str] | None = None) -> int:
             if name == "borg" and not shutil.which("borg"):
                 this_round.append(Result(name, round=round_no, error="mount: borg not installed"))
                 continue
-            this_round.append(bench(mounts[name], args.data, files, logs / f"mount-{name}.log",
-                                    round_no, args.rounds))
+            this_round.append(
+                bench(mounts[name], args.data, files, logs / f"mount-{name}.log", round_no, args.rounds)
+            )
         per_round.append(this_round)
     results = {name: summarise([rs[i] for rs in per_round]) for i, name in enumerate(selected)}
     print()
-    print(f"{args.rounds} round(s), interleaved: medians of times and rates, maximum of peak RSS; "
-          "a fresh mount per measurement, os.sync() before each mount")
+    print(
+        f"{args.rounds} round(s), interleaved: medians of times and rates, maximum of peak RSS; "
+        "a fresh mount per measurement, os.sync() before each mount"
+    )
     print()
     print(markdown(results))
     for s in results.values():
         if s.entries_differ:
-            counts = ", ".join(f"round {i}: {'–' if n is None else n}"
-                               for i, n in enumerate(s.find_entries_by_round, 1))
+            counts = ", ".join(
+                f"round {i}: {'–' if n is None else n}" for i, n in enumerate(s.find_entries_by_round, 1)
+            )
             print(f"\nWARNING: {s.tool}: find counted different numbers of entries ({counts})")
     for rs in per_round:
         for r in rs:
             if r.error:
                 print(f"\n{r.tool} failed in round {r.round}: {r.error}")
     if args.json:
-        args.json.write_text(json.dumps({"results": [asdict(s) for s in results.values()],
-                                         "ratios": ratios(results),
-                                         "rounds": [[asdict(r) for r in rs] for rs in per_round]},
-                                        indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "results": [asdict(s) for s in results.values()],
+                    "ratios": ratios(results),
+                    "rounds": [[asdict(r) for r in rs] for rs in per_round],
+                },
+                indent=1,
+            )
+        )
     return 1 if any(s.error for s in results.values()) else 0
 
 

@@ -480,9 +480,7 @@ def compute_ratios(summaries: dict[str, ToolSummary]) -> dict[str, float | None]
 
     return {
         "first_vs_restic": _ratio(vf.first_s if vf else None, restic.first_s if restic else None),
-        "nochange_vs_restic": _ratio(
-            vf.nochange_s if vf else None, restic.nochange_s if restic else None
-        ),
+        "nochange_vs_restic": _ratio(vf.nochange_s if vf else None, restic.nochange_s if restic else None),
         "repo_vs_borg": _ratio(repo_mib(vf), repo_mib(borg)),
         "vaultfs_rss_mib": vf.peak_rss_mib if vf else None,
     }

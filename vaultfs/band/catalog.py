@@ -51,22 +51,25 @@ def check_extra_keys(extra: dict[str, Any]) -> None:
         raise ValueError(f"extra keys clash with band keys: {sorted(clash)}")
 
 
-def catalog_json(band_id: str, body_sha256: str, blobs: Sequence[BlobLocation],
-                 names: Sequence[str], extra: dict[str, Any]) -> bytes:
+def catalog_json(
+    band_id: str, body_sha256: str, blobs: Sequence[BlobLocation], names: Sequence[str], extra: dict[str, Any]
+) -> bytes:
     """The catalog document, exactly as ``json.dumps(doc, ensure_ascii=True,
     sort_keys=True, separators=(",", ":"))`` writes it; the blob list (tens of
     thousands of entries in a band of small files) is written directly instead of
     through one dict per blob."""
     marker = "\x00blobs\x00"
-    doc = {"format": CATALOG_FORMAT, "band": band_id, "blobs": marker,
-           "body_sha256": body_sha256, **extra}
+    doc = {"format": CATALOG_FORMAT, "band": band_id, "blobs": marker, "body_sha256": body_sha256, **extra}
     text = json.dumps(doc, ensure_ascii=True, sort_keys=True, separators=(",", ":"))
     quote = json.encoder.encode_basestring_ascii
-    listed = "[" + ",".join(
-        f'{{"name":{quote(nm)},"offset":{b.offset},"sha256":"{b.sha256.hex()}",'
-        f'"size":{b.size}}}'
-        for b, nm in zip(blobs, names, strict=True)
-    ) + "]"
+    listed = (
+        "["
+        + ",".join(
+            f'{{"name":{quote(nm)},"offset":{b.offset},"sha256":"{b.sha256.hex()}","size":{b.size}}}'
+            for b, nm in zip(blobs, names, strict=True)
+        )
+        + "]"
+    )
     return text.replace(json.dumps(marker), listed, 1).encode("ascii")
 
 
@@ -90,10 +93,13 @@ def parse_catalog_frame(stream: bytes) -> bytes:
         name, pos, size = parse_member(stream)
     except (ValueError, IndexError) as e:
         raise CorruptionError(f"bad catalog member header: {e}") from e
-    if name != CATALOG_MEMBER.encode() or stream[pos + size:] != bytes(
-            len(stream) - pos - size) or len(stream) - pos - size < 2 * BLOCK:
+    if (
+        name != CATALOG_MEMBER.encode()
+        or stream[pos + size :] != bytes(len(stream) - pos - size)
+        or len(stream) - pos - size < 2 * BLOCK
+    ):
         raise CorruptionError("last frame is not the catalog and end of archive")
-    return stream[pos:pos + size]
+    return stream[pos : pos + size]
 
 
 def parse_catalog(data: bytes, label: str) -> dict[str, Any]:
@@ -110,7 +116,9 @@ def parse_catalog(data: bytes, label: str) -> dict[str, Any]:
 def catalog_blobs(doc: dict[str, Any], label: str) -> tuple[tuple[str, BlobLocation], ...]:
     """(member name, location) of every blob a parsed catalog lists."""
     try:
-        return tuple((b["name"], BlobLocation(bytes.fromhex(b["sha256"]), b["offset"],
-                                              b["size"])) for b in doc["blobs"])
+        return tuple(
+            (b["name"], BlobLocation(bytes.fromhex(b["sha256"]), b["offset"], b["size"]))
+            for b in doc["blobs"]
+        )
     except (KeyError, TypeError, ValueError) as e:
         raise CorruptionError(f"band {label}: bad catalog entry: {e}") from e

@@ -36,7 +36,8 @@ def compressor(level: int, checksum: bool = True) -> zstandard.ZstdCompressor:
     cache: dict[tuple[int, bool], zstandard.ZstdCompressor] = _local.__dict__.setdefault("c", {})
     if (level, checksum) not in cache:
         cache[level, checksum] = zstandard.ZstdCompressor(
-            level=level, write_checksum=checksum, write_content_size=True)
+            level=level, write_checksum=checksum, write_content_size=True
+        )
     return cache[level, checksum]
 
 
@@ -54,7 +55,7 @@ def probe_ratio(data: bytes | bytearray | memoryview) -> float | None:
     if n < SAMPLE_SLICES * SAMPLE_SLICE:
         return None
     step = (n - SAMPLE_SLICE) // (SAMPLE_SLICES - 1)
-    sample = b"".join(data[i * step:i * step + SAMPLE_SLICE] for i in range(SAMPLE_SLICES))
+    sample = b"".join(data[i * step : i * step + SAMPLE_SLICE] for i in range(SAMPLE_SLICES))
     return len(compressor(1, False).compress(sample)) / len(sample)
 
 
@@ -74,8 +75,14 @@ def binary_compressor() -> zstandard.ZstdCompressor:
     c = _local.__dict__.get("binary")
     if c is None:
         params = zstandard.ZstdCompressionParameters(
-            strategy=zstandard.STRATEGY_FAST, window_log=21, hash_log=17, chain_log=16,
-            search_log=1, min_match=5, write_checksum=1, write_content_size=1,
+            strategy=zstandard.STRATEGY_FAST,
+            window_log=21,
+            hash_log=17,
+            chain_log=16,
+            search_log=1,
+            min_match=5,
+            write_checksum=1,
+            write_content_size=1,
         )
         c = _local.binary = zstandard.ZstdCompressor(compression_params=params)
     return c

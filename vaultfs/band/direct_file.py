@@ -64,9 +64,9 @@ class BandFile:
             while len(view):
                 start = self._staged
                 take = min(len(view), STAGE - start)
-                stage[start:start + take] = view[:take]
+                stage[start : start + take] = view[:take]
                 if hasher is not None:
-                    hasher.update(stage[start:start + take])
+                    hasher.update(stage[start : start + take])
                 self._staged += take
                 view = view[take:]
                 if self._staged == STAGE:
@@ -88,7 +88,7 @@ class BandFile:
         os.ftruncate(self._fd, base)
         os.lseek(self._fd, base, os.SEEK_SET)
         self._on_disk = self._flushed = base
-        self._stage[:len(head)] = head
+        self._stage[: len(head)] = head
         self._staged = len(head)
 
     def finish(self, *, sync: bool) -> None:

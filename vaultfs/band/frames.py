@@ -79,7 +79,7 @@ def seek_table_length(tail: bytes) -> int:
     """Bytes of the whole seek-table frame, from the last >= 9 bytes of a band."""
     if len(tail) < _FOOTER.size:
         raise CorruptionError("band too short for a seek table")
-    n, descriptor, magic = _FOOTER.unpack(tail[-_FOOTER.size:])
+    n, descriptor, magic = _FOOTER.unpack(tail[-_FOOTER.size :])
     if magic != SEEKABLE_MAGIC or descriptor & 0x7C:
         raise CorruptionError("no seek table at the end of the band")
     return 8 + int(n) * (12 if descriptor & 0x80 else 8) + _FOOTER.size
@@ -91,9 +91,9 @@ def read_seek_table(tail: bytes) -> tuple[Frame, ...]:
     length = seek_table_length(tail)
     if len(tail) < length:
         raise CorruptionError(f"seek table needs {length} bytes, got {len(tail)}")
-    table = tail[len(tail) - length:]
+    table = tail[len(tail) - length :]
     magic, payload = struct.unpack_from("<II", table)
-    n, descriptor, _ = _FOOTER.unpack(table[-_FOOTER.size:])
+    n, descriptor, _ = _FOOTER.unpack(table[-_FOOTER.size :])
     if magic != SKIPPABLE_MAGIC or payload != length - 8:
         raise CorruptionError("bad seek table frame header")
     step = 12 if descriptor & 0x80 else 8
@@ -126,7 +126,7 @@ def decompress_each(data: bytes | memoryview, frames: Sequence[Frame]) -> list[b
     """Like `decompress_frames`, but one piece per frame (a reader caches them by frame)."""
     view, pos, out = memoryview(data), 0, []
     for f in frames:
-        piece = view[pos:pos + f.compressed_size]
+        piece = view[pos : pos + f.compressed_size]
         pos += f.compressed_size
         try:
             if len(piece) != f.compressed_size:

@@ -75,9 +75,15 @@ class BandReader:
     Structural or checksum failures raise CorruptionError naming the band (`label`).
     """
 
-    def __init__(self, read_range: Callable[[int, int], bytes], size: int,
-                 frames: tuple[Frame, ...] | None = None, *, label: str = "?",
-                 cache_bytes: int = FRAME_CACHE_BYTES) -> None:
+    def __init__(
+        self,
+        read_range: Callable[[int, int], bytes],
+        size: int,
+        frames: tuple[Frame, ...] | None = None,
+        *,
+        label: str = "?",
+        cache_bytes: int = FRAME_CACHE_BYTES,
+    ) -> None:
         self._read, self.size, self.label = read_range, size, label
         self._frames = frames
         self._cache: OrderedDict[int, bytes] = OrderedDict()
@@ -183,14 +189,15 @@ class BandReader:
             return
         start, end = loc.offset, loc.offset + loc.size
         for i in range(0, len(frames), max(1, chunk_frames)):
-            group = frames[i:i + max(1, chunk_frames)]
+            group = frames[i : i + max(1, chunk_frames)]
             data = self._decompress(group)
             base = group[0].uncompressed_offset
-            piece = data[max(start - base, 0):end - base]
+            piece = data[max(start - base, 0) : end - base]
             h.update(piece)
             if i + len(group) >= len(frames) and h.digest() != loc.sha256:
                 raise CorruptionError(
-                    f"band {self.label}: blob {loc.sha256.hex()} at {loc.offset} fails SHA-256")
+                    f"band {self.label}: blob {loc.sha256.hex()} at {loc.offset} fails SHA-256"
+                )
             yield piece
 
     def read_uncompressed(self, offset: int, length: int) -> bytes:
@@ -200,7 +207,7 @@ class BandReader:
         if not frames:
             return b""
         base = frames[0].uncompressed_offset
-        return self._decompress(frames)[offset - base:offset - base + length]
+        return self._decompress(frames)[offset - base : offset - base + length]
 
     def read_view(self, offset: int, length: int) -> bytes | memoryview:
         """Like `read_uncompressed`, but a range inside one frame comes back as a read-only
@@ -210,7 +217,7 @@ class BandReader:
         if len(frames) != 1:
             return self.read_uncompressed(offset, length)
         base = frames[0].uncompressed_offset
-        return memoryview(self._decompress(frames))[offset - base:offset - base + length]
+        return memoryview(self._decompress(frames))[offset - base : offset - base + length]
 
     # internals
 
@@ -234,7 +241,7 @@ class BandReader:
             if data is None:
                 return None
             self._cache.move_to_end(f.compressed_offset)
-        return memoryview(data)[offset - base:offset - base + length]
+        return memoryview(data)[offset - base : offset - base + length]
 
     def _decompress(self, frames: Sequence[Frame]) -> bytes:
         """The frames' bytes, from the LRU of recently decompressed frames where possible.
@@ -247,16 +254,20 @@ class BandReader:
             for f, c in zip(frames, cached, strict=True):
                 if c is not None:
                     self._cache.move_to_end(f.compressed_offset)
-            underway = [(i, self._pending.get(f.compressed_offset))
-                        for i, (f, c) in enumerate(zip(frames, cached, strict=True)) if c is None]
+            underway = [
+                (i, self._pending.get(f.compressed_offset))
+                for i, (f, c) in enumerate(zip(frames, cached, strict=True))
+                if c is None
+            ]
         for i, future in underway:
             if future is not None:  # being prefetched: wait for it rather than decompress twice
                 cached[i] = future.result()
         missing = [f for f, c in zip(frames, cached, strict=True) if c is None]
         if missing:
             first, last = missing[0], missing[-1]
-            span = [f for f in frames
-                    if first.compressed_offset <= f.compressed_offset <= last.compressed_offset]
+            span = [
+                f for f in frames if first.compressed_offset <= f.compressed_offset <= last.compressed_offset
+            ]
             start = first.compressed_offset
             data = self._read(start, last.compressed_offset + last.compressed_size - start)
             try:
@@ -264,8 +275,10 @@ class BandReader:
             except CorruptionError as e:
                 raise CorruptionError(f"band {self.label}: {e.message}") from e
             fresh = {f.compressed_offset: p for f, p in zip(span, pieces, strict=True)}
-            cached = [c if c is not None else fresh[f.compressed_offset]
-                      for f, c in zip(frames, cached, strict=True)]
+            cached = [
+                c if c is not None else fresh[f.compressed_offset]
+                for f, c in zip(frames, cached, strict=True)
+            ]
             self._remember_frames(fresh)
         return b"".join(c for c in cached if c is not None)
 
@@ -301,15 +314,14 @@ class BandReader:
             if need > len(tail):
                 tail_start, tail = self.size - need, self._read(self.size - need, need)
             frames = read_seek_table(tail)
-            if not frames or frames[-1].compressed_offset + frames[-1].compressed_size + need \
-                    != self.size:
+            if not frames or frames[-1].compressed_offset + frames[-1].compressed_size + need != self.size:
                 raise CorruptionError("seek table does not match the band's size")
             self._frames = frames
         check_frames(self._frames, self.size, None)
         last = self._frames[-1]
         if last.compressed_offset >= tail_start:
             rel = last.compressed_offset - tail_start
-            data = tail[rel:rel + last.compressed_size]
+            data = tail[rel : rel + last.compressed_size]
         else:
             data = self._read(last.compressed_offset, last.compressed_size)
         self._catalog_bytes = parse_catalog_frame(decompress_frames(data, (last,)))

@@ -56,18 +56,17 @@ def zstd_frame_size(data: bytes | memoryview | mmap.mmap, pos: int) -> int:
     block headers (nothing is decompressed). ValueError when it is not a well-formed frame
     that ends inside `data`. Used to find frame boundaries when the seek table is gone."""
     end = len(data)
-    if bytes(data[pos:pos + 4]) != ZSTD_MAGIC or pos + 6 > end:
+    if bytes(data[pos : pos + 4]) != ZSTD_MAGIC or pos + 6 > end:
         raise ValueError("no zstd frame magic")
     fhd = data[pos + 4]
     if fhd & 0x08:
         raise ValueError("reserved bit set in the frame header")
     fcs_flag, single, checksum, dict_flag = fhd >> 6, fhd >> 5 & 1, fhd >> 2 & 1, fhd & 3
-    p = pos + 5 + (0 if single else 1) + (0, 1, 2, 4)[dict_flag] + (
-        (1 if single else 0), 2, 4, 8)[fcs_flag]
+    p = pos + 5 + (0 if single else 1) + (0, 1, 2, 4)[dict_flag] + ((1 if single else 0), 2, 4, 8)[fcs_flag]
     while True:
         if p + 3 > end:
             raise ValueError("frame runs past the end of the data")
-        head = int.from_bytes(data[p:p + 3], "little")
+        head = int.from_bytes(data[p : p + 3], "little")
         last, kind, size = head & 1, head >> 1 & 3, head >> 3
         if kind == 3:
             raise ValueError("reserved block type")
@@ -89,7 +88,7 @@ def salvage_frames(data: bytes | memoryview | mmap.mmap) -> tuple[tuple[Frame, .
     in the tar stream is unknown: `salvage_members` stops there)."""
     size = len(data)
     try:
-        frames = read_seek_table(bytes(data[max(0, size - TAIL_READ):]))
+        frames = read_seek_table(bytes(data[max(0, size - TAIL_READ) :]))
         check_frames(frames, size, None)
         return frames, []
     except CorruptionError as e:
@@ -102,13 +101,16 @@ def _walk_frames(raw: bytes | memoryview | mmap.mmap, problems: list[str]) -> tu
     frames: list[Frame] = []
     find = bytes(raw).find if isinstance(raw, memoryview) else raw.find
     while pos < size:
-        magic = int.from_bytes(raw[pos:pos + 4], "little") if pos + 4 <= size else 0
-        if magic & _SKIPPABLE_MASK == SKIPPABLE_MAGIC & _SKIPPABLE_MASK and pos + 8 <= size \
-                and pos + 8 + int.from_bytes(raw[pos + 4:pos + 8], "little") == size:
+        magic = int.from_bytes(raw[pos : pos + 4], "little") if pos + 4 <= size else 0
+        if (
+            magic & _SKIPPABLE_MASK == SKIPPABLE_MAGIC & _SKIPPABLE_MASK
+            and pos + 8 <= size
+            and pos + 8 + int.from_bytes(raw[pos + 4 : pos + 8], "little") == size
+        ):
             break  # the seek table (or what is left of it) ends the band
         try:
             csize = zstd_frame_size(raw, pos)
-            usize = zstandard.frame_content_size(bytes(raw[pos:pos + 18]))
+            usize = zstandard.frame_content_size(bytes(raw[pos : pos + 18]))
             if usize < 0:
                 raise ValueError("frame header states no content size")
         except (ValueError, zstandard.ZstdError):
@@ -135,7 +137,7 @@ def salvage_frame_prefix(frame: bytes) -> bytes:
         try:
             end = zstd_frame_size(bytes(raw), 0)
             raw[4] &= ~0x04 & 0xFF
-            del raw[end - 4:end]
+            del raw[end - 4 : end]
         except ValueError:
             pass  # structure broken: decode what comes before the break
     out: list[bytes] = []
@@ -148,8 +150,9 @@ def salvage_frame_prefix(frame: bytes) -> bytes:
     return b"".join(out)
 
 
-def salvage_members(data: bytes | memoryview | mmap.mmap, frames: Sequence[Frame],
-                    problems: list[str]) -> Iterator[SalvagedMember]:
+def salvage_members(
+    data: bytes | memoryview | mmap.mmap, frames: Sequence[Frame], problems: list[str]
+) -> Iterator[SalvagedMember]:
     """Every tar member of a band's stream whose header can be read, with its content
     re-hashed; members whose content touches a damaged frame come back with `sha256`
     None. Frames are decompressed one at a time (memory stays at one frame). After damage
@@ -159,12 +162,15 @@ def salvage_members(data: bytes | memoryview | mmap.mmap, frames: Sequence[Frame
     walker = _TarWalker()
     for f in frames:
         if f.uncompressed_offset < 0 or f.uncompressed_size < 0:
-            problems.append(f"bytes {f.compressed_offset}-{f.compressed_offset + f.compressed_size}"
-                            " are not a readable zstd frame; the stream after them is lost")
+            problems.append(
+                f"bytes {f.compressed_offset}-{f.compressed_offset + f.compressed_size}"
+                " are not a readable zstd frame; the stream after them is lost"
+            )
             break  # the stream's positions are unknown from here on
         try:
-            piece = decompress_each(data[f.compressed_offset:f.compressed_offset
-                                          + f.compressed_size], (f,))[0]
+            piece = decompress_each(
+                data[f.compressed_offset : f.compressed_offset + f.compressed_size], (f,)
+            )[0]
         except CorruptionError as e:
             problems.append(f"frame at byte {f.compressed_offset} is damaged: {e.message}")
             yield from walker.hole(f.uncompressed_offset + f.uncompressed_size)
@@ -234,7 +240,7 @@ class _TarWalker:
         start = max(off, self.base)
         stop = min(end, self.base + len(self.buf))
         if stop > start:
-            piece = bytes(self.buf[start - self.base:stop - self.base])
+            piece = bytes(self.buf[start - self.base : stop - self.base])
             if not self.damaged:
                 self.hasher.update(piece)
                 if name == CATALOG_MEMBER.encode():
@@ -254,7 +260,7 @@ class _TarWalker:
         if avail < BLOCK:
             self._drop(hp)
             return False
-        need = _header_span(bytes(self.buf[rel:rel + BLOCK]))
+        need = _header_span(bytes(self.buf[rel : rel + BLOCK]))
         if need == 0:
             self.next_header = hp + BLOCK  # not a header: resynchronise at the next block
             return True
@@ -262,7 +268,7 @@ class _TarWalker:
             self._drop(hp)
             return False
         try:
-            name, pos, size = parse_member(bytes(self.buf[rel:rel + need]))
+            name, pos, size = parse_member(bytes(self.buf[rel : rel + need]))
         except (ValueError, IndexError):
             self.next_header = hp + BLOCK
             return True
@@ -280,10 +286,8 @@ class _TarWalker:
         name, off, size = self.member
         self.member = None
         self.next_header = off + size + (-size % BLOCK)
-        content = b"".join(self.kept) if name == CATALOG_MEMBER.encode() and not self.damaged \
-            else None
-        return SalvagedMember(name, off, size, None if self.damaged else self.hasher.digest(),
-                              content)
+        content = b"".join(self.kept) if name == CATALOG_MEMBER.encode() and not self.damaged else None
+        return SalvagedMember(name, off, size, None if self.damaged else self.hasher.digest(), content)
 
     def _drop(self, upto: int) -> None:
         n = max(0, min(upto - self.base, len(self.buf)))

@@ -79,16 +79,17 @@ def scan_band_file(path: Path, band: str, *, salvage: bool = False) -> ScannedBa
     trees: dict[TreeId, bytes] = {}
     if catalog is None and damage:
         trees = _salvage_trees(salvage_frame_prefix(walk.tail)) if walk.tail else {}
-        damage.append("its catalog is lost" + (f" (but {len(trees)} directory listing(s) in it "
-                                               "verify)" if trees else ""))
+        damage.append(
+            "its catalog is lost"
+            + (f" (but {len(trees)} directory listing(s) in it verify)" if trees else "")
+        )
     lost: list[BlobRow] = []
     if catalog is not None:
         blobs, lost = _hold_against_catalog(catalog, blobs, band, damage, problems)
     if damage and not salvage:
         raise CorruptionError(f"band {band}: damaged: " + "; ".join(damage))
     frames = _readable_frames(walk.found, walk.size)
-    return ScannedBand(walk.size, walk.sha256, frames, blobs, catalog, problems, damage, lost,
-                       trees)
+    return ScannedBand(walk.size, walk.sha256, frames, blobs, catalog, problems, damage, lost, trees)
 
 
 def _walk_file(path: Path, band: str, salvage: bool) -> _Walk:
@@ -104,16 +105,25 @@ def _walk_file(path: Path, band: str, salvage: bool) -> _Walk:
             found, damage = salvage_frames(mm)
             members = list(salvage_members(mm, found, damage))
             # The catalog is the last zstd frame (what follows may be a broken seek table).
-            last = next((fr for fr in reversed(found)
-                         if mm[fr.compressed_offset:fr.compressed_offset + 4] == ZSTD_MAGIC),
-                        None)
-            tail = bytes(mm[last.compressed_offset:last.compressed_offset + last.compressed_size]
-                         ) if last is not None and salvage else b""
+            last = next(
+                (
+                    fr
+                    for fr in reversed(found)
+                    if mm[fr.compressed_offset : fr.compressed_offset + 4] == ZSTD_MAGIC
+                ),
+                None,
+            )
+            tail = (
+                bytes(mm[last.compressed_offset : last.compressed_offset + last.compressed_size])
+                if last is not None and salvage
+                else b""
+            )
     return _Walk(size, h.digest(), found, damage, members, tail)
 
 
-def _sort_members(members: list[SalvagedMember], band: str, problems: list[str]
-                  ) -> tuple[dict[str, Any] | None, list[BlobRow], int]:
+def _sort_members(
+    members: list[SalvagedMember], band: str, problems: list[str]
+) -> tuple[dict[str, Any] | None, list[BlobRow], int]:
     """The catalog (None when its member is damaged or does not parse), the re-hashed
     blob members, and how many members overlap the damage."""
     catalog: dict[str, Any] | None = None
@@ -135,9 +145,9 @@ def _sort_members(members: list[SalvagedMember], band: str, problems: list[str]
     return catalog, blobs, broken
 
 
-def _hold_against_catalog(catalog: dict[str, Any], blobs: list[BlobRow], band: str,
-                          damage: list[str], problems: list[str]
-                          ) -> tuple[list[BlobRow], list[BlobRow]]:
+def _hold_against_catalog(
+    catalog: dict[str, Any], blobs: list[BlobRow], band: str, damage: list[str], problems: list[str]
+) -> tuple[list[BlobRow], list[BlobRow]]:
     """The members that hash to what the catalog says, and the ones it lists that are not
     there (`damage` says why). CorruptionError when the catalog is malformed, or when it
     disagrees with an undamaged band's members."""

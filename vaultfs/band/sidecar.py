@@ -27,8 +27,11 @@ def encode_sidecar(catalog: bytes, size: int, sha256: bytes, frames: Sequence[Fr
     encoder: a snapshot writes it from a `ClosedBand`, a rebuild rewrites a damaged one
     from the band's own catalog and its `BandInfo`."""
     doc = json.loads(catalog)
-    doc.update(band_size=size, band_sha256=sha256.hex(),
-               frames=[[f.compressed_size, f.uncompressed_size] for f in frames])
+    doc.update(
+        band_size=size,
+        band_sha256=sha256.hex(),
+        frames=[[f.compressed_size, f.uncompressed_size] for f in frames],
+    )
     text = json.dumps(doc, ensure_ascii=True, sort_keys=True, separators=(",", ":"))
     return compressor(3).compress(text.encode("ascii"))
 

@@ -45,15 +45,34 @@ _USTAR_END = b"0000000\x000000000\x00" + b"\0" * 167  # devmajor, devminor, pref
 _CONST_SUM = 8 * ord(" ") + sum(_USTAR_TAIL) + sum(_USTAR_END)  # chksum field counts as spaces
 
 
-def _ustar(name: bytes, mode: int, uid: int, gid: int, size: int, mtime: int, typeflag: bytes,
-           uname: bytes, gname: bytes) -> bytes:
+def _ustar(
+    name: bytes,
+    mode: int,
+    uid: int,
+    gid: int,
+    size: int,
+    mtime: int,
+    typeflag: bytes,
+    uname: bytes,
+    gname: bytes,
+) -> bytes:
     fields = b"%07o%07o%07o%011o%011o" % (mode, uid, gid, size, mtime)
     # The checksum sums every byte; NULs add nothing, so sum only the non-constant bytes.
     chksum = sum(b"%s%s%s%s%s" % (name, fields, typeflag, uname, gname)) + _CONST_SUM
     return b"%s%s\0%s\0%s\0%s\0%s\0%06o\0 %s%s%s%s%s" % (
-        name.ljust(100, b"\0"), fields[:7], fields[7:14], fields[14:21], fields[21:32],
-        fields[32:], chksum, typeflag, _USTAR_TAIL, uname.ljust(32, b"\0"),
-        gname.ljust(32, b"\0"), _USTAR_END)
+        name.ljust(100, b"\0"),
+        fields[:7],
+        fields[7:14],
+        fields[14:21],
+        fields[21:32],
+        fields[32:],
+        chksum,
+        typeflag,
+        _USTAR_TAIL,
+        uname.ljust(32, b"\0"),
+        gname.ljust(32, b"\0"),
+        _USTAR_END,
+    )
 
 
 @functools.lru_cache(maxsize=1024)
@@ -97,14 +116,21 @@ def member_header(name: bytes, meta: MemberMeta, size: int) -> bytes:
         gname = b""
     for xname, xvalue in meta.xattrs:
         records.append(_pax_record(_xattr_key(xname), xvalue))
-    block = _ustar(ustar_name, meta.mode & 0o7777, uid if uid <= _OCT7 else 0,
-                   gid if gid <= _OCT7 else 0, size if size <= _OCT11 else 0,
-                   sec if sec <= _OCT11 else 0, b"0", uname, gname)
+    block = _ustar(
+        ustar_name,
+        meta.mode & 0o7777,
+        uid if uid <= _OCT7 else 0,
+        gid if gid <= _OCT7 else 0,
+        size if size <= _OCT11 else 0,
+        sec if sec <= _OCT11 else 0,
+        b"0",
+        uname,
+        gname,
+    )
     if not records:
         return block
     pax = b"".join(records)
-    return b"%s%s%s%s" % (_pax_block(len(pax)),
-                          pax, b"\0" * (-len(pax) % BLOCK), block)
+    return b"%s%s%s%s" % (_pax_block(len(pax)), pax, b"\0" * (-len(pax) % BLOCK), block)
 
 
 def parse_member(stream: bytes) -> tuple[bytes, int, int]:
@@ -112,20 +138,21 @@ def parse_member(stream: bytes) -> tuple[bytes, int, int]:
     pax: dict[bytes, bytes] = {}
     pos = 0
     while True:
-        block = stream[pos:pos + BLOCK]
+        block = stream[pos : pos + BLOCK]
         if len(block) < BLOCK or int(block[148:156].strip(b"\0 ") or b"-1", 8) != (
-                sum(block[:148]) + 256 + sum(block[156:])):
+            sum(block[:148]) + 256 + sum(block[156:])
+        ):
             raise ValueError("bad tar header")
         size = int(block[124:136].strip(b"\0 ") or b"0", 8)
         pos += BLOCK
         if block[156:157] != b"x":
             break
-        data, pos = stream[pos:pos + size], pos + size + (-size % BLOCK)
+        data, pos = stream[pos : pos + size], pos + size + (-size % BLOCK)
         while data:
-            length = int(data[:data.index(b" ")])
+            length = int(data[: data.index(b" ")])
             if length <= 0:
                 raise ValueError("bad pax record length")
-            key, _, value = data[data.index(b" ") + 1:length - 1].partition(b"=")
+            key, _, value = data[data.index(b" ") + 1 : length - 1].partition(b"=")
             pax[key], data = value, data[length:]
     name = pax.get(b"path", block[:100].rstrip(b"\0"))
     return name, pos, int(pax[b"size"]) if b"size" in pax else size

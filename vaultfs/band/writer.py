@@ -82,8 +82,14 @@ class ContentChanged(Exception):
 
 def check_member_name(name: bytes) -> None:
     """Raise ValueError unless `name` is a relative path that tar extracts without a warning."""
-    if (not name or b"\0" in name or name.startswith(b"/") or name.endswith(b"/")
-            or b".." in name.split(b"/") or name == CATALOG_MEMBER.encode()):
+    if (
+        not name
+        or b"\0" in name
+        or name.startswith(b"/")
+        or name.endswith(b"/")
+        or b".." in name.split(b"/")
+        or name == CATALOG_MEMBER.encode()
+    ):
         raise ValueError(f"invalid band member name {name!r}")
 
 
@@ -110,8 +116,15 @@ class BandWriter:
     the writer is unusable and its threads are joined; its owner calls one of them.
     """
 
-    def __init__(self, path: Path, band_id: str, *, level: int = 3,
-                 frame_size: int = FRAME_SIZE_DEFAULT, threads: int = 2) -> None:
+    def __init__(
+        self,
+        path: Path,
+        band_id: str,
+        *,
+        level: int = 3,
+        frame_size: int = FRAME_SIZE_DEFAULT,
+        threads: int = 2,
+    ) -> None:
         if not 0 < frame_size <= FRAME_SIZE_MAX:
             raise ValueError(f"frame_size must be in (0, {FRAME_SIZE_MAX}]")
         self.path, self.band_id, self.level, self.frame_size = path, band_id, level, frame_size
@@ -161,9 +174,16 @@ class BandWriter:
         self._append(b"\0" * (-len(data) % BLOCK))
         return self._remember(name, loc)
 
-    def add_blob_stream(self, name: bytes, meta: MemberMeta, size: int, read: ReadInto,
-                        sha256: bytes | None = None, *,
-                        skip_if: Callable[[bytes], bool] | None = None) -> BlobLocation | None:
+    def add_blob_stream(
+        self,
+        name: bytes,
+        meta: MemberMeta,
+        size: int,
+        read: ReadInto,
+        sha256: bytes | None = None,
+        *,
+        skip_if: Callable[[bytes], bool] | None = None,
+    ) -> BlobLocation | None:
         """Append a member of `size` bytes that `read` fills in; its content starts a frame.
 
         `read(view, offset)` fills `view` with content from `offset` and returns how many
@@ -193,7 +213,7 @@ class BandWriter:
                 if self._fill == self.frame_size:
                     self._flush()
                 want = min(_READ_PIECE, size - n, self.frame_size - self._fill)
-                piece = memoryview(self._buf)[self._fill:self._fill + want]
+                piece = memoryview(self._buf)[self._fill : self._fill + want]
                 got = read(piece, n)
                 if got == 0:
                     break
@@ -201,8 +221,11 @@ class BandWriter:
                 self._fill += got
                 n += got
             digest = h.digest()
-            if n != size or read(memoryview(bytearray(1)), n) != 0 \
-                    or (sha256 is not None and digest != sha256):
+            if (
+                n != size
+                or read(memoryview(bytearray(1)), n) != 0
+                or (sha256 is not None and digest != sha256)
+            ):
                 raise ContentChanged(f"{name!r}: size or SHA-256 changed while reading")
             if skip_if is not None and skip_if(digest):
                 self._rollback(cp)
@@ -227,8 +250,7 @@ class BandWriter:
         self._flush()
         self._drain()
         self._buf, self._spare = bytearray(), []  # frame buffers are not needed any more
-        catalog = catalog_json(self.band_id, self._hasher.hexdigest(), self._blobs, self._names,
-                               extra)
+        catalog = catalog_json(self.band_id, self._hasher.hexdigest(), self._blobs, self._names, extra)
         last = catalog_frame(catalog)
         self._submit(last, len(last))
         self._drain()
@@ -241,9 +263,17 @@ class BandWriter:
         self._open = False
         if sync:
             fsync_path(self.path.parent)
-        band = ClosedBand(self.band_id, self.path, self._written + len(table),
-                          self._hasher.digest(), tuple(self._frames), tuple(self._blobs), catalog,
-                          self._submitted, tuple(self._levels))
+        band = ClosedBand(
+            self.band_id,
+            self.path,
+            self._written + len(table),
+            self._hasher.digest(),
+            tuple(self._frames),
+            tuple(self._blobs),
+            catalog,
+            self._submitted,
+            tuple(self._levels),
+        )
         _verify_written(band)
         self._closed = True
         return band
@@ -293,7 +323,7 @@ class BandWriter:
         view = memoryview(data)
         while len(view):
             take = min(len(view), self.frame_size - self._fill)
-            self._buf[self._fill:self._fill + take] = view[:take]
+            self._buf[self._fill : self._fill + take] = view[:take]
             self._fill += take
             view = view[take:]
             if self._fill == self.frame_size:
@@ -373,7 +403,7 @@ class BandWriter:
         assert cp.written is not None
         self._file.truncate(cp.written)
         with self._state:
-            del self._frames[cp.frames:], self._levels[cp.frames:]
+            del self._frames[cp.frames :], self._levels[cp.frames :]
             self._written, self._hasher = cp.written, cp.hasher
         self._submitted, self._frames_submitted = cp.uncompressed, cp.frames
 
@@ -386,13 +416,13 @@ def sync_band(path: Path) -> None:
 def _verify_written(band: ClosedBand) -> None:
     """Re-read the seek table and catalog from the file and compare (restic's verifyHeader)."""
     with open(band.path, "rb") as f:
+
         def read_range(start: int, length: int) -> bytes:
             f.seek(start)
             return f.read(length)
 
         reader = BandReader(read_range, os.fstat(f.fileno()).st_size, label=band.band_id)
-        if (reader.size != band.size or reader.frames != band.frames
-                or reader.catalog_bytes != band.catalog):
+        if reader.size != band.size or reader.frames != band.frames or reader.catalog_bytes != band.catalog:
             raise CorruptionError(f"band {band.band_id}: file does not read back as written")
 
 
@@ -415,7 +445,12 @@ def reopen_closed(path: Path) -> ClosedBand:
         reader = BandReader(read_range, size, label=band_id)
         blobs = tuple(loc for _, loc in reader.blobs())
         return ClosedBand(
-            band_id=band_id, path=path, size=size, sha256=h.digest(), frames=reader.frames,
-            blobs=blobs, catalog=reader.catalog_bytes,
+            band_id=band_id,
+            path=path,
+            size=size,
+            sha256=h.digest(),
+            frames=reader.frames,
+            blobs=blobs,
+            catalog=reader.catalog_bytes,
             uncompressed_size=reader.uncompressed_size,
         )

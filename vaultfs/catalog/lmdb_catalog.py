@@ -100,13 +100,17 @@ class Catalog:
         if stored is None:
             raise _damaged("meta", key, "it is missing")
         if bytes(stored) == b"1":
-            raise VaultError(f"the local catalog {self.path} is in format 1 (written by an "
-                             "older vaultfs, records without checksums): run `vaultfs index "
-                             "rebuild` to rebuild it from the store")
+            raise VaultError(
+                f"the local catalog {self.path} is in format 1 (written by an "
+                "older vaultfs, records without checksums): run `vaultfs index "
+                "rebuild` to rebuild it from the store"
+            )
         found = bytes(_unseal("meta", key, stored)).decode(errors="replace")
         if found != schema.FORMAT:
-            raise VaultError(f"the local catalog {self.path} is in format {found!r}, which "
-                             f"this vaultfs (format {schema.FORMAT}) cannot read: upgrade vaultfs")
+            raise VaultError(
+                f"the local catalog {self.path} is in format {found!r}, which "
+                f"this vaultfs (format {schema.FORMAT}) cannot read: upgrade vaultfs"
+            )
 
     def close(self) -> None:
         self.env.close()
@@ -155,8 +159,7 @@ class Catalog:
     def tree(self, tree: TreeId) -> tuple[Entry, ...]:
         raw = self.tree_bytes(tree)
         if raw is None:
-            raise CorruptionError(f"tree {tree.hex()[:16]} is missing from the local catalog: "
-                                  f"{REBUILD}")
+            raise CorruptionError(f"tree {tree.hex()[:16]} is missing from the local catalog: {REBUILD}")
         return decode_tree(raw)
 
     def has_tree(self, tree: TreeId) -> bool:
@@ -257,8 +260,7 @@ class Catalog:
                     else:
                         raise _damaged(name, key, TREE_CORRUPT)
         except lmdb.Error as e:
-            raise CorruptionError(f"local catalog {self.path} is damaged ({e}): "
-                                  f"{REBUILD}") from None
+            raise CorruptionError(f"local catalog {self.path} is damaged ({e}): {REBUILD}") from None
 
     def damaged_records(self, limit: int = 20) -> list[str]:
         """Up to `limit` records of any database whose seal (trees: hash) fails, each as
@@ -279,8 +281,7 @@ class Catalog:
                             if len(found) >= limit:
                                 return found
         except lmdb.Error as e:
-            raise CorruptionError(f"local catalog {self.path} is damaged ({e}): "
-                                  f"{REBUILD}") from None
+            raise CorruptionError(f"local catalog {self.path} is damaged ({e}): {REBUILD}") from None
         return found
 
     def iter_trees(self) -> Iterator[tuple[TreeId, bytes]]:

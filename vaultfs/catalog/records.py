@@ -39,9 +39,7 @@ class FileCacheRow:
     blob: BlobId
 
     def pack(self) -> bytes:
-        return schema.FILE_CACHE.pack(
-            self.dev, self.ino, self.size, self.mtime_ns, self.ctime_ns, self.blob
-        )
+        return schema.FILE_CACHE.pack(self.dev, self.ino, self.size, self.mtime_ns, self.ctime_ns, self.blob)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +66,7 @@ class DirMemo:
         while pos < len(raw):
             (n,) = schema.DIR_MEMO_CHILD.unpack_from(raw, pos)
             pos += schema.DIR_MEMO_CHILD.size
-            name, tree_id = raw[pos:pos + n], raw[pos + n:pos + n + 32]
+            name, tree_id = raw[pos : pos + n], raw[pos + n : pos + n + 32]
             if len(tree_id) != 32:
                 raise ValueError("truncated directory memo")
             subtrees.append((bytes(name), TreeId(bytes(tree_id))))
@@ -83,8 +81,9 @@ def _pack_blob_ref(ref: BlobRef) -> bytes:
 def _unpack_blob_ref(raw: bytes | memoryview) -> BlobRef:
     offset, size = schema.BLOB_REF.unpack_from(raw)
     band = bytes(raw[schema.BLOB_REF.size :]).decode("ascii", "replace")
-    return BlobRef(parse_band_id(band, "a blob record of the local catalog (run `vaultfs index "
-                                       "rebuild`)"), offset, size)
+    return BlobRef(
+        parse_band_id(band, "a blob record of the local catalog (run `vaultfs index rebuild`)"), offset, size
+    )
 
 
 REBUILD = "run `vaultfs index rebuild`"
@@ -110,8 +109,7 @@ def _record_name(db: str, key: bytes) -> str:
 
 
 def _damaged(db: str, key: bytes, why: str = "checksum mismatch") -> CorruptionError:
-    return CorruptionError(f"the local catalog's {_record_name(db, key)} is damaged ({why}): "
-                           f"{REBUILD}")
+    return CorruptionError(f"the local catalog's {_record_name(db, key)} is damaged ({why}): {REBUILD}")
 
 
 def _unseal(db: str, key: bytes, stored: bytes | memoryview) -> bytes | memoryview:
@@ -146,19 +144,21 @@ def check_data_file(lmdb_dir: Path) -> None:
         second = os.pread(fd, schema.LMDB_META.size, page_size) if page_size else b""
     finally:
         os.close(fd)
-    metas = [schema.LMDB_META.unpack(raw) for raw in (first, second)
-             if len(raw) == schema.LMDB_META.size]
-    valid = [m for m in metas if m[0] & schema.LMDB_P_META and m[1] == schema.LMDB_MAGIC
-             and m[2] == schema.LMDB_DATA_VERSION]
+    metas = [schema.LMDB_META.unpack(raw) for raw in (first, second) if len(raw) == schema.LMDB_META.size]
+    valid = [
+        m
+        for m in metas
+        if m[0] & schema.LMDB_P_META and m[1] == schema.LMDB_MAGIC and m[2] == schema.LMDB_DATA_VERSION
+    ]
     where = f"the local catalog {lmdb_dir} is damaged"
     if len(valid) < 2 or not 512 <= page_size <= 65536:
-        raise CorruptionError(f"{where}: data.mdb ({size} bytes) has no valid LMDB meta "
-                              f"pages: {REBUILD}")
+        raise CorruptionError(f"{where}: data.mdb ({size} bytes) has no valid LMDB meta pages: {REBUILD}")
     last_page = max(valid, key=lambda m: m[5])[4]
     needed = (last_page + 1) * page_size
     if size < needed:
-        raise CorruptionError(f"{where}: data.mdb is truncated ({size} bytes, its pages "
-                              f"need {needed}): {REBUILD}")
+        raise CorruptionError(
+            f"{where}: data.mdb is truncated ({size} bytes, its pages need {needed}): {REBUILD}"
+        )
 
 
 def _version(key: bytes, stored: bytes | memoryview, *, sealed: bool = True) -> VersionInfo:
@@ -189,8 +189,10 @@ def _budget_spent(raw: str | None, day: str) -> int:
     if raw is None:
         return 0
     try:
-        return decode_record(lambda doc: int(doc["bytes"]) if doc.get("day") == day else 0, raw,
-                             "restore budget")
+        return decode_record(
+            lambda doc: int(doc["bytes"]) if doc.get("day") == day else 0, raw, "restore budget"
+        )
     except BadRecord:
-        raise CorruptionError("the mount's restore budget record in the local catalog is "
-                              "damaged: run `vaultfs index rebuild`") from None
+        raise CorruptionError(
+            "the mount's restore budget record in the local catalog is damaged: run `vaultfs index rebuild`"
+        ) from None

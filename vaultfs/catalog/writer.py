@@ -49,12 +49,14 @@ class CatalogWriter:
         return bool(self._txn.put(tree, encoded, db=self._db["trees"], overwrite=False))
 
     def put_version(self, version: VersionInfo) -> None:
-        self._put("versions", schema.version_key(version.collection, version.number),
-                  json.dumps(version.to_json(), sort_keys=True).encode())
+        self._put(
+            "versions",
+            schema.version_key(version.collection, version.number),
+            json.dumps(version.to_json(), sort_keys=True).encode(),
+        )
 
     def put_band(self, band: BandInfo) -> None:
-        self._put("bands", band.band.encode("ascii"),
-                  json.dumps(band.to_json(), sort_keys=True).encode())
+        self._put("bands", band.band.encode("ascii"), json.dumps(band.to_json(), sort_keys=True).encode())
 
     def put_file(self, collection: str, path: bytes, row: FileCacheRow) -> None:
         self._put("files", schema.collection_prefix(collection) + path, row.pack())
@@ -62,9 +64,7 @@ class CatalogWriter:
     def delete_file(self, collection: str, path: bytes) -> None:
         self._txn.delete(schema.collection_prefix(collection) + path, db=self._db["files"])
 
-    def replace_dir_memos(
-        self, collection: str, root: TreeId, rows: Iterable[tuple[bytes, DirMemo]]
-    ) -> None:
+    def replace_dir_memos(self, collection: str, root: TreeId, rows: Iterable[tuple[bytes, DirMemo]]) -> None:
         """Drop every directory memo row of `collection`, then write `rows`, which describe
         the version with tree `root`."""
         prefix = schema.dir_memo_prefix(collection)

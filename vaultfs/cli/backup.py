@@ -16,14 +16,16 @@ LIST_LIMIT = 20  # paths listed per kind of warning before "… and N more"
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddCommand) -> None:
     """Add this module's subcommands; `add(name, help, description)` makes a parser with --json."""
     add(
-        "init", "create the vault described by the config",
+        "init",
+        "create the vault described by the config",
         "Create the vault on the configured store (writes vault.json) and the local state\n"
         "directory. Safe to run again: an existing vault of this machine is left as it is.\n"
         "The bucket of an s3:// store must exist; vaultfs never creates buckets.",
     ).set_defaults(func=cmd_init)
 
     sp = add(
-        "snapshot", "back up collections as new versions",
+        "snapshot",
+        "back up collections as new versions",
         "Snapshot the named collections (default: all in the config). Only files whose\n"
         "size, times or inode changed are read again; content already in the vault is not\n"
         "stored twice. A new version is made only if something changed.\n\n"
@@ -39,7 +41,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
     sp.set_defaults(func=cmd_snapshot)
 
     sp = add(
-        "versions", "list the versions of a collection",
+        "versions",
+        "list the versions of a collection",
         "List every version: number, creation time (UTC), time since the previous version,\n"
         "files added/changed/removed, bytes added, bands written and their state.",
     )
@@ -55,8 +58,12 @@ def cmd_init(args: argparse.Namespace, config: Config) -> int:
         print(f"vaultfs: {tightened}", file=sys.stderr)
     vault, created = Vault.create(config)
     vault.close()
-    result = {"store": config.store, "state_dir": str(config.state_dir), "created": created,
-              "tightened": tightened}
+    result = {
+        "store": config.store,
+        "state_dir": str(config.state_dir),
+        "created": created,
+        "tightened": tightened,
+    }
     if args.json:
         emit_json(result)
     elif not args.quiet:
@@ -99,8 +106,13 @@ def cmd_snapshot(args: argparse.Namespace, config: Config) -> int:
     # A collection without a new version is an error (1), which outweighs warnings (3).
     code = EXIT_ERROR if refused else EXIT_WARNINGS if any(r.warnings for r in results) else EXIT_OK
     if args.json:
-        emit_json({"collections": [snapshot_json(r) for r in results],
-                   "refused": [e.message for e in refused], "exit_code": code})
+        emit_json(
+            {
+                "collections": [snapshot_json(r) for r in results],
+                "refused": [e.message for e in refused],
+                "exit_code": code,
+            }
+        )
     return code
 
 
@@ -109,8 +121,9 @@ def print_snapshot(r: Any, quiet: bool) -> None:
         print(
             f"WARNING: band {m.band} is missing from the store: the {m.blobs} blob(s) it held "
             "are lost; this snapshot stores again those its source still holds "
-            "(`vaultfs check` lists the files lost for good)" if m.blobs else
-            f"WARNING: band {m.band} is missing from the store; it held no file content (only "
+            "(`vaultfs check` lists the files lost for good)"
+            if m.blobs
+            else f"WARNING: band {m.band} is missing from the store; it held no file content (only "
             "catalog records, which the local catalog still has)",
             file=sys.stderr,
         )
@@ -141,8 +154,11 @@ def print_snapshot(r: Any, quiet: bool) -> None:
         return
     rate = r.bytes_read / r.seconds if r.seconds > 0 else 0
     read = f"read {r.files_read} files ({human_bytes(r.bytes_read)}, {human_bytes(rate)}/s)"
-    healed = (f"re-stored {r.restored_lost} file(s) whose band was lost, in {r.bands} band(s); "
-              if r.restored_lost else "")
+    healed = (
+        f"re-stored {r.restored_lost} file(s) whose band was lost, in {r.bands} band(s); "
+        if r.restored_lost
+        else ""
+    )
     if r.unchanged and r.latest is not None and r.restored_lost:
         print(f"{r.collection}: unchanged since v{r.latest.number}; {healed}{read}")
     elif r.unchanged and r.latest is not None:
@@ -178,7 +194,9 @@ def snapshot_json(r: Any) -> dict[str, Any]:
         "deleted": [to_text(p) for p in r.deleted],
         "lost_bands": [{"band": m.band, "blobs": m.blobs} for m in r.lost_bands],
         "restored_lost": r.restored_lost,
-        "mass_removal": None if r.mass_removal is None else {
+        "mass_removal": None
+        if r.mass_removal is None
+        else {
             "removed": r.mass_removal.removed,
             "previous_files": r.mass_removal.previous_files,
             "previous_version": r.mass_removal.previous_version,
@@ -198,33 +216,34 @@ def cmd_versions(args: argparse.Namespace, config: Config) -> int:
         bands = {b.band: b for b in vault.catalog.bands()}
         lost_blobs = vault.catalog.lost_blobs()  # empty: no walk, `versions` stays fast
         memo: dict[TreeId, list[tuple[bytes, BlobId]]] = {}
-        lost = {v.number: vault.lost_files(v.root, lost_blobs, memo) if lost_blobs else []
-                for v in versions}
+        lost = {v.number: vault.lost_files(v.root, lost_blobs, memo) if lost_blobs else [] for v in versions}
     finally:
         vault.close()
     rows: list[dict[str, Any]] = []
     for v in versions:
         vb = [bands[b] for b in v.bands if b in bands]
         states: list[str] = sorted({b.state for b in vb}) or ["missing"]
-        rows.append({
-            "version": v.number,
-            "created": iso_utc(v.created_ns),
-            "since_previous_s": (
-                (v.created_ns - v.previous_created_ns) / 1e9 if v.previous_created_ns else None
-            ),
-            "files": v.stats.files,
-            "bytes": v.stats.bytes,
-            "added": v.stats.added,
-            "changed": v.stats.changed,
-            "removed": v.stats.removed,
-            "bytes_added": v.stats.bytes_added,
-            "bands": len(v.bands),
-            "bytes_stored": sum(b.size for b in vb),
-            "state": ",".join(states),
-            "verified": [iso_utc(t) for t in v.verified_ns],
-            "lost_files": len(lost[v.number]),  # files whose bytes are gone (see `lost`)
-            "lost": [display_path(p) for p, _ in lost[v.number]],
-        })
+        rows.append(
+            {
+                "version": v.number,
+                "created": iso_utc(v.created_ns),
+                "since_previous_s": (
+                    (v.created_ns - v.previous_created_ns) / 1e9 if v.previous_created_ns else None
+                ),
+                "files": v.stats.files,
+                "bytes": v.stats.bytes,
+                "added": v.stats.added,
+                "changed": v.stats.changed,
+                "removed": v.stats.removed,
+                "bytes_added": v.stats.bytes_added,
+                "bands": len(v.bands),
+                "bytes_stored": sum(b.size for b in vb),
+                "state": ",".join(states),
+                "verified": [iso_utc(t) for t in v.verified_ns],
+                "lost_files": len(lost[v.number]),  # files whose bytes are gone (see `lost`)
+                "lost": [display_path(p) for p, _ in lost[v.number]],
+            }
+        )
     if args.json:
         emit_json({"collection": args.collection, "versions": rows})
         return EXIT_OK
@@ -241,19 +260,42 @@ def cmd_versions(args: argparse.Namespace, config: Config) -> int:
 def _print_versions(rows: list[dict[str, Any]]) -> None:
     """The versions as a table; a LOST column only when some version has lost files."""
     any_lost = any(r["lost_files"] for r in rows)
-    header = ("VERSION", "CREATED (UTC)", "SINCE PREV", "FILES", "ADDED", "CHANGED", "REMOVED",
-              "BYTES ADDED", "BANDS", "STORED", "STATE") + (("LOST",) if any_lost else ())
+    header = (
+        "VERSION",
+        "CREATED (UTC)",
+        "SINCE PREV",
+        "FILES",
+        "ADDED",
+        "CHANGED",
+        "REMOVED",
+        "BYTES ADDED",
+        "BANDS",
+        "STORED",
+        "STATE",
+    ) + (("LOST",) if any_lost else ())
     table = [header]
     for r in rows:
-        table.append((
-            f"v{r['version']}", r["created"].replace("T", " ").rstrip("Z"),
-            format_delta(r["since_previous_s"]), str(r["files"]), f"+{r['added']}",
-            f"~{r['changed']}", f"-{r['removed']}", human_bytes(r["bytes_added"]),
-            str(r["bands"]), human_bytes(r["bytes_stored"]), r["state"],
-        ) + ((str(r["lost_files"]),) if any_lost else ()))
+        table.append(
+            (
+                f"v{r['version']}",
+                r["created"].replace("T", " ").rstrip("Z"),
+                format_delta(r["since_previous_s"]),
+                str(r["files"]),
+                f"+{r['added']}",
+                f"~{r['changed']}",
+                f"-{r['removed']}",
+                human_bytes(r["bytes_added"]),
+                str(r["bands"]),
+                human_bytes(r["bytes_stored"]),
+                r["state"],
+            )
+            + ((str(r["lost_files"]),) if any_lost else ())
+        )
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     if any_lost:
-        print("LOST: files whose bytes are gone from the store (`vaultfs versions --json` "
-              "lists them; a snapshot stores them again if a source still has them)")
+        print(
+            "LOST: files whose bytes are gone from the store (`vaultfs versions --json` "
+            "lists them; a snapshot stores them again if a source still has them)"
+        )

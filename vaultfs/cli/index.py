@@ -14,22 +14,27 @@ from vaultfs.output import AddCommand
 if TYPE_CHECKING:  # imported when a command runs (startup time)
     from vaultfs.index import RebuildReport
 
-RUNG_NAMES = {"lmdb": "rung 1 (local catalog)", "index": "rung 2 (consolidated index)",
-              "sidecars": "rung 3 (sidecars and version records)",
-              "tails": "rung 4 (catalogs at the end of the bands)",
-              "scan": "rung 5 (full band scan)"}
+RUNG_NAMES = {
+    "lmdb": "rung 1 (local catalog)",
+    "index": "rung 2 (consolidated index)",
+    "sidecars": "rung 3 (sidecars and version records)",
+    "tails": "rung 4 (catalogs at the end of the bands)",
+    "scan": "rung 5 (full band scan)",
+}
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddCommand) -> None:
     """Add this module's subcommands; `add(name, help, description)` makes a parser with --json."""
     ip = add(
-        "index", "rebuild the local index from the store",
+        "index",
+        "rebuild the local index from the store",
         "Maintain the local index (LMDB in the state directory).",
     )
     isub = ip.add_subparsers(dest="index_command", metavar="ACTION")
     isub.required = True
     rp = isub.add_parser(
-        "rebuild", help="rebuild the local index from the store (the rebuild ladder, docs/recovery.md)",
+        "rebuild",
+        help="rebuild the local index from the store (the rebuild ladder, docs/recovery.md)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Rebuild the local index. Without --from, walk the ladder and use the first rung\n"
@@ -42,16 +47,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
             "copies and the consolidated index is brought up to date."
         ),
     )
-    rp.add_argument("--from", dest="rung", choices=["index", "sidecars", "tails", "scan"],
-                    help="start at this rung instead of verifying the ones above")
-    rp.add_argument("--yes", action="store_true",
-                    help="restore archived bands when a rung needs them, without asking")
-    rp.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                    help="print a JSON result for scripts")
+    rp.add_argument(
+        "--from",
+        dest="rung",
+        choices=["index", "sidecars", "tails", "scan"],
+        help="start at this rung instead of verifying the ones above",
+    )
+    rp.add_argument(
+        "--yes", action="store_true", help="restore archived bands when a rung needs them, without asking"
+    )
+    rp.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print a JSON result for scripts"
+    )
     rp.set_defaults(func=cmd_index_rebuild)
 
     cp = add(
-        "check", "verify the vault's integrity",
+        "check",
+        "verify the vault's integrity",
         "Check the local index against itself and the store: every band and sidecar the\n"
         "index names exists and agrees, every version's trees and blobs are there, version\n"
         "records and the consolidated index match. --read-data also reads every readable\n"
@@ -89,8 +101,7 @@ def cmd_index_rebuild(args: argparse.Namespace, config: Config) -> int:
     # Files whose bytes are gone (or a damaged band's sidecar that cannot be rewritten) are
     # a warning, not a failure: every version is there, the lost files are listed, and
     # snapshots heal what the sources still have.
-    code = (EXIT_ERROR if report.problems
-            else EXIT_WARNINGS if report.lost or report.warnings else EXIT_OK)
+    code = EXIT_ERROR if report.problems else EXIT_WARNINGS if report.lost or report.warnings else EXIT_OK
     if getattr(args, "json", False):
         _emit({**report.to_json(), "exit_code": code})
         return code
@@ -117,11 +128,17 @@ def _print_rebuild(report: RebuildReport, *, quiet: bool) -> None:
     if not quiet:
         what = "verified" if report.rung == "lmdb" else "rebuilt"
         lost = sum(len(p) for p in report.lost_files.values())
-        print(f"local index {what} using {RUNG_NAMES[report.rung]}: "
-              f"{len(report.versions)} version(s)"
-              + (f"; {lost} file(s) in them lost ({len(report.lost)} blob(s) whose bytes are "
-                 "gone: `vaultfs versions` lists them; a snapshot stores again what the "
-                 "sources still have)" if report.lost else ""))
+        print(
+            f"local index {what} using {RUNG_NAMES[report.rung]}: "
+            f"{len(report.versions)} version(s)"
+            + (
+                f"; {lost} file(s) in them lost ({len(report.lost)} blob(s) whose bytes are "
+                "gone: `vaultfs versions` lists them; a snapshot stores again what the "
+                "sources still have)"
+                if report.lost
+                else ""
+            )
+        )
 
 
 def cmd_check(args: argparse.Namespace, config: Config) -> int:
@@ -134,8 +151,9 @@ def cmd_check(args: argparse.Namespace, config: Config) -> int:
     except VaultError as e:
         if "local catalog" not in e.message or "index rebuild" in e.message:
             raise
-        raise CorruptionError(f"{e.message}; the store still holds everything: run "
-                              "`vaultfs index rebuild`") from None
+        raise CorruptionError(
+            f"{e.message}; the store still holds everything: run `vaultfs index rebuild`"
+        ) from None
     try:
         report = check(vault, read_data=args.read_data, source=source)
     finally:
@@ -159,9 +177,11 @@ def cmd_check(args: argparse.Namespace, config: Config) -> int:
         print(f"note: {n}", file=sys.stderr)
     sr = report.source
     if sr is not None and not args.quiet:
-        print(f"source {sr.collection} against v{sr.version}: {sr.files} files, {sr.hashed} "
-              f"re-hashed; {len(sr.bitrot)} bit rot suspected, {len(sr.modified)} modified, "
-              f"{len(sr.added)} added, {len(sr.deleted)} deleted")
+        print(
+            f"source {sr.collection} against v{sr.version}: {sr.files} files, {sr.hashed} "
+            f"re-hashed; {len(sr.bitrot)} bit rot suspected, {len(sr.modified)} modified, "
+            f"{len(sr.added)} added, {len(sr.deleted)} deleted"
+        )
     if not args.quiet:
         c = report.checked
         parts = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in sorted(c.items()))

@@ -76,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
         sp = sub.add_parser(
-            name, help=help_text, description=description,
+            name,
+            help=help_text,
+            description=description,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         sp.add_argument("--json", action="store_true", help="print a JSON result for scripts")
@@ -131,4 +133,3 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_ERROR
-

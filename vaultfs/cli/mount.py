@@ -17,7 +17,8 @@ from vaultfs.output import AddCommand
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddCommand) -> None:
     """Add this module's subcommands; `add(name, help, description)` makes a parser with --json."""
     sp = add(
-        "mount", "mount every collection and version read-only",
+        "mount",
+        "mount every collection and version read-only",
         "Mount the vault read-only at MOUNTPOINT: /<collection>/v<N>/ for every version,\n"
         "/<collection>/latest -> the newest, /.vaultfs/status. Browsing is answered from the\n"
         "local catalog; file content is read from the bands and verified (a corrupt band\n"
@@ -28,15 +29,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
     )
     sp.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path)
     sp.add_argument("--foreground", action="store_true", help="stay attached, log to stderr")
-    sp.add_argument("--allow-other", action="store_true",
-                    help="let other users (and Samba) browse; permissions are still enforced")
+    sp.add_argument(
+        "--allow-other",
+        action="store_true",
+        help="let other users (and Samba) browse; permissions are still enforced",
+    )
     sp.add_argument("--log", metavar="FILE", type=Path, help="log file in the background")
     sp.set_defaults(func=cmd_mount)
 
     sp = add(
-        "umount", "unmount a vaultfs mount",
+        "umount",
+        "unmount a vaultfs mount",
         "Unmount MOUNTPOINT (fusermount3 -u). Also clears a mount whose process died\n"
-        "(\"Transport endpoint is not connected\"). A busy mount is left alone, with the\n"
+        '("Transport endpoint is not connected"). A busy mount is left alone, with the\n'
         "command that lists the programs using it.",
     )
     sp.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path)
@@ -50,15 +55,21 @@ def cmd_mount(args: argparse.Namespace, config: Config) -> int:
 
     tune_for_large_buffers()  # frames of MiBs, read and decompressed over and over
     opts = MountOptions(
-        allow_other=args.allow_other, foreground=args.foreground, debug=args.debug,
+        allow_other=args.allow_other,
+        foreground=args.foreground,
+        debug=args.debug,
         log_file=args.log.absolute() if args.log else None,
     )
     if args.foreground:
         logging.getLogger("vaultfs.mount").setLevel(logging.DEBUG if args.debug else logging.INFO)
     Vault.open(config, readonly=True).close()  # a clear error now, before forking
     # Writable: the mount records restore requests, their progress and the band cache.
-    code = mount(lambda: Vault.open(config), args.mountpoint.absolute(), opts,
-                 default_log=config.state_dir / "mount.log")
+    code = mount(
+        lambda: Vault.open(config),
+        args.mountpoint.absolute(),
+        opts,
+        default_log=config.state_dir / "mount.log",
+    )
     if not args.foreground and not args.quiet:
         print(f"mounted {config.store} at {args.mountpoint}")
     return code

@@ -18,7 +18,8 @@ TIERS = ("Bulk", "Standard")
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddCommand) -> None:
     rp = sub.add_parser(
-        "restore", help="get files back from a version (from Deep Archive too)",
+        "restore",
+        help="get files back from a version (from Deep Archive too)",
         description=(
             "Get files back. Bands of cold collections live in Glacier Deep Archive and must\n"
             "be restored (12-48 h, billed) before they can be read:\n\n"
@@ -33,8 +34,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
     rsub.required = True
 
     def action(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
-        ap = rsub.add_parser(name, help=help_text, description=description,
-                             formatter_class=argparse.RawDescriptionHelpFormatter)
+        ap = rsub.add_parser(
+            name,
+            help=help_text,
+            description=description,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         ap.add_argument("--json", action="store_true", help="print a JSON result for scripts")
         return ap
 
@@ -42,42 +47,64 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
         ap.add_argument("what", metavar="COLLECTION[@vN]", help="default version: the latest")
         ap.add_argument("paths", nargs="*", metavar="PATH", help="paths inside the collection")
 
-    ap = action("plan", "what restoring a version (or paths in it) takes",
-                "List the bands the chosen version needs (only those), their bytes, the number\n"
-                "of requests, the estimated cost and ready-by time for Bulk and Standard, and\n"
-                "which bands are already readable (free). Prices: [prices] in the config.")
+    ap = action(
+        "plan",
+        "what restoring a version (or paths in it) takes",
+        "List the bands the chosen version needs (only those), their bytes, the number\n"
+        "of requests, the estimated cost and ready-by time for Bulk and Standard, and\n"
+        "which bands are already readable (free). Prices: [prices] in the config.",
+    )
     target(ap)
     ap.set_defaults(func=cmd_plan)
 
-    ap = action("start", "request the restores a version needs",
-                "Ask S3 to restore every archived band the chosen version needs. Bands already\n"
-                "restoring are not asked again; a restored band about to expire is extended.")
+    ap = action(
+        "start",
+        "request the restores a version needs",
+        "Ask S3 to restore every archived band the chosen version needs. Bands already\n"
+        "restoring are not asked again; a restored band about to expire is extended.",
+    )
     target(ap)
     ap.add_argument("--tier", choices=TIERS, help="default: [s3].restore_tier")
     ap.add_argument("--days", type=int, help="how long the restored copy stays (default: [s3].restore_days)")
     ap.set_defaults(func=cmd_start)
 
-    ap = action("status", "every restore in flight",
-                "Every band being restored or restored: requested when, tier, expected ready,\n"
-                "ready at, expires at, fetched to the local cache; and totals.")
+    ap = action(
+        "status",
+        "every restore in flight",
+        "Every band being restored or restored: requested when, tier, expected ready,\n"
+        "ready at, expires at, fetched to the local cache; and totals.",
+    )
     ap.add_argument("--watch", action="store_true", help="refresh until every restore is ready")
-    ap.add_argument("--interval", type=float, default=60.0, metavar="SECONDS",
-                    help="seconds between checks with --watch (default 60)")
+    ap.add_argument(
+        "--interval",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="seconds between checks with --watch (default 60)",
+    )
     ap.set_defaults(func=cmd_status)
 
-    ap = action("fetch", "write files of a version into a directory",
-                "Write COLLECTION[@vN] (default: the latest version), or only the given PATHs\n"
-                "inside it, under DIR with their metadata. Every file is checked against its\n"
-                "SHA-256; nothing is ever written outside DIR. Archived bands must be restored\n"
-                "first (`vaultfs restore start`); --wait polls until they are ready.\n"
-                "A file whose content is missing or damaged is skipped and listed, everything\n"
-                "else is restored, and the exit status is 3. Restoring a whole version gives\n"
-                "DIR the collection root's mode, owner and times; restoring PATHs leaves DIR as is.")
+    ap = action(
+        "fetch",
+        "write files of a version into a directory",
+        "Write COLLECTION[@vN] (default: the latest version), or only the given PATHs\n"
+        "inside it, under DIR with their metadata. Every file is checked against its\n"
+        "SHA-256; nothing is ever written outside DIR. Archived bands must be restored\n"
+        "first (`vaultfs restore start`); --wait polls until they are ready.\n"
+        "A file whose content is missing or damaged is skipped and listed, everything\n"
+        "else is restored, and the exit status is 3. Restoring a whole version gives\n"
+        "DIR the collection root's mode, owner and times; restoring PATHs leaves DIR as is.",
+    )
     target(ap)
     ap.add_argument("--to", required=True, metavar="DIR", help="target directory")
     ap.add_argument("--wait", action="store_true", help="wait until restoring bands are ready")
-    ap.add_argument("--interval", type=float, default=300.0, metavar="SECONDS",
-                    help="seconds between checks with --wait (default 300)")
+    ap.add_argument(
+        "--interval",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="seconds between checks with --wait (default 300)",
+    )
     ap.set_defaults(func=cmd_fetch)
 
 
@@ -118,38 +145,52 @@ def cmd_plan(args: argparse.Namespace, config: Config) -> int:
         vault.close()
     prices, days = config.prices, config.s3.restore_days
     tiers = {
-        tier: {"cost_usd": round(plan.cost(prices, tier, days), 4),
-               "ready_by": iso_utc(time.time_ns() + plan.hours(prices, tier) * 3600 * 10**9)
-               if plan.to_restore else None,
-               "hours": plan.hours(prices, tier)}
+        tier: {
+            "cost_usd": round(plan.cost(prices, tier, days), 4),
+            "ready_by": iso_utc(time.time_ns() + plan.hours(prices, tier) * 3600 * 10**9)
+            if plan.to_restore
+            else None,
+            "hours": plan.hours(prices, tier),
+        }
         for tier in TIERS
     }
     doc = {
-        "collection": version.collection, "version": version.number,
-        "bands_needed": len(needed), "bytes_needed": sum(needed.values()),
+        "collection": version.collection,
+        "version": version.number,
+        "bands_needed": len(needed),
+        "bytes_needed": sum(needed.values()),
         "to_restore": [band_status_json(b) for b in plan.to_restore],
         "restoring": [band_status_json(b) for b in plan.in_flight],
         "readable": [band_status_json(b) for b in plan.free],
-        "restore_bytes": plan.restore_bytes, "requests": len(plan.to_restore),
-        "tiers": tiers, "restore_days": days, "prices_taken": prices.taken,
+        "restore_bytes": plan.restore_bytes,
+        "requests": len(plan.to_restore),
+        "tiers": tiers,
+        "restore_days": days,
+        "prices_taken": prices.taken,
     }
     if args.json:
         emit_json(doc)
         return EXIT_OK
-    print(f"{version.collection}@v{version.number}: {len(needed)} band(s) hold the "
-          f"{human_bytes(sum(needed.values()))} of content asked for")
+    print(
+        f"{version.collection}@v{version.number}: {len(needed)} band(s) hold the "
+        f"{human_bytes(sum(needed.values()))} of content asked for"
+    )
     print(f"  readable now (free): {len(plan.free)} band(s)")
     if plan.in_flight:
         print(f"  already restoring:   {len(plan.in_flight)} band(s)")
     if not plan.to_restore:
         print("nothing to restore: `vaultfs restore fetch` can run now")
         return EXIT_OK
-    print(f"  to restore:          {len(plan.to_restore)} band(s), "
-          f"{human_bytes(plan.restore_bytes)}, {len(plan.to_restore)} request(s)")
+    print(
+        f"  to restore:          {len(plan.to_restore)} band(s), "
+        f"{human_bytes(plan.restore_bytes)}, {len(plan.to_restore)} request(s)"
+    )
     for tier in TIERS:
         t = tiers[tier]
-        print(f"  {tier:<8} ~${t['cost_usd']:.2f} (incl. {days} days of the restored copy), "
-              f"ready within {t['hours']} h, by {t['ready_by']}")
+        print(
+            f"  {tier:<8} ~${t['cost_usd']:.2f} (incl. {days} days of the restored copy), "
+            f"ready within {t['hours']} h, by {t['ready_by']}"
+        )
     print(f"prices: {prices.taken} ([prices] in the config)")
     print(f"next: vaultfs restore start {args.what} {' '.join(args.paths)}".rstrip())
     return EXIT_OK
@@ -173,15 +214,21 @@ def cmd_start(args: argparse.Namespace, config: Config) -> int:
         states = [vault.catalog.band(b.band) for b in bands]
     finally:
         vault.close()
-    doc = {"requested": [band_status_json(b) for b in requested],
-           "bands": [band_status_json(b) for b in states if b is not None], "tier": tier, "days": days}
+    doc = {
+        "requested": [band_status_json(b) for b in requested],
+        "bands": [band_status_json(b) for b in states if b is not None],
+        "tier": tier,
+        "days": days,
+    }
     if args.json:
         emit_json(doc)
     elif not args.quiet:
         pending = sum(1 for b in states if b is not None and b.state == "restoring")
-        print(f"requested {len(requested)} restore(s) ({tier}, {days} days); "
-              f"{pending} band(s) restoring, "
-              f"{sum(1 for b in states if b is not None and readable_now(b))} readable")
+        print(
+            f"requested {len(requested)} restore(s) ({tier}, {days} days); "
+            f"{pending} band(s) restoring, "
+            f"{sum(1 for b in states if b is not None and readable_now(b))} readable"
+        )
     return EXIT_OK
 
 
@@ -200,8 +247,11 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
         if not args.watch or not pending:
             break
         if not args.quiet:  # stderr: a --json reader of stdout is not disturbed
-            print(f"{len(pending)} band(s) still restoring; next check in {args.interval:g}s",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{len(pending)} band(s) still restoring; next check in {args.interval:g}s",
+                file=sys.stderr,
+                flush=True,
+            )
         time.sleep(args.interval)
     prices = config.prices
     cost = 0.0
@@ -225,16 +275,22 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
     if not bands:
         print("no restores in flight")
         return EXIT_OK
-    print(f"{'BAND':<28} {'SIZE':>10}  {'STATE':<9} {'TIER':<8} {'REQUESTED':<20} "
-          f"{'EXPECTED BY':<20} {'READY AT':<20} {'EXPIRES':<20} CACHED")
+    print(
+        f"{'BAND':<28} {'SIZE':>10}  {'STATE':<9} {'TIER':<8} {'REQUESTED':<20} "
+        f"{'EXPECTED BY':<20} {'READY AT':<20} {'EXPIRES':<20} CACHED"
+    )
     for b in bands:
         r = b.restore
-        print(f"{b.band:<28} {human_bytes(b.size):>10}  {b.state:<9} {(r.tier if r else '-'):<8} "
-              f"{_t(r.requested_ns if r else 0):<20} {_t(r.expected_ns if r else 0):<20} "
-              f"{_t(r.ready_ns if r else 0):<20} {_t(r.expires_ns if r else 0):<20} "
-              f"{'yes' if b.cached else 'no'}")
-    print(f"pending {human_bytes(bytes_pending)}, ready {human_bytes(bytes_ready)}, "
-          f"estimated cost so far ${cost:.2f}")
+        print(
+            f"{b.band:<28} {human_bytes(b.size):>10}  {b.state:<9} {(r.tier if r else '-'):<8} "
+            f"{_t(r.requested_ns if r else 0):<20} {_t(r.expected_ns if r else 0):<20} "
+            f"{_t(r.ready_ns if r else 0):<20} {_t(r.expires_ns if r else 0):<20} "
+            f"{'yes' if b.cached else 'no'}"
+        )
+    print(
+        f"pending {human_bytes(bytes_pending)}, ready {human_bytes(bytes_ready)}, "
+        f"estimated cost so far ${cost:.2f}"
+    )
     return EXIT_OK
 
 
@@ -259,15 +315,21 @@ def cmd_fetch(args: argparse.Namespace, config: Config) -> int:
                 what = f"{collection}@v{version.number}"
                 raise VaultError(
                     f"{len(blocked)} band(s) ({human_bytes(sum(b.size for b in blocked))}) of {what} "
-                    + ("are archived: run `vaultfs restore start "
-                       f"{args.what}` first (`vaultfs restore plan` shows the cost)"
-                       if unasked else "are still restoring: add --wait, or see `vaultfs restore status`")
+                    + (
+                        "are archived: run `vaultfs restore start "
+                        f"{args.what}` first (`vaultfs restore plan` shows the cost)"
+                        if unasked
+                        else "are still restoring: add --wait, or see `vaultfs restore status`"
+                    )
                 )
             if not args.quiet:
                 ready_by = max((b.restore.expected_ns for b in blocked if b.restore), default=0)
-                print(f"waiting for {len(blocked)} band(s) to be restored (expected by "
-                      f"{_t(ready_by)}); next check in {args.interval:g}s", file=sys.stderr,
-                      flush=True)
+                print(
+                    f"waiting for {len(blocked)} band(s) to be restored (expected by "
+                    f"{_t(ready_by)}); next check in {args.interval:g}s",
+                    file=sys.stderr,
+                    flush=True,
+                )
             time.sleep(args.interval)
         enabled = None if not args.quiet else False
         with TerminalProgress(f"restore {args.what}", enabled=enabled) as prog:
@@ -290,8 +352,12 @@ def _fetch_json(collection: str, to: str, result: Any, code: int) -> dict[str, A
     from vaultfs.model import to_text
 
     return {
-        "collection": collection, "version": result.version.number, "to": to,
-        "files": result.files, "bytes": result.bytes, "dirs": result.dirs,
+        "collection": collection,
+        "version": result.version.number,
+        "to": to,
+        "files": result.files,
+        "bytes": result.bytes,
+        "dirs": result.dirs,
         "others": result.others,
         "problems": [{"path": to_text(p.path), "reason": p.reason} for p in result.problems],
         "missing": [{"path": to_text(p.path), "reason": p.reason} for p in result.missing],
@@ -302,13 +368,17 @@ def _fetch_json(collection: str, to: str, result: Any, code: int) -> dict[str, A
 
 def _fetch_summary(what: str, to: str, result: Any) -> str:
     """The last line of ``restore fetch``: what was restored and verified, and what was not."""
-    done = (f"{result.files} files ({human_bytes(result.bytes)}), {result.dirs} directories, "
-            f"{result.others} other entries into {to}")
+    done = (
+        f"{result.files} files ({human_bytes(result.bytes)}), {result.dirs} directories, "
+        f"{result.others} other entries into {to}"
+    )
     if not result.missing:
         return f"restored {what}: {done}; every file's SHA-256 verified"
-    return (f"restored {what} in part: {done}, each of those files' SHA-256 verified; "
-            f"{len(result.missing)} file(s) NOT restored, their content is missing or damaged "
-            "(listed above as `not restored`; `vaultfs check` says more)")
+    return (
+        f"restored {what} in part: {done}, each of those files' SHA-256 verified; "
+        f"{len(result.missing)} file(s) NOT restored, their content is missing or damaged "
+        "(listed above as `not restored`; `vaultfs check` says more)"
+    )
 
 
 def _t(ns: int) -> str:

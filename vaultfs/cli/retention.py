@@ -20,11 +20,11 @@ if TYPE_CHECKING:  # imported lazily: every command pays for cli's imports
     from vaultfs.vault import Vault
 
 
-
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddCommand) -> None:
     """Add this module's subcommands; `add(name, help, description)` makes a parser with --json."""
     sp = add(
-        "forget", "keep only the newest versions of collections",
+        "forget",
+        "keep only the newest versions of collections",
         "Keep the newest N versions of each named collection (default: every collection\n"
         "with keep_versions in the config); forget the older ones. N is --keep, else the\n"
         "collection's keep_versions. Forgetting is written down on the store\n"
@@ -38,7 +38,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
     sp.set_defaults(func=cmd_forget)
 
     sp = add(
-        "prune", "delete bands that no kept version needs",
+        "prune",
+        "delete bands that no kept version needs",
         "Delete the bands (and their sidecar catalogs and index entries) that hold nothing a\n"
         "kept version needs, and the version records of forgotten versions. A band is deleted\n"
         "only once its storage class's minimum duration has passed (DEEP_ARCHIVE 180 days,\n"
@@ -49,7 +50,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
     )
     sp.add_argument("--dry-run", action="store_true", help="show what would be deleted; change nothing")
     sp.add_argument(
-        "--allow-early-delete", action="store_true",
+        "--allow-early-delete",
+        action="store_true",
         help="also delete unused bands younger than their storage class's minimum duration",
     )
     sp.set_defaults(func=cmd_prune)
@@ -74,11 +76,13 @@ def cmd_forget(args: argparse.Namespace, config: Config) -> int:
     finally:
         vault.close()
     if args.json:
-        emit_json({
-            "dry_run": args.dry_run,
-            "collections": [r.to_json() for r in results],
-            "skipped": skipped,
-        })
+        emit_json(
+            {
+                "dry_run": args.dry_run,
+                "collections": [r.to_json() for r in results],
+                "skipped": skipped,
+            }
+        )
         return EXIT_OK
     if not args.quiet:
         for r in results:
@@ -131,13 +135,18 @@ def cmd_prune(args: argparse.Namespace, config: Config) -> int:
     try:
         if args.dry_run:
             result = retention.prune(
-                vault, dry_run=True, allow_early_delete=args.allow_early_delete,
-                now=time.time_ns, collections=names,
+                vault,
+                dry_run=True,
+                allow_early_delete=args.allow_early_delete,
+                now=time.time_ns,
+                collections=names,
             )
         else:
             with vault.lock():
                 result = retention.prune(
-                    vault, allow_early_delete=args.allow_early_delete, now=time.time_ns,
+                    vault,
+                    allow_early_delete=args.allow_early_delete,
+                    now=time.time_ns,
                     collections=names,
                 )
     finally:
@@ -150,7 +159,8 @@ def cmd_prune(args: argparse.Namespace, config: Config) -> int:
     for b in result.of("keep-unreadable"):
         print(
             f"warning: band {b.band} looks unused but its sidecar catalog cannot be read: "
-            "kept; run `vaultfs check`", file=sys.stderr,
+            "kept; run `vaultfs check`",
+            file=sys.stderr,
         )
     return EXIT_OK
 
@@ -174,8 +184,10 @@ def describe_prune(r: retention.PruneResult) -> list[str]:
         "from the index"
     )
     if r.index_objects:
-        out.append(f"{would}delete {len(r.index_objects)} superseded consolidated-index "
-                   "object(s) (two full ones and the deltas after them are kept)")
+        out.append(
+            f"{would}delete {len(r.index_objects)} superseded consolidated-index "
+            "object(s) (two full ones and the deltas after them are kept)"
+        )
     if r.deletions_resumed:
         out.append(f"finished deleting {r.deletions_resumed} band(s) an interrupted prune left")
     out.append(f"prices: {retention.PRICES_AS_OF}")
@@ -193,7 +205,8 @@ def _deleted_lines(r: retention.PruneResult, would: str) -> list[str]:
         early = (
             f", early-deletion charge ${b.early_charge_usd:.4f} "
             f"({b.min_days - b.age_days:.0f} of {b.min_days} days left)"
-            if b.action == "delete-early" else ""
+            if b.action == "delete-early"
+            else ""
         )
         gone = "" if b.exists else " (object already gone)"
         out.append(
@@ -246,5 +259,3 @@ def _kept_lines(r: retention.PruneResult) -> list[str]:
 
 def _numbers(numbers: tuple[int, ...]) -> str:
     return ", ".join(f"v{n}" for n in numbers)
-
-

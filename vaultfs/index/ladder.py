@@ -51,7 +51,12 @@ from vaultfs.store.base import StoreError
 # What reading one band's catalog on some rung may raise: damage, a vanished or archived
 # object, a malformed record in it, a broken tar stream. The band falls to the next rung.
 _FETCH_ERRORS: tuple[type[Exception], ...] = (
-    CorruptionError, ObjectNotFound, ObjectArchived, tarfile.TarError, *RECORD_ERRORS)
+    CorruptionError,
+    ObjectNotFound,
+    ObjectArchived,
+    tarfile.TarError,
+    *RECORD_ERRORS,
+)
 _SIDECAR_ERRORS: tuple[type[Exception], ...] = (CorruptionError, ObjectNotFound, *RECORD_ERRORS)
 
 RUNGS = ("lmdb", "index", "sidecars", "tails", "scan")
@@ -87,12 +92,20 @@ class RebuildReport:
     warnings: list[str] = field(default_factory=list)  # the catalog is whole, but ...
 
     def to_json(self) -> dict[str, Any]:
-        return {"rung": self.rung, "why": self.why, "notes": self.notes,
-                "problems": self.problems, "restore_plan": self.plan,
-                "versions": self.versions, "band_sources": self.bands, "repairs": self.repairs,
-                "lost_blobs": {b.hex(): lb.to_json() for b, lb in sorted(self.lost.items())},
-                "lost_files": self.lost_files, "damaged_bands": self.damaged_bands,
-                "warnings": self.warnings}
+        return {
+            "rung": self.rung,
+            "why": self.why,
+            "notes": self.notes,
+            "problems": self.problems,
+            "restore_plan": self.plan,
+            "versions": self.versions,
+            "band_sources": self.bands,
+            "repairs": self.repairs,
+            "lost_blobs": {b.hex(): lb.to_json() for b, lb in sorted(self.lost.items())},
+            "lost_files": self.lost_files,
+            "damaged_bands": self.damaged_bands,
+            "warnings": self.warnings,
+        }
 
 
 Confirm = Callable[[list[str]], bool]
@@ -101,9 +114,16 @@ Confirm = Callable[[list[str]], bool]
 class Ladder:
     """Recovers band catalogs and versions from the store, rung by rung (3, 4, 5)."""
 
-    def __init__(self, store: ObjectStore, listing: StoreListing, work_dir: Path,
-                 confirm: Confirm, report: RebuildReport, restore_days: int,
-                 restore_tier: str) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        listing: StoreListing,
+        work_dir: Path,
+        confirm: Confirm,
+        report: RebuildReport,
+        restore_days: int,
+        restore_tier: str,
+    ) -> None:
         self.store, self.listing, self.work_dir = store, listing, work_dir
         self.confirm, self.report = confirm, report
         self.restore_days, self.restore_tier = restore_days, restore_tier
@@ -120,13 +140,14 @@ class Ladder:
                 try:
                     self._orphans[band] = _from_sidecar(self.store, band, None)
                 except _SIDECAR_ERRORS as e:
-                    self.report.notes.append(f"sidecar of the missing band {band} is not "
-                                             f"usable either: {error_text(e)}")
+                    self.report.notes.append(
+                        f"sidecar of the missing band {band} is not usable either: {error_text(e)}"
+                    )
         return self._orphans
 
     def recover_bands(self, bands: Iterable[BandId], first: str) -> None:
         """Get the catalog of each band, starting at rung `first` (sidecars/tails/scan)."""
-        order = RUNGS[RUNGS.index(first):]
+        order = RUNGS[RUNGS.index(first) :]
         deferred: list[tuple[BandId, str]] = []
         for band in sorted(bands):
             obj = self.listing.bands.get(band)
@@ -143,23 +164,30 @@ class Ladder:
             if band in self.catalogs and failures:
                 self.report.notes.append(
                     f"band {band}: catalog from its {self.catalogs[band].source} because "
-                    + "; ".join(failures))
+                    + "; ".join(failures)
+                )
             elif band not in self.catalogs and not any(d[0] == band for d in deferred):
-                self.report.problems.append(f"band {band}: no catalog recovered ("
-                                            + "; ".join(failures) + ")")
+                self.report.problems.append(
+                    f"band {band}: no catalog recovered (" + "; ".join(failures) + ")"
+                )
         if deferred:
             self._archived(deferred)
 
     def _archived(self, deferred: list[tuple[BandId, str]]) -> None:
         total = sum(self.listing.bands[b].size for b, _ in deferred)
-        plan = [f"restore {len(deferred)} archived band(s), {total} bytes, tier "
-                f"{self.restore_tier}, kept {self.restore_days} days, to read their catalogs:"]
-        plan += [f"  {band_key(b)} ({self.listing.bands[b].size} bytes, "
-                 f"{self.listing.bands[b].storage_class})" for b, _ in deferred]
+        plan = [
+            f"restore {len(deferred)} archived band(s), {total} bytes, tier "
+            f"{self.restore_tier}, kept {self.restore_days} days, to read their catalogs:"
+        ]
+        plan += [
+            f"  {band_key(b)} ({self.listing.bands[b].size} bytes, {self.listing.bands[b].storage_class})"
+            for b, _ in deferred
+        ]
         self.report.plan = plan
         if not self.confirm(plan):
-            self.report.problems += [f"band {b}: archived; not restored (pass --yes to restore)"
-                                     for b, _ in deferred]
+            self.report.problems += [
+                f"band {b}: archived; not restored (pass --yes to restore)" for b, _ in deferred
+            ]
             return
         for band, rung in deferred:
             key = band_key(band)
@@ -172,7 +200,8 @@ class Ladder:
             if band_state(info) != "restored":
                 self.report.problems.append(
                     f"band {band}: restore requested; run `vaultfs index rebuild` again "
-                    "when it is ready (`vaultfs restore status`)")
+                    "when it is ready (`vaultfs restore status`)"
+                )
                 continue
             try:
                 self.catalogs[band] = self._fetch(band, rung, info)
@@ -191,17 +220,18 @@ class Ladder:
     def versions(self, wanted: set[VersionKey]) -> dict[VersionKey, VersionInfo]:
         """The committed versions in `wanted`: the record, checked against the copy in its
         last band's catalog (which wins: it is checksummed)."""
-        copies = {(c.version.collection, c.version.number): c.version
-                  for c in [*self.orphans().values(), *self.catalogs.values()]
-                  if c.version is not None}
+        copies = {
+            (c.version.collection, c.version.number): c.version
+            for c in [*self.orphans().values(), *self.catalogs.values()]
+            if c.version is not None
+        }
         out: dict[VersionKey, VersionInfo] = {}
         for vk in sorted(wanted):
             record: VersionInfo | None = None
             err = ""
             try:
                 key = self.listing.records[vk]
-                record = decode_record(partial(VersionInfo.from_json, where=key),
-                                       self.store.get(key), key)
+                record = decode_record(partial(VersionInfo.from_json, where=key), self.store.get(key), key)
             except BadRecord as e:
                 err = f"does not parse ({e.reason})"
             except ObjectNotFound:
@@ -232,8 +262,9 @@ class Ladder:
             content.trees.update(cat.trees)
         return content
 
-    def lost_blobs(self, content: IndexContent, indexed: IndexContent | None,
-                   versions: Iterable[VersionKey]) -> dict[BlobId, LostBlob]:
+    def lost_blobs(
+        self, content: IndexContent, indexed: IndexContent | None, versions: Iterable[VersionKey]
+    ) -> dict[BlobId, LostBlob]:
         """The blobs `versions` name that no readable band holds, each with the band a
         surviving record (a damaged band's catalog, a missing band's sidecar, the index
         objects) says held it, and why: "missing" when that band object is gone,
@@ -274,8 +305,12 @@ class Ladder:
         if cat is None or not cat.info.frames:
             return False
         key = band_key(ref.band)
-        reader = bandfmt.BandReader(lambda s, n: self.store.get_range(key, s, n), cat.info.size,
-                                    frames_from_sizes(cat.info.frames), label=ref.band)
+        reader = bandfmt.BandReader(
+            lambda s, n: self.store.get_range(key, s, n),
+            cat.info.size,
+            frames_from_sizes(cat.info.frames),
+            label=ref.band,
+        )
         try:
             reader.read_blob(bandfmt.BlobLocation(blob, ref.offset, ref.size))
         except (CorruptionError, ObjectNotFound, ObjectArchived):
@@ -283,8 +318,7 @@ class Ladder:
         return True
 
 
-def _catalog_parts(doc: dict[str, Any], band: BandId) -> tuple[dict[TreeId, bytes],
-                                                              VersionInfo | None]:
+def _catalog_parts(doc: dict[str, Any], band: BandId) -> tuple[dict[TreeId, bytes], VersionInfo | None]:
     parse_band_id(doc.get("band"), f"the catalog of band {band}")
     if doc.get("band") != band:
         raise CorruptionError(f"catalog names band {doc.get('band')!r}, not {band}")
@@ -295,21 +329,34 @@ def _catalog_parts(doc: dict[str, Any], band: BandId) -> tuple[dict[TreeId, byte
         if tree_id(enc) != tid:
             raise CorruptionError(f"tree {tid_hex[:16]} in the catalog does not hash to its id")
         trees[tid] = enc
-    version = (VersionInfo.from_json(doc["version"], f"the catalog of band {band}")
-               if doc.get("version") else None)
+    version = (
+        VersionInfo.from_json(doc["version"], f"the catalog of band {band}") if doc.get("version") else None
+    )
     return trees, version
 
 
-def _band_info(band: BandId, obj: ObjectInfo | None, size: int, sha256: bytes,
-               frames: tuple[tuple[int, int], ...], doc: dict[str, Any], blobs: int) -> BandInfo:
+def _band_info(
+    band: BandId,
+    obj: ObjectInfo | None,
+    size: int,
+    sha256: bytes,
+    frames: tuple[tuple[int, int], ...],
+    doc: dict[str, Any],
+    blobs: int,
+) -> BandInfo:
     if obj is not None and obj.size != size:
-        raise CorruptionError(f"band {band} is {obj.size} bytes on the store, its catalog "
-                              f"says {size}")
+        raise CorruptionError(f"band {band} is {obj.size} bytes on the store, its catalog says {size}")
     return BandInfo(
-        band=band, state=band_state(obj) if obj is not None else "standard", size=size,
-        sha256=sha256, uncompressed_size=sum(u for _, u in frames), frames=frames,
+        band=band,
+        state=band_state(obj) if obj is not None else "standard",
+        size=size,
+        sha256=sha256,
+        uncompressed_size=sum(u for _, u in frames),
+        frames=frames,
         storage_class=obj.storage_class if obj is not None else "STANDARD",
-        collection=str(doc.get("collection", "")), blobs=blobs, created_ns=_band_time(band),
+        collection=str(doc.get("collection", "")),
+        blobs=blobs,
+        created_ns=_band_time(band),
     )
 
 
@@ -326,8 +373,9 @@ def _from_sidecar(store: ObjectStore, band: BandId, obj: ObjectInfo | None) -> B
     frames = tuple((f.compressed_size, f.uncompressed_size) for f in bandfmt.sidecar_frames(doc))
     blobs = sidecar_blobs(doc)
     trees, version = _catalog_parts(doc, band)
-    info = _band_info(band, obj, int(doc["band_size"]), bytes.fromhex(doc["band_sha256"]),
-                      frames, doc, len(blobs))
+    info = _band_info(
+        band, obj, int(doc["band_size"]), bytes.fromhex(doc["band_sha256"]), frames, doc, len(blobs)
+    )
     return BandCatalog(info, blobs, trees, version, "sidecar", doc)
 
 
@@ -353,14 +401,19 @@ def _from_scan(store: ObjectStore, band: BandId, obj: ObjectInfo, work_dir: Path
     finally:
         path.unlink(missing_ok=True)
     if not scanned.frames:
-        raise CorruptionError(f"band {band}: no part of it can be read ("
-                              + "; ".join(scanned.damage) + ")")
+        raise CorruptionError(f"band {band}: no part of it can be read (" + "; ".join(scanned.damage) + ")")
     doc = scanned.catalog or {}
     trees, version = _catalog_parts(doc, band) if scanned.catalog else (scanned.trees, None)
     # A damaged band's SHA-256 is not recorded: it would vouch for the damage.
-    info = _band_info(band, obj, scanned.size, b"" if scanned.damage else scanned.sha256,
-                      scanned.frames, doc, len(scanned.blobs))
-    return BandCatalog(info, scanned.blobs, trees, version, "scan", scanned.catalog,
-                       scanned.damage, scanned.lost)
-
-
+    info = _band_info(
+        band,
+        obj,
+        scanned.size,
+        b"" if scanned.damage else scanned.sha256,
+        scanned.frames,
+        doc,
+        len(scanned.blobs),
+    )
+    return BandCatalog(
+        info, scanned.blobs, trees, version, "scan", scanned.catalog, scanned.damage, scanned.lost
+    )

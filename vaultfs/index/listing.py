@@ -54,8 +54,10 @@ class StoreListing:
             try:
                 band = parse_band_id(m.group(1), info.key)
             except CorruptionError:
-                damaged.append(f"store object {info.key!r} does not name a vaultfs band id "
-                               "(damaged or foreign data, not used)")
+                damaged.append(
+                    f"store object {info.key!r} does not name a vaultfs band id "
+                    "(damaged or foreign data, not used)"
+                )
                 continue
             (bands if info.key.endswith(".tar.zst") else sidecars)[band] = info
         return StoreListing(records, forgotten, bands, sidecars, damaged)

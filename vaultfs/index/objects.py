@@ -106,10 +106,10 @@ def encode_index_object(doc: dict[str, Any]) -> bytes:
 def decode_index_object(data: bytes, key: str = "?") -> dict[str, Any]:
     """Verify and parse an index object; CorruptionError naming `key` on any failure."""
     head_len = len(INDEX_MAGIC) + 65
-    if not data.startswith(INDEX_MAGIC) or data[head_len - 1:head_len] != b"\n":
+    if not data.startswith(INDEX_MAGIC) or data[head_len - 1 : head_len] != b"\n":
         raise CorruptionError(f"{key}: not an index object (bad header)")
     body = data[head_len:]
-    if hashlib.sha256(body).hexdigest().encode() != data[len(INDEX_MAGIC):head_len - 1]:
+    if hashlib.sha256(body).hexdigest().encode() != data[len(INDEX_MAGIC) : head_len - 1]:
         raise CorruptionError(f"{key}: fails its SHA-256")
     try:
         doc = json.loads(zstandard.ZstdDecompressor().decompress(body, allow_extra_data=False))
@@ -144,8 +144,7 @@ def list_index(store: ObjectStore) -> list[tuple[int, str, str]]:
     return sorted(out)
 
 
-def load_index(store: ObjectStore, vault_id: str,
-               forgotten: set[VersionKey] | None = None) -> LoadedIndex:
+def load_index(store: ObjectStore, vault_id: str, forgotten: set[VersionKey] | None = None) -> LoadedIndex:
     """Load the consolidated index: the newest full object that verifies (none: start
     empty), then every delta after it, in order. `problems` lists deltas after that base
     that fail verification (the content is then incomplete); `skipped` lists newer full
@@ -192,8 +191,9 @@ def superseded(store: ObjectStore) -> list[str]:
     return [key for gen, _, key in objects if gen < floor]
 
 
-def _read_content(store: ObjectStore, key: str, gen: int, vault_id: str,
-                  content: IndexContent) -> IndexContent:
+def _read_content(
+    store: ObjectStore, key: str, gen: int, vault_id: str, content: IndexContent
+) -> IndexContent:
     """Merge index object `key` into `content` (returned). CorruptionError when the object
     fails its checks; BadRecord ("<key>: malformed record: ...") when a record in it does
     not parse."""

@@ -68,8 +68,7 @@ def publish(vault: Vault, *, full: bool = False) -> list[Published]:
     try:
         return publish_or_raise(vault, full=full)
     except VaultError as e:
-        log.warning("the consolidated index was not updated (%s); the next snapshot "
-                    "catches up", e.message)
+        log.warning("the consolidated index was not updated (%s); the next snapshot catches up", e.message)
         return []
 
 
@@ -78,8 +77,7 @@ def publish_or_raise(vault: Vault, *, full: bool) -> list[Published]:
     testpoints.reach("index-publish")
     state = IndexState.read(catalog)
     pending_versions = [
-        v for c in catalog.collections() for v in catalog.versions(c)
-        if v.number > state.versions.get(c, 0)
+        v for c in catalog.collections() for v in catalog.versions(c) if v.number > state.versions.get(c, 0)
     ]
     pending_bands = [b for b in catalog.bands() if b.created_ns > state.bands_ns]
     out: list[Published] = []
@@ -88,9 +86,11 @@ def publish_or_raise(vault: Vault, *, full: bool) -> list[Published]:
     store.abort_incomplete_uploads(INDEX_PREFIX)  # temp files of a killed earlier publish
     objects = list_index(store)
     latest = max([state.generation, *(g for g, _, _ in objects)])
-    deltas_since_full = sum(1 for g, k, _ in objects
-                            if k == "delta" and g > max([0, *(g2 for g2, k2, _ in objects
-                                                              if k2 == "full")]))
+    deltas_since_full = sum(
+        1
+        for g, k, _ in objects
+        if k == "delta" and g > max([0, *(g2 for g2, k2, _ in objects if k2 == "full")])
+    )
     vault_id = catalog.meta("vault_id") or ""
     if (pending_versions or pending_bands) and not state.needs_full:
         doc = _delta_doc(vault, pending_versions, pending_bands)
@@ -114,8 +114,9 @@ def publish_or_raise(vault: Vault, *, full: bool) -> list[Published]:
     return out
 
 
-def _put_next(store: ObjectStore, doc: dict[str, Any], kind: str, latest: int,
-              vault_id: str) -> tuple[str, int]:
+def _put_next(
+    store: ObjectStore, doc: dict[str, Any], kind: str, latest: int, vault_id: str
+) -> tuple[str, int]:
     """Write `doc` as the next generation after `latest` (If-None-Match; on a clash with
     another machine, the one after). Returns its key and generation."""
     for _ in range(100):
@@ -143,8 +144,7 @@ def _delta_doc(vault: Vault, versions: list[VersionInfo], bands: list[BandInfo])
         doc = sidecars.get(v.bands[-1]) if v.bands else None
         if doc is not None and isinstance(doc.get("trees"), dict):
             for tid_hex, text in doc["trees"].items():
-                content.add_tree(TreeId(bytes.fromhex(tid_hex)),
-                                 text.encode("utf-8", "surrogateescape"))
+                content.add_tree(TreeId(bytes.fromhex(tid_hex)), text.encode("utf-8", "surrogateescape"))
         # Trees the sidecar lacks (or all, if it is unreadable) come from the local catalog.
         _add_closure(content, vault.catalog, v.root)
     _add_band_blobs(content, vault.catalog, bands, sidecars)
@@ -167,8 +167,9 @@ class _Sidecars:
         return self.docs[band]
 
 
-def _add_band_blobs(content: IndexContent, catalog: Catalog, bands: list[BandInfo],
-                    sidecars: _Sidecars) -> None:
+def _add_band_blobs(
+    content: IndexContent, catalog: Catalog, bands: list[BandInfo], sidecars: _Sidecars
+) -> None:
     """Add `bands` and their blobs: from each band's sidecar, or from the local catalog
     for a band whose sidecar cannot be read."""
     missing = set()
@@ -221,8 +222,7 @@ def _content_doc(content: IndexContent) -> dict[str, Any]:
         "created_ns": time.time_ns(),
         "host": socket.gethostname(),
         "versions": [v.to_json() for _, v in sorted(content.versions.items())],
-        "trees": {tid.hex(): enc.decode("utf-8", "surrogateescape")
-                  for tid, enc in content.trees.items()},
+        "trees": {tid.hex(): enc.decode("utf-8", "surrogateescape") for tid, enc in content.trees.items()},
         "bands": [b.to_json() for _, b in sorted(content.bands.items())],
         "blobs": {band: sorted(rows, key=lambda r: int(r[1])) for band, rows in blobs.items()},
     }
@@ -243,11 +243,23 @@ class IndexState:
         if raw is None:
             return IndexState(needs_full=False)
         d = json.loads(raw)
-        return IndexState(int(d["generation"]), {k: int(n) for k, n in d["versions"].items()},
-                           int(d["bands_ns"]), bool(d.get("needs_full", False)))
+        return IndexState(
+            int(d["generation"]),
+            {k: int(n) for k, n in d["versions"].items()},
+            int(d["bands_ns"]),
+            bool(d.get("needs_full", False)),
+        )
 
     def write(self, w: Any) -> None:
-        w.set_meta("index", json.dumps({
-            "generation": self.generation, "versions": self.versions,
-            "bands_ns": self.bands_ns, "needs_full": self.needs_full}, sort_keys=True))
-
+        w.set_meta(
+            "index",
+            json.dumps(
+                {
+                    "generation": self.generation,
+                    "versions": self.versions,
+                    "bands_ns": self.bands_ns,
+                    "needs_full": self.needs_full,
+                },
+                sort_keys=True,
+            ),
+        )

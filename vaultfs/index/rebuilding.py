@@ -39,8 +39,9 @@ from vaultfs.store import ObjectNotFound, ObjectStore
 from vaultfs.vault import Vault
 
 
-def rebuild(config: Config, store: ObjectStore, *, start: str | None = None,
-            confirm: Confirm = lambda plan: False) -> RebuildReport:
+def rebuild(
+    config: Config, store: ObjectStore, *, start: str | None = None, confirm: Confirm = lambda plan: False
+) -> RebuildReport:
     """Rebuild ``<state_dir>/catalog.lmdb`` (see the module docstring). `start` forces a
     rung (index, sidecars, tails, scan); None walks the ladder from rung 1. The old LMDB
     is kept as ``catalog.lmdb.before-rebuild`` when it is replaced. Takes the vault lock
@@ -56,8 +57,9 @@ def rebuild(config: Config, store: ObjectStore, *, start: str | None = None,
     try:
         vault_id = decode_record(lambda d: str(d["vault_id"]), store.get(VAULT_KEY), VAULT_KEY)
     except ObjectNotFound:
-        raise StoreSetupError(f"{config.store} holds no vault (no {VAULT_KEY}): "
-                              "check [vault].store") from None
+        raise StoreSetupError(
+            f"{config.store} holds no vault (no {VAULT_KEY}): check [vault].store"
+        ) from None
     except BadRecord:
         raise CorruptionError(f"{config.store}/{VAULT_KEY} is unreadable") from None
     live = state / "catalog.lmdb"
@@ -69,15 +71,21 @@ def rebuild(config: Config, store: ObjectStore, *, start: str | None = None,
         with vault.lock():
             listing = StoreListing.read(store)
             report = RebuildReport(rung="", problems=list(listing.damaged))
-            ladder = Ladder(store, listing, state / "spool", confirm, report,
-                             config.s3.restore_days, config.s3.restore_tier)
+            ladder = Ladder(
+                store,
+                listing,
+                state / "spool",
+                confirm,
+                report,
+                config.s3.restore_days,
+                config.s3.restore_tier,
+            )
             _rebuild_locked(vault, ladder, live, vault_id, start)
             catalog.close()
             if report.rung != "lmdb":
                 old = state / "catalog.lmdb.before-rebuild"
                 if live.exists() and _truncated(live):  # with --from, rung 1 did not look
-                    report.notes.append(f"the damaged local catalog is kept as "
-                                        f"{_set_aside_damaged(live)}")
+                    report.notes.append(f"the damaged local catalog is kept as {_set_aside_damaged(live)}")
                 if live.exists():
                     shutil.rmtree(old, ignore_errors=True)
                     os.replace(live, old)
@@ -104,13 +112,12 @@ def _truncated(live: Path) -> bool:
     return False
 
 
-def _rebuild_locked(vault: Vault, ladder: Ladder, live: Path, vault_id: str,
-                    start: str | None) -> None:
+def _rebuild_locked(vault: Vault, ladder: Ladder, live: Path, vault_id: str, start: str | None) -> None:
     """Walk the ladder from rung 1 (or `start`) down: the first rung whose result
     verifies is installed into `vault`'s (new, empty) catalog; rung 1 installs nothing
     (the live catalog is kept)."""
     report = ladder.report
-    rungs = RUNGS if start is None else RUNGS[RUNGS.index(start):]
+    rungs = RUNGS if start is None else RUNGS[RUNGS.index(start) :]
     if start is not None:
         report.why.append(f"rungs above {start} not tried: --from {start}")
     for rung in rungs:
@@ -141,13 +148,13 @@ def _from_index(vault: Vault, ladder: Ladder, vault_id: str) -> bool:
     listing, report = ladder.listing, ladder.report
     loaded = load_index(vault.store, vault_id, listing.forgotten)
     if not loaded.objects and not loaded.problems:
-        report.why.append("rung 2 (consolidated index) not used: the store holds no "
-                          "index objects" + (" that verify: " + "; ".join(loaded.skipped)
-                                             if loaded.skipped else ""))
+        report.why.append(
+            "rung 2 (consolidated index) not used: the store holds no "
+            "index objects" + (" that verify: " + "; ".join(loaded.skipped) if loaded.skipped else "")
+        )
         return False
     if loaded.problems:
-        report.why.append("rung 2 (consolidated index) not used: "
-                          + "; ".join(loaded.problems))
+        report.why.append("rung 2 (consolidated index) not used: " + "; ".join(loaded.problems))
         return False
     report.notes += [f"passed over {s}" for s in loaded.skipped]
     content = loaded.content
@@ -158,8 +165,10 @@ def _from_index(vault: Vault, ladder: Ladder, vault_id: str) -> bool:
     _refresh_band_states(content, listing)
     lacking = sorted(vk for vk, lacks in check_content(content).items() if lacks)
     if lacking:
-        report.why.append("rung 2 (consolidated index) not used: incomplete for "
-                          + ", ".join(f"{c}@v{n}" for c, n in lacking))
+        report.why.append(
+            "rung 2 (consolidated index) not used: incomplete for "
+            + ", ".join(f"{c}@v{n}" for c, n in lacking)
+        )
         return False
     report.rung = "index"
     report.bands = {b: "index" for b in content.bands}
@@ -167,8 +176,7 @@ def _from_index(vault: Vault, ladder: Ladder, vault_id: str) -> bool:
     return True
 
 
-def _top_up(ladder: Ladder, content: IndexContent, committed: set[VersionKey],
-            generation: int) -> None:
+def _top_up(ladder: Ladder, content: IndexContent, committed: set[VersionKey], generation: int) -> None:
     """Add to `content` the bands and committed versions the index objects lack (written
     after the newest one), from their sidecars."""
     extra_bands = set(ladder.listing.bands) - set(content.bands)
@@ -188,7 +196,8 @@ def _top_up(ladder: Ladder, content: IndexContent, committed: set[VersionKey],
     ladder.report.notes.append(
         f"index objects up to generation {generation}, plus "
         f"{len(more)} newer version(s) and {len(extra_bands)} newer band(s) "
-        "from their sidecars")
+        "from their sidecars"
+    )
 
 
 def _from_bands(vault: Vault, ladder: Ladder, vault_id: str, rung: str) -> bool:
@@ -228,7 +237,9 @@ def _drop_treeless(report: RebuildReport, content: IndexContent) -> None:
             report.problems.append(
                 f"{vk[0]}@v{vk[1]} cannot be recovered: its directory listings are gone "
                 f"(tree {', tree '.join(t.hex()[:16] for t in trees[:5])}"
-                + (f" and {len(trees) - 5} more" if len(trees) > 5 else "") + ")")
+                + (f" and {len(trees) - 5} more" if len(trees) > 5 else "")
+                + ")"
+            )
             content.versions.pop(vk)
 
 
@@ -246,16 +257,19 @@ def _report_recorded_lost(vault: Vault, report: RebuildReport) -> None:
                 report.lost.update((blob, lost[blob]) for _, blob in files)
 
 
-def _report_lost(report: RebuildReport, content: IndexContent, lost: dict[BlobId, LostBlob],
-                 ladder: Ladder) -> None:
+def _report_lost(
+    report: RebuildReport, content: IndexContent, lost: dict[BlobId, LostBlob], ladder: Ladder
+) -> None:
     """Put the lost blobs, the files they leave without bytes and the damaged bands into
     the report."""
     report.lost = lost
     for band, cat in sorted(ladder.catalogs.items()):
         if cat.damage:
             report.damaged_bands[band] = list(cat.damage)
-            report.notes.append(f"band {band} is damaged ({'; '.join(cat.damage)}): "
-                                f"{len(cat.blobs)} member(s) recovered by the scan")
+            report.notes.append(
+                f"band {band} is damaged ({'; '.join(cat.damage)}): "
+                f"{len(cat.blobs)} member(s) recovered by the scan"
+            )
     if not lost:
         return
     for (c, n), v in sorted(content.versions.items()):
@@ -283,8 +297,9 @@ def _verify_live(live: Path, vault_id: str, store_url: str) -> str | None:
             return "it belongs to another vault or store"
         walk = verify_catalog(catalog)
         if walk.problems:
-            return walk.problems[0] + (f" (and {len(walk.problems) - 1} more problem(s))"
-                                       if len(walk.problems) > 1 else "")
+            return walk.problems[0] + (
+                f" (and {len(walk.problems) - 1} more problem(s))" if len(walk.problems) > 1 else ""
+            )
         return None
     except CorruptionError as e:
         damage = e
@@ -325,12 +340,19 @@ def _refresh_band_states(content: IndexContent, listing: StoreListing) -> None:
         obj = listing.bands.get(band)
         if obj is not None and obj.storage_class != info.storage_class:
             content.bands[band] = BandInfo.from_json(
-                {**info.to_json(), "storage_class": obj.storage_class, "state": band_state(obj)})
+                {**info.to_json(), "storage_class": obj.storage_class, "state": band_state(obj)}
+            )
 
 
-def _install(vault: Vault, content: IndexContent, vault_id: str, report: RebuildReport,
-             indexed: IndexContent | None, generation: int,
-             lost: dict[BlobId, LostBlob] | None = None) -> None:
+def _install(
+    vault: Vault,
+    content: IndexContent,
+    vault_id: str,
+    report: RebuildReport,
+    indexed: IndexContent | None,
+    generation: int,
+    lost: dict[BlobId, LostBlob] | None = None,
+) -> None:
     """Write `content` into the (new, empty) catalog of `vault`. `indexed`: what of it the
     consolidated index already holds (None: the index must be rewritten in full). `lost`:
     blobs the versions name whose bytes are nowhere (their files read as lost; a snapshot
@@ -355,5 +377,3 @@ def _install(vault: Vault, content: IndexContent, vault_id: str, report: Rebuild
             w.put_version(v)
         state.write(w)
     report.versions = [f"{c}@v{n}" for c, n in sorted(content.versions)]
-
-

@@ -52,8 +52,9 @@ def adopt_committed(vault: Vault, collection: str) -> list[str]:
     listing = StoreListing.read(vault.store)
     report = RebuildReport(rung="lmdb")
     cfg = vault.config.s3
-    ladder = Ladder(vault.store, listing, vault.spool_dir, lambda plan: False, report,
-                     cfg.restore_days, cfg.restore_tier)
+    ladder = Ladder(
+        vault.store, listing, vault.spool_dir, lambda plan: False, report, cfg.restore_days, cfg.restore_tier
+    )
     adopt(vault, ladder, listing)
     for p in report.problems:
         log.warning("%s", p)
@@ -73,8 +74,7 @@ def adopt(vault: Vault, ladder: Ladder, listing: StoreListing) -> None:
     for vk in missing:  # their last band's catalog carries their trees
         try:
             key = listing.records[vk]
-            record = decode_record(partial(VersionInfo.from_json, where=key),
-                                   ladder.store.get(key), key)
+            record = decode_record(partial(VersionInfo.from_json, where=key), ladder.store.get(key), key)
             need |= {b for b in record.bands if b in listing.bands}
         except (BadRecord, ObjectNotFound):
             need |= {b for b in listing.bands if b in known}  # find its copy the hard way
@@ -93,13 +93,14 @@ def adopt(vault: Vault, ladder: Ladder, listing: StoreListing) -> None:
     for vk, v in sorted(content.versions.items()):
         walk_lacks = _lacks_in_catalog(catalog, v.root)
         if walk_lacks:
-            report.problems.append(f"{vk[0]}@v{vk[1]} (committed on the store) cannot be "
-                                   f"adopted: it lacks {', '.join(walk_lacks[:5])}")
+            report.problems.append(
+                f"{vk[0]}@v{vk[1]} (committed on the store) cannot be "
+                f"adopted: it lacks {', '.join(walk_lacks[:5])}"
+            )
             continue
         with catalog.writer() as w:
             w.put_version(v)
-        report.notes.append(f"adopted {vk[0]}@v{vk[1]}, committed on the store but missing "
-                            "locally")
+        report.notes.append(f"adopted {vk[0]}@v{vk[1]}, committed on the store but missing locally")
         report.versions.append(f"{vk[0]}@v{vk[1]}")
 
 
@@ -118,8 +119,12 @@ def _lacks_in_catalog(catalog: Catalog, root: TreeId) -> list[str]:
         for e in decode_tree(raw):
             if e.kind == "dir" and e.tree is not None:
                 stack.append(e.tree)
-            elif e.kind == "file" and e.blob is not None and e.hardlink is None \
-                    and catalog.blob(e.blob) is None:
+            elif (
+                e.kind == "file"
+                and e.blob is not None
+                and e.hardlink is None
+                and catalog.blob(e.blob) is None
+            ):
                 lacks.append(f"blob {e.blob.hex()[:16]}")
     return lacks
 
@@ -139,8 +144,7 @@ def repair(vault: Vault, report: RebuildReport, listing: StoreListing) -> None:
             except (BadRecord, ObjectNotFound):
                 ok = False
             if not ok:
-                store.put(key, json.dumps(unverified(v).to_json(), indent=1,
-                                          sort_keys=True).encode())
+                store.put(key, json.dumps(unverified(v).to_json(), indent=1, sort_keys=True).encode())
                 report.repairs.append(f"rewrote {key} from the verified copy")
     for info in list(catalog.bands()):
         try:
@@ -155,9 +159,11 @@ def repair(vault: Vault, report: RebuildReport, listing: StoreListing) -> None:
             data = _sidecar_from_band(vault, info)
         except (CorruptionError, ObjectNotFound, ObjectArchived) as e:
             # The catalog is whole; the band's own damage is for `check --read-data`.
-            report.warnings.append(f"sidecar of band {info.band} is damaged and cannot be "
-                                   f"rewritten now: {error_text(e)} (`vaultfs check --read-data` "
-                                   "tells what the damage affects)")
+            report.warnings.append(
+                f"sidecar of band {info.band} is damaged and cannot be "
+                f"rewritten now: {error_text(e)} (`vaultfs check --read-data` "
+                "tells what the damage affects)"
+            )
             continue
         store.put(sidecar_key(info.band), data)
         report.repairs.append(f"rewrote {sidecar_key(info.band)} from the band's own catalog")
@@ -165,8 +171,9 @@ def repair(vault: Vault, report: RebuildReport, listing: StoreListing) -> None:
     have = {(c, v.number) for c in catalog.collections() for v in catalog.versions(c)}
     full = bool(loaded.problems or loaded.skipped or not have <= set(loaded.content.versions))
     for p in publish_or_raise(vault, full=full):
-        report.repairs.append(f"wrote {p.key} ({p.versions} version(s), {p.bands} band(s), "
-                              f"{p.trees} tree(s))")
+        report.repairs.append(
+            f"wrote {p.key} ({p.versions} version(s), {p.bands} band(s), {p.trees} tree(s))"
+        )
 
 
 def _sidecar_from_band(vault: Vault, info: BandInfo) -> bytes:
@@ -175,18 +182,19 @@ def _sidecar_from_band(vault: Vault, info: BandInfo) -> bytes:
     store = vault.store
     if info.sha256:
         key = band_key(info.band)
-        reader = bandfmt.BandReader(lambda s, n: store.get_range(key, s, n), info.size,
-                                    label=info.band)
-        return bandfmt.encode_sidecar(reader.catalog_bytes, info.size, info.sha256,
-                                       frames_from_sizes(info.frames))
+        reader = bandfmt.BandReader(lambda s, n: store.get_range(key, s, n), info.size, label=info.band)
+        return bandfmt.encode_sidecar(
+            reader.catalog_bytes, info.size, info.sha256, frames_from_sizes(info.frames)
+        )
     path = band_file(vault.spool_dir, info.band, ".scan")
     try:
         store.get_to_file(band_key(info.band), path)
         scanned = scan_band_file(path, info.band)
         fd = os.open(path, os.O_RDONLY)
         try:
-            catalog_bytes = bandfmt.BandReader(lambda s, n: os.pread(fd, n, s), scanned.size,
-                                               label=info.band).catalog_bytes
+            catalog_bytes = bandfmt.BandReader(
+                lambda s, n: os.pread(fd, n, s), scanned.size, label=info.band
+            ).catalog_bytes
         finally:
             os.close(fd)
     finally:
@@ -194,7 +202,4 @@ def _sidecar_from_band(vault: Vault, info: BandInfo) -> bytes:
     fixed = BandInfo.from_json({**info.to_json(), "sha256": scanned.sha256.hex()})
     with vault.catalog.writer() as w:
         w.put_band(fixed)
-    return bandfmt.encode_sidecar(catalog_bytes, fixed.size, fixed.sha256,
-                                   frames_from_sizes(fixed.frames))
-
-
+    return bandfmt.encode_sidecar(catalog_bytes, fixed.size, fixed.sha256, frames_from_sizes(fixed.frames))

@@ -49,13 +49,17 @@ def verify_catalog(catalog: Catalog) -> CatalogWalk:
     damaged = catalog.damaged_records()
     if damaged:
         raise CorruptionError(
-            "the local catalog is damaged: " + ", ".join(damaged[:3])
-            + (" and more" if len(damaged) > 3 else "") + ": run `vaultfs index rebuild`")
+            "the local catalog is damaged: "
+            + ", ".join(damaged[:3])
+            + (" and more" if len(damaged) > 3 else "")
+            + ": run `vaultfs index rebuild`"
+        )
     walk = CatalogWalk()
     for key, raw in catalog.iter_raw("versions"):
         try:
-            v = decode_record(VersionInfo.from_json, raw,
-                              f"local catalog: version record {key!r} is unreadable")
+            v = decode_record(
+                VersionInfo.from_json, raw, f"local catalog: version record {key!r} is unreadable"
+            )
         except BadRecord as e:
             walk.problems.append(str(e))
             continue
@@ -63,8 +67,7 @@ def verify_catalog(catalog: Catalog) -> CatalogWalk:
     bands = {}
     for key, raw in catalog.iter_raw("bands"):
         try:
-            b = decode_record(BandInfo.from_json, raw,
-                              f"local catalog: band record {key!r} is unreadable")
+            b = decode_record(BandInfo.from_json, raw, f"local catalog: band record {key!r} is unreadable")
             bands[b.band] = b
         except BadRecord as e:
             walk.problems.append(str(e))
@@ -130,20 +133,24 @@ class _TreeWalk:
         if ref is None:
             self.walk.problems.append(
                 f"local catalog: {where} refers to blob {ent.blob.hex()[:16]} "
-                f"({display_path(ent.name)}) which no band holds")
+                f"({display_path(ent.name)}) which no band holds"
+            )
             return None
         self.walk.blobs += 1
         if ref.band not in self.bands:
             self.walk.problems.append(
                 f"local catalog: blob {ent.blob.hex()[:16]} lies in band {ref.band}, "
-                "which the catalog does not know")
+                "which the catalog does not know"
+            )
         return ref.band
 
 
 def check_content(content: IndexContent) -> dict[VersionKey, list[str]]:
     """For each version: what it lacks in `content` (trees, blob map, bands); empty = whole."""
-    return {vk: [f"tree {t.hex()[:16]}" for t in trees] + [f"blob {b.hex()[:16]}" for b in blobs]
-            for vk, (trees, blobs) in content_gaps(content).items()}
+    return {
+        vk: [f"tree {t.hex()[:16]}" for t in trees] + [f"blob {b.hex()[:16]}" for b in blobs]
+        for vk, (trees, blobs) in content_gaps(content).items()
+    }
 
 
 def content_gaps(content: IndexContent) -> dict[VersionKey, tuple[list[TreeId], list[BlobId]]]:
@@ -196,5 +203,3 @@ def lost_paths(content: IndexContent, root: TreeId, lost: dict[BlobId, LostBlob]
             elif e.kind == "file" and e.blob is not None and e.blob in lost:
                 out.append(display_path(path))
     return sorted(out)
-
-

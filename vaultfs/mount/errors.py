@@ -52,4 +52,3 @@ class Archived(VfsError):
 
 class ReadOnly(VfsError):
     """Any change to the filesystem (EROFS)."""
-

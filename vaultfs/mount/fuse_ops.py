@@ -109,8 +109,9 @@ class VaultOperations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
 
-    def __init__(self, view: vfs.VaultView, limiter: trio.CapacityLimiter,
-                 on_unreadable: OnUnreadable | None = None) -> None:
+    def __init__(
+        self, view: vfs.VaultView, limiter: trio.CapacityLimiter, on_unreadable: OnUnreadable | None = None
+    ) -> None:
         super().__init__()
         self.view = view
         self.limiter = limiter
@@ -249,8 +250,15 @@ class VaultOperations(pyfuse3.Operations):
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> Any:
         raise _erofs()
 
-    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
-                     name_new: bytes, flags: int, ctx: Any) -> None:
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: Any,
+    ) -> None:
         raise _erofs()
 
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> Any:

@@ -103,8 +103,7 @@ def mounted_fstype(mountpoint: Path) -> str | None:
     return found
 
 
-def mount(open_vault: Callable[[], Vault], mountpoint: Path, opts: MountOptions,
-          default_log: Path) -> int:
+def mount(open_vault: Callable[[], Vault], mountpoint: Path, opts: MountOptions, default_log: Path) -> int:
     """Mount every version at `mountpoint`; returns the exit status (see module docstring)."""
     _check_mountpoint(mountpoint)
     if opts.foreground:
@@ -141,8 +140,7 @@ def _check_mountpoint(mountpoint: Path) -> None:
         raise UsageError(f"{mountpoint} is not a directory: create it first (mkdir -p)")
 
 
-def _run(open_vault: Callable[[], Vault], mountpoint: Path, opts: MountOptions,
-         report: int | None) -> int:
+def _run(open_vault: Callable[[], Vault], mountpoint: Path, opts: MountOptions, report: int | None) -> int:
     vault = open_vault()
     view: VaultView | None = None
     try:
@@ -154,9 +152,11 @@ def _run(open_vault: Callable[[], Vault], mountpoint: Path, opts: MountOptions,
         try:
             pyfuse3.init(ops, str(mountpoint), fuse_options(opts))
         except RuntimeError as e:
-            raise VaultError(f"FUSE refused the mount ({e}): is /dev/fuse there and fuse3 "
-                             "installed? --allow-other needs user_allow_other in /etc/fuse.conf "
-                             "unless run as root") from None
+            raise VaultError(
+                f"FUSE refused the mount ({e}): is /dev/fuse there and fuse3 "
+                "installed? --allow-other needs user_allow_other in /etc/fuse.conf "
+                "unless run as root"
+            ) from None
         log.info("mounted %s at %s (pid %d)", vault.config.store, mountpoint, os.getpid())
         if report is not None:
             _detach()
@@ -179,8 +179,11 @@ async def serve(mountpoint: Path, service: RestoreService | None = None) -> int:
             await pyfuse3.main(min_tasks=2, max_tasks=64)
             nursery.cancel_scope.cancel()
     except BaseException:
-        log.exception("the mount loop crashed: leaving %s in place (ENOTCONN); clear it with "
-                      "`vaultfs umount %s`", mountpoint, mountpoint)
+        log.exception(
+            "the mount loop crashed: leaving %s in place (ENOTCONN); clear it with `vaultfs umount %s`",
+            mountpoint,
+            mountpoint,
+        )
         pyfuse3.close(unmount=False)
         raise
     pyfuse3.close(unmount=True)
@@ -207,8 +210,10 @@ def unmount(mountpoint: Path) -> str:
     if proc.returncode != 0:
         err = proc.stderr.strip()
         if "busy" in err.lower():
-            raise VaultError(f"{mountpoint} is busy: close the programs using it (`fuser -vm "
-                             f"{mountpoint}` lists them) and try again")
+            raise VaultError(
+                f"{mountpoint} is busy: close the programs using it (`fuser -vm "
+                f"{mountpoint}` lists them) and try again"
+            )
         raise VaultError(f"cannot unmount {mountpoint}: {err or 'fusermount3 failed'}")
     return f"unmounted {mountpoint}"
 
@@ -240,8 +245,7 @@ def _log_to_file(path: Path, debug: bool) -> None:
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600))
     os.chmod(path, 0o600)  # it names files and bands: for the owner only, like the state
     handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s vaultfs[%(process)d]: %(levelname)s: "
-                                           "%(message)s"))
+    handler.setFormatter(logging.Formatter("%(asctime)s vaultfs[%(process)d]: %(levelname)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     logsafe.install(root)
@@ -345,8 +349,13 @@ class RestoreService:
     async def _fetch(self, band: BandInfo) -> None:
         evicted = self.cache.make_room(band.size, self.view.in_use, self.view.last_used)
         if evicted is None:
-            log.info("cache: no room for band %s (%d bytes, cache_size %d; bands being read stay): "
-                     "read from S3 while restored", band.band, band.size, self.cache.limit)
+            log.info(
+                "cache: no room for band %s (%d bytes, cache_size %d; bands being read stay): "
+                "read from S3 while restored",
+                band.band,
+                band.size,
+                self.cache.limit,
+            )
             return
         for old in evicted:
             self.view.readers.invalidate(old.band)
@@ -369,8 +378,11 @@ class RestoreService:
         log.info("on_restore_ready for band %s exited %d", band, proc.returncode)
 
     def status_lines(self) -> list[str]:
-        last = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.last_poll_ns / 1e9)) \
-            if self.last_poll_ns else "never"
+        last = (
+            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.last_poll_ns / 1e9))
+            if self.last_poll_ns
+            else "never"
+        )
         cached = self.cache.cached()
         return [
             "",

@@ -27,8 +27,7 @@ ROOT_INO = 1
 MAX_INO = (1 << 63) - 1
 IMMUTABLE_TIMEOUT = 3600.0  # attributes inside a version never change
 
-NodeKind = Literal["root", "meta", "status", "restores", "collection", "latest", "version",
-                   "entry"]
+NodeKind = Literal["root", "meta", "status", "restores", "collection", "latest", "version", "entry"]
 
 
 class Attr(NamedTuple):

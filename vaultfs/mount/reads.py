@@ -69,8 +69,9 @@ class OpenFile:
     At most HASH_BACKLOG bytes wait for the hasher (they pin their frames in memory).
     """
 
-    def __init__(self, readers: BandReaders, ref: BlobRef | None, blob: BlobId, size: int,
-                 fault: bool = False) -> None:
+    def __init__(
+        self, readers: BandReaders, ref: BlobRef | None, blob: BlobId, size: int, fault: bool = False
+    ) -> None:
         self.readers, self.ref, self.blob, self.size = readers, ref, blob, size
         self._fault = fault
         self._lock = threading.Lock()
@@ -107,11 +108,9 @@ class OpenFile:
         if length <= 0 or offset + length == self.size:
             return None
         with self._lock:
-            if self._hash is not None and (
-                    offset != self._hashed or self._backlog_bytes >= HASH_BACKLOG):
+            if self._hash is not None and (offset != self._hashed or self._backlog_bytes >= HASH_BACKLOG):
                 return None  # not sequential (read_view decides), or let the hasher catch up
-        data = self.readers.peek(self.ref.band, self.ref.offset + offset, length,
-                                 self.ref.offset + self.size)
+        data = self.readers.peek(self.ref.band, self.ref.offset + offset, length, self.ref.offset + self.size)
         if data is not None:
             self._verify(offset, data, wait=False)
         return data
@@ -127,15 +126,17 @@ class OpenFile:
             self._backlog_bytes += len(data)
             self._hashed += len(data)
             done = self._hashed == self.size
-            while self._backlog and (self._backlog[0][0].done() or (wait and (
-                    done or self._backlog_bytes > HASH_BACKLOG))):
+            while self._backlog and (
+                self._backlog[0][0].done() or (wait and (done or self._backlog_bytes > HASH_BACKLOG))
+            ):
                 oldest, n = self._backlog.popleft()
                 oldest.result()  # waits only when the file ends or the backlog is full
                 self._backlog_bytes -= n
             if done and self._hash.digest() != self.blob:
                 assert self.ref is not None
-                raise CorruptionError(f"band {self.ref.band}: blob {self.blob.hex()} at "
-                                      f"{self.ref.offset} fails SHA-256")
+                raise CorruptionError(
+                    f"band {self.ref.band}: blob {self.blob.hex()} at {self.ref.offset} fails SHA-256"
+                )
 
 
 class BandReaders:
@@ -207,8 +208,11 @@ class BandReaders:
         except ObjectArchived:
             info = self.vault.catalog.band(band)
             if info is not None and info.state != "archived":
-                self.demote(info, "archived", "S3 says it is archived (its restore expired); "
-                            "opening a file of it restores it again")
+                self.demote(
+                    info,
+                    "archived",
+                    "S3 says it is archived (its restore expired); opening a file of it restores it again",
+                )
             else:
                 self.invalidate(band)
             raise Archived(band, "archived") from None
@@ -241,15 +245,18 @@ class BandReaders:
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
-def _read_ahead(reader: bandfmt.BandReader, read_ahead: bandfmt.ReadAhead, offset: int,
-                until: int, first: int | None = None) -> None:
+def _read_ahead(
+    reader: bandfmt.BandReader,
+    read_ahead: bandfmt.ReadAhead,
+    offset: int,
+    until: int,
+    first: int | None = None,
+) -> None:
     """Prefetch READ_AHEAD_FRAMES frames after the one holding byte `offset` (and from
     frame `first` on, if given) that begin before `until`."""
     frames = reader.frames
     after = reader.frame_index(offset) + 1
-    for i in range(after if first is None else first,
-                   min(after + READ_AHEAD_FRAMES, len(frames))):
+    for i in range(after if first is None else first, min(after + READ_AHEAD_FRAMES, len(frames))):
         if frames[i].uncompressed_offset >= until:
             break
         reader.prefetch(i, read_ahead)
-

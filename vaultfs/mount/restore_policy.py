@@ -37,8 +37,9 @@ log = logging.getLogger("vaultfs.mount")
 THUMBNAILERS_DIR = Path("/usr/share/thumbnailers")
 COMM_LEN = 15  # the kernel truncates a process's comm to 15 characters
 # A person's copy out of the mount runs in these: never match them (docs/mount.md).
-FILE_MANAGERS = frozenset({"thunar", "nautilus", "pcmanfm", "pcmanfm-qt", "dolphin", "kioslave5",
-                           "kioworker", "caja", "nemo"})
+FILE_MANAGERS = frozenset(
+    {"thunar", "nautilus", "pcmanfm", "pcmanfm-qt", "dolphin", "kioslave5", "kioworker", "caja", "nemo"}
+)
 
 
 # ---- who opened the file -----------------------------------------------------------------
@@ -53,8 +54,7 @@ class ProcessRule:
         return self.name if self.word is None else f"{self.name}:{self.word}"
 
 
-def parse_rules(names: Iterable[str], thumbnailers: Path | None = THUMBNAILERS_DIR
-                ) -> list[ProcessRule]:
+def parse_rules(names: Iterable[str], thumbnailers: Path | None = THUMBNAILERS_DIR) -> list[ProcessRule]:
     """``[mount].no_restore_processes`` plus every ``Exec=`` program of ``*.thumbnailer``.
 
     A bare file-manager name is dropped with a warning: a person's copy runs in it.
@@ -64,8 +64,11 @@ def parse_rules(names: Iterable[str], thumbnailers: Path | None = THUMBNAILERS_D
         name, _, word = raw.partition(":")
         rule = ProcessRule(name, word or None)
         if rule.word is None and name.lower() in FILE_MANAGERS:
-            log.warning("no_restore_processes: ignoring %r, a file manager: copies out of the "
-                        "mount run in it (name a thumbnailer instead, or NAME:WORD)", raw)
+            log.warning(
+                "no_restore_processes: ignoring %r, a file manager: copies out of the "
+                "mount run in it (name a thumbnailer instead, or NAME:WORD)",
+                raw,
+            )
             continue
         rules.append(rule)
     for program in thumbnailer_programs(thumbnailers):
@@ -169,8 +172,10 @@ class OnDemandRestores:
             charged = w.charge_restore_budget(day, info.size, limit)
         if not charged:
             spent = self.vault.catalog.restore_budget_spent(day)
-            return (f"not requested: today's restore budget is spent ({spent} of {limit} bytes "
-                    f"used, the band is {info.size}; [mount].restore_budget_per_day)")
+            return (
+                f"not requested: today's restore budget is spent ({spent} of {limit} bytes "
+                f"used, the band is {info.size}; [mount].restore_budget_per_day)"
+            )
         s3 = self.vault.config.s3
         try:
             done = archive.request_restores(self.vault, [info], s3.restore_tier, s3.restore_days)
@@ -189,8 +194,7 @@ class OnDemandRestores:
         if not s.auto_restore:
             return "auto-restore: off ([mount].auto_restore)"
         spent = self.vault.catalog.restore_budget_spent(utc_day())
-        return (f"auto-restore: on; today's budget {spent} of {s.restore_budget_per_day} bytes "
-                "used (UTC day)")
+        return f"auto-restore: on; today's budget {spent} of {s.restore_budget_per_day} bytes used (UTC day)"
 
 
 # ---- the band cache --------------------------------------------------------------------
@@ -214,8 +218,9 @@ class BandCache:
     def cached(self) -> list[BandInfo]:
         return [b for b in self.vault.catalog.bands() if b.state == "cached"]
 
-    def make_room(self, size: int, in_use: Mapping[BandId, int],
-                  last_used: Mapping[BandId, int]) -> list[BandInfo] | None:
+    def make_room(
+        self, size: int, in_use: Mapping[BandId, int], last_used: Mapping[BandId, int]
+    ) -> list[BandInfo] | None:
         """Evict until `size` more bytes fit; the evicted bands, or None if they cannot fit."""
         if size > self.limit:
             return None
@@ -283,5 +288,7 @@ def fetch_band(vault: Vault, band: BandInfo) -> BandInfo:
 
 def config_summary(config: Config) -> str:
     m = config.mount
-    return (f"every {m.poll_interval:g} s; fetch_restored {'on' if m.fetch_restored else 'off'}, "
-            f"cache_size {m.cache_size} bytes")
+    return (
+        f"every {m.poll_interval:g} s; fetch_restored {'on' if m.fetch_restored else 'off'}, "
+        f"cache_size {m.cache_size} bytes"
+    )

@@ -44,7 +44,7 @@ class StatusFile:
         self.text = text
 
     def read(self, offset: int, length: int) -> bytes:
-        return self.text[offset:offset + length]
+        return self.text[offset : offset + length]
 
     read_view = read
 
@@ -67,15 +67,20 @@ def restores_json(catalog: Catalog) -> bytes:
 
 def status_text(catalog: Catalog, info: MountInfo, inode_count: int) -> bytes:
     """/.vaultfs/status: the vault, its collections and versions, bands by state."""
-    lines = [f"vaultfs mount of {info.store}",
-             f"pid {info.pid}, mounted since {_iso(info.started_ns)}", "",
-             "collections:"]
+    lines = [
+        f"vaultfs mount of {info.store}",
+        f"pid {info.pid}, mounted since {_iso(info.started_ns)}",
+        "",
+        "collections:",
+    ]
     for coll in catalog.collections():
         versions = catalog.versions(coll)
         last = versions[-1]
-        lines.append(f"  {coll}: {len(versions)} version(s), latest v{last.number} "
-                     f"at {_iso(last.created_ns)}, {last.stats.files} files, "
-                     f"{last.stats.bytes} bytes")
+        lines.append(
+            f"  {coll}: {len(versions)} version(s), latest v{last.number} "
+            f"at {_iso(last.created_ns)}, {last.stats.files} files, "
+            f"{last.stats.bytes} bytes"
+        )
     states: dict[str, list[int]] = {}
     flight: list[BandInfo] = []
     for band in catalog.bands():
@@ -87,8 +92,11 @@ def status_text(catalog: Catalog, info: MountInfo, inode_count: int) -> bytes:
     lines += ["", "bands by state:"]
     lines += [f"  {s}: {n} band(s), {size} bytes" for s, (n, size) in sorted(states.items())]
     lines.append(f"  inodes in use: {inode_count}")
-    lines += ["", f"restores in flight: {len(flight)} band(s), "
-                  f"{sum(b.size for b in flight)} bytes (/.vaultfs/restores.json)"]
+    lines += [
+        "",
+        f"restores in flight: {len(flight)} band(s), "
+        f"{sum(b.size for b in flight)} bytes (/.vaultfs/restores.json)",
+    ]
     lines += [f"  {b.band}: {state_text(b)}" for b in flight]
     lines += info.status_lines()
     return ("\n".join(lines) + "\n").encode()

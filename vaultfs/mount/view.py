@@ -94,10 +94,28 @@ from vaultfs.output import display_path
 from vaultfs.vault import Vault, lost_message
 
 __all__ = [  # this module's own names, and the ones fuse_ops and the tests find here
-    "BLKSIZE", "LIVE_TIMEOUT", "ROOT_INO", "TREE_CACHE_BYTES", "Archived", "Attr", "MountInfo",
-    "NoAttribute", "Node", "NotADirectory", "NotASymlink", "NotFound", "OpenFile", "ReadOnly",
-    "StatusFile", "Unsupported", "VaultView", "VfsError", "inode_number", "start_threads",
-    "state_text"]
+    "BLKSIZE",
+    "LIVE_TIMEOUT",
+    "ROOT_INO",
+    "TREE_CACHE_BYTES",
+    "Archived",
+    "Attr",
+    "MountInfo",
+    "NoAttribute",
+    "Node",
+    "NotADirectory",
+    "NotASymlink",
+    "NotFound",
+    "OpenFile",
+    "ReadOnly",
+    "StatusFile",
+    "Unsupported",
+    "VaultView",
+    "VfsError",
+    "inode_number",
+    "start_threads",
+    "state_text",
+]
 
 BLKSIZE = 1024 * 1024  # st_blksize: cat/cp then read 1 MiB at a time (docs/mount.md)
 TREE_CACHE_BYTES = 16 * 1024 * 1024
@@ -108,8 +126,13 @@ RESTORES = b"restores.json"
 LATEST = b"latest"
 _EMPTY_SHA256 = hashlib.sha256().digest()
 _KIND_BITS = {
-    "file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK, "fifo": stat.S_IFIFO,
-    "socket": stat.S_IFSOCK, "chardev": stat.S_IFCHR, "blockdev": stat.S_IFBLK,
+    "file": stat.S_IFREG,
+    "dir": stat.S_IFDIR,
+    "symlink": stat.S_IFLNK,
+    "fifo": stat.S_IFIFO,
+    "socket": stat.S_IFSOCK,
+    "chardev": stat.S_IFCHR,
+    "blockdev": stat.S_IFBLK,
 }
 
 
@@ -242,8 +265,15 @@ class VaultView:
         """A version directory: with the source root's mode, owner, mtime and xattrs when the
         record has them (so the kernel's default_permissions guard what the source guarded)."""
         root = v.root_meta.entry(v.root) if v.root_meta is not None else None
-        return self._make("version", ("version", v.collection, v.number), collection=v.collection,
-                          version=v.number, tree=v.root, created_ns=v.created_ns, entry=root)
+        return self._make(
+            "version",
+            ("version", v.collection, v.number),
+            collection=v.collection,
+            version=v.number,
+            tree=v.root,
+            created_ns=v.created_ns,
+            entry=root,
+        )
 
     def _child(self, parent: Node, e: Entry) -> Node:
         """The node of entry `e` of directory `parent` (called for every entry listed)."""
@@ -254,12 +284,27 @@ class VaultView:
         ino = hashed_ino(entry_prefix(parent.collection, parent.version) + identity)
         known = self._nodes.get(ino)
         if known is None:
-            return Node(ino, "entry", key, parent.collection, parent.version, path, e,
-                        e.tree if e.kind == "dir" else None)
+            return Node(
+                ino,
+                "entry",
+                key,
+                parent.collection,
+                parent.version,
+                path,
+                e,
+                e.tree if e.kind == "dir" else None,
+            )
         if known.key == key:
             return known
-        return self._make("entry", key, collection=parent.collection, version=parent.version,
-                          path=path, entry=e, tree=e.tree if e.kind == "dir" else None)
+        return self._make(
+            "entry",
+            key,
+            collection=parent.collection,
+            version=parent.version,
+            path=path,
+            entry=e,
+            tree=e.tree if e.kind == "dir" else None,
+        )
 
     # ---- listing --------------------------------------------------------------------------
 
@@ -272,18 +317,26 @@ class VaultView:
         node = self.node(ino)
         if node.kind == "root":
             items = [(META_DIR, self._meta_dir())]
-            items += [(c.encode("utf-8", "surrogateescape"), self._collection(c))
-                      for c in self.catalog.collections()]
+            items += [
+                (c.encode("utf-8", "surrogateescape"), self._collection(c))
+                for c in self.catalog.collections()
+            ]
             yield from _by_inode(items, after)
         elif node.kind == "meta":
-            yield from _by_inode([(STATUS, self._make("status", ("status",))),
-                                  (RESTORES, self._make("restores", ("restores",)))], after)
+            yield from _by_inode(
+                [
+                    (STATUS, self._make("status", ("status",))),
+                    (RESTORES, self._make("restores", ("restores",))),
+                ],
+                after,
+            )
         elif node.kind == "collection":
             versions = self.catalog.versions(node.collection)
             items = [(f"v{v.number}".encode(), self._version(v)) for v in versions]
             if versions:
-                items.append((LATEST, self._make("latest", ("latest", node.collection),
-                                                 collection=node.collection)))
+                items.append(
+                    (LATEST, self._make("latest", ("latest", node.collection), collection=node.collection))
+                )
             yield from _by_inode(items, after)
         elif node.tree is not None:
             entries = self._listing(node.tree).entries
@@ -300,13 +353,18 @@ class VaultView:
             return listing
         raw = self.catalog.tree_bytes(tree)
         if raw is None:
-            raise CorruptionError(f"tree {tree.hex()[:16]} is missing from the local catalog: "
-                                  "run `vaultfs index rebuild`")
+            raise CorruptionError(
+                f"tree {tree.hex()[:16]} is missing from the local catalog: run `vaultfs index rebuild`"
+            )
         from vaultfs.model import decode_tree
 
         entries = decode_tree(raw)
-        listing = _Listing(entries, {e.name: i for i, e in enumerate(entries)},
-                           sum(1 for e in entries if e.kind == "dir"), len(raw))
+        listing = _Listing(
+            entries,
+            {e.name: i for i, e in enumerate(entries)},
+            sum(1 for e in entries if e.kind == "dir"),
+            len(raw),
+        )
         self._trees[tree] = listing
         self._tree_bytes += listing.cost
         while self._tree_bytes > TREE_CACHE_BYTES and len(self._trees) > 1:
@@ -326,36 +384,72 @@ class VaultView:
             else:
                 nlink = max(1, e.nlink) if e.kind == "file" else 1
             size = e.size if e.kind in ("file", "symlink") else 0
-            return Attr(node.ino, _KIND_BITS[e.kind] | (e.mode & 0o7777), nlink, e.uid, e.gid,
-                        size, e.mtime_ns, e.rdev)
+            return Attr(
+                node.ino,
+                _KIND_BITS[e.kind] | (e.mode & 0o7777),
+                nlink,
+                e.uid,
+                e.gid,
+                size,
+                e.mtime_ns,
+                e.rdev,
+            )
         if node.kind == "root":
             colls = self.catalog.collections()
-            return Attr(node.ino, stat.S_IFDIR | 0o555, 3 + len(colls), 0, 0, 0,
-                        self.info.started_ns, timeout=LIVE_TIMEOUT)
+            return Attr(
+                node.ino,
+                stat.S_IFDIR | 0o555,
+                3 + len(colls),
+                0,
+                0,
+                0,
+                self.info.started_ns,
+                timeout=LIVE_TIMEOUT,
+            )
         if node.kind == "meta":
-            return Attr(node.ino, stat.S_IFDIR | 0o555, 2, 0, 0, 0, self.info.started_ns,
-                        timeout=LIVE_TIMEOUT)
+            return Attr(
+                node.ino, stat.S_IFDIR | 0o555, 2, 0, 0, 0, self.info.started_ns, timeout=LIVE_TIMEOUT
+            )
         if node.kind == "status":
-            return Attr(node.ino, stat.S_IFREG | 0o444, 1, 0, 0, len(self.status_text()),
-                        time.time_ns(), timeout=0.0)
+            return Attr(
+                node.ino, stat.S_IFREG | 0o444, 1, 0, 0, len(self.status_text()), time.time_ns(), timeout=0.0
+            )
         if node.kind == "restores":
-            return Attr(node.ino, stat.S_IFREG | 0o444, 1, 0, 0, len(self.restores_json()),
-                        time.time_ns(), timeout=0.0)
+            return Attr(
+                node.ino,
+                stat.S_IFREG | 0o444,
+                1,
+                0,
+                0,
+                len(self.restores_json()),
+                time.time_ns(),
+                timeout=0.0,
+            )
         if node.kind == "collection":
             versions = self.catalog.versions(node.collection)
             mtime = versions[-1].created_ns if versions else 0
-            return Attr(node.ino, stat.S_IFDIR | 0o555, 2 + len(versions), 0, 0, 0, mtime,
-                        timeout=LIVE_TIMEOUT)
+            return Attr(
+                node.ino, stat.S_IFDIR | 0o555, 2 + len(versions), 0, 0, 0, mtime, timeout=LIVE_TIMEOUT
+            )
         if node.kind == "latest":
             latest = self.catalog.latest_version(node.collection)
             if latest is None:
                 raise NotFound(node.collection)
-            return Attr(node.ino, stat.S_IFLNK | 0o777, 1, 0, 0, len(f"v{latest.number}"),
-                        latest.created_ns, timeout=LIVE_TIMEOUT)
+            return Attr(
+                node.ino,
+                stat.S_IFLNK | 0o777,
+                1,
+                0,
+                0,
+                len(f"v{latest.number}"),
+                latest.created_ns,
+                timeout=LIVE_TIMEOUT,
+            )
         if node.kind == "version":
             assert node.tree is not None
-            return Attr(node.ino, stat.S_IFDIR | 0o555, 2 + self._listing(node.tree).subdirs,
-                        0, 0, 0, node.created_ns)
+            return Attr(
+                node.ino, stat.S_IFDIR | 0o555, 2 + self._listing(node.tree).subdirs, 0, 0, 0, node.created_ns
+            )
         raise NotFound(node.path)  # every kind is answered above
 
     def readlink(self, ino: int) -> bytes:
@@ -419,8 +513,9 @@ class VaultView:
             return None
         ref = self.catalog.blob(e.blob)
         if ref is None:
-            raise CorruptionError(f"blob {e.blob.hex()[:16]} is not in the local catalog: "
-                                  "run `vaultfs check`")
+            raise CorruptionError(
+                f"blob {e.blob.hex()[:16]} is not in the local catalog: run `vaultfs check`"
+            )
         return ref
 
     # ---- content ---------------------------------------------------------------------------
@@ -442,8 +537,9 @@ class VaultView:
             if lost is None:
                 raise
             # EIO, and one log line (fuse_ops) naming the file, its version and why.
-            raise CorruptionError(f"{node.collection}@v{node.version}/"
-                                  f"{display_path(node.path)}: {lost_message(lost)}") from None
+            raise CorruptionError(
+                f"{node.collection}@v{node.version}/{display_path(node.path)}: {lost_message(lost)}"
+            ) from None
         if ref is not None:
             info = self.band_info(ref.band)
             if info.state == "cached" and not self.vault.band_cached(ref.band):
@@ -460,8 +556,9 @@ class VaultView:
         wiped cache directory): record what the band is without it, so the file reads
         from S3 if it can, or answers ENODATA and is restored again — not EIO, which
         would say the backup is damaged."""
-        return self.readers.demote(info, archive.state_without_cache(info),
-                                   f"its cached copy in {self.vault.cache_dir} is gone")
+        return self.readers.demote(
+            info, archive.state_without_cache(info), f"its cached copy in {self.vault.cache_dir} is gone"
+        )
 
     def release(self, handle: OpenFile | StatusFile) -> None:
         """A handle from `open` was closed."""

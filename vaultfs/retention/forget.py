@@ -25,8 +25,11 @@ class ForgetResult:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "collection": self.collection, "keep": self.keep, "kept": list(self.kept),
-            "forgotten": list(self.forgotten), "dry_run": self.dry_run,
+            "collection": self.collection,
+            "keep": self.keep,
+            "kept": list(self.kept),
+            "forgotten": list(self.forgotten),
+            "dry_run": self.dry_run,
         }
 
 
@@ -62,7 +65,7 @@ def forget(
             with vault.catalog.writer() as w:
                 for number in drop:
                     w.delete_version(name, number)
-        results.append(ForgetResult(name, keep, tuple(listed[len(drop):]), drop, dry_run))
+        results.append(ForgetResult(name, keep, tuple(listed[len(drop) :]), drop, dry_run))
     return results
 
 

@@ -86,14 +86,21 @@ class BandPlan:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "band": self.band, "collection": self.collection,
-            "storage_class": self.storage_class, "size": self.size,
-            "sidecar_size": self.sidecar_size, "created_ns": self.created_ns,
-            "age_days": round(self.age_days, 3), "min_days": self.min_days,
-            "live_blobs": self.live_blobs, "dead_blobs": self.dead_blobs,
-            "live_bytes": self.live_bytes, "dead_bytes": self.dead_bytes,
+            "band": self.band,
+            "collection": self.collection,
+            "storage_class": self.storage_class,
+            "size": self.size,
+            "sidecar_size": self.sidecar_size,
+            "created_ns": self.created_ns,
+            "age_days": round(self.age_days, 3),
+            "min_days": self.min_days,
+            "live_blobs": self.live_blobs,
+            "dead_blobs": self.dead_blobs,
+            "live_bytes": self.live_bytes,
+            "dead_bytes": self.dead_bytes,
             "garbage_fraction": round(self.garbage_fraction, 4),
-            "live_trees": len(self.live_trees), "action": self.action,
+            "live_trees": len(self.live_trees),
+            "action": self.action,
             "early_delete_charge_usd": round(self.early_charge_usd, 6),
             "exists": self.exists,
         }
@@ -158,9 +165,7 @@ class PruneResult:
             "early_delete_charge_usd": round(self.early_charge_usd, 6),
             "early_delete_charge_if_forced_usd": round(self.young_charge_usd, 6),
             "monthly_saving_usd": round(self.monthly_saving_usd, 6),
-            "version_records_deleted": [
-                {"collection": c, "version": n} for c, n in self.version_records
-            ],
+            "version_records_deleted": [{"collection": c, "version": n} for c, n in self.version_records],
             "trees_dropped": self.trees_dropped,
             "blobs_dropped": self.blobs_dropped,
             "carrier_band": self.carrier_band,
@@ -307,13 +312,14 @@ def _apply(vault: Vault, drops: _Drops, result: PruneResult) -> None:
         vault.store.delete(key)
 
 
-def _plan_bands(
-    vault: Vault, live: LiveSet, now_ns: int, allow_early_delete: bool
-) -> list[BandPlan]:
+def _plan_bands(vault: Vault, live: LiveSet, now_ns: int, allow_early_delete: bool) -> list[BandPlan]:
     bands = {b.band: b for b in vault.catalog.bands()}
     plans = {
         b.band: BandPlan(
-            band=b.band, collection=b.collection, storage_class=b.storage_class, size=b.size,
+            band=b.band,
+            collection=b.collection,
+            storage_class=b.storage_class,
+            size=b.size,
             created_ns=b.created_ns,
             # The class's minimum counts from when the object entered it: archiving is a
             # copy onto the same key, so an archived band's clock starts at archived_ns.
@@ -388,14 +394,17 @@ def _write_carrier(vault: Vault, trees: dict[TreeId, bytes], replaces: list[Band
     """Upload a metadata-only band whose catalog carries ``trees``; its id."""
     band_id = bandfmt.new_band_id()
     part = vault.spool_dir / f"{band_id}.tar.zst.part"
-    writer = bandfmt.BandWriter(part, band_id, level=vault.config.compression_level,
-                                threads=vault.config.threads)
+    writer = bandfmt.BandWriter(
+        part, band_id, level=vault.config.compression_level, threads=vault.config.threads
+    )
     try:
-        closed = writer.close({
-            "collection": "",
-            "trees": {t.hex(): to_text(raw) for t, raw in sorted(trees.items())},
-            "carries_trees_of": list(replaces),
-        })
+        closed = writer.close(
+            {
+                "collection": "",
+                "trees": {t.hex(): to_text(raw) for t, raw in sorted(trees.items())},
+                "carries_trees_of": list(replaces),
+            }
+        )
     except BaseException:
         writer.abort()
         raise
@@ -430,7 +439,7 @@ def _finish_pending(vault: Vault) -> int:
 def _version_records(vault: Vault) -> set[tuple[str, int]]:
     out: set[tuple[str, int]] = set()
     for info in vault.store.list("versions/"):
-        parts = info.key[len("versions/"):].split("/")
+        parts = info.key[len("versions/") :].split("/")
         if len(parts) == 2 and parts[1].endswith(".json") and parts[1][:-5].isdigit():
             out.add((parts[0], int(parts[1][:-5])))
     return out

@@ -160,7 +160,8 @@ class Snapshot:
         # lost before the files cache and the memos are consulted (docs/snapshots.md).
         on_store = heal.store_bands(self.vault.store)
         self.result.lost_bands = heal.record_missing_bands(
-            self.vault, heal.missing_bands(self.vault, on_store))
+            self.vault, heal.missing_bands(self.vault, on_store)
+        )
         self.files.lost = set(self.vault.catalog.lost_blobs())
         try:
             with self._uploader:  # stopped and joined on every path; the commit stops it first
@@ -215,8 +216,15 @@ class Snapshot:
     ) -> None:
         self.progress.stage("committing")
         version = commit_version(
-            self.vault, self.files, self._uploader, trees, changes,
-            root=root_id, root_meta=self._root_meta, latest=latest, now=self.now,
+            self.vault,
+            self.files,
+            self._uploader,
+            trees,
+            changes,
+            root=root_id,
+            root_meta=self._root_meta,
+            latest=latest,
+            now=self.now,
         )
         self.result.version = version
         self.result.latest = version
@@ -274,5 +282,3 @@ def _root_meta(root: bytes, top: ScannedDir) -> RootMeta:
     root points to: its own mode, not the link's 0777, is what guards the files)."""
     st = top.st if not stat.S_ISLNK(top.st.st_mode) else os.stat(root)
     return RootMeta(stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns, top.xattrs)
-
-

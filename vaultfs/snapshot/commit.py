@@ -51,8 +51,11 @@ def commit_version(
         root=root,
         bands=tuple(files.band_ids),
         stats=ChangeStats(
-            files=trees.files, bytes=trees.size, added=changes.added,
-            changed=changes.changed, removed=changes.removed,
+            files=trees.files,
+            bytes=trees.size,
+            added=changes.added,
+            changed=changes.changed,
+            removed=changes.removed,
             bytes_added=files.bytes_added,
         ),
         previous_created_ns=latest.created_ns if latest else None,

@@ -257,8 +257,11 @@ class FileSaver:
             self._make_room(before.st_size)
             assert self.band is not None
             self.band.add_blob_stream(
-                self._member_prefix + f.rel, _meta(f), before.st_size,
-                read_into(fd), blob,
+                self._member_prefix + f.rel,
+                _meta(f),
+                before.st_size,
+                read_into(fd),
+                blob,
                 skip_if=lambda _: _changed_since(fd, before),
             )
             self._blob_added(blob, before.st_size)
@@ -277,7 +280,10 @@ class FileSaver:
             return not self._is_new(BlobId(digest))
 
         loc = self.band.add_blob_stream(
-            self._member_prefix + f.rel, _meta(f), before.st_size, read_into(fd),
+            self._member_prefix + f.rel,
+            _meta(f),
+            before.st_size,
+            read_into(fd),
             skip_if=known,
         )
         if loc is not None:
@@ -340,8 +346,10 @@ class FileSaver:
     def _make_room(self, size: int) -> None:
         """Close the current band first if this file would push it past band_size."""
         band = self.band
-        if band is not None and band.uncompressed_size > 0 and (
-            band.uncompressed_size + size > self.band_size
+        if (
+            band is not None
+            and band.uncompressed_size > 0
+            and (band.uncompressed_size + size > self.band_size)
         ):
             self.close_band(final_extra=None)
         if self.band is None:
@@ -351,7 +359,10 @@ class FileSaver:
         band_id = bandfmt.new_band_id()
         path = self.vault.spool_dir / f"{band_id}.tar.zst.part"
         self.band = bandfmt.BandWriter(
-            path, band_id, level=self.level, frame_size=self.frame_size,
+            path,
+            band_id,
+            level=self.level,
+            frame_size=self.frame_size,
             threads=self.vault.config.threads,
         )
         self.band.on_stall = self._read_ahead
@@ -399,8 +410,11 @@ def _changed_since(fd: int, before: os.stat_result) -> bool:
 def _meta(f: ScannedFile) -> bandfmt.MemberMeta:
     st = f.st
     return bandfmt.MemberMeta(
-        mode=st.st_mode & 0o7777, uid=st.st_uid, gid=st.st_gid,
-        mtime_ns=st.st_mtime_ns, xattrs=f.xattrs,
+        mode=st.st_mode & 0o7777,
+        uid=st.st_uid,
+        gid=st.st_gid,
+        mtime_ns=st.st_mtime_ns,
+        xattrs=f.xattrs,
     )
 
 

@@ -154,6 +154,12 @@ def _file_entry(f: ScannedFile) -> Entry:
 def _dir_entry(d: ScannedDir, sub: TreeId) -> Entry:
     st = d.st
     return Entry(
-        name=d.name, kind="dir", mode=st.st_mode & 0o7777, uid=st.st_uid, gid=st.st_gid,
-        mtime_ns=st.st_mtime_ns, tree=sub, xattrs=d.xattrs,
+        name=d.name,
+        kind="dir",
+        mode=st.st_mode & 0o7777,
+        uid=st.st_uid,
+        gid=st.st_gid,
+        mtime_ns=st.st_mtime_ns,
+        tree=sub,
+        xattrs=d.xattrs,
     )

@@ -69,6 +69,5 @@ def open_store(url: str, s3: S3Settings) -> ArchiveStore:
     if faults is not None:
         from vaultfs.store.faults import FaultyStore
 
-        return RetryingStore(FaultyStore(inner, *faults), attempts=14, base_delay=0.005,
-                             max_delay=0.1)
+        return RetryingStore(FaultyStore(inner, *faults), attempts=14, base_delay=0.005, max_delay=0.1)
     return RetryingStore(inner)

@@ -39,9 +39,7 @@ _MESSAGES = {
 class FaultyStore:
     """Wraps ``inner``; fails about ``rate`` of calls with transient StoreErrors."""
 
-    def __init__(
-        self, inner: ObjectStore, rate: float, seed: int, kinds: Iterable[str] = ALL_KINDS
-    ) -> None:
+    def __init__(self, inner: ObjectStore, rate: float, seed: int, kinds: Iterable[str] = ALL_KINDS) -> None:
         self.kinds = tuple(kinds)
         unknown = set(self.kinds) - set(ALL_KINDS)
         if unknown or not self.kinds:

@@ -96,8 +96,9 @@ class RetryingStore:
                 if attempt == self.attempts:
                     raise self._exhausted(e) from e
                 delay = self._delay(attempt)
-                log.info("%s failed (%s); retry %d/%d in %.1fs",
-                         what, e.message, attempt, self.attempts - 1, delay)
+                log.info(
+                    "%s failed (%s); retry %d/%d in %.1fs", what, e.message, attempt, self.attempts - 1, delay
+                )
                 self.retries += 1
                 self.sleep(delay)
         raise AssertionError("unreachable")
@@ -183,8 +184,14 @@ class RetryingStore:
                 if attempt == self.attempts:
                     raise self._exhausted(e) from e
                 delay = self._delay(attempt)
-                log.info("LIST %s failed (%s); retry %d/%d in %.1fs",
-                         prefix, e.message, attempt, self.attempts - 1, delay)
+                log.info(
+                    "LIST %s failed (%s); retry %d/%d in %.1fs",
+                    prefix,
+                    e.message,
+                    attempt,
+                    self.attempts - 1,
+                    delay,
+                )
                 self.retries += 1
                 self.sleep(delay)
 

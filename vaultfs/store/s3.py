@@ -122,8 +122,14 @@ class S3Store:
 
     def _target(self, key: str) -> s3_upload.Target:
         """``key`` as the object an upload or a multipart copy writes."""
-        return s3_upload.Target(self._client, self.bucket, key, self._key(key), f"{self.url}/{key}",
-                                lambda exc, op: self._error(exc, op, key))
+        return s3_upload.Target(
+            self._client,
+            self.bucket,
+            key,
+            self._key(key),
+            f"{self.url}/{key}",
+            lambda exc, op: self._error(exc, op, key),
+        )
 
     def _classify(self, exc: Exception, what: str) -> StoreError:
         """`classify` with this store's endpoint and credentials; a bare 404 is checked.
@@ -134,10 +140,18 @@ class S3Store:
         missing object.
         """
         creds = self._session.get_credentials()
-        err = classify(exc, what=what, bucket=self.bucket, endpoint=self._client.meta.endpoint_url,
-                       credentials=(creds.method if creds else None, self._session.profile_name))
-        if (isinstance(err, ObjectNotFound) and isinstance(exc, bex.ClientError)
-                and error_code(exc) in ("404", "NotFound")):
+        err = classify(
+            exc,
+            what=what,
+            bucket=self.bucket,
+            endpoint=self._client.meta.endpoint_url,
+            credentials=(creds.method if creds else None, self._session.profile_name),
+        )
+        if (
+            isinstance(err, ObjectNotFound)
+            and isinstance(exc, bex.ClientError)
+            and error_code(exc) in ("404", "NotFound")
+        ):
             self._check_bucket_exists()
         return err
 
@@ -315,8 +329,11 @@ class S3Store:
         try:
             if info.size <= self.copy_part_threshold:
                 self._client.copy_object(
-                    Bucket=self.bucket, Key=s3key, CopySource=source,
-                    StorageClass=storage_class, MetadataDirective="COPY",
+                    Bucket=self.bucket,
+                    Key=s3key,
+                    CopySource=source,
+                    StorageClass=storage_class,
+                    MetadataDirective="COPY",
                 )
                 return
         except (bex.ClientError, bex.BotoCoreError, OSError) as e:
@@ -330,7 +347,8 @@ class S3Store:
         """
         try:
             self._client.restore_object(
-                Bucket=self.bucket, Key=self._key(key),
+                Bucket=self.bucket,
+                Key=self._key(key),
                 RestoreRequest={"Days": days, "GlacierJobParameters": {"Tier": tier}},
             )
         except bex.ClientError as e:
@@ -361,8 +379,12 @@ class S3Store:
                 raise head_error
         except (bex.NoCredentialsError, bex.PartialCredentialsError):
             raise StoreSetupError(NO_CREDENTIALS) from None
-        except (bex.EndpointConnectionError, bex.ConnectTimeoutError, bex.ConnectionClosedError,
-                bex.ReadTimeoutError):
+        except (
+            bex.EndpointConnectionError,
+            bex.ConnectTimeoutError,
+            bex.ConnectionClosedError,
+            bex.ReadTimeoutError,
+        ):
             raise StoreSetupError(
                 f"cannot reach the S3 endpoint {endpoint}: check [s3].endpoint_url and the network"
             ) from None
@@ -385,11 +407,9 @@ class S3Store:
         if code in ("403", "AccessDenied", "AllAccessDisabled"):
             return access_denied(code, self.bucket)
         if code in ("301", "PermanentRedirect", "AuthorizationHeaderMalformed", "400"):
-            region = e.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get(
-                "x-amz-bucket-region"
-            )
+            region = e.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("x-amz-bucket-region")
             if region:
-                return f"bucket {self.bucket} is in region {region}: set [s3].region = \"{region}\""
+                return f'bucket {self.bucket} is in region {region}: set [s3].region = "{region}"'
         if code in TRANSIENT_CODES:
             return f"the S3 endpoint {endpoint} answered {code}: try again later"
         text = e.response.get("Error", {}).get("Message") or ""

@@ -23,17 +23,40 @@ from vaultfs.store.base import (
 
 log = logging.getLogger(__name__)
 
-TRANSIENT_CODES = frozenset({
-    "SlowDown", "Throttling", "ThrottlingException", "ThrottledException",
-    "RequestThrottled", "RequestThrottledException", "TooManyRequestsException",
-    "RequestLimitExceeded", "BandwidthLimitExceeded", "ProvisionedThroughputExceededException",
-    "RequestTimeout", "RequestTimeoutException", "PriorRequestNotComplete",
-    "InternalError", "ServiceUnavailable", "500", "502", "503", "504",
-})
-CREDENTIAL_CODES = frozenset({
-    "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
-    "TokenRefreshRequired", "InvalidClientTokenId", "UnrecognizedClientException",
-})
+TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "BandwidthLimitExceeded",
+        "ProvisionedThroughputExceededException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "PriorRequestNotComplete",
+        "InternalError",
+        "ServiceUnavailable",
+        "500",
+        "502",
+        "503",
+        "504",
+    }
+)
+CREDENTIAL_CODES = frozenset(
+    {
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidToken",
+        "TokenRefreshRequired",
+        "InvalidClientTokenId",
+        "UnrecognizedClientException",
+    }
+)
 _TRANSIENT_EXCEPTIONS = (
     bex.ConnectionError,  # EndpointConnectionError, ConnectTimeoutError, proxy errors
     bex.HTTPClientError,  # ConnectionClosedError, ReadTimeoutError, ResponseStreamingError
@@ -49,13 +72,19 @@ NO_CREDENTIALS = (
 _PERMISSIONS = "s3:ListBucket, s3:GetObject, s3:PutObject, s3:DeleteObject and s3:RestoreObject"
 # Where boto3 found the credentials (Credentials.method) -> (which ones, what to fix).
 _CREDENTIAL_SOURCES = {
-    "env": ("from the environment",
-            "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN if set), "
-            "or unset them and set [s3].profile"),
-    "shared-credentials-file": ("of profile {profile} in ~/.aws/credentials",
-                                "fix that profile's keys, or choose another with [s3].profile"),
-    "config-file": ("of profile {profile} in ~/.aws/config",
-                    "fix that profile's keys, or choose another with [s3].profile"),
+    "env": (
+        "from the environment",
+        "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN if set), "
+        "or unset them and set [s3].profile",
+    ),
+    "shared-credentials-file": (
+        "of profile {profile} in ~/.aws/credentials",
+        "fix that profile's keys, or choose another with [s3].profile",
+    ),
+    "config-file": (
+        "of profile {profile} in ~/.aws/config",
+        "fix that profile's keys, or choose another with [s3].profile",
+    ),
     "iam-role": ("of this machine's instance role", "check the role attached to the instance"),
     "container-role": ("of the container's role", "check the role of the task or pod"),
 }
@@ -63,23 +92,28 @@ _CREDENTIAL_SOURCES = {
 
 def credentials_refused(code: str, method: str | None, profile: str | None) -> str:
     """The one message for refused credentials (access check and any later request alike)."""
-    which, fix = _CREDENTIAL_SOURCES.get(method or "", (
-        f"from {method or 'an unknown source'} (profile {{profile}})",
-        "refresh or fix them, or choose other ones with [s3].profile"))
+    which, fix = _CREDENTIAL_SOURCES.get(
+        method or "",
+        (
+            f"from {method or 'an unknown source'} (profile {{profile}})",
+            "refresh or fix them, or choose other ones with [s3].profile",
+        ),
+    )
     which = which.format(profile=profile or "default")
     return f"the S3 credentials were refused ({code}): they are the ones {which}: {fix}"
 
 
 def access_denied(code: str, bucket: str) -> str:
-    return (f"access to bucket {bucket} was denied ({code}): the credentials need "
-            f"{_PERMISSIONS} on it")
+    return f"access to bucket {bucket} was denied ({code}): the credentials need {_PERMISSIONS} on it"
 
 
 def no_such_bucket(bucket: str, endpoint: str, *, bare_404: bool = False) -> str:
     """The one message for a missing bucket, or an endpoint answering 404 for it."""
     why = " (it answered HTTP 404 without an S3 error code)" if bare_404 else ""
-    return (f"no such bucket {bucket} at {endpoint}{why}: check [s3].endpoint_url and the "
-            "bucket name in [vault].store (vaultfs never creates buckets: create it first)")
+    return (
+        f"no such bucket {bucket} at {endpoint}{why}: check [s3].endpoint_url and the "
+        "bucket name in [vault].store (vaultfs never creates buckets: create it first)"
+    )
 
 
 def error_code(exc: bex.ClientError) -> str:
@@ -92,7 +126,11 @@ def error_code(exc: bex.ClientError) -> str:
 
 
 def classify(
-    exc: Exception, *, what: str, bucket: str, endpoint: str = "S3",
+    exc: Exception,
+    *,
+    what: str,
+    bucket: str,
+    endpoint: str = "S3",
     credentials: tuple[str | None, str | None] = (None, None),
 ) -> StoreError:
     """Turn a botocore/boto3 failure of ``what`` (e.g. "GET s3://b/k") into a StoreError.
@@ -116,9 +154,7 @@ def classify(
         if code in ("PreconditionFailed", "412"):
             return ObjectExists(f"{what}: the object already exists")
         if code == "InvalidObjectState":
-            return ObjectArchived(
-                f"{what}: the object is archived: restore it first (vaultfs restore start)"
-            )
+            return ObjectArchived(f"{what}: the object is archived: restore it first (vaultfs restore start)")
         if code in TRANSIENT_CODES or status >= 500:
             return StoreError(f"{what}: S3 answered {code}", transient=True)
         if code in CREDENTIAL_CODES:

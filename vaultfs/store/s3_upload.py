@@ -82,16 +82,12 @@ def _verify_stored(target: Target, path: Path, size: int, expected: str) -> None
     checked by size alone (logged).
     """
     try:
-        answer = target.client.head_object(
-            Bucket=target.bucket, Key=target.s3key, ChecksumMode="ENABLED"
-        )
+        answer = target.client.head_object(Bucket=target.bucket, Key=target.s3key, ChecksumMode="ENABLED")
     except (bex.ClientError, bex.BotoCoreError, OSError) as e:
         raise target.error(e, "HEAD") from e
     stored_size = int(answer["ContentLength"])
     if stored_size != size:
-        raise CorruptionError(
-            f"upload of {path} to {target.url}: stored size {stored_size} != {size}"
-        )
+        raise CorruptionError(f"upload of {path} to {target.url}: stored size {stored_size} != {size}")
     stored = answer.get("ChecksumSHA256")
     if stored is None:
         log.info("%s: the server keeps no SHA-256 checksum; size verified", target.url)
@@ -110,8 +106,11 @@ def _put_small(target: Target, path: Path, sha256: bytes) -> None:
         raise _changed(path, sha256, digest)
     try:
         target.client.put_object(
-            Bucket=target.bucket, Key=target.s3key, Body=data,
-            ChecksumAlgorithm="SHA256", ChecksumSHA256=b64(digest),
+            Bucket=target.bucket,
+            Key=target.s3key,
+            Body=data,
+            ChecksumAlgorithm="SHA256",
+            ChecksumSHA256=b64(digest),
         )
     except (bex.ClientError, bex.BotoCoreError, OSError) as e:
         raise _upload_error(target, e, path) from e
@@ -122,16 +121,20 @@ def _part_size(settings: S3Settings, size: int) -> int:
 
 
 def _put_multipart(
-    target: Target, path: Path, size: int, sha256: bytes, settings: S3Settings,
+    target: Target,
+    path: Path,
+    size: int,
+    sha256: bytes,
+    settings: S3Settings,
     progress: ProgressCallback | None,
 ) -> str:
     """Upload in parts; return the composite checksum S3 should report."""
     part_size = _part_size(settings, size)
     client, bucket, s3key = target.client, target.bucket, target.s3key
     try:
-        upload_id = client.create_multipart_upload(
-            Bucket=bucket, Key=s3key, ChecksumAlgorithm="SHA256"
-        )["UploadId"]
+        upload_id = client.create_multipart_upload(Bucket=bucket, Key=s3key, ChecksumAlgorithm="SHA256")[
+            "UploadId"
+        ]
     except (bex.ClientError, bex.BotoCoreError, OSError) as e:
         raise target.error(e, "CreateMultipartUpload") from e
     try:
@@ -144,19 +147,25 @@ def _put_multipart(
                 whole.update(chunk)
                 part_sum = b64(hashlib.sha256(chunk).digest())
                 answer = client.upload_part(
-                    Bucket=bucket, Key=s3key, UploadId=upload_id, PartNumber=number,
-                    Body=chunk, ChecksumAlgorithm="SHA256", ChecksumSHA256=part_sum,
+                    Bucket=bucket,
+                    Key=s3key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=chunk,
+                    ChecksumAlgorithm="SHA256",
+                    ChecksumSHA256=part_sum,
                 )
-                parts.append(
-                    {"PartNumber": number, "ETag": answer["ETag"], "ChecksumSHA256": part_sum}
-                )
+                parts.append({"PartNumber": number, "ETag": answer["ETag"], "ChecksumSHA256": part_sum})
                 testpoints.reach("multipart-part-uploaded")
                 if progress is not None:
                     progress(len(chunk))
         if whole.digest() != sha256:
             raise _changed(path, sha256, whole.digest())
         client.complete_multipart_upload(
-            Bucket=bucket, Key=s3key, UploadId=upload_id, MultipartUpload={"Parts": parts},
+            Bucket=bucket,
+            Key=s3key,
+            UploadId=upload_id,
+            MultipartUpload={"Parts": parts},
         )
     except BaseException as e:
         abort(target, upload_id)
@@ -181,9 +190,7 @@ def _upload_error(target: Target, exc: Exception, path: Path) -> Exception:
 def abort(target: Target, upload_id: str) -> None:
     """Abort a multipart upload, best effort."""
     try:
-        target.client.abort_multipart_upload(
-            Bucket=target.bucket, Key=target.s3key, UploadId=upload_id
-        )
+        target.client.abort_multipart_upload(Bucket=target.bucket, Key=target.s3key, UploadId=upload_id)
     except (bex.ClientError, bex.BotoCoreError, OSError) as e:
         # Left for abort_incomplete_uploads (run at the start of every snapshot).
         log.info("could not abort multipart upload of %s: %s", target.s3key, e)
@@ -195,7 +202,9 @@ def copy_multipart(target: Target, size: int, storage_class: str, settings: S3Se
     try:
         head = client.head_object(Bucket=bucket, Key=s3key)
         upload_id = client.create_multipart_upload(
-            Bucket=bucket, Key=s3key, StorageClass=storage_class,
+            Bucket=bucket,
+            Key=s3key,
+            StorageClass=storage_class,
             Metadata=head.get("Metadata", {}),
             **({"ContentType": head["ContentType"]} if head.get("ContentType") else {}),
         )["UploadId"]
@@ -207,7 +216,10 @@ def copy_multipart(target: Target, size: int, storage_class: str, settings: S3Se
         for number, start in enumerate(range(0, size, part_size), start=1):
             end = min(start + part_size, size) - 1
             answer = client.upload_part_copy(
-                Bucket=bucket, Key=s3key, UploadId=upload_id, PartNumber=number,
+                Bucket=bucket,
+                Key=s3key,
+                UploadId=upload_id,
+                PartNumber=number,
                 CopySource={"Bucket": bucket, "Key": s3key},
                 CopySourceRange=f"bytes={start}-{end}",
             )
