@@ -1,8 +1,10 @@
 """The read-only FUSE mount of every version (the only package that imports pyfuse3 and trio).
 
-* `view` — what a version looks like: the node table, lookup, directory listings,
-  attributes, xattrs and opening files, all from the catalog (no pyfuse3 here; it
-  re-exports the names fuse_ops and the tests use from the four modules below);
+* `view` — what a version looks like: the node table, lookup, directory listings
+  and opening files, all from the catalog (no pyfuse3 here; it re-exports the names
+  fuse_ops and the tests use from the five modules below);
+* `attrs` — stat(2) and the extended attributes of the view's nodes (functions the
+  view's `attr`, `xattr_names` and `xattr` call);
 * `nodes` — the records the view answers with (`Node`, `Attr`) and stable inode numbers;
 * `errors` — what the view refuses, one exception class per errno;
 * `reads` — content of open files: verified ranged reads (`OpenFile`), the LRU of

@@ -12,11 +12,11 @@ Layout::
                               them: 0555 root:root, mtime = snapshot time)
     /<collection>/latest      symlink → v<newest>
 
-`VaultView` owns the filesystem's shape: the node table, lookup, listings,
-attributes, extended attributes and `open`. The records it answers with (`nodes`),
-what it refuses (`errors`), the reads of open files (`reads`) and the /.vaultfs/
-files (`status`) are their own modules; fuse_ops and the tests use this one, which
-re-exports what they need from those (`__all__`).
+`VaultView` owns the filesystem's shape: the node table, lookup, listings and
+`open`. The records it answers with (`nodes`), what it refuses (`errors`), the
+attributes and extended attributes of its nodes (`attrs`), the reads of open files
+(`reads`) and the /.vaultfs/ files (`status`) are their own modules; fuse_ops and the
+tests use this one, which re-exports what they need from those (`__all__`).
 
 Everything except file content is answered from the local catalog (LMDB): each
 call opens its own short read transaction, so a version committed while mounted
@@ -48,8 +48,6 @@ of open files run in worker threads (`vaultfs.mount.reads`).
 
 from __future__ import annotations
 
-import hashlib
-import stat
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
@@ -61,13 +59,13 @@ from vaultfs.model import (
     BandId,
     BandInfo,
     BlobId,
-    BlobRef,
     Entry,
     TreeId,
     VersionInfo,
     readable_now,
     to_text,
 )
+from vaultfs.mount.attrs import EMPTY_SHA256, LIVE_TIMEOUT, band_info, blob_ref, node_attr, xattr, xattr_names
 from vaultfs.mount.errors import (
     Archived,
     NoAttribute,
@@ -119,21 +117,10 @@ __all__ = [  # this module's own names, and the ones fuse_ops and the tests find
 
 BLKSIZE = 1024 * 1024  # st_blksize: cat/cp then read 1 MiB at a time (docs/mount.md)
 TREE_CACHE_BYTES = 16 * 1024 * 1024
-LIVE_TIMEOUT = 1.0  # root, collection directories, `latest`: change when a version commits
 META_DIR = b".vaultfs"
 STATUS = b"status"
 RESTORES = b"restores.json"
 LATEST = b"latest"
-_EMPTY_SHA256 = hashlib.sha256().digest()
-_KIND_BITS = {
-    "file": stat.S_IFREG,
-    "dir": stat.S_IFDIR,
-    "symlink": stat.S_IFLNK,
-    "fifo": stat.S_IFIFO,
-    "socket": stat.S_IFSOCK,
-    "chardev": stat.S_IFCHR,
-    "blockdev": stat.S_IFBLK,
-}
 
 
 @dataclass(slots=True)
@@ -221,7 +208,7 @@ class VaultView:
             return self._lookup_in_collection(parent, name)
         if parent.tree is None:
             raise NotADirectory(parent.path)
-        listing = self._listing(parent.tree)
+        listing = self.listing(parent.tree)
         pos = listing.index.get(name)
         if pos is None:
             raise NotFound(name)
@@ -339,13 +326,13 @@ class VaultView:
                 )
             yield from _by_inode(items, after)
         elif node.tree is not None:
-            entries = self._listing(node.tree).entries
+            entries = self.listing(node.tree).entries
             for pos in range(max(after, 0), len(entries)):
                 yield entries[pos].name, self._child(node, entries[pos]), pos + 1
         else:
             raise NotADirectory(node.path)
 
-    def _listing(self, tree: TreeId) -> _Listing:
+    def listing(self, tree: TreeId) -> _Listing:
         """A decoded tree from a bounded LRU (trees are shared between versions)."""
         listing = self._trees.get(tree)
         if listing is not None:
@@ -372,85 +359,11 @@ class VaultView:
             self._tree_bytes -= old.cost
         return listing
 
-    # ---- attributes -----------------------------------------------------------------------
+    # ---- attributes (`vaultfs.mount.attrs`) ---------------------------------------------------
 
     def attr(self, node: Node) -> Attr:
         """stat(2) of a node, from the catalog only."""
-        e = node.entry
-        if e is not None:  # inside a version (most nodes): checked first
-            if e.kind == "dir":
-                assert e.tree is not None
-                nlink = 2 + self._listing(e.tree).subdirs
-            else:
-                nlink = max(1, e.nlink) if e.kind == "file" else 1
-            size = e.size if e.kind in ("file", "symlink") else 0
-            return Attr(
-                node.ino,
-                _KIND_BITS[e.kind] | (e.mode & 0o7777),
-                nlink,
-                e.uid,
-                e.gid,
-                size,
-                e.mtime_ns,
-                e.rdev,
-            )
-        if node.kind == "root":
-            colls = self.catalog.collections()
-            return Attr(
-                node.ino,
-                stat.S_IFDIR | 0o555,
-                3 + len(colls),
-                0,
-                0,
-                0,
-                self.info.started_ns,
-                timeout=LIVE_TIMEOUT,
-            )
-        if node.kind == "meta":
-            return Attr(
-                node.ino, stat.S_IFDIR | 0o555, 2, 0, 0, 0, self.info.started_ns, timeout=LIVE_TIMEOUT
-            )
-        if node.kind == "status":
-            return Attr(
-                node.ino, stat.S_IFREG | 0o444, 1, 0, 0, len(self.status_text()), time.time_ns(), timeout=0.0
-            )
-        if node.kind == "restores":
-            return Attr(
-                node.ino,
-                stat.S_IFREG | 0o444,
-                1,
-                0,
-                0,
-                len(self.restores_json()),
-                time.time_ns(),
-                timeout=0.0,
-            )
-        if node.kind == "collection":
-            versions = self.catalog.versions(node.collection)
-            mtime = versions[-1].created_ns if versions else 0
-            return Attr(
-                node.ino, stat.S_IFDIR | 0o555, 2 + len(versions), 0, 0, 0, mtime, timeout=LIVE_TIMEOUT
-            )
-        if node.kind == "latest":
-            latest = self.catalog.latest_version(node.collection)
-            if latest is None:
-                raise NotFound(node.collection)
-            return Attr(
-                node.ino,
-                stat.S_IFLNK | 0o777,
-                1,
-                0,
-                0,
-                len(f"v{latest.number}"),
-                latest.created_ns,
-                timeout=LIVE_TIMEOUT,
-            )
-        if node.kind == "version":
-            assert node.tree is not None
-            return Attr(
-                node.ino, stat.S_IFDIR | 0o555, 2 + self._listing(node.tree).subdirs, 0, 0, 0, node.created_ns
-            )
-        raise NotFound(node.path)  # every kind is answered above
+        return node_attr(self, node)
 
     def readlink(self, ino: int) -> bytes:
         node = self.node(ino)
@@ -463,60 +376,11 @@ class VaultView:
             raise NotASymlink(node.path)
         return node.entry.target
 
-    # ---- extended attributes -----------------------------------------------------------------
-
     def xattr_names(self, ino: int) -> list[bytes]:
-        node = self.node(ino)
-        if node.entry is None:
-            return []
-        names = [k for k, _ in node.entry.xattrs]
-        if node.entry.kind == "file":
-            names += [b"user.vaultfs.state", b"user.vaultfs.sha256"]
-            if self._blob_ref(node.entry) is not None:
-                names.append(b"user.vaultfs.band")
-        return names
+        return xattr_names(self.catalog, self.node(ino))
 
     def xattr(self, ino: int, name: bytes) -> bytes:
-        node = self.node(ino)
-        if not name.startswith(b"user."):
-            raise Unsupported(name)
-        e = node.entry
-        if e is None:
-            raise NoAttribute(name)
-        for key, value in e.xattrs:
-            if key == name:
-                return value
-        # Only our own names reach the catalog: ls -l asks every file for ACLs and labels.
-        if e.kind == "file" and name.startswith(b"user.vaultfs."):
-            if name == b"user.vaultfs.sha256":
-                return (e.blob or BlobId(_EMPTY_SHA256)).hex().encode()
-            ref = self._blob_ref(e)
-            if name == b"user.vaultfs.state":
-                return b"available" if ref is None else self.band_state(ref.band).encode()
-            if name == b"user.vaultfs.band" and ref is not None:
-                return ref.band.encode()
-        raise NoAttribute(name)
-
-    def band_info(self, band: BandId) -> BandInfo:
-        info = self.catalog.band(band)
-        if info is None:
-            raise CorruptionError(f"band {band} is not in the local catalog: run `vaultfs check`")
-        return info
-
-    def band_state(self, band: BandId) -> str:
-        """``user.vaultfs.state`` of a file in `band` (see `state_text`)."""
-        return state_text(self.band_info(band))
-
-    def _blob_ref(self, e: Entry) -> BlobRef | None:
-        """Where a file's content lies; None for empty content (no band needed)."""
-        if e.blob is None or (e.size == 0 and e.blob == _EMPTY_SHA256):
-            return None
-        ref = self.catalog.blob(e.blob)
-        if ref is None:
-            raise CorruptionError(
-                f"blob {e.blob.hex()[:16]} is not in the local catalog: run `vaultfs check`"
-            )
-        return ref
+        return xattr(self.catalog, self.node(ino), name)
 
     # ---- content ---------------------------------------------------------------------------
 
@@ -531,7 +395,7 @@ class VaultView:
         if e is None or e.kind != "file":
             raise NotFound(node.path)  # the kernel opens only regular files through open()
         try:
-            ref = self._blob_ref(e)
+            ref = blob_ref(self.catalog, e)
         except CorruptionError:
             lost = self.catalog.lost_blob(e.blob) if e.blob is not None else None
             if lost is None:
@@ -541,7 +405,7 @@ class VaultView:
                 f"{node.collection}@v{node.version}/{display_path(node.path)}: {lost_message(lost)}"
             ) from None
         if ref is not None:
-            info = self.band_info(ref.band)
+            info = band_info(self.catalog, ref.band)
             if info.state == "cached" and not self.vault.band_cached(ref.band):
                 info = self._cache_copy_lost(info)
             if not readable_now(info):
@@ -549,7 +413,7 @@ class VaultView:
             self.in_use[ref.band] += 1
             self.last_used[ref.band] = time.time_ns()
         fault = testpoints.fails("read:" + to_text(e.name))  # tests only (vaultfs/testpoints.py)
-        return OpenFile(self.readers, ref, e.blob or BlobId(_EMPTY_SHA256), e.size, fault)
+        return OpenFile(self.readers, ref, e.blob or BlobId(EMPTY_SHA256), e.size, fault)
 
     def _cache_copy_lost(self, info: BandInfo) -> BandInfo:
         """The catalog says `cached` but the local copy is gone (deleted to free space, a

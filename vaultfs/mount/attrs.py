@@ -1,0 +1,175 @@
+"""stat(2) and the extended attributes of the view's nodes, from the catalog only (no FUSE here).
+
+Plain functions over a `VaultView` (`vaultfs.mount.view`), whose methods `attr`,
+`xattr_names` and `xattr` call them directly: the view owns the node table and the
+decoded-tree cache (a directory's link count is 2 + its subdirectories), this module
+what a node's attributes are. Inside a version they are the entry's own (mode, owner,
+times, size, device, xattrs); a version directory has the source root's (records from
+before vaultfs kept them: 0555 root:root, mtime = snapshot time); the root, /.vaultfs/,
+the collection directories and `latest` change while mounted (`LIVE_TIMEOUT`).
+
+Files also answer ``user.vaultfs.state`` (their band's state in words,
+`vaultfs.mount.status.state_text`), ``user.vaultfs.sha256`` and, unless empty,
+``user.vaultfs.band``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import stat
+import time
+from typing import TYPE_CHECKING
+
+from vaultfs.errors import CorruptionError
+from vaultfs.model import BandId, BandInfo, BlobId, BlobRef, Entry
+from vaultfs.mount.errors import NoAttribute, NotFound, Unsupported
+from vaultfs.mount.nodes import Attr, Node
+from vaultfs.mount.status import state_text
+
+if TYPE_CHECKING:
+    from vaultfs.catalog import Catalog
+    from vaultfs.mount.view import VaultView
+
+LIVE_TIMEOUT = 1.0  # root, collection directories, `latest`: change when a version commits
+EMPTY_SHA256 = hashlib.sha256().digest()
+_KIND_BITS = {
+    "file": stat.S_IFREG,
+    "dir": stat.S_IFDIR,
+    "symlink": stat.S_IFLNK,
+    "fifo": stat.S_IFIFO,
+    "socket": stat.S_IFSOCK,
+    "chardev": stat.S_IFCHR,
+    "blockdev": stat.S_IFBLK,
+}
+
+
+def node_attr(view: VaultView, node: Node) -> Attr:
+    """stat(2) of a node, from the catalog only."""
+    e = node.entry
+    if e is not None:  # inside a version (most nodes): checked first
+        if e.kind == "dir":
+            assert e.tree is not None
+            nlink = 2 + view.listing(e.tree).subdirs
+        else:
+            nlink = max(1, e.nlink) if e.kind == "file" else 1
+        size = e.size if e.kind in ("file", "symlink") else 0
+        return Attr(
+            node.ino,
+            _KIND_BITS[e.kind] | (e.mode & 0o7777),
+            nlink,
+            e.uid,
+            e.gid,
+            size,
+            e.mtime_ns,
+            e.rdev,
+        )
+    if node.kind == "version":
+        assert node.tree is not None
+        return Attr(
+            node.ino, stat.S_IFDIR | 0o555, 2 + view.listing(node.tree).subdirs, 0, 0, 0, node.created_ns
+        )
+    return _live_attr(view, node)
+
+
+def _live_attr(view: VaultView, node: Node) -> Attr:
+    """stat(2) of the root, /.vaultfs/ and its files, a collection directory or `latest`."""
+    if node.kind == "root":
+        colls = view.catalog.collections()
+        return Attr(
+            node.ino,
+            stat.S_IFDIR | 0o555,
+            3 + len(colls),
+            0,
+            0,
+            0,
+            view.info.started_ns,
+            timeout=LIVE_TIMEOUT,
+        )
+    if node.kind == "meta":
+        return Attr(node.ino, stat.S_IFDIR | 0o555, 2, 0, 0, 0, view.info.started_ns, timeout=LIVE_TIMEOUT)
+    if node.kind == "status":
+        return Attr(
+            node.ino, stat.S_IFREG | 0o444, 1, 0, 0, len(view.status_text()), time.time_ns(), timeout=0.0
+        )
+    if node.kind == "restores":
+        return Attr(
+            node.ino,
+            stat.S_IFREG | 0o444,
+            1,
+            0,
+            0,
+            len(view.restores_json()),
+            time.time_ns(),
+            timeout=0.0,
+        )
+    if node.kind == "collection":
+        versions = view.catalog.versions(node.collection)
+        mtime = versions[-1].created_ns if versions else 0
+        return Attr(node.ino, stat.S_IFDIR | 0o555, 2 + len(versions), 0, 0, 0, mtime, timeout=LIVE_TIMEOUT)
+    if node.kind == "latest":
+        latest = view.catalog.latest_version(node.collection)
+        if latest is None:
+            raise NotFound(node.collection)
+        return Attr(
+            node.ino,
+            stat.S_IFLNK | 0o777,
+            1,
+            0,
+            0,
+            len(f"v{latest.number}"),
+            latest.created_ns,
+            timeout=LIVE_TIMEOUT,
+        )
+    raise NotFound(node.path)  # every kind is answered above
+
+
+# ---- extended attributes ---------------------------------------------------------------------
+
+
+def xattr_names(catalog: Catalog, node: Node) -> list[bytes]:
+    if node.entry is None:
+        return []
+    names = [k for k, _ in node.entry.xattrs]
+    if node.entry.kind == "file":
+        names += [b"user.vaultfs.state", b"user.vaultfs.sha256"]
+        if blob_ref(catalog, node.entry) is not None:
+            names.append(b"user.vaultfs.band")
+    return names
+
+
+def xattr(catalog: Catalog, node: Node, name: bytes) -> bytes:
+    if not name.startswith(b"user."):
+        raise Unsupported(name)
+    e = node.entry
+    if e is None:
+        raise NoAttribute(name)
+    for key, value in e.xattrs:
+        if key == name:
+            return value
+    # Only our own names reach the catalog: ls -l asks every file for ACLs and labels.
+    if e.kind == "file" and name.startswith(b"user.vaultfs."):
+        if name == b"user.vaultfs.sha256":
+            return (e.blob or BlobId(EMPTY_SHA256)).hex().encode()
+        ref = blob_ref(catalog, e)
+        if name == b"user.vaultfs.state":
+            return b"available" if ref is None else state_text(band_info(catalog, ref.band)).encode()
+        if name == b"user.vaultfs.band" and ref is not None:
+            return ref.band.encode()
+    raise NoAttribute(name)
+
+
+def band_info(catalog: Catalog, band: BandId) -> BandInfo:
+    info = catalog.band(band)
+    if info is None:
+        raise CorruptionError(f"band {band} is not in the local catalog: run `vaultfs check`")
+    return info
+
+
+def blob_ref(catalog: Catalog, e: Entry) -> BlobRef | None:
+    """Where a file's content lies; None for empty content (no band needed)."""
+    if e.blob is None or (e.size == 0 and e.blob == EMPTY_SHA256):
+        return None
+    ref = catalog.blob(e.blob)
+    if ref is None:
+        raise CorruptionError(f"blob {e.blob.hex()[:16]} is not in the local catalog: run `vaultfs check`")
+    return ref
