@@ -1,0 +1,97 @@
+"""``check --source``: a collection's files re-hashed against its latest version.
+
+Same size and mtime but different bytes is *bit rot suspected*; anything else that
+differs is an ordinary change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from typing import TYPE_CHECKING
+
+from vaultfs.check.report import SourceReport
+from vaultfs.config import CollectionConfig
+from vaultfs.errors import UsageError
+from vaultfs.model import (
+    Entry,
+    TreeId,
+)
+from vaultfs.output import display_path
+
+if TYPE_CHECKING:
+    from vaultfs.check.checker import Checker
+
+
+def check_source(c: Checker, collection: CollectionConfig) -> None:
+    sr = SourceReport(collection.name)
+    c.report.source = sr
+    latest = c.vault.catalog.latest_version(collection.name)
+    if latest is None:
+        raise UsageError(f"collection {collection.name!r} has no versions yet: nothing to compare with")
+    sr.version = latest.number
+    known: dict[bytes, Entry] = {}
+    files_of(c, latest.root, b"", known)
+    root = os.fsencode(collection.path)
+    seen: set[bytes] = set()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, root)
+            try:
+                st = os.lstat(full)
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            sr.files += 1
+            seen.add(rel)
+            entry = known.get(rel)
+            shown = rel.decode("utf-8", "surrogateescape")
+            if entry is None:
+                sr.added.append(shown)
+            elif entry.size != st.st_size or entry.mtime_ns != st.st_mtime_ns:
+                sr.modified.append(shown)
+            else:
+                try:
+                    digest = _sha256_file(full)
+                except OSError:
+                    sr.unreadable.append(shown)
+                    continue
+                sr.hashed += 1
+                if entry.blob is not None and digest != entry.blob:
+                    sr.bitrot.append(shown)
+    sr.deleted = sorted(p.decode("utf-8", "surrogateescape") for p in set(known) - seen)
+    for path in sr.bitrot:
+        c.problem(
+            f"bit rot suspected: {collection.name}/{display_path(path)} has the size "
+            f"and mtime of v{latest.number} but different bytes",
+            [f"{collection.name}@v{latest.number}"],
+            "do not snapshot it over the good copy: compare with `vaultfs restore "
+            "fetch`, check the disk (SMART, filesystem scrub), restore the file",
+        )
+    for path in sr.unreadable:
+        c.problem(
+            f"{collection.name}/{display_path(path)} cannot be read",
+            [],
+            "check the disk and the file's permissions",
+        )
+
+
+def files_of(c: Checker, tid: TreeId, prefix: bytes, out: dict[bytes, Entry]) -> None:
+    for e in c.vault.tree(tid):
+        rel = prefix + e.name
+        if e.kind == "dir" and e.tree is not None:
+            files_of(c, e.tree, rel + b"/", out)
+        elif e.kind == "file":
+            out[rel] = e
+
+
+def _sha256_file(path: bytes) -> bytes:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.digest()
