@@ -194,6 +194,10 @@ class BandWriter:
         raised. With `skip_if`, a member whose SHA-256 it accepts (a blob the vault already
         has) is rolled back too and None is returned: one read of a large file serves both
         the dedup decision and the band. The writer stays usable either way.
+
+        One loop on purpose: it is the snapshot's hot path for large files (read, hash and
+        frame each piece while it is in the CPU cache), and every call it would be split
+        into costs per piece.
         """
         self._check(name, sha256 if sha256 is not None else bytes(32))
         self._flush()

@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vaultfs.config import Config
 from vaultfs.errors import EXIT_OK, EXIT_WARNINGS, ConfigError, VaultError
@@ -15,8 +15,13 @@ from vaultfs.output import AddCommand, emit_json, human_bytes, iso_utc, parse_ta
 
 TIERS = ("Bulk", "Standard")
 
+if TYPE_CHECKING:
+    from vaultfs.archive import Plan
+
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddCommand) -> None:
+    """Add ``restore plan|start|status|fetch``. Long on purpose: it is the subcommands'
+    --help text and options, declared in order, with no logic to split."""
     rp = sub.add_parser(
         "restore",
         help="get files back from a version (from Deep Archive too)",
@@ -170,30 +175,35 @@ def cmd_plan(args: argparse.Namespace, config: Config) -> int:
     }
     if args.json:
         emit_json(doc)
-        return EXIT_OK
+    else:
+        _print_plan(doc, plan, args)
+    return EXIT_OK
+
+
+def _print_plan(doc: dict[str, Any], plan: Plan, args: argparse.Namespace) -> None:
+    """The plan for a person: what is readable, what must be restored, each tier's price."""
     print(
-        f"{version.collection}@v{version.number}: {len(needed)} band(s) hold the "
-        f"{human_bytes(sum(needed.values()))} of content asked for"
+        f"{doc['collection']}@v{doc['version']}: {doc['bands_needed']} band(s) hold the "
+        f"{human_bytes(doc['bytes_needed'])} of content asked for"
     )
     print(f"  readable now (free): {len(plan.free)} band(s)")
     if plan.in_flight:
         print(f"  already restoring:   {len(plan.in_flight)} band(s)")
     if not plan.to_restore:
         print("nothing to restore: `vaultfs restore fetch` can run now")
-        return EXIT_OK
+        return
     print(
         f"  to restore:          {len(plan.to_restore)} band(s), "
         f"{human_bytes(plan.restore_bytes)}, {len(plan.to_restore)} request(s)"
     )
     for tier in TIERS:
-        t = tiers[tier]
+        t = doc["tiers"][tier]
         print(
-            f"  {tier:<8} ~${t['cost_usd']:.2f} (incl. {days} days of the restored copy), "
+            f"  {tier:<8} ~${t['cost_usd']:.2f} (incl. {doc['restore_days']} days of the restored copy), "
             f"ready within {t['hours']} h, by {t['ready_by']}"
         )
-    print(f"prices: {prices.taken} ([prices] in the config)")
+    print(f"prices: {doc['prices_taken']} ([prices] in the config)")
     print(f"next: vaultfs restore start {args.what} {' '.join(args.paths)}".rstrip())
-    return EXIT_OK
 
 
 def cmd_start(args: argparse.Namespace, config: Config) -> int:

@@ -45,7 +45,9 @@ def rebuild(
     """Rebuild ``<state_dir>/catalog.lmdb`` (see the module docstring). `start` forces a
     rung (index, sidecars, tails, scan); None walks the ladder from rung 1. The old LMDB
     is kept as ``catalog.lmdb.before-rebuild`` when it is replaced. Takes the vault lock
-    (LockedError while a snapshot runs)."""
+    (LockedError while a snapshot runs). One function on purpose: the order of its steps
+    (lock, set aside, walk the rungs, install, repair) is the crash-safety argument, read
+    top to bottom; each step is a call."""
     if start is not None and start not in RUNGS[1:]:
         raise VaultError(f"--from {start}: expected one of {', '.join(RUNGS[1:])}")
     state = config.state_dir
