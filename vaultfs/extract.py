@@ -39,6 +39,7 @@ from vaultfs.model import BandId, BlobId, Entry, TreeId, VersionInfo
 from vaultfs.source import Problem, display_path
 from vaultfs.store import ObjectArchived, ObjectNotFound
 from vaultfs.vault import Vault
+from vaultfs.walk import walk
 
 _FILE_BASE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -373,11 +374,9 @@ def _listing(vault: Vault, tree: TreeId) -> dict[bytes, Entry]:
 
 
 def _walk(vault: Vault, tree: TreeId, prefix: tuple[bytes, ...]) -> Iterator[_Item]:
-    for name, e in _listing(vault, tree).items():
-        parts = (*prefix, name)
+    """Every entry under `tree`, each listing's names checked first (`_listing`)."""
+    for parts, e in walk(lambda t: _listing(vault, t).values(), tree, prefix):
         yield _Item(parts, e)
-        if e.kind == "dir" and e.tree is not None:
-            yield from _walk(vault, e.tree, parts)
 
 
 def select(

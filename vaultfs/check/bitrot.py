@@ -19,6 +19,7 @@ from vaultfs.model import (
     TreeId,
 )
 from vaultfs.output import display_path
+from vaultfs.walk import walk
 
 if TYPE_CHECKING:
     from vaultfs.check.checker import Checker
@@ -81,12 +82,8 @@ def check_source(c: Checker, collection: CollectionConfig) -> None:
 
 
 def files_of(c: Checker, tid: TreeId, prefix: bytes, out: dict[bytes, Entry]) -> None:
-    for e in c.vault.tree(tid):
-        rel = prefix + e.name
-        if e.kind == "dir" and e.tree is not None:
-            files_of(c, e.tree, rel + b"/", out)
-        elif e.kind == "file":
-            out[rel] = e
+    """Every regular file under `tid`, by its path below the version's root."""
+    out.update((prefix + b"/".join(path), e) for path, e in walk(c.vault.tree, tid) if e.kind == "file")
 
 
 def _sha256_file(path: bytes) -> bytes:

@@ -38,6 +38,7 @@ from vaultfs.model import (
     BandInfo,
     BlobId,
     BlobRef,
+    Entry,
     TreeId,
     VersionInfo,
     decode_tree,
@@ -45,6 +46,7 @@ from vaultfs.model import (
 )
 from vaultfs.store import ObjectExists, ObjectNotFound, ObjectStore
 from vaultfs.vault import Vault
+from vaultfs.walk import reachable
 
 log = logging.getLogger(__name__)
 
@@ -189,16 +191,16 @@ def _add_band_blobs(
 
 def _add_closure(content: IndexContent, catalog: Catalog, root: TreeId) -> None:
     """Add every tree reachable from `root` that `content` lacks (from the local catalog)."""
-    stack = [root]
-    while stack:
-        tid = stack.pop()
-        if tid in content.trees:
-            continue
+
+    def load(tid: TreeId) -> tuple[Entry, ...] | None:
         raw = catalog.tree_bytes(tid)
         if raw is None:
-            continue
+            return None
         content.trees[tid] = raw
-        stack.extend(e.tree for e in decode_tree(raw) if e.kind == "dir" and e.tree is not None)
+        return decode_tree(raw)
+
+    for _ in reachable(load, [root], set(content.trees)):
+        pass
 
 
 def _merge_catalog(content: IndexContent, catalog: Catalog) -> None:

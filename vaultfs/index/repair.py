@@ -24,6 +24,7 @@ from vaultfs.index.publishing import publish_or_raise
 from vaultfs.model import (
     BadRecord,
     BandInfo,
+    Entry,
     TreeId,
     VersionInfo,
     band_file,
@@ -35,6 +36,7 @@ from vaultfs.model import (
 )
 from vaultfs.store import ObjectArchived, ObjectNotFound
 from vaultfs.vault import Vault
+from vaultfs.walk import reachable
 
 log = logging.getLogger(__name__)
 
@@ -106,26 +108,20 @@ def adopt(vault: Vault, ladder: Ladder, listing: StoreListing) -> None:
 
 def _lacks_in_catalog(catalog: Catalog, root: TreeId) -> list[str]:
     lacks: list[str] = []
-    stack, seen = [root], set()
-    while stack:
-        tid = stack.pop()
-        if tid in seen:
-            continue
-        seen.add(tid)
+
+    def load(tid: TreeId) -> tuple[Entry, ...] | None:
         raw = catalog.tree_bytes(tid)
-        if raw is None:
+        return None if raw is None else decode_tree(raw)
+
+    for tid, entries in reachable(load, [root]):
+        if entries is None:
             lacks.append(f"tree {tid.hex()[:16]}")
             continue
-        for e in decode_tree(raw):
-            if e.kind == "dir" and e.tree is not None:
-                stack.append(e.tree)
-            elif (
-                e.kind == "file"
-                and e.blob is not None
-                and e.hardlink is None
-                and catalog.blob(e.blob) is None
-            ):
-                lacks.append(f"blob {e.blob.hex()[:16]}")
+        lacks += [
+            f"blob {e.blob.hex()[:16]}"
+            for e in entries
+            if e.kind == "file" and e.blob is not None and e.hardlink is None and catalog.blob(e.blob) is None
+        ]
     return lacks
 
 

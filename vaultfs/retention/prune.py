@@ -39,6 +39,7 @@ from vaultfs.retention.terms import (
 )
 from vaultfs.store import ObjectNotFound
 from vaultfs.vault import Vault
+from vaultfs.walk import reachable
 
 Action = Literal[
     "delete",  # unused, minimum duration passed (or STANDARD)
@@ -197,17 +198,8 @@ def live_set(vault: Vault, versions: Iterable[VersionInfo]) -> LiveSet:
     kept = list(versions)
     trees: set[TreeId] = set()
     blobs: set[BlobId] = set()
-    stack = [v.root for v in kept]
-    while stack:
-        tid = stack.pop()
-        if tid in trees:
-            continue
-        trees.add(tid)
-        for e in vault.tree(tid):
-            if e.kind == "dir" and e.tree is not None:
-                stack.append(e.tree)
-            elif e.kind == "file" and e.blob is not None:
-                blobs.add(e.blob)
+    for _, entries in reachable(vault.tree, [v.root for v in kept], trees):
+        blobs.update(e.blob for e in entries or () if e.kind == "file" and e.blob is not None)
     return LiveSet(kept, trees, blobs)
 
 

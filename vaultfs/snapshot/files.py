@@ -38,6 +38,7 @@ from vaultfs.source import (
     same_file_state,
 )
 from vaultfs.vault import Vault
+from vaultfs.walk import walk
 
 SMALL_FILE = 1024 * 1024  # read whole into memory: one read serves hash and band
 FINGERPRINT_PIECE = 64 * 1024  # `probable_copy`: bytes hashed from each end of a large file
@@ -325,11 +326,11 @@ class FileSaver:
         return False
 
     def _collect_large(self, tree: TreeId, out: set[tuple[int, int]]) -> None:
-        for e in self.vault.tree(tree):
-            if e.kind == "file" and e.size > SMALL_FILE:
-                out.add((e.size, e.mtime_ns))
-            elif e.kind == "dir" and e.tree is not None:
-                self._collect_large(e.tree, out)
+        out.update(
+            (e.size, e.mtime_ns)
+            for _, e in walk(self.vault.tree, tree)
+            if e.kind == "file" and e.size > SMALL_FILE
+        )
 
     # ---- blobs and bands ---------------------------------------------------------------
 
