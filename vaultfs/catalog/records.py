@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from vaultfs.catalog import schema
 from vaultfs.errors import CorruptionError, VaultError
@@ -161,28 +163,29 @@ def check_data_file(lmdb_dir: Path) -> None:
         )
 
 
-def _version(key: bytes, stored: bytes | memoryview, *, sealed: bool = True) -> VersionInfo:
-    raw = _unseal("versions", key, stored) if sealed else stored
+_R = TypeVar("_R")
+
+
+def _record(db: str, key: bytes, stored: bytes | memoryview, parse: Callable[[Any], _R], sealed: bool) -> _R:
+    """A JSON record of `db` (its seal checked unless the caller did); a malformed one is
+    named as damaged, like a bad seal."""
+    raw = _unseal(db, key, stored) if sealed else stored
     try:
-        return decode_record(VersionInfo.from_json, bytes(raw), "versions")
+        return decode_record(parse, bytes(raw), db)
     except BadRecord as e:
-        raise _damaged("versions", key, f"unreadable: {e.reason}") from None
+        raise _damaged(db, key, f"unreadable: {e.reason}") from None
+
+
+def _version(key: bytes, stored: bytes | memoryview, *, sealed: bool = True) -> VersionInfo:
+    return _record("versions", key, stored, VersionInfo.from_json, sealed)
 
 
 def _lost(key: bytes, stored: bytes | memoryview, *, sealed: bool = True) -> LostBlob:
-    raw = _unseal("lost", key, stored) if sealed else stored
-    try:
-        return decode_record(LostBlob.from_json, bytes(raw), "lost")
-    except BadRecord as e:
-        raise _damaged("lost", key, f"unreadable: {e.reason}") from None
+    return _record("lost", key, stored, LostBlob.from_json, sealed)
 
 
 def _band(key: bytes, stored: bytes | memoryview, *, sealed: bool = True) -> BandInfo:
-    raw = _unseal("bands", key, stored) if sealed else stored
-    try:
-        return decode_record(BandInfo.from_json, bytes(raw), "bands")
-    except BadRecord as e:
-        raise _damaged("bands", key, f"unreadable: {e.reason}") from None
+    return _record("bands", key, stored, BandInfo.from_json, sealed)
 
 
 def _budget_spent(raw: str | None, day: str) -> int:
