@@ -21,7 +21,7 @@ DEADLINE_S = 20.0
 
 
 def is_mounted(path: Path) -> bool:
-    from vaultfs.mount.lifecycle import mounted_fstype
+    from vaultfs.mount.mountpoint import mounted_fstype
 
     return mounted_fstype(path) is not None
 

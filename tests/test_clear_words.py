@@ -290,3 +290,17 @@ def test_every_command_has_its_exit_statuses_documented() -> None:
         statuses = {int(c) for c in codes.split(",")}
         assert {0, 2} <= statuses <= {0, 1, 2, 3}, command  # every command can meet a bad config
     assert "docs/cli.md" in (REPO / "README.md").read_text()
+
+
+def test_output_options_before_or_after_the_command(file_vault: VaultEnv) -> None:
+    """The README says every command takes --json, --debug and -q: before its name too."""
+    src = file_vault.add_collection("docs", tier="warm")
+    (src / "a.txt").write_bytes(b"a")
+    file_vault.run("init")
+    before = json.loads(file_vault.run("--json", "snapshot").stdout)
+    assert before["collections"][0]["version"] == 1
+    after = json.loads(file_vault.run("versions", "docs", "--json").stdout)
+    assert [v["version"] for v in after["versions"]] == [1]
+    assert json.loads(file_vault.run("--json", "versions", "docs").stdout) == after
+    assert file_vault.run("snapshot", "-q").stdout == ""
+    assert file_vault.run("-q", "snapshot").stdout == ""

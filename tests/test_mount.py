@@ -345,3 +345,31 @@ def test_mount_errors_are_one_clear_line(file_vault: VaultEnv, tmp_path: Path) -
             assert is_mounted(busy)
         finally:
             os.close(fd)
+
+
+def test_without_the_mount_extra(file_vault: VaultEnv, tmp_path: Path) -> None:
+    """Installed without ``[mount]`` (pyfuse3 absent): `mount` says what to install in one
+    line, and `umount` — which needs only fusermount3 — still clears a real mount."""
+    small_vault(file_vault)
+    absent = tmp_path / "absent"
+    (absent / "pyfuse3").mkdir(parents=True)
+    (absent / "pyfuse3" / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'pyfuse3'\", name='pyfuse3')\n"
+    )
+    without = file_vault.env(PYTHONPATH=os.pathsep.join([str(absent), str(REPO)]))
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc = file_vault.run("mount", str(mnt), expect=2, env=without)
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert "pip install 'vaultfs[mount]'" in proc.stderr and "internal error" not in proc.stderr
+    assert not is_mounted(mnt)
+    file_vault.run("mount", str(mnt), "--log", str(mount_log(file_vault)))  # with the extra
+    assert is_mounted(mnt)
+    pid = mount_pid(mnt)
+    try:
+        proc = file_vault.run("umount", str(mnt), env=without)
+        assert f"unmounted {mnt}" in proc.stdout and not is_mounted(mnt)
+    finally:
+        if is_mounted(mnt):
+            unmount(mnt)
+    wait_for(lambda: not alive(pid), f"mount process {pid} to exit after unmount")

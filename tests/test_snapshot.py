@@ -70,6 +70,26 @@ def test_versions_and_no_change(vault_env: VaultEnv) -> None:
     assert "v2" in text and "+1" in text and "~1" in text and "-1" in text
 
 
+def test_an_unchanged_snapshot_says_what_it_compared(file_vault: VaultEnv) -> None:
+    """Honest words: stat data alone is "by size and times", never "verified"; a file read
+    again (its ctime moved, nothing else) is said to be re-read and hashed."""
+    src = file_vault.add_collection("docs", tier="warm")
+    write(src / "a.txt", b"first\n")
+    write(src / "b.txt", b"second\n")
+    file_vault.run("init")
+    file_vault.run("snapshot")
+    out = file_vault.run("snapshot").stdout
+    assert "docs: unchanged since v1 by size and times; read 0 files" in out
+    assert "verified" not in out
+    os.chmod(src / "a.txt", (src / "a.txt").stat().st_mode)  # same mode: only ctime moves
+    out = file_vault.run("snapshot").stdout
+    assert "unchanged since v1 by size and times; 1 file(s) re-read and hashed, same content" in out
+    assert "verified" not in out
+    listing = file_vault.run("versions", "docs").stdout
+    assert "v1 found unchanged at " in listing and "by size and times" in listing
+    assert "verified" not in listing
+
+
 def test_dedup_across_places_and_collections(file_vault: VaultEnv, tmp_path: Path) -> None:
     a = file_vault.add_collection("a")
     b = file_vault.add_collection("b")

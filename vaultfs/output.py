@@ -107,3 +107,19 @@ def human_bytes(n: float) -> str:
 def emit_json(doc: dict[str, Any]) -> None:
     json.dump(doc, sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")
+
+
+def add_output_options(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
+    """``--json``, ``--debug`` and ``-q``, accepted before the command and after it
+    (``vaultfs --json snapshot`` and ``vaultfs snapshot --json``): the top parser gives
+    the defaults, every subcommand's copy leaves them alone unless given."""
+    default: Any = False if top else argparse.SUPPRESS
+    parser.add_argument(
+        "--json", action="store_true", default=default, help="print a JSON result for scripts"
+    )
+    parser.add_argument(
+        "--debug", action="store_true", default=default, help="log details and show tracebacks"
+    )
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", default=default, help="print only warnings and errors"
+    )

@@ -162,7 +162,9 @@ def print_snapshot(r: Any, quiet: bool) -> None:
     if r.unchanged and r.latest is not None and r.restored_lost:
         print(f"{r.collection}: unchanged since v{r.latest.number}; {healed}{read}")
     elif r.unchanged and r.latest is not None:
-        print(f"{r.collection}: unchanged since v{r.latest.number}, verified; {read}")
+        # Honest words: files whose stat data matched were not read, so nothing was
+        # verified; only files read again were hashed (and found the same content).
+        print(f"{r.collection}: unchanged since v{r.latest.number} {_compared(r)}; {read}")
     elif r.version is not None:
         s = r.version.stats
         print(
@@ -170,6 +172,14 @@ def print_snapshot(r: Any, quiet: bool) -> None:
             f"{human_bytes(s.bytes)}; +{s.added} ~{s.changed} -{s.removed}; {healed}{read}; "
             f"stored {human_bytes(r.bytes_stored)} in {r.bands} band(s) in {r.seconds:.2f}s"
         )
+
+
+def _compared(r: Any) -> str:
+    """How an unchanged collection was compared: by stat data alone, or with some files
+    re-read and hashed (their bytes are then known to equal the version's)."""
+    if r.files_read == 0:
+        return "by size and times"
+    return f"by size and times; {r.files_read} file(s) re-read and hashed, same content"
 
 
 def snapshot_json(r: Any) -> dict[str, Any]:
@@ -253,7 +263,10 @@ def cmd_versions(args: argparse.Namespace, config: Config) -> int:
     _print_versions(rows)
     last = versions[-1]
     if last.verified_ns:
-        print(f"v{last.number} verified unchanged at {iso_utc(last.verified_ns[-1])}")
+        print(
+            f"v{last.number} found unchanged at {iso_utc(last.verified_ns[-1])} "
+            "(by size and times; `vaultfs check --source` re-reads the files)"
+        )
     return EXIT_OK
 
 

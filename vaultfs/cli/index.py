@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from vaultfs.config import Config
 from vaultfs.errors import EXIT_ERROR, EXIT_OK, EXIT_WARNINGS, CorruptionError, VaultError
-from vaultfs.output import AddCommand
+from vaultfs.output import AddCommand, add_output_options
 
 if TYPE_CHECKING:  # imported when a command runs (startup time)
     from vaultfs.index import RebuildReport
@@ -56,9 +56,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
     rp.add_argument(
         "--yes", action="store_true", help="restore archived bands when a rung needs them, without asking"
     )
-    rp.add_argument(
-        "--json", action="store_true", default=argparse.SUPPRESS, help="print a JSON result for scripts"
-    )
+    add_output_options(rp)
     rp.set_defaults(func=cmd_index_rebuild)
 
     cp = add(

@@ -25,6 +25,7 @@ from vaultfs.errors import (
     ConfigError,
     VaultError,
 )
+from vaultfs.output import add_output_options
 
 DESCRIPTION = """\
 vaultfs backs up collections of files (photos, media, source code) from a NAS
@@ -69,8 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"vaultfs {__version__}")
     p.add_argument("--config", metavar="FILE", help="configuration file (TOML)")
-    p.add_argument("--debug", action="store_true", help="log details and show tracebacks")
-    p.add_argument("-q", "--quiet", action="store_true", help="print only warnings and errors")
+    add_output_options(p, top=True)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
             description=description,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        sp.add_argument("--json", action="store_true", help="print a JSON result for scripts")
+        add_output_options(sp)
         return sp
 
     # One module per command group, each owning its commands' code (and --help order).

@@ -11,7 +11,10 @@ import logging
 from pathlib import Path
 
 from vaultfs.config import Config
+from vaultfs.errors import UsageError
 from vaultfs.output import AddCommand
+
+MOUNT_EXTRA = ("pyfuse3", "trio")  # what `pip install 'vaultfs[mount]'` adds
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddCommand) -> None:
@@ -50,8 +53,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
 
 def cmd_mount(args: argparse.Namespace, config: Config) -> int:
     from vaultfs.malloc import tune_for_large_buffers
-    from vaultfs.mount.lifecycle import MountOptions, mount
     from vaultfs.vault import Vault
+
+    try:
+        from vaultfs.mount.lifecycle import MountOptions, mount
+    except ModuleNotFoundError as e:
+        if e.name not in MOUNT_EXTRA:
+            raise
+        raise UsageError(
+            f"vaultfs mount needs {e.name}, which is not installed: install the mount extra "
+            "(pip install 'vaultfs[mount]', with the system's fuse3 and libfuse3-dev; "
+            "tools/setup does both)"
+        ) from None
 
     tune_for_large_buffers()  # frames of MiBs, read and decompressed over and over
     opts = MountOptions(
@@ -76,7 +89,7 @@ def cmd_mount(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_umount(args: argparse.Namespace, config: Config) -> int:
-    from vaultfs.mount.lifecycle import unmount
+    from vaultfs.mount.mountpoint import unmount
 
     message = unmount(args.mountpoint.absolute())
     if not args.quiet:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from vaultfs.config import Config
 from vaultfs.errors import EXIT_OK, EXIT_WARNINGS, ConfigError, VaultError
 from vaultfs.model import readable_now
-from vaultfs.output import AddCommand, emit_json, human_bytes, iso_utc, parse_target
+from vaultfs.output import AddCommand, add_output_options, emit_json, human_bytes, iso_utc, parse_target
 
 TIERS = ("Bulk", "Standard")
 
@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
             description=description,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        ap.add_argument("--json", action="store_true", help="print a JSON result for scripts")
+        add_output_options(ap)
         return ap
 
     def target(ap: argparse.ArgumentParser) -> None:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shlex
 import signal
 import subprocess
@@ -51,6 +50,7 @@ import trio
 from vaultfs.errors import UsageError, VaultError
 from vaultfs.model import BandId, BandInfo
 from vaultfs.mount.fuse_ops import VaultOperations
+from vaultfs.mount.mountpoint import mounted_fstype
 from vaultfs.mount.restore_policy import (
     BandCache,
     OnDemandRestores,
@@ -68,7 +68,6 @@ READ_THREADS = 8  # worker threads for reads (decompression releases the GIL)
 STORE_THREADS = 2  # worker threads for restore requests and the watcher's store calls
 REQUEST_WAIT_S = 10.0  # an open waits at most this long for its band's restore request
 POLL_SIGNAL = signal.SIGUSR1  # the watcher polls now
-FS_TYPE = "fuse.vaultfs"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,20 +86,6 @@ def fuse_options(opts: MountOptions) -> set[str]:
     if opts.debug:
         out.add("debug")
     return out
-
-
-def mounted_fstype(mountpoint: Path) -> str | None:
-    """The filesystem type /proc/self/mountinfo lists at `mountpoint`, or None."""
-    target = os.path.abspath(mountpoint)
-    found = None
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            fields = line.split()
-            sep = fields.index("-")
-            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
-            if point == target:
-                found = fields[sep + 1]
-    return found
 
 
 def mount(open_vault: Callable[[], Vault], mountpoint: Path, opts: MountOptions, default_log: Path) -> int:
@@ -197,25 +182,6 @@ async def _watch_signals(scope: trio.CancelScope) -> None:
             log.info("%s: unmounting", signal.Signals(signum).name)
             pyfuse3.terminate()
             return
-
-
-def unmount(mountpoint: Path) -> str:
-    """``fusermount3 -u``; a clear VaultError when it is not a vaultfs mount or is busy."""
-    fstype = mounted_fstype(mountpoint)
-    if fstype is None:
-        raise VaultError(f"{mountpoint} is not mounted")
-    if fstype != FS_TYPE:
-        raise VaultError(f"{mountpoint} is a {fstype} mount, not vaultfs: use umount(8)")
-    proc = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        err = proc.stderr.strip()
-        if "busy" in err.lower():
-            raise VaultError(
-                f"{mountpoint} is busy: close the programs using it (`fuser -vm "
-                f"{mountpoint}` lists them) and try again"
-            )
-        raise VaultError(f"cannot unmount {mountpoint}: {err or 'fusermount3 failed'}")
-    return f"unmounted {mountpoint}"
 
 
 def _report(fd: int, message: str) -> None:
