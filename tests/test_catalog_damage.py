@@ -223,3 +223,32 @@ def test_damaged_tree_is_eio_in_the_mount(file_vault: VaultEnv, tmp_path: Path) 
         "tree" in line and "corrupt" in line and REBUILD in line
         for line in mount_log(file_vault).read_text().splitlines()
     )
+
+
+def test_damaged_lost_blob_record_is_a_clear_error(file_vault: VaultEnv) -> None:
+    """A record of the `lost` table is sealed like every other: a changed byte is a one-line
+    error asking for a rebuild (never a wrong reason, never a traceback), and the rebuild
+    records the loss again from the store."""
+    from tests.test_restore_missing import band_of, delete_object
+    from vaultfs.model import band_key
+
+    file_vault.band_size = "1MiB"
+    src = file_vault.add_collection("docs")
+    gone = os.urandom(600_000)
+    write(src / "gone.raw", gone)
+    write(src / "kept.raw", os.urandom(600_000))
+    file_vault.run("init")
+    file_vault.run("snapshot")
+    delete_object(file_vault, band_key(band_of(file_vault, gone)))
+    (src / "gone.raw").unlink()
+    file_vault.run("snapshot", expect=3)  # the band is found missing: its blob is recorded lost
+    assert [v["lost_files"] for v in file_vault.versions("docs")] == [1, 0]
+    mdb = data_mdb(file_vault)
+    data = bytearray(mdb.read_bytes())
+    at = data.index(b'"why": "missing"') + len(b'"why": "')
+    data[at : at + 7] = b"damaged"  # the same length: only the seal can tell
+    mdb.write_bytes(bytes(data))
+    error = one_line_error(file_vault.run("versions", "docs", expect=None))
+    assert "lost-blob record" in error and REBUILD in error
+    file_vault.run("index", "rebuild", expect=3)  # rebuilt; the file's bytes are still gone
+    assert [v["lost_files"] for v in file_vault.versions("docs")] == [1, 0]

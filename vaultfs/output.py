@@ -123,3 +123,14 @@ def add_output_options(parser: argparse.ArgumentParser, *, top: bool = False) ->
     parser.add_argument(
         "-q", "--quiet", action="store_true", default=default, help="print only warnings and errors"
     )
+
+
+def add_subcommand(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_text: str, description: str
+) -> argparse.ArgumentParser:
+    """A subcommand's parser: its description shown as written, and the output options."""
+    parser = sub.add_parser(
+        name, help=help_text, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_output_options(parser)
+    return parser

@@ -25,7 +25,7 @@ from vaultfs.errors import (
     ConfigError,
     VaultError,
 )
-from vaultfs.output import add_output_options
+from vaultfs.output import add_output_options, add_subcommand
 
 DESCRIPTION = """\
 vaultfs backs up collections of files (photos, media, source code) from a NAS
@@ -75,14 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     def add(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(
-            name,
-            help=help_text,
-            description=description,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        add_output_options(sp)
-        return sp
+        return add_subcommand(sub, name, help_text, description)
 
     # One module per command group, each owning its commands' code (and --help order).
     from vaultfs.cli import backup as cli_backup

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from vaultfs.config import Config
 from vaultfs.errors import EXIT_OK, EXIT_WARNINGS, ConfigError, VaultError
 from vaultfs.model import readable_now
-from vaultfs.output import AddCommand, add_output_options, emit_json, human_bytes, iso_utc, parse_target
+from vaultfs.output import AddCommand, add_subcommand, emit_json, human_bytes, iso_utc, parse_target
 
 TIERS = ("Bulk", "Standard")
 
@@ -39,14 +39,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
     rsub.required = True
 
     def action(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
-        ap = rsub.add_parser(
-            name,
-            help=help_text,
-            description=description,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        add_output_options(ap)
-        return ap
+        return add_subcommand(rsub, name, help_text, description)
 
     def target(ap: argparse.ArgumentParser) -> None:
         ap.add_argument("what", metavar="COLLECTION[@vN]", help="default version: the latest")
