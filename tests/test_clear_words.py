@@ -12,6 +12,8 @@ import http.server
 import json
 import os
 import re
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -304,3 +306,29 @@ def test_output_options_before_or_after_the_command(file_vault: VaultEnv) -> Non
     assert json.loads(file_vault.run("--json", "versions", "docs").stdout) == after
     assert file_vault.run("snapshot", "-q").stdout == ""
     assert file_vault.run("-q", "snapshot").stdout == ""
+
+
+VAULTFS = [sys.executable, "-m", "vaultfs.cli"]
+
+
+def test_a_reader_that_closes_the_pipe_is_not_an_internal_error(file_vault: VaultEnv) -> None:
+    """`vaultfs versions docs | head -0`: the reader left; exit 141 (as SIGPIPE), no message."""
+    src = file_vault.add_collection("docs", tier="warm")
+    (src / "a.txt").write_bytes(b"a")
+    file_vault.run("init")
+    file_vault.run("snapshot")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before anything is written: every write fails
+    try:
+        proc = subprocess.run(
+            [*VAULTFS, "--config", str(file_vault.config_path), "versions", "docs"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=file_vault.env(),
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141, proc.stderr
+    assert proc.stderr == ""

@@ -18,6 +18,7 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_WARNINGS = 3
+EXIT_READER_GONE = 141  # 128 + SIGPIPE: the reader of our output closed the pipe
 
 
 class VaultError(Exception):

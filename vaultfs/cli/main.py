@@ -21,6 +21,7 @@ from vaultfs import __version__, logsafe
 from vaultfs.config import Config, load_config
 from vaultfs.errors import (
     EXIT_ERROR,
+    EXIT_READER_GONE,
     EXIT_USAGE,
     ConfigError,
     VaultError,
@@ -108,7 +109,11 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
     try:
         config = load_config(find_config(args.config))
-        return func(args, config)
+        status = func(args, config)
+        sys.stdout.flush()  # a reader that went away fails here, not at exit
+        return status
+    except BrokenPipeError:
+        return _reader_gone()
     except VaultError as e:
         if args.debug:
             raise
@@ -126,3 +131,17 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_ERROR
+
+
+def _reader_gone() -> int:
+    """The reader of our output left (``vaultfs versions | head``): stop quietly.
+
+    Like ``cat`` and ``git``, a pipe reader that has read enough is not an error worth a
+    message; the status is the shell's for a process killed by SIGPIPE (128 + 13), so a
+    script can still tell the output was cut short. stdout is pointed at /dev/null so the
+    interpreter's own flush at exit does not raise again.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_READER_GONE
