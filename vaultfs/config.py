@@ -134,6 +134,29 @@ SHARE_APPLIES_FROM_FILES = 10  # see MaxRemoved.exceeded
 _PERCENT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 
 
+def parse_percentage(value: object, key: str) -> float:
+    """``"2%"`` → 2.0: a share from 0% to 100%."""
+    m = _PERCENT_RE.match(value) if isinstance(value, str) else None
+    if m is None:
+        raise ConfigError(f'{key} = {value!r}: expected a percentage such as "2%"')
+    percent = float(m.group(1))
+    if percent > 100:
+        raise ConfigError(f"{key} = {value!r}: a percentage runs from 0% to 100%")
+    return percent
+
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE)
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: str, key: str) -> float:
+    """``"30m"`` → 1800.0 seconds; units s, m, h, d (none: seconds)."""
+    m = _DURATION_RE.match(value)
+    if m is None:
+        raise ConfigError(f'{key} = {value!r}: expected a duration such as "30m", "2h" or "90s"')
+    return float(m.group(1)) * _SECONDS[m.group(2).lower()]
+
+
 def parse_removal_limit(value: object, key: str) -> RemovalLimit:
     """``"50%"`` (a share, 0 to 100) or a non-negative integer (a number of files)."""
     expected = 'expected a percentage such as "50%" or a number of files such as 1000'
@@ -141,14 +164,8 @@ def parse_removal_limit(value: object, key: str) -> RemovalLimit:
         if value < 0:
             raise ConfigError(f"{key} = {value}: a number of files cannot be negative")
         return RemovalLimit(percent=None, files=value)
-    if isinstance(value, str):
-        m = _PERCENT_RE.match(value)
-        if m is None:
-            raise ConfigError(f"{key} = {value!r}: {expected}")
-        percent = float(m.group(1))
-        if percent > 100:
-            raise ConfigError(f"{key} = {value!r}: a percentage runs from 0% to 100%")
-        return RemovalLimit(percent=percent)
+    if isinstance(value, str) and _PERCENT_RE.match(value):
+        return RemovalLimit(percent=parse_percentage(value, key))
     raise ConfigError(f"{key} = {value!r}: {expected}")
 
 
@@ -162,6 +179,8 @@ class CollectionConfig:
     compression_level: int | None = None
     allow_empty: bool = False  # an empty root is refused unless this says it is meant to be
     max_removed: RemovalLimit = field(default_factory=RemovalLimit)
+    scrub_days: int = 30  # a nightly `vaultfs scrub` re-reads every file once in this many days
+    scrub_per_snapshot: float | None = None  # percent of the bytes each snapshot scrubs; None: off
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,8 +389,15 @@ def _collection(name: str, raw: Any) -> CollectionConfig:
     clevel = t.take("compression_level", int)
     allow_empty = t.take("allow_empty", bool, False)
     max_removed = t.take_removal_limit("max_removed")
+    scrub_days = t.take("scrub_days", int, 30)
+    if scrub_days < 1:
+        raise ConfigError(f"{t.key('scrub_days')} = {scrub_days}: must be at least 1 (days)")
+    per_snapshot = t.take("scrub_per_snapshot", object)
+    share = None if per_snapshot is None else parse_percentage(per_snapshot, t.key("scrub_per_snapshot"))
     t.finish()
-    return CollectionConfig(name, path, tier, keep, frame, clevel, allow_empty, max_removed)
+    return CollectionConfig(
+        name, path, tier, keep, frame, clevel, allow_empty, max_removed, scrub_days, share or None
+    )
 
 
 def _mount_settings(t: _Table) -> MountSettings:

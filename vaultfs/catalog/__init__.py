@@ -7,7 +7,15 @@ rows and how damaged records are refused).
 
 from vaultfs.catalog.lmdb_catalog import Catalog
 from vaultfs.catalog.lookup import FileCacheLookup
-from vaultfs.catalog.records import DirMemo, FileCacheRow, check_data_file
+from vaultfs.catalog.records import DirMemo, FileCacheRow, ScrubRow, check_data_file
 from vaultfs.catalog.writer import CatalogWriter
 
-__all__ = ["Catalog", "CatalogWriter", "DirMemo", "FileCacheLookup", "FileCacheRow", "check_data_file"]
+__all__ = [
+    "Catalog",
+    "CatalogWriter",
+    "DirMemo",
+    "FileCacheLookup",
+    "FileCacheRow",
+    "ScrubRow",
+    "check_data_file",
+]

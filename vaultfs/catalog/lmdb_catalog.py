@@ -21,6 +21,7 @@ from vaultfs.catalog.lookup import FileCacheLookup
 from vaultfs.catalog.records import (
     REBUILD,
     TREE_CORRUPT,
+    ScrubRow,
     _band,
     _budget_spent,
     _damaged,
@@ -233,6 +234,27 @@ class Catalog:
                     if not key.startswith(prefix):
                         break
                     yield key[len(prefix) :]
+
+    def scrub_rows(self, collection: str) -> dict[bytes, ScrubRow]:
+        """Every scrub row of `collection` by path (one read snapshot). A damaged row is left
+        out: it is bookkeeping, and a file without a row only counts as never verified."""
+        prefix = schema.collection_prefix(collection)
+        out: dict[bytes, ScrubRow] = {}
+        if self.db["scrub"] is None:
+            return out
+        with self.env.begin(db=self.db["scrub"]) as txn:
+            cur = txn.cursor()
+            if cur.set_range(prefix):
+                for key, value in cur:
+                    key = bytes(key)
+                    if not key.startswith(prefix):
+                        break
+                    if schema.is_sound(key, value):
+                        try:
+                            out[key[len(prefix) :]] = ScrubRow.unpack(value[: -schema.SEAL_SIZE])
+                        except ValueError:
+                            continue
+        return out
 
     # ---- writes ------------------------------------------------------------------------
 

@@ -45,6 +45,27 @@ class FileCacheRow:
 
 
 @dataclass(frozen=True, slots=True)
+class ScrubRow:
+    """When a source file's bytes last matched `blob`, and when they last did not (schema:
+    ``scrub``); 0 for never."""
+
+    verified_ns: int
+    blob: BlobId
+    rot_ns: int = 0
+
+    def pack(self) -> bytes:
+        return schema.SCRUB_ROW.pack(self.verified_ns, self.blob, self.rot_ns)
+
+    @staticmethod
+    def unpack(raw: bytes | memoryview) -> ScrubRow:
+        """ValueError for bytes that are not a packed row."""
+        if len(raw) != schema.SCRUB_ROW.size:
+            raise ValueError("not a scrub row")
+        verified_ns, blob, rot_ns = schema.SCRUB_ROW.unpack(raw)
+        return ScrubRow(verified_ns, BlobId(bytes(blob)), rot_ns)
+
+
+@dataclass(frozen=True, slots=True)
 class DirMemo:
     """What the latest version holds for one directory of a collection (schema: ``files``)."""
 
@@ -104,6 +125,8 @@ def _record_name(db: str, key: bytes) -> str:
     coll, sep, rest = text.partition(b"\0")
     if db == "versions" and sep and len(rest) == 8:
         return f"version record {coll.decode(errors='replace')}@v{int.from_bytes(rest, 'big')}"
+    if db == "scrub" and sep:
+        return f"scrub row {(coll + b'/' + rest).decode(errors='backslashreplace')!r}"
     if db == "files" and sep and b"\1" not in coll:
         return f"files cache row {(coll + b'/' + rest).decode(errors='backslashreplace')!r}"
     name = {"meta": "meta record", "bands": "band record", "files": "directory memo row"}

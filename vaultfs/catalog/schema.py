@@ -28,11 +28,23 @@ files      collection utf-8 + 0x01 + directory path     `DIR_MEMO` (``DirMemo.pa
                                                         name length u16, name, tree id
 files      collection utf-8 + 0x01 + NUL                root tree id of the version the rows
                                                         above describe (32 bytes)
+scrub      collection utf-8 + NUL + path bytes          `SCRUB_ROW`: verified_ns (i64), blob id
+                                                        (32 bytes), rot_ns (i64, 0: none)
 =========  ==========================================  ==========================================
 
 ``files`` is the per-collection files cache: a file whose (dev, inode, size,
 mtime_ns, ctime_ns) match its row is not read again; its blob id is reused,
 but only if ``blobs`` still knows that blob.
+
+``scrub`` is local bookkeeping about the local source (`vaultfs.check.scrub`): when a
+file's bytes were last re-read and hashed and matched ``blob`` (a scrub, or the
+snapshot that read it), and when a scrub last found them differ from ``blob`` with
+unchanged size and mtime (bit rot; 0 once a later scrub finds them matching again).
+A row counts only while ``blob`` is the latest version's blob of that path, so a row
+written by a scrub that raced a snapshot never vouches for other content. Like the
+files cache it is a cache of facts about this machine: ``index rebuild`` starts it
+afresh (every file then counts as never verified), and a damaged row reads as absent
+(costs one re-read).
 
 The directory rows (*memo*) let a snapshot skip rebuilding listings that did not
 change: a directory whose entries' stat data hash to the recorded signature gets
@@ -83,13 +95,14 @@ import struct
 import zlib
 
 FORMAT = "2"
-DATABASES = ("meta", "versions", "trees", "blobs", "bands", "files", "lost")
-OPTIONAL_DATABASES = frozenset({"lost"})  # absent in catalogs written before it; read as empty
+DATABASES = ("meta", "versions", "trees", "blobs", "bands", "files", "lost", "scrub")
+OPTIONAL_DATABASES = frozenset({"lost", "scrub"})  # absent in catalogs written before it; read as empty
 
 RESTORE_BUDGET_KEY = "mount_restore_budget"  # in ``meta``; see the table above
 
 BLOB_REF = struct.Struct(">QQ")  # followed by the band id
 FILE_CACHE = struct.Struct(">QQQqq32s")
+SCRUB_ROW = struct.Struct(">q32sq")  # verified_ns, blob, rot_ns
 
 
 SEAL_SIZE = 4  # the CRC-32 after every value but a tree's

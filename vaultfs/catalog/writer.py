@@ -12,7 +12,14 @@ from collections.abc import Iterable
 import lmdb
 
 from vaultfs.catalog import schema
-from vaultfs.catalog.records import DirMemo, FileCacheRow, _budget_spent, _pack_blob_ref, _unseal
+from vaultfs.catalog.records import (
+    DirMemo,
+    FileCacheRow,
+    ScrubRow,
+    _budget_spent,
+    _pack_blob_ref,
+    _unseal,
+)
 from vaultfs.model import BandId, BandInfo, BlobId, BlobRef, LostBlob, TreeId, VersionInfo
 
 
@@ -63,6 +70,13 @@ class CatalogWriter:
 
     def delete_file(self, collection: str, path: bytes) -> None:
         self._txn.delete(schema.collection_prefix(collection) + path, db=self._db["files"])
+
+    def put_scrub(self, collection: str, path: bytes, row: ScrubRow) -> None:
+        """When a source file was last re-read and found (not) to match `row.blob`."""
+        self._put("scrub", schema.collection_prefix(collection) + path, row.pack())
+
+    def delete_scrub(self, collection: str, path: bytes) -> None:
+        self._txn.delete(schema.collection_prefix(collection) + path, db=self._db["scrub"])
 
     def replace_dir_memos(self, collection: str, root: TreeId, rows: Iterable[tuple[bytes, DirMemo]]) -> None:
         """Drop every directory memo row of `collection`, then write `rows`, which describe

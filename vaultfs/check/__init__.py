@@ -28,8 +28,10 @@ briefly after the checks): the blobs are marked lost and the next snapshot
 stores them again from the sources. Nothing is ever deleted on the store.
 
 The package: `checker` (the run, the catalog against the store, lost files),
-`read_data` (``--read-data``), `bitrot` (``--source``), `report` (what was found),
-`record` (writing down what was found lost).
+`read_data` (``--read-data``), `bitrot` (``--source``, and `rehash`: one file against a
+version), `report` (what was found), `record` (writing down what was found lost), and
+`scrub` (``vaultfs scrub``: the least recently verified files of cold collections,
+re-read within a budget; its own command, not a level of ``check``).
 """
 
 from vaultfs.check.checker import Checker, check, store_get

@@ -34,6 +34,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
         "or more than max_removed of the files were removed; the version is still written\n"
         "and nothing old is lost. Also 3: a band was found missing from the store; its\n"
         "content is stored again from the sources that still hold it.\n"
+        "Also 3: the scrub slice of a cold collection (scrub_per_snapshot) found bit rot.\n"
         "Exit status 1: a collection was refused (its path is missing, unreadable or\n"
         "empty: is the volume mounted?); the others are still snapshotted.",
     )
@@ -74,6 +75,7 @@ def cmd_init(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_snapshot(args: argparse.Namespace, config: Config) -> int:
     from vaultfs.cli import retention as cli_retention
+    from vaultfs.cli import scrub as cli_scrub
     from vaultfs.malloc import tune_for_large_buffers
     from vaultfs.progress import TerminalProgress
     from vaultfs.snapshot import Snapshot
@@ -98,17 +100,23 @@ def cmd_snapshot(args: argparse.Namespace, config: Config) -> int:
                     print(f"vaultfs: error: {e.message}", file=sys.stderr)
                     continue
                 cli_retention.after_snapshot(vault, coll, quiet=args.quiet or args.json)
-                results.append(result)
+                scrubbed = cli_scrub.after_snapshot(vault, coll)
+                results.append((result, scrubbed))
                 if not args.json:
                     print_snapshot(result, quiet=args.quiet)
+                    if scrubbed is not None:
+                        cli_scrub.print_report(scrubbed, quiet=args.quiet, label=f"{coll.name}: scrub slice")
     finally:
         vault.close()
     # A collection without a new version is an error (1), which outweighs warnings (3).
-    code = EXIT_ERROR if refused else EXIT_WARNINGS if any(r.warnings for r in results) else EXIT_OK
+    warnings = any(r.warnings or (s is not None and s.attention) for r, s in results)
+    code = EXIT_ERROR if refused else EXIT_WARNINGS if warnings else EXIT_OK
     if args.json:
         emit_json(
             {
-                "collections": [snapshot_json(r) for r in results],
+                "collections": [
+                    {**snapshot_json(r), "scrub": s.to_json() if s is not None else None} for r, s in results
+                ],
                 "refused": [e.message for e in refused],
                 "exit_code": code,
             }

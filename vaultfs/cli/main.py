@@ -1,7 +1,7 @@
 """The ``vaultfs`` command line: the parser, config lookup, exit codes.
 
 Each command group lives in its own module of this package (`backup`, `restore`,
-`mount`, `index`, `retention`), which registers its subcommands and prints their
+`mount`, `index`, `scrub`, `retention`), which registers its subcommands and prints their
 output. This is the only module that reads the environment or decides which config
 file to use. Errors the user can fix (`VaultError`) print one line and exit
 with their code; anything else is a bug and shows a traceback with --debug
@@ -43,7 +43,8 @@ exit status (every command's: docs/cli.md):
   2  usage or configuration error: a bad command line or config, a collection,
      version or path that does not exist, a store that refuses us as configured
      (endpoint, bucket, credentials)
-  3  finished, but some files were skipped or cold data changed (see the warnings)
+  3  finished, but some files were skipped or cold data changed, or scrub found
+     bit rot (see the warnings)
 """
 
 
@@ -84,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     from vaultfs.cli import mount as cli_mount
     from vaultfs.cli import restore as cli_restore
     from vaultfs.cli import retention as cli_retention
+    from vaultfs.cli import scrub as cli_scrub
 
-    for group in (cli_backup, cli_restore, cli_mount, cli_index, cli_retention):
+    for group in (cli_backup, cli_restore, cli_mount, cli_index, cli_scrub, cli_retention):
         group.register(sub, add)
     return p
 

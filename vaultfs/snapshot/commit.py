@@ -7,7 +7,8 @@ Order (the version record is the commit point; nothing is visible before it):
 2. The uploader is stopped, which waits until every band of the version is stored.
 3. The version record is written to the store with If-None-Match.
 4. The catalog records the trees, the version, the files cache rows of the files read
-   (and drops the rows of deleted files) and the directory memo rows.
+   and their scrub rows (read and hashed now: verified; rows of deleted files are
+   dropped) and the directory memo rows.
 
 A run whose root tree and root metadata equal the latest version's writes no version:
 `record_unchanged` adds a verification time to the latest one instead.
@@ -19,7 +20,7 @@ import socket
 from collections.abc import Callable
 
 from vaultfs import testpoints
-from vaultfs.catalog import CatalogWriter
+from vaultfs.catalog import CatalogWriter, ScrubRow
 from vaultfs.model import ChangeStats, RootMeta, TreeId, VersionInfo, to_text
 from vaultfs.snapshot.diff import Changes
 from vaultfs.snapshot.files import FileSaver
@@ -76,7 +77,7 @@ def commit_version(
         for tid, enc in trees.new.items():
             w.put_tree(tid, enc)
         w.put_version(version)
-        _write_files_cache(w, files, changes.deleted, root, trees)
+        _write_files_cache(w, files, changes.deleted, root, trees, now_ns)
     return version
 
 
@@ -94,20 +95,25 @@ def record_unchanged(
     files.drop_empty_band()
     files.close_band(final_extra=None)  # new content no version needs yet (rare)
     uploader.stop(abort=False)
-    verified = VersionInfo.from_json({**latest.to_json(), "verified_ns": [*latest.verified_ns, now()]})
+    now_ns = now()
+    verified = VersionInfo.from_json({**latest.to_json(), "verified_ns": [*latest.verified_ns, now_ns]})
     with vault.catalog.writer() as w:
         w.put_version(verified)
-        _write_files_cache(w, files, [], latest.root, trees)
+        _write_files_cache(w, files, [], latest.root, trees, now_ns)
     return verified
 
 
 def _write_files_cache(
-    w: CatalogWriter, files: FileSaver, deleted: list[bytes], root: TreeId, trees: TreeSaver
+    w: CatalogWriter, files: FileSaver, deleted: list[bytes], root: TreeId, trees: TreeSaver, now_ns: int
 ) -> None:
+    """The files cache rows of the files read, and their scrub rows: each was re-read and
+    hashed now, and its blob is what the version holds (`vaultfs.check.scrub`)."""
     collection = files.collection
     for rel, row in files.cache_rows:
         w.put_file(collection, rel, row)
+        w.put_scrub(collection, rel, ScrubRow(now_ns, row.blob))
     for rel in deleted:
         w.delete_file(collection, rel)
+        w.delete_scrub(collection, rel)
     if trees.memos_replaced:
         w.replace_dir_memos(collection, root, trees.memo_rows)
