@@ -216,9 +216,9 @@ def queue(vault: Vault, collections: list[CollectionConfig], report: ScrubReport
             report.notes.append(f"{coll.name} has no versions yet: nothing to scrub")
             continue
         try:
-            check_root(coll)
+            check_root(coll, done="scrubbed")
         except SourceRefused as e:
-            report.refused.append(e.message.replace("snapshotted", "scrubbed"))
+            report.refused.append(e.message)
             continue
         report.versions[coll.name] = latest.number
         items += files_of(vault, coll, latest)

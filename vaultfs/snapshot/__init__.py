@@ -239,8 +239,11 @@ class Snapshot:
         self.result.bytes_stored = sum(b.size for b in self._uploader.uploaded)
 
 
-def check_root(collection: CollectionConfig) -> None:
+def check_root(collection: CollectionConfig, done: str = "snapshotted") -> None:
     """Refuse a root that is missing, not a directory, unreadable or empty (SourceRefused).
+
+    `done` is what the refusal says was not done ("nothing was snapshotted"; scrub passes
+    "scrubbed").
 
     To a snapshot, an unmounted volume looks like a collection whose files were all
     deleted: the version would be empty and say so with exit 0. A collection that is
@@ -253,27 +256,27 @@ def check_root(collection: CollectionConfig) -> None:
     except FileNotFoundError:
         raise SourceRefused(
             f"collection {name}: {path} does not exist (is the volume mounted?); nothing was "
-            f"snapshotted: mount it or fix [collections.{name}].path"
+            f"{done}: mount it or fix [collections.{name}].path"
         ) from None
     except NotADirectoryError:
         raise SourceRefused(
             f"collection {name}: {path} is not a directory (is the volume mounted?); "
-            f"nothing was snapshotted: fix [collections.{name}].path"
+            f"nothing was {done}: fix [collections.{name}].path"
         ) from None
     except OSError as e:
-        raise _unreadable_root(collection, e) from None
+        raise _unreadable_root(collection, e, done) from None
     if empty and not collection.allow_empty:
         raise SourceRefused(
             f"collection {name}: {path} is empty (is the volume mounted?); nothing was "
-            f"snapshotted: mount it, or set allow_empty = true in [collections.{name}] "
+            f"{done}: mount it, or set allow_empty = true in [collections.{name}] "
             "if it is meant to be empty"
         )
 
 
-def _unreadable_root(collection: CollectionConfig, e: OSError) -> SourceRefused:
+def _unreadable_root(collection: CollectionConfig, e: OSError, done: str = "snapshotted") -> SourceRefused:
     return SourceRefused(
         f"collection {collection.name}: cannot read {collection.path} ({e.strerror}); nothing "
-        "was snapshotted: check that the volume is mounted and readable by this user"
+        f"was {done}: check that the volume is mounted and readable by this user"
     )
 
 
