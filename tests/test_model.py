@@ -35,6 +35,7 @@ entries = st.builds(
     xattrs=st.lists(st.tuples(st.binary(min_size=1, max_size=20), st.binary(max_size=50)), max_size=3).map(
         tuple
     ),
+    flags=st.integers(0, 2**32 - 1),
 )
 
 

@@ -18,6 +18,15 @@ file under its name, and the restore goes on with the next file. Whatever
 happens, every directory written gets its recorded mode, owner and times at the
 end (deepest first, so setting one does not disturb the times of its parent).
 
+Metadata goes on in an order that keeps each step from undoing another: owner first
+(chown clears set-uid bits and file capabilities), then xattrs (ACLs among them), mode
+and times; kept inode flags (`vaultfs.fsflags`) before a file's content (``C`` and ``c``
+only act on data written after them), a directory's at the end; ``i`` (immutable) and
+``a`` (append only) strictly last, after every name, link and time (an immutable file
+can be neither written, renamed, linked nor given times). Metadata the target refuses
+(an xattr namespace without root, a flag its filesystem lacks) is counted by kind in
+`RestoreResult.not_restored`, never dropped silently and never fatal.
+
 The target directory itself gets the version root's mode, owner, mtime and
 xattrs (`VersionInfo.root_meta`) only when the whole version is restored: it
 then *is* the root. When only some paths are restored, the target is just the
@@ -34,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from vaultfs import fsflags
 from vaultfs.errors import CorruptionError, UsageError, VaultError
 from vaultfs.model import BandId, BlobId, Entry, TreeId, VersionInfo
 from vaultfs.source import Problem, display_path
@@ -60,6 +70,8 @@ class RestoreResult:
     # Files not restored because their bytes could not be read or failed verification.
     missing: list[Problem] = field(default_factory=list)
     root_meta_applied: bool = False  # the target got the version root's mode, owner, times
+    # Metadata the target refused (xattrs without root, flags its filesystem lacks): kind → count.
+    not_restored: dict[str, int] = field(default_factory=dict)
 
 
 class UnsafeName(CorruptionError):
@@ -110,6 +122,7 @@ class Restorer:
         self.version = version
         self.target = target
         self.result = RestoreResult(version)
+        self._sealing: list[tuple[tuple[bytes, ...], int]] = []  # +i/+a: set after everything
 
     def run(
         self, selection: list[tuple[bytes, ...]], progress: RestoreProgress | None = None
@@ -150,6 +163,8 @@ class Restorer:
                     self._dir_metadata(root_fd, item)
                 if completed and not selection:  # last: the root's mtime must not move again
                     self._root_metadata(root_fd)
+                for parts, flags in self._sealing:  # +i and +a: nothing may change after them
+                    self._seal(root_fd, parts, flags)
             finally:
                 os.close(root_fd)
         return self.result
@@ -163,7 +178,8 @@ class Restorer:
         if meta is None:  # a record from before vaultfs kept it
             return
         try:
-            self._apply_metadata(root_fd, meta.entry(self.version.root))
+            self._set_flags(root_fd, meta.flags & ~fsflags.SEALING)
+            self._apply_metadata(root_fd, meta.entry(self.version.root), ())
         except OSError as err:
             self.result.problems.append(
                 Problem(b"", f"mode, owner or times of {self.target} not set ({err.strerror})")
@@ -216,8 +232,9 @@ class Restorer:
             _unlink_quiet(tmp, dfd)
             fd = os.open(tmp, _FILE_BASE_FLAGS, 0o600, dir_fd=dfd)
             try:
+                self._set_flags(fd, e.flags & ~fsflags.SEALING)  # before the data (C, c)
                 self._copy_content(fd, e.blob, e.size)
-                self._apply_metadata(fd, e)
+                self._apply_metadata(fd, e, item.parts)
             except BaseException:
                 os.close(fd)
                 _unlink_quiet(tmp, dfd)
@@ -249,19 +266,60 @@ class Restorer:
         if written != size:
             raise _ContentUnreadable(f"read {written} bytes back, the catalog says {size}")
 
-    def _apply_metadata(self, fd: int, e: Entry) -> None:
-        for key, value in e.xattrs:
-            try:
-                os.setxattr(fd, key, value)
-            except OSError as err:
-                self._problem_text(e, f"extended attribute {key!r} not restored ({err.strerror})")
+    def _apply_metadata(self, fd: int, e: Entry, parts: tuple[bytes, ...]) -> None:
+        """Owner, xattrs, mode and times of an open file or directory (see the module
+        docstring for the order); its +i/+a are noted for the end."""
         if os.geteuid() == 0:
             os.fchown(fd, e.uid, e.gid)
+        self._set_xattrs(fd, e)
         os.fchmod(fd, e.mode)
         os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
+        if e.flags & fsflags.SEALING:
+            self._sealing.append((parts, e.flags & fsflags.SEALING))
 
-    def _problem_text(self, e: Entry, reason: str) -> None:
-        self.result.problems.append(Problem(e.name, reason))
+    def _set_xattrs(self, where: int | bytes, e: Entry) -> None:
+        for key, value in e.xattrs:
+            try:
+                if isinstance(where, int):
+                    os.setxattr(where, key, value)
+                else:
+                    os.setxattr(where, key, value, follow_symlinks=False)
+            except OSError as err:
+                namespace = display_path(key.split(b".", 1)[0])
+                self._not_restored(f"xattr(s) in {namespace}.* ({err.strerror})")
+
+    def _set_flags(self, fd: int, flags: int, mask: int = fsflags.KEPT & ~fsflags.SEALING) -> None:
+        """Give an open file or directory the kept inode flags of `mask` (only when it
+        has some: a file without flags costs no ioctl)."""
+        if not flags:
+            return
+        try:
+            fsflags.set_flags(fd, flags, mask)
+        except OSError as err:
+            self._not_restored(f"inode flag(s) {fsflags.letters(flags)} ({err.strerror})")
+
+    def _seal(self, root_fd: int, parts: tuple[bytes, ...], flags: int) -> None:
+        """Set +i/+a on a restored path, the very last change made to it."""
+        try:
+            if parts:
+                dfd = self._parent(root_fd, parts)
+                try:
+                    opened = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+                    fd = os.open(parts[-1], opened, dir_fd=dfd)
+                finally:
+                    os.close(dfd)
+            else:
+                fd = os.dup(root_fd)
+        except OSError as err:
+            self._not_restored(f"inode flag(s) {fsflags.letters(flags)} ({err.strerror})")
+            return
+        try:
+            self._set_flags(fd, flags, fsflags.SEALING)
+        finally:
+            os.close(fd)
+
+    def _not_restored(self, kind: str) -> None:
+        self.result.not_restored[kind] = self.result.not_restored.get(kind, 0) + 1
 
     def _link(self, root_fd: int, item: _Item, restored: set[tuple[bytes, ...]]) -> None:
         e = item.entry
@@ -305,9 +363,8 @@ class Restorer:
             if os.geteuid() == 0:
                 os.chown(name, e.uid, e.gid, dir_fd=dfd, follow_symlinks=False)
             if e.kind != "symlink":
+                self._set_xattrs(_proc_path(dfd, name), e)
                 os.chmod(name, e.mode, dir_fd=dfd)
-                for key, value in e.xattrs:
-                    os.setxattr(_proc_path(dfd, name), key, value, follow_symlinks=False)
             os.utime(name, ns=(e.mtime_ns, e.mtime_ns), dir_fd=dfd, follow_symlinks=False)
             self.result.others += 1
         finally:
@@ -323,7 +380,8 @@ class Restorer:
             finally:
                 os.close(dfd)
             try:
-                self._apply_metadata(fd, item.entry)
+                self._set_flags(fd, item.entry.flags & ~fsflags.SEALING)
+                self._apply_metadata(fd, item.entry, item.parts)
             finally:
                 os.close(fd)
         except OSError as err:

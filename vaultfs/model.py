@@ -71,7 +71,8 @@ class Entry:
     # Second and later names of a hard-linked file: path (relative to the
     # collection root, '/'-separated) of the first name seen in scan order.
     hardlink: bytes | None = None
-    xattrs: tuple[tuple[bytes, bytes], ...] = ()
+    xattrs: tuple[tuple[bytes, bytes], ...] = ()  # every namespace; POSIX ACLs in binary form
+    flags: int = 0  # kept inode flags (`vaultfs.fsflags`); absent at 0: old tree ids unchanged
 
     def to_json(self) -> dict[str, Any]:  # noqa: C901 - one flat test per optional field
         d: dict[str, Any] = {"name": to_text(self.name), "kind": self.kind}
@@ -99,6 +100,8 @@ class Entry:
             d["hardlink"] = to_text(self.hardlink)
         if self.xattrs:
             d["xattrs"] = [[to_text(k), base64.b64encode(v).decode("ascii")] for k, v in self.xattrs]
+        if self.flags:
+            d["flags"] = self.flags
         return d
 
     @staticmethod
@@ -121,6 +124,7 @@ class Entry:
             nlink=d.get("nlink", 1),
             hardlink=from_text(d["hardlink"]) if "hardlink" in d else None,
             xattrs=tuple((from_text(k), base64.b64decode(v)) for k, v in d.get("xattrs", ())),
+            flags=int(d.get("flags", 0)),
         )
 
 
@@ -151,6 +155,8 @@ def _entry_json(e: Entry) -> str:  # noqa: C901 - unrolled per field for speed (
     parts = []
     if e.blob is not None:
         parts.append('"blob":"' + e.blob.hex() + '"')
+    if e.flags:
+        parts.append(f'"flags":{e.flags}')
     if e.gid:
         parts.append(f'"gid":{e.gid}')
     if e.hardlink is not None:
@@ -247,7 +253,7 @@ class RootMeta:
     owner, mtime and xattrs live beside the root tree in `VersionInfo`: without them a
     0700 home directory would show as world-listable in the mount and lose its mode on
     restore. JSON: ``{"mode": 448, "uid": 0, "gid": 0, "mtime_ns": …, "xattrs": [[k, b64]]}``,
-    every key written.
+    every key written, and ``"flags"`` (kept inode flags) when not 0.
     """
 
     mode: int  # st_mode & 0o7777
@@ -255,6 +261,7 @@ class RootMeta:
     gid: int
     mtime_ns: int
     xattrs: tuple[tuple[bytes, bytes], ...] = ()
+    flags: int = 0
 
     def entry(self, tree: TreeId) -> Entry:
         """The root as a directory entry (empty name), as mount and restore treat entries."""
@@ -267,16 +274,13 @@ class RootMeta:
             mtime_ns=self.mtime_ns,
             tree=tree,
             xattrs=self.xattrs,
+            flags=self.flags,
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "mode": self.mode,
-            "uid": self.uid,
-            "gid": self.gid,
-            "mtime_ns": self.mtime_ns,
-            "xattrs": [[to_text(k), base64.b64encode(v).decode("ascii")] for k, v in self.xattrs],
-        }
+        xattrs = [[to_text(k), base64.b64encode(v).decode("ascii")] for k, v in self.xattrs]
+        d = {"mode": self.mode, "uid": self.uid, "gid": self.gid, "mtime_ns": self.mtime_ns}
+        return {**d, "xattrs": xattrs, **({"flags": self.flags} if self.flags else {})}
 
     @staticmethod
     def from_json(d: dict[str, Any]) -> RootMeta:
@@ -286,6 +290,7 @@ class RootMeta:
             gid=int(d["gid"]),
             mtime_ns=int(d["mtime_ns"]),
             xattrs=tuple((from_text(k), base64.b64decode(v)) for k, v in d.get("xattrs", ())),
+            flags=int(d.get("flags", 0)),
         )
 
 

@@ -7,7 +7,10 @@ later by `read_small` / `hash_stream` so that the total is known for progress
 and ETA before the slow part starts.
 
 A file that vanishes, cannot be read, or changes while it is read becomes a
-`Problem`; the caller reports it and leaves the file out of the version.
+`Problem`; the caller reports it and leaves the file out of the version. Metadata the
+scan cannot keep (an xattr it may not read, an inode flag no restore could give back,
+`vaultfs.fsflags`) is counted by kind in `Scanner.not_kept`, and the snapshot reports
+each kind once with its count.
 """
 
 from __future__ import annotations
@@ -17,15 +20,17 @@ import hashlib
 import marshal
 import os
 import stat
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from vaultfs import fsflags
 from vaultfs.model import BlobId, Entry, Kind, to_text
 from vaultfs.output import display_path  # re-exported: the one escaping of names
 
 READ_CHUNK = 1024 * 1024
-XATTR_NAMESPACES = (b"user.",)
+NotKept = Counter[str]  # kind of metadata not kept → how many times this scan met it
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +89,7 @@ class ScannedFile:
     name: bytes
     st: StatLike
     xattrs: tuple[tuple[bytes, bytes], ...]
+    flags: int = 0  # kept inode flags (`vaultfs.fsflags.KEPT`)
     blob: BlobId | None = None
     needs_read: bool = True
     skipped: bool = False
@@ -106,6 +112,7 @@ class ScannedDir:
     name: bytes
     st: StatLike
     xattrs: tuple[tuple[bytes, bytes], ...]  # () for the subdirectories of an unchanged dir
+    flags: int = 0  # kept inode flags; 0 for the subdirectories of an unchanged dir
     children: list[ScannedDir | ScannedFile | Entry] = field(default_factory=list)
     unreadable: bool = False  # listing failed: left out of the version, reported
     signature: bytes | None = None
@@ -121,8 +128,14 @@ def listing_signature(rows: list[tuple[object, ...]]) -> bytes:
     mtime or ctime; xattrs, owner, mode, links: ctime) changes it, as do added, removed
     and renamed names. ``marshal`` format 2 has no back-references, so equal rows give
     equal bytes (4x faster than repr); a different Python that wrote other bytes would
-    only make one snapshot take the slow path."""
-    return hashlib.sha256(marshal.dumps(rows, 2)).digest()
+    only make one snapshot take the slow path. `_LISTING_KIND` names what a listing holds:
+    a vaultfs that keeps more metadata than the one that wrote the memo (ACLs, xattrs of
+    every namespace and inode flags since 2) changes it, so no listing without them is
+    reused; each directory is listed anew once."""
+    return hashlib.sha256(_LISTING_KIND + marshal.dumps(rows, 2)).digest()
+
+
+_LISTING_KIND = b"vaultfs listing 2\0"
 
 
 class Scanner:
@@ -131,15 +144,20 @@ class Scanner:
     def __init__(self, root: bytes, known: KnownSignature | None = None) -> None:
         self.root = root
         self.problems: list[Problem] = []
+        self.not_kept: NotKept = Counter()
         self.files: list[ScannedFile] = []
         self._inodes: dict[tuple[int, int], ScannedFile] = {}
         self._known = known
 
     def scan(self) -> ScannedDir:
         st = FileStat.of(os.lstat(self.root))
-        top = ScannedDir(b"", b"", st, read_xattrs(self.root, self.problems, b""))
+        top = ScannedDir(b"", b"", st, *self._meta(self.root, b""))
         self._walk(top, self.root)
         return top
+
+    def _meta(self, path: bytes, rel: bytes) -> tuple[tuple[tuple[bytes, bytes], ...], int]:
+        """The xattrs and kept inode flags of a regular file or directory."""
+        return read_xattrs(path, self.problems, rel, self.not_kept), read_flags(path, self.not_kept)
 
     def _walk(self, node: ScannedDir, path: bytes) -> None:
         try:
@@ -151,7 +169,7 @@ class Scanner:
             self.problems.append(Problem(node.rel, f"cannot list directory ({_why(e)})"))
             node.unreadable = True
             return
-        problems_before = len(self.problems)
+        problems_before = len(self.problems), self.not_kept.total()
         listing: list[tuple[os.DirEntry[bytes], os.stat_result]] = []
         rows: list[tuple[object, ...]] = []
         linked = False
@@ -178,7 +196,7 @@ class Scanner:
                 )
             )
             linked = linked or (st.st_nlink > 1 and stat.S_ISREG(st.st_mode))
-        if len(self.problems) == problems_before and not linked:
+        if (len(self.problems), self.not_kept.total()) == problems_before and not linked:
             node.signature = listing_signature(rows)
             if self._known is not None and self._known(node.rel) == node.signature:
                 node.unchanged = True
@@ -190,8 +208,9 @@ class Scanner:
                 return
         for de, st in listing:
             self._add(node, path, de.name, st)
-        if len(self.problems) != problems_before:
-            node.signature = None  # e.g. an xattr that could not be read
+        if (len(self.problems), self.not_kept.total()) != problems_before:
+            # e.g. an xattr that could not be read: listed (and reported) again next time
+            node.signature = None
 
     def _add(self, node: ScannedDir, path: bytes, name: bytes, st: os.stat_result) -> None:
         """Record one entry of a directory whose listing is built anew."""
@@ -199,11 +218,11 @@ class Scanner:
         full = path + b"/" + name
         mode = st.st_mode
         if stat.S_ISDIR(mode):
-            child = ScannedDir(rel, name, FileStat.of(st), read_xattrs(full, self.problems, rel))
+            child = ScannedDir(rel, name, FileStat.of(st), *self._meta(full, rel))
             node.children.append(child)
             self._walk(child, full)
         elif stat.S_ISREG(mode):
-            f = ScannedFile(rel, name, FileStat.of(st), read_xattrs(full, self.problems, rel))
+            f = ScannedFile(rel, name, FileStat.of(st), *self._meta(full, rel))
             if st.st_nlink > 1:
                 first = self._inodes.setdefault((st.st_dev, st.st_ino), f)
                 if first is not f:
@@ -228,7 +247,8 @@ class Scanner:
                 if stat.S_ISCHR(mode)
                 else "blockdev"
             )
-            node.children.append(_entry(name, kind, st, xattrs=read_xattrs(full, self.problems, rel)))
+            xattrs = read_xattrs(full, self.problems, rel, self.not_kept)
+            node.children.append(_entry(name, kind, st, xattrs=xattrs))
 
 
 def _rel(node: ScannedDir, name: bytes) -> bytes:
@@ -257,12 +277,21 @@ def _entry(
     )
 
 
-def read_xattrs(path: bytes, problems: list[Problem], rel: bytes) -> tuple[tuple[bytes, bytes], ...]:
-    """The ``user.*`` extended attributes of a path (not following symlinks)."""
+def read_xattrs(
+    path: bytes, problems: list[Problem], rel: bytes, not_kept: NotKept
+) -> tuple[tuple[bytes, bytes], ...]:
+    """Every extended attribute of a path (not following symlinks): ``user.*``,
+    ``trusted.*`` and ``security.*`` (which Linux lists and lets read only as root, or
+    not at all), the POSIX ACLs (``system.posix_acl_access``/``_default``, kept in the
+    kernel's binary form) and whatever else the source lists. A name this user may not
+    read is counted in `not_kept` by namespace; other read errors are problems."""
     try:
         names = os.listxattr(path, follow_symlinks=False)
     except OSError as e:
-        if e.errno in (errno.ENOTSUP, errno.ENOENT, errno.EPERM, errno.EACCES):
+        if e.errno in (errno.ENOTSUP, errno.ENOENT):
+            return ()
+        if e.errno in (errno.EPERM, errno.EACCES):
+            not_kept[f"entries' extended attributes (cannot list: {_why(e)})"] += 1
             return ()
         problems.append(Problem(rel, f"cannot list extended attributes ({_why(e)})"))
         return ()
@@ -270,17 +299,47 @@ def read_xattrs(path: bytes, problems: list[Problem], rel: bytes) -> tuple[tuple
         return ()
     out = []
     for name in sorted(names):
-        raw = os.fsencode(name)
-        if not raw.startswith(XATTR_NAMESPACES):
-            continue
         try:
-            out.append((raw, os.getxattr(path, name, follow_symlinks=False)))
+            out.append((os.fsencode(name), os.getxattr(path, name, follow_symlinks=False)))
         except OSError as e:
-            if e.errno != errno.ENODATA:
+            if e.errno in (errno.EPERM, errno.EACCES):
+                namespace = name.split(".", 1)[0]
+                not_kept[f"xattr(s) in {display_path(namespace)}.* (cannot read: {_why(e)})"] += 1
+            elif e.errno != errno.ENODATA:
                 problems.append(
                     Problem(rel, f"cannot read extended attribute {display_path(name)} ({_why(e)})")
                 )
     return tuple(out)
+
+
+def read_flags(path: bytes, not_kept: NotKept) -> int:
+    """The kept inode flags of a regular file or directory (`vaultfs.fsflags.KEPT`); the
+    others, and flags that cannot be read, are counted in `not_kept`.
+
+    The ioctl needs an open file: O_NONBLOCK, O_NOFOLLOW and an fstat check keep a FIFO or
+    device swapped in since the scan's stat from being waited on or asked; nothing is read
+    (no atime moves). A file that vanished meanwhile is the read's business, not this.
+    """
+    try:
+        fd = _open_noatime(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ELOOP):  # vanished, or a symlink now: no flags
+            return 0
+        not_kept[f"entries' inode flags (cannot open: {_why(e)})"] += 1
+        return 0
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+            return 0
+        flags = fsflags.get_flags(fd)
+    except OSError as e:
+        not_kept[f"entries' inode flags (cannot read: {_why(e)})"] += 1
+        return 0
+    finally:
+        os.close(fd)
+    for kind in fsflags.not_kept(flags):
+        not_kept[kind] += 1
+    return flags & fsflags.KEPT
 
 
 class ChangedWhileReading(Exception):
@@ -436,6 +495,7 @@ def _vanished_or(e: OSError) -> str:
 
 __all__ = [
     "ChangedWhileReading",
+    "NotKept",
     "NotRegularFile",
     "Problem",
     "ScannedDir",

@@ -3,7 +3,7 @@
 A member is a ustar header block, preceded by a pax ``x`` header only when a field does
 not fit ustar (long or non-ASCII name, huge size, sub-second or far-future mtime, large
 ids, long or non-ASCII owner names, xattrs). Pax headers use only keywords GNU tar knows
-(path, size, mtime, uid, gid, uname, gname, SCHILY.xattr.*); names that are not UTF-8 go
+(path, size, mtime, uid, gid, uname, gname, SCHILY.xattr.*, SCHILY.acl.*); names that are not UTF-8 go
 into ``path`` raw (GNU tar 1.34 warns about ``hdrcharset``, so it is not written).
 `member_header` is on the hot path of a snapshot of small files: the constant bytes of a
 header and its checksum are computed once.
@@ -12,6 +12,7 @@ header and its checksum are computed once.
 from __future__ import annotations
 
 import functools
+import struct
 from dataclasses import dataclass
 
 BLOCK = 512  # tar's block: headers, and content padded to a multiple of it
@@ -85,6 +86,48 @@ def _xattr_key(name: bytes) -> bytes:
     return b"SCHILY.xattr." + name.replace(b"%", b"%25").replace(b"=", b"%3D")
 
 
+# POSIX ACLs: the kernel's xattr (version 2, then (tag u16, perm u16, id u32) entries,
+# little-endian) → the text GNU tar writes (acl_to_text: one entry a line), so that
+# ``tar -x --acls`` restores them. Ids stay numeric: the band knows no user names.
+_ACL_KEYS = {
+    b"system.posix_acl_access": b"SCHILY.acl.access",
+    b"system.posix_acl_default": b"SCHILY.acl.default",
+}
+_ACL_TAGS = {
+    0x01: b"user:",
+    0x02: b"user:",
+    0x04: b"group:",
+    0x08: b"group:",
+    0x10: b"mask:",
+    0x20: b"other:",
+}
+
+
+def acl_text(value: bytes) -> bytes:
+    """``user::rw-\nuser:1000:r--\ngroup::r-x\nmask::r-x\nother::r--\n``; ValueError."""
+    if len(value) < 4 or (len(value) - 4) % 8 or struct.unpack_from("<I", value)[0] != 2:
+        raise ValueError("not a POSIX ACL")
+    lines = []
+    for tag, perm, qid in struct.iter_unpack("<HHI", value[4:]):
+        if tag not in _ACL_TAGS:
+            raise ValueError(f"unknown ACL tag {tag:#x}")
+        qualifier = b"%d" % qid if tag in (0x02, 0x08) else b""
+        rwx = b"".join(c if perm & bit else b"-" for c, bit in ((b"r", 4), (b"w", 2), (b"x", 1)))
+        lines.append(b"%s%s:%s\n" % (_ACL_TAGS[tag], qualifier, rwx))
+    return b"".join(lines)
+
+
+def _xattr_record(name: bytes, value: bytes) -> bytes:
+    """An xattr as GNU tar writes it: ACLs as ``SCHILY.acl.*`` text (what ``--acls``
+    restores), every other name as ``SCHILY.xattr.<name>`` with the raw value."""
+    if name in _ACL_KEYS:
+        try:
+            return _pax_record(_ACL_KEYS[name], acl_text(value))
+        except ValueError:
+            pass  # not an ACL the kernel would have written: kept raw, like any xattr
+    return _pax_record(_xattr_key(name), value)
+
+
 def member_header(name: bytes, meta: MemberMeta, size: int) -> bytes:
     """The tar header block(s) of a regular-file member: a pax 'x' header only when needed."""
     records: list[bytes] = []
@@ -115,7 +158,7 @@ def member_header(name: bytes, meta: MemberMeta, size: int) -> bytes:
         records.append(_pax_record(b"gname", gname))
         gname = b""
     for xname, xvalue in meta.xattrs:
-        records.append(_pax_record(_xattr_key(xname), xvalue))
+        records.append(_xattr_record(xname, xvalue))
     block = _ustar(
         ustar_name,
         meta.mode & 0o7777,

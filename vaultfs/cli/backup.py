@@ -135,8 +135,7 @@ def print_snapshot(r: Any, quiet: bool) -> None:
             "catalog records, which the local catalog still has)",
             file=sys.stderr,
         )
-    for p in r.problems:
-        print(f"warning: {r.collection}: skipped {p.display()}", file=sys.stderr)
+    _print_left_out(r)
     for kind, paths in (("modified", r.modified), ("deleted", r.deleted)):
         if not paths:
             continue
@@ -182,6 +181,15 @@ def print_snapshot(r: Any, quiet: bool) -> None:
         )
 
 
+def _print_left_out(r: Any) -> None:
+    """What the version leaves out of its source: skipped files, metadata not kept (once
+    per kind, with its count)."""
+    for p in r.problems:
+        print(f"warning: {r.collection}: skipped {p.display()}", file=sys.stderr)
+    for kind, count in r.not_kept.items():
+        print(f"warning: {r.collection}: not kept: {count} {kind}", file=sys.stderr)
+
+
 def _compared(r: Any) -> str:
     """How an unchanged collection was compared: by stat data alone, or with some files
     re-read and hashed (their bytes are then known to equal the version's)."""
@@ -208,6 +216,7 @@ def snapshot_json(r: Any) -> dict[str, Any]:
         "seconds": round(r.seconds, 3),
         "stats": r.latest.stats.to_json() if r.latest else None,
         "skipped": [{"path": to_text(p.path), "reason": p.reason} for p in r.problems],
+        "not_kept": r.not_kept,
         "modified": [to_text(p) for p in r.modified],
         "deleted": [to_text(p) for p in r.deleted],
         "lost_bands": [{"band": m.band, "blobs": m.blobs} for m in r.lost_bands],

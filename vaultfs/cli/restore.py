@@ -343,7 +343,9 @@ def cmd_fetch(args: argparse.Namespace, config: Config) -> int:
         print(f"warning: {p.display()}", file=sys.stderr)
     for p in result.missing:
         print(f"not restored: {p.display()}", file=sys.stderr)
-    code = EXIT_WARNINGS if result.problems or result.missing else EXIT_OK
+    for kind, count in result.not_restored.items():
+        print(f"warning: metadata not restored: {count} {kind}", file=sys.stderr)
+    code = EXIT_WARNINGS if result.problems or result.missing or result.not_restored else EXIT_OK
     if args.json:
         emit_json(_fetch_json(collection, args.to, result, code))
     elif not args.quiet:
@@ -364,6 +366,7 @@ def _fetch_json(collection: str, to: str, result: Any, code: int) -> dict[str, A
         "others": result.others,
         "problems": [{"path": to_text(p.path), "reason": p.reason} for p in result.problems],
         "missing": [{"path": to_text(p.path), "reason": p.reason} for p in result.missing],
+        "not_restored": result.not_restored,
         "root_metadata_applied": result.root_meta_applied,
         "exit_code": code,
     }

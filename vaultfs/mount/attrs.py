@@ -8,6 +8,7 @@ times, size, device, xattrs); a version directory has the source root's (records
 before vaultfs kept them: 0555 root:root, mtime = snapshot time); the root, /.vaultfs/,
 the collection directories and `latest` change while mounted (`LIVE_TIMEOUT`).
 
+Nodes answer the xattrs their source had, of every namespace (POSIX ACLs among them).
 Files also answer ``user.vaultfs.state`` (their band's state in words,
 `vaultfs.mount.status.state_text`), ``user.vaultfs.sha256`` and, unless empty,
 ``user.vaultfs.band``.
@@ -138,23 +139,28 @@ def xattr_names(catalog: Catalog, node: Node) -> list[bytes]:
 
 
 def xattr(catalog: Catalog, node: Node, name: bytes) -> bytes:
-    if not name.startswith(b"user."):
-        raise Unsupported(name)
+    """An xattr as snapshotted (any namespace; POSIX ACLs in the kernel's binary form, which
+    the kernel reads and caches for getfacl and its permission checks), or one of ours.
+
+    A ``security.*`` name the node lacks answers EOPNOTSUPP, not ENODATA: ``ls -l`` asks
+    every file for ``security.selinux``, and after one EOPNOTSUPP it stops asking for the
+    whole mount (see `Unsupported`). Missing ACLs must be ENODATA ("no ACL"): the kernel
+    would refuse access to the node on any other error.
+    """
     e = node.entry
-    if e is None:
-        raise NoAttribute(name)
-    for key, value in e.xattrs:
+    for key, value in e.xattrs if e is not None else ():
         if key == name:
             return value
+    if e is None or not (e.kind == "file" and name.startswith(b"user.vaultfs.")):
+        raise Unsupported(name) if name.startswith(b"security.") else NoAttribute(name)
     # Only our own names reach the catalog: ls -l asks every file for ACLs and labels.
-    if e.kind == "file" and name.startswith(b"user.vaultfs."):
-        if name == b"user.vaultfs.sha256":
-            return (e.blob or BlobId(EMPTY_SHA256)).hex().encode()
-        ref = blob_ref(catalog, e)
-        if name == b"user.vaultfs.state":
-            return b"available" if ref is None else state_text(band_info(catalog, ref.band)).encode()
-        if name == b"user.vaultfs.band" and ref is not None:
-            return ref.band.encode()
+    if name == b"user.vaultfs.sha256":
+        return (e.blob or BlobId(EMPTY_SHA256)).hex().encode()
+    ref = blob_ref(catalog, e)
+    if name == b"user.vaultfs.state":
+        return b"available" if ref is None else state_text(band_info(catalog, ref.band)).encode()
+    if name == b"user.vaultfs.band" and ref is not None:
+        return ref.band.encode()
     raise NoAttribute(name)
 
 

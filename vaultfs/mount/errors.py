@@ -32,12 +32,11 @@ class NoAttribute(VfsError):
 
 
 class Unsupported(VfsError):
-    """An extended attribute outside ``user.*``: none is ever kept (EOPNOTSUPP).
+    """A ``security.*`` extended attribute the node does not have (EOPNOTSUPP).
 
-    Only ``user.*`` names are backed up (`vaultfs.source`), so the mount, like a
-    filesystem without security labels or ACLs, answers EOPNOTSUPP for the others.
     ``ls -l`` asks every file for ``security.selinux``; after one EOPNOTSUPP it stops
-    asking for the whole mount (ENODATA would be asked again for every file).
+    asking for the whole mount (ENODATA would be asked again for every file), which keeps
+    ``ls -lR`` fast. Labels a node has are still answered (`vaultfs.mount.attrs.xattr`).
     """
 
 

@@ -108,6 +108,11 @@ class VaultOperations(pyfuse3.Operations):
 
     supports_dot_lookup = False
     enable_writeback_cache = False
+    # FUSE_POSIX_ACL: the kernel reads each node's ACLs through getxattr (and caches them),
+    # shows them to getfacl, and checks them with default_permissions as the source's
+    # kernel did. Without it, the group bits (an ACL's mask) would open a file to its whole
+    # owning group even where the ACL's group entry gives it less.
+    enable_acl = True
 
     def __init__(
         self, view: vfs.VaultView, limiter: trio.CapacityLimiter, on_unreadable: OnUnreadable | None = None

@@ -105,6 +105,9 @@ class SnapshotResult:
     latest: VersionInfo | None  # the latest version after this run
     unchanged: bool
     problems: list[Problem] = field(default_factory=list)
+    # Metadata the source holds that the version does not (`vaultfs.source.NotKept`):
+    # kind → count, reported once per snapshot.
+    not_kept: dict[str, int] = field(default_factory=dict)
     modified: list[bytes] = field(default_factory=list)  # cold collections: changed content
     deleted: list[bytes] = field(default_factory=list)  # cold collections: vanished files
     files_read: int = 0
@@ -125,9 +128,11 @@ class SnapshotResult:
 
     @property
     def warnings(self) -> bool:
-        """Whether this run ends with exit status 3 (files skipped, cold changes, mass removal,
-        bands found missing from the store)."""
-        return bool(self.problems or self.cold_changes or self.mass_removal or self.lost_bands)
+        """Whether this run ends with exit status 3 (files skipped, metadata not kept, cold
+        changes, mass removal, bands found missing from the store)."""
+        return bool(
+            self.problems or self.not_kept or self.cold_changes or self.mass_removal or self.lost_bands
+        )
 
 
 class Snapshot:
@@ -188,6 +193,7 @@ class Snapshot:
             except OSError as e:
                 raise _unreadable_root(self.collection, e) from None
             self.result.problems = scanner.problems
+            self.result.not_kept = dict(sorted(scanner.not_kept.items()))
             self._root_meta = _root_meta(root, top)
             testpoints.reach("after-scan")
             self._uploader.start()
@@ -284,4 +290,4 @@ def _root_meta(root: bytes, top: ScannedDir) -> RootMeta:
     """The collection root's mode, owner, mtime and xattrs (of the directory a symlinked
     root points to: its own mode, not the link's 0777, is what guards the files)."""
     st = top.st if not stat.S_ISLNK(top.st.st_mode) else os.stat(root)
-    return RootMeta(stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns, top.xattrs)
+    return RootMeta(stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns, top.xattrs, top.flags)

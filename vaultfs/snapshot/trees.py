@@ -148,6 +148,7 @@ def _file_entry(f: ScannedFile) -> Entry:
         nlink=st.st_nlink,
         hardlink=f.link_of.rel if f.link_of is not None else None,
         xattrs=f.xattrs,
+        flags=f.flags,
     )
 
 
@@ -162,4 +163,5 @@ def _dir_entry(d: ScannedDir, sub: TreeId) -> Entry:
         mtime_ns=st.st_mtime_ns,
         tree=sub,
         xattrs=d.xattrs,
+        flags=d.flags,
     )
