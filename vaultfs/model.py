@@ -34,6 +34,7 @@ from vaultfs.keys import band_key as band_key
 from vaultfs.keys import parse_band_id as parse_band_id
 from vaultfs.keys import sidecar_key as sidecar_key
 from vaultfs.keys import version_key as version_key
+from vaultfs.sparse import Extents, data_size
 
 BlobId = NewType("BlobId", bytes)  # 32-byte SHA-256 of a file's content
 TreeId = NewType("TreeId", bytes)  # 32-byte SHA-256 of a tree's canonical encoding
@@ -72,6 +73,13 @@ class Entry:
     # collection root, '/'-separated) of the first name seen in scan order.
     hardlink: bytes | None = None
     xattrs: tuple[tuple[bytes, bytes], ...] = ()
+    # Sparse files: the data map (vaultfs/sparse.py); the blob is those extents' bytes.
+    sparse: Extents | None = None
+
+    @property
+    def blob_size(self) -> int:
+        """Bytes of the file's blob: its size, or a sparse file's data extents."""
+        return self.size if self.sparse is None else data_size(self.sparse)
 
     def to_json(self) -> dict[str, Any]:  # noqa: C901 - one flat test per optional field
         d: dict[str, Any] = {"name": to_text(self.name), "kind": self.kind}
@@ -85,6 +93,8 @@ class Entry:
             d["mtime_ns"] = self.mtime_ns
         if self.size:
             d["size"] = self.size
+        if self.sparse is not None:
+            d["sparse"] = [list(x) for x in self.sparse]
         if self.blob is not None:
             d["blob"] = self.blob.hex()
         if self.tree is not None:
@@ -121,6 +131,7 @@ class Entry:
             nlink=d.get("nlink", 1),
             hardlink=from_text(d["hardlink"]) if "hardlink" in d else None,
             xattrs=tuple((from_text(k), base64.b64decode(v)) for k, v in d.get("xattrs", ())),
+            sparse=tuple((int(o), int(n)) for o, n in d["sparse"]) if "sparse" in d else None,
         )
 
 
@@ -167,6 +178,8 @@ def _entry_json(e: Entry) -> str:  # noqa: C901 - unrolled per field for speed (
         parts.append(f'"rdev":{e.rdev}')
     if e.size:
         parts.append(f'"size":{e.size}')
+    if e.sparse is not None:
+        parts.append('"sparse":[' + ",".join(f"[{o},{n}]" for o, n in e.sparse) + "]")
     if e.target is not None:
         parts.append('"target":' + _quote(to_text(e.target)))
     if e.tree is not None:

@@ -148,6 +148,7 @@ def _file_entry(f: ScannedFile) -> Entry:
         nlink=st.st_nlink,
         hardlink=f.link_of.rel if f.link_of is not None else None,
         xattrs=f.xattrs,
+        sparse=f.sparse,
     )
 
 
