@@ -38,15 +38,16 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from vaultfs import fsflags
 from vaultfs.errors import CorruptionError, UsageError, VaultError
-from vaultfs.model import BandId, BlobId, Entry, TreeId, VersionInfo
+from vaultfs.model import BandId, Entry, TreeId, VersionInfo
 from vaultfs.source import Problem, display_path
+from vaultfs.sparse import BlobPlaces, Extents
 from vaultfs.store import ObjectArchived, ObjectNotFound
 from vaultfs.vault import Vault
 from vaultfs.walk import walk
@@ -233,7 +234,7 @@ class Restorer:
             fd = os.open(tmp, _FILE_BASE_FLAGS, 0o600, dir_fd=dfd)
             try:
                 self._set_flags(fd, e.flags & ~fsflags.SEALING)  # before the data (C, c)
-                self._copy_content(fd, e.blob, e.size)
+                self._copy_content(fd, e)
                 self._apply_metadata(fd, e, item.parts)
             except BaseException:
                 os.close(fd)
@@ -250,21 +251,28 @@ class Restorer:
         self.result.bytes += e.size
         return True
 
-    def _copy_content(self, fd: int, blob: BlobId, size: int) -> None:
-        """Write a blob's verified bytes to `fd`. Any vault error while reading them (band
+    def _copy_content(self, fd: int, e: Entry) -> None:
+        """Write a file's verified bytes to `fd`. Any vault error while reading them (band
         object missing or archived, blob or band not in the catalog, a damaged frame, a
         SHA-256 mismatch) means this file cannot be restored now: `_ContentUnreadable`.
         Errors of the target (a full disk, a name in the way) stay fatal, and so do the
-        store's refusals and exhausted retries: they would fail every file the same way."""
-        written = 0
+        store's refusals and exhausted retries: they would fail every file the same way.
+
+        A sparse file gets each data extent written at its offset and its size set with
+        ftruncate: what lies between is left unwritten, so it is a hole again."""
+        assert e.blob is not None
+        size, written = e.blob_size, 0
+        place = _extent_writer(fd, e.sparse)
         try:
-            for chunk in self.vault.iter_blob(blob):
-                os.write(fd, chunk)
+            for chunk in self.vault.iter_blob(e.blob):
+                place(chunk, written)
                 written += len(chunk)
         except (CorruptionError, ObjectNotFound, ObjectArchived) as err:
             raise _ContentUnreadable(err.message) from None
         if written != size:
             raise _ContentUnreadable(f"read {written} bytes back, the catalog says {size}")
+        if e.sparse is not None:
+            os.ftruncate(fd, e.size)
 
     def _apply_metadata(self, fd: int, e: Entry, parts: tuple[bytes, ...]) -> None:
         """Owner, xattrs, mode and times of an open file or directory (see the module
@@ -386,6 +394,29 @@ class Restorer:
                 os.close(fd)
         except OSError as err:
             self._problem(item, f"directory's mode, owner or times not set ({err.strerror})")
+
+
+def _extent_writer(fd: int, extents: Extents | None) -> Callable[[bytes, int], None]:
+    """Write a chunk of a blob, found at `blob_offset` in it, where it belongs in the file:
+    appended for a dense file, at its data extents' offsets for a sparse one."""
+    if extents is None:
+        return lambda chunk, blob_offset: _write_all(fd, memoryview(chunk))
+    places = BlobPlaces(extents)
+
+    def place(chunk: bytes, blob_offset: int) -> None:
+        view = memoryview(chunk)
+        for file_offset, n in places.ranges(blob_offset, len(chunk)):
+            piece, view = view[:n], view[n:]
+            done = 0
+            while done < n:
+                done += os.pwrite(fd, piece[done:], file_offset + done)
+
+    return place
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        data = data[os.write(fd, data) :]
 
 
 def _without_link(e: Entry) -> Entry:

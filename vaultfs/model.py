@@ -34,6 +34,7 @@ from vaultfs.keys import band_key as band_key
 from vaultfs.keys import parse_band_id as parse_band_id
 from vaultfs.keys import sidecar_key as sidecar_key
 from vaultfs.keys import version_key as version_key
+from vaultfs.sparse import Extents, data_size
 
 BlobId = NewType("BlobId", bytes)  # 32-byte SHA-256 of a file's content
 TreeId = NewType("TreeId", bytes)  # 32-byte SHA-256 of a tree's canonical encoding
@@ -73,6 +74,13 @@ class Entry:
     hardlink: bytes | None = None
     xattrs: tuple[tuple[bytes, bytes], ...] = ()  # every namespace; POSIX ACLs in binary form
     flags: int = 0  # kept inode flags (`vaultfs.fsflags`); absent at 0: old tree ids unchanged
+    # Sparse files: the data map (vaultfs/sparse.py); the blob is those extents' bytes.
+    sparse: Extents | None = None
+
+    @property
+    def blob_size(self) -> int:
+        """Bytes of the file's blob: its size, or a sparse file's data extents."""
+        return self.size if self.sparse is None else data_size(self.sparse)
 
     def to_json(self) -> dict[str, Any]:  # noqa: C901 - one flat test per optional field
         d: dict[str, Any] = {"name": to_text(self.name), "kind": self.kind}
@@ -86,6 +94,8 @@ class Entry:
             d["mtime_ns"] = self.mtime_ns
         if self.size:
             d["size"] = self.size
+        if self.sparse is not None:
+            d["sparse"] = [list(x) for x in self.sparse]
         if self.blob is not None:
             d["blob"] = self.blob.hex()
         if self.tree is not None:
@@ -125,6 +135,7 @@ class Entry:
             hardlink=from_text(d["hardlink"]) if "hardlink" in d else None,
             xattrs=tuple((from_text(k), base64.b64decode(v)) for k, v in d.get("xattrs", ())),
             flags=int(d.get("flags", 0)),
+            sparse=tuple((int(o), int(n)) for o, n in d["sparse"]) if "sparse" in d else None,
         )
 
 
@@ -173,6 +184,8 @@ def _entry_json(e: Entry) -> str:  # noqa: C901 - unrolled per field for speed (
         parts.append(f'"rdev":{e.rdev}')
     if e.size:
         parts.append(f'"size":{e.size}')
+    if e.sparse is not None:
+        parts.append('"sparse":[' + ",".join(f"[{o},{n}]" for o, n in e.sparse) + "]")
     if e.target is not None:
         parts.append('"target":' + _quote(to_text(e.target)))
     if e.tree is not None:

@@ -28,6 +28,7 @@ from typing import NamedTuple
 from vaultfs import fsflags
 from vaultfs.model import BlobId, Entry, Kind, to_text
 from vaultfs.output import display_path  # re-exported: the one escaping of names
+from vaultfs.sparse import BlobPlaces, Extents, data_size, holes, tidy
 
 READ_CHUNK = 1024 * 1024
 NotKept = Counter[str]  # kind of metadata not kept → how many times this scan met it
@@ -94,6 +95,7 @@ class ScannedFile:
     needs_read: bool = True
     skipped: bool = False
     link_of: ScannedFile | None = None  # second and later names of a hard-linked file
+    sparse: Extents | None = None  # a file with holes: its data map (`data_map`)
 
 
 @dataclass(slots=True)
@@ -467,6 +469,97 @@ def read_into(fd: int) -> Callable[[memoryview, int], int]:
     return lambda view, offset: os.preadv(fd, [view], offset)
 
 
+def has_holes(st: os.stat_result) -> bool:
+    """Whether a file may have holes: fewer bytes allocated than its size. (Compressed
+    filesystems — ZFS, btrfs — say so of compressible files too; `data_map` then finds
+    no hole with one lseek.)"""
+    return st.st_blocks * 512 < st.st_size
+
+
+def data_map(fd: int, size: int) -> Extents | None:
+    """The data extents of an open file found with SEEK_DATA/SEEK_HOLE, or None when it
+    has no hole (or the filesystem cannot say: it then reads as one extent of data).
+    The map is `sparse.tidy`: whole 512-byte blocks, at most `sparse.MAX_EXTENTS` extents."""
+    try:
+        if os.lseek(fd, 0, os.SEEK_HOLE) >= size:
+            return None
+        extents: list[tuple[int, int]] = []
+        pos = 0
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno == errno.ENXIO:  # nothing but a hole from pos to the end
+                    break
+                raise
+            if start >= size:
+                break
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            extents.append((start, end - start))
+            pos = end
+    except OSError as e:
+        if e.errno in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+            return None
+        raise
+    return tidy(extents, size)
+
+
+def read_extents_into(fd: int, extents: Extents) -> Callable[[memoryview, int], int]:
+    """A reader for `BandWriter.add_blob_stream` of a sparse file's blob: blob offsets are
+    mapped to the file offsets of its data extents (a read never crosses an extent)."""
+    places = BlobPlaces(extents)
+
+    def read(view: memoryview, offset: int) -> int:
+        for file_offset, n in places.ranges(offset, len(view)):
+            return os.preadv(fd, [view[:n]], file_offset)
+        return 0
+
+    return read
+
+
+def hash_extents(fd: int, before: os.stat_result, extents: Extents) -> BlobId:
+    """SHA-256 of a sparse file's blob (its data extents, concatenated);
+    ChangedWhileReading if the file moved or an extent came back short."""
+    h = hashlib.sha256()
+    buf = memoryview(bytearray(READ_CHUNK))
+    read = read_extents_into(fd, extents)
+    n, total = 0, data_size(extents)
+    while n < total:
+        got = read(buf[: min(READ_CHUNK, total - n)], n)
+        if not got:
+            break
+        h.update(buf[:got])
+        n += got
+    if n != total or not same_file_state(before, os.fstat(fd)):
+        raise ChangedWhileReading
+    return BlobId(h.digest())
+
+
+def sparse_digest(fd: int, before: os.stat_result, extents: Extents) -> BlobId | None:
+    """The blob an open file would have with the data map `extents` (`hash_extents`); None
+    when it holds anything but zeros outside them (then it is other content). Only the
+    data the filesystem reports outside `extents` is read."""
+    blob = hash_extents(fd, before, extents)
+    for off, length in holes(extents, before.st_size):
+        pos, end = off, off + length
+        while pos < end:
+            try:
+                pos = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno != errno.ENXIO:  # ENXIO: only a hole from here to the end
+                    raise
+                break
+            stop = min(end, os.lseek(fd, pos, os.SEEK_HOLE))
+            while pos < stop:
+                chunk = os.pread(fd, min(READ_CHUNK, stop - pos), pos)
+                if not chunk:
+                    raise ChangedWhileReading
+                if chunk.count(0) != len(chunk):
+                    return None
+                pos += len(chunk)
+    return blob
+
+
 def hash_stream(fd: int, before: os.stat_result) -> BlobId:
     """SHA-256 of a large file read in chunks; ChangedWhileReading if it moved."""
     h = hashlib.sha256()
@@ -501,11 +594,16 @@ __all__ = [
     "ScannedDir",
     "ScannedFile",
     "Scanner",
+    "data_map",
     "display_path",
+    "has_holes",
+    "hash_extents",
     "hash_stream",
     "open_source",
+    "read_extents_into",
     "read_into",
     "read_small",
     "same_file_state",
+    "sparse_digest",
     "to_text",
 ]

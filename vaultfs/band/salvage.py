@@ -31,7 +31,7 @@ from vaultfs.band.frames import (
     read_seek_table,
 )
 from vaultfs.band.reader import TAIL_READ
-from vaultfs.band.tar import BLOCK, parse_member
+from vaultfs.band.tar import BLOCK, MapGoesOn, parse_member
 from vaultfs.errors import CorruptionError
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"  # 0xFD2FB528 little endian: every zstd frame starts with it
@@ -264,14 +264,18 @@ class _TarWalker:
         if need == 0:
             self.next_header = hp + BLOCK  # not a header: resynchronise at the next block
             return True
-        if avail < need:
-            self._drop(hp)
-            return False
-        try:
-            name, pos, size = parse_member(bytes(self.buf[rel : rel + need]))
-        except (ValueError, IndexError):
-            self.next_header = hp + BLOCK
-            return True
+        while True:
+            if avail < need:
+                self._drop(hp)
+                return False
+            try:
+                name, pos, size = parse_member(bytes(self.buf[rel : rel + need]))
+                break
+            except MapGoesOn:  # a sparse member: its map follows the header, a block at a time
+                need += BLOCK
+            except (ValueError, IndexError):
+                self.next_header = hp + BLOCK
+                return True
         self.member = (name, hp + pos, size)
         self.hasher, self.damaged, self.kept = hashlib.sha256(), False, []
         return True

@@ -3,8 +3,11 @@
 A member is a ustar header block, preceded by a pax ``x`` header only when a field does
 not fit ustar (long or non-ASCII name, huge size, sub-second or far-future mtime, large
 ids, long or non-ASCII owner names, xattrs). Pax headers use only keywords GNU tar knows
-(path, size, mtime, uid, gid, uname, gname, SCHILY.xattr.*, SCHILY.acl.*); names that are not UTF-8 go
-into ``path`` raw (GNU tar 1.34 warns about ``hdrcharset``, so it is not written).
+(path, size, mtime, uid, gid, uname, gname, SCHILY.xattr.*, SCHILY.acl.*, GNU.sparse.*);
+names that are not UTF-8 go into ``path`` raw (GNU tar 1.34 warns about ``hdrcharset``, so
+it is not written). A sparse file is a member in GNU tar's pax sparse format 1.0: its data
+begins with the map (`_sparse_map`), and the header this module returns includes the map,
+so the blob (the data extents) starts right after it.
 `member_header` is on the hot path of a snapshot of small files: the constant bytes of a
 header and its checksum are computed once.
 """
@@ -14,6 +17,8 @@ from __future__ import annotations
 import functools
 import struct
 from dataclasses import dataclass
+
+from vaultfs.sparse import MAX_EXTENTS, Extents
 
 BLOCK = 512  # tar's block: headers, and content padded to a multiple of it
 _OCT7, _OCT11 = 0o7777777, 0o77777777777
@@ -30,6 +35,11 @@ class MemberMeta:
     uname: str = ""
     gname: str = ""
     xattrs: tuple[tuple[bytes, bytes], ...] = ()  # (name, value)
+    sparse: tuple[int, Extents] | None = None  # a sparse file: (its size, its data map)
+
+
+class MapGoesOn(ValueError):
+    """The stream ends inside a sparse member's map: more of it is needed to parse it."""
 
 
 def _pax_record(key: bytes, value: bytes) -> bytes:
@@ -131,6 +141,13 @@ def _xattr_record(name: bytes, value: bytes) -> bytes:
 def member_header(name: bytes, meta: MemberMeta, size: int) -> bytes:
     """The tar header block(s) of a regular-file member: a pax 'x' header only when needed."""
     records: list[bytes] = []
+    sparse_map = b""
+    if meta.sparse is not None:
+        records += _sparse_records(name, *meta.sparse)
+        sparse_map = _sparse_map(*meta.sparse)
+        size += len(sparse_map)
+        head, _, tail = name.rpartition(b"/")
+        name = b"%s%sGNUSparseFile.0/%s" % (head, b"/" if head else b"", tail)
     if len(name) <= 100 and name.isascii():
         ustar_name = name
     else:
@@ -173,11 +190,56 @@ def member_header(name: bytes, meta: MemberMeta, size: int) -> bytes:
     if not records:
         return block
     pax = b"".join(records)
-    return b"%s%s%s%s" % (_pax_block(len(pax)), pax, b"\0" * (-len(pax) % BLOCK), block)
+    return b"%s%s%s%s%s" % (_pax_block(len(pax)), pax, b"\0" * (-len(pax) % BLOCK), block, sparse_map)
+
+
+def _sparse_records(name: bytes, size: int, extents: Extents) -> list[bytes]:
+    """GNU tar's pax sparse format 1.0: the real name and size; the map is in the data."""
+    return [
+        _pax_record(b"GNU.sparse.major", b"1"),
+        _pax_record(b"GNU.sparse.minor", b"0"),
+        _pax_record(b"GNU.sparse.name", name),
+        _pax_record(b"GNU.sparse.realsize", b"%d" % size),
+    ]
+
+
+def _sparse_map(size: int, extents: Extents) -> bytes:
+    """The map block(s) that begin a sparse 1.0 member's data: the number of extents, then
+    offset and length of each, one decimal per line, padded to a block. A file that ends
+    in a hole gets a last empty extent at its end, as GNU tar writes it (so that tars that
+    size the file from the map extend it)."""
+    if not extents or sum(extents[-1]) < size:
+        extents = (*extents, (size, 0))
+    lines = [b"%d\n" % len(extents)]
+    lines += [b"%d\n%d\n" % pair for pair in extents]
+    text = b"".join(lines)
+    return text + b"\0" * (-len(text) % BLOCK)
+
+
+def _map_span(data: bytes) -> int:
+    """Bytes the sparse map at the start of `data` takes (a multiple of BLOCK); MapGoesOn
+    when `data` ends inside it, ValueError when it is not a map."""
+    pos, numbers, count = 0, 0, None
+    while count is None or numbers < 1 + 2 * count:
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            if len(data) - pos > 20:
+                raise ValueError("bad sparse map")
+            raise MapGoesOn("sparse map goes on")
+        value = int(data[pos:nl])  # ValueError on anything but a decimal
+        if count is None:
+            count = value
+            if not 0 < count <= 4 * MAX_EXTENTS:
+                raise ValueError("bad sparse map")
+        numbers, pos = numbers + 1, nl + 1
+    return pos + (-pos % BLOCK)
 
 
 def parse_member(stream: bytes) -> tuple[bytes, int, int]:
-    """Parse the member at the start of `stream`: (name, content offset, size). ValueError."""
+    """Parse the member at the start of `stream`: (name, content offset, size). ValueError.
+
+    For a sparse member: its real name and its blob (the data after the map); MapGoesOn
+    when `stream` ends inside the map."""
     pax: dict[bytes, bytes] = {}
     pos = 0
     while True:
@@ -198,4 +260,13 @@ def parse_member(stream: bytes) -> tuple[bytes, int, int]:
             key, _, value = data[data.index(b" ") + 1 : length - 1].partition(b"=")
             pax[key], data = value, data[length:]
     name = pax.get(b"path", block[:100].rstrip(b"\0"))
-    return name, pos, int(pax[b"size"]) if b"size" in pax else size
+    size = int(pax[b"size"]) if b"size" in pax else size
+    if pax.get(b"GNU.sparse.major") == b"1":  # a sparse member: its blob follows the map
+        try:
+            span = _map_span(stream[pos : pos + size])
+        except MapGoesOn:
+            if len(stream) >= pos + size:
+                raise ValueError("bad sparse map") from None
+            raise
+        return pax[b"GNU.sparse.name"], pos + span, size - span
+    return name, pos, size

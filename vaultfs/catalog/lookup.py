@@ -15,10 +15,13 @@ import lmdb
 from vaultfs.catalog import schema
 from vaultfs.catalog.records import DirMemo, FileCacheRow, _damaged
 from vaultfs.model import BlobId, TreeId
+from vaultfs.sparse import Extents
 
 _crc32 = zlib.crc32
 _unpack_row = schema.FILE_CACHE.unpack_from
 _ROW_SEALED = schema.FILE_CACHE.size + schema.SEAL_SIZE
+_EXTENT = schema.SPARSE_EXTENT.size
+StatKey = tuple[int, int, int, int, int, bytes] | tuple[int, int, int, int, int, bytes, Extents]
 _BLOB_SEALED_MIN = schema.BLOB_REF.size + schema.SEAL_SIZE
 
 
@@ -32,20 +35,35 @@ class FileCacheLookup:
 
     def get(self, path: bytes) -> FileCacheRow | None:
         row = self.stat_key(path)
-        return None if row is None else FileCacheRow(*row[:5], BlobId(row[5]))
+        if row is None:
+            return None
+        return FileCacheRow(*row[:5], BlobId(row[5]), row[6] if len(row) == 7 else None)
 
-    def stat_key(self, path: bytes) -> tuple[int, int, int, int, int, bytes] | None:
-        """(dev, ino, size, mtime_ns, ctime_ns, blob) of a row, without building a record:
-        a snapshot looks up every file of a changed directory, so the seal is checked
-        inline (`schema.is_sound`, without its calls). CorruptionError for a damaged row:
-        its blob id could name other content."""
+    def stat_key(self, path: bytes) -> StatKey | None:
+        """(dev, ino, size, mtime_ns, ctime_ns, blob) of a row, and a sparse file's data map,
+        without building a record: a snapshot looks up every file of a changed directory,
+        so the seal is checked inline (`schema.is_sound`, without its calls).
+        CorruptionError for a damaged row: its blob id could name other content."""
         key = self._prefix + path
         stored = self._txn.get(key, db=self._files)
         if stored is None:
             return None
-        if len(stored) != _ROW_SEALED or _crc32(stored, _crc32(key)) != schema.SEAL_RESIDUE:
+        if len(stored) != _ROW_SEALED:
+            return self._sparse_row(key, stored)
+        if _crc32(stored, _crc32(key)) != schema.SEAL_RESIDUE:
             raise _damaged("files", key)
         return _unpack_row(stored)  # unpack_from: the seal after the row is ignored
+
+    def _sparse_row(self, key: bytes, stored: bytes | memoryview) -> StatKey:
+        """A row followed by a data map (`FileCacheRow.sparse`)."""
+        start = schema.FILE_CACHE.size + schema.SPARSE_COUNT.size
+        if len(stored) < start + schema.SEAL_SIZE or _crc32(stored, _crc32(key)) != schema.SEAL_RESIDUE:
+            raise _damaged("files", key)
+        (count,) = schema.SPARSE_COUNT.unpack_from(stored, schema.FILE_CACHE.size)
+        if len(stored) != start + count * _EXTENT + schema.SEAL_SIZE:
+            raise _damaged("files", key)
+        extents = tuple(schema.SPARSE_EXTENT.unpack_from(stored, start + i * _EXTENT) for i in range(count))
+        return (*_unpack_row(stored), extents)
 
     def has_blob(self, blob: BlobId) -> bool:
         """Whether the blob is still in the vault (a cached row may outlive a pruned blob);

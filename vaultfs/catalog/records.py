@@ -29,6 +29,7 @@ from vaultfs.model import (
     decode_record,
     parse_band_id,
 )
+from vaultfs.sparse import Extents
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +40,14 @@ class FileCacheRow:
     mtime_ns: int
     ctime_ns: int
     blob: BlobId
+    sparse: Extents | None = None  # a sparse file's data map: (offset, length) pairs after the row
 
     def pack(self) -> bytes:
-        return schema.FILE_CACHE.pack(self.dev, self.ino, self.size, self.mtime_ns, self.ctime_ns, self.blob)
+        row = schema.FILE_CACHE.pack(self.dev, self.ino, self.size, self.mtime_ns, self.ctime_ns, self.blob)
+        if self.sparse is None:
+            return row
+        count = schema.SPARSE_COUNT.pack(len(self.sparse))  # also there for a map without data
+        return row + count + b"".join(schema.SPARSE_EXTENT.pack(*x) for x in self.sparse)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,10 @@ lost       blob id (32 raw bytes)                       `LostBlob.to_json` as JS
                                                         are gone (band missing or damaged); it has
                                                         no ``blobs`` row while it is here
 files      collection utf-8 + NUL + path bytes          `FILE_CACHE`: dev, ino, size, mtime_ns,
-                                                        ctime_ns (u64/i64), blob id (32 bytes)
+                                                        ctime_ns (u64/i64), blob id (32 bytes);
+                                                        a sparse file's row goes on with its
+                                                        data map: `SPARSE_COUNT`, then
+                                                        `SPARSE_EXTENT` (offset, length) each
 files      collection utf-8 + 0x01 + directory path     `DIR_MEMO` (``DirMemo.pack``): listing
            (empty: the collection's root)               signature, tree id, regular files and
                                                         their bytes, then per subdirectory
@@ -103,6 +106,8 @@ RESTORE_BUDGET_KEY = "mount_restore_budget"  # in ``meta``; see the table above
 BLOB_REF = struct.Struct(">QQ")  # followed by the band id
 FILE_CACHE = struct.Struct(">QQQqq32s")
 SCRUB_ROW = struct.Struct(">q32sq")  # verified_ns, blob, rot_ns
+SPARSE_COUNT = struct.Struct(">Q")  # a sparse file's row goes on with its data map:
+SPARSE_EXTENT = struct.Struct(">QQ")  # the number of extents, then each one
 
 
 SEAL_SIZE = 4  # the CRC-32 after every value but a tree's

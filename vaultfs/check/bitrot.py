@@ -23,7 +23,13 @@ from vaultfs.model import (
     TreeId,
 )
 from vaultfs.output import display_path
-from vaultfs.source import ChangedWhileReading, NotRegularFile, hash_stream, open_source
+from vaultfs.source import (
+    ChangedWhileReading,
+    NotRegularFile,
+    hash_stream,
+    open_source,
+    sparse_digest,
+)
 from vaultfs.walk import walk
 
 if TYPE_CHECKING:
@@ -61,7 +67,11 @@ def rehash(path: bytes, entry: Entry) -> Rehashed:
     try:
         if st.st_size != entry.size or st.st_mtime_ns != entry.mtime_ns:
             return Rehashed(Outcome.CHANGED, "its size or mtime changed")
-        digest = hash_stream(fd, st)
+        # A sparse entry's blob is its data extents; data outside them is other content.
+        if entry.sparse is None:
+            digest: bytes | None = hash_stream(fd, st)
+        else:
+            digest = sparse_digest(fd, st, entry.sparse)
     except ChangedWhileReading:
         return Rehashed(Outcome.CHANGED, "it changed while it was read")
     except OSError as e:

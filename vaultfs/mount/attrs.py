@@ -173,7 +173,7 @@ def band_info(catalog: Catalog, band: BandId) -> BandInfo:
 
 def blob_ref(catalog: Catalog, e: Entry) -> BlobRef | None:
     """Where a file's content lies; None for empty content (no band needed)."""
-    if e.blob is None or (e.size == 0 and e.blob == EMPTY_SHA256):
+    if e.blob is None or (e.blob_size == 0 and e.blob == EMPTY_SHA256):
         return None
     ref = catalog.blob(e.blob)
     if ref is None:

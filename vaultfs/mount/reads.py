@@ -44,6 +44,7 @@ from vaultfs import testpoints
 from vaultfs.errors import CorruptionError
 from vaultfs.model import BandId, BandInfo, BandState, BlobId, BlobRef
 from vaultfs.mount.errors import Archived
+from vaultfs.sparse import Extents, data_size, pieces
 from vaultfs.store.base import ObjectArchived
 from vaultfs.vault import Vault
 
@@ -70,9 +71,18 @@ class OpenFile:
     """
 
     def __init__(
-        self, readers: BandReaders, ref: BlobRef | None, blob: BlobId, size: int, fault: bool = False
+        self,
+        readers: BandReaders,
+        ref: BlobRef | None,
+        blob: BlobId,
+        size: int,
+        fault: bool = False,
+        sparse: Extents | None = None,
     ) -> None:
-        self.readers, self.ref, self.blob, self.size = readers, ref, blob, size
+        self.readers, self.ref, self.blob = readers, ref, blob
+        self.file_size = size
+        self.sparse = sparse  # a sparse file's data map: reads go through it, holes are zeros
+        self.size = size if sparse is None else data_size(sparse)  # the blob's
         self._fault = fault
         self._lock = threading.Lock()
         self._hash: hashlib._Hash | None = hashlib.sha256()
@@ -84,9 +94,19 @@ class OpenFile:
         return bytes(self.read_view(offset, length))
 
     def read_view(self, offset: int, length: int) -> bytes | memoryview:
-        """Like `read`; a range inside one frame comes back as a view of the frame (no copy)."""
+        """Like `read`; a range inside one frame comes back as a view of the frame (no copy).
+        A sparse file's range is read piece by piece through its data map: holes are zeros
+        and touch no band, data comes from the blob (still hashed when read in order)."""
         if self._fault:
             raise testpoints.InjectedFault("injected fault at read (VAULTFS_TESTPOINTS)")
+        if self.sparse is None:
+            return self._blob_view(offset, length)
+        length = max(0, min(length, self.file_size - offset))
+        layout = pieces(self.sparse, offset, length)
+        parts = [bytes(n) if at is None else self._blob_view(at, n) for n, at in layout]
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _blob_view(self, offset: int, length: int) -> bytes | memoryview:
         length = max(0, min(length, self.size - offset))
         if length == 0 or self.ref is None:
             return b""
@@ -102,7 +122,20 @@ class OpenFile:
         """`read_view` when it needs no waiting: the bytes are in a cached frame, this read
         does not end the file (that one waits for the hash) and the hasher is not too far
         behind. Else None: call `read_view` in a thread."""
-        if self._fault or self.ref is None:
+        if self._fault:
+            return None
+        if self.sparse is not None:
+            length = max(0, min(length, self.file_size - offset))
+            parts = list(pieces(self.sparse, offset, length))
+            if all(at is None for _, at in parts):
+                return memoryview(bytes(length))  # only holes
+            if len(parts) != 1:
+                return None
+            length, offset = parts[0][0], parts[0][1] or 0
+        return self._blob_peek(offset, length)
+
+    def _blob_peek(self, offset: int, length: int) -> memoryview | None:
+        if self.ref is None:
             return None
         length = min(length, self.size - offset)
         if length <= 0 or offset + length == self.size:

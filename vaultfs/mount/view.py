@@ -413,7 +413,7 @@ class VaultView:
             self.in_use[ref.band] += 1
             self.last_used[ref.band] = time.time_ns()
         fault = testpoints.fails("read:" + to_text(e.name))  # tests only (vaultfs/testpoints.py)
-        return OpenFile(self.readers, ref, e.blob or BlobId(EMPTY_SHA256), e.size, fault)
+        return OpenFile(self.readers, ref, e.blob or BlobId(EMPTY_SHA256), e.size, fault, e.sparse)
 
     def _cache_copy_lost(self, info: BandInfo) -> BandInfo:
         """The catalog says `cached` but the local copy is gone (deleted to free space, a

@@ -31,12 +31,15 @@ from vaultfs.source import (
     NotRegularFile,
     Problem,
     ScannedFile,
+    data_map,
     hash_stream,
     open_source,
+    read_extents_into,
     read_into,
     read_small,
     same_file_state,
 )
+from vaultfs.sparse import data_size
 from vaultfs.vault import Vault
 from vaultfs.walk import walk
 
@@ -112,6 +115,8 @@ class FileSaver:
             ):
                 f.blob = BlobId(row[5])
                 f.needs_read = False
+                if len(row) == 7:  # a sparse file: its data map
+                    f.sparse = row[6]
             else:
                 to_read.append(f)
         self.progress.reading(len(to_read), sum(f.st.st_size for f in to_read))
@@ -131,7 +136,7 @@ class FileSaver:
             self._known = None
         for f in files:  # hard links follow their first name
             if f.link_of is not None:
-                f.blob = f.link_of.blob
+                f.blob, f.sparse = f.link_of.blob, f.link_of.sparse
                 f.skipped = f.link_of.skipped
         # The band being filled stays open: the commit closes it with the new trees
         # and the version record in its catalog (docs/band-format.md), so a small snapshot
@@ -144,11 +149,16 @@ class FileSaver:
             return None
         fd, before = opened
         try:
-            if before.st_size <= SMALL_FILE:
+            # Fewer blocks than bytes: maybe holes (inline: the small-file hot path).
+            if before.st_blocks * 512 < before.st_size and self._sparse(f, fd, before):
+                assert f.sparse is not None
+                extents = f.sparse
+                blob = self._pack_large(f, fd, before, data_size(extents), read_extents_into(fd, extents))
+            elif before.st_size <= SMALL_FILE:
                 data, blob = read_small(fd, before)
                 self._pack_small(f, data, blob)
                 return None
-            if self._likely_known(before) or self.probable_copy(fd, before):
+            elif self._likely_known(before) or self.probable_copy(fd, before):
                 blob = self._hash_then_pack(f, fd, before)
             else:
                 blob = self._pack_large(f, fd, before)
@@ -160,6 +170,12 @@ class FileSaver:
             os.close(fd)
         self._file_read(f, blob)
         return None
+
+    def _sparse(self, f: ScannedFile, fd: int, before: os.stat_result) -> bool:
+        """Whether the file has holes; if so its data map goes into `f.sparse`: only the
+        data extents are read, hashed and stored (docs/snapshots.md#sparse-files)."""
+        f.sparse = data_map(fd, before.st_size)
+        return f.sparse is not None
 
     def _open(self, root: bytes, f: ScannedFile) -> tuple[int, os.stat_result] | None:
         """Open a file to read and check it is the one the scan saw (else skip it: None)."""
@@ -196,9 +212,14 @@ class FileSaver:
         self.files_read += 1
         if blob in self.lost:  # stored again by this run (`_is_new`): the blob is healed
             self.restored_lost += 1
-        self.bytes_read += st.st_size
+        self.bytes_read += st.st_size if f.sparse is None else data_size(f.sparse)
         self.cache_rows.append(
-            (f.rel, FileCacheRow(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, blob))
+            (
+                f.rel,
+                FileCacheRow(
+                    st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, blob, f.sparse
+                ),
+            )
         )
 
     def _skip(self, f: ScannedFile, reason: str) -> None:
@@ -224,7 +245,8 @@ class FileSaver:
             return True
         fd, before = opened
         try:
-            if before.st_size > READ_AHEAD_FILE:  # grew: read it with the main loop's rules
+            # grew, or may have holes: read it with the main loop's rules
+            if before.st_size > READ_AHEAD_FILE or before.st_blocks * 512 < before.st_size:
                 ahead.done.append((f, READ_LATER))
             else:
                 ahead.done.append((f, read_small(fd, before)))
@@ -268,9 +290,18 @@ class FileSaver:
             self._blob_added(blob, before.st_size)
         return blob
 
-    def _pack_large(self, f: ScannedFile, fd: int, before: os.stat_result) -> BlobId:
-        """One read that hashes and packs; rolled back if the vault already has the blob."""
-        self._make_room(before.st_size)
+    def _pack_large(
+        self,
+        f: ScannedFile,
+        fd: int,
+        before: os.stat_result,
+        size: int | None = None,
+        read: bandfmt.ReadInto | None = None,
+    ) -> BlobId:
+        """One read that hashes and packs; rolled back if the vault already has the blob.
+        A sparse file passes its blob's `size` and a `read` of its data extents."""
+        size = before.st_size if size is None else size
+        self._make_room(size)
         assert self.band is not None
         digests: list[BlobId] = []
 
@@ -283,12 +314,12 @@ class FileSaver:
         loc = self.band.add_blob_stream(
             self._member_prefix + f.rel,
             _meta(f),
-            before.st_size,
-            read_into(fd),
+            size,
+            read_into(fd) if read is None else read,
             skip_if=known,
         )
         if loc is not None:
-            self._blob_added(digests[0], before.st_size)
+            self._blob_added(digests[0], size)
         return digests[0]
 
     def _likely_known(self, st: os.stat_result) -> bool:
@@ -416,6 +447,7 @@ def _meta(f: ScannedFile) -> bandfmt.MemberMeta:
         gid=st.st_gid,
         mtime_ns=st.st_mtime_ns,
         xattrs=f.xattrs,
+        sparse=None if f.sparse is None else (st.st_size, f.sparse),
     )
 
 

@@ -149,6 +149,7 @@ def _file_entry(f: ScannedFile) -> Entry:
         hardlink=f.link_of.rel if f.link_of is not None else None,
         xattrs=f.xattrs,
         flags=f.flags,
+        sparse=f.sparse,
     )
 
 
