@@ -235,7 +235,7 @@ def test_keep_versions_from_the_config(file_vault: VaultEnv) -> None:
     assert [v["version"] for v in file_vault.versions("docs")] == [3, 4]
     result = file_vault.json("forget")
     assert result["collections"] == [
-        {"collection": "docs", "keep": 2, "kept": [3, 4], "forgotten": [], "dry_run": False}
+        {"collection": "docs", "keep": 2, "kept": [3, 4], "forgotten": [], "pinned": [], "dry_run": False}
     ]
     assert result["skipped"] == ["misc"]
     assert [v["version"] for v in file_vault.versions("docs")] == [3, 4]

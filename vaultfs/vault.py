@@ -27,11 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from vaultfs import band as bandfmt
+from vaultfs.acceptance import ACCEPTED_PREFIX, Acceptance, parse_accepted_key
 from vaultfs.catalog import Catalog
 from vaultfs.config import Config
 from vaultfs.errors import CorruptionError, LockedError, StoreSetupError, UsageError, VaultError
 from vaultfs.model import (
     VAULT_KEY,
+    BadRecord,
     BandId,
     BandInfo,
     BlobId,
@@ -42,6 +44,7 @@ from vaultfs.model import (
     VersionInfo,
     band_file,
     band_key,
+    decode_record,
     decode_tree,
     sidecar_key,
     version_key,
@@ -353,6 +356,53 @@ class Vault:
             if len(parts) == 2 and parts[1].endswith(".json") and parts[1][:-5].isdigit():
                 out.add((parts[0], int(parts[1][:-5])))
         return out
+
+    # Acceptances (`vaultfs.acceptance`): write-once objects on the store, copied into the
+    # local catalog. The store is written first, so a crash in between leaves the catalog
+    # without it: the version stays pinned (safe) until `sync_acceptances` copies it.
+
+    def record_acceptance(self, acceptance: Acceptance) -> None:
+        """Put the acceptance on the store (If-None-Match), then in the local catalog."""
+        try:
+            self.store.put(
+                acceptance.store_key,
+                json.dumps(acceptance.to_json(), indent=1, sort_keys=True).encode(),
+                if_none_match=True,
+            )
+        except ObjectExists:
+            raise VaultError(
+                f"{acceptance.store_key} already exists on the store (another accept at the "
+                "same nanosecond?): run the command again"
+            ) from None
+        with self.catalog.writer() as w:
+            w.put_acceptance(acceptance)
+
+    def sync_acceptances(self) -> tuple[int, list[str]]:
+        """Copy into the local catalog every acceptance on the store it lacks (one LIST, a
+        GET for each one missing): after an index rebuild, or an accept killed between
+        its two writes. Returns how many were copied and the objects that could not be
+        read (they are left out: their versions stay pinned)."""
+        have = {a.key for a in self.catalog.acceptances()}
+        found: list[Acceptance] = []
+        problems: list[str] = []
+        for info in self.store.list(ACCEPTED_PREFIX):
+            key = parse_accepted_key(info.key)
+            if key is None or key in have:
+                continue
+            try:
+                acceptance = decode_record(Acceptance.from_json, self.store.get(info.key), info.key)
+            except (BadRecord, ObjectNotFound) as e:
+                problems.append(f"acceptance {info.key} is unreadable ({e}): its versions stay pinned")
+                continue
+            if acceptance.key != key:
+                problems.append(f"acceptance {info.key} names another key: its versions stay pinned")
+                continue
+            found.append(acceptance)
+        if found:
+            with self.catalog.writer() as w:
+                for acceptance in found:
+                    w.put_acceptance(acceptance)
+        return len(found), problems
 
 
 class _FileRange:

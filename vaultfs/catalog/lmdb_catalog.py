@@ -16,12 +16,14 @@ from typing import Any
 
 import lmdb
 
+from vaultfs.acceptance import Acceptance
 from vaultfs.catalog import schema
 from vaultfs.catalog.lookup import FileCacheLookup
 from vaultfs.catalog.records import (
     REBUILD,
     TREE_CORRUPT,
     ScrubRow,
+    _acceptance,
     _band,
     _budget_spent,
     _damaged,
@@ -331,6 +333,21 @@ class Catalog:
         """Every version of every collection, in (collection, number) order."""
         with self.env.begin(db=self.db["versions"]) as txn:
             return [_version(k, v) for k, v in txn.cursor()]
+
+    def acceptances(self, collection: str | None = None) -> list[Acceptance]:
+        """The acceptances of `collection` (None: of every collection), oldest up_to first."""
+        if self.db["accepted"] is None:
+            return []
+        prefix = b"" if collection is None else schema.collection_prefix(collection)
+        out = []
+        with self.env.begin(db=self.db["accepted"]) as txn:
+            cur = txn.cursor()
+            if cur.set_range(prefix) if prefix else cur.first():
+                for key, value in cur:
+                    if not bytes(key).startswith(prefix):
+                        break
+                    out.append(_acceptance(bytes(key), value))
+        return out
 
     # ---- mount support -------------------------------------------------------------------
 

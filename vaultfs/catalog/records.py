@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from vaultfs.acceptance import Acceptance
 from vaultfs.catalog import schema
 from vaultfs.errors import CorruptionError, VaultError
 from vaultfs.model import (
@@ -133,6 +134,8 @@ def _record_name(db: str, key: bytes) -> str:
         return f"version record {coll.decode(errors='replace')}@v{int.from_bytes(rest, 'big')}"
     if db == "scrub" and sep:
         return f"scrub row {(coll + b'/' + rest).decode(errors='backslashreplace')!r}"
+    if db == "accepted" and sep and len(rest) == 16:
+        return f"acceptance record {coll.decode(errors='replace')}@v{int.from_bytes(rest[:8], 'big')}"
     if db == "files" and sep and b"\1" not in coll:
         return f"files cache row {(coll + b'/' + rest).decode(errors='backslashreplace')!r}"
     name = {"meta": "meta record", "bands": "band record", "files": "directory memo row"}
@@ -215,6 +218,10 @@ def _lost(key: bytes, stored: bytes | memoryview, *, sealed: bool = True) -> Los
 
 def _band(key: bytes, stored: bytes | memoryview, *, sealed: bool = True) -> BandInfo:
     return _record("bands", key, stored, BandInfo.from_json, sealed)
+
+
+def _acceptance(key: bytes, stored: bytes | memoryview) -> Acceptance:
+    return _record("accepted", key, stored, Acceptance.from_json, True)
 
 
 def _budget_spent(raw: str | None, day: str) -> int:

@@ -20,6 +20,11 @@ bands      band id ascii                                `BandInfo.to_json` as JS
 lost       blob id (32 raw bytes)                       `LostBlob.to_json` as JSON: a blob whose bytes
                                                         are gone (band missing or damaged); it has
                                                         no ``blobs`` row while it is here
+accepted   collection utf-8 + NUL + up_to (u64 BE)      `Acceptance.to_json` as JSON: changes up to
+           + at_ns (u64 BE)                             that version were intended (``vaultfs
+                                                        accept``); a copy of the store's
+                                                        ``accepted/`` objects (the truth:
+                                                        `Vault.sync_acceptances` copies back)
 files      collection utf-8 + NUL + path bytes          `FILE_CACHE`: dev, ino, size, mtime_ns,
                                                         ctime_ns (u64/i64), blob id (32 bytes);
                                                         a sparse file's row goes on with its
@@ -98,8 +103,10 @@ import struct
 import zlib
 
 FORMAT = "2"
-DATABASES = ("meta", "versions", "trees", "blobs", "bands", "files", "lost", "scrub")
-OPTIONAL_DATABASES = frozenset({"lost", "scrub"})  # absent in catalogs written before it; read as empty
+DATABASES = ("meta", "versions", "trees", "blobs", "bands", "files", "lost", "scrub", "accepted")
+OPTIONAL_DATABASES = frozenset(
+    {"lost", "scrub", "accepted"}
+)  # absent in catalogs written before; read as empty
 
 RESTORE_BUDGET_KEY = "mount_restore_budget"  # in ``meta``; see the table above
 
@@ -136,6 +143,10 @@ LMDB_P_META = 0x08
 
 def version_key(collection: str, number: int) -> bytes:
     return collection.encode() + b"\0" + number.to_bytes(8, "big")
+
+
+def acceptance_key(collection: str, up_to: int, at_ns: int) -> bytes:
+    return collection.encode() + b"\0" + up_to.to_bytes(8, "big") + at_ns.to_bytes(8, "big")
 
 
 def collection_prefix(collection: str) -> bytes:

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 import lmdb
 
+from vaultfs.acceptance import Acceptance
 from vaultfs.catalog import schema
 from vaultfs.catalog.records import (
     DirMemo,
@@ -92,6 +93,15 @@ class CatalogWriter:
             self._put("files", prefix + path, memo.pack())
 
     # ---- retention support ---------------------------------------------------------------
+
+    def put_acceptance(self, acceptance: Acceptance) -> None:
+        """Record an acceptance (`vaultfs.acceptance`); the same one again is a no-op."""
+        a = acceptance
+        self._put(
+            "accepted",
+            schema.acceptance_key(a.collection, a.up_to, a.at_ns),
+            json.dumps(a.to_json(), sort_keys=True).encode(),
+        )
 
     def delete_version(self, collection: str, number: int) -> bool:
         """Remove a version record; False when it was not there."""

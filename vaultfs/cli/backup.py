@@ -45,7 +45,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
         "versions",
         "list the versions of a collection",
         "List every version: number, creation time (UTC), time since the previous version,\n"
-        "files added/changed/removed, bytes added, bands written and their state.",
+        "files added/changed/removed, bytes added, bands written and their state.\n"
+        "In a cold collection, a version that holds the last copy of files a newer version\n"
+        "replaced or deleted is pinned (PINNED: how many files; forget and prune keep it)\n"
+        "until `vaultfs accept`; each acceptance is listed with who made it and when.",
     )
     sp.add_argument("collection", metavar="COLLECTION")
     sp.set_defaults(func=cmd_versions)
@@ -136,18 +139,7 @@ def print_snapshot(r: Any, quiet: bool) -> None:
             file=sys.stderr,
         )
     _print_left_out(r)
-    for kind, paths in (("modified", r.modified), ("deleted", r.deleted)):
-        if not paths:
-            continue
-        print(
-            f"WARNING: cold collection {r.collection}: {len(paths)} file(s) {kind} "
-            "since the previous version (a failing disk or an accident?):",
-            file=sys.stderr,
-        )
-        for path in paths[:LIST_LIMIT]:
-            print(f"  {kind}: {display_path(path)}", file=sys.stderr)
-        if len(paths) > LIST_LIMIT:
-            print(f"  … and {len(paths) - LIST_LIMIT} more (--json lists all)", file=sys.stderr)
+    _print_cold_changes(r)
     if r.mass_removal is not None:
         m = r.mass_removal
         print(
@@ -190,6 +182,29 @@ def _print_left_out(r: Any) -> None:
         print(f"warning: {r.collection}: not kept: {count} {kind}", file=sys.stderr)
 
 
+def _print_cold_changes(r: Any) -> None:
+    """The warnings of a cold collection whose files were modified or deleted, and the pin."""
+    for kind, paths in (("modified", r.modified), ("deleted", r.deleted)):
+        if not paths:
+            continue
+        print(
+            f"WARNING: cold collection {r.collection}: {len(paths)} file(s) {kind} "
+            "since the previous version (a failing disk or an accident?):",
+            file=sys.stderr,
+        )
+        for path in paths[:LIST_LIMIT]:
+            print(f"  {kind}: {display_path(path)}", file=sys.stderr)
+        if len(paths) > LIST_LIMIT:
+            print(f"  … and {len(paths) - LIST_LIMIT} more (--json lists all)", file=sys.stderr)
+    if r.cold_changes and r.version is not None:
+        c, n = r.collection, r.version.number
+        print(
+            f"{c}: v{r.previous} keeps the old content and is pinned: forget and prune keep it "
+            f"until `vaultfs accept {c}@v{n}` says the change was intended",
+            file=sys.stderr,
+        )
+
+
 def _compared(r: Any) -> str:
     """How an unchanged collection was compared: by stat data alone, or with some files
     re-read and hashed (their bytes are then known to equal the version's)."""
@@ -219,6 +234,7 @@ def snapshot_json(r: Any) -> dict[str, Any]:
         "not_kept": r.not_kept,
         "modified": [to_text(p) for p in r.modified],
         "deleted": [to_text(p) for p in r.deleted],
+        "pinned": r.previous if r.cold_changes else None,  # the version the cold changes pinned
         "lost_bands": [{"band": m.band, "blobs": m.blobs} for m in r.lost_bands],
         "restored_lost": r.restored_lost,
         "mass_removal": None
@@ -233,6 +249,7 @@ def snapshot_json(r: Any) -> dict[str, Any]:
 
 
 def cmd_versions(args: argparse.Namespace, config: Config) -> int:
+    from vaultfs import retention
     from vaultfs.model import BlobId, TreeId
     from vaultfs.vault import Vault
 
@@ -244,10 +261,13 @@ def cmd_versions(args: argparse.Namespace, config: Config) -> int:
         lost_blobs = vault.catalog.lost_blobs()  # empty: no walk, `versions` stays fast
         memo: dict[TreeId, list[tuple[bytes, BlobId]]] = {}
         lost = {v.number: vault.lost_files(v.root, lost_blobs, memo) if lost_blobs else [] for v in versions}
+        acceptances = vault.catalog.acceptances(args.collection)
+        pins = retention.pins(vault, args.collection, versions, acceptances)
     finally:
         vault.close()
     rows: list[dict[str, Any]] = []
     for v in versions:
+        pin = pins.get(v.number)
         vb = [bands[b] for b in v.bands if b in bands]
         states: list[str] = sorted({b.state for b in vb}) or ["missing"]
         rows.append(
@@ -269,15 +289,24 @@ def cmd_versions(args: argparse.Namespace, config: Config) -> int:
                 "verified": [iso_utc(t) for t in v.verified_ns],
                 "lost_files": len(lost[v.number]),  # files whose bytes are gone (see `lost`)
                 "lost": [display_path(p) for p, _ in lost[v.number]],
+                "pinned": None if pin is None else pin.to_json(),
+                "accepted": [retention.acceptance_json(a) for a in acceptances if a.up_to == v.number],
             }
         )
     if args.json:
-        emit_json({"collection": args.collection, "versions": rows})
+        emit_json(
+            {
+                "collection": args.collection,
+                "versions": rows,
+                "acceptances": [retention.acceptance_json(a) for a in acceptances],
+            }
+        )
         return EXIT_OK
     if not rows:
         print(f"{args.collection}: no versions yet (run `vaultfs snapshot {args.collection}`)")
         return EXIT_OK
     _print_versions(rows)
+    _print_pins(list(pins.values()), acceptances)
     last = versions[-1]
     if last.verified_ns:
         print(
@@ -290,19 +319,24 @@ def cmd_versions(args: argparse.Namespace, config: Config) -> int:
 def _print_versions(rows: list[dict[str, Any]]) -> None:
     """The versions as a table; a LOST column only when some version has lost files."""
     any_lost = any(r["lost_files"] for r in rows)
+    any_pinned = any(r["pinned"] for r in rows)
     header = (
-        "VERSION",
-        "CREATED (UTC)",
-        "SINCE PREV",
-        "FILES",
-        "ADDED",
-        "CHANGED",
-        "REMOVED",
-        "BYTES ADDED",
-        "BANDS",
-        "STORED",
-        "STATE",
-    ) + (("LOST",) if any_lost else ())
+        (
+            "VERSION",
+            "CREATED (UTC)",
+            "SINCE PREV",
+            "FILES",
+            "ADDED",
+            "CHANGED",
+            "REMOVED",
+            "BYTES ADDED",
+            "BANDS",
+            "STORED",
+            "STATE",
+        )
+        + (("LOST",) if any_lost else ())
+        + (("PINNED",) if any_pinned else ())
+    )
     table = [header]
     for r in rows:
         table.append(
@@ -320,6 +354,7 @@ def _print_versions(rows: list[dict[str, Any]]) -> None:
                 r["state"],
             )
             + ((str(r["lost_files"]),) if any_lost else ())
+            + ((f"{r['pinned']['files']} file(s)" if r["pinned"] else "-",) if any_pinned else ())
         )
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
@@ -329,3 +364,14 @@ def _print_versions(rows: list[dict[str, Any]]) -> None:
             "LOST: files whose bytes are gone from the store (`vaultfs versions --json` "
             "lists them; a snapshot stores them again if a source still has them)"
         )
+
+
+def _print_pins(pins: list[Any], acceptances: list[Any]) -> None:
+    """A line per pinned version (what it holds, what releases it), then the acceptances."""
+    from vaultfs.cli.retention import describe_pins
+
+    for line in describe_pins(pins):
+        print(line)
+    for a in acceptances:
+        where = f" under {', '.join(display_path(p) for p in a.paths)}" if a.paths else ""
+        print(f"changes up to v{a.up_to}{where} accepted by {a.by} at {iso_utc(a.at_ns)}")

@@ -1,4 +1,4 @@
-"""``vaultfs forget`` and ``vaultfs prune``: the command line of `vaultfs.retention`.
+"""``vaultfs forget``, ``accept`` and ``prune``: the command line of `vaultfs.retention`.
 
 Also `after_snapshot`, which ``vaultfs snapshot`` calls for each collection it
 snapshotted (holding the vault lock) to apply ``keep_versions``.
@@ -7,13 +7,16 @@ snapshotted (holding the vault lock) to apply ``keep_versions``.
 from __future__ import annotations
 
 import argparse
+import os
+import pwd
+import socket
 import sys
 import time
 from typing import TYPE_CHECKING
 
 from vaultfs.config import CollectionConfig, Config
 from vaultfs.errors import EXIT_OK
-from vaultfs.output import AddCommand, emit_json, human_bytes
+from vaultfs.output import AddCommand, display_path, emit_json, human_bytes, iso_utc, parse_target
 
 if TYPE_CHECKING:  # imported lazily: every command pays for cli's imports
     from vaultfs import retention
@@ -30,12 +33,36 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
         "collection's keep_versions. Forgetting is written down on the store\n"
         "(forgotten/<collection>/<n>.json) so no index rebuild brings a version back.\n"
         "Forgotten versions are no longer listed, mounted or restorable; their data stays\n"
-        "until `vaultfs prune` deletes what no kept version needs.",
+        "until `vaultfs prune` deletes what no kept version needs.\n\n"
+        "In a cold collection a version holding the last copy of files a newer version\n"
+        "replaced or deleted is pinned: forget skips it (and says so) until `vaultfs accept`\n"
+        "records that the change was intended.",
     )
     sp.add_argument("collections", nargs="*", metavar="COLLECTION")
     sp.add_argument("--keep", type=int, metavar="N", help="versions to keep (overrides keep_versions)")
     sp.add_argument("--dry-run", action="store_true", help="show what would be forgotten; change nothing")
     sp.set_defaults(func=cmd_forget)
+
+    sp = add(
+        "accept",
+        "say that changes to a cold collection were intended (releases pinned versions)",
+        "In a cold collection, a version that holds the last copy of files a newer version\n"
+        "replaced or deleted is pinned: forget and keep_versions skip it and prune keeps its\n"
+        "bands, because the change may be rot or an accident (`vaultfs versions` shows the\n"
+        "pins). accept records that every change up to COLLECTION@vN (default: the latest\n"
+        "version) was intended, or only those under the given PATHs (relative to the\n"
+        "collection's root); versions whose pinned files are all covered are released, and\n"
+        "the next forget and prune may drop them. Who accepted what and when is kept for\n"
+        "good, on the store (accepted/<collection>/<n>-<time>.json) and in `vaultfs\n"
+        "versions --json`.\n\n"
+        "Examples:\n"
+        "  vaultfs accept photos@v7            every change up to v7 was intended\n"
+        "  vaultfs accept photos 2019/trip     only the changes under 2019/trip",
+    )
+    sp.add_argument("what", metavar="COLLECTION[@vN]", help="default version: the latest")
+    sp.add_argument("paths", nargs="*", metavar="PATH", help="accept only the changes under these paths")
+    sp.add_argument("--dry-run", action="store_true", help="show what would be released; record nothing")
+    sp.set_defaults(func=cmd_accept)
 
     sp = add(
         "prune",
@@ -87,6 +114,8 @@ def cmd_forget(args: argparse.Namespace, config: Config) -> int:
     if not args.quiet:
         for r in results:
             print(describe_forget(r))
+            for line in describe_pins(r.pinned):
+                print("  " + line)
         for name in skipped:
             print(f"{name}: no keep_versions configured: nothing forgotten (--keep N to choose)")
         if any(r.forgotten for r in results) and not args.dry_run:
@@ -118,9 +147,73 @@ def after_snapshot(
     from vaultfs import retention
 
     result = retention.forget(vault, {collection.name: collection.keep_versions})[0]
-    if result.forgotten and not quiet:
+    if (result.forgotten or result.pinned) and not quiet:
         print(describe_forget(result) + " (keep_versions)")
+        for line in describe_pins(result.pinned):
+            print("  " + line)
     return result
+
+
+def describe_pins(pinned: tuple[retention.Pin, ...] | list[retention.Pin]) -> list[str]:
+    """One line per pinned version: what it holds, and the command that releases it."""
+    return [f"{p.describe()} (`{p.accept_command}` releases it if the change was intended)" for p in pinned]
+
+
+# ---- accept ------------------------------------------------------------------------------
+
+
+def cmd_accept(args: argparse.Namespace, config: Config) -> int:
+    from vaultfs import retention
+    from vaultfs.extract import parse_selection
+    from vaultfs.vault import Vault
+
+    collection, number = parse_target(args.what)
+    config.collection(collection)
+    paths = [b"/".join(parts) for parts in parse_selection(args.paths)]
+    vault = Vault.open(config, readonly=args.dry_run)
+    try:
+        if args.dry_run:
+            result = retention.accept(vault, collection, number, paths, by=whoami(), dry_run=True)
+        else:
+            with vault.lock():
+                result = retention.accept(vault, collection, number, paths, by=whoami())
+    finally:
+        vault.close()
+    if args.json:
+        emit_json(result.to_json())
+    elif not args.quiet:
+        for line in describe_accept(result):
+            print(line)
+    return EXIT_OK
+
+
+def whoami() -> str:
+    """``user@host`` of this process (its effective uid; the uid when it has no name)."""
+    try:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        user = str(os.geteuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+def describe_accept(r: retention.AcceptResult) -> list[str]:
+    a = r.acceptance
+    if a is None:
+        return [f"{r.collection}: nothing to accept: no version up to v{r.up_to} is pinned"]
+    where = f" under {', '.join(display_path(p) for p in a.paths)}" if a.paths else ""
+    verb = "would record" if r.dry_run else "recorded"
+    out = [
+        f"{r.collection}: {verb} that the changes up to v{r.up_to}{where} were intended "
+        f"(by {a.by} at {iso_utc(a.at_ns)})"
+    ]
+    if r.released:
+        them = "it" if len(r.released) == 1 else "them"
+        out.append(
+            f"{'would release' if r.dry_run else 'released'} {_numbers(r.released)}: no longer "
+            f"pinned (`vaultfs forget` and `vaultfs prune` may now drop {them})"
+        )
+    out += [f"still {line}" for line in describe_pins(r.pinned)]
+    return out
 
 
 # ---- prune -------------------------------------------------------------------------------

@@ -26,7 +26,9 @@ that hold `publish` and `rebuild` are called `publishing` and `rebuilding` so th
 would shadow them: ``import vaultfs.index.publish as m`` would give the function).
 
 Forgotten versions: ``forgotten/<collection>/<n>.json`` markers (written by
-``forget``) hide a version on every rung of the ladder.
+``forget``) hide a version on every rung of the ladder. Acceptances
+(``accepted/``, `vaultfs.acceptance`) are on no rung: `rebuild` copies those the
+catalog lacks from the store at the end, whichever rung it used.
 
 The ladder
 ----------

@@ -5,8 +5,9 @@ verifies (`verify.verify_catalog`); a damaged one is set aside as
 ``catalog.lmdb.damaged-<UTC time>``, never deleted. 2 the index objects (`objects`),
 topped up from sidecars. 3-5 every band's catalog (`ladder`). What a rung yields is
 installed into a new LMDB next to the live one, which is kept as
-``catalog.lmdb.before-rebuild``; then versions committed on the store are adopted and
-damaged store objects repaired (`repair`).
+``catalog.lmdb.before-rebuild``; then versions committed on the store are adopted,
+damaged store objects repaired (`repair`) and the acceptances of changes to cold
+collections (``accepted/``) copied in.
 """
 
 from __future__ import annotations
@@ -98,12 +99,22 @@ def rebuild(
                     _report_recorded_lost(done, report)
                 adopt(done, ladder, listing)
                 repair(done, report, listing)
+                _restore_acceptances(done, report)
             finally:
                 done.close()
             return report
     finally:
         catalog.close()
         shutil.rmtree(new, ignore_errors=True)
+
+
+def _restore_acceptances(vault: Vault, report: RebuildReport) -> None:
+    """Acceptances (``accepted/``, `vaultfs.acceptance`) are on no rung of the ladder: the
+    store's objects are copied into the catalog, whichever rung it came from."""
+    copied, problems = vault.sync_acceptances()
+    if copied:
+        report.notes.append(f"brought back {copied} acceptance(s) of changes from the store")
+    report.warnings += problems  # the catalog is whole; those versions stay pinned (safe)
 
 
 def _truncated(live: Path) -> bool:

@@ -9,6 +9,15 @@ forever, so no rung of the index rebuild ladder (version records, sidecars,
 band catalogs) can bring the version back. The latest version is never
 forgotten, so version numbers are never reused.
 
+**Pins** (`pins`): in a cold collection, a version holding the last copy of a file
+the next listed version replaced or deleted is pinned unless an acceptance
+(`vaultfs.acceptance`, written by ``accept``) covers the change. ``forget`` — and
+so the snapshot's ``keep_versions`` — never forgets a pinned version (it keeps the
+newest N plus the pinned ones, recomputing the pins after each round of drops);
+prune needs no rule of its own, since it keeps the bands of every version not
+forgotten. Pins are derived from the versions and acceptances each time, never
+stored.
+
 **prune** works from the local catalog (after finishing interrupted forgets,
 adopting versions committed on the store but not yet known locally with
 `index.adopt_committed`, and finishing the store deletions of an interrupted
@@ -57,6 +66,7 @@ trees gone (EIO there); it never sees wrong bytes.
 """
 
 from vaultfs.retention.forget import ForgetResult, finish_forgets, forget, keep_for
+from vaultfs.retention.pins import AcceptResult, Pin, accept, acceptance_json, forgettable, is_cold, pins
 from vaultfs.retention.prune import (
     PENDING_META,
     Action,
@@ -87,18 +97,25 @@ __all__ = [
     "PRICES_AS_OF",
     "STORAGE_CLASSES",
     "UNKNOWN_CLASS",
+    "AcceptResult",
     "Action",
     "BandPlan",
     "ClassTerms",
     "ForgetResult",
     "LiveSet",
+    "Pin",
     "PruneResult",
+    "accept",
+    "acceptance_json",
     "class_terms",
     "early_delete_charge",
     "finish_forgets",
     "forget",
+    "forgettable",
+    "is_cold",
     "keep_for",
     "live_set",
     "monthly_cost",
+    "pins",
     "prune",
 ]

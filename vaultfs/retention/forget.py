@@ -12,6 +12,7 @@ from typing import Any
 
 from vaultfs import index
 from vaultfs.errors import ConfigError
+from vaultfs.retention.pins import Pin, forgettable
 from vaultfs.vault import Vault
 
 
@@ -22,6 +23,7 @@ class ForgetResult:
     kept: tuple[int, ...]  # version numbers still listed
     forgotten: tuple[int, ...]  # forgotten by this call (or that would be, in a dry run)
     dry_run: bool = False
+    pinned: tuple[Pin, ...] = ()  # older than the newest `keep`, kept because pinned
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -29,6 +31,7 @@ class ForgetResult:
             "keep": self.keep,
             "kept": list(self.kept),
             "forgotten": list(self.forgotten),
+            "pinned": [p.to_json() for p in self.pinned],
             "dry_run": self.dry_run,
         }
 
@@ -40,7 +43,8 @@ def forget(
     dry_run: bool = False,
     now: Callable[[], int] = time.time_ns,
 ) -> list[ForgetResult]:
-    """Keep the newest ``keeps[C]`` versions of each collection C; forget the others.
+    """Keep the newest ``keeps[C]`` versions of each collection C; forget the others,
+    except pinned ones (`vaultfs.retention.pins`: kept, and reported in ``pinned``).
 
     Markers go to the store before the local catalog drops a version, so a
     crash in between leaves a marker whose version the next forget or prune
@@ -56,8 +60,9 @@ def forget(
     for name, keep in keeps.items():
         if not dry_run:
             index.adopt_committed(vault, name)
-        listed = [v.number for v in vault.catalog.versions(name) if (name, v.number) not in markers]
-        drop = tuple(listed[:-keep]) if len(listed) > keep else ()
+        listed = [v for v in vault.catalog.versions(name) if (name, v.number) not in markers]
+        dropped, held = forgettable(vault, name, listed, keep)
+        drop = tuple(dropped)
         if not dry_run and drop:
             stamp = now()
             for number in drop:
@@ -65,7 +70,8 @@ def forget(
             with vault.catalog.writer() as w:
                 for number in drop:
                     w.delete_version(name, number)
-        results.append(ForgetResult(name, keep, tuple(listed[len(drop) :]), drop, dry_run))
+        kept = tuple(v.number for v in listed if v.number not in drop)
+        results.append(ForgetResult(name, keep, kept, drop, dry_run, tuple(held)))
     return results
 
 

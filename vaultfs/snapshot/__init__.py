@@ -110,6 +110,7 @@ class SnapshotResult:
     not_kept: dict[str, int] = field(default_factory=dict)
     modified: list[bytes] = field(default_factory=list)  # cold collections: changed content
     deleted: list[bytes] = field(default_factory=list)  # cold collections: vanished files
+    previous: int | None = None  # the version before the new one (pinned by cold changes)
     files_read: int = 0
     bytes_read: int = 0
     bands: int = 0
@@ -234,6 +235,7 @@ class Snapshot:
         )
         self.result.version = version
         self.result.latest = version
+        self.result.previous = latest.number if latest is not None else None
         if self.collection.tier == "cold" and latest is not None:
             self.result.modified = changes.modified
             self.result.deleted = changes.deleted
