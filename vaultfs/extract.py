@@ -36,7 +36,7 @@ from typing import Protocol
 
 from vaultfs.errors import CorruptionError, UsageError, VaultError
 from vaultfs.model import BandId, BlobId, Entry, TreeId, VersionInfo
-from vaultfs.source import Problem, display_path
+from vaultfs.source import ChangedWhileReading, Problem, display_path, hash_stream
 from vaultfs.store import ObjectArchived, ObjectNotFound
 from vaultfs.vault import Vault
 from vaultfs.walk import walk
@@ -60,6 +60,7 @@ class RestoreResult:
     # Files not restored because their bytes could not be read or failed verification.
     missing: list[Problem] = field(default_factory=list)
     root_meta_applied: bool = False  # the target got the version root's mode, owner, times
+    present: int = 0  # of `files`: already in the target with the recorded content (kept)
 
 
 class UnsafeName(CorruptionError):
@@ -105,11 +106,13 @@ class _Item:
 
 
 class Restorer:
-    def __init__(self, vault: Vault, version: VersionInfo, target: Path) -> None:
+    def __init__(self, vault: Vault, version: VersionInfo, target: Path, *, overwrite: bool = False) -> None:
         self.vault = vault
         self.version = version
         self.target = target
+        self.overwrite = overwrite
         self.result = RestoreResult(version)
+        self.present: set[tuple[bytes, ...]] = set()  # files already there, content as recorded
 
     def run(
         self, selection: list[tuple[bytes, ...]], progress: RestoreProgress | None = None
@@ -127,6 +130,11 @@ class Restorer:
         made: list[_Item] = []  # directories that exist now: their metadata is set at the end
         completed = False
         root_fd = os.open(self.target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            self._check_existing(root_fd, [*files, *links, *others])
+        except BaseException:
+            os.close(root_fd)
+            raise
         try:
             for item in dirs:
                 self._mkdir(root_fd, item)
@@ -206,10 +214,52 @@ class Restorer:
         finally:
             os.close(fd)
 
+    def _check_existing(self, root_fd: int, items: list[_Item]) -> None:
+        """Before anything is written: what the target already holds at the paths to be
+        restored. A file with the recorded content is kept (`present`: only its metadata is
+        set); anything else in the way is refused in one error, unless `overwrite`."""
+        differ: list[tuple[bytes, ...]] = []
+        for item in items:
+            same = self._same_as_recorded(root_fd, item)
+            if same and item.entry.kind == "file":
+                self.present.add(item.parts)
+            elif same is False:
+                differ.append(item.parts)
+        if differ and not self.overwrite:
+            raise UsageError(
+                f"{len(differ)} file(s) in {self.target} differ from what "
+                f"{self.version.collection}@v{self.version.number} holds (the first: "
+                f"{display_path(b'/'.join(differ[0]))}); nothing was written: restore into an "
+                "empty directory, or add --overwrite to replace them"
+            )
+
+    def _same_as_recorded(self, root_fd: int, item: _Item) -> bool | None:
+        """None: nothing is at the item's path; True: what is there is what would be
+        written (a file with the recorded SHA-256, a symlink to the same target, the same
+        kind of special file); False: something else is."""
+        e, name = item.entry, item.parts[-1]
+        try:
+            dfd = self._parent(root_fd, item.parts)
+        except OSError:
+            return None  # no parent yet (or one in the way: the restore itself says so)
+        try:
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            if e.kind == "file":
+                return stat.S_ISREG(st.st_mode) and st.st_size == e.size and _sha256_at(dfd, name) == e.blob
+            if e.kind == "symlink":
+                return stat.S_ISLNK(st.st_mode) and os.readlink(name, dir_fd=dfd) == e.target
+            return stat.S_IFMT(st.st_mode) == stat.S_IFMT(e.mode)
+        except FileNotFoundError:
+            return None
+        finally:
+            os.close(dfd)
+
     def _write_file(self, root_fd: int, item: _Item) -> bool:
         e = item.entry
         assert e.blob is not None
         name = item.parts[-1]
+        if item.parts in self.present:
+            return self._keep_present(root_fd, item)
         tmp = b".vaultfs-restore-" + name[:200]
         dfd = self._parent(root_fd, item.parts)
         try:
@@ -231,6 +281,23 @@ class Restorer:
             os.close(dfd)
         self.result.files += 1
         self.result.bytes += e.size
+        return True
+
+    def _keep_present(self, root_fd: int, item: _Item) -> bool:
+        """A file already there with the recorded content: kept, given the recorded
+        metadata, and counted as restored (its SHA-256 was checked)."""
+        dfd = self._parent(root_fd, item.parts)
+        try:
+            fd = os.open(item.parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        finally:
+            os.close(dfd)
+        try:
+            self._apply_metadata(fd, item.entry)
+        finally:
+            os.close(fd)
+        self.result.files += 1
+        self.result.bytes += item.entry.size
+        self.result.present += 1
         return True
 
     def _copy_content(self, fd: int, blob: BlobId, size: int) -> None:
@@ -358,6 +425,17 @@ def _replace_nofollow(src: bytes, dst: bytes, dir_fd: int) -> None:
         raise
 
 
+def _sha256_at(dir_fd: int, name: bytes) -> BlobId | None:
+    """SHA-256 of a regular file in the target (None: it changed while being read)."""
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        return hash_stream(fd, os.fstat(fd))
+    except ChangedWhileReading:
+        return None
+    finally:
+        os.close(fd)
+
+
 def _proc_path(dir_fd: int, name: bytes) -> bytes:
     return b"/proc/self/fd/%d/" % dir_fd + name
 
@@ -451,8 +529,11 @@ def fetch(
     paths: list[str],
     target: Path,
     progress: RestoreProgress | None = None,
+    *,
+    overwrite: bool = False,
 ) -> RestoreResult:
-    """``vaultfs restore fetch``: write the selected paths of a version under ``target``."""
+    """``vaultfs restore fetch``: write the selected paths of a version under ``target``
+    (files already there that differ: refused, unless `overwrite`)."""
     version = vault.resolve_version(collection, number)
     selection = parse_selection(paths)
-    return Restorer(vault, version, target).run(selection, progress)
+    return Restorer(vault, version, target, overwrite=overwrite).run(selection, progress)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vaultfs.config import Config
 from vaultfs.errors import EXIT_ERROR, EXIT_OK, EXIT_WARNINGS, ConfigError, SourceRefused
 from vaultfs.output import AddCommand, display_path, emit_json, format_delta, human_bytes, iso_utc
+
+if TYPE_CHECKING:  # imported when a command runs (startup time)
+    from vaultfs.model import BlobId, TreeId, VersionInfo
+    from vaultfs.vault import Vault
 
 LIST_LIMIT = 20  # paths listed per kind of warning before "… and N more"
 
@@ -42,11 +46,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
 
     sp = add(
         "versions",
-        "list the versions of a collection",
-        "List every version: number, creation time (UTC), time since the previous version,\n"
-        "files added/changed/removed, bytes added, bands written and their state.",
+        "list the versions of a collection (default: of every collection)",
+        "List every version of COLLECTION (default: of every collection in the config):\n"
+        "number, creation time (UTC), time since the previous version, files\n"
+        "added/changed/removed, bytes added, bands written and their state.\n"
+        "--json: one collection gives {collection, versions}; all of them\n"
+        "{collections: [{collection, versions}, ...]}.",
     )
-    sp.add_argument("collection", metavar="COLLECTION")
+    sp.add_argument("collection", metavar="COLLECTION", nargs="?")
     sp.set_defaults(func=cmd_versions)
 
 
@@ -216,19 +223,47 @@ def snapshot_json(r: Any) -> dict[str, Any]:
 
 
 def cmd_versions(args: argparse.Namespace, config: Config) -> int:
-    from vaultfs.model import BlobId, TreeId
     from vaultfs.vault import Vault
 
-    config.collection(args.collection)
+    if args.collection:
+        config.collection(args.collection)
     vault = Vault.open(config, readonly=True)
     try:
-        versions = vault.versions(args.collection)
-        bands = {b.band: b for b in vault.catalog.bands()}
-        lost_blobs = vault.catalog.lost_blobs()  # empty: no walk, `versions` stays fast
-        memo: dict[TreeId, list[tuple[bytes, BlobId]]] = {}
-        lost = {v.number: vault.lost_files(v.root, lost_blobs, memo) if lost_blobs else [] for v in versions}
+        if args.collection:
+            names = [args.collection]
+        else:  # the config's collections in its order, then any the catalog alone knows
+            names = [c.name for c in config.collections]
+            names += sorted(set(vault.catalog.collections()) - set(names))
+        listed = [(name, *_version_rows(vault, name)) for name in names]
     finally:
         vault.close()
+    if args.json:
+        docs = [{"collection": name, "versions": rows} for name, _, rows in listed]
+        emit_json(docs[0] if args.collection else {"collections": docs})
+        return EXIT_OK
+    for i, (name, versions, rows) in enumerate(listed):
+        if not rows:
+            print(f"{name}: no versions yet (run `vaultfs snapshot {name}`)")
+            continue
+        if not args.collection:
+            print(("\n" if i else "") + f"{name}:")
+        _print_versions(rows)
+        last = versions[-1]
+        if last.verified_ns:
+            print(
+                f"v{last.number} found unchanged at {iso_utc(last.verified_ns[-1])} "
+                "(by size and times; `vaultfs check --source` re-reads the files)"
+            )
+    return EXIT_OK
+
+
+def _version_rows(vault: Vault, collection: str) -> tuple[list[VersionInfo], list[dict[str, Any]]]:
+    """The versions of one collection, and a row of figures for each (table and --json)."""
+    versions = vault.versions(collection)
+    bands = {b.band: b for b in vault.catalog.bands()}
+    lost_blobs = vault.catalog.lost_blobs()  # empty: no walk, `versions` stays fast
+    memo: dict[TreeId, list[tuple[bytes, BlobId]]] = {}
+    lost = {v.number: vault.lost_files(v.root, lost_blobs, memo) if lost_blobs else [] for v in versions}
     rows: list[dict[str, Any]] = []
     for v in versions:
         vb = [bands[b] for b in v.bands if b in bands]
@@ -254,20 +289,7 @@ def cmd_versions(args: argparse.Namespace, config: Config) -> int:
                 "lost": [display_path(p) for p, _ in lost[v.number]],
             }
         )
-    if args.json:
-        emit_json({"collection": args.collection, "versions": rows})
-        return EXIT_OK
-    if not rows:
-        print(f"{args.collection}: no versions yet (run `vaultfs snapshot {args.collection}`)")
-        return EXIT_OK
-    _print_versions(rows)
-    last = versions[-1]
-    if last.verified_ns:
-        print(
-            f"v{last.number} found unchanged at {iso_utc(last.verified_ns[-1])} "
-            "(by size and times; `vaultfs check --source` re-reads the files)"
-        )
-    return EXIT_OK
+    return versions, rows
 
 
 def _print_versions(rows: list[dict[str, Any]]) -> None:

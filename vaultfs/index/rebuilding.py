@@ -98,6 +98,8 @@ def rebuild(
                     _report_recorded_lost(done, report)
                 adopt(done, ladder, listing)
                 repair(done, report, listing)
+                # Every version the catalog now holds: kept, rebuilt or adopted.
+                report.versions = [f"{v.collection}@v{v.number}" for v in done.catalog.all_versions()]
             finally:
                 done.close()
             return report
@@ -295,6 +297,8 @@ def _verify_live(live: Path, vault_id: str, store_url: str) -> str | None:
     except VaultError as e:
         return e.message
     try:
+        if catalog.meta("vault_id") is None:
+            return "it names no vault (an init that stopped part-way)"
         if catalog.meta("vault_id") != vault_id or catalog.meta("store") != store_url:
             return "it belongs to another vault or store"
         walk = verify_catalog(catalog)
@@ -378,4 +382,3 @@ def _install(
         for _, v in sorted(content.versions.items()):
             w.put_version(v)
         state.write(w)
-    report.versions = [f"{c}@v{n}" for c, n in sorted(content.versions)]
