@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import signal
 import urllib.request
 from collections.abc import Iterator
@@ -148,7 +150,7 @@ def test_plan_figures(cold: VaultEnv) -> None:
     plan = cold.json("restore", "plan", "photos")
     sizes = [b["size"] for b in plan["to_restore"]]
     assert len(sizes) == 3 and plan["requests"] == 3
-    gb = sum(sizes) / 1e9
+    gb = sum(sizes) / 1024**3  # AWS bills per GB of 2^30 bytes
     days = 7  # [s3].restore_days default
     bulk = gb * 0.5 + 3 / 1000 * 100.0 + gb * 3.0 * days / 30
     standard = gb * 2.0 + 3 / 1000 * 1000.0 + gb * 3.0 * days / 30
@@ -161,11 +163,22 @@ def test_plan_figures(cold: VaultEnv) -> None:
     assert one["requests"] == 1 and one["bands_needed"] == 1
 
 
+def test_a_refused_fetch_advises_restoring_only_what_was_asked(cold: VaultEnv, tmp_path: Path) -> None:
+    cold.run("snapshot")
+    refused = cold.run("restore", "fetch", "photos", "img1.raw", "--to", str(tmp_path / "out"), expect=1)
+    assert len(refused.stderr.strip().splitlines()) == 1
+    hint = re.search(r"run `vaultfs (restore start [^`]*)` first", refused.stderr)
+    assert hint is not None, refused.stderr
+    assert hint.group(1) == "restore start photos@v1 img1.raw"
+    started = cold.json(*shlex.split(hint.group(1)))  # followed as printed, pasted into a shell
+    assert len(started["requested"]) == 1  # the band of that one file, not all three
+
+
 def test_fetch_needs_a_restore_then_works(cold: VaultEnv, tmp_path: Path) -> None:
     cold.run("snapshot")
     out = tmp_path / "out"
     refused = cold.run("restore", "fetch", "photos", "--to", str(out), expect=1)
-    assert "are archived: run `vaultfs restore start photos` first" in refused.stderr
+    assert "are archived: run `vaultfs restore start photos@v1` first" in refused.stderr
     started = cold.json("restore", "start", "photos")
     assert len(started["requested"]) == 3
     again = cold.json("restore", "start", "photos")  # moto restores at once: now restored

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tests.test_retention import set_bands
 from tests.trees import write
 from tests.vaultenv import VaultEnv
+from vaultfs.config import Prices
 
 
 def setup(env: VaultEnv) -> Path:
@@ -92,7 +94,18 @@ def test_archived_bands_are_listed_with_the_plan_never_skipped(s3_bucket, tmp_pa
     out = env.json("check", "--read-data", expect=3)
     assert out["problems"] == []
     assert [f"bands/{n['band']}.tar.zst" for n in out["not_read"]] == archived
-    assert "restore" in out["not_read"][0]["plan"]
     assert out["checked"]["bands_read"] == out["checked"]["bands"] - 1
+    size = out["not_read"][0]["size"]
+    cost = out["not_read_restore"]
+    assert cost["bands"] == 1 and cost["bytes"] == size and cost["restore_days"] == 7
+    assert cost["cost_usd"]["Bulk"] == round(Prices().restore_cost(size, 1, "Bulk", 7), 6) > 0
     proc = env.run("check", "--read-data", expect=3)
-    assert "NOT READ" in proc.stderr
+    assert "NOT READ" in proc.stderr and "takes restores: ~$" in proc.stderr
+    # The advice is a command that exists, and following it makes the band readable.
+    advice = out["not_read"][0]["plan"]
+    assert "`vaultfs restore start photos@v1`" in advice, advice
+    band = out["not_read"][0]["band"]
+    set_bands(env, [band], storage_class="DEEP_ARCHIVE", state="archived")  # as archiving records it
+    env.run("restore", "start", "photos@v1")  # moto restores at once
+    again = env.json("check", "--read-data")
+    assert again["not_read"] == [] and again["checked"]["bands_read"] == again["checked"]["bands"]

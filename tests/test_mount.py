@@ -239,6 +239,22 @@ def test_a_new_version_appears_while_mounted(file_vault: VaultEnv, tmp_path: Pat
         assert os.readlink(mnt / "docs" / "latest") == "v2"
 
 
+def test_collections_show_before_their_first_version(file_vault: VaultEnv, tmp_path: Path) -> None:
+    docs = file_vault.add_collection("docs", tier="warm")
+    file_vault.add_collection("photos")
+    write(docs / "a.txt", b"alpha\n")
+    file_vault.run("init")
+    with mounted(file_vault, tmp_path / "mnt") as mnt:
+        assert sorted(os.listdir(mnt)) == [".vaultfs", "docs", "photos"]
+        assert os.listdir(mnt / "docs") == [] and os.listdir(mnt / "photos") == []
+        assert (mnt / "photos").is_dir() and not (mnt / "photos" / "latest").exists()
+        assert not (mnt / "nope").exists()
+        file_vault.run("snapshot", "docs")
+        assert sorted(os.listdir(mnt / "docs")) == ["latest", "v1"]
+        assert (mnt / "docs" / "latest" / "a.txt").read_bytes() == b"alpha\n"
+        assert os.listdir(mnt / "photos") == []
+
+
 def test_a_corrupt_band_gives_eio_and_names_the_band(file_vault: VaultEnv, tmp_path: Path) -> None:
     src = file_vault.add_collection("photos")
     content = os.urandom(3 * 1024 * 1024)

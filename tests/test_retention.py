@@ -23,6 +23,7 @@ from vaultfs import band as bandfmt
 from vaultfs import retention
 from vaultfs.catalog import Catalog
 from vaultfs.cli import retention as cli_retention
+from vaultfs.config import Prices
 from vaultfs.errors import CorruptionError
 from vaultfs.model import BandId, BlobId, TreeId, sidecar_key, to_text
 from vaultfs.store import StoreError
@@ -386,14 +387,16 @@ def test_live_trees_of_a_deleted_band_move_to_a_carrier_band(tmp_path: Path) -> 
 
 def test_price_table_and_charge() -> None:
     gib = 1024**3
-    assert retention.STORAGE_CLASSES["DEEP_ARCHIVE"].min_days == 180
-    assert retention.early_delete_charge(gib, "DEEP_ARCHIVE", 0) == pytest.approx(0.00099 * 6)
-    assert retention.early_delete_charge(gib, "DEEP_ARCHIVE", 90) == pytest.approx(0.00099 * 3)
-    assert retention.early_delete_charge(gib, "DEEP_ARCHIVE", 200) == 0
-    assert retention.early_delete_charge(gib, "STANDARD", 0) == 0
-    # An unknown class is treated as strictly as Deep Archive, as dearly as STANDARD.
-    assert retention.class_terms("NEW_CLASS").min_days == 180
-    assert "2025" in retention.PRICES_AS_OF
+    prices = Prices()
+    assert retention.min_days("DEEP_ARCHIVE") == 180
+    assert retention.early_delete_charge(gib, "DEEP_ARCHIVE", 0, prices) == pytest.approx(0.00099 * 6)
+    assert retention.early_delete_charge(gib, "DEEP_ARCHIVE", 90, prices) == pytest.approx(0.00099 * 3)
+    assert retention.early_delete_charge(gib, "DEEP_ARCHIVE", 200, prices) == 0
+    assert retention.early_delete_charge(gib, "STANDARD", 0, prices) == 0
+    # An unknown class is treated as strictly as Deep Archive, as dearly as the dearest.
+    assert retention.min_days("NEW_CLASS") == 180
+    assert prices.storage("NEW_CLASS") == max(prices.storage_per_gb_month.values())
+    assert "2025" in prices.taken
 
 
 def test_rebuild_after_prune_does_not_bring_pruned_content_back(file_vault: VaultEnv, tmp_path: Path) -> None:

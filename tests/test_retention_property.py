@@ -179,7 +179,7 @@ class World:
             self.band_terms[info.band] = (info.storage_class, info.created_ns)
         for band in gone:
             storage_class, created = self.band_terms[band]
-            min_days = retention.STORAGE_CLASSES[storage_class].min_days
+            min_days = retention.min_days(storage_class)
             if not allow_early:
                 # (carrier bands are stamped with real time, ahead of the simulated clock)
                 assert max(0, self.clock - created) >= min_days * DAY, (band, storage_class)

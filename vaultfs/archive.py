@@ -115,17 +115,7 @@ class Plan:
 
     def cost(self, prices: Prices, tier: str, days: int) -> float:
         """Retrieval + requests + the restored copy's storage for ``days``, in USD."""
-        gb = self.restore_bytes / 1e9
-        n = len(self.to_restore)
-        if tier == "Bulk":
-            retrieval = gb * prices.bulk_per_gb + n / 1000 * prices.bulk_per_1000_requests
-        else:
-            retrieval = gb * prices.standard_per_gb + n / 1000 * prices.standard_per_1000_requests
-        return retrieval + gb * prices.restored_copy_per_gb_month * days / 30
-
-    @staticmethod
-    def hours(prices: Prices, tier: str) -> int:
-        return prices.bulk_hours if tier == "Bulk" else prices.standard_hours
+        return prices.restore_cost(self.restore_bytes, len(self.to_restore), tier, days)
 
 
 def plan(vault: Vault, bands: dict[BandId, int]) -> Plan:
@@ -158,7 +148,7 @@ def request_restores(
     if store is None:
         raise VaultError("this vault's store keeps nothing archived: nothing to restore")
     now = now if now is not None else time.time_ns()
-    hours = Plan.hours(vault.config.prices, tier)
+    hours = vault.config.prices.hours(tier)
     updated = []
     for band in bands:
         current = vault.catalog.band(band.band) or band

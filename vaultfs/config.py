@@ -82,12 +82,31 @@ class S3Settings:
     multipart_chunksize: int = 64 * 1024**2
 
 
+GIB = 1024**3  # AWS bills per "GB" of 2^30 bytes: every estimate divides by this
+DAYS_PER_MONTH = 30  # AWS pro-rates storage (and early deletion) by the day against 30
+
+# USD per GB-month of each S3 storage class (the date is `Prices.taken`).
+STORAGE_PRICES: dict[str, float] = {
+    "STANDARD": 0.023,
+    "REDUCED_REDUNDANCY": 0.024,
+    "INTELLIGENT_TIERING": 0.023,
+    "STANDARD_IA": 0.0125,
+    "ONEZONE_IA": 0.01,
+    "GLACIER_IR": 0.004,
+    "GLACIER": 0.0036,
+    "DEEP_ARCHIVE": 0.00099,
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Prices:
-    """What restoring from Deep Archive costs, for `vaultfs restore plan`.
+    """What S3 charges: the one price table behind every estimate — restores
+    (`restore plan`, `restore status`, `check --read-data`) and storage and early
+    deletion (`prune`).
 
-    Defaults: AWS list prices for S3 Glacier Deep Archive in us-east-1, taken
-    2025-06 (see docs/restore.md). Override them under ``[prices]``.
+    Defaults: AWS list prices in us-east-1, all taken on the date in `taken` (see
+    docs/config.md). Override any of them under ``[prices]``, and set ``taken`` to say
+    when yours are from: every estimate prints it.
     """
 
     taken: str = "2025-06, AWS us-east-1 list prices"
@@ -95,9 +114,30 @@ class Prices:
     standard_per_gb: float = 0.02
     bulk_per_1000_requests: float = 0.025
     standard_per_1000_requests: float = 0.10
-    restored_copy_per_gb_month: float = 0.023  # the temporary copy is billed as STANDARD
+    # The temporary restored copy is billed as STANDARD unless set apart.
+    restored_copy_per_gb_month: float = STORAGE_PRICES["STANDARD"]
     bulk_hours: int = 48
     standard_hours: int = 12
+    storage_per_gb_month: dict[str, float] = field(default_factory=lambda: dict(STORAGE_PRICES))
+
+    def storage(self, storage_class: str) -> float:
+        """USD per GB-month of a class; one this table does not know is priced as the
+        dearest it does (an estimate must not come out too low)."""
+        known = self.storage_per_gb_month
+        return known.get(storage_class, max(known.values(), default=0.0))
+
+    def restore_cost(self, size: int, requests: int, tier: str, days: int) -> float:
+        """USD for restoring ``size`` bytes in ``requests`` objects from Deep Archive with
+        ``tier``, plus the restored copy's storage for ``days``."""
+        gb = size / GIB
+        if tier == "Bulk":
+            retrieval = gb * self.bulk_per_gb + requests / 1000 * self.bulk_per_1000_requests
+        else:
+            retrieval = gb * self.standard_per_gb + requests / 1000 * self.standard_per_1000_requests
+        return retrieval + gb * self.restored_copy_per_gb_month * days / DAYS_PER_MONTH
+
+    def hours(self, tier: str) -> int:
+        return self.bulk_hours if tier == "Bulk" else self.standard_hours
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,6 +469,12 @@ def _mount_settings(t: _Table) -> MountSettings:
 def _prices(t: _Table) -> Prices:
     defaults = Prices()
     values: dict[str, Any] = {"taken": t.take("taken", str, defaults.taken)}
+    storage = dict(defaults.storage_per_gb_month)
+    table = _Table(t.take("storage_per_gb_month", dict, {}), "prices.storage_per_gb_month")
+    for name in list(table.data):
+        storage[name] = _price(table, name, 0.0)
+    values["storage_per_gb_month"] = storage
+    values["restored_copy_per_gb_month"] = storage["STANDARD"]
     for name in (
         "bulk_per_gb",
         "standard_per_gb",
@@ -436,11 +482,15 @@ def _prices(t: _Table) -> Prices:
         "standard_per_1000_requests",
         "restored_copy_per_gb_month",
     ):
-        value = t.take(name, (int, float), getattr(defaults, name))
-        if value < 0:
-            raise ConfigError(f"{t.key(name)} = {value}: a price cannot be negative")
-        values[name] = float(value)
+        values[name] = _price(t, name, values.get(name, getattr(defaults, name)))
     for name in ("bulk_hours", "standard_hours"):
         values[name] = t.take(name, int, getattr(defaults, name))
     t.finish()
     return Prices(**values)
+
+
+def _price(t: _Table, name: str, default: float) -> float:
+    value = t.take(name, (int, float), default)
+    if value < 0:
+        raise ConfigError(f"{t.key(name)} = {value}: a price cannot be negative")
+    return float(value)

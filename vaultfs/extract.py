@@ -45,8 +45,8 @@ from typing import Protocol
 
 from vaultfs import fsflags
 from vaultfs.errors import CorruptionError, UsageError, VaultError
-from vaultfs.model import BandId, Entry, TreeId, VersionInfo
-from vaultfs.source import Problem, display_path
+from vaultfs.model import BandId, BlobId, Entry, TreeId, VersionInfo
+from vaultfs.source import ChangedWhileReading, Problem, display_path, hash_stream, sparse_digest
 from vaultfs.sparse import BlobPlaces, Extents
 from vaultfs.store import ObjectArchived, ObjectNotFound
 from vaultfs.vault import Vault
@@ -73,6 +73,7 @@ class RestoreResult:
     root_meta_applied: bool = False  # the target got the version root's mode, owner, times
     # Metadata the target refused (xattrs without root, flags its filesystem lacks): kind → count.
     not_restored: dict[str, int] = field(default_factory=dict)
+    present: int = 0  # of `files`: already in the target with the recorded content (kept)
 
 
 class UnsafeName(CorruptionError):
@@ -118,12 +119,14 @@ class _Item:
 
 
 class Restorer:
-    def __init__(self, vault: Vault, version: VersionInfo, target: Path) -> None:
+    def __init__(self, vault: Vault, version: VersionInfo, target: Path, *, overwrite: bool = False) -> None:
         self.vault = vault
         self.version = version
         self.target = target
+        self.overwrite = overwrite
         self.result = RestoreResult(version)
         self._sealing: list[tuple[tuple[bytes, ...], int]] = []  # +i/+a: set after everything
+        self.present: set[tuple[bytes, ...]] = set()  # files already there, content as recorded
 
     def run(
         self, selection: list[tuple[bytes, ...]], progress: RestoreProgress | None = None
@@ -137,38 +140,60 @@ class Restorer:
         files = [i for i in items if i.entry.kind == "file" and i.entry.hardlink is None]
         links = [i for i in items if i.entry.kind == "file" and i.entry.hardlink is not None]
         others = [i for i in items if i.entry.kind not in ("dir", "file")]
-        restored: set[tuple[bytes, ...]] = set()
         made: list[_Item] = []  # directories that exist now: their metadata is set at the end
         completed = False
         root_fd = os.open(self.target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
+            self._check_existing(root_fd, [*files, *links, *others])
+        except BaseException:
+            os.close(root_fd)
+            raise
+        try:
             for item in dirs:
                 self._mkdir(root_fd, item)
                 made.append(item)
-            files.sort(key=self._band_order)
-            if progress:
-                progress.reading(len(files), sum(i.entry.size for i in files))
-            for item in files:
-                if self._write_file(root_fd, item):
-                    restored.add(item.parts)
-                if progress:
-                    progress.advance(1, item.entry.size)
-            for item in links:
-                self._link(root_fd, item, restored)
-            for item in others:
-                self._special(root_fd, item)
+            self._write_all(root_fd, files, links, others, progress)
             completed = True
         finally:
             try:  # also when something above failed: no directory is left at 0700 untimed
-                for item in sorted(made, key=lambda i: len(i.parts), reverse=True):
-                    self._dir_metadata(root_fd, item)
-                if completed and not selection:  # last: the root's mtime must not move again
-                    self._root_metadata(root_fd)
-                for parts, flags in self._sealing:  # +i and +a: nothing may change after them
-                    self._seal(root_fd, parts, flags)
+                self._finish(root_fd, made, root=completed and not selection)
             finally:
                 os.close(root_fd)
         return self.result
+
+    def _write_all(
+        self,
+        root_fd: int,
+        files: list[_Item],
+        links: list[_Item],
+        others: list[_Item],
+        progress: RestoreProgress | None,
+    ) -> None:
+        """Files in band order (one pass over each band), then hard links, then the rest."""
+        restored: set[tuple[bytes, ...]] = set()
+        files.sort(key=self._band_order)
+        if progress:
+            progress.reading(len(files), sum(i.entry.size for i in files))
+        for item in files:
+            if self._write_file(root_fd, item):
+                restored.add(item.parts)
+            if progress:
+                progress.advance(1, item.entry.size)
+        for item in links:
+            self._link(root_fd, item, restored)
+        for item in others:
+            self._special(root_fd, item)
+
+    def _finish(self, root_fd: int, made: list[_Item], *, root: bool) -> None:
+        """Directories' metadata deepest first, then the root's (`root`: the whole version
+        was restored; its mtime must not move again), then +i and +a, after which nothing
+        may change."""
+        for item in sorted(made, key=lambda i: len(i.parts), reverse=True):
+            self._dir_metadata(root_fd, item)
+        if root:
+            self._root_metadata(root_fd)
+        for parts, flags in self._sealing:
+            self._seal(root_fd, parts, flags)
 
     def _select(self, selection: list[tuple[bytes, ...]]) -> Iterator[_Item]:
         return select(self.vault, self.version.root, selection, self.version)
@@ -223,10 +248,54 @@ class Restorer:
         finally:
             os.close(fd)
 
+    def _check_existing(self, root_fd: int, items: list[_Item]) -> None:
+        """Before anything is written: what the target already holds at the paths to be
+        restored. A file with the recorded content is kept (`present`: only its metadata is
+        set); anything else in the way is refused in one error, unless `overwrite`."""
+        differ: list[tuple[bytes, ...]] = []
+        for item in items:
+            same = self._same_as_recorded(root_fd, item)
+            if same and item.entry.kind == "file":
+                self.present.add(item.parts)
+            elif same is False:
+                differ.append(item.parts)
+        if differ and not self.overwrite:
+            raise UsageError(
+                f"{len(differ)} file(s) in {self.target} differ from what "
+                f"{self.version.collection}@v{self.version.number} holds (the first: "
+                f"{display_path(b'/'.join(differ[0]))}); nothing was written: restore into an "
+                "empty directory, or add --overwrite to replace them"
+            )
+
+    def _same_as_recorded(self, root_fd: int, item: _Item) -> bool | None:
+        """None: nothing is at the item's path; True: what is there is what would be
+        written (a file with the recorded SHA-256, a symlink to the same target, the same
+        kind of special file); False: something else is."""
+        e, name = item.entry, item.parts[-1]
+        try:
+            dfd = self._parent(root_fd, item.parts)
+        except OSError:
+            return None  # no parent yet (or one in the way: the restore itself says so)
+        try:
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            if e.kind == "file":
+                return (
+                    stat.S_ISREG(st.st_mode) and st.st_size == e.size and _sha256_at(dfd, name, e) == e.blob
+                )
+            if e.kind == "symlink":
+                return stat.S_ISLNK(st.st_mode) and os.readlink(name, dir_fd=dfd) == e.target
+            return stat.S_IFMT(st.st_mode) == stat.S_IFMT(e.mode)
+        except FileNotFoundError:
+            return None
+        finally:
+            os.close(dfd)
+
     def _write_file(self, root_fd: int, item: _Item) -> bool:
         e = item.entry
         assert e.blob is not None
         name = item.parts[-1]
+        if item.parts in self.present:
+            return self._keep_present(root_fd, item)
         tmp = b".vaultfs-restore-" + name[:200]
         dfd = self._parent(root_fd, item.parts)
         try:
@@ -249,6 +318,24 @@ class Restorer:
             os.close(dfd)
         self.result.files += 1
         self.result.bytes += e.size
+        return True
+
+    def _keep_present(self, root_fd: int, item: _Item) -> bool:
+        """A file already there with the recorded content: kept, given the recorded
+        metadata, and counted as restored (its SHA-256 was checked)."""
+        dfd = self._parent(root_fd, item.parts)
+        try:
+            fd = os.open(item.parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        finally:
+            os.close(dfd)
+        try:
+            self._set_flags(fd, item.entry.flags & ~fsflags.SEALING)
+            self._apply_metadata(fd, item.entry, item.parts)
+        finally:
+            os.close(fd)
+        self.result.files += 1
+        self.result.bytes += item.entry.size
+        self.result.present += 1
         return True
 
     def _copy_content(self, fd: int, e: Entry) -> None:
@@ -447,6 +534,20 @@ def _replace_nofollow(src: bytes, dst: bytes, dir_fd: int) -> None:
         raise
 
 
+def _sha256_at(dir_fd: int, name: bytes, e: Entry) -> BlobId | None:
+    """The blob a regular file in the target would have as `e` records it (its SHA-256,
+    or a sparse entry's data extents'); None: it changed while being read, or holds data
+    where `e` has holes."""
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        st = os.fstat(fd)
+        return hash_stream(fd, st) if e.sparse is None else sparse_digest(fd, st, e.sparse)
+    except ChangedWhileReading:
+        return None
+    finally:
+        os.close(fd)
+
+
 def _proc_path(dir_fd: int, name: bytes) -> bytes:
     return b"/proc/self/fd/%d/" % dir_fd + name
 
@@ -540,8 +641,11 @@ def fetch(
     paths: list[str],
     target: Path,
     progress: RestoreProgress | None = None,
+    *,
+    overwrite: bool = False,
 ) -> RestoreResult:
-    """``vaultfs restore fetch``: write the selected paths of a version under ``target``."""
+    """``vaultfs restore fetch``: write the selected paths of a version under ``target``
+    (files already there that differ: refused, unless `overwrite`)."""
     version = vault.resolve_version(collection, number)
     selection = parse_selection(paths)
-    return Restorer(vault, version, target).run(selection, progress)
+    return Restorer(vault, version, target, overwrite=overwrite).run(selection, progress)

@@ -78,9 +78,22 @@ class Vault:
         """
         store = open_store(config.store, config.s3)
         store.check_access()
-        _prepare_state_dir(config.state_dir)
-        catalog = Catalog(config.state_dir / "catalog.lmdb")
-        local_id = catalog.meta("vault_id")
+        # Everything the store can refuse is checked before anything is written locally:
+        # a refused init leaves no half-made state directory behind.
+        lmdb_dir = config.state_dir / "catalog.lmdb"
+        catalog = Catalog(lmdb_dir) if (lmdb_dir / "data.mdb").exists() else None
+        local_id = catalog.meta("vault_id") if catalog else None
+        try:
+            return Vault._create(config, store, catalog, local_id)
+        except BaseException:
+            if catalog:
+                catalog.close()
+            raise
+
+    @staticmethod
+    def _create(
+        config: Config, store: ObjectStore, catalog: Catalog | None, local_id: str | None
+    ) -> tuple[Vault, bool]:
         remote, created = _vault_description(store, config, local_id)
         vault_id = str(remote.get("vault_id", ""))
         if remote.get("format") != VAULT_FORMAT or not vault_id:
@@ -94,13 +107,16 @@ class Vault:
                 f"{config.state_dir} ({local_id}): point the config at the right store, "
                 "or use an empty state_dir"
             )
+        if local_id is None and not created and any(True for _ in store.list("versions/")):
+            # A store holding versions of a vault this NAS has never seen: its catalog
+            # comes from the store (`index rebuild`), not from an empty one made here.
+            raise StoreSetupError(
+                f"{config.store} already holds vault {vault_id} with versions: "
+                "to use it on this machine run `vaultfs index rebuild`"
+            )
+        _prepare_state_dir(config.state_dir)
+        catalog = catalog or Catalog(config.state_dir / "catalog.lmdb")
         if local_id is None:
-            # A store holding versions of a vault this NAS has never seen.
-            if not created and any(True for _ in store.list("versions/")):
-                raise StoreSetupError(
-                    f"{config.store} already holds vault {vault_id} with versions: "
-                    "to use it on this machine run `vaultfs index rebuild`"
-                )
             with catalog.writer() as w:
                 w.set_meta("vault_id", vault_id)
                 w.set_meta("store", config.store)
@@ -117,6 +133,12 @@ class Vault:
                 "(or `vaultfs index rebuild` to recover an existing vault)"
             )
         catalog = Catalog(lmdb_dir, readonly=readonly)
+        if catalog.meta("store") is None:
+            catalog.close()
+            raise VaultError(
+                f"the state directory {config.state_dir} holds no vault (an init that stopped "
+                "part-way): run `vaultfs init` (or `vaultfs index rebuild` to recover an existing vault)"
+            )
         if catalog.meta("store") != config.store:
             raise StoreSetupError(
                 f"the state directory {config.state_dir} belongs to store "

@@ -7,7 +7,7 @@ A band that fails to verify has every blob the catalog reads from it re-hashed
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from vaultfs import band as bandfmt
 from vaultfs import heal, index
@@ -21,6 +21,7 @@ from vaultfs.model import (
     band_file,
     band_key,
 )
+from vaultfs.output import human_bytes
 from vaultfs.store import ObjectArchived, ObjectNotFound, StoreError
 
 if TYPE_CHECKING:
@@ -34,7 +35,6 @@ def read_bands(
     listing: index.StoreListing,
 ) -> None:
     read = 0
-    cfg = c.vault.config.s3
     for band, info in sorted(bands.items()):
         obj = listing.bands.get(band)
         if obj is None:
@@ -51,12 +51,7 @@ def read_bands(
                     "storage_class": obj.storage_class,
                     "restore": state.restore,
                     "versions": c.affects(band),
-                    "plan": (
-                        f"restore {band_key(band)} ({obj.size} bytes, "
-                        f"{obj.storage_class}) with tier {cfg.restore_tier} for "
-                        f"{cfg.restore_days} days (`vaultfs restore start`), then run "
-                        "`vaultfs check --read-data` again"
-                    ),
+                    "plan": _restore_advice(c.affects(band), obj.size, obj.storage_class),
                 }
             )
             continue
@@ -70,6 +65,40 @@ def read_bands(
         finally:
             path.unlink(missing_ok=True)
     c.report.checked["bands_read"] = read
+    if c.report.not_read:
+        c.report.not_read_cost = _restore_cost(c, c.report.not_read)
+
+
+def _restore_advice(versions: list[str], size: int, storage_class: str) -> str:
+    """How to make an archived band readable. Restores are asked for by version (there is
+    no per-band restore): the newest version that uses the band is named."""
+    what = f"({human_bytes(size)}, {storage_class})"
+    if not versions:
+        return (
+            f"{what}: no kept version uses it (prune deletes it once its class's minimum duration has passed)"
+        )
+    return (
+        f"{what}: `vaultfs restore start {versions[-1]}` restores it, with the other archived "
+        f"bands that version needs (`vaultfs restore plan {versions[-1]}` shows them and the "
+        "cost); then run `vaultfs check --read-data` again"
+    )
+
+
+def _restore_cost(c: Checker, not_read: list[dict[str, Any]]) -> dict[str, Any]:
+    """What restoring every archived band for one read would cost, per tier (the config's
+    price table, `[prices]`)."""
+    prices, days = c.vault.config.prices, c.vault.config.s3.restore_days
+    size = sum(int(n["size"]) for n in not_read)
+    return {
+        "bands": len(not_read),
+        "bytes": size,
+        "restore_days": days,
+        "cost_usd": {
+            tier: round(prices.restore_cost(size, len(not_read), tier, days), 6)
+            for tier in ("Bulk", "Standard")
+        },
+        "prices_taken": prices.taken,
+    }
 
 
 def verify_file(

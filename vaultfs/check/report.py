@@ -53,6 +53,7 @@ class SourceReport:
 class CheckReport:
     problems: list[Finding] = field(default_factory=list)
     not_read: list[dict[str, Any]] = field(default_factory=list)  # archived bands
+    not_read_cost: dict[str, Any] | None = None  # what restoring them all for a read costs
     checked: dict[str, int] = field(default_factory=dict)
     source: SourceReport | None = None
     lost: list[heal.LostFiles] = field(default_factory=list)  # files whose bytes are lost
@@ -69,6 +70,7 @@ class CheckReport:
             "ok": self.ok,
             "problems": [p.to_json() for p in self.problems],
             "not_read": self.not_read,
+            "not_read_restore": self.not_read_cost,
             "checked": self.checked,
             "source": self.source.to_json() if self.source else None,
             "lost": [

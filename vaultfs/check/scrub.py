@@ -313,7 +313,7 @@ def good_copy(vault: Vault, it: Item) -> Rot:
         prices, s3 = vault.config.prices, vault.config.s3
         plan = archive.Plan(to_restore=[band])
         rot.restore_cost_usd = round(plan.cost(prices, s3.restore_tier, s3.restore_days), 4)
-        rot.restore_hours = plan.hours(prices, s3.restore_tier)
+        rot.restore_hours = prices.hours(s3.restore_tier)
     return rot
 
 

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from vaultfs.config import Config
 from vaultfs.errors import EXIT_ERROR, EXIT_OK, EXIT_WARNINGS, ConfigError, SourceRefused
 from vaultfs.output import AddCommand, display_path, emit_json, format_delta, human_bytes, iso_utc
+
+if TYPE_CHECKING:  # imported when a command runs (startup time)
+    from vaultfs.acceptance import Acceptance
+    from vaultfs.model import BlobId, TreeId, VersionInfo
+    from vaultfs.retention.pins import Pin
+    from vaultfs.vault import Vault
 
 LIST_LIMIT = 20  # paths listed per kind of warning before "… and N more"
 
@@ -43,14 +50,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
 
     sp = add(
         "versions",
-        "list the versions of a collection",
-        "List every version: number, creation time (UTC), time since the previous version,\n"
-        "files added/changed/removed, bytes added, bands written and their state.\n"
+        "list the versions of a collection (default: of every collection)",
+        "List every version of COLLECTION (default: of every collection in the config):\n"
+        "number, creation time (UTC), time since the previous version, files\n"
+        "added/changed/removed, bytes added, bands written and their state.\n"
         "In a cold collection, a version that holds the last copy of files a newer version\n"
         "replaced or deleted is pinned (PINNED: how many files; forget and prune keep it)\n"
-        "until `vaultfs accept`; each acceptance is listed with who made it and when.",
+        "until `vaultfs accept`; each acceptance is listed with who made it and when.\n"
+        "--json: one collection gives {collection, versions, acceptances}; all of them\n"
+        "{collections: [{collection, versions, acceptances}, ...]}.",
     )
-    sp.add_argument("collection", metavar="COLLECTION")
+    sp.add_argument("collection", metavar="COLLECTION", nargs="?")
     sp.set_defaults(func=cmd_versions)
 
 
@@ -249,22 +259,72 @@ def snapshot_json(r: Any) -> dict[str, Any]:
 
 
 def cmd_versions(args: argparse.Namespace, config: Config) -> int:
-    from vaultfs import retention
-    from vaultfs.model import BlobId, TreeId
     from vaultfs.vault import Vault
 
-    config.collection(args.collection)
+    if args.collection:
+        config.collection(args.collection)
     vault = Vault.open(config, readonly=True)
     try:
-        versions = vault.versions(args.collection)
-        bands = {b.band: b for b in vault.catalog.bands()}
-        lost_blobs = vault.catalog.lost_blobs()  # empty: no walk, `versions` stays fast
-        memo: dict[TreeId, list[tuple[bytes, BlobId]]] = {}
-        lost = {v.number: vault.lost_files(v.root, lost_blobs, memo) if lost_blobs else [] for v in versions}
-        acceptances = vault.catalog.acceptances(args.collection)
-        pins = retention.pins(vault, args.collection, versions, acceptances)
+        if args.collection:
+            names = [args.collection]
+        else:  # the config's collections in its order, then any the catalog alone knows
+            names = [c.name for c in config.collections]
+            names += sorted(set(vault.catalog.collections()) - set(names))
+        listed = [_listing(vault, name) for name in names]
     finally:
         vault.close()
+    if args.json:
+        docs = [ls.to_json() for ls in listed]
+        emit_json(docs[0] if args.collection else {"collections": docs})
+        return EXIT_OK
+    for i, ls in enumerate(listed):
+        if not ls.rows:
+            print(f"{ls.collection}: no versions yet (run `vaultfs snapshot {ls.collection}`)")
+            continue
+        if not args.collection:
+            print(("\n" if i else "") + f"{ls.collection}:")
+        _print_versions(ls.rows)
+        _print_pins(list(ls.pins.values()), ls.acceptances)
+        last = ls.versions[-1]
+        if last.verified_ns:
+            print(
+                f"v{last.number} found unchanged at {iso_utc(last.verified_ns[-1])} "
+                "(by size and times; `vaultfs check --source` re-reads the files)"
+            )
+    return EXIT_OK
+
+
+@dataclass(slots=True)
+class _Listing:
+    """One collection's versions, a row of figures for each, and its pins and acceptances."""
+
+    collection: str
+    versions: list[VersionInfo]
+    rows: list[dict[str, Any]]
+    pins: dict[int, Pin]
+    acceptances: list[Acceptance]
+
+    def to_json(self) -> dict[str, Any]:
+        from vaultfs import retention
+
+        return {
+            "collection": self.collection,
+            "versions": self.rows,
+            "acceptances": [retention.acceptance_json(a) for a in self.acceptances],
+        }
+
+
+def _listing(vault: Vault, collection: str) -> _Listing:
+    """The versions of one collection, and a row of figures for each (table and --json)."""
+    from vaultfs import retention
+
+    versions = vault.versions(collection)
+    bands = {b.band: b for b in vault.catalog.bands()}
+    lost_blobs = vault.catalog.lost_blobs()  # empty: no walk, `versions` stays fast
+    memo: dict[TreeId, list[tuple[bytes, BlobId]]] = {}
+    lost = {v.number: vault.lost_files(v.root, lost_blobs, memo) if lost_blobs else [] for v in versions}
+    acceptances = vault.catalog.acceptances(collection)
+    pins = retention.pins(vault, collection, versions, acceptances)
     rows: list[dict[str, Any]] = []
     for v in versions:
         pin = pins.get(v.number)
@@ -293,27 +353,7 @@ def cmd_versions(args: argparse.Namespace, config: Config) -> int:
                 "accepted": [retention.acceptance_json(a) for a in acceptances if a.up_to == v.number],
             }
         )
-    if args.json:
-        emit_json(
-            {
-                "collection": args.collection,
-                "versions": rows,
-                "acceptances": [retention.acceptance_json(a) for a in acceptances],
-            }
-        )
-        return EXIT_OK
-    if not rows:
-        print(f"{args.collection}: no versions yet (run `vaultfs snapshot {args.collection}`)")
-        return EXIT_OK
-    _print_versions(rows)
-    _print_pins(list(pins.values()), acceptances)
-    last = versions[-1]
-    if last.verified_ns:
-        print(
-            f"v{last.number} found unchanged at {iso_utc(last.verified_ns[-1])} "
-            "(by size and times; `vaultfs check --source` re-reads the files)"
-        )
-    return EXIT_OK
+    return _Listing(collection, versions, rows, pins, acceptances)
 
 
 def _print_versions(rows: list[dict[str, Any]]) -> None:

@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 from vaultfs.config import Config
 from vaultfs.errors import EXIT_ERROR, EXIT_OK, EXIT_WARNINGS, CorruptionError, VaultError
-from vaultfs.output import AddCommand, add_output_options
+from vaultfs.output import AddCommand, add_output_options, human_bytes
 
 if TYPE_CHECKING:  # imported when a command runs (startup time)
+    from vaultfs.check.report import CheckReport
     from vaultfs.index import RebuildReport
 
 RUNG_NAMES = {
@@ -136,6 +137,11 @@ def _print_rebuild(report: RebuildReport, *, quiet: bool) -> None:
                 if report.lost
                 else ""
             )
+            + (
+                f"; {len(report.problems)} problem(s) remain (the `problem:` lines)"
+                if report.problems
+                else ""
+            )
         )
 
 
@@ -163,14 +169,7 @@ def cmd_check(args: argparse.Namespace, config: Config) -> int:
     if args.json:
         _emit({**report.to_json(), "exit_code": code})
         return code
-    for p in report.problems:
-        print(f"PROBLEM: {p.what}", file=sys.stderr)
-        if p.affects:
-            print(f"  affects: {', '.join(p.affects[:20])}", file=sys.stderr)
-        if p.advice:
-            print(f"  to do: {p.advice}", file=sys.stderr)
-    for nr in report.not_read:
-        print(f"NOT READ: band {nr['band']} is archived: {nr['plan']}", file=sys.stderr)
+    _print_findings(report)
     for n in report.notes:
         print(f"note: {n}", file=sys.stderr)
     sr = report.source
@@ -186,6 +185,28 @@ def cmd_check(args: argparse.Namespace, config: Config) -> int:
         verdict = "clean" if report.ok else f"{len(report.problems)} problem(s)"
         print(f"check: {verdict} ({parts})")
     return code
+
+
+def _print_findings(report: CheckReport) -> None:
+    """Problems, with what they affect and what to do; archived bands not read, with how to
+    restore them and what restoring them all for a read would cost."""
+    for p in report.problems:
+        print(f"PROBLEM: {p.what}", file=sys.stderr)
+        if p.affects:
+            print(f"  affects: {', '.join(p.affects[:20])}", file=sys.stderr)
+        if p.advice:
+            print(f"  to do: {p.advice}", file=sys.stderr)
+    for nr in report.not_read:
+        print(f"NOT READ: band {nr['band']} is archived {nr['plan']}", file=sys.stderr)
+    cost = report.not_read_cost
+    if cost:
+        print(
+            f"reading the {cost['bands']} archived band(s) ({human_bytes(cost['bytes'])}) takes "
+            f"restores: ~${cost['cost_usd']['Bulk']:.2f} Bulk, ~${cost['cost_usd']['Standard']:.2f} "
+            f"Standard (incl. {cost['restore_days']} days of the restored copies; prices: "
+            f"{cost['prices_taken']}, [prices] in the config)",
+            file=sys.stderr,
+        )
 
 
 def _emit(doc: dict[str, Any]) -> None:

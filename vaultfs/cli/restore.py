@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -43,7 +44,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
 
     def target(ap: argparse.ArgumentParser) -> None:
         ap.add_argument("what", metavar="COLLECTION[@vN]", help="default version: the latest")
-        ap.add_argument("paths", nargs="*", metavar="PATH", help="paths inside the collection")
+        # default=[]: without it argparse calls an empty nargs="*" positional required
+        ap.add_argument("paths", nargs="*", default=[], metavar="PATH", help="paths inside the collection")
 
     ap = action(
         "plan",
@@ -91,10 +93,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
         "first (`vaultfs restore start`); --wait polls until they are ready.\n"
         "A file whose content is missing or damaged is skipped and listed, everything\n"
         "else is restored, and the exit status is 3. Restoring a whole version gives\n"
-        "DIR the collection root's mode, owner and times; restoring PATHs leaves DIR as is.",
+        "DIR the collection root's mode, owner and times; restoring PATHs leaves DIR as is.\n"
+        "A file already in DIR with the recorded content is kept (its SHA-256 is checked;\n"
+        "its metadata is set as recorded); if any file in DIR differs, nothing is written\n"
+        "and the error names it, unless --overwrite.",
     )
     target(ap)
     ap.add_argument("--to", required=True, metavar="DIR", help="target directory")
+    ap.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace files in DIR whose content differs from the version's",
+    )
     ap.add_argument("--wait", action="store_true", help="wait until restoring bands are ready")
     ap.add_argument(
         "--interval",
@@ -145,10 +155,10 @@ def cmd_plan(args: argparse.Namespace, config: Config) -> int:
     tiers = {
         tier: {
             "cost_usd": round(plan.cost(prices, tier, days), 4),
-            "ready_by": iso_utc(time.time_ns() + plan.hours(prices, tier) * 3600 * 10**9)
+            "ready_by": iso_utc(time.time_ns() + prices.hours(tier) * 3600 * 10**9)
             if plan.to_restore
             else None,
-            "hours": plan.hours(prices, tier),
+            "hours": prices.hours(tier),
         }
         for tier in TIERS
     }
@@ -196,7 +206,7 @@ def _print_plan(doc: dict[str, Any], plan: Plan, args: argparse.Namespace) -> No
             f"ready within {t['hours']} h, by {t['ready_by']}"
         )
     print(f"prices: {doc['prices_taken']} ([prices] in the config)")
-    print(f"next: vaultfs restore start {args.what} {' '.join(args.paths)}".rstrip())
+    print(f"next: vaultfs restore start {_shell_words(args.what, args.paths)}")
 
 
 def cmd_start(args: argparse.Namespace, config: Config) -> int:
@@ -256,14 +266,9 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
                 flush=True,
             )
         time.sleep(args.interval)
-    prices = config.prices
-    cost = 0.0
-    for b in bands:
-        if b.restore is None:
-            continue
-        gb = b.size / 1e9
-        per_gb = prices.bulk_per_gb if b.restore.tier == "Bulk" else prices.standard_per_gb
-        cost += gb * per_gb + gb * prices.restored_copy_per_gb_month * b.restore.days / 30
+    cost = sum(
+        config.prices.restore_cost(b.size, 1, b.restore.tier, b.restore.days) for b in bands if b.restore
+    )
     bytes_pending = sum(b.size for b in pending)
     bytes_ready = sum(b.size for b in bands if b.state != "restoring")
     doc = {
@@ -316,11 +321,12 @@ def cmd_fetch(args: argparse.Namespace, config: Config) -> int:
             unasked = [b for b in blocked if b.state != "restoring"]
             if unasked or not args.wait:
                 what = f"{collection}@v{version.number}"
+                asked = _shell_words(what, args.paths)  # the same PATHs: restore no more than asked
                 raise VaultError(
                     f"{len(blocked)} band(s) ({human_bytes(sum(b.size for b in blocked))}) of {what} "
                     + (
-                        "are archived: run `vaultfs restore start "
-                        f"{args.what}` first (`vaultfs restore plan` shows the cost)"
+                        f"are archived: run `vaultfs restore start {asked}` first "
+                        f"(`vaultfs restore plan {asked}` shows the cost)"
                         if unasked
                         else "are still restoring: add --wait, or see `vaultfs restore status`"
                     )
@@ -336,7 +342,9 @@ def cmd_fetch(args: argparse.Namespace, config: Config) -> int:
             time.sleep(args.interval)
         enabled = None if not args.quiet else False
         with TerminalProgress(f"restore {args.what}", enabled=enabled) as prog:
-            result = fetch(vault, collection, version.number, args.paths, Path(args.to), prog)
+            result = fetch(
+                vault, collection, version.number, args.paths, Path(args.to), prog, overwrite=args.overwrite
+            )
     finally:
         vault.close()
     for p in result.problems:
@@ -368,6 +376,7 @@ def _fetch_json(collection: str, to: str, result: Any, code: int) -> dict[str, A
         "missing": [{"path": to_text(p.path), "reason": p.reason} for p in result.missing],
         "not_restored": result.not_restored,
         "root_metadata_applied": result.root_meta_applied,
+        "already_present": result.present,
         "exit_code": code,
     }
 
@@ -377,6 +386,7 @@ def _fetch_summary(what: str, to: str, result: Any) -> str:
     done = (
         f"{result.files} files ({human_bytes(result.bytes)}), {result.dirs} directories, "
         f"{result.others} other entries into {to}"
+        + (f" ({result.present} files were there already, the same, and kept)" if result.present else "")
     )
     if not result.missing:
         return f"restored {what}: {done}; every file's SHA-256 verified"
@@ -385,6 +395,11 @@ def _fetch_summary(what: str, to: str, result: Any) -> str:
         f"{len(result.missing)} file(s) NOT restored, their content is missing or damaged "
         "(listed above as `not restored`; `vaultfs check` says more)"
     )
+
+
+def _shell_words(what: str, paths: list[str]) -> str:
+    """A target and its PATHs as they can be pasted into a shell, for the next command."""
+    return " ".join(shlex.quote(word) for word in (what, *paths))
 
 
 def _t(ns: int) -> str:

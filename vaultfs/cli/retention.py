@@ -260,7 +260,6 @@ def cmd_prune(args: argparse.Namespace, config: Config) -> int:
 
 def describe_prune(r: retention.PruneResult) -> list[str]:
     """The human report: always the bytes freed and the charges, then what was kept and why."""
-    from vaultfs import retention
 
     would = "would " if r.dry_run else ""
     out: list[str] = []
@@ -283,7 +282,7 @@ def describe_prune(r: retention.PruneResult) -> list[str]:
         )
     if r.deletions_resumed:
         out.append(f"finished deleting {r.deletions_resumed} band(s) an interrupted prune left")
-    out.append(f"prices: {retention.PRICES_AS_OF}")
+    out.append(f"prices: {r.prices.taken} ([prices] in the config)")
     return out
 
 

@@ -83,7 +83,7 @@ class RebuildReport:
     notes: list[str] = field(default_factory=list)  # fallbacks, top-ups, repairs
     problems: list[str] = field(default_factory=list)  # what could not be recovered
     plan: list[str] = field(default_factory=list)  # archived bands that need a restore
-    versions: list[str] = field(default_factory=list)
+    versions: list[str] = field(default_factory=list)  # every version the catalog holds at the end
     bands: dict[str, str] = field(default_factory=dict)  # band -> source of its catalog
     repairs: list[str] = field(default_factory=list)
     lost: dict[BlobId, LostBlob] = field(default_factory=dict)  # recorded as lost

@@ -100,6 +100,8 @@ def rebuild(
                 adopt(done, ladder, listing)
                 repair(done, report, listing)
                 _restore_acceptances(done, report)
+                # Every version the catalog now holds: kept, rebuilt or adopted.
+                report.versions = [f"{v.collection}@v{v.number}" for v in done.catalog.all_versions()]
             finally:
                 done.close()
             return report
@@ -306,6 +308,8 @@ def _verify_live(live: Path, vault_id: str, store_url: str) -> str | None:
     except VaultError as e:
         return e.message
     try:
+        if catalog.meta("vault_id") is None:
+            return "it names no vault (an init that stopped part-way)"
         if catalog.meta("vault_id") != vault_id or catalog.meta("store") != store_url:
             return "it belongs to another vault or store"
         walk = verify_catalog(catalog)
@@ -389,4 +393,3 @@ def _install(
         for _, v in sorted(content.versions.items()):
             w.put_version(v)
         state.write(w)
-    report.versions = [f"{c}@v{n}" for c, n in sorted(content.versions)]

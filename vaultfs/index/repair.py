@@ -103,7 +103,6 @@ def adopt(vault: Vault, ladder: Ladder, listing: StoreListing) -> None:
         with catalog.writer() as w:
             w.put_version(v)
         report.notes.append(f"adopted {vk[0]}@v{vk[1]}, committed on the store but missing locally")
-        report.versions.append(f"{vk[0]}@v{vk[1]}")
 
 
 def _lacks_in_catalog(catalog: Catalog, root: TreeId) -> list[str]:

@@ -75,7 +75,7 @@ def node_attr(view: VaultView, node: Node) -> Attr:
 def _live_attr(view: VaultView, node: Node) -> Attr:
     """stat(2) of the root, /.vaultfs/ and its files, a collection directory or `latest`."""
     if node.kind == "root":
-        colls = view.catalog.collections()
+        colls = view.collections()
         return Attr(
             node.ino,
             stat.S_IFDIR | 0o555,
@@ -105,7 +105,7 @@ def _live_attr(view: VaultView, node: Node) -> Attr:
         )
     if node.kind == "collection":
         versions = view.catalog.versions(node.collection)
-        mtime = versions[-1].created_ns if versions else 0
+        mtime = versions[-1].created_ns if versions else view.info.started_ns
         return Attr(node.ino, stat.S_IFDIR | 0o555, 2 + len(versions), 0, 0, 0, mtime, timeout=LIVE_TIMEOUT)
     if node.kind == "latest":
         latest = view.catalog.latest_version(node.collection)

@@ -6,7 +6,9 @@ Layout::
     /.vaultfs/status          human-readable: vault, collections, versions, bands by state,
                               restores in flight, the restore watcher
     /.vaultfs/restores.json   every band restoring, restored or cached (as `restore status --json`)
-    /<collection>/            one directory per collection; mtime = its newest version
+    /<collection>/            one directory per collection of the config (and any other the
+                              catalog holds), empty until its first version; mtime = its
+                              newest version (the mount's start while it has none)
     /<collection>/v<N>/…      every version; the version directory has the source root's mode,
                               owner, mtime and xattrs (records from before vaultfs kept
                               them: 0555 root:root, mtime = snapshot time)
@@ -215,13 +217,20 @@ class VaultView:
         return self._child(parent, listing.entries[pos])
 
     def _lookup_in_root(self, name: bytes) -> Node:
-        """``.vaultfs`` or a collection that has at least one version."""
+        """``.vaultfs`` or a collection."""
         if name == META_DIR:
             return self._meta_dir()
         coll = name.decode("utf-8", "surrogateescape")
-        if not self.catalog.latest_version(coll):
+        if coll not in self.collections():
             raise NotFound(name)
         return self._collection(coll)
+
+    def collections(self) -> list[str]:
+        """The collections shown: the config's, versions or not (an empty directory says
+        "nothing backed up yet" where a missing one would say "misconfigured"), and any
+        other the catalog holds versions of (a collection since dropped from the config)."""
+        configured = [c.name for c in self.vault.config.collections]
+        return configured + sorted(set(self.catalog.collections()) - set(configured))
 
     def _lookup_in_meta(self, name: bytes) -> Node:
         if name == STATUS:
@@ -304,10 +313,7 @@ class VaultView:
         node = self.node(ino)
         if node.kind == "root":
             items = [(META_DIR, self._meta_dir())]
-            items += [
-                (c.encode("utf-8", "surrogateescape"), self._collection(c))
-                for c in self.catalog.collections()
-            ]
+            items += [(c.encode("utf-8", "surrogateescape"), self._collection(c)) for c in self.collections()]
             yield from _by_inode(items, after)
         elif node.kind == "meta":
             yield from _by_inode(

@@ -34,7 +34,7 @@ consolidated index:
    band a kept version lists (its last band's catalog carries the version
    record and the trees that snapshot added; rungs 3–5 need it).
 3. Every other band is *unused*. It is deleted only when its storage class's
-   minimum duration (`STORAGE_CLASSES`) has passed since the band entered that class
+   minimum duration (`MIN_DAYS`) has passed since the band entered that class
    (``BandInfo.archived_ns`` for archived bands, else ``created_ns``)
    — or at once with ``allow_early_delete``, and the early-deletion charge is
    reported either way. The class is the costlier of the catalog's
@@ -77,37 +77,28 @@ from vaultfs.retention.prune import (
     prune,
 )
 from vaultfs.retention.terms import (
-    DAYS_PER_MONTH,
-    GIB,
+    MIN_DAYS,
     NS_PER_DAY,
-    PRICES_AS_OF,
-    STORAGE_CLASSES,
-    UNKNOWN_CLASS,
-    ClassTerms,
-    class_terms,
+    UNKNOWN_MIN_DAYS,
     early_delete_charge,
+    min_days,
     monthly_cost,
 )
 
 __all__ = [
-    "DAYS_PER_MONTH",
-    "GIB",
+    "MIN_DAYS",
     "NS_PER_DAY",
     "PENDING_META",
-    "PRICES_AS_OF",
-    "STORAGE_CLASSES",
-    "UNKNOWN_CLASS",
+    "UNKNOWN_MIN_DAYS",
     "AcceptResult",
     "Action",
     "BandPlan",
-    "ClassTerms",
     "ForgetResult",
     "LiveSet",
     "Pin",
     "PruneResult",
     "accept",
     "acceptance_json",
-    "class_terms",
     "early_delete_charge",
     "finish_forgets",
     "forget",
@@ -115,6 +106,7 @@ __all__ = [
     "is_cold",
     "keep_for",
     "live_set",
+    "min_days",
     "monthly_cost",
     "pins",
     "prune",

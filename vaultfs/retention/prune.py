@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from vaultfs import band as bandfmt
 from vaultfs import index
+from vaultfs.config import Prices
 from vaultfs.errors import CorruptionError
 from vaultfs.model import (
     BandId,
@@ -29,14 +30,7 @@ from vaultfs.model import (
     version_key,
 )
 from vaultfs.retention.forget import finish_forgets
-from vaultfs.retention.terms import (
-    NS_PER_DAY,
-    PRICES_AS_OF,
-    STORAGE_CLASSES,
-    class_terms,
-    early_delete_charge,
-    monthly_cost,
-)
+from vaultfs.retention.terms import MIN_DAYS, NS_PER_DAY, early_delete_charge, min_days, monthly_cost
 from vaultfs.store import ObjectNotFound
 from vaultfs.vault import Vault
 from vaultfs.walk import reachable
@@ -74,7 +68,7 @@ class BandPlan:
 
     @property
     def min_days(self) -> int:
-        return class_terms(self.storage_class).min_days
+        return min_days(self.storage_class)
 
     @property
     def garbage_fraction(self) -> float:
@@ -112,6 +106,7 @@ class PruneResult:
     dry_run: bool
     allow_early_delete: bool
     now_ns: int
+    prices: Prices  # the config's table: the charges and savings below are priced with it
     bands: list[BandPlan] = field(default_factory=list)
     version_records: list[tuple[str, int]] = field(default_factory=list)  # deleted from the store
     trees_dropped: int = 0
@@ -149,7 +144,7 @@ class PruneResult:
 
     @property
     def monthly_saving_usd(self) -> float:
-        return sum(monthly_cost(b.size, b.storage_class) for b in self.deleted if b.exists)
+        return sum(monthly_cost(b.size, b.storage_class, self.prices) for b in self.deleted if b.exists)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -176,9 +171,9 @@ class PruneResult:
             "unadopted_versions": self.unadopted_versions,
             "index_objects_deleted": self.index_objects,
             "prices": {
-                "as_of": PRICES_AS_OF,
-                "usd_per_gb_month": {k: v.usd_per_gb_month for k, v in STORAGE_CLASSES.items()},
-                "min_days": {k: v.min_days for k, v in STORAGE_CLASSES.items()},
+                "as_of": self.prices.taken,
+                "usd_per_gb_month": dict(self.prices.storage_per_gb_month),
+                "min_days": dict(MIN_DAYS),
             },
         }
 
@@ -218,7 +213,7 @@ def prune(
     Not ``dry_run``: the caller holds the vault lock.
     """
     now_ns = now()
-    result = PruneResult(dry_run, allow_early_delete, now_ns)
+    result = PruneResult(dry_run, allow_early_delete, now_ns, vault.config.prices)
     markers = vault.forgotten_versions()
     names = sorted(set(vault.catalog.collections()) | set(collections))
     if dry_run:
@@ -352,7 +347,7 @@ def _judge_unused(
     """Decide the fate of a band no kept version needs (fills in ``plan``)."""
     try:
         head = vault.store.head(band_key(info.band))
-        if class_terms(head.storage_class).min_days > class_terms(plan.storage_class).min_days:
+        if min_days(head.storage_class) > min_days(plan.storage_class):
             plan.storage_class = head.storage_class
     except ObjectNotFound:
         plan.exists = False
@@ -373,7 +368,9 @@ def _judge_unused(
     if plan.live_trees and info.blobs == 0 and plan.dead_blobs == 0:
         plan.action = "keep-trees"
         return
-    plan.early_charge_usd = early_delete_charge(plan.size, plan.storage_class, plan.age_days)
+    plan.early_charge_usd = early_delete_charge(
+        plan.size, plan.storage_class, plan.age_days, vault.config.prices
+    )
     if plan.age_days >= plan.min_days:
         plan.action = "delete"
     elif allow_early_delete:
