@@ -1,3 +1,10 @@
 """Shared pytest fixtures. Fixture modules are registered here as plugins."""
 
 pytest_plugins = ["tests.moto_server", "tests.vaultenv"]
+
+
+def pytest_addoption(parser: object) -> None:
+    """``--slow``: property tests run thousands of examples instead of CI's hundreds."""
+    parser.addoption(  # type: ignore[attr-defined]
+        "--slow", action="store_true", default=False, help="run property tests with thousands of examples"
+    )
