@@ -43,7 +43,7 @@ from vaultfs.output import display_path, human_bytes
 __all__ = ["CACHEDIR_SIGNATURE", "Rule", "Rules", "Scope", "Verdict", "describe"]
 
 CACHEDIR_TAG = "CACHEDIR.TAG"
-CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"  # bford.info/cachedir
+CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +175,7 @@ class Rules:
             st = os.lstat(scope.path + b"/" + name)
             verdict = scope.decide(name, st)
             if i == len(parts) - 1:
-                return verdict
+                return GIT_DIR if verdict is KEPT and scope.raw else verdict
             if not verdict.kept and verdict.reason == "inside":
                 return verdict
             if not verdict.kept:
