@@ -117,7 +117,7 @@ def kept_files(root: Path, collection: CollectionConfig) -> set[str]:
 
 
 def test_the_scan_keeps_exactly_what_git_lists(request: pytest.FixtureRequest) -> None:
-    examples = 3000 if request.config.getoption("--slow") else int(os.environ.get("N", "200"))
+    examples = 3000 if request.config.getoption("--slow") else 200
 
     @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck))
     @given(tree=trees)

@@ -127,7 +127,12 @@ class Rules:
                 f"tracked-file protection is off for {self.shown(top) if top != self.root else '.'} "
                 f"({why}): files git tracks are left out when an ignore rule matches them"
             )
-        dirs = {p[:i] for p in tracked or () for i in range(len(p)) if p[i] == 0x2F}
+        dirs: set[bytes] = set()  # the directories holding tracked paths
+        for p in tracked or ():
+            cut = p.rfind(b"/")
+            while cut > 0 and p[:cut] not in dirs:
+                dirs.add(p[:cut])
+                cut = p.rfind(b"/", 0, cut)
         low = [self.read(git.info_exclude(top), b"")]
         if self.collection.git_global_excludes:
             low.append(self._global_excludes(top))
