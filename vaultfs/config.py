@@ -221,6 +221,17 @@ class CollectionConfig:
     max_removed: RemovalLimit = field(default_factory=RemovalLimit)
     scrub_days: int = 30  # a nightly `vaultfs scrub` re-reads every file once in this many days
     scrub_per_snapshot: float | None = None  # percent of the bytes each snapshot scrubs; None: off
+    # What a snapshot leaves out (docs/config.md, "What a collection leaves out"):
+    gitignore: bool | None = None  # git's ignore rules; None: the tier's default (warm: on)
+    gitignore_outside_repos: bool = False  # a .gitignore outside any git work tree applies too
+    git_global_excludes: bool = False  # core.excludesFile applies inside work trees
+    exclude: tuple[str, ...] = ()  # gitignore patterns, relative to the collection root
+    exclude_if_present: tuple[str, ...] = ("CACHEDIR.TAG",)  # a directory holding one is left out
+    exclude_larger_than: int | None = None  # warm only: files above this size are left out
+
+    @property
+    def uses_gitignore(self) -> bool:
+        return self.gitignore if self.gitignore is not None else self.tier == "warm"
 
 
 @dataclass(frozen=True, slots=True)
@@ -434,10 +445,42 @@ def _collection(name: str, raw: Any) -> CollectionConfig:
         raise ConfigError(f"{t.key('scrub_days')} = {scrub_days}: must be at least 1 (days)")
     per_snapshot = t.take("scrub_per_snapshot", object)
     share = None if per_snapshot is None else parse_percentage(per_snapshot, t.key("scrub_per_snapshot"))
+    rules = _exclusion_rules(t, tier)
     t.finish()
     return CollectionConfig(
-        name, path, tier, keep, frame, clevel, allow_empty, max_removed, scrub_days, share or None
+        name, path, tier, keep, frame, clevel, allow_empty, max_removed, scrub_days, share or None, **rules
     )
+
+
+def _exclusion_rules(t: _Table, tier: str) -> dict[str, Any]:
+    """``gitignore``, ``gitignore_outside_repos``, ``git_global_excludes``, ``exclude``,
+    ``exclude_if_present``, ``exclude_larger_than`` of a collection."""
+    rules: dict[str, Any] = {
+        "gitignore": t.take("gitignore", bool),
+        "gitignore_outside_repos": t.take("gitignore_outside_repos", bool, False),
+        "git_global_excludes": t.take("git_global_excludes", bool, False),
+        "exclude": _strings(t, "exclude", [], 'gitignore patterns such as "*.tmp"'),
+        "exclude_if_present": _strings(t, "exclude_if_present", ["CACHEDIR.TAG"], "file names"),
+    }
+    for name in rules["exclude_if_present"]:
+        if not name or "/" in name or name in (".", ".."):
+            raise ConfigError(f"{t.key('exclude_if_present')}: {name!r} is not a file name")
+    if "exclude_larger_than" in t.data:
+        limit = t.take_size("exclude_larger_than", 0)
+        if tier != "warm":
+            raise ConfigError(
+                f"{t.key('exclude_larger_than')}: only for warm collections (a cold collection "
+                'keeps every file); remove it or set tier = "warm"'
+            )
+        rules["exclude_larger_than"] = limit
+    return rules
+
+
+def _strings(t: _Table, name: str, default: list[str], what: str) -> tuple[str, ...]:
+    values = t.take(name, list, default)
+    if not all(isinstance(v, str) for v in values):
+        raise ConfigError(f"{t.key(name)} = {values!r}: expected a list of {what}")
+    return tuple(values)
 
 
 def _mount_settings(t: _Table) -> MountSettings:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from vaultfs import fsflags
+from vaultfs.ignore import Rules, Scope
 from vaultfs.model import BlobId, Entry, Kind, to_text
 from vaultfs.output import display_path  # re-exported: the one escaping of names
 from vaultfs.sparse import BlobPlaces, Extents, data_size, holes, tidy
@@ -143,10 +144,12 @@ _LISTING_KIND = b"vaultfs listing 2\0"
 class Scanner:
     """Walks one source tree. Problems are collected in ``problems``."""
 
-    def __init__(self, root: bytes, known: KnownSignature | None = None) -> None:
+    def __init__(self, root: bytes, known: KnownSignature | None = None, rules: Rules | None = None) -> None:
         self.root = root
         self.problems: list[Problem] = []
         self.not_kept: NotKept = Counter()
+        self.excluded: list[bytes] = []  # entries left out by `rules` (nothing below them was read)
+        self._rules = rules
         self.files: list[ScannedFile] = []
         self._inodes: dict[tuple[int, int], ScannedFile] = {}
         self._known = known
@@ -154,14 +157,14 @@ class Scanner:
     def scan(self) -> ScannedDir:
         st = FileStat.of(os.lstat(self.root))
         top = ScannedDir(b"", b"", st, *self._meta(self.root, b""))
-        self._walk(top, self.root)
+        self._walk(top, self.root, self._rules.root_scope() if self._rules is not None else None)
         return top
 
     def _meta(self, path: bytes, rel: bytes) -> tuple[tuple[tuple[bytes, bytes], ...], int]:
         """The xattrs and kept inode flags of a regular file or directory."""
         return read_xattrs(path, self.problems, rel, self.not_kept), read_flags(path, self.not_kept)
 
-    def _walk(self, node: ScannedDir, path: bytes) -> None:
+    def _walk(self, node: ScannedDir, path: bytes, scope: Scope | None = None) -> None:
         try:
             with os.scandir(path) as it:
                 names = sorted(it, key=lambda e: e.name)
@@ -172,16 +175,10 @@ class Scanner:
             node.unreadable = True
             return
         problems_before = len(self.problems), self.not_kept.total()
-        listing: list[tuple[os.DirEntry[bytes], os.stat_result]] = []
+        listing = self._stat_kept(node, names, scope)
         rows: list[tuple[object, ...]] = []
         linked = False
-        for de in names:
-            try:
-                st = de.stat(follow_symlinks=False)
-            except OSError as e:
-                self.problems.append(Problem(_rel(node, de.name), _vanished_or(e)))
-                continue
-            listing.append((de, st))
+        for de, st in listing:
             rows.append(
                 (
                     de.name,
@@ -206,15 +203,38 @@ class Scanner:
                     if stat.S_ISDIR(st.st_mode):
                         child = ScannedDir(_rel(node, de.name), de.name, FileStat.of(st), ())
                         node.children.append(child)
-                        self._walk(child, path + b"/" + de.name)
+                        self._walk(child, path + b"/" + de.name, scope and scope.child(de.name))
                 return
         for de, st in listing:
-            self._add(node, path, de.name, st)
+            self._add(node, path, de.name, st, scope)
         if (len(self.problems), self.not_kept.total()) != problems_before:
             # e.g. an xattr that could not be read: listed (and reported) again next time
             node.signature = None
 
-    def _add(self, node: ScannedDir, path: bytes, name: bytes, st: os.stat_result) -> None:
+    def _stat_kept(
+        self, node: ScannedDir, names: list[os.DirEntry[bytes]], scope: Scope | None
+    ) -> list[tuple[os.DirEntry[bytes], os.stat_result]]:
+        """The entries of a directory with their lstat, less those the rules leave out
+        (`vaultfs.ignore`: they are in no row of the signature, and nothing below them is
+        listed)."""
+        if scope is not None:
+            scope.listed([de.name for de in names])
+        listing = []
+        for de in names:
+            try:
+                st = de.stat(follow_symlinks=False)
+            except OSError as e:
+                self.problems.append(Problem(_rel(node, de.name), _vanished_or(e)))
+                continue
+            if scope is not None and not scope.decide(de.name, st).kept:
+                self.excluded.append(_rel(node, de.name))
+                continue
+            listing.append((de, st))
+        return listing
+
+    def _add(
+        self, node: ScannedDir, path: bytes, name: bytes, st: os.stat_result, scope: Scope | None
+    ) -> None:
         """Record one entry of a directory whose listing is built anew."""
         rel = _rel(node, name)
         full = path + b"/" + name
@@ -222,7 +242,7 @@ class Scanner:
         if stat.S_ISDIR(mode):
             child = ScannedDir(rel, name, FileStat.of(st), *self._meta(full, rel))
             node.children.append(child)
-            self._walk(child, full)
+            self._walk(child, full, scope and scope.child(name))
         elif stat.S_ISREG(mode):
             f = ScannedFile(rel, name, FileStat.of(st), *self._meta(full, rel))
             if st.st_nlink > 1:

@@ -138,6 +138,14 @@ def cmd_snapshot(args: argparse.Namespace, config: Config) -> int:
 
 
 def print_snapshot(r: Any, quiet: bool) -> None:
+    for note in r.notes:
+        print(f"note: {r.collection}: {note}", file=sys.stderr)
+    _print_warnings(r)
+    if not quiet:
+        _print_summary(r)
+
+
+def _print_warnings(r: Any) -> None:
     for m in r.lost_bands:
         print(
             f"WARNING: band {m.band} is missing from the store: the {m.blobs} blob(s) it held "
@@ -159,8 +167,9 @@ def print_snapshot(r: Any, quiet: bool) -> None:
             f"If the removal is intended, raise [collections.{r.collection}].max_removed",
             file=sys.stderr,
         )
-    if quiet:
-        return
+
+
+def _print_summary(r: Any) -> None:
     rate = r.bytes_read / r.seconds if r.seconds > 0 else 0
     read = f"read {r.files_read} files ({human_bytes(r.bytes_read)}, {human_bytes(rate)}/s)"
     healed = (
@@ -180,6 +189,11 @@ def print_snapshot(r: Any, quiet: bool) -> None:
             f"{r.collection}: v{r.version.number} created: {s.files} files, "
             f"{human_bytes(s.bytes)}; +{s.added} ~{s.changed} -{s.removed}; {healed}{read}; "
             f"stored {human_bytes(r.bytes_stored)} in {r.bands} band(s) in {r.seconds:.2f}s"
+        )
+    if r.now_excluded and r.version is not None:
+        print(
+            f"{r.collection}: rules changed: {r.now_excluded:,} paths now excluded "
+            f"(v{r.version.number - 1} still holds them; `vaultfs explain` says which rule)"
         )
 
 
@@ -247,6 +261,9 @@ def snapshot_json(r: Any) -> dict[str, Any]:
         "pinned": r.previous if r.cold_changes else None,  # the version the cold changes pinned
         "lost_bands": [{"band": m.band, "blobs": m.blobs} for m in r.lost_bands],
         "restored_lost": r.restored_lost,
+        "excluded": r.excluded,
+        "now_excluded": r.now_excluded,
+        "notes": r.notes,
         "mass_removal": None
         if r.mass_removal is None
         else {

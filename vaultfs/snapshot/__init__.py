@@ -58,6 +58,7 @@ from typing import Protocol
 from vaultfs import archive, heal, index, testpoints  # index: issue 5
 from vaultfs.config import CollectionConfig
 from vaultfs.errors import SourceRefused
+from vaultfs.ignore import Rules
 from vaultfs.model import RootMeta, TreeId, VersionInfo
 from vaultfs.snapshot.commit import commit_version, record_unchanged
 from vaultfs.snapshot.diff import Changes, MassRemoval, diff_versions, mass_removal
@@ -122,6 +123,9 @@ class SnapshotResult:
     mass_removal: MassRemoval | None = None  # more files removed than max_removed allows
     lost_bands: list[heal.MissingBand] = field(default_factory=list)  # found gone by this run
     restored_lost: int = 0  # files read whose blob was lost: stored again (healed)
+    excluded: int = 0  # entries left out by the collection's rules (a directory counts once)
+    now_excluded: int = 0  # files of the previous version that the rules leave out now
+    notes: list[str] = field(default_factory=list)  # rules that could not be applied fully
 
     @property
     def cold_changes(self) -> bool:
@@ -153,6 +157,7 @@ class Snapshot:
         self._uploader = Uploader(vault, collection.name)
         self.files = FileSaver(vault, collection, self._uploader, self.progress)
         self._root_meta: RootMeta | None = None  # the source root's own metadata, from the scan
+        self._excluded: set[bytes] = set()  # paths the rules left out (nothing below them is listed)
         self.result = SnapshotResult(collection.name, None, None, unchanged=False)
 
     def run(self) -> SnapshotResult:
@@ -188,13 +193,17 @@ class Snapshot:
         latest = self.vault.catalog.latest_version(self.collection.name)
         with self.vault.catalog.files_reader(self.collection.name) as cache:
             memos = Memos(cache, latest)
-            scanner = Scanner(root, memos.signature if memos.valid else None)
+            rules = Rules(self.collection)
+            scanner = Scanner(root, memos.signature if memos.valid else None, rules)
             try:
                 top = scanner.scan()
             except OSError as e:
                 raise _unreadable_root(self.collection, e) from None
             self.result.problems = scanner.problems
             self.result.not_kept = dict(sorted(scanner.not_kept.items()))
+            self.result.notes = rules.notes
+            self.result.excluded = len(scanner.excluded)
+            self._excluded = set(scanner.excluded)
             self._root_meta = _root_meta(root, top)
             testpoints.reach("after-scan")
             self._uploader.start()
@@ -236,15 +245,30 @@ class Snapshot:
         self.result.version = version
         self.result.latest = version
         self.result.previous = latest.number if latest is not None else None
+        # Files a rule now leaves out are still on the source: neither deleted nor a failed source.
+        deleted = [p for p in changes.deleted if not _under_any(p, self._excluded)]
+        self.result.now_excluded = len(changes.deleted) - len(deleted)
         if self.collection.tier == "cold" and latest is not None:
             self.result.modified = changes.modified
-            self.result.deleted = changes.deleted
-        self.result.mass_removal = mass_removal(self.collection.max_removed, changes.removed, latest)
+            self.result.deleted = deleted
+        removed = changes.removed - self.result.now_excluded
+        self.result.mass_removal = mass_removal(self.collection.max_removed, removed, latest)
         self._collect_band_stats()
 
     def _collect_band_stats(self) -> None:
         self.result.bands = len(self._uploader.uploaded)
         self.result.bytes_stored = sum(b.size for b in self._uploader.uploaded)
+
+
+def _under_any(path: bytes, excluded: set[bytes]) -> bool:
+    """Whether `path` or a directory above it is in `excluded`."""
+    while True:
+        if path in excluded:
+            return True
+        cut = path.rfind(b"/")
+        if cut < 0:
+            return False
+        path = path[:cut]
 
 
 def check_root(collection: CollectionConfig, done: str = "snapshotted") -> None:

@@ -1,0 +1,175 @@
+"""What a collection leaves out, end to end through the real command (issue 13, points 1–4):
+git's ignore rules on a warm collection with tracked files kept, the Cache Directory
+Tagging signature, ``exclude`` on a cold collection, a change of rules between versions,
+and ``vaultfs explain`` for each kind of rule. Results are checked on the restored files
+with ``find``. (The rules themselves against git: tests/test_ignore_git.py.)
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from pathlib import Path
+
+from tests.trees import write
+from tests.vaultenv import VaultEnv
+
+GIT_ENV = {"GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1"}
+SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55\n# made by a test\n"
+
+
+def git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, env=GIT_ENV)
+
+
+def make_repo(src: Path) -> None:
+    """A work tree: build output, a tracked object file, nested rules, cache directories."""
+    write(src / "app/.gitignore", b"# build output\n*.o\nbuild/\n!keep.o\n/local.txt\n")
+    write(src / "app/main.c", b"int main(void) { return 0; }\n")
+    write(src / "app/main.o", b"\x7fELF object")
+    write(src / "app/keep.o", b"re-included")
+    write(src / "app/build/out.bin", b"x" * 5000)
+    write(src / "app/build/deep/more.bin", b"y" * 5000)
+    write(src / "app/vendor/lib.o", b"tracked although ignored")
+    write(src / "app/local.txt", b"anchored: only app/local.txt")
+    write(src / "app/sub/local.txt", b"not matched by /local.txt")
+    write(src / "app/sub/.gitignore", b"!*.o\n")  # a deeper file overrides: sub's .o files stay
+    write(src / "app/sub/part.o", b"kept by app/sub/.gitignore")
+    write(src / "cache/CACHEDIR.TAG", SIGNATURE)
+    write(src / "cache/blob", b"cached")
+    write(src / "fake/CACHEDIR.TAG", b"no signature here\n")
+    write(src / "fake/data", b"kept: the tag is not a real one")
+    git(src, "init", "-q")
+    git(src, "add", "-f", "app/vendor/lib.o", "app/main.c")
+    write(src / ".git/info/exclude", b"*.swp\n")
+    write(src / "notes.swp", b"editor swap")
+
+
+def restored_files(env: VaultEnv, collection: str) -> set[str]:
+    to = Path(tempfile.mkdtemp(prefix=f"restored-{collection}-", dir=env.tmp))
+    env.run("restore", "fetch", collection, "--to", str(to), env=env.env(**GIT_ENV))
+    out = subprocess.run(["find", str(to), "-type", "f", "-printf", "%P\\n"], check=True, capture_output=True)
+    return {p for p in out.stdout.decode().splitlines() if not p.startswith(".git/")}
+
+
+def test_a_warm_collection_keeps_what_git_keeps_and_every_tracked_file(vault_env: VaultEnv) -> None:
+    src = vault_env.add_collection("code", tier="warm")
+    make_repo(src)
+    vault_env.run("init")
+    out = vault_env.json("snapshot", "code")  # exit 0: leaving out is not skipping
+    assert out["collections"][0]["excluded"] == 5  # main.o, build/, local.txt, cache/, notes.swp
+    files = restored_files(vault_env, "code")
+    assert files == {
+        "app/.gitignore",
+        "app/main.c",
+        "app/keep.o",
+        "app/vendor/lib.o",
+        "app/sub/.gitignore",
+        "app/sub/local.txt",
+        "app/sub/part.o",
+        "fake/CACHEDIR.TAG",
+        "fake/data",
+    }
+    assert any(vault_env.tmp.glob("restored-code-*/.git/HEAD"))  # the history is kept
+
+
+def test_explain_names_the_rule_file_and_line(file_vault: VaultEnv) -> None:
+    src = file_vault.add_collection("code", tier="warm")
+    make_repo(src)
+    write(src / "big.iso", b"z" * 3000)
+    file_vault.extra_config = 'exclude = ["*.iso"]\n'  # appended to [collections.code]
+    file_vault.write_config()
+    paths = [
+        "app/build",
+        "app/build/deep/more.bin",
+        "app/vendor/lib.o",
+        "app/keep.o",
+        "app/main.c",
+        "cache",
+        "fake",
+        "notes.swp",
+        "big.iso",
+        str(src / ".git/HEAD"),
+    ]
+    out = file_vault.run("explain", "code", *paths, env=file_vault.env(**GIT_ENV)).stdout.splitlines()
+    assert out == [
+        'app/build/ — excluded by app/.gitignore:3 "build/"',
+        'app/build/deep/more.bin — excluded: inside app/build/ (excluded by app/.gitignore:3 "build/")',
+        'app/vendor/lib.o — kept: tracked by git although app/.gitignore:2 "*.o" matches',
+        'app/keep.o — kept: re-included by app/.gitignore:4 "!keep.o"',
+        "app/main.c — kept (no rule matches)",
+        "cache/ — excluded: the directory holds CACHEDIR.TAG with the Cache Directory Tagging "
+        "signature (exclude_if_present)",
+        "fake/ — kept (no rule matches)",
+        'notes.swp — excluded by .git/info/exclude:1 "*.swp"',
+        'big.iso — excluded by [collections.code].exclude:1 "*.iso"',
+        ".git/HEAD — kept: git's own directory (the history)",
+    ]
+    doc = file_vault.json("explain", "code", "app/main.o", "missing", expect=2)
+    assert doc["paths"] == [
+        {
+            "path": "app/main.o",
+            "kept": False,
+            "reason": "gitignore",
+            "rule": {"file": "app/.gitignore", "line": 2, "pattern": "*.o", "negated": False},
+            "inside": None,
+            "detail": "",
+            "text": 'app/main.o — excluded by app/.gitignore:2 "*.o"',
+        }
+    ]
+    assert doc["errors"] == ["missing: No such file or directory"]
+
+
+def test_a_change_of_rules_changes_the_next_version_and_says_so(file_vault: VaultEnv) -> None:
+    src = file_vault.add_collection("code", tier="warm")
+    make_repo(src)
+    for i in range(12):
+        write(src / f"app/logs/run{i}.log", b"log %d" % i)
+    file_vault.run("init")
+    file_vault.run("snapshot")
+    assert "app/logs/run3.log" in restored_files(file_vault, "code")
+    with open(src / "app/.gitignore", "ab") as f:
+        f.write(b"logs/\n")
+    proc = file_vault.run("snapshot", env=file_vault.env(**GIT_ENV))  # exit 0: no mass removal warning
+    assert "code: rules changed: 12 paths now excluded (v1 still holds them" in proc.stdout
+    assert not any(p.startswith("app/logs/") for p in restored_files(file_vault, "code"))
+    # Undoing the rule brings them back: the unchanged directory's memo is not reused.
+    (src / "app/.gitignore").write_bytes((src / "app/.gitignore").read_bytes().replace(b"logs/\n", b""))
+    doc = file_vault.json("snapshot")
+    assert doc["collections"][0]["now_excluded"] == 0
+    assert doc["collections"][0]["stats"]["added"] == 12
+
+
+def test_exclude_applies_to_a_cold_collection(file_vault: VaultEnv) -> None:
+    src = file_vault.add_collection("photos")  # cold: no .gitignore applies
+    write(src / "2024/a.jpg", b"jpeg")
+    write(src / "2024/a.jpg.tmp", b"partial download")
+    write(src / "thumbs/t.jpg", b"thumbnail")
+    write(src / ".gitignore", b"*.jpg\n")
+    file_vault.extra_config = 'exclude = ["*.tmp", "/thumbs/"]\n'
+    file_vault.write_config()
+    file_vault.run("init")
+    file_vault.run("snapshot")
+    assert restored_files(file_vault, "photos") == {"2024/a.jpg", ".gitignore"}
+    file_vault.extra_config = 'exclude_larger_than = "1GiB"\n'
+    file_vault.write_config()
+    proc = file_vault.run("snapshot", expect=2)
+    assert proc.stderr.strip().endswith(
+        "[collections.photos].exclude_larger_than: only for warm collections (a cold collection "
+        'keeps every file); remove it or set tier = "warm"'
+    )
+
+
+def test_without_git_tracked_protection_is_off_and_said_once(file_vault: VaultEnv) -> None:
+    src = file_vault.add_collection("code", tier="warm")
+    make_repo(src)
+    file_vault.run("init")
+    no_git = file_vault.tmp / "empty-bin"
+    no_git.mkdir()
+    proc = file_vault.run("snapshot", env=file_vault.env(PATH=str(no_git), **GIT_ENV))
+    notes = [line for line in proc.stderr.splitlines() if "tracked-file protection is off" in line]
+    assert notes == [
+        "note: code: tracked-file protection is off for . (git is not installed): files git "
+        "tracks are left out when an ignore rule matches them"
+    ]
+    assert "app/vendor/lib.o" not in restored_files(file_vault, "code")

@@ -1,0 +1,101 @@
+"""What vaultfs asks of a git repository: where it is, which files it tracks, and the
+paths of its repository-wide ignore files.
+
+Tracked files come from ``git ls-files -z`` (the index, exactly as git reads it, with
+sparse and split indexes). It runs with ``safe.directory=*`` because root backs up
+repositories owned by other users (git refuses those otherwise), and ``core.fsmonitor``
+off: ``ls-files`` runs no hooks, and no repository's config may make it start a program.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+GIT_SAFE = ("-c", "safe.directory=*", "-c", "core.fsmonitor=false")
+
+
+def git_program() -> str | None:
+    return shutil.which("git")
+
+
+def enclosing_work_tree(path: bytes) -> bytes | None:
+    """The top of the git work tree `path` lies in (`path` itself excluded: the caller
+    sees its own ``.git``), found by looking for ``.git`` in each parent."""
+    here = os.path.dirname(path)
+    while True:
+        if os.path.lexists(os.path.join(here, b".git")):
+            return here
+        parent = os.path.dirname(here)
+        if parent == here:
+            return None
+        here = parent
+
+
+def tracked_paths(top: bytes) -> tuple[frozenset[bytes] | None, str | None]:
+    """The paths the index of the repository at `top` holds (relative to `top`), or None and
+    why when they cannot be known (no ``git`` program, a repository git cannot read)."""
+    git = git_program()
+    if git is None:
+        return None, "git is not installed"
+    try:
+        out = subprocess.run(
+            [git, *GIT_SAFE, "-C", os.fsdecode(top), "ls-files", "-z", "--cached"],
+            capture_output=True,
+            check=False,
+            timeout=600,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return None, f"git ls-files failed ({e})"
+    if out.returncode != 0:
+        first = out.stderr.decode("utf-8", "replace").strip().splitlines()
+        return None, f"git ls-files failed ({first[0] if first else f'status {out.returncode}'})"
+    return frozenset(p for p in out.stdout.split(b"\0") if p), None
+
+
+def git_dir(top: bytes) -> bytes:
+    """The repository directory of the work tree at `top`: ``.git``, or where a ``.git``
+    file (a linked worktree, a submodule) points."""
+    dot_git = os.path.join(top, b".git")
+    if os.path.isdir(dot_git):
+        return dot_git
+    try:
+        with open(dot_git, "rb") as f:
+            line = f.readline().strip()
+    except OSError:
+        return dot_git
+    if not line.startswith(b"gitdir:"):
+        return dot_git
+    target = line[len(b"gitdir:") :].strip()
+    return os.path.normpath(os.path.join(top, target))
+
+
+def info_exclude(top: bytes) -> bytes:
+    """``info/exclude`` of the repository (of the common directory for a linked worktree)."""
+    gd = git_dir(top)
+    common = os.path.join(gd, b"commondir")
+    try:
+        with open(common, "rb") as f:
+            gd = os.path.normpath(os.path.join(gd, f.read().strip()))
+    except OSError:
+        pass
+    return os.path.join(gd, b"info", b"exclude")
+
+
+def excludes_file(top: bytes) -> bytes | None:
+    """``core.excludesFile`` as git resolves it for the repository at `top`, else git's
+    default ``~/.config/git/ignore``; None without git."""
+    git = git_program()
+    if git is None:
+        return None
+    out = subprocess.run(
+        [git, *GIT_SAFE, "-C", os.fsdecode(top), "config", "--path", "--get", "core.excludesFile"],
+        capture_output=True,
+        check=False,
+        timeout=60,
+    )
+    value = out.stdout.rstrip(b"\n")
+    if out.returncode == 0 and value:
+        return value if os.path.isabs(value) else os.path.join(top, value)
+    return os.path.expanduser(b"~/.config/git/ignore")
