@@ -340,10 +340,17 @@ def read_flags(path: bytes, not_kept: NotKept) -> int:
 
     The ioctl needs an open file: O_NONBLOCK, O_NOFOLLOW and an fstat check keep a FIFO or
     device swapped in since the scan's stat from being waited on or asked; nothing is read
-    (no atime moves). A file that vanished meanwhile is the read's business, not this.
+    (no atime moves). A file that vanished meanwhile is the read's business, not this. A
+    file under a lease is opened as `open_source` opens it: once the holder has let go.
     """
+    how = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        fd = _open_noatime(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            fd = _open_noatime(path, how)
+        except BlockingIOError:  # a lease (a Samba client's oplock): wait for its break, as a read does
+            fd = _open_leased(path, how & ~os.O_NONBLOCK)
+    except NotRegularFile:  # a FIFO or device swapped in since the scan's stat: no flags
+        return 0
     except OSError as e:
         if e.errno in (errno.ENOENT, errno.ELOOP):  # vanished, or a symlink now: no flags
             return 0
