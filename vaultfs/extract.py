@@ -23,7 +23,10 @@ Metadata goes on in an order that keeps each step from undoing another: owner fi
 and times; kept inode flags (`vaultfs.fsflags`) before a file's content (``C`` and ``c``
 only act on data written after them), a directory's at the end; ``i`` (immutable) and
 ``a`` (append only) strictly last, after every name, link and time (an immutable file
-can be neither written, renamed, linked nor given times). Metadata the target refuses
+can be neither written, renamed, linked nor given times), and only once the restore
+completed: one that fails part-way leaves what it wrote unsealed, so running it again
+(which keeps what is already right) finishes it. What a run changes that an earlier one
+sealed has its seal lifted first and set again at the end. Metadata the target refuses
 (an xattr namespace without root, a flag its filesystem lacks) is counted by kind in
 `RestoreResult.not_restored`, never dropped silently and never fatal.
 
@@ -41,11 +44,11 @@ import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
-from vaultfs import fsflags
+from vaultfs import fsflags, testpoints
 from vaultfs.errors import CorruptionError, UsageError, VaultError
-from vaultfs.model import BandId, BlobId, Entry, TreeId, VersionInfo
+from vaultfs.model import KIND_BITS, BandId, BlobId, Entry, TreeId, VersionInfo
 from vaultfs.source import ChangedWhileReading, Problem, display_path, hash_stream, sparse_digest
 from vaultfs.sparse import BlobPlaces, Extents
 from vaultfs.store import ObjectArchived, ObjectNotFound
@@ -53,6 +56,8 @@ from vaultfs.vault import Vault
 from vaultfs.walk import walk
 
 _FILE_BASE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# Opened for metadata only (owner, mode, times, flags): not followed, never blocking.
+_OPEN_META = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class RestoreProgress(Protocol):
@@ -144,7 +149,8 @@ class Restorer:
         completed = False
         root_fd = os.open(self.target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            self._check_existing(root_fd, [*files, *links, *others])
+            self._check_existing(root_fd, items)
+            self._lift_root_seal(root_fd, whole=not selection)
         except BaseException:
             os.close(root_fd)
             raise
@@ -155,8 +161,8 @@ class Restorer:
             self._write_all(root_fd, files, links, others, progress)
             completed = True
         finally:
-            try:  # also when something above failed: no directory is left at 0700 untimed
-                self._finish(root_fd, made, root=completed and not selection)
+            try:
+                self._finish(root_fd, made, completed=completed, whole=not selection)
             finally:
                 os.close(root_fd)
         return self.result
@@ -177,6 +183,7 @@ class Restorer:
         for item in files:
             if self._write_file(root_fd, item):
                 restored.add(item.parts)
+            testpoints.reach("extract-file-written")
             if progress:
                 progress.advance(1, item.entry.size)
         for item in links:
@@ -184,13 +191,18 @@ class Restorer:
         for item in others:
             self._special(root_fd, item)
 
-    def _finish(self, root_fd: int, made: list[_Item], *, root: bool) -> None:
-        """Directories' metadata deepest first, then the root's (`root`: the whole version
-        was restored; its mtime must not move again), then +i and +a, after which nothing
-        may change."""
+    def _finish(self, root_fd: int, made: list[_Item], *, completed: bool, whole: bool) -> None:
+        """Directories' metadata deepest first, also when the restore failed part-way (no
+        directory is left at 0700 untimed). Only a `completed` restore goes on: the root's
+        metadata (`whole`: the whole version was restored; its mtime must not move again),
+        then +i and +a, after which nothing may change. A failed restore seals nothing:
+        what it wrote stays changeable, so running it again (which keeps what is already
+        right, `_check_existing`) finishes it."""
         for item in sorted(made, key=lambda i: len(i.parts), reverse=True):
             self._dir_metadata(root_fd, item)
-        if root:
+        if not completed:
+            return
+        if whole:
             self._root_metadata(root_fd)
         for parts, flags in self._sealing:
             self._seal(root_fd, parts, flags)
@@ -204,14 +216,25 @@ class Restorer:
         if meta is None:  # a record from before vaultfs kept it
             return
         try:
-            self._set_flags(root_fd, meta.flags & ~fsflags.SEALING)
-            self._apply_metadata(root_fd, meta.entry(self.version.root), ())
+            self._metadata_at(root_fd, (), meta.entry(self.version.root))
         except OSError as err:
             self.result.problems.append(
                 Problem(b"", f"mode, owner or times of {self.target} not set ({err.strerror})")
             )
             return
         self.result.root_meta_applied = True
+
+    def _lift_root_seal(self, root_fd: int, *, whole: bool) -> None:
+        """A target sealed with +i/+a (a whole version with a sealed root restored into it
+        before) can take no new name, so its seal is lifted before anything is written.
+        Restoring the whole version gives it the root's recorded flags at the end; restoring
+        some paths puts its own seal back."""
+        try:
+            lifted = _lift_seal(root_fd)
+        except OSError as err:
+            raise _seal_not_lifted(str(self.target), err) from None
+        if lifted and not whole:
+            self._sealing.append(((), lifted))
 
     def _band_order(self, item: _Item) -> tuple[str, int]:
         ref = self.vault.catalog.blob(item.entry.blob) if item.entry.blob else None
@@ -234,57 +257,91 @@ class Restorer:
         self.result.problems.append(Problem(b"/".join(item.parts), reason))
 
     def _mkdir(self, root_fd: int, item: _Item) -> None:
+        """A directory of the version, at 0700 until `_finish` gives it its metadata."""
         fd = self._parent(root_fd, item.parts)
         try:
-            os.mkdir(item.parts[-1], 0o700, dir_fd=fd)
-            self.result.dirs += 1
-        except FileExistsError:
-            st = os.stat(item.parts[-1], dir_fd=fd, follow_symlinks=False)
-            if not stat.S_ISDIR(st.st_mode):
-                raise VaultError(
-                    f"{self.target / display_path(b'/'.join(item.parts))} exists and is not a "
-                    "directory: restore into an empty directory"
-                ) from None
+            if not self._existing_dir(fd, item):
+                os.mkdir(item.parts[-1], 0o700, dir_fd=fd)
+                self.result.dirs += 1
         finally:
             os.close(fd)
+
+    def _existing_dir(self, dfd: int, item: _Item) -> bool:
+        """True: a directory is at the item's path already and is used, its seal (+i/+a)
+        lifted, since it could take no new name (`_finish` sets the recorded flags). False:
+        nothing is there (now: with --overwrite, a non-directory in the way is removed;
+        without, `_check_existing` refused it)."""
+        name, path = item.parts[-1], b"/".join(item.parts)
+        try:
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        if not stat.S_ISDIR(st.st_mode):
+            if not self.overwrite:  # put there since `_check_existing` looked
+                raise VaultError(
+                    f"{self.target / display_path(path)} exists and is not a directory: "
+                    "restore into an empty directory"
+                )
+            _unlink_quiet(name, dfd, path)
+            return False
+        try:
+            fd = os.open(name, _OPEN_META | os.O_DIRECTORY, dir_fd=dfd)
+            try:
+                _lift_seal(fd)
+            finally:
+                os.close(fd)
+        except OSError as err:
+            raise _seal_not_lifted(str(self.target / display_path(path)), err) from None
+        return True
 
     def _check_existing(self, root_fd: int, items: list[_Item]) -> None:
         """Before anything is written: what the target already holds at the paths to be
         restored. A file with the recorded content is kept (`present`: only its metadata is
-        set); anything else in the way is refused in one error, unless `overwrite`."""
+        set), a directory is used; anything else in the way is refused in one error, unless
+        `overwrite`. A directory where the version has none is refused even then: a restore
+        never deletes a directory (nor what it holds)."""
         differ: list[tuple[bytes, ...]] = []
+        dirs: list[tuple[bytes, ...]] = []
         for item in items:
-            same = self._same_as_recorded(root_fd, item)
-            if same and item.entry.kind == "file":
+            found = self._found(root_fd, item)
+            if found == "same" and item.entry.kind == "file":
                 self.present.add(item.parts)
-            elif same is False:
+            elif found == "differs":
                 differ.append(item.parts)
+            elif found == "dir":
+                dirs.append(item.parts)
+        what = f"{self.version.collection}@v{self.version.number}"
+        if dirs:
+            raise UsageError(
+                f"{len(dirs)} directory(ies) in {self.target} stand where {what} has a file, "
+                f"link or special file (the first: {display_path(b'/'.join(dirs[0]))}); nothing "
+                "was written: move them out of the way (a restore never deletes a directory)"
+            )
         if differ and not self.overwrite:
             raise UsageError(
-                f"{len(differ)} file(s) in {self.target} differ from what "
-                f"{self.version.collection}@v{self.version.number} holds (the first: "
-                f"{display_path(b'/'.join(differ[0]))}); nothing was written: restore into an "
-                "empty directory, or add --overwrite to replace them"
+                f"{len(differ)} file(s) in {self.target} differ from what {what} holds (the "
+                f"first: {display_path(b'/'.join(differ[0]))}); nothing was written: restore "
+                "into an empty directory, or add --overwrite to replace them"
             )
 
-    def _same_as_recorded(self, root_fd: int, item: _Item) -> bool | None:
-        """None: nothing is at the item's path; True: what is there is what would be
-        written (a file with the recorded SHA-256, a symlink to the same target, the same
-        kind of special file); False: something else is."""
+    def _found(self, root_fd: int, item: _Item) -> Literal["same", "differs", "dir"] | None:
+        """What the target holds at the item's path. None: nothing, or nothing the restore
+        touches (a socket's path is left alone, `_special`; under a parent that is not a
+        directory, the parent is the one reported). "same": what would be written
+        (`_as_recorded`). "differs": something else, which --overwrite replaces. "dir": a
+        directory where the version has something else."""
         e, name = item.entry, item.parts[-1]
+        if e.kind == "socket":
+            return None
         try:
             dfd = self._parent(root_fd, item.parts)
         except OSError:
-            return None  # no parent yet (or one in the way: the restore itself says so)
+            return None  # no parent yet, or not a directory (reported as itself)
         try:
             st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-            if e.kind == "file":
-                return (
-                    stat.S_ISREG(st.st_mode) and st.st_size == e.size and _sha256_at(dfd, name, e) == e.blob
-                )
-            if e.kind == "symlink":
-                return stat.S_ISLNK(st.st_mode) and os.readlink(name, dir_fd=dfd) == e.target
-            return stat.S_IFMT(st.st_mode) == stat.S_IFMT(e.mode)
+            if stat.S_ISDIR(st.st_mode) and e.kind != "dir":
+                return "dir"
+            return "same" if _as_recorded(dfd, name, st, e) else "differs"
         except FileNotFoundError:
             return None
         finally:
@@ -297,9 +354,10 @@ class Restorer:
         if item.parts in self.present:
             return self._keep_present(root_fd, item)
         tmp = b".vaultfs-restore-" + name[:200]
+        path, tmp_path = b"/".join(item.parts), b"/".join((*item.parts[:-1], tmp))
         dfd = self._parent(root_fd, item.parts)
         try:
-            _unlink_quiet(tmp, dfd)
+            _unlink_quiet(tmp, dfd, tmp_path)
             fd = os.open(tmp, _FILE_BASE_FLAGS, 0o600, dir_fd=dfd)
             try:
                 self._set_flags(fd, e.flags & ~fsflags.SEALING)  # before the data (C, c)
@@ -307,10 +365,10 @@ class Restorer:
                 self._apply_metadata(fd, e, item.parts)
             except BaseException:
                 os.close(fd)
-                _unlink_quiet(tmp, dfd)
+                _unlink_quiet(tmp, dfd, tmp_path)
                 raise
             os.close(fd)
-            _replace_nofollow(tmp, name, dfd)
+            _replace_nofollow(tmp, name, dfd, path)
         except _ContentUnreadable as err:
             self.result.missing.append(Problem(b"/".join(item.parts), err.reason))
             return False
@@ -322,17 +380,12 @@ class Restorer:
 
     def _keep_present(self, root_fd: int, item: _Item) -> bool:
         """A file already there with the recorded content: kept, given the recorded
-        metadata, and counted as restored (its SHA-256 was checked)."""
-        dfd = self._parent(root_fd, item.parts)
+        metadata, and counted as restored (its SHA-256 was checked). Metadata the target
+        refuses is a problem of this file, not the end of the restore."""
         try:
-            fd = os.open(item.parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
-        finally:
-            os.close(dfd)
-        try:
-            self._set_flags(fd, item.entry.flags & ~fsflags.SEALING)
-            self._apply_metadata(fd, item.entry, item.parts)
-        finally:
-            os.close(fd)
+            self._metadata_at(root_fd, item.parts, item.entry)
+        except OSError as err:
+            self._problem(item, f"kept (content as recorded), but its metadata not set ({err.strerror})")
         self.result.files += 1
         self.result.bytes += item.entry.size
         self.result.present += 1
@@ -396,15 +449,7 @@ class Restorer:
     def _seal(self, root_fd: int, parts: tuple[bytes, ...], flags: int) -> None:
         """Set +i/+a on a restored path, the very last change made to it."""
         try:
-            if parts:
-                dfd = self._parent(root_fd, parts)
-                try:
-                    opened = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-                    fd = os.open(parts[-1], opened, dir_fd=dfd)
-                finally:
-                    os.close(dfd)
-            else:
-                fd = os.dup(root_fd)
+            fd = self._open_at(root_fd, parts)
         except OSError as err:
             self._not_restored(f"inode flag(s) {fsflags.letters(flags)} ({err.strerror})")
             return
@@ -424,7 +469,7 @@ class Restorer:
             src = self._parent(root_fd, target)
             dst = self._parent(root_fd, item.parts)
             try:
-                _unlink_quiet(item.parts[-1], dst)
+                _unlink_quiet(item.parts[-1], dst, b"/".join(item.parts))
                 os.link(target[-1], item.parts[-1], src_dir_fd=src, dst_dir_fd=dst, follow_symlinks=False)
                 restored.add(item.parts)
                 self.result.others += 1
@@ -437,24 +482,23 @@ class Restorer:
     def _special(self, root_fd: int, item: _Item) -> None:
         e = item.entry
         name = item.parts[-1]
+        if e.kind == "socket":  # it belongs to the program that made it: its path is left alone
+            self._problem(item, "socket not restored (sockets are recreated by their programs)")
+            return
         dfd = self._parent(root_fd, item.parts)
         try:
-            _unlink_quiet(name, dfd)
+            _unlink_quiet(name, dfd, b"/".join(item.parts))
             if e.kind == "symlink":
                 assert e.target is not None
                 os.symlink(e.target, name, dir_fd=dfd)
             elif e.kind == "fifo":
                 os.mkfifo(name, 0o600, dir_fd=dfd)
-            elif e.kind in ("chardev", "blockdev"):
-                kind = stat.S_IFCHR if e.kind == "chardev" else stat.S_IFBLK
+            else:
                 try:
-                    os.mknod(name, kind | 0o600, e.rdev, dir_fd=dfd)
+                    os.mknod(name, KIND_BITS[e.kind] | 0o600, e.rdev, dir_fd=dfd)
                 except PermissionError:
                     self._problem(item, "device node not restored: needs root")
                     return
-            else:  # a socket belongs to the program that made it; nothing to restore
-                self._problem(item, "socket not restored (sockets are recreated by their programs)")
-                return
             if os.geteuid() == 0:
                 os.chown(name, e.uid, e.gid, dir_fd=dfd, follow_symlinks=False)
             if e.kind != "symlink":
@@ -469,18 +513,33 @@ class Restorer:
         """Give a restored directory its recorded metadata; a failure is reported, and the
         other directories still get theirs."""
         try:
-            dfd = self._parent(root_fd, item.parts)
-            try:
-                fd = os.open(item.parts[-1], os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd)
-            finally:
-                os.close(dfd)
-            try:
-                self._set_flags(fd, item.entry.flags & ~fsflags.SEALING)
-                self._apply_metadata(fd, item.entry, item.parts)
-            finally:
-                os.close(fd)
+            self._metadata_at(root_fd, item.parts, item.entry)
         except OSError as err:
             self._problem(item, f"directory's mode, owner or times not set ({err.strerror})")
+
+    def _open_at(self, root_fd: int, parts: tuple[bytes, ...], extra: int = 0) -> int:
+        """An fd of the file or directory at `parts` in the target (the target itself at
+        ``()``), reached without following symlinks. Only metadata is changed through it."""
+        if not parts:
+            return os.dup(root_fd)
+        dfd = self._parent(root_fd, parts)
+        try:
+            return os.open(parts[-1], _OPEN_META | extra, dir_fd=dfd)
+        finally:
+            os.close(dfd)
+
+    def _metadata_at(self, root_fd: int, parts: tuple[bytes, ...], e: Entry) -> None:
+        """Give a file or directory already in place (a file kept, a directory, the target)
+        its recorded metadata: kept inode flags, then `_apply_metadata`. A seal it has from
+        an earlier restore (+i/+a) is lifted first, as it would refuse every change; the
+        recorded seal is set again at the end (`_finish`). OSError."""
+        fd = self._open_at(root_fd, parts, os.O_DIRECTORY if e.kind == "dir" else 0)
+        try:
+            _lift_seal(fd)
+            self._set_flags(fd, e.flags & ~fsflags.SEALING)
+            self._apply_metadata(fd, e, parts)
+        finally:
+            os.close(fd)
 
 
 def _extent_writer(fd: int, extents: Extents | None) -> Callable[[bytes, int], None]:
@@ -512,26 +571,95 @@ def _without_link(e: Entry) -> Entry:
     return replace(e, hardlink=None)
 
 
-def _unlink_quiet(name: bytes, dir_fd: int) -> None:
+def _unlink_quiet(name: bytes, dir_fd: int, path: bytes) -> None:
+    """Remove what is at `name` (`path` in the target), if anything: never a directory."""
     try:
-        os.unlink(name, dir_fd=dir_fd)
+        _unsealed(lambda: os.unlink(name, dir_fd=dir_fd), name, dir_fd, path)
     except FileNotFoundError:
         pass
     except IsADirectoryError:
         raise VaultError(
-            f"{display_path(name)} exists as a directory: restore into an empty directory"
+            f"{display_path(path)} exists as a directory: restore into an empty directory"
         ) from None
 
 
-def _replace_nofollow(src: bytes, dst: bytes, dir_fd: int) -> None:
+def _replace_nofollow(src: bytes, dst: bytes, dir_fd: int, path: bytes) -> None:
     try:
-        os.rename(src, dst, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        _unsealed(lambda: os.rename(src, dst, src_dir_fd=dir_fd, dst_dir_fd=dir_fd), dst, dir_fd, path)
     except OSError as e:
         if e.errno in (errno.EISDIR, errno.ENOTEMPTY):
             raise VaultError(
-                f"{display_path(dst)} exists as a directory: restore into an empty directory"
+                f"{display_path(path)} exists as a directory: restore into an empty directory"
             ) from None
         raise
+
+
+def _unsealed(replace: Callable[[], None], name: bytes, dir_fd: int, path: bytes) -> None:
+    """Run `replace`, which unlinks `name` or renames onto it. A file there sealed with
+    +i/+a (by an earlier restore) refuses that with EPERM: the seal belongs to the file
+    being replaced, so it is lifted and `replace` runs again. A refusal that stays is one
+    line (`VaultError`)."""
+    try:
+        replace()
+        return
+    except PermissionError as err:
+        refused = err
+    try:
+        if _lift_seal_at(name, dir_fd):
+            replace()
+            return
+    except PermissionError as err:
+        refused = err
+    raise VaultError(
+        f"cannot replace {display_path(path)} in the target ({refused.strerror}): if `lsattr` shows "
+        "it immutable or append-only (i, a), restore as root or run `chattr -i -a` on it"
+    )
+
+
+def _lift_seal(fd: int) -> int:
+    """Clear +i/+a of an open file or directory; what was lifted (0: nothing, also where
+    its flags cannot be read: a restore wrote none there). OSError if lifting fails."""
+    try:
+        sealed = fsflags.get_flags(fd) & fsflags.SEALING
+    except OSError:
+        return 0
+    if sealed:
+        fsflags.set_flags(fd, 0, fsflags.SEALING)
+    return sealed
+
+
+def _lift_seal_at(name: bytes, dir_fd: int) -> bool:
+    """Clear +i/+a of the regular file at `name` (only regular files and directories carry
+    inode flags, and opening a device is not neutral); whether it had any. OSError."""
+    if not stat.S_ISREG(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+        return False
+    fd = os.open(name, _OPEN_META, dir_fd=dir_fd)
+    try:
+        return _lift_seal(fd) != 0
+    finally:
+        os.close(fd)
+
+
+def _seal_not_lifted(where: str, err: OSError) -> VaultError:
+    return VaultError(
+        f"{where} is immutable or append-only (chattr +i/+a) and that cannot be lifted "
+        f"({err.strerror}): restore as root, or run `chattr -i -a` on it"
+    )
+
+
+def _as_recorded(dir_fd: int, name: bytes, st: os.stat_result, e: Entry) -> bool:
+    """Whether what is at `name` (`st`, not followed) is what a restore of `e` would put
+    there: the same kind (by `model.KIND_BITS`; `Entry.mode` holds permission bits only),
+    and a file's content, a symlink's target, a device's number as recorded."""
+    if stat.S_IFMT(st.st_mode) != KIND_BITS[e.kind]:
+        return False
+    if e.kind == "file":
+        return st.st_size == e.size and _sha256_at(dir_fd, name, e) == e.blob
+    if e.kind == "symlink":
+        return os.readlink(name, dir_fd=dir_fd) == e.target
+    if e.kind in ("chardev", "blockdev"):
+        return st.st_rdev == e.rdev
+    return True  # a directory (its entries are items of their own), a FIFO
 
 
 def _sha256_at(dir_fd: int, name: bytes, e: Entry) -> BlobId | None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, NewType, TypeVar
@@ -41,6 +42,16 @@ TreeId = NewType("TreeId", bytes)  # 32-byte SHA-256 of a tree's canonical encod
 
 Kind = Literal["file", "dir", "symlink", "fifo", "socket", "chardev", "blockdev"]
 KINDS: tuple[Kind, ...] = ("file", "dir", "symlink", "fifo", "socket", "chardev", "blockdev")
+# Each kind's file type bits in st_mode (what stat.S_IFMT gives).
+KIND_BITS: dict[Kind, int] = {
+    "file": stat.S_IFREG,
+    "dir": stat.S_IFDIR,
+    "symlink": stat.S_IFLNK,
+    "fifo": stat.S_IFIFO,
+    "socket": stat.S_IFSOCK,
+    "chardev": stat.S_IFCHR,
+    "blockdev": stat.S_IFBLK,
+}
 TREE_FORMAT = 1
 
 

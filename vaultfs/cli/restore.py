@@ -95,8 +95,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
         "else is restored, and the exit status is 3. Restoring a whole version gives\n"
         "DIR the collection root's mode, owner and times; restoring PATHs leaves DIR as is.\n"
         "A file already in DIR with the recorded content is kept (its SHA-256 is checked;\n"
-        "its metadata is set as recorded); if any file in DIR differs, nothing is written\n"
-        "and the error names it, unless --overwrite.",
+        "its metadata is set as recorded), and so are a directory, symlink, FIFO or device\n"
+        "node as recorded; if anything else is in the way, nothing is written and the\n"
+        "error names it, unless --overwrite (a directory in the way is never replaced).\n"
+        "+i and +a are set only when the whole fetch completed.",
     )
     target(ap)
     ap.add_argument("--to", required=True, metavar="DIR", help="target directory")

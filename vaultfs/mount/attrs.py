@@ -22,7 +22,7 @@ import time
 from typing import TYPE_CHECKING
 
 from vaultfs.errors import CorruptionError
-from vaultfs.model import BandId, BandInfo, BlobId, BlobRef, Entry
+from vaultfs.model import KIND_BITS, BandId, BandInfo, BlobId, BlobRef, Entry
 from vaultfs.mount.errors import NoAttribute, NotFound, Unsupported
 from vaultfs.mount.nodes import Attr, Node
 from vaultfs.mount.status import state_text
@@ -33,15 +33,6 @@ if TYPE_CHECKING:
 
 LIVE_TIMEOUT = 1.0  # root, collection directories, `latest`: change when a version commits
 EMPTY_SHA256 = hashlib.sha256().digest()
-_KIND_BITS = {
-    "file": stat.S_IFREG,
-    "dir": stat.S_IFDIR,
-    "symlink": stat.S_IFLNK,
-    "fifo": stat.S_IFIFO,
-    "socket": stat.S_IFSOCK,
-    "chardev": stat.S_IFCHR,
-    "blockdev": stat.S_IFBLK,
-}
 
 
 def node_attr(view: VaultView, node: Node) -> Attr:
@@ -56,7 +47,7 @@ def node_attr(view: VaultView, node: Node) -> Attr:
         size = e.size if e.kind in ("file", "symlink") else 0
         return Attr(
             node.ino,
-            _KIND_BITS[e.kind] | (e.mode & 0o7777),
+            KIND_BITS[e.kind] | (e.mode & 0o7777),
             nlink,
             e.uid,
             e.gid,
