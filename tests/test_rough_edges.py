@@ -7,6 +7,7 @@ left on disk, the numbers in the summary.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -148,3 +149,27 @@ def test_fetch_refuses_to_overwrite_different_files(file_vault: VaultEnv, tmp_pa
     # --overwrite replaces them; files the version does not have are left alone.
     file_vault.run("restore", "fetch", "photos", "--to", str(out), "--overwrite")
     assert diff_r(src, out) == [f"Only in {out}: kept.txt"]
+
+
+def test_a_full_target_disk_is_one_line_and_a_rerun_finishes(file_vault: VaultEnv, tmp_path: Path) -> None:
+    """ENOSPC while writing the target: a one-line error (no internal error), and once there
+    is room the same command finishes, keeping what was already restored."""
+    src = file_vault.add_collection("docs", tier="warm")
+    (src / "a-small.txt").write_bytes(b"small file")
+    (src / "b-big.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+    file_vault.run("init")
+    file_vault.run("snapshot")
+    target = tmp_path / "tiny"
+    target.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(target)], check=True)
+    try:
+        full = file_vault.run("restore", "fetch", "docs@v1", "--to", str(target), expect=1)
+        assert full.stderr.startswith(f"vaultfs: error: cannot write into {target}: No space left")
+        assert "internal error" not in full.stderr and len(full.stderr.splitlines()) == 1
+        assert not [p.name for p in target.iterdir() if p.name.startswith(".vaultfs-restore")]
+        subprocess.run(["mount", "-o", "remount,size=8m", str(target)], check=True)
+        file_vault.run("restore", "fetch", "docs@v1", "--to", str(target))
+        assert (target / "b-big.bin").read_bytes() == (src / "b-big.bin").read_bytes()
+        assert (target / "a-small.txt").read_bytes() == b"small file"
+    finally:
+        subprocess.run(["umount", str(target)], check=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
@@ -344,9 +345,11 @@ def cmd_fetch(args: argparse.Namespace, config: Config) -> int:
             time.sleep(args.interval)
         enabled = None if not args.quiet else False
         with TerminalProgress(f"restore {args.what}", enabled=enabled) as prog:
-            result = fetch(
-                vault, collection, version.number, args.paths, Path(args.to), prog, overwrite=args.overwrite
-            )
+            try:
+                to, number = Path(args.to), version.number
+                result = fetch(vault, collection, number, args.paths, to, prog, overwrite=args.overwrite)
+            except OSError as e:  # the target's own errors: a full disk, a read-only mount, ...
+                raise _target_failed(args, e) from None
     finally:
         vault.close()
     for p in result.problems:
@@ -361,6 +364,16 @@ def cmd_fetch(args: argparse.Namespace, config: Config) -> int:
     elif not args.quiet:
         print(_fetch_summary(f"{collection}@v{result.version.number}", args.to, result))
     return code
+
+
+def _target_failed(args: argparse.Namespace, e: OSError) -> VaultError:
+    """A write into the target failed: one line, and the way on (a re-run keeps what is done)."""
+    where = f" ({os.fsdecode(e.filename)})" if e.filename is not None else ""
+    return VaultError(
+        f"cannot write into {args.to}: {e.strerror or e}{where}; the files restored so far are "
+        "complete: fix that (free space?) and run the same command again (files already "
+        "restored with the recorded content are kept, not written again)"
+    )
 
 
 def _fetch_json(collection: str, to: str, result: Any, code: int) -> dict[str, Any]:
