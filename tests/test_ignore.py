@@ -173,3 +173,62 @@ def test_without_git_tracked_protection_is_off_and_said_once(file_vault: VaultEn
         "tracks are left out when an ignore rule matches them"
     ]
     assert "app/vendor/lib.o" not in restored_files(file_vault, "code")
+
+
+def test_files_a_new_rule_leaves_out_of_a_cold_collection_pin_the_version_before(
+    file_vault: VaultEnv,
+) -> None:
+    """The new version lacks them, so the one before holds their last copy: the snapshot
+    says it is pinned and which `accept` releases it (only those files), and keep_versions
+    keeps it (so "still holds them" stays true)."""
+    src = file_vault.add_collection("photos")  # cold
+    write(src / "2024/a.jpg", b"jpeg")
+    write(src / "2024/a.tmp", b"partial download")
+    write(src / "thumbs/t1.jpg", b"thumbnail 1")
+    write(src / "thumbs/t2.jpg", b"thumbnail 2")
+    file_vault.extra_config = "keep_versions = 1\n"
+    file_vault.write_config()
+    file_vault.run("init")
+    file_vault.run("snapshot")
+    file_vault.extra_config = 'keep_versions = 1\nexclude = ["/thumbs/"]\n'
+    file_vault.write_config()
+    doc = file_vault.json("snapshot")["collections"][0]  # exit 0: leaving out is not a warning
+    assert (doc["modified"], doc["deleted"], doc["now_excluded"]) == ([], [], 2)
+    assert doc["pinned"] == 1 and doc["now_excluded_under"] == ["thumbs"]
+    assert doc["release"] == "vaultfs accept photos@v2 thumbs" and doc["forgotten"] == []
+    rows = file_vault.versions("photos")
+    assert [r["version"] for r in rows] == [1, 2]
+    assert rows[0]["pinned"]["deleted"] == ["thumbs/t1.jpg", "thumbs/t2.jpg"]
+    # In words: a second rule, and the text output.
+    file_vault.extra_config = 'keep_versions = 1\nexclude = ["/thumbs/", "*.tmp"]\n'
+    file_vault.write_config()
+    proc = file_vault.run("snapshot")
+    assert "photos: rules changed: 1 paths now excluded (v2 still holds them;" in proc.stdout
+    assert (
+        "photos: v2 holds 1 file(s) that the rules now leave out and is pinned: forget and prune "
+        "keep it until `vaultfs accept photos@v3 2024/a.tmp` says leaving them out was intended"
+    ) in proc.stderr
+    assert [r["version"] for r in file_vault.versions("photos")] == [1, 2, 3]
+    # The commands given release exactly those versions.
+    assert file_vault.json("accept", "photos@v2", "thumbs")["released"] == [1]
+    assert file_vault.json("accept", "photos@v3", "2024/a.tmp")["released"] == [2]
+    assert file_vault.json("forget")["collections"][0]["forgotten"] == [1, 2]
+
+
+def test_rules_changed_does_not_claim_a_version_keep_versions_forgot(file_vault: VaultEnv) -> None:
+    src = file_vault.add_collection("code", tier="warm")  # warm: nothing is pinned
+    write(src / "main.c", b"int main;\n")
+    for i in range(3):
+        write(src / f"logs/run{i}.log", b"log %d" % i)
+    file_vault.extra_config = "keep_versions = 1\n"
+    file_vault.write_config()
+    file_vault.run("init")
+    file_vault.run("snapshot")
+    file_vault.extra_config = 'keep_versions = 1\nexclude = ["/logs/"]\n'
+    file_vault.write_config()
+    proc = file_vault.run("snapshot")
+    assert "code: forgot 1 version(s) v1; keeping 1 (v2) (keep_versions)" in proc.stdout
+    said = "code: rules changed: 3 paths now excluded (keep_versions forgot v1, which held them;"
+    assert said in proc.stdout
+    assert "still holds them" not in proc.stdout
+    assert [r["version"] for r in file_vault.versions("code")] == [2]

@@ -175,3 +175,28 @@ def test_acceptances_survive_the_loss_of_the_catalog(file_vault: VaultEnv) -> No
     rows = file_vault.versions("photos")
     assert rows[0]["pinned"] is None and rows[1]["accepted"] == [accepted]
     assert file_vault.json("forget", "photos", "--keep", "1")["collections"][0]["forgotten"] == [1]
+
+
+def test_an_acceptance_keeps_covering_after_the_version_between_is_forgotten(file_vault: VaultEnv) -> None:
+    """v1 → v2 replaces a.jpg (accepted under a.jpg up to v2) and b.jpg (not accepted);
+    v3 changes nothing of them. Forgetting v2 compares v1 with v3: a.jpg's change is
+    still the accepted one, so only b.jpg pins v1."""
+    src = file_vault.add_collection("photos")
+    write(src / "a.jpg", b"a" * 5000, T0)
+    write(src / "b.jpg", b"b" * 5000, T0)
+    file_vault.run("init")
+    file_vault.run("snapshot")
+    write(src / "a.jpg", b"A" * 5000, T0 + 10**9)
+    write(src / "b.jpg", b"B" * 5000, T0 + 10**9)
+    file_vault.run("snapshot", expect=3)
+    assert file_vault.json("accept", "photos@v2", "a.jpg")["pinned"][0]["replaced"] == ["b.jpg"]
+    write(src / "c.jpg", b"c" * 10, T0)
+    file_vault.run("snapshot")
+    assert file_vault.json("forget", "photos", "--keep", "1")["collections"][0]["forgotten"] == [2]
+    [v1, v3] = file_vault.versions("photos")
+    assert v1["pinned"]["changed_in"] == 3 and v1["pinned"]["replaced"] == ["b.jpg"]
+    assert v3["pinned"] is None
+    assert "v1 pinned: holds 1 file replaced in v3" in file_vault.run("versions", "photos").stdout
+    nothing = file_vault.run("accept", "photos", "a.jpg", expect=2)  # already accepted
+    assert "nothing to accept under 'a.jpg'" in nothing.stderr
+    assert file_vault.json("accept", "photos", "b.jpg")["released"] == [1]

@@ -18,7 +18,7 @@ from tests.trees import write
 from tests.vaultenv import VaultEnv
 from vaultfs import band as bandfmt
 from vaultfs.band.tar import MemberMeta
-from vaultfs.model import BlobId, Entry, encode_tree, encode_tree_reference
+from vaultfs.model import BlobId, ContentKey, Entry, encode_tree, encode_tree_reference
 
 GIB = 1 << 30
 # (offset, data) pieces: a data block at the start, one in the middle, one ending the file.
@@ -237,3 +237,44 @@ def test_a_dense_entry_keeps_its_tree_id_and_a_sparse_one_round_trips() -> None:
         e = Entry(name=b"d.img", kind="file", size=2 << 40, blob=BlobId(bytes(32)), sparse=sparse)
         assert encode_tree([dense, e]) == encode_tree_reference([dense, e])
         assert Entry.from_json(e.to_json()) == e
+
+
+def test_a_sparse_file_grown_or_with_its_data_moved_is_modified_and_pins(file_vault: VaultEnv) -> None:
+    """The blob of a sparse file is only its data, so the same blob with another size or
+    data map is other content: a cold collection warns, and the version before is pinned
+    (keep_versions = 1 keeps it) and still gives back the old size and layout."""
+    src = file_vault.add_collection("vms")  # cold
+    data = os.urandom(4096)
+    grown = make_sparse(src / "grown.img", 1 << 20, [(0, data)])
+    moved = make_sparse(src / "moved.img", 1 << 20, [(0, data)])
+    file_vault.extra_config = "keep_versions = 1\n"
+    file_vault.write_config()
+    file_vault.run("init")
+    file_vault.run("snapshot")
+    subprocess.run(["truncate", "-s", "2M", str(grown)], check=True)
+    moved.unlink()
+    make_sparse(moved, 1 << 20, [(512 << 10, data)])  # the same bytes, elsewhere
+    snap = file_vault.run("snapshot", expect=3)
+    assert "2 file(s) modified" in snap.stderr
+    assert "modified: grown.img" in snap.stderr and "modified: moved.img" in snap.stderr
+    assert "v1 keeps the old content and is pinned" in snap.stderr
+    rows = file_vault.versions("vms")
+    assert [r["version"] for r in rows] == [1, 2] and rows[1]["changed"] == 2
+    assert rows[0]["pinned"]["replaced"] == ["grown.img", "moved.img"]
+    out = file_vault.tmp / "v1"
+    file_vault.run("restore", "fetch", "vms@v1", "--to", str(out))
+    assert (out / "grown.img").stat().st_size == 1 << 20
+    assert data_map(out / "moved.img") == [(0, 4096)]
+    same_pieces(out / "moved.img", [(0, data)], 1 << 20)
+
+
+def test_content_key_is_the_blob_for_a_dense_file_and_adds_size_and_map_for_a_sparse_one() -> None:
+    """Dense keys stay the blob id (scrub rows written before keep counting); a sparse
+    file's key changes with its size or map even when its blob does not."""
+    blob = BlobId(hashlib.sha256(b"data").digest())
+    assert Entry(name=b"a", kind="file", size=4, blob=blob).content_key == bytes(blob)
+    keys = {
+        Entry(name=b"a", kind="file", size=size, blob=blob, sparse=sparse).content_key
+        for size, sparse in ((1 << 20, ((0, 4096),)), (2 << 20, ((0, 4096),)), (1 << 20, ((8192, 4096),)))
+    }
+    assert len(keys) == 3 and ContentKey(blob) not in keys

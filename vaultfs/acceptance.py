@@ -61,9 +61,18 @@ class Acceptance:
     def store_key(self) -> str:
         return accepted_key(self.collection, self.up_to, self.at_ns)
 
-    def covers(self, changed_in: int, path: bytes) -> bool:
-        """Whether this acceptance covers a change of `path` seen in version `changed_in`."""
-        return changed_in <= self.up_to and (not self.paths or any(under(path, p) for p in self.paths))
+    def covers(self, pinned: int, path: bytes) -> bool:
+        """Whether this acceptance covers a change of `path` that pins version `pinned`.
+
+        The change lies somewhere after `pinned`, up to the next listed version S (the
+        one it is seen in). It is covered when ``up_to`` lies in that range or beyond,
+        that is when ``pinned < up_to``: not only when ``S <= up_to``. Forgetting an
+        unpinned version between `pinned` and S moves S later (the change is then seen in
+        the version after the forgotten one), and an acceptance made before must keep
+        covering it. That is safe because a version is forgotten only while unpinned:
+        whatever of it changed in the next version was accepted by an acceptance with a
+        later ``up_to``, which covers that change here too."""
+        return pinned < self.up_to and (not self.paths or any(under(path, p) for p in self.paths))
 
     def to_json(self) -> dict[str, Any]:
         return {

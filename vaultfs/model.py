@@ -64,6 +64,28 @@ def from_text(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
+ContentKey = NewType("ContentKey", bytes)  # 32 bytes: what makes two files' content the same
+
+
+def content_key(blob: BlobId, size: int, sparse: Extents | None) -> ContentKey:
+    """The identity of a file's content, defined here once: two files hold the same content
+    exactly when their keys are equal. Everything that decides whether a file *changed*
+    compares these (the tree diff, hence a cold collection's warnings and its pins; the
+    scrub rows), never the blobs alone.
+
+    A dense file's key is its blob id (its size is the blob's length). A sparse file's blob
+    is only the bytes of its data extents, so a hole grown or cut at the end (``truncate
+    -s``) or an extent moved leaves the blob as it was: its key is the SHA-256 of the blob
+    id, the size and the data map. (A sparse file and a dense one with the same bytes get
+    different keys: counted as a change, the safe side.)"""
+    if sparse is None:
+        return ContentKey(blob)
+    h = hashlib.sha256(b"vaultfs sparse content\0" + blob + size.to_bytes(8, "big"))
+    for off, length in sparse:
+        h.update(off.to_bytes(8, "big") + length.to_bytes(8, "big"))
+    return ContentKey(h.digest())
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     """One name in a directory, with the metadata vaultfs keeps for it."""
@@ -92,6 +114,11 @@ class Entry:
     def blob_size(self) -> int:
         """Bytes of the file's blob: its size, or a sparse file's data extents."""
         return self.size if self.sparse is None else data_size(self.sparse)
+
+    @property
+    def content_key(self) -> ContentKey | None:
+        """The file's content identity (`content_key`); None for an entry without a blob."""
+        return None if self.blob is None else content_key(self.blob, self.size, self.sparse)
 
     def to_json(self) -> dict[str, Any]:  # noqa: C901 - one flat test per optional field
         d: dict[str, Any] = {"name": to_text(self.name), "kind": self.kind}

@@ -223,17 +223,21 @@ class Vault:
 
     def commit_version(self, version: VersionInfo) -> None:
         """Write the version record on the store: the commit point of a snapshot."""
+        self._put_record_once(
+            version_key(version.collection, version.number),
+            version.to_json(),
+            f"{version.collection}@v{version.number} already exists on the store: another "
+            "machine snapshotted this collection at the same time; run `vaultfs index rebuild`",
+        )
+
+    def _put_record_once(self, key: str, record: dict[str, Any], exists: str) -> None:
+        """Put a JSON record at `key` write-once (If-None-Match): records on the store are
+        never overwritten, so one already there is a `VaultError` saying `exists` (what
+        happened, what to do)."""
         try:
-            self.store.put(
-                version_key(version.collection, version.number),
-                json.dumps(version.to_json(), indent=1, sort_keys=True).encode(),
-                if_none_match=True,
-            )
+            self.store.put(key, json.dumps(record, indent=1, sort_keys=True).encode(), if_none_match=True)
         except ObjectExists:
-            raise VaultError(
-                f"{version.collection}@v{version.number} already exists on the store: another "
-                "machine snapshotted this collection at the same time; run `vaultfs index rebuild`"
-            ) from None
+            raise VaultError(exists) from None
 
     def _reader(self, band: BandId) -> bandfmt.BandReader:
         """A reader of the band, from a small LRU: a restore reads band after band,
@@ -385,17 +389,12 @@ class Vault:
 
     def record_acceptance(self, acceptance: Acceptance) -> None:
         """Put the acceptance on the store (If-None-Match), then in the local catalog."""
-        try:
-            self.store.put(
-                acceptance.store_key,
-                json.dumps(acceptance.to_json(), indent=1, sort_keys=True).encode(),
-                if_none_match=True,
-            )
-        except ObjectExists:
-            raise VaultError(
-                f"{acceptance.store_key} already exists on the store (another accept at the "
-                "same nanosecond?): run the command again"
-            ) from None
+        self._put_record_once(
+            acceptance.store_key,
+            acceptance.to_json(),
+            f"{acceptance.store_key} already exists on the store (another accept at the "
+            "same nanosecond?): run the command again",
+        )
         with self.catalog.writer() as w:
             w.put_acceptance(acceptance)
 

@@ -24,6 +24,7 @@ from vaultfs.model import (
     BandInfo,
     BlobId,
     BlobRef,
+    ContentKey,
     LostBlob,
     TreeId,
     VersionInfo,
@@ -53,23 +54,25 @@ class FileCacheRow:
 
 @dataclass(frozen=True, slots=True)
 class ScrubRow:
-    """When a source file's bytes last matched `blob`, and when they last did not (schema:
-    ``scrub``); 0 for never."""
+    """When a source file's bytes last matched `content`, and when they last did not
+    (schema: ``scrub``); 0 for never. `content` is the entry's `model.content_key` (a
+    dense file's blob id), so a row never vouches for a sparse file of another size or
+    data map that happens to have the same blob."""
 
     verified_ns: int
-    blob: BlobId
+    content: ContentKey
     rot_ns: int = 0
 
     def pack(self) -> bytes:
-        return schema.SCRUB_ROW.pack(self.verified_ns, self.blob, self.rot_ns)
+        return schema.SCRUB_ROW.pack(self.verified_ns, self.content, self.rot_ns)
 
     @staticmethod
     def unpack(raw: bytes | memoryview) -> ScrubRow:
         """ValueError for bytes that are not a packed row."""
         if len(raw) != schema.SCRUB_ROW.size:
             raise ValueError("not a scrub row")
-        verified_ns, blob, rot_ns = schema.SCRUB_ROW.unpack(raw)
-        return ScrubRow(verified_ns, BlobId(bytes(blob)), rot_ns)
+        verified_ns, content, rot_ns = schema.SCRUB_ROW.unpack(raw)
+        return ScrubRow(verified_ns, ContentKey(bytes(content)), rot_ns)
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,8 +36,8 @@ files      collection utf-8 + 0x01 + directory path     `DIR_MEMO` (``DirMemo.pa
                                                         name length u16, name, tree id
 files      collection utf-8 + 0x01 + NUL                root tree id of the version the rows
                                                         above describe (32 bytes)
-scrub      collection utf-8 + NUL + path bytes          `SCRUB_ROW`: verified_ns (i64), blob id
-                                                        (32 bytes), rot_ns (i64, 0: none)
+scrub      collection utf-8 + NUL + path bytes          `SCRUB_ROW`: verified_ns (i64), content
+                                                        key (32 bytes), rot_ns (i64, 0: none)
 =========  ==========================================  ==========================================
 
 ``files`` is the per-collection files cache: a file whose (dev, inode, size,
@@ -45,11 +45,14 @@ mtime_ns, ctime_ns) match its row is not read again; its blob id is reused,
 but only if ``blobs`` still knows that blob.
 
 ``scrub`` is local bookkeeping about the local source (`vaultfs.check.scrub`): when a
-file's bytes were last re-read and hashed and matched ``blob`` (a scrub, or the
-snapshot that read it), and when a scrub last found them differ from ``blob`` with
-unchanged size and mtime (bit rot; 0 once a later scrub finds them matching again).
-A row counts only while ``blob`` is the latest version's blob of that path, so a row
-written by a scrub that raced a snapshot never vouches for other content. Like the
+file's bytes were last re-read and hashed and matched the content named by the row's
+key (a scrub, or the snapshot that read it), and when a scrub last found them differ
+with unchanged size and mtime (bit rot; 0 once a later scrub finds them matching again).
+The key is `model.content_key`: a dense file's blob id; for a sparse file a digest of its
+blob, size and data map. A row counts only while its key is that of the latest version's
+entry of that path, so a row written by a scrub that raced a snapshot never vouches for
+other content (a sparse file's row written before keys covered size and map reads as
+about other content: it is verified again, the safe side). Like the
 files cache it is a cache of facts about this machine: ``index rebuild`` starts it
 afresh (every file then counts as never verified), and a damaged row reads as absent
 (costs one re-read).
@@ -112,7 +115,7 @@ RESTORE_BUDGET_KEY = "mount_restore_budget"  # in ``meta``; see the table above
 
 BLOB_REF = struct.Struct(">QQ")  # followed by the band id
 FILE_CACHE = struct.Struct(">QQQqq32s")
-SCRUB_ROW = struct.Struct(">q32sq")  # verified_ns, blob, rot_ns
+SCRUB_ROW = struct.Struct(">q32sq")  # verified_ns, content key, rot_ns
 SPARSE_COUNT = struct.Struct(">Q")  # a sparse file's row goes on with its data map:
 SPARSE_EXTENT = struct.Struct(">QQ")  # the number of extents, then each one
 

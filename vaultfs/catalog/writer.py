@@ -73,7 +73,7 @@ class CatalogWriter:
         self._txn.delete(schema.collection_prefix(collection) + path, db=self._db["files"])
 
     def put_scrub(self, collection: str, path: bytes, row: ScrubRow) -> None:
-        """When a source file was last re-read and found (not) to match `row.blob`."""
+        """When a source file was last re-read and found (not) to match `row.content`."""
         self._put("scrub", schema.collection_prefix(collection) + path, row.pack())
 
     def delete_scrub(self, collection: str, path: bytes) -> None:

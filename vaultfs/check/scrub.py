@@ -21,9 +21,9 @@ front of the queue and every scrub reports it until it matches again). Rows are
 committed in batches (`BATCH_FILES` files or `BATCH_SECONDS`), each a short LMDB write
 transaction: a killed scrub keeps what it verified before its last batch, and a
 snapshot waits for the LMDB writer lock milliseconds at most. A scrub takes no vault
-lock: it reads only the local source and the catalog, and every row names the blob it
-vouches for, so a row written while a snapshot makes a new version never vouches for
-other content.
+lock: it reads only the local source and the catalog, and every row names the content it
+vouches for (`model.content_key`: the blob, and a sparse file's size and data map), so a
+row written while a snapshot makes a new version never vouches for other content.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from vaultfs.catalog import ScrubRow
 from vaultfs.check.bitrot import Outcome, rehash
 from vaultfs.config import CollectionConfig
 from vaultfs.errors import SourceRefused
-from vaultfs.model import BlobId, Entry, VersionInfo, readable_now, to_text
+from vaultfs.model import ContentKey, Entry, VersionInfo, readable_now, to_text
 from vaultfs.output import display_path, human_bytes, iso_utc
 from vaultfs.vault import Vault, lost_message
 from vaultfs.walk import walk
@@ -80,6 +80,13 @@ class Item:
     @property
     def due_ns(self) -> int:
         return self.verified_ns + self.collection.scrub_days * DAY_NS if self.verified_ns else 0
+
+    @property
+    def content(self) -> ContentKey:
+        """What a scrub row about this file vouches for (`files_of` keeps files with a blob)."""
+        key = self.entry.content_key
+        assert key is not None
+        return key
 
 
 @dataclass(slots=True)
@@ -180,7 +187,7 @@ def files_of(vault: Vault, collection: CollectionConfig, version: VersionInfo) -
             continue
         path = b"/".join(parts)
         row = rows.get(path)
-        current = row is not None and row.blob == e.blob  # a row about other content counts for nothing
+        current = row is not None and row.content == e.content_key  # a row about other content: nothing
         items.append(
             Item(
                 collection,
@@ -283,10 +290,10 @@ def _scrub_one(vault: Vault, it: Item, report: ScrubReport, rows: _Rows, now: Ca
     if found.outcome is Outcome.SAME:
         report.verified_files += 1
         report.verified_bytes += it.entry.size
-        rows.put(name, it.path, ScrubRow(now(), it.entry.blob or BlobId(b""), 0))
+        rows.put(name, it.path, ScrubRow(now(), it.content, 0))
     elif found.outcome is Outcome.ROT:
         report.rot.append(good_copy(vault, it))
-        rows.put(name, it.path, ScrubRow(it.verified_ns, it.entry.blob or BlobId(b""), now()))
+        rows.put(name, it.path, ScrubRow(it.verified_ns, it.content, now()))
     elif found.outcome is Outcome.CHANGED:
         report.changed.append((name, it.path, found.reason))
     elif found.outcome is Outcome.MISSING:

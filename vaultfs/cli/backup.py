@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +20,7 @@ if TYPE_CHECKING:  # imported when a command runs (startup time)
     from vaultfs.vault import Vault
 
 LIST_LIMIT = 20  # paths listed per kind of warning before "… and N more"
+ACCEPT_PATHS_SHOWN = 5  # excluded paths written out in a suggested `vaultfs accept`
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddCommand) -> None:
@@ -112,23 +115,25 @@ def cmd_snapshot(args: argparse.Namespace, config: Config) -> int:
                     refused.append(e)
                     print(f"vaultfs: error: {e.message}", file=sys.stderr)
                     continue
-                cli_retention.after_snapshot(vault, coll, quiet=args.quiet or args.json)
+                kept = cli_retention.after_snapshot(vault, coll, quiet=args.quiet or args.json)
+                forgotten = kept.forgotten if kept is not None else ()
                 scrubbed = cli_scrub.after_snapshot(vault, coll)
-                results.append((result, scrubbed))
+                results.append((result, forgotten, scrubbed))
                 if not args.json:
-                    print_snapshot(result, quiet=args.quiet)
+                    print_snapshot(result, quiet=args.quiet, forgotten=forgotten)
                     if scrubbed is not None:
                         cli_scrub.print_report(scrubbed, quiet=args.quiet, label=f"{coll.name}: scrub slice")
     finally:
         vault.close()
     # A collection without a new version is an error (1), which outweighs warnings (3).
-    warnings = any(r.warnings or (s is not None and s.attention) for r, s in results)
+    warnings = any(r.warnings or (s is not None and s.attention) for r, _, s in results)
     code = EXIT_ERROR if refused else EXIT_WARNINGS if warnings else EXIT_OK
     if args.json:
         emit_json(
             {
                 "collections": [
-                    {**snapshot_json(r), "scrub": s.to_json() if s is not None else None} for r, s in results
+                    {**snapshot_json(r, f), "scrub": s.to_json() if s is not None else None}
+                    for r, f, s in results
                 ],
                 "refused": [e.message for e in refused],
                 "exit_code": code,
@@ -137,12 +142,14 @@ def cmd_snapshot(args: argparse.Namespace, config: Config) -> int:
     return code
 
 
-def print_snapshot(r: Any, quiet: bool) -> None:
+def print_snapshot(r: Any, quiet: bool, forgotten: Sequence[int] = ()) -> None:
+    """What one collection's snapshot did; `forgotten`: the versions keep_versions forgot
+    after it (a version forgotten no longer holds anything anyone can get at)."""
     for note in r.notes:
         print(f"note: {r.collection}: {note}", file=sys.stderr)
     _print_warnings(r)
     if not quiet:
-        _print_summary(r)
+        _print_summary(r, forgotten)
 
 
 def _print_warnings(r: Any) -> None:
@@ -169,7 +176,7 @@ def _print_warnings(r: Any) -> None:
         )
 
 
-def _print_summary(r: Any) -> None:
+def _print_summary(r: Any, forgotten: Sequence[int]) -> None:
     rate = r.bytes_read / r.seconds if r.seconds > 0 else 0
     read = f"read {r.files_read} files ({human_bytes(r.bytes_read)}, {human_bytes(rate)}/s)"
     healed = (
@@ -190,10 +197,15 @@ def _print_summary(r: Any) -> None:
             f"{human_bytes(s.bytes)}; +{s.added} ~{s.changed} -{s.removed}; {healed}{read}; "
             f"stored {human_bytes(r.bytes_stored)} in {r.bands} band(s) in {r.seconds:.2f}s"
         )
-    if r.now_excluded and r.version is not None:
+    if r.now_excluded and r.previous is not None:
+        held = (
+            f"keep_versions forgot v{r.previous}, which held them"
+            if r.previous in forgotten
+            else f"v{r.previous} still holds them"
+        )
         print(
             f"{r.collection}: rules changed: {r.now_excluded:,} paths now excluded "
-            f"(v{r.version.number - 1} still holds them; `vaultfs explain` says which rule)"
+            f"({held}; `vaultfs explain` says which rule)"
         )
 
 
@@ -207,7 +219,8 @@ def _print_left_out(r: Any) -> None:
 
 
 def _print_cold_changes(r: Any) -> None:
-    """The warnings of a cold collection whose files were modified or deleted, and the pin."""
+    """The warnings of a cold collection whose files were modified or deleted, and the pin
+    of the version before (also when the rules now leave out files it holds)."""
     for kind, paths in (("modified", r.modified), ("deleted", r.deleted)):
         if not paths:
             continue
@@ -220,13 +233,37 @@ def _print_cold_changes(r: Any) -> None:
             print(f"  {kind}: {display_path(path)}", file=sys.stderr)
         if len(paths) > LIST_LIMIT:
             print(f"  … and {len(paths) - LIST_LIMIT} more (--json lists all)", file=sys.stderr)
-    if r.cold_changes and r.version is not None:
-        c, n = r.collection, r.version.number
+    if r.pinned is None or r.version is None:
+        return
+    c, n = r.collection, r.version.number
+    if r.cold_changes:
         print(
-            f"{c}: v{r.previous} keeps the old content and is pinned: forget and prune keep it "
+            f"{c}: v{r.pinned} keeps the old content and is pinned: forget and prune keep it "
             f"until `vaultfs accept {c}@v{n}` says the change was intended",
             file=sys.stderr,
         )
+    if r.now_excluded:
+        tops = r.now_excluded_under
+        command = (
+            f"`{accept_command(r, [])} PATH…` (PATH: the {len(tops)} excluded paths, "
+            "`now_excluded_under` in --json)"
+            if len(tops) > ACCEPT_PATHS_SHOWN
+            else f"`{accept_command(r, tops)}`"
+        )
+        print(
+            f"{c}: v{r.pinned} holds {r.now_excluded:,} file(s) that the rules now leave out "
+            f"and is pinned: forget and prune keep it until {command} says leaving them out "
+            "was intended",
+            file=sys.stderr,
+        )
+
+
+def accept_command(r: Any, paths: list[bytes]) -> str:
+    """``vaultfs accept C@vN [PATH…]``: accepting the changes of the new version `r`
+    (under `paths`: for files the rules now leave out, the excluded paths, so that other
+    changes stay pinned)."""
+    words = (shlex.quote(display_path(p)) for p in paths)
+    return " ".join([f"vaultfs accept {r.collection}@v{r.version.number}", *words])
 
 
 def _compared(r: Any) -> str:
@@ -237,7 +274,7 @@ def _compared(r: Any) -> str:
     return f"by size and times; {r.files_read} file(s) re-read and hashed, same content"
 
 
-def snapshot_json(r: Any) -> dict[str, Any]:
+def snapshot_json(r: Any, forgotten: Sequence[int] = ()) -> dict[str, Any]:
     from vaultfs.model import to_text
 
     return {
@@ -258,11 +295,17 @@ def snapshot_json(r: Any) -> dict[str, Any]:
         "not_kept": r.not_kept,
         "modified": [to_text(p) for p in r.modified],
         "deleted": [to_text(p) for p in r.deleted],
-        "pinned": r.previous if r.cold_changes else None,  # the version the cold changes pinned
+        "pinned": r.pinned,  # the version this one pinned (cold: files replaced, deleted, left out)
+        # The command releasing it: every change, or only leaving out what the rules now exclude.
+        "release": None
+        if r.pinned is None
+        else accept_command(r, [] if r.cold_changes else r.now_excluded_under),
+        "forgotten": list(forgotten),  # versions keep_versions forgot after this snapshot
         "lost_bands": [{"band": m.band, "blobs": m.blobs} for m in r.lost_bands],
         "restored_lost": r.restored_lost,
         "excluded": r.excluded,
         "now_excluded": r.now_excluded,
+        "now_excluded_under": [to_text(p) for p in r.now_excluded_under],
         "notes": r.notes,
         "mass_removal": None
         if r.mass_removal is None

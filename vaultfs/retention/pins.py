@@ -5,7 +5,9 @@ or deleted may be rot or an accident; the version holding its last copy is *pinn
 until the owner accepts the change (`vaultfs.acceptance`). Pins are derived, never
 stored: walk the collection's listed versions oldest to newest; version V is pinned
 when a file of V is replaced (other content under the same path) or deleted in the
-next listed version S, and no acceptance covers that path with ``up_to >= S``. The
+next listed version S, and no acceptance covers that path with ``up_to > V``
+(`Acceptance.covers`: ``up_to`` anywhere from V's successor on, so forgetting a version
+between V and S never takes an acceptance's cover away). The
 tree diff (`vaultfs.snapshot.diff`) skips unchanged subtrees by id, so this costs a
 walk of what changed, not of the versions.
 
@@ -92,16 +94,16 @@ def pins(
     out: dict[int, Pin] = {}
     for old, new in itertools.pairwise(listed):
         changes = diff_versions(vault, old.root, new.root, {})
-        replaced = _unaccepted(changes.modified, new.number, accepted)
-        deleted = _unaccepted(changes.deleted, new.number, accepted)
+        replaced = _unaccepted(changes.modified, old.number, accepted)
+        deleted = _unaccepted(changes.deleted, old.number, accepted)
         if replaced or deleted:
             out[old.number] = Pin(collection, old.number, new.number, replaced, deleted)
     return out
 
 
-def _unaccepted(paths: list[bytes], changed_in: int, accepted: list[Acceptance]) -> tuple[bytes, ...]:
-    """The paths changed in version `changed_in` that no acceptance covers."""
-    return tuple(p for p in paths if not any(a.covers(changed_in, p) for a in accepted))
+def _unaccepted(paths: list[bytes], pinned: int, accepted: list[Acceptance]) -> tuple[bytes, ...]:
+    """The paths changed after version `pinned` (in the next listed one) that no acceptance covers."""
+    return tuple(p for p in paths if not any(a.covers(pinned, p) for a in accepted))
 
 
 def forgettable(
@@ -180,7 +182,7 @@ def accept(
         vault.sync_acceptances()  # an accept killed between its two writes left one behind
     version = vault.resolve_version(collection, number)
     before = pins(vault, collection)
-    due = [p for p in before.values() if p.changed_in <= version.number]
+    due = [p for p in before.values() if p.version < version.number]  # what it can cover
     whole = not paths or b"" in paths
     for top in [] if whole else paths:
         if not any(under(f, top) for p in due for f in p.paths):

@@ -111,7 +111,10 @@ class SnapshotResult:
     not_kept: dict[str, int] = field(default_factory=dict)
     modified: list[bytes] = field(default_factory=list)  # cold collections: changed content
     deleted: list[bytes] = field(default_factory=list)  # cold collections: vanished files
-    previous: int | None = None  # the version before the new one (pinned by cold changes)
+    previous: int | None = None  # the version before the new one
+    # Cold collections: `previous`, when this version replaced, deleted or now leaves out
+    # files it holds (`vaultfs.retention.pins` then pins it: it has their last copy).
+    pinned: int | None = None
     files_read: int = 0
     bytes_read: int = 0
     bands: int = 0
@@ -125,6 +128,7 @@ class SnapshotResult:
     restored_lost: int = 0  # files read whose blob was lost: stored again (healed)
     excluded: int = 0  # entries left out by the collection's rules (a directory counts once)
     now_excluded: int = 0  # files of the previous version that the rules leave out now
+    now_excluded_under: list[bytes] = field(default_factory=list)  # the excluded paths they lie under
     notes: list[str] = field(default_factory=list)  # rules that could not be applied fully
 
     @property
@@ -245,12 +249,18 @@ class Snapshot:
         self.result.version = version
         self.result.latest = version
         self.result.previous = latest.number if latest is not None else None
-        # Files a rule now leaves out are still on the source: neither deleted nor a failed source.
-        deleted = [p for p in changes.deleted if not _under_any(p, self._excluded)]
+        # Files a rule now leaves out are still on the source: neither deleted nor a failed
+        # source, so no warning and no mass removal. But the new version lacks them: in a
+        # cold collection the previous version holds their last copy and is pinned.
+        tops = [_excluded_top(p, self._excluded) for p in changes.deleted]
+        deleted = [p for p, top in zip(changes.deleted, tops, strict=True) if top is None]
         self.result.now_excluded = len(changes.deleted) - len(deleted)
+        self.result.now_excluded_under = sorted({top for top in tops if top is not None})
         if self.collection.tier == "cold" and latest is not None:
             self.result.modified = changes.modified
             self.result.deleted = deleted
+            if changes.modified or changes.deleted:
+                self.result.pinned = latest.number
         removed = changes.removed - self.result.now_excluded
         self.result.mass_removal = mass_removal(self.collection.max_removed, removed, latest)
         self._collect_band_stats()
@@ -260,14 +270,14 @@ class Snapshot:
         self.result.bytes_stored = sum(b.size for b in self._uploader.uploaded)
 
 
-def _under_any(path: bytes, excluded: set[bytes]) -> bool:
-    """Whether `path` or a directory above it is in `excluded`."""
+def _excluded_top(path: bytes, excluded: set[bytes]) -> bytes | None:
+    """`path` or the directory above it that is in `excluded`; None when there is none."""
     while True:
         if path in excluded:
-            return True
+            return path
         cut = path.rfind(b"/")
         if cut < 0:
-            return False
+            return None
         path = path[:cut]
 
 

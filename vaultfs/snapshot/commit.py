@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from vaultfs import testpoints
 from vaultfs.catalog import CatalogWriter, ScrubRow
-from vaultfs.model import ChangeStats, RootMeta, TreeId, VersionInfo, to_text
+from vaultfs.model import ChangeStats, RootMeta, TreeId, VersionInfo, content_key, to_text
 from vaultfs.snapshot.diff import Changes
 from vaultfs.snapshot.files import FileSaver
 from vaultfs.snapshot.spool import Uploader
@@ -111,7 +111,7 @@ def _write_files_cache(
     collection = files.collection
     for rel, row in files.cache_rows:
         w.put_file(collection, rel, row)
-        w.put_scrub(collection, rel, ScrubRow(now_ns, row.blob))
+        w.put_scrub(collection, rel, ScrubRow(now_ns, content_key(row.blob, row.size, row.sparse)))
     for rel in deleted:
         w.delete_file(collection, rel)
         w.delete_scrub(collection, rel)

@@ -83,7 +83,7 @@ class _Differ:
             elif e.kind == "file":
                 if o is None:
                     stats.added += 1
-                elif o.blob != e.blob:
+                elif o.content_key != e.content_key:  # a sparse file's size and map count too
                     stats.changed += 1
                     stats.modified.append(path)
         for name, o in before.items():
