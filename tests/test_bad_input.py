@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -52,16 +49,6 @@ def test_only_additions_on_cold_exit_zero(file_vault: VaultEnv) -> None:
     file_vault.run("snapshot")
     write(src / "b.raw", b"b")
     file_vault.run("snapshot", expect=0)
-
-
-@pytest.fixture
-def world_dir() -> Iterator[Path]:
-    """A temporary directory that another user can reach (pytest's tmp_path is 0700)."""
-    base = Path(tempfile.mkdtemp(prefix="vaultfs-test-"))
-    base.chmod(0o755)
-    yield base
-    subprocess.run(["chmod", "-R", "u+rwx", str(base)], check=False)
-    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the snapshot as another user")

@@ -252,3 +252,38 @@ def test_damaged_lost_blob_record_is_a_clear_error(file_vault: VaultEnv) -> None
     assert "lost-blob record" in error and REBUILD in error
     file_vault.run("index", "rebuild", expect=3)  # rebuilt; the file's bytes are still gone
     assert [v["lost_files"] for v in file_vault.versions("docs")] == [1, 0]
+
+
+def test_damaged_scrub_row_reads_as_never_verified_not_as_a_damaged_catalog(file_vault: VaultEnv) -> None:
+    """Scrub rows are this machine's bookkeeping (catalog/schema.py): a damaged one reads as
+    absent — its file counts as never verified until the next scrub writes the row anew —
+    and neither `check` nor rung 1 of `index rebuild` calls the catalog damaged for it."""
+    src = file_vault.add_collection("photos")
+    content = {f"img{i}.raw": os.urandom(20_000) for i in range(3)}
+    for name, body in content.items():
+        write(src / name, body)
+    file_vault.run("init")
+    file_vault.run("snapshot")  # it read every file: a scrub row (verified now) for each
+    assert file_vault.json("scrub", "--status")["collections"][0]["verified_files"] == 3
+    mdb = data_mdb(file_vault)
+    data = bytearray(mdb.read_bytes())
+    key, blob = b"photos\0img1.raw", hashlib.sha256(content["img1.raw"]).digest()
+    rows = []  # where a scrub row's value starts: verified_ns (8 bytes), then the blob
+    at = data.find(key)  # (a files-cache row has the same key, and its blob at +40)
+    while at >= 0:
+        if data.startswith(blob, at + len(key) + 8):
+            rows.append(at + len(key))
+        at = data.find(key, at + 1)
+    assert rows
+    for at in rows:  # every copy LMDB left in the file, the live page among them
+        data[at + 3] ^= 0x10  # verified_ns off by years: only the seal can tell
+    mdb.write_bytes(bytes(data))
+
+    assert file_vault.json("check")["problems"] == []
+    status = file_vault.json("scrub", "--status")["collections"][0]
+    assert (status["verified_files"], status["never_verified_files"]) == (2, 1)
+    assert file_vault.json("index", "rebuild")["rung"] == "lmdb"  # the live catalog, kept
+    scrubbed = file_vault.json("scrub", "--max-bytes", "1")  # the never-verified file comes first
+    assert scrubbed["verified_files"] == 1 and scrubbed["rot"] == []
+    status = file_vault.json("scrub", "--status")["collections"][0]
+    assert (status["verified_files"], status["never_verified_files"]) == (3, 0)

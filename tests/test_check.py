@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tests.test_ignore import make_repo
 from tests.test_retention import set_bands
 from tests.trees import write
 from tests.vaultenv import VaultEnv
@@ -74,6 +75,41 @@ def test_source_bit_rot_is_told_apart_from_modifications(file_vault: VaultEnv) -
     assert s["added"] == ["new.txt"] and s["deleted"] == ["img3.raw"]
     assert [p["affects"] for p in out["problems"]] == [["photos@v1"]]
     assert "bit rot suspected: photos/img2.raw" in out["problems"][0]["what"]
+
+
+def test_source_check_leaves_out_what_the_snapshot_leaves_out(file_vault: VaultEnv) -> None:
+    """`check --source` walks the source with the collection's rules (git's ignore files,
+    CACHEDIR.TAG): excluded files are not "added", and git-tracked ones are still compared."""
+    src = file_vault.add_collection("code", tier="warm")
+    make_repo(src)
+    file_vault.run("init")
+    assert file_vault.json("snapshot")["collections"][0]["excluded"] == 5
+    clean = file_vault.json("check", "--source", "code")["source"]
+    assert (clean["added"], clean["deleted"], clean["modified"]) == ([], [], [])
+    assert clean["hashed"] == clean["files"] > 0
+    for path in ("app/x.o", "app/build/new.bin", "app/build/deep/new.bin", "cache/new", "new.swp"):
+        write(src / path, b"left out by a rule")
+    write(src / "app/added.c", b"a new source file\n")
+    write(src / "app/vendor/lib.o", b"tracked: compared although *.o matches")
+    s = file_vault.json("check", "--source", "code")["source"]
+    assert s["added"] == ["app/added.c"] and s["modified"] == ["app/vendor/lib.o"]
+    assert s["deleted"] == [] and s["files"] == clean["files"] + 1
+
+
+def test_a_hard_link_is_read_once_under_its_first_name(file_vault: VaultEnv) -> None:
+    """`check --source` and `scrub` walk a version's files alike: a second name of a
+    hard-linked file has no blob of its own, so it is known (neither added nor deleted)
+    but not read again."""
+    src = file_vault.add_collection("photos")
+    write(src / "a.raw", os.urandom(100_000))
+    os.link(src / "a.raw", src / "b.raw")
+    write(src / "c.raw", os.urandom(100_000))
+    file_vault.run("init")
+    file_vault.run("snapshot")
+    s = file_vault.json("check", "--source", "photos")["source"]
+    assert (s["files"], s["hashed"], s["added"], s["deleted"]) == (3, 2, [], [])
+    scrubbed = file_vault.json("scrub")
+    assert (scrubbed["planned_files"], scrubbed["read_bytes"]) == (2, 200_000)
 
 
 def test_archived_bands_are_listed_with_the_plan_never_skipped(s3_bucket, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

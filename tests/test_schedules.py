@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.vaultenv import REPO
+from vaultfs.errors import EXIT_BITROT, EXIT_OK, EXIT_WARNINGS
 
 CONTRIB = REPO / "contrib"
 UNITS = sorted(p for p in CONTRIB.iterdir() if p.suffix in (".service", ".timer"))
@@ -74,8 +75,13 @@ def test_commands_are_vaultfs_without_a_hard_coded_path() -> None:
 
 def test_exit_3_is_success_only_where_it_means_warnings() -> None:
     """snapshot 3: files skipped or a cold collection edited; check 3: archived bands not
-    read. scrub 3: bit rot found — that one must fail the unit (and run OnFailure=)."""
+    read. scrub 3: files could not be read — that one must fail the unit (and run
+    OnFailure=). Bit rot, from scrub or a snapshot's scrub slice, is its own status, and
+    no unit counts it as success."""
     success = {p.name: unit(p)["Service"].get("SuccessExitStatus") for p in SERVICES}
+    assert EXIT_BITROT not in (EXIT_OK, EXIT_WARNINGS)
+    for name, statuses in success.items():
+        assert str(EXIT_BITROT) not in (statuses or "").split(), name
     assert success == {
         "vaultfs-check-read-data.service": "3",
         "vaultfs-check.service": "3",
@@ -108,6 +114,7 @@ def test_the_docs_match_the_units() -> None:
         if path.suffix == ".timer":
             assert path.name in schedules, path.name
     assert "vaultfs-failure@.service" in schedules and "SuccessExitStatus=3" in schedules
+    assert f"exit {EXIT_BITROT}, which fails the unit" in " ".join(schedules.split())  # slice rot
     assert "journalctl -u vaultfs-snapshot" in schedules  # where the output goes
     for text in (schedules, mount):
         assert "/usr/local/bin/vaultfs" in text  # the symlink for a virtualenv install

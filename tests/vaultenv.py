@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -186,3 +189,13 @@ def file_vault(tmp_path: Path) -> VaultEnv:
     env = VaultEnv(tmp_path, f"file://{tmp_path / 'store'}")
     env.write_config()
     return env
+
+
+@pytest.fixture
+def world_dir() -> Iterator[Path]:
+    """A temporary directory that another user can reach (pytest's tmp_path is 0700)."""
+    base = Path(tempfile.mkdtemp(prefix="vaultfs-test-"))
+    base.chmod(0o755)
+    yield base
+    subprocess.run(["chmod", "-R", "u+rwx", str(base)], check=False)
+    shutil.rmtree(base, ignore_errors=True)

@@ -9,7 +9,10 @@ Exit statuses (a contract; docs/cli.md has the table for every command):
   2 usage or configuration error: the command line names something that does
   not exist or is malformed, the configuration is invalid, or the store
   refuses us as configured (endpoint, bucket, credentials, permissions);
-  3 finished, but files were skipped or missing, or cold data changed.
+  3 finished, but files were skipped or missing, or cold data changed;
+  4 bit rot found: a source file has the size and mtime of its version but other
+  bytes (``scrub``, a snapshot's scrub slice). Not 3: 3 is often an intended edit
+  and schedules count it as success; rot must fail the run (docs/schedules.md).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_WARNINGS = 3
+EXIT_BITROT = 4  # outweighs 3, outweighed by 1 (a run that failed)
 EXIT_READER_GONE = 141  # 128 + SIGPIPE: the reader of our output closed the pipe
 
 

@@ -21,7 +21,7 @@ import marshal
 import os
 import stat
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -271,6 +271,39 @@ class Scanner:
             )
             xattrs = read_xattrs(full, self.problems, rel, self.not_kept)
             node.children.append(_entry(name, kind, st, xattrs=xattrs))
+
+
+def kept_files(root: bytes, rules: Rules, unlisted: list[bytes]) -> Iterator[tuple[bytes, bytes]]:
+    """(path below `root`, full path) of every regular file `rules` keep, in a scan's order,
+    without reading anything but listings: what a snapshot would take. An excluded directory
+    is not listed (the scope is asked before anything below it, as `Scanner` asks it); a
+    directory that cannot be listed is added to `unlisted` (the root raises OSError)."""
+    stack: list[tuple[bytes, bytes, Scope]] = [(root, b"", rules.root_scope())]
+    while stack:
+        path, rel, scope = stack.pop()
+        try:
+            with os.scandir(path) as it:
+                names = sorted(it, key=lambda e: e.name)
+        except OSError:
+            if not rel:
+                raise
+            unlisted.append(rel)
+            continue
+        scope.listed([de.name for de in names])
+        below: list[tuple[bytes, bytes, Scope]] = []
+        for de in names:
+            try:
+                st = de.stat(follow_symlinks=False)
+            except OSError:
+                continue  # vanished since it was listed
+            if not scope.decide(de.name, st).kept:
+                continue
+            sub, full = rel + b"/" + de.name if rel else de.name, path + b"/" + de.name
+            if stat.S_ISDIR(st.st_mode):
+                below.append((full, sub, scope.child(de.name)))
+            elif stat.S_ISREG(st.st_mode):
+                yield sub, full
+        stack.extend(reversed(below))
 
 
 def _rel(node: ScannedDir, name: bytes) -> bytes:
@@ -626,6 +659,7 @@ __all__ = [
     "has_holes",
     "hash_extents",
     "hash_stream",
+    "kept_files",
     "open_source",
     "read_extents_into",
     "read_into",

@@ -55,7 +55,10 @@ other content (a sparse file's row written before keys covered size and map read
 about other content: it is verified again, the safe side). Like the
 files cache it is a cache of facts about this machine: ``index rebuild`` starts it
 afresh (every file then counts as never verified), and a damaged row reads as absent
-(costs one re-read).
+(costs one re-read; the next verification of that file writes it anew). Verifying the
+catalog (``vaultfs check``, rung 1 of ``index rebuild``) therefore skips these rows
+(`DISPOSABLE`): a damaged one is no damage to the vault, and a rebuild would only throw
+away every other row with it.
 
 The directory rows (*memo*) let a snapshot skip rebuilding listings that did not
 change: a directory whose entries' stat data hash to the recorded signature gets
@@ -110,6 +113,10 @@ DATABASES = ("meta", "versions", "trees", "blobs", "bands", "files", "lost", "sc
 OPTIONAL_DATABASES = frozenset(
     {"lost", "scrub", "accepted"}
 )  # absent in catalogs written before; read as empty
+
+# Databases whose damaged records read as absent, costing only work done again: the
+# catalog's verification does not count them as damage (see ``scrub`` above).
+DISPOSABLE = frozenset({"scrub"})
 
 RESTORE_BUDGET_KEY = "mount_restore_budget"  # in ``meta``; see the table above
 

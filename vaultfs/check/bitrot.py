@@ -11,22 +11,21 @@ from __future__ import annotations
 import enum
 import errno
 import os
-import stat
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from vaultfs.check.report import SourceReport
 from vaultfs.config import CollectionConfig
 from vaultfs.errors import UsageError
-from vaultfs.model import (
-    Entry,
-    TreeId,
-)
+from vaultfs.ignore import Rules
+from vaultfs.model import Entry, TreeId, to_text
 from vaultfs.output import display_path
 from vaultfs.source import (
     ChangedWhileReading,
     NotRegularFile,
     hash_stream,
+    kept_files,
     open_source,
     sparse_digest,
 )
@@ -34,6 +33,7 @@ from vaultfs.walk import walk
 
 if TYPE_CHECKING:
     from vaultfs.check.checker import Checker
+    from vaultfs.vault import Vault
 
 
 class Outcome(enum.Enum):
@@ -87,36 +87,32 @@ def _why(e: OSError) -> str:
 
 
 def check_source(c: Checker, collection: CollectionConfig) -> None:
+    """Every file of the collection's source against its latest version. The source is
+    walked with the collection's exclusion rules (`vaultfs.ignore`), as a snapshot walks it:
+    what a snapshot leaves out is neither "added" nor listed at all."""
     sr = SourceReport(collection.name)
     c.report.source = sr
     latest = c.vault.catalog.latest_version(collection.name)
     if latest is None:
         raise UsageError(f"collection {collection.name!r} has no versions yet: nothing to compare with")
     sr.version = latest.number
-    known: dict[bytes, Entry] = {}
-    files_of(c, latest.root, b"", known)
-    root = os.fsencode(collection.path)
+    known = dict(version_files(c.vault, latest.root))
+    rules = Rules(collection)
+    unlisted: list[bytes] = []
     seen: set[bytes] = set()
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            full = os.path.join(dirpath, name)
-            rel = os.path.relpath(full, root)
-            try:
-                st = os.lstat(full)
-            except OSError:
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                continue
-            sr.files += 1
-            seen.add(rel)
-            entry = known.get(rel)
-            shown = rel.decode("utf-8", "surrogateescape")
-            if entry is None:
-                sr.added.append(shown)
-            elif entry.blob is not None:
-                _compare(sr, full, entry, shown)
-    sr.deleted = sorted(p.decode("utf-8", "surrogateescape") for p in set(known) - seen)
+    for rel, full in kept_files(os.fsencode(collection.path), rules, unlisted):
+        sr.files += 1
+        seen.add(rel)
+        entry = known.get(rel)
+        shown = to_text(rel)
+        if entry is None:
+            sr.added.append(shown)
+        elif entry.blob is not None:
+            _compare(sr, full, entry, shown)
+    sr.unreadable += [to_text(d) for d in unlisted]
+    under = tuple(d + b"/" for d in unlisted)  # their files are unknown, not deleted
+    sr.deleted = sorted(to_text(p) for p in set(known) - seen if not p.startswith(under))
+    c.report.notes += rules.notes
     for path in sr.bitrot:
         c.problem(
             f"bit rot suspected: {collection.name}/{display_path(path)} has the size "
@@ -146,6 +142,11 @@ def _compare(sr: SourceReport, full: bytes, entry: Entry, shown: str) -> None:
         sr.unreadable.append(shown)
 
 
-def files_of(c: Checker, tid: TreeId, prefix: bytes, out: dict[bytes, Entry]) -> None:
-    """Every regular file under `tid`, by its path below the version's root."""
-    out.update((prefix + b"/".join(path), e) for path, e in walk(c.vault.tree, tid) if e.kind == "file")
+def version_files(vault: Vault, root: TreeId) -> Iterator[tuple[bytes, Entry]]:
+    """Every regular file of the version whose root tree is `root`, by its path below the
+    root: the one walk of a version's files for ``check --source`` and ``scrub``. The second
+    and later names of a hard-linked file come without a blob: they have none of their own
+    (their bytes are the first name's, read and hashed once, under the first name)."""
+    for parts, e in walk(vault.tree, root):
+        if e.kind == "file":
+            yield b"/".join(parts), e if e.hardlink is None else replace(e, blob=None)

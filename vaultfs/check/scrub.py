@@ -7,6 +7,11 @@ cold collection, least recently verified first, within a budget of bytes and tim
 re-read and hashed against the version's blob (`bitrot.rehash`, the comparison
 ``check --source`` makes too).
 
+*Bytes.* A budget counts the bytes a run reads: a sparse file's data extents
+(`Entry.blob_size`), not its holes, which are checked without being read (`rehash`). A
+1 TiB disk image holding 1 GiB of data costs 1 GiB of a budget. Coverage (``--status``)
+is about files, so it counts their sizes.
+
 *Order.* One queue over every collection scrubbed, by when each file is due: the time it
 was last verified plus its collection's ``scrub_days`` (never verified: due first), then
 by collection and path. A run takes files from the front while they fit in what is left
@@ -38,13 +43,12 @@ from typing import Any, Protocol
 
 from vaultfs import archive
 from vaultfs.catalog import ScrubRow
-from vaultfs.check.bitrot import Outcome, rehash
+from vaultfs.check.bitrot import Outcome, rehash, version_files
 from vaultfs.config import CollectionConfig
-from vaultfs.errors import SourceRefused
+from vaultfs.errors import EXIT_BITROT, EXIT_ERROR, EXIT_OK, EXIT_WARNINGS, SourceRefused
 from vaultfs.model import ContentKey, Entry, VersionInfo, readable_now, to_text
 from vaultfs.output import display_path, human_bytes, iso_utc
 from vaultfs.vault import Vault, lost_message
-from vaultfs.walk import walk
 
 DAY_NS = 86400 * 10**9
 MIN_NIGHTLY_BYTES = 1024**3  # a default budget is at least this (small collections: all at once)
@@ -89,6 +93,12 @@ class Item:
         return key
 
 
+def fetch_command(collection: str, version: int, path: bytes) -> str:
+    """The ready-to-run `restore fetch` of one file of a version (the path shell-quoted)."""
+    where = f"{RESTORE_DIR}/{collection}-v{version}"
+    return f"vaultfs restore fetch {collection}@v{version} {shlex.quote(display_path(path))} --to {where}"
+
+
 @dataclass(slots=True)
 class Rot:
     """A file whose bytes differ from the version's with unchanged size and mtime."""
@@ -109,8 +119,7 @@ class Rot:
 
     @property
     def fetch_command(self) -> str:
-        where = f"{RESTORE_DIR}/{self.collection}-v{self.version}"
-        return f"vaultfs restore fetch {self.target} {shlex.quote(display_path(self.path))} --to {where}"
+        return fetch_command(self.collection, self.version, self.path)
 
     @property
     def start_command(self) -> str | None:
@@ -138,11 +147,11 @@ class Rot:
 class ScrubReport:
     """What one scrub run did."""
 
-    budget_bytes: int
+    budget_bytes: int  # every byte count of a run is bytes read (see the module docstring)
     planned_files: int = 0
     planned_bytes: int = 0
     verified_files: int = 0
-    verified_bytes: int = 0
+    read_bytes: int = 0  # of the files verified and those found rotten
     rot: list[Rot] = field(default_factory=list)
     changed: list[tuple[str, bytes, str]] = field(default_factory=list)  # (collection, path, why)
     missing: list[tuple[str, bytes]] = field(default_factory=list)
@@ -154,9 +163,12 @@ class ScrubReport:
     seconds: float = 0.0
 
     @property
-    def attention(self) -> bool:
-        """Whether the run ends with exit status 3: bit rot, or files that cannot be read."""
-        return bool(self.rot or self.unreadable)
+    def exit_code(self) -> int:
+        """1: a collection's root was refused; 4: bit rot found (it outweighs 3: a schedule
+        counts 3 as success, rot must fail it); 3: files could not be read; else 0."""
+        if self.refused:
+            return EXIT_ERROR
+        return EXIT_BITROT if self.rot else EXIT_WARNINGS if self.unreadable else EXIT_OK
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -165,7 +177,7 @@ class ScrubReport:
             "planned_files": self.planned_files,
             "planned_bytes": self.planned_bytes,
             "verified_files": self.verified_files,
-            "verified_bytes": self.verified_bytes,
+            "read_bytes": self.read_bytes,
             "out_of_time": self.out_of_time,
             "rot": [r.to_json() for r in self.rot],
             "changed": [{"collection": c, "path": to_text(p), "why": w} for c, p, w in self.changed],
@@ -179,13 +191,12 @@ class ScrubReport:
 
 def files_of(vault: Vault, collection: CollectionConfig, version: VersionInfo) -> list[Item]:
     """The regular files of `version` with their verification times. Second names of a
-    hard-linked file are left out: the first name reads the same bytes."""
+    hard-linked file are left out (`version_files`: no blob of their own)."""
     rows = vault.catalog.scrub_rows(collection.name)
     items = []
-    for parts, e in walk(vault.tree, version.root):
-        if e.kind != "file" or e.blob is None or e.hardlink is not None:
+    for path, e in version_files(vault, version.root):
+        if e.blob is None:
             continue
-        path = b"/".join(parts)
         row = rows.get(path)
         current = row is not None and row.content == e.content_key  # a row about other content: nothing
         items.append(
@@ -206,7 +217,7 @@ def nightly_budget(items: Iterable[Item]) -> int:
     (at least `MIN_NIGHTLY_BYTES`)."""
     need = 0.0
     for it in items:
-        need += it.entry.size / it.collection.scrub_days
+        need += it.entry.blob_size / it.collection.scrub_days
     return max(math.ceil(need), MIN_NIGHTLY_BYTES)
 
 
@@ -238,10 +249,10 @@ def select(items: list[Item], max_bytes: int) -> list[Item]:
     chosen: list[Item] = []
     total = 0
     for it in items:
-        if chosen and total + it.entry.size > max_bytes:
+        if chosen and total + it.entry.blob_size > max_bytes:
             break
         chosen.append(it)
-        total += it.entry.size
+        total += it.entry.blob_size
     return chosen
 
 
@@ -257,16 +268,16 @@ def scrub(
 ) -> ScrubReport:
     """One scrub run over `collections` (cold ones; the caller checked). The budget is
     `max_bytes`, else `share` percent of the collections' bytes (a snapshot's slice), else
-    the nightly budget."""
+    the nightly budget: bytes read, in every case."""
     started = time.monotonic()
     report = ScrubReport(budget_bytes=0)
     items = queue(vault, collections, report)
     if max_bytes is None:
-        total = sum(it.entry.size for it in items)
+        total = sum(it.entry.blob_size for it in items)
         max_bytes = math.ceil(total * share / 100) if share is not None else nightly_budget(items)
     report.budget_bytes = max_bytes
     chosen = select(items, max_bytes)
-    report.planned_files, report.planned_bytes = len(chosen), sum(it.entry.size for it in chosen)
+    report.planned_files, report.planned_bytes = len(chosen), sum(it.entry.blob_size for it in chosen)
     progress = progress or NoProgress()
     progress.reading(report.planned_files, report.planned_bytes)
     rows = _Rows(vault)
@@ -276,7 +287,7 @@ def scrub(
                 report.out_of_time = True
                 break
             _scrub_one(vault, it, report, rows, now)
-            progress.advance(1, it.entry.size)
+            progress.advance(1, it.entry.blob_size)
     finally:
         rows.flush()
     report.seconds = time.monotonic() - started
@@ -287,9 +298,10 @@ def _scrub_one(vault: Vault, it: Item, report: ScrubReport, rows: _Rows, now: Ca
     name = it.collection.name
     full = os.fsencode(it.collection.path) + b"/" + it.path
     found = rehash(full, it.entry)
+    if found.outcome in (Outcome.SAME, Outcome.ROT):
+        report.read_bytes += it.entry.blob_size
     if found.outcome is Outcome.SAME:
         report.verified_files += 1
-        report.verified_bytes += it.entry.size
         rows.put(name, it.path, ScrubRow(now(), it.content, 0))
     elif found.outcome is Outcome.ROT:
         report.rot.append(good_copy(vault, it))
@@ -351,13 +363,16 @@ class _Rows:
 
 @dataclass(slots=True)
 class CoverageStatus:
-    """How much of a collection's latest version was verified within its scrub_days."""
+    """How much of a collection's latest version was verified within its scrub_days.
+    Coverage counts files' sizes (`size`, `covered_bytes`); `data_bytes` and
+    `nightly_bytes` count bytes read (sparse files: their data, not their holes)."""
 
     collection: str
     version: int
     scrub_days: int
     files: int
-    size: int  # bytes
+    size: int  # bytes: the files' sizes
+    data_bytes: int  # what reading them all reads
     covered_files: int
     covered_bytes: int
     never_files: int  # never verified (or not since their content changed)
@@ -372,6 +387,7 @@ class CoverageStatus:
             "scrub_days": self.scrub_days,
             "files": self.files,
             "bytes": self.size,
+            "data_bytes": self.data_bytes,
             "verified_files": self.covered_files,
             "verified_bytes": self.covered_bytes,
             "coverage_percent": round(self.coverage, 2),
@@ -388,12 +404,17 @@ class CoverageStatus:
     def describe(self) -> list[str]:
         oldest = "never" if self.never_files or not self.oldest_ns else iso_utc(self.oldest_ns)
         never = f" ({self.never_files} file(s) never verified)" if self.never_files else ""
+        data = (
+            f" ({human_bytes(self.data_bytes)} of data: holes are not read)"
+            if self.data_bytes != self.size
+            else ""
+        )
         lines = [
-            f"{self.collection}@v{self.version}: {self.files} files, {human_bytes(self.size)}; "
+            f"{self.collection}@v{self.version}: {self.files} files, {human_bytes(self.size)}{data}; "
             f"verified within {self.scrub_days} days: {self.covered_files} files, "
             f"{human_bytes(self.covered_bytes)} ({self.coverage:.1f}%)",
             f"  oldest verification: {oldest}{never}",
-            f"  a nightly `vaultfs scrub` reads {human_bytes(self.nightly_bytes)} to cover it "
+            f"  a nightly `vaultfs scrub` reads {human_bytes(self.nightly_bytes)} of data to cover it "
             f"every {self.scrub_days} days",
             f"  bit rot found: {len(self.rot)} file(s) not repaired yet",
         ]
@@ -417,6 +438,7 @@ def coverage(vault: Vault, collection: CollectionConfig, now: int | None = None)
         scrub_days=collection.scrub_days,
         files=len(items),
         size=sum(it.entry.size for it in items),
+        data_bytes=sum(it.entry.blob_size for it in items),
         covered_files=len(covered),
         covered_bytes=sum(it.entry.size for it in covered),
         never_files=len(items) - len(verified),

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from vaultfs.config import Config
-from vaultfs.errors import EXIT_ERROR, EXIT_OK, EXIT_WARNINGS, ConfigError, SourceRefused
+from vaultfs.errors import EXIT_BITROT, EXIT_ERROR, EXIT_OK, EXIT_WARNINGS, ConfigError, SourceRefused
 from vaultfs.output import AddCommand, display_path, emit_json, format_delta, human_bytes, iso_utc
 
 if TYPE_CHECKING:  # imported when a command runs (startup time)
@@ -39,12 +39,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
         "Snapshot the named collections (default: all in the config). Only files whose\n"
         "size, times or inode changed are read again; content already in the vault is not\n"
         "stored twice. A new version is made only if something changed.\n\n"
-        "Exit status 3: files were skipped (unreadable, vanished, changed while read), a\n"
-        "cold collection had files modified or deleted (often an accident or a failing disk),\n"
-        "or more than max_removed of the files were removed; the version is still written\n"
-        "and nothing old is lost. Also 3: a band was found missing from the store; its\n"
-        "content is stored again from the sources that still hold it.\n"
-        "Also 3: the scrub slice of a cold collection (scrub_per_snapshot) found bit rot.\n"
+        "Exit status 3: files were skipped (unreadable, vanished, changed while read),\n"
+        "metadata was not kept (`not kept:` lines: an xattr it may not read, an inode flag\n"
+        "it does not keep), a cold collection had files modified or deleted (often an\n"
+        "accident or a failing disk), or more than max_removed of the files were removed;\n"
+        "the version is still written and nothing old is lost. Also 3: a band was found\n"
+        "missing from the store; its content is stored again from the sources that still\n"
+        "hold it.\n"
+        "Exit status 4: the scrub slice of a cold collection (scrub_per_snapshot) found bit\n"
+        "rot (the version is written; 4 outweighs 3, so a timer that counts 3 as success\n"
+        "still fails on it). Its files that could not be read are warnings (3).\n"
         "Exit status 1: a collection was refused (its path is missing, unreadable or\n"
         "empty: is the volume mounted?); the others are still snapshotted.",
     )
@@ -125,9 +129,11 @@ def cmd_snapshot(args: argparse.Namespace, config: Config) -> int:
                         cli_scrub.print_report(scrubbed, quiet=args.quiet, label=f"{coll.name}: scrub slice")
     finally:
         vault.close()
-    # A collection without a new version is an error (1), which outweighs warnings (3).
-    warnings = any(r.warnings or (s is not None and s.attention) for r, _, s in results)
-    code = EXIT_ERROR if refused else EXIT_WARNINGS if warnings else EXIT_OK
+    # A collection without a new version is an error (1), which outweighs bit rot found by
+    # a scrub slice (4), which outweighs warnings (3): a schedule counts 3 as success.
+    rot = any(s is not None and s.rot for _, _, s in results)
+    warnings = any(r.warnings or (s is not None and s.unreadable) for r, _, s in results)
+    code = EXIT_ERROR if refused else EXIT_BITROT if rot else EXIT_WARNINGS if warnings else EXIT_OK
     if args.json:
         emit_json(
             {

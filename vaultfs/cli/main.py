@@ -43,8 +43,12 @@ exit status (every command's: docs/cli.md):
   2  usage or configuration error: a bad command line or config, a collection,
      version or path that does not exist, a store that refuses us as configured
      (endpoint, bucket, credentials)
-  3  finished, but some files were skipped or cold data changed, or scrub found
-     bit rot (see the warnings)
+  3  finished, with warnings: files were skipped, metadata was not kept
+     (snapshot's `not kept:` lines) or not restored (restore fetch's
+     `metadata not restored:`, --json "not_restored"), or cold data changed
+  4  bit rot found by scrub or a snapshot's scrub slice: a file has its
+     version's size and mtime but other bytes (the report says how to get the
+     good copy back)
 """
 
 

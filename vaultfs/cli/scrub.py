@@ -8,7 +8,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from vaultfs.config import CollectionConfig, Config, parse_duration, parse_size
-from vaultfs.errors import EXIT_ERROR, EXIT_OK, EXIT_WARNINGS, ConfigError, UsageError
+from vaultfs.errors import EXIT_BITROT, EXIT_OK, ConfigError, UsageError
 from vaultfs.output import AddCommand, display_path, emit_json, human_bytes
 
 if TYPE_CHECKING:
@@ -31,7 +31,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
         "is how often every file should be verified, and without --max-bytes/--max-time a\n"
         "run reads what covers the collections in that time (their bytes / scrub_days, at\n"
         "least 1 GiB). Files are read in order until the next one does not fit in\n"
-        "--max-bytes (the first is always read) or --max-time has passed.\n\n"
+        "--max-bytes (the first is always read) or --max-time has passed. Budgets count\n"
+        "bytes read: a sparse file its data, not its holes (those are checked unread).\n\n"
         "Bit rot (same size and mtime as the version, different bytes) is reported with the\n"
         "version and band holding the good copy, the `vaultfs restore fetch` line that gets\n"
         "it back, and the restore cost if that band is archived. A file changed since the\n"
@@ -39,10 +40,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
         "the local files and commits what it verified in short batches).\n\n"
         "--status: per collection, the files and bytes verified within scrub_days (coverage),\n"
         "the oldest verification, bit rot found and not repaired, and the nightly budget.\n\n"
-        "Exit status: 0 every file read matched (or changed since the version); 3 bit rot\n"
-        "found, or files could not be read (with --status: bit rot not repaired yet);\n"
-        "1 a collection's root was refused (missing or empty: is the volume mounted?);\n"
-        "2 a warm or unknown collection was named.",
+        "Exit status: 0 every file read matched (or changed since the version); 4 bit rot\n"
+        "found (with --status: bit rot not repaired yet); 3 files could not be read (an\n"
+        "I/O error); 1 a collection's root was refused (missing or empty: is the volume\n"
+        "mounted?); 2 a warm or unknown collection was named.",
     )
     sp.add_argument("collections", nargs="*", metavar="COLLECTION", help="cold collections (default: all)")
     sp.add_argument(
@@ -97,7 +98,7 @@ def cmd_scrub(args: argparse.Namespace, config: Config) -> int:
             )
     finally:
         vault.close()
-    code = EXIT_ERROR if report.refused else EXIT_WARNINGS if report.attention else EXIT_OK
+    code = report.exit_code
     if args.json:
         emit_json({**report.to_json(), "exit_code": code})
         return code
@@ -111,10 +112,12 @@ def print_report(report: ScrubReport, *, quiet: bool, label: str = "scrub") -> N
     """Bit rot and unreadable files on stderr with what to do; changes as notes; a summary."""
     for r in report.rot:
         _print_rot(r)
+    from vaultfs.check.scrub import fetch_command
+
     for c, p, why in report.unreadable:
         print(
-            f"WARNING: {c}/{display_path(p)} {why}: check the disk; `vaultfs restore fetch "
-            f"{c} {display_path(p)} --to DIR` gets the version's copy",
+            f"WARNING: {c}/{display_path(p)} {why}: check the disk; "
+            f"`{fetch_command(c, report.versions[c], p)}` gets the version's copy",
             file=sys.stderr,
         )
     if quiet:
@@ -163,8 +166,8 @@ def _summary(report: ScrubReport, label: str) -> str:
     stopped = "; stopped at --max-time" if report.out_of_time else ""
     return (
         f"{label}: re-read and hashed {report.verified_files + len(report.rot)} of "
-        f"{report.planned_files} file(s) planned ({human_bytes(report.verified_bytes)} verified, "
-        f"budget {human_bytes(report.budget_bytes)}): {verdict}{stopped}"
+        f"{report.planned_files} file(s) planned ({human_bytes(report.read_bytes)} read of a "
+        f"{human_bytes(report.budget_bytes)} budget): {verdict}{stopped}"
     )
 
 
@@ -178,7 +181,7 @@ def _status(config: Config, collections: list[CollectionConfig], args: argparse.
     finally:
         vault.close()
     states = [s for s in found if s is not None]
-    code = EXIT_WARNINGS if any(s.rot for s in states) else EXIT_OK
+    code = EXIT_BITROT if any(s.rot for s in states) else EXIT_OK
     if args.json:
         emit_json({"collections": [s.to_json() for s in states], "exit_code": code})
         return code

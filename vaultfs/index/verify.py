@@ -41,7 +41,8 @@ class CatalogWalk:
 
 def verify_catalog(catalog: Catalog) -> CatalogWalk:
     """Check the local catalog's structure: every record of every database passes its
-    checksum (trees: hashes to its id), every record parses, and every version's trees,
+    checksum (trees: hashes to its id; scrub rows are not checked: a damaged one reads as
+    absent, `schema.DISPOSABLE`), every record parses, and every version's trees,
     file blobs and their bands are present (a blob recorded as lost is listed in `lost`,
     not a problem: its bytes are gone, the catalog is whole). CorruptionError when LMDB
     cannot be read or any record is damaged (nothing read from such a catalog can be

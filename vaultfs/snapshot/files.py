@@ -32,6 +32,7 @@ from vaultfs.source import (
     Problem,
     ScannedFile,
     data_map,
+    has_holes,
     hash_stream,
     open_source,
     read_extents_into,
@@ -149,8 +150,8 @@ class FileSaver:
             return None
         fd, before = opened
         try:
-            # Fewer blocks than bytes: maybe holes (inline: the small-file hot path).
-            if before.st_blocks * 512 < before.st_size and self._sparse(f, fd, before):
+            # Fewer blocks than bytes: maybe holes (one comparison: the small-file hot path).
+            if has_holes(before) and self._sparse(f, fd, before):
                 assert f.sparse is not None
                 extents = f.sparse
                 blob = self._pack_large(f, fd, before, data_size(extents), read_extents_into(fd, extents))
@@ -246,7 +247,7 @@ class FileSaver:
         fd, before = opened
         try:
             # grew, or may have holes: read it with the main loop's rules
-            if before.st_size > READ_AHEAD_FILE or before.st_blocks * 512 < before.st_size:
+            if before.st_size > READ_AHEAD_FILE or has_holes(before):
                 ahead.done.append((f, READ_LATER))
             else:
                 ahead.done.append((f, read_small(fd, before)))
