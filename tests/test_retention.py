@@ -23,7 +23,7 @@ from vaultfs import band as bandfmt
 from vaultfs import retention
 from vaultfs.catalog import Catalog
 from vaultfs.cli import retention as cli_retention
-from vaultfs.config import Prices
+from vaultfs.config import KeepPolicy, Prices
 from vaultfs.errors import CorruptionError
 from vaultfs.model import BandId, BlobId, TreeId, sidecar_key, to_text
 from vaultfs.store import StoreError
@@ -235,8 +235,16 @@ def test_keep_versions_from_the_config(file_vault: VaultEnv) -> None:
     # Each snapshot applied keep_versions already: v1 and v2 are gone.
     assert [v["version"] for v in file_vault.versions("docs")] == [3, 4]
     result = file_vault.json("forget")
-    assert result["collections"] == [
-        {"collection": "docs", "keep": 2, "kept": [3, 4], "forgotten": [], "pinned": [], "dry_run": False}
+    [docs] = result["collections"]
+    assert (docs["collection"], docs["policy"], docs["kept"], docs["forgotten"]) == (
+        "docs",
+        {"keep_versions": 2},
+        [3, 4],
+        [],
+    )
+    assert [(v["version"], [r["rule"] for r in v["reasons"]]) for v in docs["versions"]] == [
+        (3, ["keep_versions"]),
+        (4, ["latest", "keep_versions"]),
     ]
     assert result["skipped"] == ["misc"]
     assert [v["version"] for v in file_vault.versions("docs")] == [3, 4]
@@ -322,7 +330,7 @@ def test_interrupted_forget_is_finished(tmp_path: Path) -> None:
         assert not world.vault.mark_forgotten("c", 1, world.clock)  # write-once
         assert [v.number for v in world.vault.catalog.versions("c")] == [1, 2]
         with world.vault.lock():
-            [r] = retention.forget(world.vault, {"c": 5})
+            [r] = retention.forget(world.vault, {"c": KeepPolicy(keep_versions=5)})
         assert r.kept == (2,) and r.forgotten == ()
         world.kept, world.forgotten = [2], {1}
         world.check()

@@ -24,7 +24,7 @@ from hypothesis.control import currently_in_test_context
 
 from vaultfs import band as bandfmt
 from vaultfs import retention
-from vaultfs.config import CollectionConfig, Config
+from vaultfs.config import CollectionConfig, Config, KeepPolicy
 from vaultfs.extract import fetch
 from vaultfs.model import BandId, BlobId, TreeId, band_key, sidecar_key, version_key
 from vaultfs.snapshot import Snapshot
@@ -139,7 +139,8 @@ class World:
 
     def forget(self, keep: int, dry_run: bool) -> None:
         with self.vault.lock():
-            [r] = retention.forget(self.vault, {"c": keep}, dry_run=dry_run, now=lambda: self.clock)
+            policy = {"c": KeepPolicy(keep_versions=keep)}
+            [r] = retention.forget(self.vault, policy, dry_run=dry_run, now=lambda: self.clock)
         drop = self.kept[:-keep] if len(self.kept) > keep else []
         assert list(r.forgotten) == drop
         if not dry_run:

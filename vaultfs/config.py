@@ -185,12 +185,12 @@ def parse_percentage(value: object, key: str) -> float:
     return percent
 
 
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE)
-_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def parse_duration(value: str, key: str) -> float:
-    """``"30m"`` → 1800.0 seconds; units s, m, h, d (none: seconds)."""
+    """``"30m"`` → 1800.0 seconds; units s, m, h, d, w (none: seconds)."""
     m = _DURATION_RE.match(value)
     if m is None:
         raise ConfigError(f'{key} = {value!r}: expected a duration such as "30m", "2h" or "90s"')
@@ -209,12 +209,94 @@ def parse_removal_limit(value: object, key: str) -> RemovalLimit:
     raise ConfigError(f"{key} = {value!r}: {expected}")
 
 
+# The keep rules of `vaultfs forget`, by their config key (docs/retention.md, "The keep rules").
+KEEP_COUNTS = ("keep_versions", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly")
+KEEP_RULES = ("keep_versions", "keep_within", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly")
+_KEEP_WITHIN_RE = re.compile(r"^\s*(\d+)\s*([hdw])\s*$", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class KeepPolicy:
+    """Which versions ``vaultfs forget`` keeps: each rule that is set keeps versions on its
+    own and the union is kept (`vaultfs.retention.policy` applies them). No rule set: the
+    policy is empty and forget keeps everything.
+    """
+
+    keep_versions: int | None = None  # the newest N
+    keep_within: int | None = None  # seconds: every version this close to the newest one
+    keep_daily: int | None = None  # the newest version of each of the last N days with versions (UTC)
+    keep_weekly: int | None = None  # ... ISO weeks
+    keep_monthly: int | None = None
+    keep_yearly: int | None = None
+
+    @property
+    def empty(self) -> bool:
+        return all(getattr(self, rule) is None for rule in KEEP_RULES)
+
+    def to_json(self) -> dict[str, int | str]:
+        """The rules that are set, as the config spells them (``keep_within``: ``"7d"``)."""
+        out: dict[str, int | str] = {}
+        for rule in KEEP_RULES:
+            value = getattr(self, rule)
+            if value is not None:
+                out[rule] = duration_text(value) if rule == "keep_within" else value
+        return out
+
+    def describe(self) -> str:
+        """``keep_daily 7, keep_within 2d``; ``no keep rules`` when empty."""
+        return ", ".join(f"{rule} {value}" for rule, value in self.to_json().items()) or "no keep rules"
+
+
+def duration_text(seconds: int) -> str:
+    """``604800`` → ``"1w"``: the largest unit (w, d, h, m, s) that divides it."""
+    for unit in ("w", "d", "h", "m"):
+        if seconds and seconds % _SECONDS[unit] == 0:
+            return f"{seconds // _SECONDS[unit]}{unit}"
+    return f"{seconds}s"
+
+
+def parse_keep_within(value: object, key: str) -> int:
+    """``"7d"`` → seconds; hours, days or weeks only. Minutes are refused: ``"6m"`` may be
+    meant as six months (restic reads it so), and six minutes would forget nearly everything."""
+    m = _KEEP_WITHIN_RE.match(value) if isinstance(value, str) else None
+    if m is None:
+        raise ConfigError(
+            f'{key} = {value!r}: expected a duration in hours, days or weeks such as "12h", "7d" '
+            'or "2w" (for months write days, e.g. "180d", or use keep_monthly)'
+        )
+    seconds = int(m.group(1)) * _SECONDS[m.group(2).lower()]
+    if seconds == 0:
+        raise ConfigError(f"{key} = {value!r}: must be longer than 0 (leave it out to turn the rule off)")
+    return seconds
+
+
+def parse_keep_policy(values: dict[str, object], key: dict[str, str]) -> KeepPolicy:
+    """The keep rules from raw values (rule → value; None: not set), for the config and the
+    command line alike; ConfigError names ``key[rule]`` (``[collections.p].keep_daily``,
+    ``--keep-daily``)."""
+    rules: dict[str, int] = {}
+    for rule, value in values.items():
+        if value is None:
+            continue
+        if rule == "keep_within":
+            rules[rule] = parse_keep_within(value, key[rule])
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key[rule]} = {value!r}: expected an integer")
+        if value < 1:
+            raise ConfigError(
+                f"{key[rule]} = {value}: must be at least 1 (leave it out to turn the rule off)"
+            )
+        rules[rule] = value
+    return KeepPolicy(**rules)
+
+
 @dataclass(frozen=True, slots=True)
 class CollectionConfig:
     name: str
     path: Path
     tier: str = "cold"
-    keep_versions: int | None = None
+    keep_versions: int | None = None  # the keep rules (KeepPolicy): keep_versions ... keep_yearly
     frame_size: int | None = None  # None: the tier's default
     compression_level: int | None = None
     allow_empty: bool = False  # an empty root is refused unless this says it is meant to be
@@ -228,10 +310,20 @@ class CollectionConfig:
     exclude: tuple[str, ...] = ()  # gitignore patterns, relative to the collection root
     exclude_if_present: tuple[str, ...] = ("CACHEDIR.TAG",)  # a directory holding one is left out
     exclude_larger_than: int | None = None  # warm only: files above this size are left out
+    keep_within: int | None = None  # seconds
+    keep_daily: int | None = None
+    keep_weekly: int | None = None
+    keep_monthly: int | None = None
+    keep_yearly: int | None = None
 
     @property
     def uses_gitignore(self) -> bool:
         return self.gitignore if self.gitignore is not None else self.tier == "warm"
+
+    @property
+    def keep_policy(self) -> KeepPolicy:
+        """What ``vaultfs forget`` and the snapshot's forget keep of this collection."""
+        return KeepPolicy(**{rule: getattr(self, rule) for rule in KEEP_RULES})
 
 
 @dataclass(frozen=True, slots=True)
@@ -431,9 +523,7 @@ def _collection(name: str, raw: Any) -> CollectionConfig:
     tier = t.take("tier", str, "cold")
     if tier not in ("cold", "warm"):
         raise ConfigError(f'{t.key("tier")} = {tier!r}: expected "cold" or "warm"')
-    keep = t.take("keep_versions", int)
-    if keep is not None and keep < 1:
-        raise ConfigError(f"{t.key('keep_versions')} = {keep}: must be at least 1")
+    keep = parse_keep_policy({r: t.data.pop(r, None) for r in KEEP_RULES}, {r: t.key(r) for r in KEEP_RULES})
     frame = t.take_size("frame_size", 0) or None
     if frame is not None and not 64 * 1024 <= frame <= 1024**3:
         raise ConfigError(f"{t.key('frame_size')}: must be between 64KiB and 1GiB")
@@ -448,7 +538,18 @@ def _collection(name: str, raw: Any) -> CollectionConfig:
     rules = _exclusion_rules(t, tier)
     t.finish()
     return CollectionConfig(
-        name, path, tier, keep, frame, clevel, allow_empty, max_removed, scrub_days, share or None, **rules
+        name,
+        path,
+        tier,
+        keep.keep_versions,
+        frame,
+        clevel,
+        allow_empty,
+        max_removed,
+        scrub_days,
+        share or None,
+        **rules,
+        **{r: getattr(keep, r) for r in KEEP_RULES if r != "keep_versions"},
     )
 
 

@@ -18,7 +18,13 @@ places; nothing happens unless the command line was given ``VAULTFS_TESTPOINTS``
   is logged, and that the mount goes on serving;
 * ``store-faults=RATE:SEED``: every store opened afterwards fails about RATE of its
   calls with transient errors (`vaultfs.store.faults`), under a retry wrapper with
-  more attempts and millisecond backoff (`store_faults`).
+  more attempts and millisecond backoff (`store_faults`);
+* ``snapshot-clock=2024-03-04T12:00:00Z`` (UTC): the snapshots this process runs read
+  this instant instead of the system clock (`snapshot_clock`), so their versions are
+  created then. A test builds a history of versions at chosen times this way, one
+  ``vaultfs snapshot`` per instant, for the keep rules of ``forget``
+  (`vaultfs.retention.policy`), which go by the versions' creation times. Only the
+  snapshot's clock: band ages, markers and prune still read the real one.
 
 Never set it outside tests. The state is per process and survives the mount's fork.
 """
@@ -27,14 +33,19 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections import Counter
+from collections.abc import Callable
+from datetime import datetime
 
 ACTIONS = ("kill", "stop", "fail")
 STORE_FAULTS = "store-faults"
+SNAPSHOT_CLOCK = "snapshot-clock"
 
 _actions: dict[str, str] = {}
 _seen: Counter[str] = Counter()
 _store_faults: tuple[float, int] | None = None
+_snapshot_clock: int | None = None  # ns since the epoch
 
 
 class InjectedFault(RuntimeError):
@@ -42,21 +53,26 @@ class InjectedFault(RuntimeError):
 
 
 def configure(spec: str) -> None:
-    """Parse ``NAME[#N]=ACTION,...`` and ``store-faults=RATE:SEED``; ValueError (with the
-    variable's name) for anything else, so a mistyped hook never silently tests nothing."""
-    global _store_faults
+    """Parse ``NAME[#N]=ACTION,...``, ``store-faults=RATE:SEED`` and ``snapshot-clock=TIME``;
+    ValueError (with the variable's name) for anything else, so a mistyped hook never
+    silently tests nothing."""
+    global _store_faults, _snapshot_clock
     _actions.clear()
     _seen.clear()
     _store_faults = None
+    _snapshot_clock = None
     for item in filter(None, (s.strip() for s in spec.split(","))):
         name, _, action = item.partition("=")
         if name == STORE_FAULTS:
             _store_faults = _parse_faults(action, item)
+        elif name == SNAPSHOT_CLOCK:
+            _snapshot_clock = _parse_clock(action, item)
         elif action in ACTIONS and name:
             _actions[name] = action
         else:
             raise ValueError(
-                f"VAULTFS_TESTPOINTS: {item!r} is not NAME=kill|stop|fail or {STORE_FAULTS}=RATE:SEED"
+                f"VAULTFS_TESTPOINTS: {item!r} is not NAME=kill|stop|fail, {STORE_FAULTS}=RATE:SEED "
+                f"or {SNAPSHOT_CLOCK}=YYYY-MM-DDTHH:MM:SSZ"
             )
 
 
@@ -71,6 +87,18 @@ def _parse_faults(value: str, item: str) -> tuple[float, int]:
     if not 0 <= parsed[0] <= 1:
         raise ValueError(f"VAULTFS_TESTPOINTS: {item!r}: RATE runs from 0 to 1")
     return parsed
+
+
+def _parse_clock(value: str, item: str) -> int:
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        when = None
+    if when is None or when.utcoffset() is None or when.utcoffset():
+        raise ValueError(
+            f"VAULTFS_TESTPOINTS: {item!r}: expected {SNAPSHOT_CLOCK}=YYYY-MM-DDTHH:MM:SSZ (UTC)"
+        )
+    return int(when.timestamp()) * 10**9 + when.microsecond * 1000
 
 
 def reach(name: str) -> None:
@@ -97,3 +125,10 @@ def fails(name: str) -> bool:
 def store_faults() -> tuple[float, int] | None:
     """(rate, seed) of ``store-faults``, or None."""
     return _store_faults
+
+
+def snapshot_clock() -> Callable[[], int]:
+    """The clock a snapshot reads (ns since the epoch): the system's, or the instant of
+    ``snapshot-clock``."""
+    fixed = _snapshot_clock
+    return time.time_ns if fixed is None else lambda: fixed

@@ -94,6 +94,7 @@ def cmd_init(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_snapshot(args: argparse.Namespace, config: Config) -> int:
+    from vaultfs import testpoints
     from vaultfs.cli import retention as cli_retention
     from vaultfs.cli import scrub as cli_scrub
     from vaultfs.malloc import tune_for_large_buffers
@@ -114,7 +115,7 @@ def cmd_snapshot(args: argparse.Namespace, config: Config) -> int:
             for coll in selected:
                 try:
                     with TerminalProgress(coll.name, enabled=None if not args.quiet else False) as prog:
-                        result = Snapshot(vault, coll, prog).run()
+                        result = Snapshot(vault, coll, prog, now=testpoints.snapshot_clock()).run()
                 except SourceRefused as e:
                     refused.append(e)
                     print(f"vaultfs: error: {e.message}", file=sys.stderr)

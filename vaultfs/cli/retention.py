@@ -1,7 +1,7 @@
 """``vaultfs forget``, ``accept`` and ``prune``: the command line of `vaultfs.retention`.
 
 Also `after_snapshot`, which ``vaultfs snapshot`` calls for each collection it
-snapshotted (holding the vault lock) to apply ``keep_versions``.
+snapshotted (holding the vault lock) to apply the collection's keep rules.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from vaultfs.config import CollectionConfig, Config
+from vaultfs.config import KEEP_RULES, CollectionConfig, Config, parse_keep_policy
 from vaultfs.errors import EXIT_OK
 from vaultfs.output import AddCommand, display_path, emit_json, human_bytes, iso_utc, parse_target
 
@@ -22,24 +22,58 @@ if TYPE_CHECKING:  # imported lazily: every command pays for cli's imports
     from vaultfs import retention
     from vaultfs.vault import Vault
 
+# The periods of forget's --keep-daily ... --keep-yearly, in words (for --help).
+_PERIOD_WORDS = {"daily": "days (UTC)", "weekly": "ISO weeks", "monthly": "months", "yearly": "years"}
+
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddCommand) -> None:
     """Add this module's subcommands; `add(name, help, description)` makes a parser with --json."""
     sp = add(
         "forget",
-        "keep only the newest versions of collections",
-        "Keep the newest N versions of each named collection (default: every collection\n"
-        "with keep_versions in the config); forget the older ones. N is --keep, else the\n"
-        "collection's keep_versions. Forgetting is written down on the store\n"
-        "(forgotten/<collection>/<n>.json) so no index rebuild brings a version back.\n"
-        "Forgotten versions are no longer listed, mounted or restorable; their data stays\n"
-        "until `vaultfs prune` deletes what no kept version needs.\n\n"
+        "forget the versions no keep rule keeps",
+        "Forget the versions of each named collection (default: every collection with keep\n"
+        "rules in the config) that no keep rule keeps. The rules are restic's: each keeps\n"
+        "versions on its own, and the union is kept, with the latest version:\n"
+        "  --keep N          the newest N versions (keep_versions)\n"
+        "  --keep-within D   every version created at most D (12h, 7d, 2w) before the newest\n"
+        "                    version (not before now: a vault whose snapshots stopped keeps them)\n"
+        "  --keep-daily N    the newest version of each of the last N days that have versions\n"
+        "  --keep-weekly N   ... of the last N ISO weeks (Monday to Sunday) with versions\n"
+        "  --keep-monthly N  ... of the last N months with versions\n"
+        "  --keep-yearly N   ... of the last N years with versions\n"
+        "Days, weeks, months and years are UTC, as `vaultfs versions` shows the times. Rules\n"
+        "on the command line replace the collection's configured rules (keep_versions,\n"
+        "keep_within, keep_daily, ...) as a whole. The output says which rule keeps each\n"
+        "version. Forgetting is written down on the store (forgotten/<collection>/<n>.json)\n"
+        "so no index rebuild brings a version back. Forgotten versions are no longer listed,\n"
+        "mounted or restorable; their data stays until `vaultfs prune` deletes what no kept\n"
+        "version needs.\n\n"
         "In a cold collection a version holding the last copy of files a newer version\n"
-        "replaced or deleted is pinned: forget skips it (and says so) until `vaultfs accept`\n"
-        "records that the change was intended.",
+        "replaced or deleted is pinned: forget keeps it (and says so) until `vaultfs accept`\n"
+        "records that the change was intended.\n\n"
+        "Example: vaultfs forget code --keep-within 2d --keep-daily 14 --keep-weekly 8 --dry-run",
     )
     sp.add_argument("collections", nargs="*", metavar="COLLECTION")
-    sp.add_argument("--keep", type=int, metavar="N", help="versions to keep (overrides keep_versions)")
+    sp.add_argument(
+        "--keep",
+        "--keep-last",
+        dest="keep_versions",
+        type=int,
+        metavar="N",
+        help="keep the newest N versions (keep_versions)",
+    )
+    sp.add_argument(
+        "--keep-within",
+        metavar="DURATION",
+        help='keep every version created within this long before the newest one ("12h", "7d", "2w")',
+    )
+    for period in ("daily", "weekly", "monthly", "yearly"):
+        sp.add_argument(
+            f"--keep-{period}",
+            type=int,
+            metavar="N",
+            help=f"keep the newest version of each of the last N {_PERIOD_WORDS[period]} with versions",
+        )
     sp.add_argument("--dry-run", action="store_true", help="show what would be forgotten; change nothing")
     sp.set_defaults(func=cmd_forget)
 
@@ -91,15 +125,19 @@ def cmd_forget(args: argparse.Namespace, config: Config) -> int:
     from vaultfs import retention
     from vaultfs.vault import Vault
 
-    configured = {c.name: c.keep_versions for c in config.collections}
-    keeps, skipped = retention.keep_for(args.collections, configured, args.keep)
+    options = {
+        rule: "--keep" if rule == "keep_versions" else "--" + rule.replace("_", "-") for rule in KEEP_RULES
+    }
+    override = parse_keep_policy({rule: getattr(args, rule) for rule in KEEP_RULES}, options)
+    configured = {c.name: c.keep_policy for c in config.collections}
+    policies, skipped = retention.keep_for(args.collections, configured, override)
     vault = Vault.open(config, readonly=args.dry_run)
     try:
         if args.dry_run:
-            results = retention.forget(vault, keeps, dry_run=True)
+            results = retention.forget(vault, policies, dry_run=True)
         else:
             with vault.lock():
-                results = retention.forget(vault, keeps)
+                results = retention.forget(vault, policies)
     finally:
         vault.close()
     if args.json:
@@ -114,41 +152,55 @@ def cmd_forget(args: argparse.Namespace, config: Config) -> int:
     if not args.quiet:
         for r in results:
             print(describe_forget(r))
+            for line in describe_kept(r):
+                print("  " + line)
             for line in describe_pins(r.pinned):
                 print("  " + line)
         for name in skipped:
-            print(f"{name}: no keep_versions configured: nothing forgotten (--keep N to choose)")
+            print(f"{name}: no keep rules configured: nothing forgotten (--keep N, --keep-daily N, ...)")
         if any(r.forgotten for r in results) and not args.dry_run:
             print("run `vaultfs prune` to delete the data only forgotten versions used")
     return EXIT_OK
 
 
 def describe_forget(r: retention.ForgetResult) -> str:
-    kept = _numbers(r.kept) or "none"
+    """``photos: would forget 2 version(s) v1, v2; keeping 2 (v3, v4) by keep_daily 7``."""
+    rules = r.policy.describe()
     if not r.forgotten:
-        return f"{r.collection}: {len(r.kept)} version(s), keeping {r.keep}: nothing to forget"
+        return f"{r.collection}: {len(r.kept)} version(s), {rules}: nothing to forget"
     verb = "would forget" if r.dry_run else "forgot"
     return (
         f"{r.collection}: {verb} {len(r.forgotten)} version(s) {_numbers(r.forgotten)}; "
-        f"keeping {len(r.kept)} ({kept})"
+        f"keeping {len(r.kept)} ({_numbers(r.kept) or 'none'}) by {rules}"
     )
+
+
+def describe_kept(r: retention.ForgetResult) -> list[str]:
+    """One line per kept version: when it was made and every reason it is kept
+    (``v8  2024-03-04T12:00:00Z  latest, keep_daily (2024-03-04), keep_weekly (2024-W10)``)."""
+    return [
+        f"v{n}  {iso_utc(r.created_ns[n])}  {', '.join(str(reason) for reason in r.reasons.get(n, ()))}"
+        for n in r.kept
+    ]
 
 
 def after_snapshot(
     vault: Vault, collection: CollectionConfig, *, quiet: bool
 ) -> retention.ForgetResult | None:
-    """Apply ``keep_versions`` to a collection just snapshotted; None when it has none.
+    """Apply the collection's keep rules (``keep_versions``, ``keep_daily``, ...) to a
+    collection just snapshotted; None when it has none.
 
     The caller holds the vault lock. Prints one line when versions were forgotten
     (unless ``quiet``); pruning stays a separate, explicit step.
     """
-    if collection.keep_versions is None:
+    policy = collection.keep_policy
+    if policy.empty:
         return None
     from vaultfs import retention
 
-    result = retention.forget(vault, {collection.name: collection.keep_versions})[0]
+    result = retention.forget(vault, {collection.name: policy})[0]
     if (result.forgotten or result.pinned) and not quiet:
-        print(describe_forget(result) + " (keep_versions)")
+        print(describe_forget(result))
         for line in describe_pins(result.pinned):
             print("  " + line)
     return result

@@ -1,19 +1,31 @@
 """Retention: ``forget`` old versions, ``prune`` the bands no kept version needs.
 
-**forget** keeps the newest N versions of a collection. For each older
-version it first writes the write-once marker ``forgotten/<C>/<N>.json`` on
-the store (`Vault.mark_forgotten`, If-None-Match; a marker already there is
-fine), then removes the version from the local catalog. The version record
-``versions/<C>/<N>.json`` stays on the store until ``prune``; the marker stays
-forever, so no rung of the index rebuild ladder (version records, sidecars,
-band catalogs) can bring the version back. The latest version is never
-forgotten, so version numbers are never reused.
+**forget** keeps, of each collection, the union of (docs/retention.md, "The keep rules"):
+
+1. what each keep rule that is set keeps (`policy`, restic's ``forget --keep-*``
+   semantics; every rule on its own): ``keep_versions`` the newest N; ``keep_within``
+   every version created at most D before the newest one (not before now);
+   ``keep_daily``, ``keep_weekly`` (ISO weeks), ``keep_monthly``, ``keep_yearly`` the
+   newest version of each of the last N UTC days (weeks, ...) that have versions;
+2. the latest version (so version numbers are never reused);
+3. the pinned versions (below).
+
+No rule set: nothing is forgotten (the collection is skipped). Rules on the command
+line replace the collection's configured ones as a whole. Each kept version carries
+its reasons (`policy.Reason`), which ``forget`` prints.
+
+For each version it forgets, forget first writes the write-once marker
+``forgotten/<C>/<N>.json`` on the store (`Vault.mark_forgotten`, If-None-Match; a
+marker already there is fine), then removes the version from the local catalog. The
+version record ``versions/<C>/<N>.json`` stays on the store until ``prune``; the
+marker stays forever, so no rung of the index rebuild ladder (version records,
+sidecars, band catalogs) can bring the version back.
 
 **Pins** (`pins`): in a cold collection, a version holding the last copy of a file
 the next listed version replaced or deleted is pinned unless an acceptance
 (`vaultfs.acceptance`, written by ``accept``) covers the change. ``forget`` — and
-so the snapshot's ``keep_versions`` — never forgets a pinned version (it keeps the
-newest N plus the pinned ones, recomputing the pins after each round of drops);
+so the snapshot's forget — never forgets a pinned version (it keeps what the rules
+keep plus the pinned ones, recomputing the pins after each round of drops);
 prune needs no rule of its own, since it keeps the bands of every version not
 forgotten. Pins are derived from the versions and acceptances each time, never
 stored.
@@ -67,6 +79,7 @@ trees gone (EIO there); it never sees wrong bytes.
 
 from vaultfs.retention.forget import ForgetResult, finish_forgets, forget, keep_for
 from vaultfs.retention.pins import AcceptResult, Pin, accept, acceptance_json, forgettable, is_cold, pins
+from vaultfs.retention.policy import Reason, kept_by_rules
 from vaultfs.retention.prune import (
     PENDING_META,
     Action,
@@ -97,6 +110,7 @@ __all__ = [
     "LiveSet",
     "Pin",
     "PruneResult",
+    "Reason",
     "accept",
     "acceptance_json",
     "early_delete_charge",
@@ -105,6 +119,7 @@ __all__ = [
     "forgettable",
     "is_cold",
     "keep_for",
+    "kept_by_rules",
     "live_set",
     "min_days",
     "monthly_cost",

@@ -107,10 +107,11 @@ def _unaccepted(paths: list[bytes], pinned: int, accepted: list[Acceptance]) -> 
 
 
 def forgettable(
-    vault: Vault, collection: str, listed: list[VersionInfo], keep: int
+    vault: Vault, collection: str, listed: list[VersionInfo], kept: set[int]
 ) -> tuple[list[int], list[Pin]]:
-    """Which of `listed` to forget to keep the newest `keep`: every older one that is not
-    pinned; and the pins of the older ones kept for being pinned.
+    """Which of `listed` to forget when the keep rules keep the numbers in `kept`
+    (`vaultfs.retention.policy`): every other one that is not pinned; and the pins of
+    the others, kept for being pinned.
 
     Pins are computed again after each round of drops, until none is added: dropping a
     version changes what its predecessor is compared with (content changed back to what
@@ -119,10 +120,10 @@ def forgettable(
     drop: list[int] = []
     while True:
         current = pins(vault, collection, remaining)
-        older = remaining[:-keep] if len(remaining) > keep else []
-        more = {v.number for v in older if v.number not in current}
+        others = [v for v in remaining if v.number not in kept]
+        more = {v.number for v in others if v.number not in current}
         if not more:
-            return sorted(drop), [current[v.number] for v in older]
+            return sorted(drop), [current[v.number] for v in others]
         drop += sorted(more)
         remaining = [v for v in remaining if v.number not in more]
 
