@@ -227,8 +227,8 @@ def test_rules_changed_does_not_claim_a_version_keep_versions_forgot(file_vault:
     file_vault.extra_config = 'keep_versions = 1\nexclude = ["/logs/"]\n'
     file_vault.write_config()
     proc = file_vault.run("snapshot")
-    assert "code: forgot 1 version(s) v1; keeping 1 (v2) (keep_versions)" in proc.stdout
-    said = "code: rules changed: 3 paths now excluded (keep_versions forgot v1, which held them;"
+    assert "code: forgot 1 version(s) v1; keeping 1 (v2) by keep_versions 1" in proc.stdout
+    said = "code: rules changed: 3 paths now excluded (the keep rules forgot v1, which held them;"
     assert said in proc.stdout
     assert "still holds them" not in proc.stdout
     assert [r["version"] for r in file_vault.versions("code")] == [2]

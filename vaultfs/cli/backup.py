@@ -150,7 +150,7 @@ def cmd_snapshot(args: argparse.Namespace, config: Config) -> int:
 
 
 def print_snapshot(r: Any, quiet: bool, forgotten: Sequence[int] = ()) -> None:
-    """What one collection's snapshot did; `forgotten`: the versions keep_versions forgot
+    """What one collection's snapshot did; `forgotten`: the versions the keep rules forgot
     after it (a version forgotten no longer holds anything anyone can get at)."""
     for note in r.notes:
         print(f"note: {r.collection}: {note}", file=sys.stderr)
@@ -206,7 +206,7 @@ def _print_summary(r: Any, forgotten: Sequence[int]) -> None:
         )
     if r.now_excluded and r.previous is not None:
         held = (
-            f"keep_versions forgot v{r.previous}, which held them"
+            f"the keep rules forgot v{r.previous}, which held them"
             if r.previous in forgotten
             else f"v{r.previous} still holds them"
         )
@@ -307,7 +307,7 @@ def snapshot_json(r: Any, forgotten: Sequence[int] = ()) -> dict[str, Any]:
         "release": None
         if r.pinned is None
         else accept_command(r, [] if r.cold_changes else r.now_excluded_under),
-        "forgotten": list(forgotten),  # versions keep_versions forgot after this snapshot
+        "forgotten": list(forgotten),  # versions the keep rules forgot after this snapshot
         "lost_bands": [{"band": m.band, "blobs": m.blobs} for m in r.lost_bands],
         "restored_lost": r.restored_lost,
         "excluded": r.excluded,
