@@ -1,6 +1,7 @@
 """moto's S3 server over HTTP on 127.0.0.1, for tests that talk to S3 through boto3.
 
-* ``moto_endpoint`` (session): a ThreadedMotoServer on a free port; its URL.
+* ``moto_endpoint`` (session): moto's S3 app on a free port, in a thread; its URL. Every request
+  it serves is written into `REQUESTS` while a test records (fixture ``s3_requests``).
 * ``s3_bucket`` (function): resets moto, creates a fresh bucket, returns an `S3Bucket`.
 * ``s3_auth_server`` (session): a second moto server, in a subprocess, that checks
   signatures against IAM access keys (see `AuthServer`).
@@ -16,10 +17,12 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,17 +83,78 @@ class S3Bucket:
         return _s3_client(self.endpoint_url)
 
 
+@dataclass(frozen=True)
+class Request:
+    """One request the test server answered: method, path (bucket and key), Range header."""
+
+    method: str
+    path: str
+    range: str | None
+
+
+class RequestLog:
+    """The requests the session's moto server serves while `recording` (server side: what
+    vaultfs really sends, retries and all, whichever process sends it)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._recording = False
+        self._entries: list[Request] = []
+
+    def wrap(self, app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
+        """A WSGI middleware around moto's app that notes each request."""
+
+        def logged(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+            if not environ.get("PATH_INFO", "").startswith("/moto-api/"):
+                with self._lock:
+                    if self._recording:
+                        method, path = environ["REQUEST_METHOD"], environ["PATH_INFO"]
+                        self._entries.append(Request(method, path, environ.get("HTTP_RANGE")))
+            return app(environ, start_response)
+
+        return logged
+
+    @contextmanager
+    def recording(self) -> Iterator[list[Request]]:
+        """Record the requests served inside the block into the list it yields."""
+        with self._lock:
+            self._entries, self._recording = [], True
+        try:
+            yield self._entries
+        finally:
+            with self._lock:
+                self._recording = False
+
+
+REQUESTS = RequestLog()
+
+
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
+    """moto's S3 app behind `REQUESTS`, served by werkzeug in a thread (what moto's own
+    ThreadedMotoServer does, with the request log around the app)."""
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
+    app = REQUESTS.wrap(DomainDispatcherApplication(create_backend_app))
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=MotoRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, name="moto-server")
+    thread.start()
     try:
-        yield f"http://{host}:{port}"
+        yield f"http://127.0.0.1:{server.server_port}"
     finally:
-        server.stop()
+        server.shutdown()
+        thread.join()
+
+
+@pytest.fixture
+def s3_requests() -> RequestLog:
+    """The log of the requests the session's moto server serves (see `RequestLog.recording`)."""
+    return REQUESTS
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zstandard
@@ -113,7 +114,7 @@ def chunk_reader(chunks: Iterable[bytes]) -> B.ReadInto:
 
 
 def write_band(
-    path: Path, blobs: list[tuple[bytes, bytes]], *, stream_over: int = 1 << 62, **kw: int
+    path: Path, blobs: list[tuple[bytes, bytes]], *, stream_over: int = 1 << 62, **kw: Any
 ) -> B.ClosedBand:
     w = B.BandWriter(path, "band-test", **kw)
     for name, data in blobs:
@@ -210,6 +211,50 @@ def test_round_trip_property(sizes: list[int], frame_size: int, stream_over: int
                 assert m.pax_headers["mtime"] == "1700000000.123456789"
             cat = tf.extractfile(members[-1])
             assert cat is not None and cat.read() == band.catalog
+
+
+def frames_holding(band: B.ClosedBand, offset: int, size: int) -> int:
+    """How many of the band's frames the uncompressed range [offset, offset+size) touches."""
+    return len(B.frames_for_range(band.frames, offset, max(size, 1)))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    sizes=st.lists(st.integers(0, 6000), min_size=1, max_size=30),
+    frame_size=st.sampled_from([2048, 4096, 10_000]),
+    seed=st.integers(0, 2**32),
+)
+def test_whole_members_never_straddle_two_frames(sizes: list[int], frame_size: int, seed: int) -> None:
+    """With ``whole_members`` (the warm tier) a member that fits in a frame lies in one
+    frame, header and content: one ranged read and one decompression bring a file back."""
+    rnd = random.Random(seed)
+    blobs = [(b"src/f%d.py" % i, rnd.randbytes(n)) for i, n in enumerate(sizes)]
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "b"
+        band = write_band(path, blobs, frame_size=frame_size, whole_members=True)
+        stream = b"".join(check_band_file(path))
+        reader = open_reader(path)
+        for (name, data), loc in zip(blobs, band.blobs, strict=True):
+            header = len(B.member_header(name, META, len(data)))
+            member = header + len(data) + (-len(data) % 512)
+            if member <= frame_size:
+                assert frames_holding(band, loc.offset - header, member) == 1, (name, member)
+            assert reader.read_blob(loc) == data
+            assert stream[loc.offset : loc.offset + loc.size] == data
+        assert all(f.uncompressed_size <= frame_size for f in band.frames[:-1])
+        with tarfile.open(fileobj=io.BytesIO(stream), mode="r:") as tf:
+            assert [m.name for m in tf.getmembers()] == [n.decode() for n, _ in blobs] + [B.CATALOG_MEMBER]
+
+
+def test_without_whole_members_a_small_file_straddles(tmp_path: Path) -> None:
+    """The layout the warm tier avoids: fixed-size frames cut a small file in two."""
+    blobs = [(b"a", os.urandom(500)), (b"b", os.urandom(2000))]  # members of 2048 and 3584 bytes
+    fixed = write_band(tmp_path / "fixed", blobs, frame_size=4096)
+    whole = write_band(tmp_path / "whole", blobs, frame_size=4096, whole_members=True)
+    second = [frames_holding(band, band.blobs[1].offset, 2000) for band in (fixed, whole)]
+    assert second == [2, 1]
+    untar(tmp_path / "whole", tmp_path / "x")
+    assert (tmp_path / "x" / "b").read_bytes() == blobs[1][1]
 
 
 def test_catalog_contents(tmp_path: Path) -> None:

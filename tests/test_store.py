@@ -401,6 +401,17 @@ def test_s3_put_file_sends_sha256(s3_backend: Backend, tmp_path: Path) -> None:
 
 
 @pytest.mark.s3
+def test_s3_put_file_in_a_storage_class(s3_backend: Backend, tmp_path: Path) -> None:
+    """A warm band's upload (`[s3].warm_class`): single PUT and multipart, through the
+    retry and fault layers too, land in the class asked for."""
+    for name, size in (("small", 1000), ("big", 11 * MiB)):
+        path, sha = _file(tmp_path, name, size)
+        s3_backend.store.put_file(f"bands/{name}", path, sha256=sha, storage_class="STANDARD_IA")
+        info = s3_backend.store.head(f"bands/{name}")
+        assert (info.storage_class, info.size) == ("STANDARD_IA", size)
+
+
+@pytest.mark.s3
 def test_s3_archive_and_restore(s3_backend: Backend) -> None:
     store = s3_backend.store
     store.put("bands/cold", b"frozen bytes")
@@ -609,7 +620,9 @@ class Flaky:
         self._step()
         return self.objects[key]
 
-    def put_file(self, key: str, path: Path, *, sha256: bytes, progress: object = None) -> None:
+    def put_file(
+        self, key: str, path: Path, *, sha256: bytes, progress: object = None, storage_class: str = "STANDARD"
+    ) -> None:
         assert callable(progress)
         progress(10)
         progress(10)

@@ -35,6 +35,7 @@ class VaultEnv:
     collections: dict[str, tuple[Path, str]] = field(default_factory=dict)
     extra_config: str = ""
     vault_extra: str = ""  # more keys of the [vault] table, e.g. "threads = 1\n"
+    s3_extra: str = ""  # more keys of the [s3] table (s3:// stores), e.g. 'warm_class = "STANDARD_IA"\n'
 
     @property
     def state_dir(self) -> Path:
@@ -69,6 +70,7 @@ class VaultEnv:
                 multipart_threshold = "5MiB"
                 multipart_chunksize = "5MiB"
                 """)
+            text += self.s3_extra
         for name, (path, tier) in self.collections.items():
             text += f'[collections.{name}]\npath = "{path}"\ntier = "{tier}"\n'
         text += self.extra_config

@@ -76,11 +76,16 @@ class S3Settings:
     region: str | None = None
     profile: str | None = None
     archive_class: str = "DEEP_ARCHIVE"
+    warm_class: str = "STANDARD"  # warm collections' bands (one of WARM_CLASSES)
     restore_tier: str = "Bulk"
     restore_days: int = 7
     multipart_threshold: int = 64 * 1024**2
     multipart_chunksize: int = 64 * 1024**2
 
+
+# Storage classes a warm collection's bands may be uploaded in: those S3 reads without a
+# restore (the archive classes, GLACIER and DEEP_ARCHIVE, need one before every read).
+WARM_CLASSES = ("STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER_IR")
 
 GIB = 1024**3  # AWS bills per "GB" of 2^30 bytes: every estimate divides by this
 DAYS_PER_MONTH = 30  # AWS pro-rates storage (and early deletion) by the day against 30
@@ -493,6 +498,7 @@ def _s3_settings(t: _Table) -> S3Settings:
         region=t.take("region", str),
         profile=t.take("profile", str),
         archive_class=t.take("archive_class", str, "DEEP_ARCHIVE"),
+        warm_class=t.take("warm_class", str, "STANDARD"),
         restore_tier=t.take("restore_tier", str, "Bulk"),
         restore_days=t.take("restore_days", int, 7),
         multipart_threshold=t.take_size("multipart_threshold", 64 * 1024**2),
@@ -501,6 +507,11 @@ def _s3_settings(t: _Table) -> S3Settings:
     if settings.restore_tier not in ("Bulk", "Standard"):
         raise ConfigError(
             f'{t.key("restore_tier")} = {settings.restore_tier!r}: expected "Bulk" or "Standard"'
+        )
+    if settings.warm_class not in WARM_CLASSES:
+        raise ConfigError(
+            f"{t.key('warm_class')} = {settings.warm_class!r}: warm bands must be readable without "
+            f"a restore: use one of {', '.join(WARM_CLASSES)}"
         )
     if settings.multipart_chunksize < 5 * 1024**2:
         raise ConfigError(f"{t.key('multipart_chunksize')}: S3 needs parts of at least 5MiB")

@@ -23,13 +23,15 @@ import stat
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from vaultfs import fsflags
-from vaultfs.ignore import Rules, Scope
 from vaultfs.model import BlobId, Entry, Kind, to_text
 from vaultfs.output import display_path  # re-exported: the one escaping of names
 from vaultfs.sparse import BlobPlaces, Extents, data_size, holes, tidy
+
+if TYPE_CHECKING:  # only the scan's annotations: restore fetch and the mount need no pathspec
+    from vaultfs.ignore import Rules, Scope
 
 READ_CHUNK = 1024 * 1024
 NotKept = Counter[str]  # kind of metadata not kept → how many times this scan met it

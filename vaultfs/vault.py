@@ -199,7 +199,10 @@ class Vault:
         Blobs are registered before any version refers to them: a snapshot that
         dies later leaves bands whose content the next run reuses (resume).
         """
-        self.store.put_file(band_key(closed.band_id), closed.path, sha256=closed.sha256)
+        storage_class = self.upload_class(collection)
+        self.store.put_file(
+            band_key(closed.band_id), closed.path, sha256=closed.sha256, storage_class=storage_class
+        )
         self.store.put(
             sidecar_key(closed.band_id),
             bandfmt.encode_sidecar(closed.catalog, closed.size, closed.sha256, closed.frames),
@@ -207,6 +210,7 @@ class Vault:
         info = BandInfo(
             band=BandId(closed.band_id),
             state="standard",
+            storage_class=storage_class,
             size=closed.size,
             sha256=closed.sha256,
             uncompressed_size=closed.uncompressed_size,
@@ -220,6 +224,13 @@ class Vault:
             for loc in closed.blobs:
                 w.put_blob(BlobId(loc.sha256), BlobRef(info.band, loc.offset, loc.size))
         return info
+
+    def upload_class(self, collection: str) -> str:
+        """The storage class a new band of `collection` is uploaded in: ``[s3].warm_class``
+        for a warm collection on an s3:// store, else STANDARD (cold bands move to the
+        archive class only after their upload is verified: `vaultfs.archive`)."""
+        warm = any(c.name == collection and c.tier == "warm" for c in self.config.collections)
+        return self.config.s3.warm_class if warm and self.config.store.startswith("s3://") else "STANDARD"
 
     def commit_version(self, version: VersionInfo) -> None:
         """Write the version record on the store: the commit point of a snapshot."""

@@ -1,7 +1,8 @@
 """Writing a band: `BandWriter` packs blobs into a tar stream, cut into zstd frames.
 
 Data frames hold exactly ``frame_size`` uncompressed bytes (the last data frame may be
-shorter, and a frame is also cut before each streamed member); `close` appends the
+shorter, and a frame is also cut before each streamed member, and with ``whole_members``
+before an in-memory member that would otherwise straddle two frames); `close` appends the
 catalog frame (`catalog.catalog_frame`) and the seek table, then re-reads the file's tail
 to check it. `ClosedBand` describes the result; `reopen_closed` describes a finished band
 file again (a snapshot resumed after a kill).
@@ -124,10 +125,15 @@ class BandWriter:
         level: int = 3,
         frame_size: int = FRAME_SIZE_DEFAULT,
         threads: int = 2,
+        whole_members: bool = False,
     ) -> None:
         if not 0 < frame_size <= FRAME_SIZE_MAX:
             raise ValueError(f"frame_size must be in (0, {FRAME_SIZE_MAX}]")
         self.path, self.band_id, self.level, self.frame_size = path, band_id, level, frame_size
+        # Cut the frame early rather than let a member added with `add_blob` that fits in a
+        # frame straddle two (the warm tier: one small file = one ranged GET of one frame
+        # and one decompression; docs/band-format.md, "Frames").
+        self.whole_members = whole_members
         self._file = BandFile(path)  # owned until close/abort; O_DIRECT where possible
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="band-zstd")
         # Frames compressed but not yet written are bounded (memory); a writer thread
@@ -168,10 +174,16 @@ class BandWriter:
     ) -> BlobLocation:
         """Append a member with `data`, whose SHA-256 the caller computed (not re-checked)."""
         self._check(name, sha256)
-        self._append(member_header(name, meta, len(data)))
+        header = member_header(name, meta, len(data))
+        padding = -len(data) % BLOCK
+        if self.whole_members:
+            member = len(header) + len(data) + padding
+            if self._fill + member > self.frame_size >= member:
+                self._flush()  # it would cross the frame's end, and fits in a frame of its own
+        self._append(header)
         loc = BlobLocation(sha256, self.uncompressed_size, len(data))
         self._append(data)
-        self._append(b"\0" * (-len(data) % BLOCK))
+        self._append(b"\0" * padding)
         return self._remember(name, loc)
 
     def add_blob_stream(

@@ -50,7 +50,7 @@ READ_AHEAD_FILE = 256 * 1024  # files read ahead while zstd catches up (per-file
 READ_AHEAD_BYTES = 4 * 1024 * 1024  # at most this much read ahead at a time
 READ_LATER = (memoryview(b""), BlobId(b""))  # a file read ahead turned out large: read it later
 CHANGED = "changed while it was read; back it up again when it is quiet"
-WARM_FRAME_SIZE = 1024 * 1024
+WARM_FRAME_SIZE = 1024 * 1024  # measured against other sizes: docs/benchmarks.md, "Warm frames"
 
 
 class ReadProgress(Protocol):
@@ -73,6 +73,9 @@ class FileSaver:
         cfg = vault.config
         tier_frame = bandfmt.FRAME_SIZE_DEFAULT if collection.tier == "cold" else WARM_FRAME_SIZE
         self.frame_size = collection.frame_size or tier_frame
+        # Warm files are read one at a time (restore fetch, cat in the mount): a small one
+        # never straddles two frames. Cold bands are read whole once restored.
+        self.whole_members = collection.tier == "warm"
         self.level = (
             collection.compression_level
             if collection.compression_level is not None
@@ -397,6 +400,7 @@ class FileSaver:
             level=self.level,
             frame_size=self.frame_size,
             threads=self.vault.config.threads,
+            whole_members=self.whole_members,
         )
         self.band.on_stall = self._read_ahead
         self.band_ids.append(BandId(band_id))

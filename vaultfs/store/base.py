@@ -79,8 +79,10 @@ class ObjectStore(Protocol):
         *,
         sha256: bytes,
         progress: ProgressCallback | None = None,
+        storage_class: str = "STANDARD",
     ) -> None:
-        """Upload a local file, verified end to end against its SHA-256 (multipart when large)."""
+        """Upload a local file, verified end to end against its SHA-256 (multipart when large),
+        into ``storage_class`` where the store has classes (S3; a local store has one)."""
         ...
 
     def get(self, key: str) -> bytes:

@@ -85,10 +85,13 @@ class FaultyStore:
         *,
         sha256: bytes,
         progress: ProgressCallback | None = None,
+        storage_class: str = "STANDARD",
     ) -> None:
         self._call(
             f"PUT {key}",
-            lambda: self.inner.put_file(key, path, sha256=sha256, progress=progress),
+            lambda: self.inner.put_file(
+                key, path, sha256=sha256, progress=progress, storage_class=storage_class
+            ),
         )
 
     def get(self, key: str) -> bytes:

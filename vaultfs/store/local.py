@@ -115,11 +115,13 @@ class LocalStore:
         *,
         sha256: bytes,
         progress: ProgressCallback | None = None,
+        storage_class: str = "STANDARD",
     ) -> None:
         """Copy ``path`` in, re-read what was written and check it against ``sha256``.
 
         CorruptionError (nothing published) when the written bytes do not hash to
         ``sha256`` — the source changed since it was hashed, or the disk lies.
+        A local store has one class: ``storage_class`` is not used.
         """
         final = self._path(key)
         if self._link_in(path, final, key, sha256, progress):

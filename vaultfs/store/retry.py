@@ -138,13 +138,14 @@ class RetryingStore:
         *,
         sha256: bytes,
         progress: ProgressCallback | None = None,
+        storage_class: str = "STANDARD",
     ) -> None:
         once = _OncePerByte(progress) if progress is not None else None
 
         def op(_attempt: int) -> None:
             if once is not None:
                 once.new_attempt()
-            self.inner.put_file(key, path, sha256=sha256, progress=once)
+            self.inner.put_file(key, path, sha256=sha256, progress=once, storage_class=storage_class)
 
         self._run(f"PUT {key} from {path}", op)
 

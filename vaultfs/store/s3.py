@@ -198,16 +198,17 @@ class S3Store:
         *,
         sha256: bytes,
         progress: ProgressCallback | None = None,
+        storage_class: str = "STANDARD",
     ) -> None:
         """Upload ``path``: PutObject below ``multipart_threshold``, else multipart.
 
         The bytes read are hashed locally and must match ``sha256`` (else
         CorruptionError, nothing published); S3 checks what it receives against
         the SHA-256 we send (whole object, or per part). A failed multipart upload
-        is aborted. After completion the object's size and checksum are checked
-        with HEAD (`s3_upload`).
+        is aborted. After completion the object's size, checksum and storage class
+        are checked with HEAD (`s3_upload`).
         """
-        s3_upload.put_file(self._target(key), path, self.settings, sha256, progress)
+        s3_upload.put_file(self._target(key), path, self.settings, sha256, progress, storage_class)
 
     def get(self, key: str) -> bytes:
         """Whole object. ObjectNotFound, ObjectArchived."""

@@ -26,7 +26,7 @@ import botocore.exceptions as bex
 from vaultfs import testpoints
 from vaultfs.config import S3Settings
 from vaultfs.errors import CorruptionError
-from vaultfs.store.base import ProgressCallback, StoreError
+from vaultfs.store.base import ProgressCallback, StoreError, StoreRefused
 from vaultfs.store.s3_errors import error_code
 
 log = logging.getLogger(__name__)
@@ -60,22 +60,24 @@ def put_file(
     settings: S3Settings,
     sha256: bytes,
     progress: ProgressCallback | None,
+    storage_class: str = "STANDARD",
 ) -> None:
-    """`S3Store.put_file`: upload ``path``, then check what S3 stored (see the module)."""
+    """`S3Store.put_file`: upload ``path`` into ``storage_class``, then check what S3 stored
+    (see the module)."""
     size = path.stat().st_size
     threshold = min(settings.multipart_threshold, MAX_SINGLE_PUT)
     if size < threshold or size == 0:  # a multipart upload needs a part
-        _put_small(target, path, sha256)
+        _put_small(target, path, sha256, storage_class)
         expected = b64(sha256)
         if progress is not None:
             progress(size)
     else:
-        expected = _put_multipart(target, path, size, sha256, settings, progress)
-    _verify_stored(target, path, size, expected)
+        expected = _put_multipart(target, path, size, sha256, settings, progress, storage_class)
+    _verify_stored(target, path, size, expected, storage_class)
 
 
-def _verify_stored(target: Target, path: Path, size: int, expected: str) -> None:
-    """HEAD with checksums: the stored object must have our size and SHA-256 checksum.
+def _verify_stored(target: Target, path: Path, size: int, expected: str, storage_class: str) -> None:
+    """HEAD with checksums: the stored object must have our size, SHA-256 checksum and class.
 
     A multipart object's checksum is S3's composite one (the SHA-256 of the
     parts' SHA-256s, "-N" appended); servers that keep no checksum are
@@ -88,6 +90,12 @@ def _verify_stored(target: Target, path: Path, size: int, expected: str) -> None
     stored_size = int(answer["ContentLength"])
     if stored_size != size:
         raise CorruptionError(f"upload of {path} to {target.url}: stored size {stored_size} != {size}")
+    stored_class = answer.get("StorageClass") or "STANDARD"  # absent: STANDARD
+    if stored_class != storage_class:
+        raise StoreRefused(
+            f"upload of {path} to {target.url}: stored in {stored_class}, not {storage_class}: "
+            "the service does not keep this storage class; set [s3].warm_class to one it has"
+        )
     stored = answer.get("ChecksumSHA256")
     if stored is None:
         log.info("%s: the server keeps no SHA-256 checksum; size verified", target.url)
@@ -99,7 +107,13 @@ def _verify_stored(target: Target, path: Path, size: int, expected: str) -> None
         )
 
 
-def _put_small(target: Target, path: Path, sha256: bytes) -> None:
+def _class_arg(storage_class: str) -> dict[str, str]:
+    """The StorageClass argument of an upload: none for STANDARD (S3's default), so a
+    service that knows no classes is never sent one it did not need."""
+    return {} if storage_class == "STANDARD" else {"StorageClass": storage_class}
+
+
+def _put_small(target: Target, path: Path, sha256: bytes, storage_class: str) -> None:
     data = path.read_bytes()
     digest = hashlib.sha256(data).digest()
     if digest != sha256:
@@ -111,6 +125,7 @@ def _put_small(target: Target, path: Path, sha256: bytes) -> None:
             Body=data,
             ChecksumAlgorithm="SHA256",
             ChecksumSHA256=b64(digest),
+            **_class_arg(storage_class),
         )
     except (bex.ClientError, bex.BotoCoreError, OSError) as e:
         raise _upload_error(target, e, path) from e
@@ -127,14 +142,15 @@ def _put_multipart(
     sha256: bytes,
     settings: S3Settings,
     progress: ProgressCallback | None,
+    storage_class: str,
 ) -> str:
     """Upload in parts; return the composite checksum S3 should report."""
     part_size = _part_size(settings, size)
     client, bucket, s3key = target.client, target.bucket, target.s3key
     try:
-        upload_id = client.create_multipart_upload(Bucket=bucket, Key=s3key, ChecksumAlgorithm="SHA256")[
-            "UploadId"
-        ]
+        upload_id = client.create_multipart_upload(
+            Bucket=bucket, Key=s3key, ChecksumAlgorithm="SHA256", **_class_arg(storage_class)
+        )["UploadId"]
     except (bex.ClientError, bex.BotoCoreError, OSError) as e:
         raise target.error(e, "CreateMultipartUpload") from e
     try:
