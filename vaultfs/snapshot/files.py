@@ -22,7 +22,7 @@ from typing import Protocol
 from vaultfs import band as bandfmt
 from vaultfs import testpoints
 from vaultfs.catalog import FileCacheLookup, FileCacheRow
-from vaultfs.config import CollectionConfig
+from vaultfs.config import CollectionConfig, Config
 from vaultfs.model import BandId, BlobId, TreeId
 from vaultfs.snapshot.spool import Uploader
 from vaultfs.source import (
@@ -59,6 +59,14 @@ class ReadProgress(Protocol):
     def advance(self, files: int, size: int) -> None: ...
 
 
+def band_settings(config: Config, collection: CollectionConfig) -> tuple[int, int]:
+    """The frame size and zstd level of `collection`'s bands (the tier's default frame
+    size unless the collection sets one; the vault's level unless it sets one)."""
+    tier_frame = bandfmt.FRAME_SIZE_DEFAULT if collection.tier == "cold" else WARM_FRAME_SIZE
+    level = collection.compression_level
+    return collection.frame_size or tier_frame, config.compression_level if level is None else level
+
+
 class FileSaver:
     """Reads, dedups and packs the files of one snapshot; owns the band being filled."""
 
@@ -69,15 +77,8 @@ class FileSaver:
         self.collection = collection.name
         self.progress = progress
         self.uploader = uploader
-        cfg = vault.config
-        tier_frame = bandfmt.FRAME_SIZE_DEFAULT if collection.tier == "cold" else WARM_FRAME_SIZE
-        self.frame_size = collection.frame_size or tier_frame
-        self.level = (
-            collection.compression_level
-            if collection.compression_level is not None
-            else cfg.compression_level
-        )
-        self.band_size = cfg.band_size
+        self.frame_size, self.level = band_settings(vault.config, collection)
+        self.band_size = vault.config.band_size
         self.band: bandfmt.BandWriter | None = None
         self.band_ids: list[BandId] = []  # every band this run opened, in order
         self.cache_rows: list[tuple[bytes, FileCacheRow]] = []  # files read: their new rows
