@@ -1,4 +1,4 @@
-"""``vaultfs forget``, ``accept`` and ``prune``: the command line of `vaultfs.retention`.
+"""``vaultfs forget``, ``accept``, ``prune`` and ``compact``: the command line of `vaultfs.retention`.
 
 Also `after_snapshot`, which ``vaultfs snapshot`` calls for each collection it
 snapshotted (holding the vault lock) to apply the collection's keep rules.
@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING
 
 from vaultfs.config import KEEP_RULES, CollectionConfig, Config, parse_keep_policy
-from vaultfs.errors import EXIT_OK
+from vaultfs.errors import EXIT_OK, EXIT_WARNINGS
 from vaultfs.output import AddCommand, display_path, emit_json, human_bytes, iso_utc, parse_target
 
 if TYPE_CHECKING:  # imported lazily: every command pays for cli's imports
@@ -116,6 +116,31 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
         help="also delete unused bands younger than their storage class's minimum duration",
     )
     sp.set_defaults(func=cmd_prune)
+
+    sp = add(
+        "compact",
+        "rewrite warm bands that are mostly garbage after forgets",
+        "A band of a forgotten version that still holds some files kept versions use is\n"
+        "never deleted by prune. compact copies the live files of such bands (and the\n"
+        "directory listings their catalogs carry) into new bands, checking each file's\n"
+        "SHA-256 as it is read, then deletes the old bands. Only bands of warm collections\n"
+        "that are readable now (STANDARD storage class) qualify, and only when at least\n"
+        "--min-garbage of their bytes is garbage; archived bands are never touched (reading\n"
+        "them would need a restore). Safe to interrupt: the next compact or prune finishes.\n"
+        "Prints the bands chosen, the bytes rewritten and the bytes freed; --dry-run first.\n\n"
+        "Examples:\n"
+        "  vaultfs compact --dry-run                 what would be rewritten and freed\n"
+        "  vaultfs compact --min-garbage 80%         only bands at least 80% garbage",
+    )
+    sp.add_argument("--dry-run", action="store_true", help="show what would be rewritten; change nothing")
+    sp.add_argument(
+        "--min-garbage",
+        type=garbage_share,
+        default=0.5,
+        metavar="PCT",
+        help="rewrite bands with at least this share of garbage bytes (default 50%%; 0.5 works too)",
+    )
+    sp.set_defaults(func=cmd_compact)
 
 
 # ---- forget ------------------------------------------------------------------------------
@@ -395,6 +420,91 @@ def _kept_lines(r: retention.PruneResult) -> list[str]:
             f"{'would copy' if r.dry_run else 'copied'} {r.trees_rehomed} directory listing(s) "
             f"still in use out of deleted bands into band {r.carrier_band or '(new)'}"
         )
+    return out
+
+
+# ---- compact -----------------------------------------------------------------------------
+
+
+def garbage_share(text: str) -> float:
+    """``50%`` or ``0.5`` → 0.5 (argparse type)."""
+    try:
+        share = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        share = -1.0
+    if not 0 < share <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a share of garbage from 1% to 100%, e.g. 50%")
+    return share
+
+
+def cmd_compact(args: argparse.Namespace, config: Config) -> int:
+    from vaultfs import retention
+    from vaultfs.progress import TerminalProgress
+    from vaultfs.vault import Vault
+
+    names = [c.name for c in config.collections]
+    vault = Vault.open(config, readonly=args.dry_run)
+    try:
+        if args.dry_run:
+            result = retention.compact(vault, dry_run=True, min_garbage=args.min_garbage, collections=names)
+        else:
+            with vault.lock(), TerminalProgress("compact", enabled=None if not args.quiet else False) as prog:
+                result = retention.compact(
+                    vault, min_garbage=args.min_garbage, progress=prog, collections=names
+                )
+    finally:
+        vault.close()
+    code = EXIT_WARNINGS if result.problems else EXIT_OK
+    if args.json:
+        emit_json({**result.to_json(), "exit_code": code})
+        return code
+    for problem in result.problems:
+        print(f"vaultfs: warning: {problem}", file=sys.stderr)
+    if not args.quiet:
+        for line in describe_compact(result):
+            print(line)
+    return code
+
+
+def describe_compact(r: retention.CompactResult) -> list[str]:
+    """The human report: the bands chosen, the bytes rewritten and freed, the bands left."""
+    out: list[str] = []
+    if r.unadopted_versions:
+        out.append(
+            f"note: {r.unadopted_versions} version(s) are committed on the store but not yet in "
+            "the local catalog; the real compact adopts them first, which may change the plan"
+        )
+    if r.spool_recovered or r.deletions_resumed:
+        out.append(
+            f"finished what an interrupted run left: uploaded {r.spool_recovered} band(s), "
+            f"deleted {r.deletions_resumed} band(s)"
+        )
+    if not r.chosen:
+        out.append(f"nothing to compact: no readable warm band is {r.min_garbage:.0%} garbage or more")
+    else:
+        rewrite, copy, free = (
+            ("would rewrite", "would copy", "would free about")
+            if r.dry_run
+            else ("rewrote", "copied", "freed")
+        )
+        out.append(
+            f"{rewrite} {len(r.chosen)} band(s) at least {r.min_garbage:.0%} garbage: "
+            f"{copy} {human_bytes(r.bytes_rewritten)} of live files ({r.bytes_rewritten} bytes), "
+            f"{free} {human_bytes(r.bytes_freed)} ({r.bytes_freed} bytes) on the store"
+        )
+        for c in r.chosen:
+            p = c.plan
+            note = " (kept: a file could not be read)" if c.kept else ""
+            out.append(
+                f"  {p.band}  {p.collection}  {human_bytes(p.size)}  garbage {p.garbage_fraction:.0%} "
+                f"({p.dead_blobs} of {p.dead_blobs + p.live_blobs} files){note}"
+            )
+        if r.new_bands:
+            out.append(f"wrote {len(r.new_bands)} new band(s): {', '.join(b.band for b in r.new_bands)}")
+    if r.skipped:
+        out.append(f"left {len(r.skipped)} band(s) that are garbage enough:")
+        for p, why in r.skipped:
+            out.append(f"  {p.band}  {p.collection}  garbage {p.garbage_fraction:.0%}: {why}")
     return out
 
 

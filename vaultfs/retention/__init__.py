@@ -1,4 +1,5 @@
-"""Retention: ``forget`` old versions, ``prune`` the bands no kept version needs.
+"""Retention: ``forget`` old versions, ``prune`` the bands no kept version needs,
+``compact`` the warm bands that are mostly garbage.
 
 **forget** keeps, of each collection, the union of (docs/retention.md, "The keep rules"):
 
@@ -58,8 +59,9 @@ consolidated index:
    metadata-only *carrier band* (a band with no blobs whose catalog holds
    ``trees`` and ``carries_trees_of``), so the rebuild ladder still finds
    every tree. A band whose sidecar cannot be read is kept.
-5. Partly used bands are never rewritten (an archived one would need a
-   restore); the report gives each one's garbage fraction.
+5. Partly used bands are never rewritten by prune (an archived one would need
+   a restore); the report gives each one's garbage fraction, and ``compact``
+   rewrites those of warm collections.
 
 Deleting, in an order that is safe to kill at any point: upload the carrier
 band; then one LMDB transaction drops the bands' blob entries and BandInfo,
@@ -71,12 +73,28 @@ the next prune deletes from ``prune_pending``; no snapshot can dedup against
 a band after its blob entries are gone. Last, the version records of
 forgotten versions are deleted (their markers stay).
 
+**compact** (`compact`) rewrites a band of a warm collection that is readable
+now (STANDARD, in the catalog and on the store), that no kept version lists, and
+whose garbage is at least ``min_garbage`` of its blob bytes. After the same
+catching up as prune (plus uploading bands a killed run left in the spool), it
+reads each live blob of those bands (SHA-256 verified) into new bands of the
+same collection, the last one carrying the live trees the old catalogs carried;
+uploading a new band registers its blobs (they are read from the copy from then
+on). Then one transaction drops the old bands and their dead blob entries and
+records them under ``prune_pending``; the index is published (the new placements
+win); the old sidecars and bands are deleted; ``prune_pending`` is cleared. A
+killed compact leaves at worst a complete band in the spool (uploaded by the
+next run), old bands that hold less (rewritten by the next compact, or deleted by
+prune once unused), or pending deletions (done by the next compact or prune,
+after publishing the index). docs/retention.md has the table.
+
 Concurrency: a caller that changes anything (not ``dry_run``) holds the vault
 lock (`Vault.lock`); a dry run needs no lock and changes nothing, locally or
 on the store. A mount reading a version forgotten meanwhile may find its
 trees gone (EIO there); it never sees wrong bytes.
 """
 
+from vaultfs.retention.compact import MIN_GARBAGE, Chosen, CompactResult, compact
 from vaultfs.retention.forget import ForgetResult, finish_forgets, forget, keep_for
 from vaultfs.retention.pins import AcceptResult, Pin, accept, acceptance_json, forgettable, is_cold, pins
 from vaultfs.retention.policy import Reason, kept_by_rules
@@ -100,12 +118,15 @@ from vaultfs.retention.terms import (
 
 __all__ = [
     "MIN_DAYS",
+    "MIN_GARBAGE",
     "NS_PER_DAY",
     "PENDING_META",
     "UNKNOWN_MIN_DAYS",
     "AcceptResult",
     "Action",
     "BandPlan",
+    "Chosen",
+    "CompactResult",
     "ForgetResult",
     "LiveSet",
     "Pin",
@@ -113,6 +134,7 @@ __all__ = [
     "Reason",
     "accept",
     "acceptance_json",
+    "compact",
     "early_delete_charge",
     "finish_forgets",
     "forget",

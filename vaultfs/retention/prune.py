@@ -217,13 +217,10 @@ def prune(
     markers = vault.forgotten_versions()
     names = sorted(set(vault.catalog.collections()) | set(collections))
     if dry_run:
-        result.unadopted_versions = _count_unadopted(vault, names)
+        result.unadopted_versions = count_unadopted(vault, names)
     else:
-        result.forgets_finished = finish_forgets(vault, markers)
-        for name in names:
-            index.adopt_committed(vault, name)
-        result.deletions_resumed = _finish_pending(vault)
-    kept = [v for v in vault.catalog.all_versions() if (v.collection, v.number) not in markers]
+        result.forgets_finished, result.deletions_resumed = catch_up(vault, markers, names)
+    kept = kept_versions(vault, markers)
     plan = _plan(vault, live_set(vault, kept), result, allow_early_delete)
     result.version_records = sorted(markers & _version_records(vault))
     if dry_run:
@@ -286,7 +283,7 @@ def _apply(vault: Vault, drops: _Drops, result: PruneResult) -> None:
             w.delete_tree(tid)
         if drops.doomed:
             w.set_meta(PENDING_META, json.dumps(drops.doomed_ids))
-    _delete_band_objects(vault, drops.doomed_ids)
+    delete_band_objects(vault, drops.doomed_ids)
     if drops.doomed:
         with vault.catalog.writer() as w:
             w.delete_meta(PENDING_META)
@@ -299,8 +296,36 @@ def _apply(vault: Vault, drops: _Drops, result: PruneResult) -> None:
         vault.store.delete(key)
 
 
-def _plan_bands(vault: Vault, live: LiveSet, now_ns: int, allow_early_delete: bool) -> list[BandPlan]:
-    bands = {b.band: b for b in vault.catalog.bands()}
+def catch_up(vault: Vault, markers: set[tuple[str, int]], names: Iterable[str]) -> tuple[int, int]:
+    """What every changing prune or compact does first (the caller holds the lock): finish
+    interrupted forgets, adopt versions committed on the store but unknown here (their
+    blobs are live too), and delete the store objects an interrupted run left pending.
+    Returns (forgets finished, bands deleted)."""
+    forgets = finish_forgets(vault, markers)
+    for name in names:
+        index.adopt_committed(vault, name)
+    return forgets, finish_pending(vault)
+
+
+def kept_versions(vault: Vault, markers: set[tuple[str, int]]) -> list[VersionInfo]:
+    """Every version in the catalog that no forgotten marker names."""
+    return [v for v in vault.catalog.all_versions() if (v.collection, v.number) not in markers]
+
+
+@dataclass(slots=True)
+class Usage:
+    """How much of each band kept versions use (`band_usage`)."""
+
+    plans: dict[BandId, BandPlan]  # every band of the catalog, live and dead blobs counted
+    listed: set[BandId]  # bands a kept version lists (its snapshot wrote them)
+    needed: set[BandId]  # those, and every band holding a live blob
+
+
+def band_usage(vault: Vault, live: LiveSet, now_ns: int, verb: str = "pruned") -> Usage:
+    """Count each band's live and dead blobs and bytes (one pass over the blob map).
+
+    CorruptionError when a blob kept versions need is not in the catalog (nor known lost).
+    """
     plans = {
         b.band: BandPlan(
             band=b.band,
@@ -312,9 +337,10 @@ def _plan_bands(vault: Vault, live: LiveSet, now_ns: int, allow_early_delete: bo
             # copy onto the same key, so an archived band's clock starts at archived_ns.
             age_days=max(0.0, (now_ns - (b.archived_ns or b.created_ns)) / NS_PER_DAY),
         )
-        for b in bands.values()
+        for b in vault.catalog.bands()
     }
-    needed: set[BandId] = {band for v in live.versions for band in v.bands}
+    listed: set[BandId] = {band for v in live.versions for band in v.bands}
+    needed = set(listed)
     found: set[BlobId] = set()
     for blob, ref in vault.catalog.blob_refs():
         plan = plans.get(ref.band)
@@ -332,13 +358,20 @@ def _plan_bands(vault: Vault, live: LiveSet, now_ns: int, allow_early_delete: bo
     if missing:
         raise CorruptionError(
             f"{len(missing)} blob(s) that kept versions need (e.g. {min(missing).hex()[:16]}) are "
-            "not in the local catalog: nothing pruned; run `vaultfs check`"
+            f"not in the local catalog: nothing {verb}; run `vaultfs check`"
         )
-    for band_id, plan in plans.items():
-        if band_id in needed:
+    return Usage(plans, listed, needed)
+
+
+def _plan_bands(vault: Vault, live: LiveSet, now_ns: int, allow_early_delete: bool) -> list[BandPlan]:
+    usage = band_usage(vault, live, now_ns)
+    for band_id, plan in usage.plans.items():
+        if band_id in usage.needed:
             continue
-        _judge_unused(vault, bands[band_id], plan, live, allow_early_delete)
-    return sorted(plans.values(), key=lambda p: p.band)
+        info = vault.catalog.band(band_id)
+        assert info is not None  # read from the catalog above, under the lock or read-only
+        _judge_unused(vault, info, plan, live, allow_early_delete)
+    return sorted(usage.plans.values(), key=lambda p: p.band)
 
 
 def _judge_unused(
@@ -352,8 +385,7 @@ def _judge_unused(
     except ObjectNotFound:
         plan.exists = False
     try:
-        plan.sidecar_size = vault.store.head(sidecar_key(info.band)).size
-        sidecar = bandfmt.decode_sidecar(vault.store.get(sidecar_key(info.band)))
+        plan.sidecar_size, sidecar = read_sidecar(vault, info.band)
         carried = {TreeId(bytes.fromhex(t)) for t in sidecar.get("trees", {})}
     except (ObjectNotFound, CorruptionError, ValueError):
         if plan.exists:
@@ -377,6 +409,13 @@ def _judge_unused(
         plan.action = "delete-early"
     else:
         plan.action = "keep-young"
+
+
+def read_sidecar(vault: Vault, band: BandId) -> tuple[int, dict[str, Any]]:
+    """A band's sidecar: its size on the store and its decoded catalog (ObjectNotFound,
+    CorruptionError or ValueError when it cannot be read)."""
+    size = vault.store.head(sidecar_key(band)).size
+    return size, bandfmt.decode_sidecar(vault.store.get(sidecar_key(band)))
 
 
 def _write_carrier(vault: Vault, trees: dict[TreeId, bytes], replaces: list[BandId]) -> BandId:
@@ -404,13 +443,14 @@ def _write_carrier(vault: Vault, trees: dict[TreeId, bytes], replaces: list[Band
     return info.band
 
 
-def _delete_band_objects(vault: Vault, bands: list[BandId]) -> None:
+def delete_band_objects(vault: Vault, bands: list[BandId]) -> None:
+    """Delete each band's sidecar, then the band (a sidecar never names a band that is gone)."""
     for band in bands:
         vault.store.delete(sidecar_key(band))
         vault.store.delete(band_key(band))
 
 
-def _finish_pending(vault: Vault) -> int:
+def finish_pending(vault: Vault) -> int:
     """Delete the store objects an interrupted prune had already dropped from the catalog."""
     raw = vault.catalog.meta(PENDING_META)
     if raw is None:
@@ -419,7 +459,10 @@ def _finish_pending(vault: Vault) -> int:
     # A band id listed here may have been registered again since (a spool band
     # recovered by a snapshot): only objects the catalog does not know go.
     orphans = [b for b in bands if vault.catalog.band(b) is None]
-    _delete_band_objects(vault, orphans)
+    # A compaction's new bands must be in the consolidated index before the old ones go
+    # (rung 2 would otherwise miss blobs that moved); publish logs a failure, never raises.
+    index.publish(vault)
+    delete_band_objects(vault, orphans)
     with vault.catalog.writer() as w:
         w.delete_meta(PENDING_META)
     return len(orphans)
@@ -434,7 +477,7 @@ def _version_records(vault: Vault) -> set[tuple[str, int]]:
     return out
 
 
-def _count_unadopted(vault: Vault, names: list[str]) -> int:
+def count_unadopted(vault: Vault, names: list[str]) -> int:
     count = 0
     for name in names:
         latest = vault.catalog.latest_version(name)

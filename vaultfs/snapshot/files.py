@@ -22,7 +22,7 @@ from typing import Protocol
 from vaultfs import band as bandfmt
 from vaultfs import testpoints
 from vaultfs.catalog import FileCacheLookup, FileCacheRow
-from vaultfs.config import CollectionConfig
+from vaultfs.config import CollectionConfig, Config
 from vaultfs.model import BandId, BlobId, TreeId
 from vaultfs.snapshot.spool import Uploader
 from vaultfs.source import (
@@ -60,6 +60,18 @@ class ReadProgress(Protocol):
     def advance(self, files: int, size: int) -> None: ...
 
 
+def band_settings(config: Config, collection: CollectionConfig) -> tuple[int, int, bool]:
+    """The frame size, zstd level and frame-cut policy of `collection`'s bands: the tier's
+    default frame size unless the collection sets one; the vault's level unless it sets
+    one; ``whole_members`` for warm bands, whose files are read one at a time (restore
+    fetch, cat in the mount), so a small one never straddles two frames (cold bands are
+    read whole once restored)."""
+    tier_frame = bandfmt.FRAME_SIZE_DEFAULT if collection.tier == "cold" else WARM_FRAME_SIZE
+    level = collection.compression_level
+    frame_size = collection.frame_size or tier_frame
+    return frame_size, config.compression_level if level is None else level, collection.tier == "warm"
+
+
 class FileSaver:
     """Reads, dedups and packs the files of one snapshot; owns the band being filled."""
 
@@ -70,18 +82,8 @@ class FileSaver:
         self.collection = collection.name
         self.progress = progress
         self.uploader = uploader
-        cfg = vault.config
-        tier_frame = bandfmt.FRAME_SIZE_DEFAULT if collection.tier == "cold" else WARM_FRAME_SIZE
-        self.frame_size = collection.frame_size or tier_frame
-        # Warm files are read one at a time (restore fetch, cat in the mount): a small one
-        # never straddles two frames. Cold bands are read whole once restored.
-        self.whole_members = collection.tier == "warm"
-        self.level = (
-            collection.compression_level
-            if collection.compression_level is not None
-            else cfg.compression_level
-        )
-        self.band_size = cfg.band_size
+        self.frame_size, self.level, self.whole_members = band_settings(vault.config, collection)
+        self.band_size = vault.config.band_size
         self.band: bandfmt.BandWriter | None = None
         self.band_ids: list[BandId] = []  # every band this run opened, in order
         self.cache_rows: list[tuple[bytes, FileCacheRow]] = []  # files read: their new rows
