@@ -54,6 +54,7 @@ def node_attr(view: VaultView, node: Node) -> Attr:
             size,
             e.mtime_ns,
             e.rdev,
+            allocated=-1 if e.sparse is None else e.blob_size,
         )
     if node.kind == "version":
         assert node.tree is not None

@@ -46,10 +46,12 @@ class Attr(NamedTuple):
     mtime_ns: int
     rdev: int = 0
     timeout: float = IMMUTABLE_TIMEOUT
+    allocated: int = -1  # bytes a sparse file's data takes (its holes take none); -1: `size`
 
     @property
     def blocks(self) -> int:
-        return (self.size + 511) // 512
+        """st_blocks, in 512-byte units: what `du` adds up (a sparse file: its data only)."""
+        return ((self.size if self.allocated < 0 else self.allocated) + 511) // 512
 
 
 @dataclass(slots=True, eq=False)
