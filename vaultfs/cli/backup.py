@@ -190,11 +190,17 @@ def _print_summary(r: Any) -> None:
             f"{human_bytes(s.bytes)}; +{s.added} ~{s.changed} -{s.removed}; {healed}{read}; "
             f"stored {human_bytes(r.bytes_stored)} in {r.bands} band(s) in {r.seconds:.2f}s"
         )
-    if r.now_excluded and r.version is not None:
-        print(
-            f"{r.collection}: rules changed: {r.now_excluded:,} paths now excluded "
-            f"(v{r.version.number - 1} still holds them; `vaultfs explain` says which rule)"
-        )
+    if (r.now_excluded or r.now_included) and r.version is not None:
+        before = r.version.number - 1
+        changed = []
+        if r.now_excluded:
+            changed.append(
+                f"{r.now_excluded:,} paths now excluded (v{before} still holds them; "
+                "`vaultfs explain` says which rule)"
+            )
+        if r.now_included:
+            changed.append(f"{r.now_included:,} paths now included (v{before} left them out)")
+        print(f"{r.collection}: rules changed: {', '.join(changed)}")
 
 
 def _print_left_out(r: Any) -> None:
@@ -263,6 +269,7 @@ def snapshot_json(r: Any) -> dict[str, Any]:
         "restored_lost": r.restored_lost,
         "excluded": r.excluded,
         "now_excluded": r.now_excluded,
+        "now_included": r.now_included,
         "notes": r.notes,
         "mass_removal": None
         if r.mass_removal is None

@@ -61,7 +61,7 @@ from vaultfs.errors import SourceRefused
 from vaultfs.ignore import Rules
 from vaultfs.model import RootMeta, TreeId, VersionInfo
 from vaultfs.snapshot.commit import commit_version, record_unchanged
-from vaultfs.snapshot.diff import Changes, MassRemoval, diff_versions, mass_removal
+from vaultfs.snapshot.diff import Changes, MassRemoval, diff_versions, mass_removal, under_any
 from vaultfs.snapshot.files import FINGERPRINT_PIECE, SMALL_FILE, FileSaver, ReadProgress
 from vaultfs.snapshot.spool import Uploader, recover_spool
 from vaultfs.snapshot.trees import Memos, TreeSaver
@@ -125,6 +125,7 @@ class SnapshotResult:
     restored_lost: int = 0  # files read whose blob was lost: stored again (healed)
     excluded: int = 0  # entries left out by the collection's rules (a directory counts once)
     now_excluded: int = 0  # files of the previous version that the rules leave out now
+    now_included: int = 0  # files added that the previous run's rules left out
     notes: list[str] = field(default_factory=list)  # rules that could not be applied fully
 
     @property
@@ -158,6 +159,7 @@ class Snapshot:
         self.files = FileSaver(vault, collection, self._uploader, self.progress)
         self._root_meta: RootMeta | None = None  # the source root's own metadata, from the scan
         self._excluded: set[bytes] = set()  # paths the rules left out (nothing below them is listed)
+        self._left_out_before: frozenset[bytes] = frozenset()  # the same, of the previous run
         self.result = SnapshotResult(collection.name, None, None, unchanged=False)
 
     def run(self) -> SnapshotResult:
@@ -193,7 +195,7 @@ class Snapshot:
         latest = self.vault.catalog.latest_version(self.collection.name)
         with self.vault.catalog.files_reader(self.collection.name) as cache:
             memos = Memos(cache, latest)
-            rules = Rules(self.collection)
+            rules = Rules(self.collection, self.vault.config.git_excludes_default)
             scanner = Scanner(root, memos.signature if memos.valid else None, rules)
             try:
                 top = scanner.scan()
@@ -204,6 +206,7 @@ class Snapshot:
             self.result.notes = rules.notes
             self.result.excluded = len(scanner.excluded)
             self._excluded = set(scanner.excluded)
+            self._left_out_before = cache.left_out()
             self._root_meta = _root_meta(root, top)
             testpoints.reach("after-scan")
             self._uploader.start()
@@ -218,11 +221,21 @@ class Snapshot:
         if latest is not None and root_id == latest.root and self._root_meta == latest.root_meta:
             self._finish_unchanged(latest, trees)
         else:
-            changes = diff_versions(self.vault, latest.root if latest else None, root_id, trees.listings)
+            left_out = self._left_out_before if latest is not None else frozenset()
+            changes = diff_versions(
+                self.vault, latest.root if latest else None, root_id, trees.listings, left_out
+            )
             self._commit(root_id, latest, trees, changes)
 
+    def _left_out_rows(self) -> set[bytes] | None:
+        """What this run left out, for the catalog's left-out rows; None when the rows
+        already say so (a no-change snapshot writes nothing for them)."""
+        return None if self._excluded == self._left_out_before else self._excluded
+
     def _finish_unchanged(self, latest: VersionInfo, trees: TreeSaver) -> None:
-        verified = record_unchanged(self.vault, self.files, self._uploader, trees, latest, self.now)
+        verified = record_unchanged(
+            self.vault, self.files, self._uploader, trees, latest, self.now, self._left_out_rows()
+        )
         self.result.unchanged = True
         self.result.latest = verified
         self._collect_band_stats()
@@ -241,13 +254,15 @@ class Snapshot:
             root_meta=self._root_meta,
             latest=latest,
             now=self.now,
+            left_out=self._left_out_rows(),
         )
         self.result.version = version
         self.result.latest = version
         self.result.previous = latest.number if latest is not None else None
         # Files a rule now leaves out are still on the source: neither deleted nor a failed source.
-        deleted = [p for p in changes.deleted if not _under_any(p, self._excluded)]
+        deleted = [p for p in changes.deleted if not under_any(p, self._excluded)]
         self.result.now_excluded = len(changes.deleted) - len(deleted)
+        self.result.now_included = changes.now_included
         if self.collection.tier == "cold" and latest is not None:
             self.result.modified = changes.modified
             self.result.deleted = deleted
@@ -258,17 +273,6 @@ class Snapshot:
     def _collect_band_stats(self) -> None:
         self.result.bands = len(self._uploader.uploaded)
         self.result.bytes_stored = sum(b.size for b in self._uploader.uploaded)
-
-
-def _under_any(path: bytes, excluded: set[bytes]) -> bool:
-    """Whether `path` or a directory above it is in `excluded`."""
-    while True:
-        if path in excluded:
-            return True
-        cut = path.rfind(b"/")
-        if cut < 0:
-            return False
-        path = path[:cut]
 
 
 def check_root(collection: CollectionConfig, done: str = "snapshotted") -> None:
