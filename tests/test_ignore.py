@@ -7,6 +7,8 @@ with ``find``. (The rules themselves against git: tests/test_ignore_git.py.)
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import tempfile
 from pathlib import Path
@@ -133,11 +135,106 @@ def test_a_change_of_rules_changes_the_next_version_and_says_so(file_vault: Vaul
     proc = file_vault.run("snapshot", env=file_vault.env(**GIT_ENV))  # exit 0: no mass removal warning
     assert "code: rules changed: 12 paths now excluded (v1 still holds them" in proc.stdout
     assert not any(p.startswith("app/logs/") for p in restored_files(file_vault, "code"))
-    # Undoing the rule brings them back: the unchanged directory's memo is not reused.
-    (src / "app/.gitignore").write_bytes((src / "app/.gitignore").read_bytes().replace(b"logs/\n", b""))
-    doc = file_vault.json("snapshot")
-    assert doc["collections"][0]["now_excluded"] == 0
-    assert doc["collections"][0]["stats"]["added"] == 12
+    assert "rules changed" not in file_vault.run("snapshot", env=file_vault.env(**GIT_ENV)).stdout
+    # Undoing the rule brings them back (the unchanged directory's memo is not reused), and
+    # the snapshot tells them from new files: another rule now leaves sub/ out.
+    ignore = src / "app/.gitignore"
+    ignore.write_bytes(ignore.read_bytes().replace(b"logs/\n", b"sub/\n"))
+    write(src / "app/new.txt", b"a new file, not one a rule used to leave out")
+    proc = file_vault.run("snapshot", env=file_vault.env(**GIT_ENV))
+    assert (
+        "code: rules changed: 3 paths now excluded (v2 still holds them; `vaultfs explain` says "
+        "which rule), 12 paths now included (v2 left them out)\n"
+    ) in proc.stdout
+    assert "app/logs/run3.log" in restored_files(file_vault, "code")
+    ignore.write_bytes(ignore.read_bytes().replace(b"sub/\n", b""))
+    doc = file_vault.json("snapshot")["collections"][0]
+    assert (doc["now_excluded"], doc["now_included"], doc["stats"]["added"]) == (0, 3, 3)
+
+
+def test_git_global_excludes_is_the_file_git_itself_reads(file_vault: VaultEnv) -> None:
+    """git finds core.excludesFile in its global config (GIT_CONFIG_GLOBAL, ``~`` expanded
+    with HOME), else at $XDG_CONFIG_HOME/git/ignore, else at $HOME/.config/git/ignore: each
+    place holds another pattern, and vaultfs must apply the one git applies."""
+    tmp = file_vault.tmp
+    home, xdg, config = tmp / "home", tmp / "xdg", tmp / "gitconfig"
+    write(xdg / "git/ignore", b"*.bak\n")
+    write(home / ".config/git/ignore", b"*.orig\n")
+    write(home / "my-ignores", b"*.rej\n")
+    config.write_text("[core]\n\texcludesFile = ~/my-ignores\n")
+    cases = {  # the environment → the file git reads, and the name it leaves out
+        "xdg": ({"XDG_CONFIG_HOME": str(xdg)}, xdg / "git/ignore", "main.c.bak"),
+        "home": ({}, home / ".config/git/ignore", "notes.orig"),
+        "configured": (
+            {"XDG_CONFIG_HOME": str(xdg), "GIT_CONFIG_GLOBAL": str(config)},
+            home / "my-ignores",
+            "x.rej",
+        ),
+    }
+    src = file_vault.add_collection("code", tier="warm")
+    names = {"main.c.bak", "notes.orig", "x.rej"}
+    for name in names:
+        write(src / name, b"content")
+    git(src, "init", "-q")
+    file_vault.run("init")
+    for extra, path, left_out in cases.values():
+        env = {**file_vault.env(**GIT_ENV, HOME=str(home)), **extra}
+        if "XDG_CONFIG_HOME" not in extra:
+            env.pop("XDG_CONFIG_HOME", None)
+        listed = subprocess.run(
+            ["git", "-C", str(src), "ls-files", "--others", "--exclude-standard"],
+            check=True,
+            capture_output=True,
+            text=True,
+            env=env,
+        ).stdout.split()
+        assert set(listed) == names - {left_out}  # git's own verdict
+        for applied in (True, False):
+            file_vault.extra_config = f"git_global_excludes = {'true' if applied else 'false'}\n"
+            file_vault.write_config()
+            out = file_vault.run("explain", "code", *sorted(names), env=env).stdout
+            kept = {line.split(" — ")[0] for line in out.splitlines() if " — kept" in line}
+            assert kept == (set(listed) if applied else names)
+            assert (f'{left_out} — excluded by {path}:1 "' in out) == applied
+    # A snapshot finds the file as explain does.
+    file_vault.extra_config = "git_global_excludes = true\n"
+    file_vault.write_config()
+    env = {**file_vault.env(**GIT_ENV, HOME=str(home)), **cases["xdg"][0]}
+    doc = json.loads(file_vault.run("snapshot", "--json", env=env).stdout)["collections"][0]
+    assert doc["excluded"] == 1
+    assert restored_files(file_vault, "code") == names - {"main.c.bak"}
+
+
+def test_exclude_larger_than_leaves_out_regular_files_above_the_size(file_vault: VaultEnv) -> None:
+    src = file_vault.add_collection("code", tier="warm")
+    write(src / "at-limit.bin", b"a" * 1024)  # not larger: kept
+    write(src / "above.bin", b"b" * 1025)
+    write(src / "tracked.iso", b"c" * 5000)  # the owner's own rule: tracked or not
+    write(src / "dir/big/inside.bin", b"d" * 2000)  # the directory stays; the file goes
+    (src / "link").symlink_to("above.bin")  # a symbolic link is no regular file: kept
+    git(src, "init", "-q")
+    git(src, "add", "tracked.iso")
+    file_vault.extra_config = 'exclude_larger_than = "1KiB"\n'
+    file_vault.write_config()
+    file_vault.run("init")
+    doc = file_vault.json("snapshot")["collections"][0]
+    in_git = [p for p in (src / ".git").rglob("*") if p.is_file() and p.stat().st_size > 1024]
+    assert in_git  # hook samples, the index: larger than the limit, and kept (the history)
+    assert doc["excluded"] == 3
+    files = restored_files(file_vault, "code")
+    assert files == {"at-limit.bin"}
+    [restored] = file_vault.tmp.glob("restored-code-*")
+    for p in in_git:  # .git is whole: a repository git can still read
+        assert (restored / p.relative_to(src)).read_bytes() == p.read_bytes()
+    assert os.readlink(restored / "link") == "above.bin"
+    assert (restored / "dir/big").is_dir()
+    out = file_vault.run("explain", "code", "above.bin", "tracked.iso", "at-limit.bin", "dir/big").stdout
+    assert out.splitlines() == [
+        "above.bin — excluded: 1,025 bytes, larger than 1,024 bytes (exclude_larger_than)",
+        "tracked.iso — excluded: 4.9 KiB, larger than 1.0 KiB (exclude_larger_than)",
+        "at-limit.bin — kept (no rule matches)",
+        "dir/big/ — kept (no rule matches)",
+    ]
 
 
 def test_exclude_applies_to_a_cold_collection(file_vault: VaultEnv) -> None:

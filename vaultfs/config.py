@@ -354,6 +354,10 @@ class Config:
     mount: MountSettings = field(default_factory=MountSettings)
     prices: Prices = field(default_factory=Prices)
     source: Path | None = None  # the file it was read from, for messages
+    # git's own default for core.excludesFile ($XDG_CONFIG_HOME/git/ignore, else
+    # $HOME/.config/git/ignore): not in the file, but the environment, which only
+    # `vaultfs.cli.main` reads (`git_excludes_default`); None: no default applies.
+    git_excludes_default: Path | None = None
 
     def collection(self, name: str) -> CollectionConfig:
         for c in self.collections:

@@ -2,6 +2,7 @@
 """Generate a deterministic benchmark dataset shaped like a photo/media NAS plus a source tree.
 
     tools/bench/make_dataset.py OUT_DIR [--scale 1.0] [--seed 1] [--force]
+        [--warm [--node-modules-files 20000] [--build-mb 200]]
 
 At scale 1.0 the tree holds about 2 GB:
 
@@ -12,6 +13,17 @@ At scale 1.0 the tree holds about 2 GB:
 * text   ~0.1 GB  ~25k source-code-like and document-like text files (200 B - 20 KB) in
                   ~1500 nested directories, built from a Zipf-weighted vocabulary
 * dup    ~0.05 GB exact copies of some photos and one raw file in another folder
+
+``--warm`` (the warm-tier benchmark, `run.py --scenario warm`) makes each source project under
+``src/`` a git repository, as a developer's checkout looks: a ``.gitignore`` that leaves out
+``node_modules/``, ``build/``, ``*.log`` and ``.env``; a ``node_modules/`` of
+``--node-modules-files`` small files (default 20,000, in ~10-file packages) and a ``build/``
+of ``--build-mb`` MB of object files (default 200; half partly compressible, half not), both
+ignored; everything else committed, plus a few *tracked-but-ignored* files added with
+``git add -f`` (``build/VERSION``, ``logs/release.log``, ``.env``, one file in
+``node_modules/``): files git keeps although a pattern matches them, which a backup tool's
+own exclude patterns drop. Commits have fixed dates; only ``.git/index`` (stat data) differs
+between two runs.
 
 The same seed and scale give a byte-identical tree, mtimes included (set with os.utime). Only
 the standard library is used: random.Random(seed).randbytes plus cheap C-level transforms
@@ -25,6 +37,7 @@ import math
 import os
 import random
 import shutil
+import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -509,6 +522,106 @@ def write_tree(out: Path, specs: list[FileSpec], vocab: Vocabulary, seed: int, s
     os.utime(out, (EPOCH + 4_000 * DAY, EPOCH + 4_000 * DAY))
 
 
+# --------------------------------------------------------------------------- warm repositories
+
+GITIGNORE = b"# dependencies, build output, logs, secrets\nnode_modules/\nbuild/\n*.log\n.env\n"
+TRACKED_IGNORED = ("build/VERSION", "logs/release.log", ".env", "node_modules/.patched/index.js")
+GIT_ENV = {
+    "GIT_CONFIG_GLOBAL": "/dev/null",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_AUTHOR_NAME": "bench",
+    "GIT_AUTHOR_EMAIL": "bench@example.com",
+    "GIT_COMMITTER_NAME": "bench",
+    "GIT_COMMITTER_EMAIL": "bench@example.com",
+    "GIT_AUTHOR_DATE": f"@{EPOCH + 3_000 * DAY} +0000",
+    "GIT_COMMITTER_DATE": f"@{EPOCH + 3_000 * DAY} +0000",
+}
+
+
+def project_roots(specs: list[FileSpec]) -> list[str]:
+    """The source projects (``src/NAME``) of the planned tree, in order."""
+    return sorted({"/".join(s.rel.split("/")[:2]) for s in specs if s.rel.startswith("src/")})
+
+
+def _write(path: Path, chunks: Iterator[bytes] | bytes, mtime: int) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    size = 0
+    with open(path, "wb") as f:
+        for chunk in [chunks] if isinstance(chunks, bytes) else chunks:
+            size += f.write(chunk)
+    os.utime(path, (mtime, mtime))
+    return size
+
+
+def node_modules(repo: Path, rng: random.Random, vocab: Vocabulary, files: int) -> int:
+    """`files` small files in ~10-file packages under repo/node_modules; their bytes."""
+    written = total = 0
+    while written < files:
+        pkg = repo / "node_modules" / "-".join(vocab.sample(rng, rng.randint(1, 2))) / ""
+        if pkg.exists():
+            continue
+        names = ["package.json", "index.js", "README.md"]
+        names += [f"lib/{'_'.join(vocab.sample(rng, 2))}.js" for _ in range(rng.randint(2, 12))]
+        for name in dict.fromkeys(names):
+            if written >= files:
+                break
+            size, ext = _log_uniform(rng, 100, 4_000), os.path.splitext(name)[1]
+            text = doc_text if ext == ".md" else code_text
+            mtime = EPOCH + 2_900 * DAY + rng.randrange(DAY)
+            total += _write(pkg / name, text(size, rng.getrandbits(63), ext, vocab), mtime)
+            written += 1
+    return total
+
+
+def build_output(repo: Path, rng: random.Random, vocab: Vocabulary, budget: int) -> tuple[int, int]:
+    """Object files under repo/build until `budget` bytes: (files, bytes)."""
+    files = total = 0
+    while total < budget:
+        name = f"build/obj/{'_'.join(vocab.sample(rng, 2))}/{'_'.join(vocab.sample(rng, 2))}.o"
+        if (repo / name).exists():
+            continue
+        size, seed = _log_uniform(rng, 200_000, 4_000_000), rng.getrandbits(63)
+        chunks = (
+            raw_file_chunks(size, seed)
+            if files % 2
+            else media_file_chunks(size, seed, b"\x7fELF\x02\x01\x01")
+        )
+        total += _write(repo / name, chunks, EPOCH + 2_950 * DAY + rng.randrange(DAY))
+        files += 1
+    return files, total
+
+
+def git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, env=os.environ | GIT_ENV)
+
+
+def make_warm(
+    out: Path, specs: list[FileSpec], vocab: Vocabulary, seed: int, nm_files: int, build_mb: float
+) -> dict[str, tuple[int, int]]:
+    """Turn every source project into a git checkout (see the module docstring); what was
+    added, per kind: (files, bytes)."""
+    added: dict[str, tuple[int, int]] = {}
+
+    def count(kind: str, n: int, size: int) -> None:
+        old = added.get(kind, (0, 0))
+        added[kind] = (old[0] + n, old[1] + size)
+
+    for rel in project_roots(specs):
+        repo = out / rel
+        rng = random.Random(f"{seed}/{rel}")
+        count("node_modules", nm_files, node_modules(repo, rng, vocab, nm_files))
+        count("build", *build_output(repo, rng, vocab, int(build_mb * MB)))
+        stamp = EPOCH + 3_000 * DAY
+        _write(repo / ".gitignore", GITIGNORE, stamp)
+        for name in TRACKED_IGNORED:
+            count("tracked-ignored", 1, _write(repo / name, f"{rel}: {name}\n".encode(), stamp))
+        git(repo, "init", "-q")
+        git(repo, "add", "-A")  # what .gitignore leaves out stays untracked
+        git(repo, "add", "-f", "--", *TRACKED_IGNORED)
+        git(repo, "commit", "-q", "-m", "bench checkout")
+    return added
+
+
 def summarize(specs: list[FileSpec]) -> dict[str, tuple[int, int]]:
     kinds: dict[str, tuple[int, int]] = {}
     for spec in specs:
@@ -523,14 +636,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="1.0 is about 2 GB")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--force", action="store_true", help="replace OUT_DIR if it holds an earlier dataset")
+    parser.add_argument(
+        "--warm",
+        action="store_true",
+        help="make each source project a git checkout with ignored node_modules/ and build/ "
+        "and tracked-but-ignored files (for run.py --scenario warm); needs git",
+    )
+    parser.add_argument(
+        "--node-modules-files", type=int, default=20_000, help="--warm: files in each node_modules/"
+    )
+    parser.add_argument("--build-mb", type=float, default=200.0, help="--warm: MB of objects in each build/")
     args = parser.parse_args(argv)
     if args.scale <= 0:
         parser.error("--scale must be positive")
+    if args.warm and shutil.which("git") is None:
+        parser.error("--warm needs git")
 
     start = time.perf_counter()
     specs, vocab = plan(args.seed, args.scale)
     prepare_out_dir(args.out_dir, args.force)
     write_tree(args.out_dir, specs, vocab, args.seed, args.scale)
+    warm = {}
+    if args.warm:
+        warm = make_warm(args.out_dir, specs, vocab, args.seed, args.node_modules_files, args.build_mb)
     elapsed = time.perf_counter() - start
 
     labels = {
@@ -540,16 +668,19 @@ def main(argv: list[str] | None = None) -> int:
         "code": "source-code-like text",
         "doc": "document-like text",
         "dup": "exact duplicates of photos/raw",
+        "node_modules": "--warm: small files in node_modules/ (ignored)",
+        "build": "--warm: object files in build/ (ignored)",
+        "tracked-ignored": "--warm: tracked although a .gitignore line matches",
     }
     n_dirs = sum(len(dirs) for _, dirs, _ in os.walk(args.out_dir))
     print(f"dataset {args.out_dir}  seed={args.seed} scale={args.scale}")
-    print(f"{'kind':<8} {'files':>7} {'MB':>9}  description")
+    print(f"{'kind':<16} {'files':>7} {'MB':>9}  description")
     total_n = total_b = 0
-    for kind, (n, size) in summarize(specs).items():
-        print(f"{kind:<8} {n:>7} {size / MB:>9.1f}  {labels[kind]}")
+    for kind, (n, size) in (summarize(specs) | warm).items():
+        print(f"{kind:<16} {n:>7} {size / MB:>9.1f}  {labels[kind]}")
         total_n += n
         total_b += size
-    print(f"{'total':<8} {total_n:>7} {total_b / MB:>9.1f}  in {n_dirs} directories")
+    print(f"{'total':<16} {total_n:>7} {total_b / MB:>9.1f}  in {n_dirs} directories")
     print(f"generated in {elapsed:.1f} s ({total_b / MB / elapsed:.0f} MB/s)")
     return 0
 

@@ -2,7 +2,7 @@
 """Back up one directory with vaultfs, restic and borg side by side and compare them.
 
     tools/bench/run.py --data DIR --work WORKDIR [--only vaultfs,restic,borg] [--rounds N]
-        [--json out.json]
+        [--json out.json] [--scenario cold|warm]
 
 The benchmark runs N rounds (default 3); each round runs every selected tool in the fixed
 order vaultfs, restic, borg (rounds are interleaved, so slow drift of the machine hits all
@@ -13,6 +13,18 @@ tools alike). For each tool, in each round, into a fresh local repository under 
 2. initialise the repository (not timed);
 3. first snapshot: wall time and peak RSS; then the repository size on disk (like du -sb);
 4. second snapshot with nothing changed: wall time and peak RSS.
+
+``--scenario warm`` (data from ``make_dataset.py --warm``: source projects that are git
+checkouts with ignored ``node_modules/`` and ``build/`` and tracked-but-ignored files)
+compares vaultfs's warm tier with restic given the best ``--exclude-file`` a user could
+write for the same rules (each repository's ``.gitignore`` and ``info/exclude`` lines,
+anchored at that repository: ``REPO/**/node_modules``; restic has no notion of files git
+tracks). borg is not run. Besides the times it reports, per tool, the bytes the snapshot
+read (``rchar`` and ``read_bytes`` of /proc/self/io of a wrapper process, which the kernel
+credits with its reaped children: the snapshot and any git it ran) against the bytes of the
+files kept, and which tracked-but-ignored files (``git ls-files -ci --exclude-standard``)
+the first snapshot dropped (restic: ``restic ls latest``; vaultfs: ``restore fetch`` of
+those paths).
 
 Before each of steps 2-4, os.sync() flushes dirty pages (not timed), so writeback of earlier
 steps' data, e.g. the previous tool's repository, is not billed to the next command.
@@ -222,9 +234,112 @@ class Tool:
     repo_paths: list[Path]  # counted as the repository size
     cache_paths: list[Path]  # local caches outside the repository, reported apart
     settings: str
+    list_cmd: list[str] = field(default_factory=list)  # warm: what the latest snapshot holds
 
 
-def make_tools(data: Path, work: Path, vaultfs_bin: Path) -> dict[str, Tool]:
+# --------------------------------------------------------------------------- the warm scenario
+
+# Runs a command and writes the /proc/self/io counters it added to a JSON file: the kernel
+# credits a process with the I/O of the children it reaped, so this is the command's own
+# reading plus that of everything it ran (git, for vaultfs), and not the wrapper's start-up.
+IO_WRAPPER = """
+import json, subprocess, sys
+def io():
+    with open("/proc/self/io") as f:
+        return {k: int(v) for k, v in (line.split(": ") for line in f)}
+before = io()
+code = subprocess.call(sys.argv[2:])
+after = io()
+with open(sys.argv[1], "w") as f:
+    json.dump({k: after[k] - before[k] for k in after}, f)
+sys.exit(code)
+"""
+
+
+def io_wrapped(argv: list[str], io_file: Path) -> list[str]:
+    return [sys.executable, "-c", IO_WRAPPER, str(io_file), *argv]
+
+
+def find_repos(data: Path) -> list[Path]:
+    """The git work trees under `data` (not looking inside one once found)."""
+    repos = []
+    for dirpath, dirnames, _ in os.walk(data):
+        if ".git" in dirnames:
+            repos.append(Path(dirpath))
+            dirnames[:] = []
+        dirnames.sort()
+    return repos
+
+
+def restic_excludes(repos: list[Path]) -> list[str]:
+    """The best restic --exclude-file for the repositories' ignore rules: each line of a
+    repository's top .gitignore and info/exclude, anchored at the repository (a pattern with
+    a slash at its directory, one without at any depth below it). restic cannot say
+    "directories only" (the trailing slash goes) nor keep files git tracks."""
+    lines = []
+    for repo in repos:
+        for source in (repo / ".gitignore", repo / ".git" / "info" / "exclude"):
+            text = source.read_text(errors="surrogateescape") if source.is_file() else ""
+            for line in text.splitlines():
+                pattern = line.strip().rstrip("/")
+                if not pattern or pattern.startswith("#") or pattern.startswith("!"):
+                    continue
+                anchored = "/" in pattern
+                lines.append(f"{repo}/{pattern.lstrip('/')}" if anchored else f"{repo}/**/{pattern}")
+    return lines
+
+
+def tracked_ignored(data: Path, repos: list[Path]) -> list[str]:
+    """Files git tracks although an ignore rule matches them, relative to `data`."""
+    found = []
+    for repo in repos:
+        out = subprocess.run(
+            ["git", "-C", str(repo), "ls-files", "-z", "--cached", "--ignored", "--exclude-standard"],
+            capture_output=True,
+            check=True,
+        ).stdout
+        found += [str((repo / os.fsdecode(p)).relative_to(data)) for p in out.split(b"\0") if p]
+    return found
+
+
+def dropped_by_restic(tool: Tool, paths: list[str], data: Path) -> list[str]:
+    out = subprocess.run(tool.list_cmd, capture_output=True, text=True, env=tool.env, check=True).stdout
+    listed = set(out.splitlines())
+    return [p for p in paths if str(data / p) not in listed]
+
+
+def dropped_by_vaultfs(tool: Tool, paths: list[str], work: Path) -> list[str]:
+    """Fetch `paths` from the latest version; those that do not arrive were dropped."""
+    to = work / "vaultfs-check"
+    if to.exists():
+        shutil.rmtree(to)
+    done = subprocess.run([*tool.list_cmd, "--to", str(to), *paths], capture_output=True, env=tool.env)
+    if done.returncode != 0:  # a path not in the version: ask one by one
+        for p in paths:
+            subprocess.run([*tool.list_cmd, "--to", str(to), p], capture_output=True, env=tool.env)
+    return [p for p in paths if not (to / p).is_file()]
+
+
+def kept_bytes(tool: Tool, log: Path) -> int | None:
+    """The bytes of the files the snapshot kept, from its --json output."""
+    try:
+        text = log.read_text()
+        if tool.name == "vaultfs":
+            return int(json.loads(text)["collections"][0]["stats"]["bytes"])
+        summary = [json.loads(line) for line in text.splitlines() if '"message_type":"summary"' in line]
+        return int(summary[-1]["total_bytes_processed"]) if summary else None
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
+
+
+def io_counters(path: Path) -> dict[str, int]:
+    try:
+        return {k: int(v) for k, v in json.loads(path.read_text()).items()}
+    except (OSError, ValueError):
+        return {}
+
+
+def make_tools(data: Path, work: Path, vaultfs_bin: Path, warm: bool = False) -> dict[str, Tool]:
     base_env = dict(os.environ)
     restic_repo, restic_cache = work / "restic-repo", work / "restic-cache"
     borg_repo, borg_home = work / "borg-repo", work / "borg-home"
@@ -242,16 +357,20 @@ def make_tools(data: Path, work: Path, vaultfs_bin: Path) -> dict[str, Tool]:
         "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes",
     }
     vf = [str(vaultfs_bin), "--config", str(vf_config)]
+    excludes = work / "restic-excludes.txt"
+    restic_extra = ["--json", "--exclude-file", str(excludes)] if warm else []
     return {
         "restic": Tool(
             name="restic",
             env=restic_env,
             version_cmd=["restic", "version"],
             init_cmd=["restic", "init", "--repo", str(restic_repo)],
-            snapshot_cmd=lambda n: ["restic", "backup", "--repo", str(restic_repo), str(data)],
+            snapshot_cmd=lambda n: ["restic", "backup", "--repo", str(restic_repo), *restic_extra, str(data)],
             repo_paths=[restic_repo],
             cache_paths=[restic_cache],
-            settings="defaults (repository v2, compression auto = zstd), AES encryption on",
+            settings="defaults (repository v2, compression auto = zstd), AES encryption on"
+            + (f", --exclude-file {excludes.name}" if warm else ""),
+            list_cmd=["restic", "ls", "--repo", str(restic_repo), "latest"],
         ),
         "borg": Tool(
             name="borg",
@@ -275,12 +394,13 @@ def make_tools(data: Path, work: Path, vaultfs_bin: Path) -> dict[str, Tool]:
             env=base_env,
             version_cmd=[*vf, "--version"],
             init_cmd=[*vf, "init"],
-            snapshot_cmd=lambda n: [*vf, "snapshot", "bench"],
+            snapshot_cmd=lambda n: [*vf, "snapshot", "bench", *(["--json"] if warm else [])],
             # The state dir is vaultfs's local index (LMDB, rebuildable from the store,
             # docs/recovery.md): the counterpart of restic's and borg's local caches.
             repo_paths=[vf_store],
             cache_paths=[vf_state],
-            settings=f"file:// store, tier cold, config {vf_config.name}",
+            settings=f"file:// store, tier {'warm' if warm else 'cold'}, config {vf_config.name}",
+            list_cmd=[*vf, "restore", "fetch", "bench"],
         ),
     }
 
@@ -290,7 +410,7 @@ def _toml_str(value: str) -> str:
     return json.dumps(value)
 
 
-def write_vaultfs_config(data: Path, work: Path) -> Path:
+def write_vaultfs_config(data: Path, work: Path, tier: str = "cold") -> Path:
     config = work / "vaultfs.toml"
     config.write_text(
         "[vault]\n"
@@ -299,7 +419,7 @@ def write_vaultfs_config(data: Path, work: Path) -> Path:
         "\n"
         "[collections.bench]\n"
         f"path = {_toml_str(str(data))}\n"
-        'tier = "cold"\n'
+        f"tier = {_toml_str(tier)}\n"
     )
     return config
 
@@ -321,6 +441,12 @@ class ToolResult:
     first_rss_mib: float | None = None
     nochange_rss_mib: float | None = None
     steps: list[Measured] = field(default_factory=list)
+    # --scenario warm:
+    first_rchar: int | None = None  # bytes the first snapshot read (read() calls, any cache)
+    first_read_bytes: int | None = None  # of them, from the disk
+    nochange_rchar: int | None = None
+    kept_bytes: int | None = None  # bytes of the files the first snapshot kept
+    dropped: list[str] | None = None  # tracked-but-ignored files the first snapshot left out
 
     @property
     def peak_rss_mib(self) -> float | None:
@@ -328,12 +454,33 @@ class ToolResult:
         return max(values) if values else None
 
 
-def bench_tool(tool: Tool, data: Path, work: Path, round_no: int = 1) -> ToolResult:
+def warm_checks(
+    tool: Tool, result: ToolResult, first: Measured, data: Path, work: Path, tracked: list[str]
+) -> None:
+    """--scenario warm, after the first snapshot (untimed): what it read, what it kept, and
+    which tracked-but-ignored files it dropped."""
+    io = io_counters(Path(first.log).with_suffix(".io"))
+    result.first_rchar, result.first_read_bytes = io.get("rchar"), io.get("read_bytes")
+    result.kept_bytes = kept_bytes(tool, Path(first.log))
+    try:
+        if tool.name == "restic":
+            result.dropped = dropped_by_restic(tool, tracked, data)
+        else:
+            result.dropped = dropped_by_vaultfs(tool, tracked, work)
+    except (OSError, subprocess.CalledProcessError) as e:
+        print(f"  {tool.name}: could not list the snapshot ({e})", flush=True)
+
+
+def bench_tool(
+    tool: Tool, data: Path, work: Path, round_no: int = 1, tracked: list[str] | None = None
+) -> ToolResult:
+    """One round of one tool; `tracked` (the tracked-but-ignored files) for --scenario warm."""
+    warm = tracked is not None
     for path in [*tool.repo_paths, *tool.cache_paths]:
         if path.exists():
             shutil.rmtree(path)
     if tool.name == "vaultfs":
-        write_vaultfs_config(data, work)
+        write_vaultfs_config(data, work, "warm" if warm else "cold")
     version = command_output(tool.version_cmd, tool.env)
     result = ToolResult(tool.name, version, tool.settings, round=round_no)
     logs = work / "logs" / f"round{round_no}"
@@ -351,18 +498,27 @@ def bench_tool(tool: Tool, data: Path, work: Path, round_no: int = 1) -> ToolRes
         print(f"  {tool.name}: {label} {m.wall_s:.1f} s", flush=True)
         return m
 
+    def snapshot(n: int) -> Measured | None:
+        argv, label = tool.snapshot_cmd(n), f"snapshot{n}"
+        io_file = logs / f"{tool.name}-{label}.io"  # the log's name with .io
+        return step(label, io_wrapped(argv, io_file) if warm else argv)
+
     result.warmup_s = warm_page_cache(data)
     if step("init", tool.init_cmd) is None:
         return result
-    first = step("snapshot1", tool.snapshot_cmd(1))
+    first = snapshot(1)
     if first is None:
         return result
     result.first_s = first.wall_s
     result.first_rss_mib = first.peak_rss_kib / 1024 if first.peak_rss_kib else None
     result.repo_bytes = du_bytes(*tool.repo_paths)
-    second = step("snapshot2", tool.snapshot_cmd(2))
+    if tracked is not None:
+        warm_checks(tool, result, first, data, work, tracked)
+    second = snapshot(2)
     if second is None:
         return result
+    if warm:
+        result.nochange_rchar = io_counters(Path(second.log).with_suffix(".io")).get("rchar")
     result.nochange_s = second.wall_s
     result.nochange_rss_mib = second.peak_rss_kib / 1024 if second.peak_rss_kib else None
     result.cache_bytes = du_bytes(*tool.cache_paths) if tool.cache_paths else 0
@@ -401,6 +557,11 @@ class ToolSummary:
     nochange_rss_mib: float | None
     peak_rss_mib: float | None
     rounds: list[ToolResult]
+    first_rchar: int | None = None  # --scenario warm (medians; `dropped` of the first round with it)
+    first_read_bytes: int | None = None
+    nochange_rchar: int | None = None
+    kept_bytes: int | None = None
+    dropped: list[str] | None = None
 
 
 def _values(values: Sequence[float | None]) -> list[float]:
@@ -454,6 +615,11 @@ def summarise(rounds: list[ToolResult]) -> ToolSummary:
         nochange_rss_mib=max_of([r.nochange_rss_mib for r in rounds]),
         peak_rss_mib=max_of([r.peak_rss_mib for r in rounds]),
         rounds=rounds,
+        first_rchar=_median_int([r.first_rchar for r in rounds]),
+        first_read_bytes=_median_int([r.first_read_bytes for r in rounds]),
+        nochange_rchar=_median_int([r.nochange_rchar for r in rounds]),
+        kept_bytes=_median_int([r.kept_bytes for r in rounds]),
+        dropped=next((r.dropped for r in rounds if r.dropped is not None), None),
     )
 
 
@@ -528,6 +694,40 @@ def targets_table(ratios: dict[str, float | None]) -> str:
     return "\n".join(lines)
 
 
+def warm_table(summaries: dict[str, ToolSummary], tracked: list[str], data_bytes: int) -> str:
+    """--scenario warm: times, bytes read against bytes kept, tracked-but-ignored files dropped."""
+    lines = [
+        f"data tree: {data_bytes / MIB:.1f} MiB; tracked-but-ignored files: {len(tracked)}",
+        "",
+        "| tool | first warm snapshot s | no-change s | peak RSS MiB | kept MiB | read (rchar) MiB |"
+        " read / kept | from disk MiB | no-change read MiB | tracked-but-ignored dropped |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in summaries.values():
+        mib = {
+            k: None if v is None else v / MIB
+            for k, v in (
+                ("kept", s.kept_bytes),
+                ("rchar", s.first_rchar),
+                ("disk", s.first_read_bytes),
+                ("again", s.nochange_rchar),
+            )
+        }
+        dropped = "–" if s.dropped is None else f"{len(s.dropped)} of {len(tracked)}"
+        lines.append(
+            f"| {s.tool} | {_fmt(s.first_s, 2)} | {_fmt(s.nochange_s, 2)} | {_fmt(s.peak_rss_mib)} | "
+            f"{_fmt(mib['kept'])} | {_fmt(mib['rchar'])} | {_fmt(_ratio(mib['rchar'], mib['kept']), 2)} | "
+            f"{_fmt(mib['disk'])} | {_fmt(mib['again'])} | {dropped} |"
+        )
+    for s in summaries.values():
+        if s.dropped:
+            shown = ", ".join(s.dropped[:10]) + (
+                f", … ({len(s.dropped) - 10} more)" if len(s.dropped) > 10 else ""
+            )
+            lines.append(f"\n{s.tool} dropped these tracked files: {shown}")
+    return "\n".join(lines)
+
+
 def environment() -> dict[str, str]:
     cpu = "unknown"
     try:
@@ -551,6 +751,37 @@ def environment() -> dict[str, str]:
         "python": platform.python_version(),
         "rss_method": "GNU time %M" if os.access(GNU_TIME, os.X_OK) else "/proc polling",
     }
+
+
+def print_tables(
+    results: dict[str, ToolSummary], ratios: dict[str, float | None], tracked: list[str] | None, size: int
+) -> None:
+    """The results table, then the cold targets or (--scenario warm) the warm table."""
+    print()
+    print(markdown_table(results))
+    print()
+    if tracked is not None:
+        print(warm_table(results, tracked, size))
+        for label, key in (("first warm", "first_vs_restic"), ("no-change warm", "nochange_vs_restic")):
+            print(f"{label} snapshot, vaultfs / restic: {_fmt(ratios[key], 2)}×")
+    else:
+        print(targets_table(ratios))
+
+
+def prepare_warm(parser: argparse.ArgumentParser, data: Path, work: Path) -> list[str]:
+    """--scenario warm: restic's exclude file, written from the repositories' rules, and the
+    tracked-but-ignored files whose fate the run reports."""
+    repos = find_repos(data)
+    if not repos:
+        parser.error(f"--scenario warm: no git repository under {data} (make_dataset.py --warm makes them)")
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "restic-excludes.txt").write_text("\n".join(restic_excludes(repos)) + "\n")
+    tracked = tracked_ignored(data, repos)
+    print(
+        f"{len(repos)} repositories, {len(tracked)} tracked-but-ignored files; "
+        f"restic's exclude file: {work / 'restic-excludes.txt'}"
+    )
+    return tracked
 
 
 def data_and_work(parser: argparse.ArgumentParser, data: Path, work: Path) -> tuple[Path, Path]:
@@ -584,6 +815,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument(
+        "--scenario",
+        choices=("cold", "warm"),
+        default="cold",
+        help="cold (default): the three tools on a cold collection; warm: vaultfs's warm tier "
+        "against restic with an --exclude-file, on data from make_dataset.py --warm",
+    )
+    parser.add_argument(
         "--vaultfs",
         type=Path,
         default=REPO_ROOT / ".venv" / "bin" / "vaultfs",
@@ -602,13 +840,17 @@ def main(argv: list[str] | None = None) -> int:
 
     files, dirs, size = dataset_stats(data)
     print(f"dataset {data}: {files} files, {dirs} directories, {size / MIB:.1f} MiB")
-    tools = make_tools(data, work, args.vaultfs)
-    selected = [name for name in TOOLS if name in only]  # fixed order, table reads the same
+    warm = args.scenario == "warm"
+    tracked = prepare_warm(parser, data, work) if warm else None
+    tools = make_tools(data, work, args.vaultfs, warm)
+    selected = [name for name in TOOLS if name in only and not (warm and name == "borg")]
+    if not selected:
+        parser.error("no tool left to run (--scenario warm runs vaultfs and restic)")
     per_round: dict[str, list[ToolResult]] = {name: [] for name in selected}
     for round_no in range(1, args.rounds + 1):
         print(f"round {round_no}/{args.rounds}", flush=True)
         for name in selected:
-            per_round[name].append(bench_tool(tools[name], data, work, round_no))
+            per_round[name].append(bench_tool(tools[name], data, work, round_no, tracked))
     results = {name: summarise(rounds) for name, rounds in per_round.items()}
 
     ratios = compute_ratios(results)
@@ -622,10 +864,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     for summary in results.values():
         print(f"{summary.tool}: {summary.version} — {summary.settings}")
-    print()
-    print(markdown_table(results))
-    print()
-    print(targets_table(ratios))
+    print_tables(results, ratios, tracked, size)
     for s in results.values():
         for r in s.rounds:
             if r.status != "ok":
@@ -638,6 +877,8 @@ def main(argv: list[str] | None = None) -> int:
             "tools": {k: summary_json(s) for k, s in results.items()},
             "ratios": ratios,
             "targets": {key: limit for _, key, limit in TARGETS},
+            "scenario": args.scenario,
+            "tracked_ignored": tracked,
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(payload, indent=2) + "\n")

@@ -28,6 +28,7 @@ _BLOB_SEALED_MIN = schema.BLOB_REF.size + schema.SEAL_SIZE
 class FileCacheLookup:
     def __init__(self, txn: lmdb.Transaction, collection: str, files: Any, blobs: Any) -> None:
         self._txn = txn
+        self._collection = collection
         self._prefix = schema.collection_prefix(collection)
         self._memo_prefix = schema.dir_memo_prefix(collection)
         self._files = files
@@ -80,6 +81,22 @@ class FileCacheLookup:
         if stored is None or not schema.is_sound(key, stored):
             return None  # a damaged row only costs rebuilding that listing
         return bytes(stored[: -schema.SEAL_SIZE])
+
+    def left_out(self) -> frozenset[bytes]:
+        """What the rules left out in the run that made or confirmed the latest version
+        (damaged rows read as absent: they only cost a file counted as added, not as now
+        included)."""
+        prefix = schema.left_out_prefix(self._collection)
+        found = []
+        cur = self._txn.cursor(db=self._files)
+        if cur.set_range(prefix):
+            for key, stored in cur:
+                key = bytes(key)
+                if not key.startswith(prefix):
+                    break
+                if schema.is_sound(key, stored):
+                    found.append(key[len(prefix) :])
+        return frozenset(found)
 
     def dir_memo_root(self) -> TreeId | None:
         """The root tree of the version the directory memo rows describe."""

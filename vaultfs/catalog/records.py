@@ -139,8 +139,11 @@ def _record_name(db: str, key: bytes) -> str:
         return f"scrub row {(coll + b'/' + rest).decode(errors='backslashreplace')!r}"
     if db == "accepted" and sep and len(rest) == 16:
         return f"acceptance record {coll.decode(errors='replace')}@v{int.from_bytes(rest[:8], 'big')}"
-    if db == "files" and sep and b"\1" not in coll:
+    if db == "files" and sep and b"\1" not in coll and b"\2" not in coll:
         return f"files cache row {(coll + b'/' + rest).decode(errors='backslashreplace')!r}"
+    owner, left_out, path = text.partition(b"\2")
+    if db == "files" and not sep and left_out and b"\1" not in owner:
+        return f"left-out row {(owner + b'/' + path).decode(errors='backslashreplace')!r}"
     name = {"meta": "meta record", "bands": "band record", "files": "directory memo row"}
     return f"{name.get(db, db + ' record')} {text.decode(errors='backslashreplace')[:80]!r}"
 

@@ -36,6 +36,10 @@ files      collection utf-8 + 0x01 + directory path     `DIR_MEMO` (``DirMemo.pa
                                                         name length u16, name, tree id
 files      collection utf-8 + 0x01 + NUL                root tree id of the version the rows
                                                         above describe (32 bytes)
+files      collection utf-8 + 0x02 + path               empty: an entry the collection's rules left
+                                                        out (nothing below it was looked at), in
+                                                        the run that made or confirmed the latest
+                                                        version
 scrub      collection utf-8 + NUL + path bytes          `SCRUB_ROW`: verified_ns (i64), content
                                                         key (32 bytes), rot_ns (i64, 0: none)
 =========  ==========================================  ==========================================
@@ -59,6 +63,12 @@ afresh (every file then counts as never verified), and a damaged row reads as ab
 catalog (``vaultfs check``, rung 1 of ``index rebuild``) therefore skips these rows
 (`DISPOSABLE`): a damaged one is no damage to the vault, and a rebuild would only throw
 away every other row with it.
+
+The *left-out* rows say what the rules left out last time, so that the next snapshot
+can tell files that come back because a rule no longer leaves them out ("now
+included") from new files. Like the memo rows they are a cache: a damaged one reads as
+absent, and ``index rebuild`` writes a catalog without them (the first snapshot after
+it cannot tell, and counts such files as added only).
 
 The directory rows (*memo*) let a snapshot skip rebuilding listings that did not
 change: a directory whose entries' stat data hash to the recorded signature gets
@@ -171,3 +181,8 @@ DIR_MEMO_ROOT = b"\0"  # after the prefix: no directory path starts with NUL
 def dir_memo_prefix(collection: str) -> bytes:
     """Collection names are plain identifiers (config.py), so 0x01 never meets a file row."""
     return collection.encode() + b"\1"
+
+
+def left_out_prefix(collection: str) -> bytes:
+    """The left-out rows of a collection (0x02: as 0x01 above)."""
+    return collection.encode() + b"\2"

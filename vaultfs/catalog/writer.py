@@ -92,6 +92,18 @@ class CatalogWriter:
         for path, memo in rows:
             self._put("files", prefix + path, memo.pack())
 
+    def replace_left_out(self, collection: str, paths: Iterable[bytes]) -> None:
+        """Drop every left-out row of `collection`, then write one per path in `paths`: what
+        this run's rules left out (see `schema`)."""
+        prefix = schema.left_out_prefix(collection)
+        cur = self._txn.cursor(db=self._db["files"])
+        if cur.set_range(prefix):
+            while bytes(cur.key()).startswith(prefix):
+                if not cur.delete():
+                    break
+        for path in paths:
+            self._put("files", prefix + path, b"")
+
     # ---- retention support ---------------------------------------------------------------
 
     def put_acceptance(self, acceptance: Acceptance) -> None:

@@ -204,16 +204,20 @@ def _print_summary(r: Any, forgotten: Sequence[int]) -> None:
             f"{human_bytes(s.bytes)}; +{s.added} ~{s.changed} -{s.removed}; {healed}{read}; "
             f"stored {human_bytes(r.bytes_stored)} in {r.bands} band(s) in {r.seconds:.2f}s"
         )
-    if r.now_excluded and r.previous is not None:
-        held = (
-            f"the keep rules forgot v{r.previous}, which held them"
-            if r.previous in forgotten
-            else f"v{r.previous} still holds them"
-        )
-        print(
-            f"{r.collection}: rules changed: {r.now_excluded:,} paths now excluded "
-            f"({held}; `vaultfs explain` says which rule)"
-        )
+    if (r.now_excluded or r.now_included) and r.previous is not None:
+        changed = []
+        if r.now_excluded:
+            held = (
+                f"the keep rules forgot v{r.previous}, which held them"
+                if r.previous in forgotten
+                else f"v{r.previous} still holds them"
+            )
+            changed.append(
+                f"{r.now_excluded:,} paths now excluded ({held}; `vaultfs explain` says which rule)"
+            )
+        if r.now_included:
+            changed.append(f"{r.now_included:,} paths now included (v{r.previous} left them out)")
+        print(f"{r.collection}: rules changed: {', '.join(changed)}")
 
 
 def _print_left_out(r: Any) -> None:
@@ -313,6 +317,7 @@ def snapshot_json(r: Any, forgotten: Sequence[int] = ()) -> dict[str, Any]:
         "excluded": r.excluded,
         "now_excluded": r.now_excluded,
         "now_excluded_under": [to_text(p) for p in r.now_excluded_under],
+        "now_included": r.now_included,
         "notes": r.notes,
         "mass_removal": None
         if r.mass_removal is None

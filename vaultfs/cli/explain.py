@@ -36,7 +36,7 @@ def cmd_explain(args: argparse.Namespace, config: Config) -> int:
     from vaultfs.ignore import Rules, describe
 
     collection = config.collection(args.collection)
-    rules = Rules(collection)
+    rules = Rules(collection, config.git_excludes_default)
     rows: list[dict[str, Any]] = []
     errors: list[str] = []
     for arg in args.paths:

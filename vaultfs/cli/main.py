@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from vaultfs import __version__, logsafe
@@ -68,6 +69,18 @@ def find_config(arg: str | None) -> Path:
     )
 
 
+def git_excludes_default() -> Path | None:
+    """git's default ``core.excludesFile`` when none is configured, from the environment as
+    git derives it (gitignore(5)): ``$XDG_CONFIG_HOME/git/ignore``, else
+    ``$HOME/.config/git/ignore`` (an empty variable counts as unset); None without either.
+    A configured ``core.excludesFile`` is asked of git itself (`vaultfs.ignore.git`)."""
+    xdg = os.environ.get("XDG_CONFIG_HOME")
+    if xdg:
+        return Path(xdg) / "git" / "ignore"
+    home = os.environ.get("HOME")
+    return Path(home) / ".config" / "git" / "ignore" if home else None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vaultfs",
@@ -115,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"vaultfs: error: {e}", file=sys.stderr)
             return EXIT_USAGE
     try:
-        config = load_config(find_config(args.config))
+        config = replace(load_config(find_config(args.config)), git_excludes_default=git_excludes_default())
         status = func(args, config)
         sys.stdout.flush()  # a reader that went away fails here, not at exit
         return status

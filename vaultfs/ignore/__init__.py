@@ -8,7 +8,8 @@ The rules, in the order they are asked:
 1. the collection's own ``exclude`` patterns (gitignore syntax, relative to its root);
 2. ``exclude_if_present``: a directory holding one of these names (``CACHEDIR.TAG`` only
    with the Cache Directory Tagging signature);
-3. ``exclude_larger_than`` (warm collections): a regular file above the size;
+3. ``exclude_larger_than`` (warm collections): a regular file above the size (not inside
+   ``.git``: its pack files are the history);
 4. git's ignore rules (``gitignore``), with git's semantics: inside a work tree, the
    ``.gitignore`` of each directory from the top of the work tree down (deeper files
    first, the last matching line of a file wins), then ``info/exclude``, then
@@ -34,6 +35,7 @@ import os
 import stat
 from collections.abc import Collection
 from dataclasses import dataclass
+from pathlib import Path
 
 from vaultfs.config import CollectionConfig
 from vaultfs.ignore import git
@@ -83,8 +85,12 @@ class _Repo:
 class Rules:
     """The exclusion rules of one collection; `root_scope` starts a walk."""
 
-    def __init__(self, collection: CollectionConfig) -> None:
+    def __init__(self, collection: CollectionConfig, git_excludes_default: Path | None = None) -> None:
+        """`git_excludes_default`: git's default ``core.excludesFile`` (`Config.git_excludes_default`)."""
         self.collection = collection
+        self.git_excludes_default = (
+            None if git_excludes_default is None else os.fsencode(git_excludes_default)
+        )
         self.root = os.fsencode(collection.path)
         self.gitignore = collection.uses_gitignore
         name = f"[collections.{collection.name}].exclude"
@@ -139,9 +145,9 @@ class Rules:
         return _Repo(top, tracked, frozenset(dirs), tuple(f for f in low if f is not None))
 
     def _global_excludes(self, top: bytes) -> RuleFile | None:
-        path = git.excludes_file(top)
+        path, why = git.excludes_file(top, self.git_excludes_default)
         if path is None:
-            self.note("git_global_excludes: git is not installed, core.excludesFile is not applied")
+            self.note(f"git_global_excludes: {why}: core.excludesFile is not applied")
             return None
         if path not in self._global:
             self._global[path] = self.read(path, b"")
@@ -288,9 +294,13 @@ class Scope:
             tag = rules.cache_tag(self.path + b"/" + name)
             if tag is not None:
                 return Verdict(False, "present", detail=tag)
-        elif rules.larger_than is not None and stat.S_ISREG(st.st_mode) and st.st_size > rules.larger_than:
-            limit = human_bytes(rules.larger_than)
-            return Verdict(False, "size", detail=f"{human_bytes(st.st_size)}, larger than {limit}")
+        limit_bytes = rules.larger_than
+        # Never inside .git: a pack file left out would leave a repository git cannot read.
+        if limit_bytes is not None and not self.raw and stat.S_ISREG(st.st_mode) and st.st_size > limit_bytes:
+            size, limit = human_bytes(st.st_size), human_bytes(rules.larger_than)
+            if size == limit:  # "1.0 KiB, larger than 1.0 KiB" would say nothing
+                size, limit = f"{st.st_size:,} bytes", f"{rules.larger_than:,} bytes"
+            return Verdict(False, "size", detail=f"{size}, larger than {limit}")
         return None
 
     def _git(self, name: bytes, is_dir: bool) -> Verdict:

@@ -83,12 +83,15 @@ def info_exclude(top: bytes) -> bytes:
     return os.path.join(gd, b"info", b"exclude")
 
 
-def excludes_file(top: bytes) -> bytes | None:
-    """``core.excludesFile`` as git resolves it for the repository at `top`, else git's
-    default ``~/.config/git/ignore``; None without git."""
+def excludes_file(top: bytes, default: bytes | None) -> tuple[bytes | None, str | None]:
+    """``core.excludesFile`` as git itself resolves it for the repository at `top` (git
+    reads its global config where ``GIT_CONFIG_GLOBAL``, ``XDG_CONFIG_HOME`` and ``HOME``
+    say, and expands ``~``), else `default` (git's own default, which no git command
+    reports: `vaultfs.cli.main` derives it from the environment as git does); or None and
+    why without git."""
     git = git_program()
     if git is None:
-        return None
+        return None, "git is not installed"
     out = subprocess.run(
         [git, *GIT_SAFE, "-C", os.fsdecode(top), "config", "--path", "--get", "core.excludesFile"],
         capture_output=True,
@@ -97,5 +100,5 @@ def excludes_file(top: bytes) -> bytes | None:
     )
     value = out.stdout.rstrip(b"\n")
     if out.returncode == 0 and value:
-        return value if os.path.isabs(value) else os.path.join(top, value)
-    return os.path.expanduser(b"~/.config/git/ignore")
+        return (value if os.path.isabs(value) else os.path.join(top, value)), None
+    return default, None if default is not None else "neither XDG_CONFIG_HOME nor HOME is set"

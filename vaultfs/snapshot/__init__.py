@@ -61,7 +61,7 @@ from vaultfs.errors import SourceRefused
 from vaultfs.ignore import Rules
 from vaultfs.model import RootMeta, TreeId, VersionInfo
 from vaultfs.snapshot.commit import commit_version, record_unchanged
-from vaultfs.snapshot.diff import Changes, MassRemoval, diff_versions, mass_removal
+from vaultfs.snapshot.diff import Changes, MassRemoval, diff_versions, mass_removal, top_in
 from vaultfs.snapshot.files import FINGERPRINT_PIECE, SMALL_FILE, FileSaver, ReadProgress
 from vaultfs.snapshot.spool import Uploader, recover_spool
 from vaultfs.snapshot.trees import Memos, TreeSaver
@@ -129,6 +129,7 @@ class SnapshotResult:
     excluded: int = 0  # entries left out by the collection's rules (a directory counts once)
     now_excluded: int = 0  # files of the previous version that the rules leave out now
     now_excluded_under: list[bytes] = field(default_factory=list)  # the excluded paths they lie under
+    now_included: int = 0  # files added that the previous run's rules left out
     notes: list[str] = field(default_factory=list)  # rules that could not be applied fully
 
     @property
@@ -162,6 +163,7 @@ class Snapshot:
         self.files = FileSaver(vault, collection, self._uploader, self.progress)
         self._root_meta: RootMeta | None = None  # the source root's own metadata, from the scan
         self._excluded: set[bytes] = set()  # paths the rules left out (nothing below them is listed)
+        self._left_out_before: frozenset[bytes] = frozenset()  # the same, of the previous run
         self.result = SnapshotResult(collection.name, None, None, unchanged=False)
 
     def run(self) -> SnapshotResult:
@@ -197,7 +199,7 @@ class Snapshot:
         latest = self.vault.catalog.latest_version(self.collection.name)
         with self.vault.catalog.files_reader(self.collection.name) as cache:
             memos = Memos(cache, latest)
-            rules = Rules(self.collection)
+            rules = Rules(self.collection, self.vault.config.git_excludes_default)
             scanner = Scanner(root, memos.signature if memos.valid else None, rules)
             try:
                 top = scanner.scan()
@@ -208,6 +210,7 @@ class Snapshot:
             self.result.notes = rules.notes
             self.result.excluded = len(scanner.excluded)
             self._excluded = set(scanner.excluded)
+            self._left_out_before = cache.left_out()
             self._root_meta = _root_meta(root, top)
             testpoints.reach("after-scan")
             self._uploader.start()
@@ -222,11 +225,21 @@ class Snapshot:
         if latest is not None and root_id == latest.root and self._root_meta == latest.root_meta:
             self._finish_unchanged(latest, trees)
         else:
-            changes = diff_versions(self.vault, latest.root if latest else None, root_id, trees.listings)
+            left_out = self._left_out_before if latest is not None else frozenset()
+            changes = diff_versions(
+                self.vault, latest.root if latest else None, root_id, trees.listings, left_out
+            )
             self._commit(root_id, latest, trees, changes)
 
+    def _left_out_rows(self) -> set[bytes] | None:
+        """What this run left out, for the catalog's left-out rows; None when the rows
+        already say so (a no-change snapshot writes nothing for them)."""
+        return None if self._excluded == self._left_out_before else self._excluded
+
     def _finish_unchanged(self, latest: VersionInfo, trees: TreeSaver) -> None:
-        verified = record_unchanged(self.vault, self.files, self._uploader, trees, latest, self.now)
+        verified = record_unchanged(
+            self.vault, self.files, self._uploader, trees, latest, self.now, self._left_out_rows()
+        )
         self.result.unchanged = True
         self.result.latest = verified
         self._collect_band_stats()
@@ -245,6 +258,7 @@ class Snapshot:
             root_meta=self._root_meta,
             latest=latest,
             now=self.now,
+            left_out=self._left_out_rows(),
         )
         self.result.version = version
         self.result.latest = version
@@ -252,10 +266,11 @@ class Snapshot:
         # Files a rule now leaves out are still on the source: neither deleted nor a failed
         # source, so no warning and no mass removal. But the new version lacks them: in a
         # cold collection the previous version holds their last copy and is pinned.
-        tops = [_excluded_top(p, self._excluded) for p in changes.deleted]
+        tops = [top_in(p, self._excluded) for p in changes.deleted]
         deleted = [p for p, top in zip(changes.deleted, tops, strict=True) if top is None]
         self.result.now_excluded = len(changes.deleted) - len(deleted)
         self.result.now_excluded_under = sorted({top for top in tops if top is not None})
+        self.result.now_included = changes.now_included
         if self.collection.tier == "cold" and latest is not None:
             self.result.modified = changes.modified
             self.result.deleted = deleted
@@ -268,17 +283,6 @@ class Snapshot:
     def _collect_band_stats(self) -> None:
         self.result.bands = len(self._uploader.uploaded)
         self.result.bytes_stored = sum(b.size for b in self._uploader.uploaded)
-
-
-def _excluded_top(path: bytes, excluded: set[bytes]) -> bytes | None:
-    """`path` or the directory above it that is in `excluded`; None when there is none."""
-    while True:
-        if path in excluded:
-            return path
-        cut = path.rfind(b"/")
-        if cut < 0:
-            return None
-        path = path[:cut]
 
 
 def check_root(collection: CollectionConfig, done: str = "snapshotted") -> None:

@@ -8,7 +8,7 @@ Order (the version record is the commit point; nothing is visible before it):
 3. The version record is written to the store with If-None-Match.
 4. The catalog records the trees, the version, the files cache rows of the files read
    and their scrub rows (read and hashed now: verified; rows of deleted files are
-   dropped) and the directory memo rows.
+   dropped), the directory memo rows and what the rules left out.
 
 A run whose root tree and root metadata equal the latest version's writes no version:
 `record_unchanged` adds a verification time to the latest one instead.
@@ -40,8 +40,10 @@ def commit_version(
     root_meta: RootMeta | None,
     latest: VersionInfo | None,
     now: Callable[[], int],
+    left_out: set[bytes] | None = None,
 ) -> VersionInfo:
-    """Write the new version (steps 1–4 above) and return its record."""
+    """Write the new version (steps 1–4 above) and return its record. `left_out`: what the
+    run's rules left out, when the catalog's left-out rows must change."""
     now_ns = now()
     if files.band is None:
         files.open_band()  # a metadata-only band carries the trees and the record
@@ -78,6 +80,8 @@ def commit_version(
             w.put_tree(tid, enc)
         w.put_version(version)
         _write_files_cache(w, files, changes.deleted, root, trees, now_ns)
+        if left_out is not None:
+            w.replace_left_out(files.collection, sorted(left_out))
     return version
 
 
@@ -88,6 +92,7 @@ def record_unchanged(
     trees: TreeSaver,
     latest: VersionInfo,
     now: Callable[[], int],
+    left_out: set[bytes] | None = None,
 ) -> VersionInfo:
     """Nothing changed: store what was packed anyway — content stored again because its band
     was lost (`vaultfs.heal`), which heals every version naming it — and record that `latest`
@@ -100,6 +105,8 @@ def record_unchanged(
     with vault.catalog.writer() as w:
         w.put_version(verified)
         _write_files_cache(w, files, [], latest.root, trees, now_ns)
+        if left_out is not None:
+            w.replace_left_out(files.collection, sorted(left_out))
     return verified
 
 

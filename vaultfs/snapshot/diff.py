@@ -25,6 +25,7 @@ class Changes:
     removed: int = 0
     modified: list[bytes] = field(default_factory=list)  # paths of the changed files
     deleted: list[bytes] = field(default_factory=list)  # paths of the removed files
+    now_included: int = 0  # of the files added, those under an entry the last run left out
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,10 +43,16 @@ class MassRemoval:
 
 
 def diff_versions(
-    vault: Vault, old: TreeId | None, new: TreeId, listings: dict[TreeId, list[Entry]]
+    vault: Vault,
+    old: TreeId | None,
+    new: TreeId,
+    listings: dict[TreeId, list[Entry]],
+    left_out: frozenset[bytes] = frozenset(),
 ) -> Changes:
-    """Compare the tree `new` with `old` (None: everything is added)."""
-    differ = _Differ(vault, listings)
+    """Compare the tree `new` with `old` (None: everything is added). `left_out`: what the
+    rules left out in the run that made `old`; a file added at or below one of them is
+    counted as now included too (a rule no longer leaves it out)."""
+    differ = _Differ(vault, listings, left_out)
     differ.diff(old, new, b"")
     return differ.changes
 
@@ -57,10 +64,27 @@ def mass_removal(limit: RemovalLimit, removed: int, latest: VersionInfo | None) 
     return None
 
 
+def top_in(path: bytes, paths: frozenset[bytes] | set[bytes]) -> bytes | None:
+    """`path` or the directory above it that is in `paths`; None when there is none."""
+    while True:
+        if path in paths:
+            return path
+        cut = path.rfind(b"/")
+        if cut < 0:
+            return None
+        path = path[:cut]
+
+
+def under_any(path: bytes, paths: frozenset[bytes] | set[bytes]) -> bool:
+    """Whether `path` or a directory above it is in `paths`."""
+    return top_in(path, paths) is not None
+
+
 class _Differ:
-    def __init__(self, vault: Vault, listings: dict[TreeId, list[Entry]]) -> None:
+    def __init__(self, vault: Vault, listings: dict[TreeId, list[Entry]], left_out: frozenset[bytes]) -> None:
         self.vault = vault
         self.listings = listings
+        self.left_out = left_out
         self.changes = Changes()
 
     def diff(self, old: TreeId | None, new: TreeId, rel: bytes) -> None:
@@ -83,6 +107,7 @@ class _Differ:
             elif e.kind == "file":
                 if o is None:
                     stats.added += 1
+                    stats.now_included += bool(self.left_out) and under_any(path, self.left_out)
                 elif o.content_key != e.content_key:  # a sparse file's size and map count too
                     stats.changed += 1
                     stats.modified.append(path)
