@@ -297,9 +297,9 @@ class Scope:
         limit_bytes = rules.larger_than
         # Never inside .git: a pack file left out would leave a repository git cannot read.
         if limit_bytes is not None and not self.raw and stat.S_ISREG(st.st_mode) and st.st_size > limit_bytes:
-            size, limit = human_bytes(st.st_size), human_bytes(rules.larger_than)
+            size, limit = human_bytes(st.st_size), human_bytes(limit_bytes)
             if size == limit:  # "1.0 KiB, larger than 1.0 KiB" would say nothing
-                size, limit = f"{st.st_size:,} bytes", f"{rules.larger_than:,} bytes"
+                size, limit = f"{st.st_size:,} bytes", f"{limit_bytes:,} bytes"
             return Verdict(False, "size", detail=f"{size}, larger than {limit}")
         return None
 
