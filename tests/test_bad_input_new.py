@@ -118,3 +118,22 @@ def test_scrub_keys_on_a_warm_collection_are_refused(file_vault: VaultEnv) -> No
     file_vault.extra_config = 'scrub_per_snapshot = "0%"\n'  # off says nothing false
     file_vault.write_config()
     file_vault.run("versions")
+
+
+def test_prices_must_be_numbers_of_dollars_and_hours(file_vault: VaultEnv) -> None:
+    """TOML has ``nan`` and ``inf``; ``nan < 0`` is false, so a sign check alone let them
+    through, and every estimate then said ``$nan``. Hours are a wait: at least 1."""
+    file_vault.add_collection("photos")
+    file_vault.run("init")
+    for line, said in (
+        ("bulk_per_gb = nan", "[prices].bulk_per_gb = nan: expected a price in dollars, 0 or more"),
+        ("standard_per_gb = inf", "[prices].standard_per_gb = inf: expected a price in dollars, 0 or more"),
+        ("storage_per_gb_month = { STANDARD = nan }", "[prices.storage_per_gb_month].STANDARD = nan: "),
+        ("bulk_hours = -3", "[prices].bulk_hours = -3: expected a number of hours, at least 1"),
+        ("standard_hours = 0", "[prices].standard_hours = 0: expected a number of hours, at least 1"),
+    ):
+        file_vault.extra_config = f"[prices]\n{line}\n"
+        file_vault.write_config()
+        proc = file_vault.run("versions", expect=2)
+        assert proc.stderr.startswith(f"vaultfs: error: {file_vault.config_path}: {said}"), proc.stderr
+        assert proc.stderr.count("\n") == 1

@@ -9,6 +9,7 @@ silently ignored in a backup tool.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shlex
@@ -658,6 +659,8 @@ def _prices(t: _Table) -> Prices:
         values[name] = _price(t, name, values.get(name, getattr(defaults, name)))
     for name in ("bulk_hours", "standard_hours"):
         values[name] = t.take(name, int, getattr(defaults, name))
+        if values[name] < 1:
+            raise ConfigError(f"{t.key(name)} = {values[name]}: expected a number of hours, at least 1")
     t.finish()
     return Prices(**values)
 
@@ -666,4 +669,6 @@ def _price(t: _Table, name: str, default: float) -> float:
     value = t.take(name, (int, float), default)
     if value < 0:
         raise ConfigError(f"{t.key(name)} = {value}: a price cannot be negative")
+    if not math.isfinite(value):  # TOML's nan and inf: every estimate would say $nan
+        raise ConfigError(f"{t.key(name)} = {value}: expected a price in dollars, 0 or more")
     return float(value)
