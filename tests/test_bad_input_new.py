@@ -137,3 +137,16 @@ def test_prices_must_be_numbers_of_dollars_and_hours(file_vault: VaultEnv) -> No
         proc = file_vault.run("versions", expect=2)
         assert proc.stderr.startswith(f"vaultfs: error: {file_vault.config_path}: {said}"), proc.stderr
         assert proc.stderr.count("\n") == 1
+
+
+def test_explain_a_path_through_a_symlink_says_the_snapshot_keeps_the_link(file_vault: VaultEnv) -> None:
+    src = file_vault.add_collection("code", tier="warm")
+    write(src / "main.c", b"int main;\n")
+    write(file_vault.tmp / "elsewhere/x.c", b"not in the collection")
+    os.symlink(file_vault.tmp / "elsewhere", src / "link")
+    proc = file_vault.run("explain", "code", "link", "link/x.c", expect=2)
+    assert proc.stdout == "link — kept (no rule matches)\n"
+    assert proc.stderr == (
+        "vaultfs: error: link/x.c: link is a symbolic link: a snapshot keeps the link, "
+        "not what it points to\n"
+    )

@@ -197,6 +197,11 @@ class Rules:
             if not verdict.kept:
                 inside = scope.rel + b"/" + name if scope.rel else name
                 return Verdict(False, "inside", verdict.rule, inside=inside, cause=verdict)
+            if stat.S_ISLNK(st.st_mode):
+                raise NotADirectoryError(
+                    f"{display_path(name)} is a symbolic link: "
+                    "a snapshot keeps the link, not what it points to"
+                )
             if not stat.S_ISDIR(st.st_mode):
                 raise NotADirectoryError(f"{display_path(name)} is not a directory")
             scope = scope.child(name)
