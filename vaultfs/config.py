@@ -9,6 +9,7 @@ silently ignored in a backup tool.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shlex
@@ -545,11 +546,7 @@ def _collection(name: str, raw: Any) -> CollectionConfig:
     clevel = t.take("compression_level", int)
     allow_empty = t.take("allow_empty", bool, False)
     max_removed = t.take_removal_limit("max_removed")
-    scrub_days = t.take("scrub_days", int, 30)
-    if scrub_days < 1:
-        raise ConfigError(f"{t.key('scrub_days')} = {scrub_days}: must be at least 1 (days)")
-    per_snapshot = t.take("scrub_per_snapshot", object)
-    share = None if per_snapshot is None else parse_percentage(per_snapshot, t.key("scrub_per_snapshot"))
+    scrub_days, share = _scrub_keys(t, tier)
     rules = _exclusion_rules(t, tier)
     t.finish()
     return CollectionConfig(
@@ -562,10 +559,28 @@ def _collection(name: str, raw: Any) -> CollectionConfig:
         allow_empty,
         max_removed,
         scrub_days,
-        share or None,
+        share,
         **rules,
         **{r: getattr(keep, r) for r in KEEP_RULES if r != "keep_versions"},
     )
+
+
+def _scrub_keys(t: _Table, tier: str) -> tuple[int, float | None]:
+    """``scrub_days`` and ``scrub_per_snapshot`` (None: off) of a collection. Scrubbing is
+    for cold collections: on a warm one these would be settings that never apply."""
+    given = [k for k in ("scrub_days", "scrub_per_snapshot") if k in t.data]
+    scrub_days = t.take("scrub_days", int, 30)
+    if scrub_days < 1:
+        raise ConfigError(f"{t.key('scrub_days')} = {scrub_days}: must be at least 1 (days)")
+    per_snapshot = t.take("scrub_per_snapshot", object)
+    share = None if per_snapshot is None else parse_percentage(per_snapshot, t.key("scrub_per_snapshot"))
+    for key in given:
+        if tier != "cold" and (key == "scrub_days" or share):
+            raise ConfigError(
+                f"{t.key(key)}: only for cold collections (a warm collection's files are "
+                're-read by its snapshots); remove it or set tier = "cold"'
+            )
+    return scrub_days, share or None
 
 
 def _exclusion_rules(t: _Table, tier: str) -> dict[str, Any]:
@@ -644,6 +659,8 @@ def _prices(t: _Table) -> Prices:
         values[name] = _price(t, name, values.get(name, getattr(defaults, name)))
     for name in ("bulk_hours", "standard_hours"):
         values[name] = t.take(name, int, getattr(defaults, name))
+        if values[name] < 1:
+            raise ConfigError(f"{t.key(name)} = {values[name]}: expected a number of hours, at least 1")
     t.finish()
     return Prices(**values)
 
@@ -652,4 +669,6 @@ def _price(t: _Table, name: str, default: float) -> float:
     value = t.take(name, (int, float), default)
     if value < 0:
         raise ConfigError(f"{t.key(name)} = {value}: a price cannot be negative")
+    if not math.isfinite(value):  # TOML's nan and inf: every estimate would say $nan
+        raise ConfigError(f"{t.key(name)} = {value}: expected a price in dollars, 0 or more")
     return float(value)

@@ -113,7 +113,8 @@ def parse_selection(paths: list[str]) -> list[tuple[bytes, ...]]:
         try:
             out.append(split_path(os.fsencode(p)))
         except UnsafeName:
-            raise UsageError(f"path {p!r}: use a path inside the collection, without '..'") from None
+            shown = display_path(p)
+            raise UsageError(f"path '{shown}': use a path inside the collection, without '..'") from None
     return out
 
 

@@ -1,4 +1,4 @@
-"""Small filesystem helpers shared by the layers that write files (bands, stores, spool).
+"""Small filesystem helpers shared by the layers (bands, stores, spool, the source scan).
 
 Everything vaultfs creates (store objects of a file:// store, the state dir, LMDB,
 spool, cache, logs) is for its owner only: files 0600, directories 0700. The modes
@@ -9,6 +9,7 @@ not loosen them; bands are plain tar streams of the owner's files.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import BinaryIO
 
@@ -43,3 +44,20 @@ def open_private(path: Path) -> BinaryIO:
     """Create `path` (it must not exist) for writing, mode 0600."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     return os.fdopen(fd, "wb")
+
+
+def kind_of(mode: int) -> str:
+    """The kind of file an ``st_mode`` says, as messages name it ("FIFO", "symlink", …)."""
+    return (
+        "regular file"
+        if stat.S_ISREG(mode)
+        else "directory"
+        if stat.S_ISDIR(mode)
+        else "symlink"
+        if stat.S_ISLNK(mode)
+        else "FIFO"
+        if stat.S_ISFIFO(mode)
+        else "socket"
+        if stat.S_ISSOCK(mode)
+        else "device"
+    )

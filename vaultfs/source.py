@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
 from vaultfs import fsflags
+from vaultfs.fsutil import kind_of
 from vaultfs.model import BlobId, Entry, Kind, to_text
 from vaultfs.output import display_path  # re-exported: the one escaping of names
 from vaultfs.sparse import BlobPlaces, Extents, data_size, holes, tidy
@@ -440,7 +441,7 @@ def open_source(path: bytes) -> tuple[int, os.stat_result]:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise NotRegularFile(_kind_of(st.st_mode))
+            raise NotRegularFile(kind_of(st.st_mode))
         os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
@@ -466,7 +467,7 @@ def _open_leased(path: bytes, flags: int) -> int:
     try:
         st = os.fstat(pinned)
         if not stat.S_ISREG(st.st_mode):
-            raise NotRegularFile(_kind_of(st.st_mode))
+            raise NotRegularFile(kind_of(st.st_mode))
         # Following this magic link is the point: it leads to the pinned inode itself.
         return _open_noatime(f"/proc/self/fd/{pinned}", flags & ~os.O_NOFOLLOW)
     finally:
@@ -475,25 +476,9 @@ def _open_leased(path: bytes, flags: int) -> int:
 
 def _kind_now(path: bytes) -> str | None:
     try:
-        return _kind_of(os.lstat(path).st_mode)
+        return kind_of(os.lstat(path).st_mode)
     except OSError:
         return None
-
-
-def _kind_of(mode: int) -> str:
-    return (
-        "regular file"
-        if stat.S_ISREG(mode)
-        else "directory"
-        if stat.S_ISDIR(mode)
-        else "symlink"
-        if stat.S_ISLNK(mode)
-        else "FIFO"
-        if stat.S_ISFIFO(mode)
-        else "socket"
-        if stat.S_ISSOCK(mode)
-        else "device"
-    )
 
 
 def same_file_state(a: StatLike, b: StatLike) -> bool:

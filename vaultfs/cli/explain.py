@@ -42,7 +42,8 @@ def cmd_explain(args: argparse.Namespace, config: Config) -> int:
     for arg in args.paths:
         rel = _relative(os.fsencode(collection.path), os.fsencode(arg))
         if rel is None:
-            errors.append(f"{arg}: not under {collection.path}")
+            root = display_path(str(collection.path))
+            errors.append(f"{display_path(arg)}: not under {root} (give a path relative to it, or under it)")
             continue
         try:
             verdict = rules.explain(rel)
@@ -50,7 +51,7 @@ def cmd_explain(args: argparse.Namespace, config: Config) -> int:
         except OSError as e:
             errors.append(f"{display_path(rel)}: {e.strerror or e}")
             continue
-        shown = display_path(rel) + ("/" if is_dir else "")
+        shown = display_path(rel) + ("/" if is_dir and rel else "")
         rule = verdict.rule
         rows.append(
             {
@@ -79,11 +80,11 @@ def cmd_explain(args: argparse.Namespace, config: Config) -> int:
 
 
 def _relative(root: bytes, path: bytes) -> bytes | None:
-    """`path` relative to the collection root (given relative to it, or absolute under it);
-    None for the root itself or a path outside it."""
+    """`path` relative to the collection root (given relative to it, or absolute under it;
+    b"" for the root itself); None for a path outside it."""
     if os.path.isabs(path):
         path = os.path.relpath(os.path.normpath(path), root)
     path = os.path.normpath(path)
-    if path in (b".", b"") or path == b".." or path.startswith(b"../"):
+    if path == b".." or path.startswith(b"../"):
         return None
-    return path
+    return b"" if path == b"." else path

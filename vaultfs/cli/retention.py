@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING
 
 from vaultfs.config import KEEP_RULES, CollectionConfig, Config, parse_keep_policy
-from vaultfs.errors import EXIT_OK, EXIT_WARNINGS
+from vaultfs.errors import EXIT_OK, EXIT_WARNINGS, UsageError
 from vaultfs.output import AddCommand, display_path, emit_json, human_bytes, iso_utc, parse_target
 
 if TYPE_CHECKING:  # imported lazily: every command pays for cli's imports
@@ -246,6 +246,11 @@ def cmd_accept(args: argparse.Namespace, config: Config) -> int:
 
     collection, number = parse_target(args.what)
     config.collection(collection)
+    if "" in args.paths:  # an empty shell variable ("$DIR") would accept the whole collection
+        raise UsageError(
+            "an empty PATH: give a path inside the collection, "
+            "or leave PATH out to accept every change up to the version"
+        )
     paths = [b"/".join(parts) for parts in parse_selection(args.paths)]
     vault = Vault.open(config, readonly=args.dry_run)
     try:
@@ -432,7 +437,7 @@ def garbage_share(text: str) -> float:
         share = float(text[:-1]) / 100 if text.endswith("%") else float(text)
     except ValueError:
         share = -1.0
-    if not 0 < share <= 1:
+    if not 0.01 <= share <= 1:  # below 1%: every band with a byte of garbage is rewritten
         raise argparse.ArgumentTypeError(f"{text!r}: expected a share of garbage from 1% to 100%, e.g. 50%")
     return share
 

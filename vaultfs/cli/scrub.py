@@ -72,7 +72,7 @@ def cold_collections(config: Config, names: list[str]) -> list[CollectionConfig]
     """The named collections (default: every cold one); a warm one named is an error."""
     if not names:
         return [c for c in config.collections if c.tier == "cold"]
-    chosen = [config.collection(n) for n in names]
+    chosen = [config.collection(n) for n in dict.fromkeys(names)]  # one named twice: read once
     for c in chosen:
         if c.tier != "cold":
             raise UsageError(

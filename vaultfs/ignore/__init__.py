@@ -52,11 +52,12 @@ CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
 class Verdict:
     """Whether one entry is kept, and which rule says so.
 
-    `reason`: kept — ``none`` (no rule matches), ``git-dir`` (``.git``), ``negated`` (a
-    ``!`` line re-includes it), ``tracked`` (git tracks it although `rule` excludes it or
-    the directory `inside`); left out — ``gitignore``, ``exclude`` (by `rule`),
-    ``present`` (holds the file `detail`), ``size`` (`detail`: its size), ``inside`` (the
-    directory `inside` is left out, for the reason `cause`).
+    `reason`: kept — ``none`` (no rule matches), ``root`` (the collection's path itself),
+    ``git-dir`` (``.git``), ``negated`` (a ``!`` line re-includes it), ``tracked`` (git
+    tracks it although `rule` excludes it or the directory `inside`); left out —
+    ``gitignore``, ``exclude`` (by `rule`), ``present`` (holds the file `detail`), ``size``
+    (`detail`: its size), ``inside`` (the directory `inside` is left out, for the reason
+    `cause`).
     """
 
     kept: bool
@@ -69,6 +70,7 @@ class Verdict:
 
 KEPT = Verdict(True, "none")
 GIT_DIR = Verdict(True, "git-dir")
+ROOT = Verdict(True, "root")
 
 
 @dataclass(slots=True)
@@ -113,12 +115,12 @@ class Rules:
             return display_path(path[len(self.root) + 1 :])
         return display_path(path)
 
-    def read(self, path: bytes, base: bytes) -> RuleFile | None:
-        """The patterns of an ignore file, or None if there is none (or it cannot be read:
-        then fewer files are left out, and a note says so)."""
+    def read(self, path: bytes, base: bytes, *, follow: bool = True) -> RuleFile | None:
+        """The patterns of an ignore file, or None if there is none (or it cannot be read,
+        or is no regular file: then fewer files are left out, and a note says so).
+        `follow`: False for a work tree's ``.gitignore`` files (git does not follow them)."""
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            data = git.read_regular(path, follow=follow)
         except FileNotFoundError:
             return None
         except OSError as e:
@@ -178,7 +180,10 @@ class Rules:
 
     def explain(self, rel: bytes) -> Verdict:
         """The verdict on one path (relative to the collection root), asking each directory
-        above it on the way down as the scan would. OSError if the path does not exist."""
+        above it on the way down as the scan would (b"": the root, never left out). OSError
+        if the path does not exist."""
+        if not rel:
+            return ROOT
         scope = self.root_scope()
         scope.listed(os.listdir(self.root))
         parts = rel.split(b"/")
@@ -192,6 +197,11 @@ class Rules:
             if not verdict.kept:
                 inside = scope.rel + b"/" + name if scope.rel else name
                 return Verdict(False, "inside", verdict.rule, inside=inside, cause=verdict)
+            if stat.S_ISLNK(st.st_mode):
+                raise NotADirectoryError(
+                    f"{display_path(name)} is a symbolic link: "
+                    "a snapshot keeps the link, not what it points to"
+                )
             if not stat.S_ISDIR(st.st_mode):
                 raise NotADirectoryError(f"{display_path(name)} is not a directory")
             scope = scope.child(name)
@@ -236,7 +246,7 @@ class Scope:
         elif not self.rel:
             self._enclosing()
         if self.repo is not None and self.inside is None and b".gitignore" in names:
-            found = rules.read(self.path + b"/.gitignore", self.repo_rel)
+            found = rules.read(self.path + b"/.gitignore", self.repo_rel, follow=False)
             if found is not None:
                 self.frames += (found,)
 
@@ -256,7 +266,7 @@ class Scope:
         frames = []
         here, base = top, b""
         for part in rel.split(b"/"):
-            found = rules.read(here + b"/.gitignore", base)
+            found = rules.read(here + b"/.gitignore", base, follow=False)
             if found is not None:
                 frames.append(found)
             here, base = here + b"/" + part, base + b"/" + part if base else part
@@ -347,6 +357,8 @@ def describe(v: Verdict) -> str:
     inside = display_path(v.inside) + "/" if v.inside is not None else ""
     if v.reason == "none":
         return "kept (no rule matches)"
+    if v.reason == "root":
+        return "kept: the collection's path itself is never left out"
     if v.reason == "git-dir":
         return "kept: git's own directory (the history)"
     if v.reason == "negated":

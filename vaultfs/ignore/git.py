@@ -9,9 +9,14 @@ off: ``ls-files`` runs no hooks, and no repository's config may make it start a 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import shutil
+import stat
 import subprocess
+
+from vaultfs.fsutil import kind_of
 
 GIT_SAFE = ("-c", "safe.directory=*", "-c", "core.fsmonitor=false")
 
@@ -54,6 +59,31 @@ def tracked_paths(top: bytes) -> tuple[frozenset[bytes] | None, str | None]:
     return frozenset(p for p in out.stdout.split(b"\0") if p), None
 
 
+def read_regular(path: bytes, *, follow: bool = True) -> bytes:
+    """The bytes of the regular file at `path` (an ignore file, a ``.git`` file); OSError
+    if it cannot be read, also when it is no regular file: its ``strerror`` says what it is.
+
+    Anything can stand where a ``.gitignore`` is expected. A FIFO would block a plain
+    ``open`` until a writer comes (the snapshot would hang, holding the vault lock), and
+    ``/dev/zero`` would be read until memory runs out; so the path is pinned with
+    ``O_PATH`` (which opens nothing), checked to be a regular file, and only then opened
+    through that handle, the same inode. ``follow=False`` is git's rule for the
+    ``.gitignore`` files in a work tree: a symlink is not followed (git warns and skips it).
+    """
+    pinned = os.open(path, os.O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW))
+    try:
+        mode = os.fstat(pinned).st_mode
+        if stat.S_ISLNK(mode):
+            raise OSError(errno.ELOOP, "a symbolic link: git does not follow it", path)
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, f"a {kind_of(mode)}, not a regular file", path)
+        # Following this magic link is the point: it leads to the pinned inode itself.
+        with open(f"/proc/self/fd/{pinned}", "rb") as f:
+            return f.read()
+    finally:
+        os.close(pinned)
+
+
 def git_dir(top: bytes) -> bytes:
     """The repository directory of the work tree at `top`: ``.git``, or where a ``.git``
     file (a linked worktree, a submodule) points."""
@@ -61,8 +91,7 @@ def git_dir(top: bytes) -> bytes:
     if os.path.isdir(dot_git):
         return dot_git
     try:
-        with open(dot_git, "rb") as f:
-            line = f.readline().strip()
+        line = read_regular(dot_git).split(b"\n", 1)[0].strip()
     except OSError:
         return dot_git
     if not line.startswith(b"gitdir:"):
@@ -75,11 +104,8 @@ def info_exclude(top: bytes) -> bytes:
     """``info/exclude`` of the repository (of the common directory for a linked worktree)."""
     gd = git_dir(top)
     common = os.path.join(gd, b"commondir")
-    try:
-        with open(common, "rb") as f:
-            gd = os.path.normpath(os.path.join(gd, f.read().strip()))
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):  # no commondir: not a linked worktree
+        gd = os.path.normpath(os.path.join(gd, read_regular(common).strip()))
     return os.path.join(gd, b"info", b"exclude")
 
 

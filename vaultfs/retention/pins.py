@@ -30,6 +30,7 @@ from vaultfs.acceptance import Acceptance, under
 from vaultfs.config import Config
 from vaultfs.errors import UsageError
 from vaultfs.model import VersionInfo, to_text
+from vaultfs.output import display_path
 from vaultfs.snapshot.diff import diff_versions
 from vaultfs.vault import Vault
 
@@ -188,7 +189,7 @@ def accept(
     for top in [] if whole else paths:
         if not any(under(f, top) for p in due for f in p.paths):
             raise UsageError(
-                f"nothing to accept under {to_text(top)!r}: no file pinned up to "
+                f"nothing to accept under '{display_path(top)}': no file pinned up to "
                 f"{collection}@v{version.number} lies there (`vaultfs versions {collection}` shows the pins)"
             )
     if not due:
