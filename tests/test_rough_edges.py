@@ -173,3 +173,18 @@ def test_a_full_target_disk_is_one_line_and_a_rerun_finishes(file_vault: VaultEn
         assert (target / "a-small.txt").read_bytes() == b"small file"
     finally:
         subprocess.run(["umount", str(target)], check=True)
+
+
+def test_paths_after_an_option_are_paths(file_vault: VaultEnv, tmp_path: Path) -> None:
+    """`restore fetch docs --to DIR a.txt`: PATHs after --to are PATHs (argparse alone calls
+    them unrecognized); a stray option is still a usage error."""
+    src = file_vault.add_collection("docs", tier="warm")
+    (src / "a.txt").write_bytes(b"a")
+    (src / "b.txt").write_bytes(b"b")
+    file_vault.run("init")
+    file_vault.run("snapshot")
+    out = tmp_path / "out"
+    file_vault.run("restore", "fetch", "docs", "--to", str(out), "a.txt")
+    assert sorted(p.name for p in out.iterdir()) == ["a.txt"]
+    bad = file_vault.run("restore", "fetch", "docs", "--to", str(out), "--bogus", expect=2)
+    assert "unrecognized arguments: --bogus" in bad.stderr

@@ -112,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        _trailing_paths(parser, args, extra)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="vaultfs: %(levelname)s: %(message)s",
@@ -151,6 +153,16 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_ERROR
+
+
+def _trailing_paths(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> None:
+    """PATHs after an option (`restore fetch photos --to DIR a.jpg b.jpg`): argparse fills
+    a command's PATH list before the options and then calls the rest unrecognized; they are
+    PATHs, as restic and git take them. Anything else left over is the usual usage error."""
+    if isinstance(getattr(args, "paths", None), list) and not any(e.startswith("-") for e in extra):
+        args.paths += extra
+        return
+    parser.error(f"unrecognized arguments: {' '.join(extra)}")
 
 
 def _reader_gone() -> int:
