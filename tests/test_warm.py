@@ -127,3 +127,23 @@ def test_one_small_file_comes_back_with_one_ranged_get_of_one_frame(
         ("GET", f"/{s3_bucket.name}/vault/{band_key(band.band)}", f"bytes={first}-{last}")
     ]
     assert (out / "src" / "app" / "main.py").read_bytes() == main.read_bytes()
+
+
+def test_warm_bands_default_to_a_fast_level_and_an_explicit_level_wins(tmp_path: Path) -> None:
+    """Warm: zstd level 1 unless the collection or [vault] says otherwise; cold: level 3."""
+    from vaultfs.config import load_config
+    from vaultfs.snapshot.files import band_settings
+
+    def levels(vault_extra: str, collection_extra: str = "") -> dict[str, int]:
+        path = tmp_path / "vault.toml"
+        path.write_text(
+            f'[vault]\nstore = "file://{tmp_path}/store"\n{vault_extra}'
+            f'[collections.code]\npath = "{tmp_path}"\ntier = "warm"\n{collection_extra}'
+            f'[collections.photos]\npath = "{tmp_path}"\ntier = "cold"\n'
+        )
+        config = load_config(path)
+        return {c.name: band_settings(config, c)[1] for c in config.collections}
+
+    assert levels("") == {"code": 1, "photos": 3}
+    assert levels("compression_level = 6\n") == {"code": 6, "photos": 6}
+    assert levels("compression_level = 6\n", "compression_level = 2\n") == {"code": 2, "photos": 6}

@@ -348,7 +348,7 @@ class Config:
     store: str
     state_dir: Path
     band_size: int = 1024**3
-    compression_level: int = 3
+    compression_level: int | None = None  # None: the tier's default (`snapshot.files.band_settings`)
     threads: int = 2
     s3: S3Settings = field(default_factory=S3Settings)
     collections: tuple[CollectionConfig, ...] = ()
@@ -487,8 +487,8 @@ def _vault_settings(t: _Table) -> tuple[str, Path, int, int, int]:
     band_size = t.take_size("band_size", 1024**3)
     if band_size < 64 * 1024:
         raise ConfigError(f"{t.key('band_size')} = {band_size}: must be at least 64KiB")
-    level = t.take("compression_level", int, 3)
-    if not -7 <= level <= 22:
+    level = t.take("compression_level", int)
+    if level is not None and not -7 <= level <= 22:
         raise ConfigError(f"{t.key('compression_level')} = {level}: zstd levels run from -7 to 22")
     threads = t.take("threads", int, max(1, min(4, os.cpu_count() or 1)))
     if threads < 1:

@@ -422,8 +422,12 @@ def _write_carrier(vault: Vault, trees: dict[TreeId, bytes], replaces: list[Band
     """Upload a metadata-only band whose catalog carries ``trees``; its id."""
     band_id = bandfmt.new_band_id()
     part = vault.spool_dir / f"{band_id}.tar.zst.part"
+    level = vault.config.compression_level
     writer = bandfmt.BandWriter(
-        part, band_id, level=vault.config.compression_level, threads=vault.config.threads
+        part,
+        band_id,
+        level=bandfmt.DEFAULT_LEVEL if level is None else level,
+        threads=vault.config.threads,
     )
     try:
         closed = writer.close(

@@ -51,6 +51,9 @@ READ_AHEAD_BYTES = 4 * 1024 * 1024  # at most this much read ahead at a time
 READ_LATER = (memoryview(b""), BlobId(b""))  # a file read ahead turned out large: read it later
 CHANGED = "changed while it was read; back it up again when it is quiet"
 WARM_FRAME_SIZE = 1024 * 1024  # measured against other sizes: docs/benchmarks.md, "Warm frames"
+# Warm data is snapshotted often and is small: speed over ratio (level 1 took 0.72x the time
+# of level 3 for 12 % more bytes; docs/benchmarks.md, "The warm tier").
+WARM_LEVEL = 1
 
 
 class ReadProgress(Protocol):
@@ -62,14 +65,19 @@ class ReadProgress(Protocol):
 
 def band_settings(config: Config, collection: CollectionConfig) -> tuple[int, int, bool]:
     """The frame size, zstd level and frame-cut policy of `collection`'s bands: the tier's
-    default frame size unless the collection sets one; the vault's level unless it sets
-    one; ``whole_members`` for warm bands, whose files are read one at a time (restore
-    fetch, cat in the mount), so a small one never straddles two frames (cold bands are
-    read whole once restored)."""
-    tier_frame = bandfmt.FRAME_SIZE_DEFAULT if collection.tier == "cold" else WARM_FRAME_SIZE
+    default frame size unless the collection sets one; the collection's level, else the
+    vault's, else the tier's (cold: `bandfmt.DEFAULT_LEVEL`, warm: `WARM_LEVEL`);
+    ``whole_members`` for warm bands, whose files are read one at a time (restore fetch,
+    cat in the mount), so a small one never straddles two frames (cold bands are read
+    whole once restored)."""
+    cold = collection.tier == "cold"
+    frame_size = collection.frame_size or (bandfmt.FRAME_SIZE_DEFAULT if cold else WARM_FRAME_SIZE)
     level = collection.compression_level
-    frame_size = collection.frame_size or tier_frame
-    return frame_size, config.compression_level if level is None else level, collection.tier == "warm"
+    if level is None:
+        level = config.compression_level
+    if level is None:
+        level = bandfmt.DEFAULT_LEVEL if cold else WARM_LEVEL
+    return frame_size, level, not cold
 
 
 class FileSaver:
