@@ -353,3 +353,7 @@ def test_naming_a_warm_collection_or_a_bad_budget_is_a_usage_error(file_vault: V
     assert "collection docs is warm: scrub covers cold collections" in proc.stderr
     assert proc.stderr.count("\n") == 1
     assert "--max-time" in file_vault.run("scrub", "--max-time", "soon", expect=2).stderr
+    status = file_vault.run("scrub", "--status", "--max-bytes", "1GiB", expect=2)
+    assert status.stderr == (
+        "vaultfs: error: --status reads nothing: drop --max-bytes/--max-time, or drop --status to scrub\n"
+    )

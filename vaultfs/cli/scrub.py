@@ -89,6 +89,8 @@ def cmd_scrub(args: argparse.Namespace, config: Config) -> int:
 
     collections = cold_collections(config, args.collections)
     if args.status:
+        if args.max_bytes is not None or args.max_time is not None:
+            raise UsageError("--status reads nothing: drop --max-bytes/--max-time, or drop --status to scrub")
         return _status(config, collections, args)
     vault = Vault.open(config)
     try:
