@@ -81,13 +81,7 @@ def release_restores(bucket: S3Bucket) -> None:
 
 @pytest.fixture
 def cold(s3_bucket: S3Bucket, tmp_path: Path) -> Iterator[VaultEnv]:
-    env = VaultEnv(
-        tmp_path,
-        f"s3://{s3_bucket.name}/vault",
-        s3_endpoint=s3_bucket.endpoint_url,
-        bucket=s3_bucket,
-        band_size="1MiB",
-    )
+    env = VaultEnv.on_s3(tmp_path, s3_bucket, band_size="1MiB")
     env.extra_config = PRICES
     src = env.add_collection("photos", tier="cold")
     for i in range(3):
@@ -121,13 +115,7 @@ def test_bands_move_to_deep_archive_after_the_snapshot(cold: VaultEnv) -> None:
 
 
 def test_warm_collections_stay_standard(s3_bucket: S3Bucket, tmp_path: Path) -> None:
-    env = VaultEnv(
-        tmp_path,
-        f"s3://{s3_bucket.name}/vault",
-        s3_endpoint=s3_bucket.endpoint_url,
-        bucket=s3_bucket,
-        band_size="1MiB",
-    )
+    env = VaultEnv.on_s3(tmp_path, s3_bucket, band_size="1MiB")
     src = env.add_collection("code", tier="warm")
     write(src / "big.bin", os.urandom(2_000_000))
     env.run("init")

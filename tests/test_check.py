@@ -113,9 +113,7 @@ def test_a_hard_link_is_read_once_under_its_first_name(file_vault: VaultEnv) -> 
 
 
 def test_archived_bands_are_listed_with_the_plan_never_skipped(s3_bucket, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    env = VaultEnv(
-        tmp_path, f"s3://{s3_bucket.name}/vault", s3_endpoint=s3_bucket.endpoint_url, bucket=s3_bucket
-    )
+    env = VaultEnv.on_s3(tmp_path, s3_bucket)
     env.write_config()
     setup(env)
     client = s3_bucket.client()

@@ -66,13 +66,7 @@ class FixedAnswer(http.server.ThreadingHTTPServer):
 @pytest.fixture
 def s3_env(tmp_path: Path, s3_bucket: Any) -> VaultEnv:
     """An initialised vault on moto with one snapshot of a cold collection ``p``."""
-    env = VaultEnv(
-        tmp_path,
-        f"s3://{s3_bucket.name}/vault",
-        s3_endpoint=s3_bucket.endpoint_url,
-        bucket=s3_bucket,
-        band_size="1MiB",
-    )
+    env = VaultEnv.on_s3(tmp_path, s3_bucket, band_size="1MiB")
     src = env.add_collection("p")
     (src / "a.txt").write_bytes(b"alpha")
     env.run("init")

@@ -66,13 +66,7 @@ def test_uploaded_bands_are_not_sent_again(file_vault: VaultEnv) -> None:
 
 
 def test_multipart_upload_killed_midway_is_aborted(s3_bucket, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    env = VaultEnv(
-        tmp_path,
-        f"s3://{s3_bucket.name}/vault",
-        s3_endpoint=s3_bucket.endpoint_url,
-        bucket=s3_bucket,
-        band_size="32MiB",
-    )
+    env = VaultEnv.on_s3(tmp_path, s3_bucket, band_size="32MiB")
     src = env.add_collection("media", tier="warm")  # warm: the band stays readable
     write(src / "video.bin", os.urandom(12 * 1024 * 1024))  # 3 parts of 5 MiB
     env.run("init")

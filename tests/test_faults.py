@@ -78,13 +78,7 @@ def test_kill_anywhere_then_next_run_completes_and_checks_clean(
 
 
 def test_kill_during_multipart_upload_and_index_on_s3(s3_bucket, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    env = VaultEnv(
-        tmp_path,
-        f"s3://{s3_bucket.name}/vault",
-        s3_endpoint=s3_bucket.endpoint_url,
-        bucket=s3_bucket,
-        band_size="32MiB",
-    )
+    env = VaultEnv.on_s3(tmp_path, s3_bucket, band_size="32MiB")
     src = env.add_collection("photos", tier="warm")  # warm: bands stay readable on S3
     write(src / "video.bin", os.urandom(11 * 1024 * 1024))  # multipart: 5 MiB parts
     env.run("init")
@@ -102,13 +96,7 @@ def test_snapshot_through_a_flaky_store(store: str, request: pytest.FixtureReque
         env = VaultEnv(tmp_path, f"file://{tmp_path / 'store'}", band_size="1MiB")
     else:
         bucket = request.getfixturevalue("s3_bucket")
-        env = VaultEnv(
-            tmp_path,
-            f"s3://{bucket.name}/vault",
-            s3_endpoint=bucket.endpoint_url,
-            bucket=bucket,
-            band_size="1MiB",
-        )
+        env = VaultEnv.on_s3(tmp_path, bucket, band_size="1MiB")
     src = env.add_collection("photos", tier="warm")  # warm: bands stay readable on S3
     fill(src)
     faulty = env.env(VAULTFS_TESTPOINTS="store-faults=0.3:7")
@@ -134,9 +122,7 @@ def test_snapshot_through_a_flaky_store(store: str, request: pytest.FixtureReque
 
 
 def test_permanent_store_errors_fail_fast_and_clearly(s3_bucket, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    env = VaultEnv(
-        tmp_path, f"s3://{s3_bucket.name}/vault", s3_endpoint=s3_bucket.endpoint_url, bucket=s3_bucket
-    )
+    env = VaultEnv.on_s3(tmp_path, s3_bucket)
     src = env.add_collection("photos")
     write(src / "a.bin", os.urandom(100_000))
     env.run("init")
@@ -223,13 +209,7 @@ def test_two_machines_on_one_store(vault_env: VaultEnv, tmp_path: Path) -> None:
 
 
 def test_kill_while_archiving_cold_bands(s3_bucket, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    env = VaultEnv(
-        tmp_path,
-        f"s3://{s3_bucket.name}/vault",
-        s3_endpoint=s3_bucket.endpoint_url,
-        bucket=s3_bucket,
-        band_size="2MiB",
-    )
+    env = VaultEnv.on_s3(tmp_path, s3_bucket, band_size="2MiB")
     src = env.add_collection("photos")  # cold: bands move to DEEP_ARCHIVE after the commit
     for i in range(3):
         write(src / f"img{i}.raw", os.urandom(1_500_000))

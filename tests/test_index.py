@@ -187,9 +187,7 @@ def test_rebuild_tops_up_versions_newer_than_the_index(file_vault: VaultEnv, tmp
 
 
 def test_archived_bands_need_a_confirmed_restore(s3_bucket, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    env = VaultEnv(
-        tmp_path, f"s3://{s3_bucket.name}/vault", s3_endpoint=s3_bucket.endpoint_url, bucket=s3_bucket
-    )
+    env = VaultEnv.on_s3(tmp_path, s3_bucket)
     env.write_config()
     src = two_versions(env)
     env.move_bands_to("DEEP_ARCHIVE")

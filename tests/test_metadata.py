@@ -11,9 +11,7 @@ The tests run as root on ext4 (``/tmp``), which has every flag they use.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,18 +95,15 @@ def test_acls_round_trip_through_restore_and_band_tar(vault_env: VaultEnv) -> No
 
 
 @pytest.fixture
-def open_env() -> Iterator[VaultEnv]:
+def open_env(world_dir: Path) -> Iterator[VaultEnv]:
     """A file:// vault in a directory other users can reach (the mount checked as nobody)."""
-    base = Path(tempfile.mkdtemp(prefix="vaultfs-meta-"))
-    base.chmod(0o755)
-    env = VaultEnv(base, f"file://{base / 'store'}")
+    env = VaultEnv(world_dir, f"file://{world_dir / 'store'}")
     env.write_config()
     try:
         yield env
     finally:
-        unmount(base / "mnt")
-        unseal(base)
-        shutil.rmtree(base, ignore_errors=True)
+        unmount(world_dir / "mnt")
+        unseal(world_dir)  # before world_dir removes it: +i files cannot be deleted
 
 
 def test_mount_shows_acls_to_getfacl_and_enforces_them(open_env: VaultEnv) -> None:

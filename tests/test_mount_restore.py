@@ -128,13 +128,7 @@ class Cold:
 
 @pytest.fixture
 def cold(s3_bucket: S3Bucket, tmp_path: Path) -> Iterator[Cold]:
-    env = VaultEnv(
-        tmp_path,
-        f"s3://{s3_bucket.name}/vault",
-        s3_endpoint=s3_bucket.endpoint_url,
-        bucket=s3_bucket,
-        band_size="2MiB",
-    )
+    env = VaultEnv.on_s3(tmp_path, s3_bucket, band_size="2MiB")
     src = env.add_collection("photos", tier="cold")
     contents = {f"img{i}.raw": os.urandom(1_000_000) for i in range(FILES)}
     for name, data in contents.items():

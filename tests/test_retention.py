@@ -142,9 +142,7 @@ def test_dry_runs_change_nothing(file_vault: VaultEnv, tmp_path: Path) -> None:
 
 @pytest.mark.s3
 def test_early_deletion_of_deep_archive_refused_then_charged(s3_bucket: Any, tmp_path: Path) -> None:
-    env = VaultEnv(
-        tmp_path, f"s3://{s3_bucket.name}/vault", s3_endpoint=s3_bucket.endpoint_url, bucket=s3_bucket
-    )
+    env = VaultEnv.on_s3(tmp_path, s3_bucket)
     env.write_config()
     three_versions(env)
     env.run("forget", "photos", "--keep", "1")

@@ -258,13 +258,7 @@ def test_rot_whose_good_copy_is_archived_says_what_the_restore_costs(
     """The band holding the good copy is in Deep Archive (a cold collection's bands move
     there after the snapshot): the report gives the `restore start` line, its cost and how
     long it takes, the figures `restore plan` gives for that file."""
-    env = VaultEnv(
-        tmp_path,
-        f"s3://{s3_bucket.name}/vault",
-        s3_endpoint=s3_bucket.endpoint_url,
-        bucket=s3_bucket,
-        band_size="1MiB",  # a band per file: full data bands are archived
-    )
+    env = VaultEnv.on_s3(tmp_path, s3_bucket, band_size="1MiB")  # a band per file: full bands are archived
     env.extra_config = PRICES
     src = env.add_collection("photos")
     for i in range(3):

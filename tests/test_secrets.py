@@ -35,9 +35,7 @@ def _leaks(text: str) -> list[str]:
 
 
 def test_debug_logs_hold_no_credentials(s3_bucket: S3Bucket, tmp_path: Path) -> None:
-    env = VaultEnv(
-        tmp_path, f"s3://{s3_bucket.name}/vault", s3_endpoint=s3_bucket.endpoint_url, bucket=s3_bucket
-    )
+    env = VaultEnv.on_s3(tmp_path, s3_bucket)
     src = env.add_collection("p")
     (src / "a.bin").write_bytes(os.urandom(100_000))
     creds = env.env(AWS_ACCESS_KEY_ID=KEY_ID, AWS_SECRET_ACCESS_KEY=SECRET, AWS_SESSION_TOKEN=TOKEN)

@@ -9,10 +9,8 @@ and a restore of the whole version gives it to the target directory.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,17 +41,14 @@ def meta(path: Path) -> tuple[int, int, int, int]:
 
 
 @pytest.fixture
-def home_env() -> Iterator[VaultEnv]:
+def home_env(world_dir: Path) -> Iterator[VaultEnv]:
     """A file:// vault in a directory another user can reach (for the mount as nobody)."""
-    base = Path(tempfile.mkdtemp(prefix="vaultfs-root-"))
-    base.chmod(0o755)
-    env = VaultEnv(base, f"file://{base / 'store'}")
+    env = VaultEnv(world_dir, f"file://{world_dir / 'store'}")
     env.write_config()
     try:
         yield env
     finally:
-        unmount(base / "mnt")
-        shutil.rmtree(base, ignore_errors=True)
+        unmount(world_dir / "mnt")
 
 
 def test_mount_guards_the_version_root_as_the_source_did(home_env: VaultEnv) -> None:

@@ -19,14 +19,7 @@ from vaultfs.model import BlobId, band_key
 
 
 def s3_env(bucket: S3Bucket, tmp_path: Path, s3_extra: str = "", band_size: str = "4MiB") -> VaultEnv:
-    env = VaultEnv(
-        tmp_path,
-        f"s3://{bucket.name}/vault",
-        s3_endpoint=bucket.endpoint_url,
-        bucket=bucket,
-        band_size=band_size,
-        s3_extra=s3_extra,
-    )
+    env = VaultEnv.on_s3(tmp_path, bucket, band_size=band_size, s3_extra=s3_extra)
     env.write_config()
     return env
 

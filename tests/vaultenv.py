@@ -41,6 +41,19 @@ class VaultEnv:
     def state_dir(self) -> Path:
         return self.tmp / "state"
 
+    @classmethod
+    def on_s3(cls, tmp: Path, bucket: Any, band_size: str = "4MiB", s3_extra: str = "") -> VaultEnv:
+        """A vault under `tmp` whose store is `bucket` on moto's server (its config not yet
+        written: add collections first, or call `write_config`)."""
+        return cls(
+            tmp,
+            f"s3://{bucket.name}/vault",
+            s3_endpoint=bucket.endpoint_url,
+            bucket=bucket,
+            band_size=band_size,
+            s3_extra=s3_extra,
+        )
+
     @property
     def config_path(self) -> Path:
         return self.tmp / "vault.toml"
@@ -180,7 +193,7 @@ def vault_env(request: pytest.FixtureRequest, tmp_path: Path) -> VaultEnv:
         env = VaultEnv(tmp_path, f"file://{tmp_path / 'store'}")
     else:
         bucket = request.getfixturevalue("s3_bucket")
-        env = VaultEnv(tmp_path, f"s3://{bucket.name}/vault", s3_endpoint=bucket.endpoint_url, bucket=bucket)
+        env = VaultEnv.on_s3(tmp_path, bucket)
     env.write_config()
     return env
 
