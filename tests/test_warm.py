@@ -114,12 +114,22 @@ def test_one_small_file_comes_back_with_one_ranged_get_of_one_frame(
     assert band.size > 20 * frame.compressed_size  # a GET of more than the frame would show
     out = tmp_path / "out"
     with s3_requests.recording() as log:
-        env.run("restore", "fetch", "home@v1", "src/app/main.py", "--to", str(out))
+        proc = env.run(
+            "restore",
+            "fetch",
+            "home@v1",
+            "src/app/main.py",
+            "--to",
+            str(out),
+            env=env.env(PYTHONPROFILEIMPORTTIME="1"),
+        )
     first, last = frame.compressed_offset, frame.compressed_offset + frame.compressed_size - 1
     assert [(r.method, r.path, r.range) for r in log] == [
         ("GET", f"/{s3_bucket.name}/vault/{band_key(band.band)}", f"bytes={first}-{last}")
     ]
     assert (out / "src" / "app" / "main.py").read_bytes() == main.read_bytes()
+    # The GET was signed without boto3 (its import is most of a short command's start-up).
+    assert "vaultfs.store.s3_quick" in proc.stderr and "botocore" not in proc.stderr
 
 
 def test_warm_bands_default_to_a_fast_level_and_an_explicit_level_wins(tmp_path: Path) -> None:

@@ -124,8 +124,9 @@ class Vault:
         return Vault(config, store, catalog), created
 
     @staticmethod
-    def open(config: Config, *, readonly: bool = False) -> Vault:
-        """Open an initialised vault; a clear error when ``vaultfs init`` has not run."""
+    def open(config: Config, *, readonly: bool = False, quick: bool = False) -> Vault:
+        """Open an initialised vault; a clear error when ``vaultfs init`` has not run.
+        ``quick``: a short command that mostly reads (see `open_store`)."""
         lmdb_dir = config.state_dir / "catalog.lmdb"
         if not (lmdb_dir / "data.mdb").exists():
             raise VaultError(
@@ -144,7 +145,7 @@ class Vault:
                 f"the state directory {config.state_dir} belongs to store "
                 f"{catalog.meta('store')}, not {config.store}: fix [vault].store or state_dir"
             )
-        store = open_store(config.store, config.s3)
+        store = open_store(config.store, config.s3, quick=quick)
         return Vault(config, store, catalog)
 
     def close(self) -> None:

@@ -119,10 +119,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
     ap.set_defaults(func=cmd_fetch)
 
 
-def _open(config: Config, readonly: bool = False) -> Any:
+def _open(config: Config, readonly: bool = False, quick: bool = False) -> Any:
     from vaultfs.vault import Vault
 
-    return Vault.open(config, readonly=readonly)
+    return Vault.open(config, readonly=readonly, quick=quick)
 
 
 def _selection(vault: Any, args: argparse.Namespace) -> tuple[Any, list[tuple[bytes, ...]]]:
@@ -311,7 +311,7 @@ def cmd_fetch(args: argparse.Namespace, config: Config) -> int:
     from vaultfs.progress import TerminalProgress
 
     collection, _ = parse_target(args.what)
-    vault = _open(config)
+    vault = _open(config, quick=True)  # one file back without importing boto3
     try:
         version, selection = _selection(vault, args)
         needed = bands_needed(vault, version.root, selection, skip_unknown=True)

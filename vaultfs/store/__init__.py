@@ -7,6 +7,7 @@ opened, so ``import vaultfs.store`` does not pay for importing boto3.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -45,10 +46,12 @@ __all__ = [
 _FORMS = "expected file:///absolute/path or s3://bucket/prefix"
 
 
-def open_store(url: str, s3: S3Settings) -> ArchiveStore:
+def open_store(url: str, s3: S3Settings, *, quick: bool = False) -> ArchiveStore:
     """The store named by ``url``, wrapped in RetryingStore. ConfigError for a bad URL.
 
-    Nothing is contacted here; call ``check_access()`` to find setup problems.
+    Nothing is contacted here; call ``check_access()`` to find setup problems. ``quick``
+    (short commands that mostly read: ``restore fetch``): an S3 store's ranged GETs are
+    signed without importing boto3 (`vaultfs.store.s3_quick`), ~0.25 s less start-up.
     """
     parts = urlsplit(url)
     if parts.query or parts.fragment:
@@ -60,9 +63,15 @@ def open_store(url: str, s3: S3Settings) -> ArchiveStore:
     elif parts.scheme == "s3":
         if not parts.netloc:
             raise ConfigError(f"[vault].store = {url!r}: {_FORMS} (the bucket name is missing)")
-        from vaultfs.store.s3 import S3Store  # lazy: boto3 costs ~0.3 s to import
+        bucket, prefix = parts.netloc, unquote(parts.path).strip("/")
+        if quick:
+            from vaultfs.store.s3_quick import QuickS3Store
 
-        inner = S3Store(parts.netloc, unquote(parts.path).strip("/"), s3)
+            inner = QuickS3Store(bucket, prefix, s3, os.environ)
+        else:
+            from vaultfs.store.s3 import S3Store  # lazy: boto3 costs ~0.3 s to import
+
+            inner = S3Store(bucket, prefix, s3)
     else:
         raise ConfigError(f"[vault].store = {url!r}: {_FORMS}")
     faults = testpoints.store_faults()  # tests only: VAULTFS_TESTPOINTS="store-faults=…"
