@@ -96,6 +96,8 @@ def letters(flags: int) -> str:
 def not_kept(flags: int) -> list[str]:
     """One report kind per flag a snapshot does not keep (`LAYOUT` ones are not reported);
     a count goes before it: ``not kept: 3 inode flag(s) +P (project inherit)``."""
+    if not flags & ~(KEPT | LAYOUT):  # nearly every file: nothing to report
+        return []
     out = []
     for bit, letter in LETTERS:
         if flags & bit and not (KEPT | LAYOUT) & bit:

@@ -26,7 +26,6 @@ from vaultfs.index.objects import (
     INDEX_FORMAT,
     INDEX_PREFIX,
     IndexContent,
-    decode_index_object,
     encode_index_object,
     index_key,
     list_index,
@@ -130,7 +129,8 @@ def _put_next(
             store.put(key, data, if_none_match=True)
         except ObjectExists:
             continue
-        decode_index_object(store.get(key), key)  # re-read what was written
+        if store.get(key) != data:  # re-read what was written: the store holds these bytes
+            raise CorruptionError(f"{key}: the store returned other bytes than were written")
         testpoints.reach("index-object-written")
         return key, latest
     raise VaultError("could not find a free index generation: run `vaultfs check`")
