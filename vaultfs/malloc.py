@@ -1,4 +1,5 @@
-"""glibc allocator settings for the snapshot's large, short-lived buffers.
+"""Memory-management settings for a snapshot: glibc's allocator for its large, short-lived
+buffers, and Python's cyclic garbage collector for its many small objects.
 
 A snapshot moves every byte through buffers of megabytes (file contents, frames
 before and after compression). By default glibc serves each of them with a
@@ -9,12 +10,19 @@ reused; one arena keeps what is retained bounded. Measured side by side
 (docs/benchmarks.md): 16.3 s → 11.1 s wall for the first snapshot.
 
 Only glibc has ``mallopt``; elsewhere this does nothing.
+
+The cyclic collector (`relax_cycle_collector`) runs every 700 container allocations by
+default and re-traverses the objects a scan keeps (entries, listings) each time: on the
+warm benchmark's 41,000 source files that was 13 % of the snapshot's user CPU (3.51 s vs
+4.03 s, medians of three side by side; the same peak RSS). A snapshot makes next to no
+reference cycles, so it collects a hundred times less often.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -58,3 +66,11 @@ def release_free_memory() -> None:
     trim = getattr(_libc, "malloc_trim", None)
     if trim is not None:
         trim(0)
+
+
+def relax_cycle_collector() -> None:
+    """Collect reference cycles rarely (young generation every 100,000 allocations instead of
+    700) and never re-traverse what exists now (the imported modules): for a long run that
+    makes many objects and few cycles. Memory held by cycles is still freed, later."""
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)

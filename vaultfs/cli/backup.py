@@ -97,12 +97,13 @@ def cmd_snapshot(args: argparse.Namespace, config: Config) -> int:
     from vaultfs import testpoints
     from vaultfs.cli import retention as cli_retention
     from vaultfs.cli import scrub as cli_scrub
-    from vaultfs.malloc import tune_for_large_buffers
+    from vaultfs.malloc import relax_cycle_collector, tune_for_large_buffers
     from vaultfs.progress import TerminalProgress
     from vaultfs.snapshot import Snapshot
     from vaultfs.vault import Vault
 
     tune_for_large_buffers()
+    relax_cycle_collector()
     names = args.collections or [c.name for c in config.collections]
     if not names:
         raise ConfigError("no collections configured: add a [collections.NAME] table")
