@@ -1,9 +1,9 @@
 """The ``vaultfs`` command line: the parser, config lookup, exit codes.
 
 Each command group lives in its own module of this package (`backup`, `restore`,
-`mount`, `index`, `scrub`, `retention`, `explain`), which registers its subcommands and prints their
-output. This is the only module that reads the environment or decides which config
-file to use. Errors the user can fix (`VaultError`) print one line and exit
+`mount`, `index`, `scrub`, `retention`, `explain`, `hub`), which registers its
+subcommands and prints their output. This is the only module that reads the environment
+or decides which config file to use. Errors the user can fix (`VaultError`) print one line and exit
 with their code; anything else is a bug and shows a traceback with --debug
 (or a one-line "internal error" without it).
 """
@@ -99,13 +99,23 @@ def build_parser() -> argparse.ArgumentParser:
     # One module per command group, each owning its commands' code (and --help order).
     from vaultfs.cli import backup as cli_backup
     from vaultfs.cli import explain as cli_explain
+    from vaultfs.cli import hub as cli_hub
     from vaultfs.cli import index as cli_index
     from vaultfs.cli import mount as cli_mount
     from vaultfs.cli import restore as cli_restore
     from vaultfs.cli import retention as cli_retention
     from vaultfs.cli import scrub as cli_scrub
 
-    for group in (cli_backup, cli_explain, cli_restore, cli_mount, cli_index, cli_scrub, cli_retention):
+    for group in (
+        cli_backup,
+        cli_explain,
+        cli_restore,
+        cli_mount,
+        cli_index,
+        cli_scrub,
+        cli_retention,
+        cli_hub,
+    ):
         group.register(sub, add)
     return p
 
