@@ -156,7 +156,7 @@ class OnDemandRestores:
             return "[mount].auto_restore is off"
         rule = self.matcher.match(pid)
         if rule is not None:
-            return f"opened by process {pid} matching no_restore_processes {str(rule)!r}"
+            return f"opened by a process matching no_restore_processes {str(rule)!r}"
         return None
 
     def request(self, band: BandId) -> tuple[str, BandInfo | None]:
