@@ -17,6 +17,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -38,9 +39,9 @@ from tests.test_mount_restore import (  # noqa: F401 - `cold` is a fixture
     poll_now,
 )
 from tests.trees import write
-from tests.vaultenv import VaultEnv
+from tests.vaultenv import REPO, VaultEnv
 
-CONTRIB = Path(__file__).resolve().parents[1] / "contrib"
+CONTRIB = REPO / "contrib"
 ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 
 
@@ -180,13 +181,17 @@ def test_states_hooks_and_askers(world_env: VaultEnv, world_dir: Path) -> None:
         assert f"restore of band {a} on open: requested (Bulk, 7 days, " in log
         assert f"asked by process {cp_pid} (cp, /usr/bin/cp, uid 65534) opening {fa0}" in log
 
-        # While it restores, root opens the other file of the band: an asker too (once).
+        # While it restores, a thumbnailer and then root open the other file of the band:
+        # root is an asker too (once).
         restoring = xattrs(files_a[1])
         assert restoring["user.xdg.tags"] == "restoring"
         assert re.fullmatch(
             r"restoring from Deep Archive, ready by \d{4}-\d\d-\d\d \d\d:\d\d UTC — copying fails until then",
             restoring["user.xdg.comment"],
         )
+        thumbnailer = world_dir / "gdk-pixbuf-thumbnailer"  # not an asker: no_restore_processes
+        shutil.copy("/bin/cat", thumbnailer)
+        assert subprocess.run([str(thumbnailer), str(files_a[1])], capture_output=True).returncode == 1
         assert open_errno(files_a[1]) == errno.ENODATA
         assert open_errno(files_a[1]) == errno.ENODATA
         assert_askers_shown(env, mnt, a, files_a, cp_pid)

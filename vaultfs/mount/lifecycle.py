@@ -263,8 +263,7 @@ class RestoreService:
                 who.pid, band, f"no restore of band {band} requested: {reason} ({describe(asked)})"
             ):
                 log.info("%s", line)
-            if not self.policy.matcher.match(who.pid):
-                self._note_asker(band, asked)  # a person's open of a restoring band asked too
+            self._note_asker(band, asked, person_only=True)  # a person's open of a restoring band
             return
         event = self._requests.get(band)
         if event is None:
@@ -277,11 +276,15 @@ class RestoreService:
             await event.wait()
         self._note_asker(band, asked)  # another file of the band, opened meanwhile
 
-    def _note_asker(self, band: BandId, asked: RestoreAsker) -> None:
+    def _note_asker(self, band: BandId, asked: RestoreAsker, person_only: bool = False) -> None:
         """Add `asked` to the askers of `band`'s restore while it is restoring (a short
-        write, and only for a file not recorded yet: one read per open otherwise)."""
+        write, and only for a file not recorded yet: one read per open otherwise).
+        `person_only`: not if the process is one of no_restore_processes (a thumbnailer
+        asked for nothing)."""
         info = self.vault.catalog.band(band)
         if info is None or info.state != "restoring" or info.restore is None:
+            return
+        if person_only and self.policy.matcher.match(asked.pid) is not None:
             return
         known = current_askers(self.vault.catalog, info)
         if known is not None and any(a.file == asked.file for a in known.askers):
