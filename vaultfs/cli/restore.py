@@ -73,7 +73,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
         "status",
         "every restore in flight",
         "Every band being restored or restored: requested when, tier, expected ready,\n"
-        "ready at, expires at, fetched to the local cache; and totals.",
+        "ready at, expires at, fetched to the local cache; and totals. Under each band,\n"
+        "the files whose opens through `vaultfs mount` asked for its restore, with the\n"
+        "process (name, pid, uid) and when (`asked_by` in --json).",
     )
     ap.add_argument("--watch", action="store_true", help="refresh until every restore is ready")
     ap.add_argument(

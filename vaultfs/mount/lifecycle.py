@@ -21,12 +21,16 @@ The restore service (docs/mount.md, docs/restore.md):
   starts one task that makes the request (in a worker thread) and every open of
   that band meanwhile waits for the same task, at most `REQUEST_WAIT_S`; once
   the catalog says ``restoring``, later opens are no-ops. The open then answers
-  ENODATA.
+  ENODATA. The request's log line names the process and the file; refused opens are
+  logged once a minute per (process, band) (`askers.RefusalLog`). Who asked is
+  recorded per band in the catalog (`askers`, ``vaultfs restore status`` shows it),
+  and ``on_restore_requested BAND`` runs (no shell; facts in `askers.hook_env`).
 * The watcher polls every ``[mount].poll_interval`` seconds, and at once on
   SIGUSR1 (tests and impatient users): it refreshes every restoring/restored
   band (HEAD), fetches restored bands into the cache when ``fetch_restored``
   (making room: least recently used out, never a band with an open handle), and
-  starts ``on_restore_ready BAND`` (no shell) for each band that became ready.
+  starts ``on_restore_ready BAND`` (no shell; `askers.hook_env`, with the files that
+  asked) for each band that became ready.
   Store calls run in worker threads under the service's limiter; a failed poll
   is logged and the next one runs as usual.
 """
