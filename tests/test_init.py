@@ -65,6 +65,10 @@ def test_no_config_anywhere(file_vault: VaultEnv, tmp_path: Path) -> None:
             "[vault]\nstore = 'file:///tmp/s'\n[mount]\non_restore_ready = \"notify 'me\"\n",
             ("[mount].on_restore_ready", "No closing quotation"),
         ),
+        (
+            "[vault]\nstore = 'file:///tmp/s'\n[mount]\non_restore_requested = \"notify 'me\"\n",
+            ("[mount].on_restore_requested", "No closing quotation"),
+        ),
     ],
 )
 def test_bad_config(file_vault: VaultEnv, text: str, needles: tuple[str, ...]) -> None:

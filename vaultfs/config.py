@@ -357,6 +357,7 @@ class MountSettings:
     fetch_restored: bool = True  # download a band into the cache as soon as its restore is ready
     cache_size: int = 50 * 1024**3  # bound of <state_dir>/cache (whole bands)
     on_restore_ready: str = ""  # a command run (with the band id as argument) when a restore is ready
+    on_restore_requested: str = ""  # a command run (band id as argument) when an open requests one
 
 
 @dataclass(frozen=True, slots=True)
@@ -639,16 +640,16 @@ def _mount_settings(t: _Table) -> MountSettings:
         fetch_restored=t.take("fetch_restored", bool, True),
         cache_size=t.take_size("cache_size", 50 * 1024**3),
         on_restore_ready=t.take("on_restore_ready", str, ""),
+        on_restore_requested=t.take("on_restore_requested", str, ""),
     )
     if settings.poll_interval <= 0:
         raise ConfigError(f"{t.key('poll_interval')} = {settings.poll_interval}: must be positive")
-    if settings.on_restore_ready:
+    for hook in ("on_restore_ready", "on_restore_requested"):
         try:
-            shlex.split(settings.on_restore_ready)
+            shlex.split(getattr(settings, hook))
         except ValueError as e:  # e.g. an unclosed quote: say so now, not when a restore is ready
             raise ConfigError(
-                f"{t.key('on_restore_ready')} = {settings.on_restore_ready!r}: "
-                f"{e}; it is split like a shell command line"
+                f"{t.key(hook)} = {getattr(settings, hook)!r}: {e}; it is split like a shell command line"
             ) from None
     if not all(isinstance(p, str) and p for p in settings.no_restore_processes):
         raise ConfigError(f"{t.key('no_restore_processes')}: expected a list of process names")

@@ -519,6 +519,60 @@ class RestoreInfo:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class RestoreAsker:
+    """An open through the mount that asked for a band's restore: the file and its process.
+
+    Kept per band in the local catalog (`RestoreAskers`), so that ``vaultfs restore
+    status`` (another process) and the hooks can say which files a restore is for and
+    whose process wanted them (docs/restore.md, "Who asked").
+    """
+
+    file: str  # ``collection@vN/path``, the exact name (to_text), not escaped
+    pid: int
+    uid: int
+    comm: str  # the process's name (/proc/PID/comm)
+    exe: str  # its executable, "" if unknown
+    at_ns: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+    @staticmethod
+    def from_json(d: dict[str, Any]) -> RestoreAsker:
+        return RestoreAsker(
+            str(d["file"]), int(d["pid"]), int(d["uid"]), str(d["comm"]), str(d["exe"]), int(d["at_ns"])
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreAskers:
+    """The opens that asked for one restore of a band (the first `MAX_RESTORE_ASKERS`
+    distinct files; `more` counts the others). `restore` ties the record to one request:
+    the `RestoreInfo.expected_ns` of the restore it is about, so a record left from an
+    earlier restore of the band is never shown for a later one."""
+
+    restore: int
+    askers: tuple[RestoreAsker, ...] = ()
+    more: int = 0
+
+    def about(self, band: BandInfo) -> bool:
+        """Whether this record is about `band`'s current restore."""
+        return band.restore is not None and band.restore.expected_ns == self.restore
+
+    def to_json(self) -> dict[str, Any]:
+        return {"restore": self.restore, "askers": [a.to_json() for a in self.askers], "more": self.more}
+
+    @staticmethod
+    def from_json(d: dict[str, Any]) -> RestoreAskers:
+        return RestoreAskers(
+            int(d["restore"]), tuple(RestoreAsker.from_json(a) for a in d["askers"]), int(d.get("more", 0))
+        )
+
+
+MAX_RESTORE_ASKERS = 20  # distinct files recorded per restore; more are only counted
+
+
 def readable_now(band: BandInfo) -> bool:
     """Whether the catalog says `band` can be read without a restore (its state: standard,
     restored or cached)."""

@@ -25,6 +25,10 @@ places; nothing happens unless the command line was given ``VAULTFS_TESTPOINTS``
   ``vaultfs snapshot`` per instant, for the keep rules of ``forget``
   (`vaultfs.retention.policy`), which go by the versions' creation times. Only the
   snapshot's clock: band ages, markers and prune still read the real one.
+* ``mount-clock=PATH``: the mount's log of refused opens (one line per process and
+  band per minute, `vaultfs.mount.askers.RefusalLog`) reads the time from the file
+  PATH (``YYYY-MM-DDTHH:MM:SSZ``, read at every call: `mount_clock`), so a test moves
+  that clock on by rewriting the file instead of sleeping for a minute.
 
 Never set it outside tests. The state is per process and survives the mount's fork.
 """
@@ -41,11 +45,13 @@ from datetime import datetime
 ACTIONS = ("kill", "stop", "fail")
 STORE_FAULTS = "store-faults"
 SNAPSHOT_CLOCK = "snapshot-clock"
+MOUNT_CLOCK = "mount-clock"
 
 _actions: dict[str, str] = {}
 _seen: Counter[str] = Counter()
 _store_faults: tuple[float, int] | None = None
 _snapshot_clock: int | None = None  # ns since the epoch
+_mount_clock: str | None = None  # a file holding the time
 
 
 class InjectedFault(RuntimeError):
@@ -56,23 +62,26 @@ def configure(spec: str) -> None:
     """Parse ``NAME[#N]=ACTION,...``, ``store-faults=RATE:SEED`` and ``snapshot-clock=TIME``;
     ValueError (with the variable's name) for anything else, so a mistyped hook never
     silently tests nothing."""
-    global _store_faults, _snapshot_clock
+    global _store_faults, _snapshot_clock, _mount_clock
     _actions.clear()
     _seen.clear()
     _store_faults = None
     _snapshot_clock = None
+    _mount_clock = None
     for item in filter(None, (s.strip() for s in spec.split(","))):
         name, _, action = item.partition("=")
         if name == STORE_FAULTS:
             _store_faults = _parse_faults(action, item)
         elif name == SNAPSHOT_CLOCK:
             _snapshot_clock = _parse_clock(action, item)
+        elif name == MOUNT_CLOCK and action:
+            _mount_clock = action
         elif action in ACTIONS and name:
             _actions[name] = action
         else:
             raise ValueError(
-                f"VAULTFS_TESTPOINTS: {item!r} is not NAME=kill|stop|fail, {STORE_FAULTS}=RATE:SEED "
-                f"or {SNAPSHOT_CLOCK}=YYYY-MM-DDTHH:MM:SSZ"
+                f"VAULTFS_TESTPOINTS: {item!r} is not NAME=kill|stop|fail, {STORE_FAULTS}=RATE:SEED, "
+                f"{SNAPSHOT_CLOCK}=YYYY-MM-DDTHH:MM:SSZ or {MOUNT_CLOCK}=PATH"
             )
 
 
@@ -89,15 +98,13 @@ def _parse_faults(value: str, item: str) -> tuple[float, int]:
     return parsed
 
 
-def _parse_clock(value: str, item: str) -> int:
+def _parse_clock(value: str, item: str, name: str = SNAPSHOT_CLOCK) -> int:
     try:
         when = datetime.fromisoformat(value)
     except ValueError:
         when = None
     if when is None or when.utcoffset() is None or when.utcoffset():
-        raise ValueError(
-            f"VAULTFS_TESTPOINTS: {item!r}: expected {SNAPSHOT_CLOCK}=YYYY-MM-DDTHH:MM:SSZ (UTC)"
-        )
+        raise ValueError(f"VAULTFS_TESTPOINTS: {item!r}: expected {name}=YYYY-MM-DDTHH:MM:SSZ (UTC)")
     return int(when.timestamp()) * 10**9 + when.microsecond * 1000
 
 
@@ -132,3 +139,17 @@ def snapshot_clock() -> Callable[[], int]:
     ``snapshot-clock``."""
     fixed = _snapshot_clock
     return time.time_ns if fixed is None else lambda: fixed
+
+
+def mount_clock() -> Callable[[], int]:
+    """The clock of the mount's refusal log (ns since the epoch): the system's, or the
+    instant written in the file of ``mount-clock`` (read at every call)."""
+    path = _mount_clock
+    if path is None:
+        return time.time_ns
+
+    def read() -> int:
+        with open(path) as f:
+            return _parse_clock(f.read().strip(), f"{MOUNT_CLOCK}={path}", MOUNT_CLOCK)
+
+    return read

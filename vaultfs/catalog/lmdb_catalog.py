@@ -29,6 +29,7 @@ from vaultfs.catalog.records import (
     _damaged,
     _lost,
     _record_name,
+    _restore_askers,
     _unpack_blob_ref,
     _unseal,
     _version,
@@ -43,6 +44,7 @@ from vaultfs.model import (
     BlobRef,
     Entry,
     LostBlob,
+    RestoreAskers,
     TreeId,
     VersionInfo,
     decode_tree,
@@ -355,3 +357,8 @@ class Catalog:
     def restore_budget_spent(self, day: str) -> int:
         """Bytes of bands the mount asked to restore on UTC `day` (``YYYY-MM-DD``)."""
         return _budget_spent(self.meta(schema.RESTORE_BUDGET_KEY), day)
+
+    def restore_askers(self, band: BandId) -> RestoreAskers | None:
+        """Who asked for `band`'s restore through the mount (`model.RestoreAskers`); the
+        caller checks `RestoreAskers.about` against the band's current restore."""
+        return _restore_askers(self.meta(schema.restore_askers_key(band)), band)

@@ -26,6 +26,7 @@ from vaultfs.model import (
     BlobRef,
     ContentKey,
     LostBlob,
+    RestoreAskers,
     TreeId,
     VersionInfo,
     decode_record,
@@ -240,4 +241,16 @@ def _budget_spent(raw: str | None, day: str) -> int:
     except BadRecord:
         raise CorruptionError(
             "the mount's restore budget record in the local catalog is damaged: run `vaultfs index rebuild`"
+        ) from None
+
+
+def _restore_askers(raw: str | None, band: str) -> RestoreAskers | None:
+    if raw is None:
+        return None
+    try:
+        return decode_record(RestoreAskers.from_json, raw, "restore askers")
+    except BadRecord:
+        raise CorruptionError(
+            f"the local catalog's record of who asked for band {band}'s restore is damaged: "
+            "run `vaultfs index rebuild`"
         ) from None

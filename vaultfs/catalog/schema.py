@@ -13,6 +13,9 @@ meta       ``mount_restore_budget``                    JSON ``{"day": "YYYY-MM-D
                                                         bytes of bands the mount asked to restore
                                                         on that UTC day ([mount]
                                                         restore_budget_per_day); another day: 0
+meta       ``restore_askers/`` + band id ascii          JSON `model.RestoreAskers`: the files (and
+                                                        processes) whose opens through the mount
+                                                        asked for the band's current restore
 versions   collection utf-8 + NUL + number (u64 BE)     version record JSON (`VersionInfo.to_json`)
 trees      tree id (32 raw bytes)                       canonical tree encoding (`model.encode_tree`)
 blobs      blob id (32 raw bytes)                       `BLOB_REF`: offset u64, size u64, band id ascii
@@ -129,6 +132,12 @@ OPTIONAL_DATABASES = frozenset(
 DISPOSABLE = frozenset({"scrub"})
 
 RESTORE_BUDGET_KEY = "mount_restore_budget"  # in ``meta``; see the table above
+RESTORE_ASKERS_PREFIX = "restore_askers/"  # + band id, in ``meta``; see the table above
+
+
+def restore_askers_key(band: str) -> str:
+    return RESTORE_ASKERS_PREFIX + band
+
 
 BLOB_REF = struct.Struct(">QQ")  # followed by the band id
 FILE_CACHE = struct.Struct(">QQQqq32s")

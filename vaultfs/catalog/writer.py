@@ -19,9 +19,21 @@ from vaultfs.catalog.records import (
     ScrubRow,
     _budget_spent,
     _pack_blob_ref,
+    _restore_askers,
     _unseal,
 )
-from vaultfs.model import BandId, BandInfo, BlobId, BlobRef, LostBlob, TreeId, VersionInfo
+from vaultfs.model import (
+    MAX_RESTORE_ASKERS,
+    BandId,
+    BandInfo,
+    BlobId,
+    BlobRef,
+    LostBlob,
+    RestoreAsker,
+    RestoreAskers,
+    TreeId,
+    VersionInfo,
+)
 
 
 class CatalogWriter:
@@ -148,4 +160,27 @@ class CatalogWriter:
             return False
         doc = {"day": day, "bytes": max(0, spent + nbytes)}
         self._put("meta", key, json.dumps(doc, sort_keys=True).encode())
+        return True
+
+    def add_restore_asker(self, band: BandId, restore: int, asker: RestoreAsker) -> bool:
+        """Record that `asker` wanted `band`, whose current restore is `restore` (its
+        `RestoreInfo.expected_ns`); False if its file was already recorded for it.
+
+        A record about another restore of the band is replaced; past
+        `MAX_RESTORE_ASKERS` files only `more` grows. Atomic with this transaction, so
+        askers of one band recorded from two threads are both kept.
+        """
+        key = schema.restore_askers_key(band).encode()
+        stored = self._txn.get(key, db=self._db["meta"])
+        raw = None if stored is None else bytes(_unseal("meta", key, stored)).decode()
+        old = _restore_askers(raw, band)
+        if old is None or old.restore != restore:
+            old = RestoreAskers(restore)
+        if any(a.file == asker.file for a in old.askers):
+            return False
+        if len(old.askers) < MAX_RESTORE_ASKERS:
+            new = RestoreAskers(restore, (*old.askers, asker), old.more)
+        else:
+            new = RestoreAskers(restore, old.askers, old.more + 1)
+        self._put("meta", key, json.dumps(new.to_json(), sort_keys=True).encode())
         return True

@@ -73,7 +73,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
         "status",
         "every restore in flight",
         "Every band being restored or restored: requested when, tier, expected ready,\n"
-        "ready at, expires at, fetched to the local cache; and totals.",
+        "ready at, expires at, fetched to the local cache; and totals. Under each band,\n"
+        "the files whose opens through `vaultfs mount` asked for its restore, with the\n"
+        "process (name, pid, uid) and when (`asked_by` in --json).",
     )
     ap.add_argument("--watch", action="store_true", help="refresh until every restore is ready")
     ap.add_argument(
@@ -250,15 +252,17 @@ def cmd_start(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_status(args: argparse.Namespace, config: Config) -> int:
     from vaultfs import archive
+    from vaultfs.mount.askers import askers_json, current_askers
 
     while True:
         vault = _open(config)
         try:
             bands = [archive.refresh(vault, b) for b in archive.in_flight(vault)]
             cached = [b for b in vault.catalog.bands() if b.state == "cached"]
+            bands = [b for b in bands if b.state in ("restoring", "restored")] + cached
+            askers = {b.band: current_askers(vault.catalog, b) for b in bands}
         finally:
             vault.close()
-        bands = [b for b in bands if b.state in ("restoring", "restored")] + cached
         pending = [b for b in bands if b.state == "restoring"]
         if not args.watch or not pending:
             break
@@ -275,7 +279,7 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
     bytes_pending = sum(b.size for b in pending)
     bytes_ready = sum(b.size for b in bands if b.state != "restoring")
     doc = {
-        "bands": [band_status_json(b) for b in bands],
+        "bands": [{**band_status_json(b), **askers_json(askers[b.band])} for b in bands],
         "bytes_pending": bytes_pending,
         "bytes_ready": bytes_ready,
         "estimated_cost_usd": round(cost, 4),
@@ -302,7 +306,23 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
         f"pending {human_bytes(bytes_pending)}, ready {human_bytes(bytes_ready)}, "
         f"estimated cost so far ${cost:.2f}"
     )
+    _print_askers(bands, askers)
     return EXIT_OK
+
+
+def _print_askers(bands: list[Any], askers: dict[Any, Any]) -> None:
+    """Each band's restore with the files whose opens through the mount asked for it."""
+    from vaultfs.mount.askers import asker_lines
+    from vaultfs.mount.status import state_text
+
+    asked = [b for b in bands if askers[b.band] is not None]
+    if not asked:
+        return
+    print("\nasked for through the mount:")
+    for b in asked:
+        print(f"  {b.band}: {state_text(b)}")
+        for line in asker_lines(askers[b.band]):
+            print(line)
 
 
 def cmd_fetch(args: argparse.Namespace, config: Config) -> int:

@@ -10,6 +10,9 @@
 * `reads` — content of open files: verified ranged reads (`OpenFile`), the LRU of
   band readers, the read-ahead and hasher threads (`BandReaders`);
 * `status` — the files under /.vaultfs/ (status, restores.json) and band states in words;
+* `xdg` — band states as ``user.xdg.comment`` and ``user.xdg.tags``, for file managers;
+* `askers` — who asked for a restore: the opener, the once-a-minute log of refused
+  opens, the hooks' environment, the askers in the status outputs;
 * `fuse_ops` — the pyfuse3 adapter: each handler asks the view and converts
   its answer (errno, entry attributes);
 * `restore_policy` — which opens of an archived file may ask Deep Archive for

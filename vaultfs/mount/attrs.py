@@ -11,7 +11,8 @@ the collection directories and `latest` change while mounted (`LIVE_TIMEOUT`).
 Nodes answer the xattrs their source had, of every namespace (POSIX ACLs among them).
 Files also answer ``user.vaultfs.state`` (their band's state in words,
 `vaultfs.mount.status.state_text`), ``user.vaultfs.sha256`` and, unless empty,
-``user.vaultfs.band``.
+``user.vaultfs.band``; and, when their band is in Deep Archive or came back from it,
+``user.xdg.comment`` and ``user.xdg.tags`` (`vaultfs.mount.xdg`).
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ from typing import TYPE_CHECKING
 
 from vaultfs.errors import CorruptionError
 from vaultfs.model import KIND_BITS, BandId, BandInfo, BlobId, BlobRef, Entry
+from vaultfs.mount import xdg
 from vaultfs.mount.errors import NoAttribute, NotFound, Unsupported
 from vaultfs.mount.nodes import Attr, Node
 from vaultfs.mount.status import state_text
 
 if TYPE_CHECKING:
     from vaultfs.catalog import Catalog
+    from vaultfs.config import Config
     from vaultfs.mount.view import VaultView
 
 LIVE_TIMEOUT = 1.0  # root, collection directories, `latest`: change when a version commits
@@ -125,12 +128,14 @@ def xattr_names(catalog: Catalog, node: Node) -> list[bytes]:
     names = [k for k, _ in node.entry.xattrs]
     if node.entry.kind == "file":
         names += [b"user.vaultfs.state", b"user.vaultfs.sha256"]
-        if blob_ref(catalog, node.entry) is not None:
+        ref = blob_ref(catalog, node.entry)
+        if ref is not None:
             names.append(b"user.vaultfs.band")
+            names += [n for n in xdg.names(band_info(catalog, ref.band)) if n not in names]
     return names
 
 
-def xattr(catalog: Catalog, node: Node, name: bytes) -> bytes:
+def xattr(catalog: Catalog, node: Node, name: bytes, config: Config | None = None) -> bytes:
     """An xattr as snapshotted (any namespace; POSIX ACLs in the kernel's binary form, which
     the kernel reads and caches for getfacl and its permission checks), or one of ours.
 
@@ -143,9 +148,11 @@ def xattr(catalog: Catalog, node: Node, name: bytes) -> bytes:
     for key, value in e.xattrs if e is not None else ():
         if key == name:
             return value
-    if e is None or not (e.kind == "file" and name.startswith(b"user.vaultfs.")):
+    if e is None or not (e.kind == "file" and (name.startswith(b"user.vaultfs.") or name in xdg.NAMES)):
         raise Unsupported(name) if name.startswith(b"security.") else NoAttribute(name)
     # Only our own names reach the catalog: ls -l asks every file for ACLs and labels.
+    if name in xdg.NAMES:
+        return xdg_xattr(catalog, e, name, config)
     if name == b"user.vaultfs.sha256":
         return (e.blob or BlobId(EMPTY_SHA256)).hex().encode()
     ref = blob_ref(catalog, e)
@@ -154,6 +161,17 @@ def xattr(catalog: Catalog, node: Node, name: bytes) -> bytes:
     if name == b"user.vaultfs.band" and ref is not None:
         return ref.band.encode()
     raise NoAttribute(name)
+
+
+def xdg_xattr(catalog: Catalog, e: Entry, name: bytes, config: Config | None) -> bytes:
+    """``user.xdg.comment``/``tags``: the band's state for file managers (`vaultfs.mount.xdg`)."""
+    ref = blob_ref(catalog, e)
+    found = None
+    if ref is not None and config is not None:
+        found = xdg.value(band_info(catalog, ref.band), name, config)
+    if found is None:
+        raise NoAttribute(name)
+    return found
 
 
 def band_info(catalog: Catalog, band: BandId) -> BandInfo:

@@ -43,10 +43,11 @@ class Unsupported(VfsError):
 class Archived(VfsError):
     """The content lies in a band that is not readable now (ENODATA, docs/mount.md)."""
 
-    def __init__(self, band: BandId, state: str) -> None:
+    def __init__(self, band: BandId, state: str, file: str = "") -> None:
         super().__init__(f"band {band} is {state}")
         self.band = band
         self.state = state
+        self.file = file  # ``collection@vN/path`` (for the restore log and hooks), "" if unknown
 
 
 class ReadOnly(VfsError):

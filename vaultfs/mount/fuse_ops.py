@@ -12,7 +12,7 @@ decompress frames or wait for the store, run in worker threads under a
 
 Opening a file whose band is not readable now answers ENODATA at once (never
 EAGAIN or EIO, never blocking for hours); before that, ``on_unreadable`` (the
-mount's restore service) is told the band and the opener's pid, and may request
+mount's restore service) is told the band and the opener (pid, uid, file), and may request
 the band's restore (it returns within seconds; see `vaultfs.mount`).
 """
 
@@ -31,12 +31,13 @@ import trio
 from vaultfs.errors import CorruptionError, VaultError
 from vaultfs.model import BandId
 from vaultfs.mount import view as vfs
+from vaultfs.mount.askers import Opener
 
 log = logging.getLogger("vaultfs.mount")
 
 P = ParamSpec("P")
 R = TypeVar("R")
-OnUnreadable = Callable[[BandId, int], Awaitable[None]]  # (band, opener's pid)
+OnUnreadable = Callable[[BandId, Opener], Awaitable[None]]  # (band, who opened which file)
 
 _ERRNO: tuple[tuple[type[BaseException], int], ...] = (
     (vfs.NotFound, errno.ENOENT),
@@ -97,6 +98,11 @@ def _entry(a: vfs.Attr) -> pyfuse3.EntryAttributes:
     out.st_blocks = a.blocks
     out.st_atime_ns = out.st_mtime_ns = out.st_ctime_ns = a.mtime_ns
     return out
+
+
+def opener(ctx: Any, file: str) -> Opener:
+    """Who opened `file`: the pid and uid of the FUSE request (0 when not given)."""
+    return Opener(getattr(ctx, "pid", 0), getattr(ctx, "uid", 0), file)
 
 
 def _erofs() -> pyfuse3.FUSEError:
@@ -195,7 +201,7 @@ class VaultOperations(pyfuse3.Operations):
         try:
             handle = self.view.open(inode)
         except vfs.Archived as e:
-            await self._unreadable(e.band, getattr(ctx, "pid", 0))
+            await self._unreadable(e.band, opener(ctx, e.file))
             raise pyfuse3.FUSEError(errno.ENODATA) from None
         fh, self._next_fh = self._next_fh, self._next_fh + 1
         self._handles[fh] = handle
@@ -212,12 +218,12 @@ class VaultOperations(pyfuse3.Operations):
             return data
         return await trio.to_thread.run_sync(handle.read_view, off, size, limiter=self.limiter)
 
-    async def _unreadable(self, band: BandId, pid: int) -> None:
+    async def _unreadable(self, band: BandId, who: Opener) -> None:
         """Tell the restore service; whatever happens there, the open answers ENODATA."""
         if self.on_unreadable is None:
             return
         try:
-            await self.on_unreadable(band, pid)
+            await self.on_unreadable(band, who)
         except Exception:
             log.exception("unexpected error deciding a restore of band %s (answered ENODATA)", band)
 

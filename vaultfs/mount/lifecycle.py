@@ -21,12 +21,16 @@ The restore service (docs/mount.md, docs/restore.md):
   starts one task that makes the request (in a worker thread) and every open of
   that band meanwhile waits for the same task, at most `REQUEST_WAIT_S`; once
   the catalog says ``restoring``, later opens are no-ops. The open then answers
-  ENODATA.
+  ENODATA. The request's log line names the process and the file; refused opens are
+  logged once a minute per (process, band) (`askers.RefusalLog`). Who asked is
+  recorded per band in the catalog (`askers`, ``vaultfs restore status`` shows it),
+  and ``on_restore_requested BAND`` runs (no shell; facts in `askers.hook_env`).
 * The watcher polls every ``[mount].poll_interval`` seconds, and at once on
   SIGUSR1 (tests and impatient users): it refreshes every restoring/restored
   band (HEAD), fetches restored bands into the cache when ``fetch_restored``
   (making room: least recently used out, never a band with an open handle), and
-  starts ``on_restore_ready BAND`` (no shell) for each band that became ready.
+  starts ``on_restore_ready BAND`` (no shell; `askers.hook_env`, with the files that
+  asked) for each band that became ready.
   Store calls run in worker threads under the service's limiter; a failed poll
   is logged and the next one runs as usual.
 """
@@ -40,15 +44,17 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyfuse3
 import trio
 
+from vaultfs import testpoints
 from vaultfs.errors import UsageError, VaultError
-from vaultfs.model import BandId, BandInfo
+from vaultfs.model import BandId, BandInfo, RestoreAsker
+from vaultfs.mount.askers import Opener, RefusalLog, asker, current_askers, describe, hook_env
 from vaultfs.mount.fuse_ops import VaultOperations
 from vaultfs.mount.mountpoint import mounted_fstype
 from vaultfs.mount.restore_policy import (
@@ -235,23 +241,33 @@ class RestoreService:
         self.last_poll_ns = 0
         self.signals = 0  # SIGUSR1 received
         self.answered = 0  # `signals` as seen at the start of the last finished poll
+        self.refusals = RefusalLog(testpoints.mount_clock())  # refused opens: a line a minute
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The service's own nursery: the watcher, SIGUSR1, requests and hooks."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            with trio.open_signal_receiver(POLL_SIGNAL) as signals:
-                nursery.start_soon(self._on_signals, signals)
-                task_status.started()
-                await self._watch()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                with trio.open_signal_receiver(POLL_SIGNAL) as signals:
+                    nursery.start_soon(self._on_signals, signals)
+                    task_status.started()
+                    await self._watch()
+        finally:
+            for line in self.refusals.flush():  # the counts of the last minute
+                log.info("%s", line)
 
     # ---- opens ---------------------------------------------------------------------------
 
-    async def on_unreadable(self, band: BandId, pid: int) -> None:
-        """An open of a file in `band` (not readable now) by `pid`: maybe request its restore."""
-        reason = self.policy.refusal(band, pid)
+    async def on_unreadable(self, band: BandId, who: Opener) -> None:
+        """An open of a file in `band` (not readable now): maybe request its restore."""
+        asked = asker(who)  # the process looked up now, while it is alive
+        reason = self.policy.refusal(band, who.pid)
         if reason is not None:
-            log.info("open of a file in band %s: no restore requested: %s", band, reason)
+            for line in self.refusals.refused(
+                who.pid, band, f"no restore of band {band} requested: {reason} ({describe(asked)})"
+            ):
+                log.info("%s", line)
+            self._note_asker(band, asked, person_only=True)  # a person's open of a restoring band
             return
         event = self._requests.get(band)
         if event is None:
@@ -259,14 +275,43 @@ class RestoreService:
                 return
             event = trio.Event()
             self._requests[band] = event
-            self._nursery.start_soon(self._request, band, event)
+            self._nursery.start_soon(self._request, band, event, asked)
         with trio.move_on_after(REQUEST_WAIT_S):
             await event.wait()
+        self._note_asker(band, asked)  # another file of the band, opened meanwhile
 
-    async def _request(self, band: BandId, event: trio.Event) -> None:
+    def _note_asker(self, band: BandId, asked: RestoreAsker, person_only: bool = False) -> None:
+        """Add `asked` to the askers of `band`'s restore while it is restoring (a short
+        write, and only for a file not recorded yet: one read per open otherwise).
+        `person_only`: not if the process is one of no_restore_processes (a thumbnailer
+        asked for nothing)."""
+        info = self.vault.catalog.band(band)
+        if info is None or info.state != "restoring" or info.restore is None:
+            return
+        if person_only and self.policy.matcher.match(asked.pid) is not None:
+            return
+        known = current_askers(self.vault.catalog, info)
+        if known is not None and any(a.file == asked.file for a in known.askers):
+            return
+        with self.vault.catalog.writer() as w:
+            w.add_restore_asker(band, info.restore.expected_ns, asked)
+
+    def _request_and_record(self, band: BandId, asked: RestoreAsker) -> tuple[str, BandInfo | None]:
+        """Blocking: the request (`OnDemandRestores.request`), and its first asker recorded."""
+        outcome, new = self.policy.request(band)
+        if new is not None and new.restore is not None:
+            with self.vault.catalog.writer() as w:
+                w.add_restore_asker(band, new.restore.expected_ns, asked)
+        return outcome, new
+
+    async def _request(self, band: BandId, event: trio.Event, asked: RestoreAsker) -> None:
         try:
-            outcome = await trio.to_thread.run_sync(self.policy.request, band, limiter=self.limiter)
-            log.info("restore of band %s on open: %s", band, outcome)
+            outcome, new = await trio.to_thread.run_sync(
+                self._request_and_record, band, asked, limiter=self.limiter
+            )
+            log.info("restore of band %s on open: %s; asked by %s", band, outcome, describe(asked))
+            if new is not None and self.settings.on_restore_requested and self._nursery is not None:
+                self._nursery.start_soon(self._hook, "requested", new, [asked])
         except VaultError as e:
             log.error("restore of band %s on open failed: %s", band, e.message)
         except Exception:
@@ -302,7 +347,8 @@ class RestoreService:
                     await self._fetch(band)
             if self.settings.on_restore_ready and self._nursery is not None:
                 for band in result.ready:
-                    self._nursery.start_soon(self._hook, band.band)
+                    record = current_askers(self.vault.catalog, band)
+                    self._nursery.start_soon(self._hook, "ready", band, record.askers if record else [])
         except VaultError as e:
             log.error("restore watcher: %s (next poll as usual)", e.message)
         except Exception:
@@ -333,15 +379,21 @@ class RestoreService:
         self.view.readers.invalidate(band.band)
         log.info("cache: band %s fetched (%d bytes)", band.band, band.size)
 
-    async def _hook(self, band: BandId) -> None:
-        command = self.settings.on_restore_ready
+    async def _hook(self, event: str, band: BandInfo, askers: Sequence[RestoreAsker]) -> None:
+        """``[mount].on_restore_<event> … BAND``, no shell, with `hook_env` (docs/mount.md)."""
+        name = f"on_restore_{event}"
+        command = getattr(self.settings, name)
         try:
-            argv = [*shlex.split(command), band]
-            proc = await trio.run_process(argv, stdin=subprocess.DEVNULL, check=False)
+            argv = [*shlex.split(command), band.band]
+            env = {**os.environ, **hook_env(event, band, askers)}
+            proc = await trio.run_process(
+                argv, stdin=subprocess.DEVNULL, capture_stderr=True, check=False, env=env
+            )
         except (OSError, ValueError) as e:
-            log.error("on_restore_ready %r for band %s could not run: %s", command, band, e)
+            log.error("%s %r for band %s could not run: %s", name, command, band.band, e)
             return
-        log.info("on_restore_ready for band %s exited %d", band, proc.returncode)
+        said = proc.stderr.decode(errors="replace").strip()[-500:] if proc.returncode else ""
+        log.info("%s for band %s exited %d%s", name, band.band, proc.returncode, f": {said}" if said else "")
 
     def status_lines(self) -> list[str]:
         last = (

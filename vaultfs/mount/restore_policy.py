@@ -30,6 +30,7 @@ from vaultfs import archive
 from vaultfs.config import Config
 from vaultfs.errors import CorruptionError
 from vaultfs.model import BandId, BandInfo
+from vaultfs.mount.askers import process_facts
 from vaultfs.vault import Vault
 
 log = logging.getLogger("vaultfs.mount")
@@ -107,15 +108,11 @@ class ProcessMatcher:
         """The rule `pid` (a thread id is fine) matches; None if none, or it is gone."""
         if pid <= 0 or not self.rules:
             return None
-        base = self.proc / str(pid)
-        try:
-            comm = (base / "comm").read_text(errors="replace").rstrip("\n")
-        except OSError:
+        facts = process_facts(pid, self.proc)
+        if facts is None:
             return None
-        try:
-            exe = os.path.basename(os.readlink(base / "exe")).removesuffix(" (deleted)")
-        except OSError:
-            exe = ""
+        comm, exe = facts[0], os.path.basename(facts[1])
+        base = self.proc / str(pid)
         args: list[str] | None = None
         for rule in self.rules:
             if comm != rule.name[:COMM_LEN] and exe != rule.name:
@@ -159,14 +156,15 @@ class OnDemandRestores:
             return "[mount].auto_restore is off"
         rule = self.matcher.match(pid)
         if rule is not None:
-            return f"opened by process {pid} matching no_restore_processes {str(rule)!r}"
+            return f"opened by a process matching no_restore_processes {str(rule)!r}"
         return None
 
-    def request(self, band: BandId) -> str:
-        """Blocking: charge the day's budget, ask S3 for the restore; what happened (for the log)."""
+    def request(self, band: BandId) -> tuple[str, BandInfo | None]:
+        """Blocking: charge the day's budget, ask S3 for the restore; what happened (for the
+        log), and the band's new record if it was requested."""
         info = self.vault.catalog.band(band)
         if info is None or info.state != "archived":
-            return f"not requested: band is {info.state if info else 'unknown'}"
+            return f"not requested: band is {info.state if info else 'unknown'}", None
         day, limit = utc_day(), self.settings.restore_budget_per_day
         with self.vault.catalog.writer() as w:
             charged = w.charge_restore_budget(day, info.size, limit)
@@ -175,7 +173,7 @@ class OnDemandRestores:
             return (
                 f"not requested: today's restore budget is spent ({spent} of {limit} bytes "
                 f"used, the band is {info.size}; [mount].restore_budget_per_day)"
-            )
+            ), None
         s3 = self.vault.config.s3
         try:
             done = archive.request_restores(self.vault, [info], s3.restore_tier, s3.restore_days)
@@ -186,8 +184,8 @@ class OnDemandRestores:
         if not done:
             with self.vault.catalog.writer() as w:
                 w.charge_restore_budget(day, -info.size, limit)
-            return "not requested: already asked for"
-        return f"requested ({s3.restore_tier}, {s3.restore_days} days, {info.size} bytes)"
+            return "not requested: already asked for", None
+        return f"requested ({s3.restore_tier}, {s3.restore_days} days, {info.size} bytes)", done[0]
 
     def budget_line(self) -> str:
         s = self.settings

@@ -4,7 +4,7 @@
   versions, bands by state, restores in flight, and whatever lines the mount adds
   (`MountInfo.status_lines`: the restore watcher and budget);
 * ``restores.json`` (`restores_json`) — every band restoring, restored or cached,
-  as ``vaultfs restore status --json`` shows them;
+  as ``vaultfs restore status --json`` shows them (with the files that asked for each);
 * `state_text` — a band's state in words (also ``user.vaultfs.state``);
 * `StatusFile` — an open one of these files: the text rendered at open.
 
@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from vaultfs import archive
 from vaultfs.catalog import Catalog
 from vaultfs.model import BandInfo
+from vaultfs.mount.askers import asker_lines, askers_json, current_askers
 
 
 @dataclass
@@ -58,7 +59,7 @@ def restores_json(catalog: Catalog) -> bytes:
     """/.vaultfs/restores.json: like ``vaultfs restore status --json`` (without a HEAD)."""
     bands = in_flight(catalog)
     doc = {
-        "bands": [archive.band_status_json(b) for b in bands],
+        "bands": [{**archive.band_status_json(b), **askers_json(current_askers(catalog, b))} for b in bands],
         "bytes_pending": sum(b.size for b in bands if b.state == "restoring"),
         "bytes_ready": sum(b.size for b in bands if b.state != "restoring"),
     }
@@ -97,7 +98,8 @@ def status_text(catalog: Catalog, info: MountInfo, inode_count: int) -> bytes:
         f"restores in flight: {len(flight)} band(s), "
         f"{sum(b.size for b in flight)} bytes (/.vaultfs/restores.json)",
     ]
-    lines += [f"  {b.band}: {state_text(b)}" for b in flight]
+    for b in flight:  # each with the files that asked for it (`vaultfs.mount.askers`)
+        lines += [f"  {b.band}: {state_text(b)}", *asker_lines(current_askers(catalog, b))]
     lines += info.status_lines()
     return ("\n".join(lines) + "\n").encode()
 

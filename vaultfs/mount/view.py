@@ -386,7 +386,7 @@ class VaultView:
         return xattr_names(self.catalog, self.node(ino))
 
     def xattr(self, ino: int, name: bytes) -> bytes:
-        return xattr(self.catalog, self.node(ino), name)
+        return xattr(self.catalog, self.node(ino), name, self.vault.config)
 
     # ---- content ---------------------------------------------------------------------------
 
@@ -415,7 +415,8 @@ class VaultView:
             if info.state == "cached" and not self.vault.band_cached(ref.band):
                 info = self._cache_copy_lost(info)
             if not readable_now(info):
-                raise Archived(ref.band, info.state)
+                file = f"{node.collection}@v{node.version}/{to_text(node.path)}"
+                raise Archived(ref.band, info.state, file)
             self.in_use[ref.band] += 1
             self.last_used[ref.band] = time.time_ns()
         fault = testpoints.fails("read:" + to_text(e.name))  # tests only (vaultfs/testpoints.py)
