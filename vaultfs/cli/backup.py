@@ -314,6 +314,7 @@ def snapshot_json(r: Any, forgotten: Sequence[int] = ()) -> dict[str, Any]:
         "forgotten": list(forgotten),  # versions the keep rules forgot after this snapshot
         "lost_bands": [{"band": m.band, "blobs": m.blobs} for m in r.lost_bands],
         "restored_lost": r.restored_lost,
+        "preview_bytes": r.preview_bytes,  # cold: file bytes kept hot for previews (docs/mount.md)
         "excluded": r.excluded,
         "now_excluded": r.now_excluded,
         "now_excluded_under": [to_text(p) for p in r.now_excluded_under],
