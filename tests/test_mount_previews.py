@@ -100,6 +100,7 @@ def media(s3_bucket: S3Bucket, tmp_path: Path) -> Iterator[Media]:
         "clip.mp4": mp4,
         "notes.txt": b"".join(b"line %d of the notes\n" % i for i in range(2000)),
         "damaged.txt": b"".join(b"another line %d\n" % i for i in range(2000)),
+        "tiny.txt": b"no larger than the head: no previews\n",
     }
     for name, data in files.items():
         write(src / name, data)
@@ -186,31 +187,12 @@ def test_previews_are_served_and_cold_bytes_restore_once(media: Media, tmp_path:
         got = dd(thumbnailer, v1 / "clip.mp4", 1_000_000, 4096)
         assert got.returncode == 1 and b"No data available" in got.stderr
         assert cold.proxy.restores == [] and state(v1 / "clip.mp4") == "archived"
+        got = dd(thumbnailer, v1 / "tiny.txt", 0, 10)  # no previews: its open answers ENODATA
+        assert got.returncode == 1 and b"No data available" in got.stderr
+        assert cold.proxy.restores == []
 
         # 20 ordinary readers of cold bytes (the middle of each file) at once: one request.
-        names = ["photo.jpg", "scan.tif", "clip.mp4", "notes.txt"] * 5
-        procs = [
-            subprocess.Popen(
-                [
-                    "sh",
-                    "-c",
-                    'read x; exec dd if="$0" bs=4096 skip="$1" count=1 iflag=skip_bytes',
-                    str(v1 / name),
-                    str(len(files[name]) // 2),
-                ],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
-            for name in names
-        ]
-        for proc in procs:
-            assert proc.stdin is not None
-            proc.stdin.write(b"go\n")
-            proc.stdin.flush()
-        for proc in procs:
-            out, err = proc.communicate(timeout=60)
-            assert proc.returncode == 1 and out == b"" and b"No data available" in err, err
+        read_cold_bytes_at_once(v1, files, ["photo.jpg", "scan.tif", "clip.mp4", "notes.txt"] * 5)
         assert cold.proxy.requests_for(band) == 1
         assert state(v1 / "photo.jpg").startswith("restoring")
         copy = subprocess.run(["cp", str(v1 / "scan.tif"), str(tmp_path / "copy.tif")], capture_output=True)
@@ -240,3 +222,30 @@ def by_band_of(mnt: Path) -> list[str]:
     """The bands holding v1's files."""
     v1 = mnt / "media" / "v1"
     return sorted({os.getxattr(p, "user.vaultfs.band").decode() for p in v1.iterdir()})
+
+
+def read_cold_bytes_at_once(v1: Path, files: dict[str, bytes], names: list[str]) -> None:
+    """One process per name reads 4 KiB from the middle of the file, all at the same
+    moment (each waits for its line first); each must fail with ENODATA."""
+    procs = [
+        subprocess.Popen(
+            [
+                "sh",
+                "-c",
+                'read x; exec dd if="$0" bs=4096 skip="$1" count=1 iflag=skip_bytes',
+                str(v1 / name),
+                str(len(files[name]) // 2),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for name in names
+    ]
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write(b"go\n")
+        proc.stdin.flush()
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 1 and out == b"" and b"No data available" in err, err

@@ -4,7 +4,8 @@ For each new blob of a cold collection (``[collections.X].preview_head`` > 0) th
 saver keeps, in the band's preview object (`vaultfs.band.preview`, uploaded to STANDARD
 beside the band; docs/band-format.md):
 
-* the head: the first ``preview_head`` bytes (MIME sniffing reads the first bytes);
+* the head: the first ``preview_head`` bytes (MIME sniffing reads the first bytes) of
+  every file larger than that (a smaller one would be stored twice: none);
 * MP4/MOV (top-level boxes, ``ftyp`` first): the ``moov`` box when it is not in the head
   (cameras write it after ``mdat``; players and thumbnailers read it first);
 * JPEG: the Exif APP1 segment (at most 64 KiB by the format: its IFDs and the thumbnail
@@ -99,12 +100,12 @@ class _Reader:
 def find_ranges(
     head: bytes | memoryview, size: int, head_limit: int, pread: Read | None = None
 ) -> list[Range]:
-    """The ranges of a file of `size` bytes to keep, sorted and merged. `head` holds at
-    least the file's first min(size, head_limit) bytes (more is used for parsing)."""
-    first = min(size, head_limit)
-    ranges = [(0, first)] if first else []
+    """The ranges of a file of `size` bytes to keep, sorted and merged; none for a file
+    no larger than `head_limit`. `head` holds at least the file's first `head_limit`
+    bytes (more is used for parsing)."""
     if size <= head_limit:
-        return ranges
+        return []  # kept whole it would be stored twice (docs/band-format.md, "Preview objects")
+    ranges = [(0, head_limit)]
     read = _Reader(head, size, pread)
     extra: list[Range] = []
     try:
@@ -300,8 +301,7 @@ class PreviewSpool:
                     return  # the file shrank: its blob will be refused anyway
             else:
                 return
-            whole = offset == 0 and length == size
-            kept.append((offset, data, blob if whole else None))  # the blob id is its SHA-256
+            kept.append((offset, data, None))
         if unchanged is not None and not unchanged():
             return
         writer.add(blob, kept)
