@@ -249,3 +249,35 @@ def read_cold_bytes_at_once(v1: Path, files: dict[str, bytes], names: list[str])
     for proc in procs:
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 1 and out == b"" and b"No data available" in err, err
+
+
+def test_preview_objects_live_and_go_with_their_bands(s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    """check and an index rebuild leave preview objects alone (a rebuilt catalog still
+    serves previews: they are found by band id); prune deletes them with their band."""
+    env = VaultEnv.on_s3(tmp_path, s3_bucket, band_size="2MiB")
+    src = env.add_collection("media", tier="cold")
+    mp4, moov_at = mp4_with_moov_at_end()
+    write(src / "old.mp4", mp4)
+    env.run("init")
+    env.run("snapshot")
+    (old,) = [
+        k.split("/")[1].removesuffix(".preview") for k in env.store_keys("bands/") if k.endswith(".preview")
+    ]
+    (src / "old.mp4").unlink()
+    write(src / "new.mp4", mp4_with_moov_at_end()[0])
+    env.run("snapshot", expect=3)  # a cold collection lost a file: v1 is pinned
+    assert len([k for k in env.store_keys("bands/") if k.endswith(".preview")]) == 2
+    env.run("check")
+    env.run("index", "rebuild")
+    env.run("check")
+    with mounted(env, tmp_path / "mnt") as mnt:
+        assert state(mnt / "media" / "v1" / "old.mp4") == "archived"
+        got = dd("dd", mnt / "media" / "v1" / "old.mp4", moov_at, 116)
+        assert got.returncode == 0 and got.stdout == mp4[moov_at:]
+    env.run("accept", "media@v2")
+    env.run("forget", "media", "--keep", "1")
+    pruned = env.json("prune", "--allow-early-delete")
+    assert old in {b["band"] for b in pruned["deleted"]}
+    left = env.store_keys("bands/")
+    assert not [k for k in left if old in k] and len([k for k in left if k.endswith(".preview")]) == 1
+    env.run("check")
