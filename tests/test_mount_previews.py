@@ -259,7 +259,7 @@ def test_preview_objects_live_and_go_with_their_bands(s3_bucket: S3Bucket, tmp_p
     mp4, moov_at = mp4_with_moov_at_end()
     write(src / "old.mp4", mp4)
     env.run("init")
-    env.run("snapshot")
+    assert "of previews hot" in env.run("snapshot").stdout
     (old,) = [
         k.split("/")[1].removesuffix(".preview") for k in env.store_keys("bands/") if k.endswith(".preview")
     ]

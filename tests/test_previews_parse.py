@@ -12,6 +12,7 @@ import random
 import struct
 
 from tests.test_mount_previews import jpeg_with_thumbnail, mp4_with_moov_at_end, tiff_with_reduced_image
+from tests.vaultenv import VaultEnv
 from vaultfs.snapshot.previews import EXTRA_MAX, MAX_READS, MOOV_MAX, find_ranges
 
 HEAD = 4096
@@ -77,3 +78,24 @@ def test_hostile_structures() -> None:
     assert any(o <= thumb_at and thumb_at + len(thumb) <= o + n for o, n in check_bounded(jpg))
     mp4, moov_at = mp4_with_moov_at_end()
     assert check_bounded(mp4) == [(0, HEAD), (moov_at, len(mp4) - moov_at)]
+
+
+def test_preview_head_is_checked(file_vault: VaultEnv) -> None:
+    """On a warm collection (never archived) the key would be a setting that never applies."""
+    file_vault.add_collection("code", tier="warm")
+    file_vault.run("init")
+    file_vault.extra_config = 'preview_head = "4KiB"\n'
+    file_vault.write_config()
+    proc = file_vault.run("versions", expect=2)
+    assert proc.stderr == (
+        f"vaultfs: error: {file_vault.config_path}: [collections.code].preview_head: only for cold "
+        'collections (a warm collection is never archived); remove it or set tier = "cold"\n'
+    )
+    file_vault.collections["code"] = (file_vault.collections["code"][0], "cold")
+    file_vault.extra_config = 'preview_head = "2MiB"\n'
+    file_vault.write_config()
+    proc = file_vault.run("versions", expect=2)
+    assert "[collections.code].preview_head = 2097152: at most 1MiB (0 keeps no previews)" in proc.stderr
+    file_vault.extra_config = "preview_head = 0\n"
+    file_vault.write_config()
+    file_vault.run("versions")

@@ -203,6 +203,7 @@ def _print_summary(r: Any, forgotten: Sequence[int]) -> None:
             f"{r.collection}: v{r.version.number} created: {s.files} files, "
             f"{human_bytes(s.bytes)}; +{s.added} ~{s.changed} -{s.removed}; {healed}{read}; "
             f"stored {human_bytes(r.bytes_stored)} in {r.bands} band(s) in {r.seconds:.2f}s"
+            + (f"; kept {human_bytes(r.preview_bytes)} of previews hot" if r.preview_bytes else "")
         )
     if (r.now_excluded or r.now_included) and r.previous is not None:
         changed = []
