@@ -187,6 +187,10 @@ def test_previews_are_served_and_cold_bytes_restore_once(media: Media, tmp_path:
         got = dd(thumbnailer, v1 / "clip.mp4", 1_000_000, 4096)
         assert got.returncode == 1 and b"No data available" in got.stderr
         assert cold.proxy.restores == [] and state(v1 / "clip.mp4") == "archived"
+        loader = bin_dir / "loader"  # PCManFM's thumbnail thread's name (a default)
+        shutil.copy(shutil.which("dd") or "/bin/dd", loader)
+        got = dd(loader, v1 / "scan.tif", 1_000_000, 4096)
+        assert got.returncode == 1 and b"No data available" in got.stderr
         got = dd(thumbnailer, v1 / "tiny.txt", 0, 10)  # no previews: its open answers ENODATA
         assert got.returncode == 1 and b"No data available" in got.stderr
         assert cold.proxy.restores == []
@@ -207,6 +211,8 @@ def test_previews_are_served_and_cold_bytes_restore_once(media: Media, tmp_path:
         assert len(cold.proxy.restores) == 1
     log = mount_log(cold.env).read_text()
     assert f"preview object of band {band}: the range at" in log and "fails its SHA-256" in log
+    assert "matching no_restore_processes 'loader'" in log
+    assert "matching no_restore_processes 'gdk-pixbuf-thumbnailer'" in log
     assert "Traceback" not in log
 
     # What the snapshot reported is what the band's preview object holds.
