@@ -138,6 +138,12 @@ def dd(program: Path | str, path: Path, offset: int, length: int) -> subprocess.
     )
 
 
+def dd_named(tmp_path: Path, name: str) -> Path:
+    """A copy of dd whose process name (comm) is `name`."""
+    (tmp_path / "bin").mkdir(exist_ok=True)
+    return Path(shutil.copy(shutil.which("dd") or "/bin/dd", tmp_path / "bin" / name))
+
+
 def corrupt_preview(bucket: S3Bucket, band: str, original: bytes) -> None:
     """Flip one byte of `original`'s bytes inside the band's preview object (same size)."""
     client, key = bucket.client(), f"vault/bands/{band}.preview"
@@ -150,10 +156,8 @@ def corrupt_preview(bucket: S3Bucket, band: str, original: bytes) -> None:
 
 def test_previews_are_served_and_cold_bytes_restore_once(media: Media, tmp_path: Path) -> None:
     cold, files = media.cold, media.files
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    thumbnailer = bin_dir / "gdk-pixbuf-thumbnailer"  # matches no_restore_processes
-    shutil.copy(shutil.which("dd") or "/bin/dd", thumbnailer)
+    # dd under names of no_restore_processes: a thumbnailer, PCManFM's thumbnail thread
+    thumbnailer, loader = (dd_named(tmp_path, name) for name in ("gdk-pixbuf-thumbnailer", "loader"))
     with mounted(cold.env, tmp_path / "mnt") as mnt:
         (band,) = by_band_of(mnt)
         corrupt_preview(cold.bucket, band, files["damaged.txt"][:HEAD])
@@ -187,8 +191,6 @@ def test_previews_are_served_and_cold_bytes_restore_once(media: Media, tmp_path:
         got = dd(thumbnailer, v1 / "clip.mp4", 1_000_000, 4096)
         assert got.returncode == 1 and b"No data available" in got.stderr
         assert cold.proxy.restores == [] and state(v1 / "clip.mp4") == "archived"
-        loader = bin_dir / "loader"  # PCManFM's thumbnail thread's name (a default)
-        shutil.copy(shutil.which("dd") or "/bin/dd", loader)
         got = dd(loader, v1 / "scan.tif", 1_000_000, 4096)
         assert got.returncode == 1 and b"No data available" in got.stderr
         got = dd(thumbnailer, v1 / "tiny.txt", 0, 10)  # no previews: its open answers ENODATA

@@ -348,12 +348,17 @@ class FileSaver:
 
     def _keep_preview(self, blob: BlobId, fd: int, before: os.stat_result) -> None:
         """A large file's preview ranges, read with a few preads; kept only if the file is
-        still as it was opened (so they are the bytes just packed)."""
-        if self.previews is not None:
+        still as it was opened (so they are the bytes just packed). The blob is in the band
+        already: a read error here costs its previews, never the file."""
+        if self.previews is None:
+            return
+        try:
             head = os.pread(fd, max(self.previews.head_limit, FINGERPRINT_PIECE), 0)
-            self.previews.add(
-                blob, before.st_size, head, pread_of(fd), lambda: same_file_state(before, os.fstat(fd))
-            )
+        except OSError:
+            return
+        self.previews.add(
+            blob, before.st_size, head, pread_of(fd), lambda: same_file_state(before, os.fstat(fd))
+        )
 
     def _likely_known(self, st: os.stat_result) -> bool:
         """Whether a large file probably has content the vault already holds.

@@ -286,26 +286,25 @@ class PreviewSpool:
     ) -> None:
         """Keep the ranges of a new blob of `size` bytes. `head` is the file's content
         (a small file) or its first bytes; `pread` reads the rest (a large file), and
-        `unchanged` says afterwards whether the file is still the one packed."""
+        `unchanged` says afterwards whether the file is still the one packed. The blob is
+        in the band already: a failed read costs its previews only, a failed write to the
+        spool the band's preview object (its files then behave as files without previews)."""
         writer = self.writer
         if writer is None:
             return
-        ranges = find_ranges(head, size, self.head_limit, pread)
-        kept: list[tuple[int, bytes, bytes | None]] = []
-        for offset, length in ranges:
-            if offset + length <= len(head):
-                data = bytes(head[offset : offset + length])
-            elif pread is not None:
-                data = pread(offset, length)
-                if len(data) != length:
-                    return  # the file shrank: its blob will be refused anyway
-            else:
+        try:
+            kept = _range_bytes(find_ranges(head, size, self.head_limit, pread), head, pread)
+            if not kept or (unchanged is not None and not unchanged()):
                 return
-            kept.append((offset, data, None))
-        if unchanged is not None and not unchanged():
+        except OSError:
             return
-        writer.add(blob, kept)
-        self.bytes_kept += sum(len(d) for _, d, _ in kept)
+        try:
+            writer.add(blob, [(offset, data, None) for offset, data in kept])
+        except OSError:
+            writer.abort()
+            self.writer = None
+            return
+        self.bytes_kept += sum(len(d) for _, d in kept)
 
     def close_band(self) -> None:
         """Finish the band's preview object (none when nothing was kept)."""
@@ -321,6 +320,22 @@ class PreviewSpool:
         if self.writer is not None:
             self.writer.abort()
             self.writer = None
+
+
+def _range_bytes(
+    ranges: list[Range], head: bytes | memoryview, pread: Read | None
+) -> list[tuple[int, bytes]]:
+    """(offset, bytes) of each range: from `head`, else read; [] if the file is shorter."""
+    out = []
+    for offset, length in ranges:
+        if offset + length <= len(head):
+            data = bytes(head[offset : offset + length])
+        else:
+            data = pread(offset, length) if pread is not None else b""
+            if len(data) != length:
+                return []  # the file shrank: its blob will be refused anyway
+        out.append((offset, data))
+    return out
 
 
 def spool_path(spool_dir: Path, band: str) -> Path:
