@@ -42,6 +42,9 @@ from vaultfs.mount.view import state_text
 FILES = 6  # 1 MB each, two to a band: three bands of ~2 MB, all archived
 HOLD_FOREVER = 10**9
 RESTORING = re.compile(r"restoring \(Bulk, ready by \d{4}-\d\d-\d\dT\d\d:\d\dZ\)")
+# These files have no preview ranges, so opening one is what decides (files with previews:
+# test_mount_previews.py). Written into [collections.photos], the config's last table.
+NO_PREVIEWS = "preview_head = 0\n"
 RESTORED = re.compile(r"restored until \d{4}-\d\d-\d\dT\d\d:\d\dZ")
 
 
@@ -122,7 +125,7 @@ class Cold:
     def configure(self, **mount: object) -> None:
         settings = {"poll_interval": 3600, **mount}
         lines = ["[mount]"] + [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
-        self.env.extra_config = "\n".join(lines) + "\n"
+        self.env.extra_config = NO_PREVIEWS + "\n".join(lines) + "\n"
         self.env.write_config()
 
 
@@ -130,6 +133,8 @@ class Cold:
 def cold(s3_bucket: S3Bucket, tmp_path: Path) -> Iterator[Cold]:
     env = VaultEnv.on_s3(tmp_path, s3_bucket, band_size="2MiB")
     src = env.add_collection("photos", tier="cold")
+    env.extra_config = NO_PREVIEWS
+    env.write_config()
     contents = {f"img{i}.raw": os.urandom(1_000_000) for i in range(FILES)}
     for name, data in contents.items():
         write(src / name, data)

@@ -67,7 +67,12 @@ DEFAULT_NO_RESTORE_PROCESSES = (
     "baloo_file_extractor",
     "kioslave5:thumbnail.so",
     "kioworker:thumbnail.so",
+    # PCManFM's in-process thumbnail thread; a generic name: any thread called "loader"
+    # starts no restore (docs/mount.md, "Previews of archived files").
+    "loader",
 )
+PREVIEW_HEAD_DEFAULT = 64 * 1024  # MIME sniffing reads the first bytes (docs/config.md)
+PREVIEW_HEAD_MAX = 1024 * 1024
 
 
 def parse_size(value: object, key: str) -> int:
@@ -337,6 +342,8 @@ class CollectionConfig:
     keep_weekly: int | None = None
     keep_monthly: int | None = None
     keep_yearly: int | None = None
+    # Cold only: bytes of each file's head kept hot in the band's preview object (0: none).
+    preview_head: int = PREVIEW_HEAD_DEFAULT
 
     @property
     def uses_gitignore(self) -> bool:
@@ -565,6 +572,7 @@ def _collection(name: str, raw: Any) -> CollectionConfig:
     max_removed = t.take_removal_limit("max_removed")
     scrub_days, share = _scrub_keys(t, tier)
     rules = _exclusion_rules(t, tier)
+    preview_head = _preview_head(t, tier)
     t.finish()
     return CollectionConfig(
         name,
@@ -579,7 +587,21 @@ def _collection(name: str, raw: Any) -> CollectionConfig:
         share,
         **rules,
         **{r: getattr(keep, r) for r in KEEP_RULES if r != "keep_versions"},
+        preview_head=preview_head,
     )
+
+
+def _preview_head(t: _Table, tier: str) -> int:
+    """``preview_head`` of a collection: cold only (warm bands are never archived)."""
+    if "preview_head" in t.data and tier != "cold":
+        raise ConfigError(
+            f"{t.key('preview_head')}: only for cold collections (a warm collection is never "
+            'archived); remove it or set tier = "cold"'
+        )
+    head = t.take_size("preview_head", PREVIEW_HEAD_DEFAULT if tier == "cold" else 0)
+    if head > PREVIEW_HEAD_MAX:
+        raise ConfigError(f"{t.key('preview_head')} = {head}: at most 1MiB (0 keeps no previews)")
+    return head
 
 
 def _scrub_keys(t: _Table, tier: str) -> tuple[int, float | None]:

@@ -52,6 +52,11 @@ def sidecar_key(band: str) -> str:
     return f"bands/{band}.catalog.zst"
 
 
+def preview_key(band: str) -> str:
+    """The band's preview object (docs/band-format.md, "Preview objects"): stays STANDARD."""
+    return f"bands/{band}.preview"
+
+
 def version_key(collection: str, number: int) -> str:
     return f"versions/{collection}/{number}.json"
 

@@ -204,6 +204,7 @@ def _print_summary(r: Any, forgotten: Sequence[int]) -> None:
             f"{r.collection}: v{r.version.number} created: {s.files} files, "
             f"{human_bytes(s.bytes)}; +{s.added} ~{s.changed} -{s.removed}; {healed}{read}; "
             f"stored {human_bytes(r.bytes_stored)} in {r.bands} band(s) in {r.seconds:.2f}s"
+            + (f"; kept {human_bytes(r.preview_bytes)} of previews hot" if r.preview_bytes else "")
         )
     if (r.now_excluded or r.now_included) and r.previous is not None:
         changed = []
@@ -315,6 +316,7 @@ def snapshot_json(r: Any, forgotten: Sequence[int] = ()) -> dict[str, Any]:
         "forgotten": list(forgotten),  # versions the keep rules forgot after this snapshot
         "lost_bands": [{"band": m.band, "blobs": m.blobs} for m in r.lost_bands],
         "restored_lost": r.restored_lost,
+        "preview_bytes": r.preview_bytes,  # cold: file bytes kept hot for previews (docs/mount.md)
         "excluded": r.excluded,
         "now_excluded": r.now_excluded,
         "now_excluded_under": [to_text(p) for p in r.now_excluded_under],

@@ -32,12 +32,14 @@ from vaultfs.errors import CorruptionError, VaultError
 from vaultfs.model import BandId
 from vaultfs.mount import view as vfs
 from vaultfs.mount.askers import Opener
+from vaultfs.mount.previews import PreviewFile, Previews
 
 log = logging.getLogger("vaultfs.mount")
 
 P = ParamSpec("P")
 R = TypeVar("R")
 OnUnreadable = Callable[[BandId, Opener], Awaitable[None]]  # (band, who opened which file)
+Handle = vfs.OpenFile | vfs.StatusFile | PreviewFile
 
 _ERRNO: tuple[tuple[type[BaseException], int], ...] = (
     (vfs.NotFound, errno.ENOENT),
@@ -127,7 +129,8 @@ class VaultOperations(pyfuse3.Operations):
         self.view = view
         self.limiter = limiter
         self.on_unreadable = on_unreadable
-        self._handles: dict[int, vfs.OpenFile | vfs.StatusFile] = {}
+        self._handles: dict[int, Handle] = {}
+        self.previews = Previews(view.vault.store)  # archived files' preview ranges
         self._next_fh = 1
 
     # ---- browsing: answered from the catalog ---------------------------------------------
@@ -198,11 +201,16 @@ class VaultOperations(pyfuse3.Operations):
     async def open(self, inode: int, flags: int, ctx: Any = None) -> pyfuse3.FileInfo:
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT):
             raise _erofs()
+        handle: Handle
         try:
             handle = self.view.open(inode)
         except vfs.Archived as e:
-            await self._unreadable(e.band, opener(ctx, e.file))
-            raise pyfuse3.FUSEError(errno.ENODATA) from None
+            who = opener(ctx, e.file)
+            preview = await self._preview(inode, e, who)
+            if preview is None:
+                await self._unreadable(e.band, who)
+                raise pyfuse3.FUSEError(errno.ENODATA) from None
+            handle = preview  # a read decides (docs/mount.md, "Previews of archived files")
         fh, self._next_fh = self._next_fh, self._next_fh + 1
         self._handles[fh] = handle
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
@@ -216,7 +224,26 @@ class VaultOperations(pyfuse3.Operations):
         data: bytes | memoryview | None = peek(off, size) if peek is not None else None  # cached
         if data is not None:
             return data
-        return await trio.to_thread.run_sync(handle.read_view, off, size, limiter=self.limiter)
+        try:
+            return await trio.to_thread.run_sync(handle.read_view, off, size, limiter=self.limiter)
+        except vfs.Archived as e:
+            if isinstance(handle, PreviewFile):  # cold bytes of a preview: as an open was
+                await self._unreadable(e.band, handle.opener)
+            raise
+
+    async def _preview(self, inode: int, e: vfs.Archived, who: Opener) -> PreviewFile | None:
+        """A handle on the preview ranges of an archived file, or None (no previews, or
+        its band's preview object cannot be read: the open answers ENODATA as before)."""
+        entry = self.view.node(inode).entry
+        if entry is None or entry.blob is None or entry.sparse is not None:
+            return None
+        try:
+            return await trio.to_thread.run_sync(
+                self.previews.open, e.band, entry.blob, entry.size, e.state, who, limiter=self.limiter
+            )
+        except VaultError as err:
+            log.error("open: preview object of band %s not used: %s", e.band, err.message)
+            return None
 
     async def _unreadable(self, band: BandId, who: Opener) -> None:
         """Tell the restore service; whatever happens there, the open answers ENODATA."""
@@ -230,7 +257,7 @@ class VaultOperations(pyfuse3.Operations):
     @_edge
     async def release(self, fh: int) -> None:
         handle = self._handles.pop(fh, None)
-        if handle is not None:
+        if handle is not None and not isinstance(handle, PreviewFile):
             self.view.release(handle)
 
     @_edge

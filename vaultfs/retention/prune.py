@@ -17,6 +17,7 @@ from vaultfs import band as bandfmt
 from vaultfs import index
 from vaultfs.config import Prices
 from vaultfs.errors import CorruptionError
+from vaultfs.keys import preview_key
 from vaultfs.model import (
     BandId,
     BandInfo,
@@ -448,8 +449,10 @@ def _write_carrier(vault: Vault, trees: dict[TreeId, bytes], replaces: list[Band
 
 
 def delete_band_objects(vault: Vault, bands: list[BandId]) -> None:
-    """Delete each band's sidecar, then the band (a sidecar never names a band that is gone)."""
+    """Delete each band's preview object and sidecar, then the band (a sidecar never names
+    a band that is gone; a preview object is read only for a band the catalog lists)."""
     for band in bands:
+        vault.store.delete(preview_key(band))
         vault.store.delete(sidecar_key(band))
         vault.store.delete(band_key(band))
 

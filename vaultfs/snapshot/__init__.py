@@ -126,6 +126,7 @@ class SnapshotResult:
     mass_removal: MassRemoval | None = None  # more files removed than max_removed allows
     lost_bands: list[heal.MissingBand] = field(default_factory=list)  # found gone by this run
     restored_lost: int = 0  # files read whose blob was lost: stored again (healed)
+    preview_bytes: int = 0  # cold: bytes kept hot in this run's preview objects (snapshot/previews.py)
     excluded: int = 0  # entries left out by the collection's rules (a directory counts once)
     now_excluded: int = 0  # files of the previous version that the rules leave out now
     now_excluded_under: list[bytes] = field(default_factory=list)  # the excluded paths they lie under
@@ -217,6 +218,7 @@ class Snapshot:
             self.files.read_files(root, scanner.files, cache, scanner.problems)
         self.result.files_read, self.result.bytes_read = self.files.files_read, self.files.bytes_read
         self.result.restored_lost = self.files.restored_lost
+        self.result.preview_bytes = self.files.previews.bytes_kept if self.files.previews else 0
         self.progress.stage("writing trees")
         trees = TreeSaver(self.vault, memos)
         root_id = trees.build(top)

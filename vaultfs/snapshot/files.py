@@ -24,6 +24,7 @@ from vaultfs import testpoints
 from vaultfs.catalog import FileCacheLookup, FileCacheRow
 from vaultfs.config import CollectionConfig, Config
 from vaultfs.model import BandId, BlobId, TreeId
+from vaultfs.snapshot.previews import PreviewSpool, keeps_previews, pread_of
 from vaultfs.snapshot.spool import Uploader
 from vaultfs.source import (
     ChangedWhileReading,
@@ -107,6 +108,10 @@ class FileSaver:
         self._known: FileCacheLookup | None = None  # the catalog's blobs, while files are read
         self._member_prefix = self.collection.encode() + b"/"  # band members: <collection>/<path>
         self._ahead = _ReadAhead(b"", [])
+        # Cold collections on an archiving store: each band's preview ranges (snapshot/previews.py).
+        self.previews = (
+            PreviewSpool(vault, collection.preview_head) if keeps_previews(vault.config, collection) else None
+        )
 
     # ---- the read loop -----------------------------------------------------------------
 
@@ -217,6 +222,8 @@ class FileSaver:
             self._make_room(len(data))
             assert self.band is not None
             self.band.add_blob(self._member_prefix + f.rel, _meta(f), data, blob)
+            if self.previews is not None:
+                self.previews.add(blob, len(data), data, None)
             self._blob_added(blob, len(data))
         self._file_read(f, blob)
 
@@ -301,6 +308,7 @@ class FileSaver:
                 blob,
                 skip_if=lambda _: _changed_since(fd, before),
             )
+            self._keep_preview(blob, fd, before)
             self._blob_added(blob, before.st_size)
         return blob
 
@@ -333,8 +341,24 @@ class FileSaver:
             skip_if=known,
         )
         if loc is not None:
+            if read is None:  # not a sparse file (disk images get no previews)
+                self._keep_preview(digests[0], fd, before)
             self._blob_added(digests[0], size)
         return digests[0]
+
+    def _keep_preview(self, blob: BlobId, fd: int, before: os.stat_result) -> None:
+        """A large file's preview ranges, read with a few preads; kept only if the file is
+        still as it was opened (so they are the bytes just packed). The blob is in the band
+        already: a read error here costs its previews, never the file."""
+        if self.previews is None:
+            return
+        try:
+            head = os.pread(fd, max(self.previews.head_limit, FINGERPRINT_PIECE), 0)
+        except OSError:
+            return
+        self.previews.add(
+            blob, before.st_size, head, pread_of(fd), lambda: same_file_state(before, os.fstat(fd))
+        )
 
     def _likely_known(self, st: os.stat_result) -> bool:
         """Whether a large file probably has content the vault already holds.
@@ -414,6 +438,8 @@ class FileSaver:
         )
         self.band.on_stall = self._read_ahead
         self.band_ids.append(BandId(band_id))
+        if self.previews is not None:
+            self.previews.open_band(band_id)
         return self.band
 
     def close_band(self, final_extra: dict[str, object] | None) -> bandfmt.ClosedBand | None:
@@ -430,6 +456,8 @@ class FileSaver:
         # a 1 GiB band to disk then overlaps with packing the next one.
         band.on_stall = None  # files read ahead now would wait for the next loop turn
         closed = band.close(extra, sync=False)
+        if self.previews is not None:
+            self.previews.close_band()
         self.uploader.put(closed)
         return closed
 
@@ -440,11 +468,15 @@ class FileSaver:
             self.band = None
             band.abort()
             self.band_ids.pop()
+            if self.previews is not None:
+                self.previews.abort()
 
     def abort(self) -> None:
         """After a failure: delete the band being filled (its writer's threads stop with it)."""
         if self.band is not None:
             self.band.abort()
+        if self.previews is not None:
+            self.previews.abort()
 
 
 def _changed_since(fd: int, before: os.stat_result) -> bool:

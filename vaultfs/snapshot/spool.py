@@ -21,6 +21,7 @@ from vaultfs import testpoints
 from vaultfs.errors import CorruptionError
 from vaultfs.fsutil import fsync_path
 from vaultfs.model import BandInfo, parse_band_id
+from vaultfs.snapshot.previews import upload_preview
 from vaultfs.vault import Vault
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ class Uploader:
                     continue
                 closed = finish_spool_file(closed)
                 testpoints.reach("band-closed")
+                upload_preview(self.vault, closed.band_id)  # before the band: no band without it
                 info = self.vault.upload_band(closed, self.collection)
                 self.uploaded.append(info)
                 testpoints.reach("band-uploaded")
