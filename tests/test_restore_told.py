@@ -76,8 +76,12 @@ def world_env(s3_bucket: S3Bucket, world_dir: Path) -> Iterator[VaultEnv]:
     """A cold collection of two archived bands (and an empty file) and a warm collection,
     in a directory uid 65534 can reach (the mount runs with --allow-other)."""
     env = VaultEnv.on_s3(world_dir, s3_bucket, band_size="2MiB")
-    photos = env.add_collection("photos", tier="cold")
     docs = env.add_collection("docs", tier="warm")
+    photos = env.add_collection("photos", tier="cold")
+    # No preview ranges (written into [collections.photos], the last table): opening an
+    # archived file is what decides here (files with previews: test_mount_previews.py).
+    env.extra_config = "preview_head = 0\n"
+    env.write_config()
     for i in range(4):
         write(photos / f"img{i}.raw", os.urandom(1_000_000))
     write(photos / "zero", b"")
