@@ -99,6 +99,14 @@ def _entry(a: vfs.Attr) -> pyfuse3.EntryAttributes:
     return out
 
 
+def _missing(timeout: float) -> pyfuse3.EntryAttributes:
+    """A lookup's "no such name" that the kernel keeps for `timeout` (st_ino 0)."""
+    out = pyfuse3.EntryAttributes()
+    out.st_ino = 0
+    out.entry_timeout = timeout
+    return out
+
+
 def _erofs() -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(errno.EROFS)
 
@@ -122,16 +130,22 @@ class VaultOperations(pyfuse3.Operations):
         self.limiter = limiter
         self.on_unreadable = on_unreadable
         self._handles: dict[int, vfs.OpenFile | vfs.StatusFile] = {}
+        self._inodes: dict[int, int] = {}  # fh → its file's inode
         self._next_fh = 1
+        view.reply = _entry  # prepared directories keep their entries' replies ready
 
     # ---- browsing: answered from the catalog ---------------------------------------------
 
     @_edge
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
-        node = self.view.lookup(parent_inode, name)
-        attr = _entry(self.view.attr(node))
+        try:
+            node, reply = self.view.lookup_reply(parent_inode, name)
+        except vfs.NotFound:
+            if not self.view.caches_misses(parent_inode):
+                raise
+            return _missing(vfs.IMMUTABLE_TIMEOUT)  # never there: the kernel need not ask again
         self.view.remember(node)
-        return attr
+        return reply  # type: ignore[no-any-return]
 
     @_edge
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
@@ -150,8 +164,8 @@ class VaultOperations(pyfuse3.Operations):
 
     @_edge
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
-        for name, node, offset in self.view.children(fh, start_id):
-            if not pyfuse3.readdir_reply(token, name, _entry(self.view.attr(node)), offset):
+        for name, node, reply, offset in self.view.replies(fh, start_id):
+            if not pyfuse3.readdir_reply(token, name, reply, offset):
                 return
             self.view.remember(node)  # readdirplus: the kernel took a reference
 
@@ -199,18 +213,46 @@ class VaultOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENODATA) from None
         fh, self._next_fh = self._next_fh, self._next_fh + 1
         self._handles[fh] = handle
-        return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+        if isinstance(handle, vfs.StatusFile):  # made at each open: never from the page cache
+            return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+        self._inodes[fh] = inode
+        # Through the page cache; the pages the kernel holds are kept only if this file was
+        # read whole and verified (docs/mount.md, "Which bytes are verified when").
+        return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=inode in self.view.verified)
 
     @_edge
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:  # type: ignore[override]
         # pyfuse3's stub says bytes, but it takes any buffer (PyObject_GetBuffer): a view of a
         # cached frame goes to the kernel without a copy.
         handle = self._handles[fh]
-        peek = getattr(handle, "peek", None)
-        data: bytes | memoryview | None = peek(off, size) if peek is not None else None  # cached
-        if data is not None:
-            return data
-        return await trio.to_thread.run_sync(handle.read_view, off, size, limiter=self.limiter)
+        try:
+            peek = getattr(handle, "peek", None)
+            data: bytes | memoryview | None = peek(off, size) if peek is not None else None  # cached
+            if data is None:
+                data = await trio.to_thread.run_sync(handle.read_view, off, size, limiter=self.limiter)
+        except Exception:
+            self._suspect(fh)
+            raise
+        if getattr(handle, "verified", False):
+            self.view.verified.add(self._inodes[fh])
+        return data
+
+    def _suspect(self, fh: int) -> None:
+        """A read failed: the pages earlier reads of this file left in the kernel's cache
+        were not verified as a whole (the SHA-256 of the file may be what failed). Forget
+        that the file was verified, and have the kernel drop its pages (in a thread, after
+        this reply: the kernel waits for pages still being read)."""
+        ino = self._inodes.get(fh)
+        if ino is None:
+            return
+        self.view.verified.discard(ino)
+        trio.lowlevel.spawn_system_task(self._drop_pages, ino)
+
+    async def _drop_pages(self, ino: int) -> None:
+        try:
+            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino, False, limiter=self.limiter)
+        except Exception:  # the mount goes on; the next open drops the pages anyway
+            log.exception("could not drop the cached pages of inode %d", ino)
 
     async def _unreadable(self, band: BandId, pid: int) -> None:
         """Tell the restore service; whatever happens there, the open answers ENODATA."""
@@ -224,6 +266,7 @@ class VaultOperations(pyfuse3.Operations):
     @_edge
     async def release(self, fh: int) -> None:
         handle = self._handles.pop(fh, None)
+        self._inodes.pop(fh, None)
         if handle is not None:
             self.view.release(handle)
 
