@@ -100,6 +100,7 @@ class OpenFile:
         self._ahead: dict[int, bytes | memoryview] = {}
         self._ahead_bytes = 0
         self.verified = False  # every byte from 0 to the end was hashed and matched the blob id
+        self._failed: str | None = None  # why the file failed its SHA-256: every read fails now
 
     def read(self, offset: int, length: int) -> bytes:
         return bytes(self.read_view(offset, length))
@@ -110,6 +111,8 @@ class OpenFile:
         and touch no band, data comes from the blob (still hashed when read in order)."""
         if self._fault:
             raise testpoints.InjectedFault("injected fault at read (VAULTFS_TESTPOINTS)")
+        if self._failed is not None:  # bytes known not to be the file's: none of them again
+            raise CorruptionError(self._failed)
         if self.sparse is None:
             return self._blob_view(offset, length)
         length = max(0, min(length, self.file_size - offset))
@@ -133,7 +136,7 @@ class OpenFile:
         """`read_view` when it needs no waiting: the bytes are in a cached frame, this read
         does not end the file (that one waits for the hash) and the hasher is not too far
         behind. Else None: call `read_view` in a thread."""
-        if self._fault:
+        if self._fault or self._failed is not None:
             return None
         if self.sparse is not None:
             length = max(0, min(length, self.file_size - offset))
@@ -185,9 +188,10 @@ class OpenFile:
             if done:
                 if self._hash.digest() != self.blob:
                     assert self.ref is not None
-                    raise CorruptionError(
+                    self._failed = (
                         f"band {self.ref.band}: blob {self.blob.hex()} at {self.ref.offset} fails SHA-256"
                     )
+                    raise CorruptionError(self._failed)
                 self.verified = True
 
     def _hold(self, offset: int, data: bytes | memoryview) -> None:
