@@ -45,8 +45,9 @@ change while mounted and are answered afresh each time.
 
 Memory bound: the node table (~0.3 KiB per inode the kernel references), the
 decoded-tree cache (`TREE_CACHE_BYTES` of encoded trees, ~4x that decoded), the
-prepared directories (`PREPARED_ENTRIES` entries, ~0.5 KiB each: ≤ 32 MiB, sharing
-their nodes with the node table); the band readers are bounded in `vaultfs.mount.reads`.
+prepared directories (`PREPARED_ENTRIES` entries, ~1 KiB each with the node and decoded
+entry they keep alive — shared with the node table while the kernel holds the inode:
+≤ 32 MiB); the band readers are bounded in `vaultfs.mount.reads`.
 
 Band states (`vaultfs.archive`): opening a file whose band is not readable now
 (archived, restoring) raises `Archived` naming the band; the caller decides
@@ -133,7 +134,7 @@ __all__ = [  # this module's own names, and the ones fuse_ops and the tests find
 
 BLKSIZE = 1024 * 1024  # st_blksize: cat/cp then read 1 MiB at a time (docs/mount.md)
 TREE_CACHE_BYTES = 16 * 1024 * 1024
-PREPARED_ENTRIES = 65536  # entries of prepared version directories kept (LRU of directories)
+PREPARED_ENTRIES = 32768  # entries of prepared version directories kept (LRU of directories)
 META_DIR = b".vaultfs"
 STATUS = b"status"
 RESTORES = b"restores.json"
