@@ -465,6 +465,8 @@ def test_a_missing_name_inside_a_version_is_cached_by_the_kernel(
     assert missing.st_ino == 0 and missing.entry_timeout == vfs.IMMUTABLE_TIMEOUT
     found = trio.run(ops.lookup, v1.ino, b"plain.txt", None)
     assert found.st_ino == view.lookup(v1.ino, b"plain.txt").ino and found.st_size == 1200
+    made = [n for n in view.prepared(v1).nodes if n is not None]
+    assert [n.path for n in made] == [b"plain.txt"]  # a lookup makes its one answer, not all
     coll = walk(view, vfs.ROOT_INO, b"photos")
     for parent, name in ((coll.ino, b"v2"), (vfs.ROOT_INO, b"nope")):
         with pytest.raises(pyfuse3.FUSEError) as info:

@@ -250,7 +250,8 @@ class VaultOperations(pyfuse3.Operations):
 
     async def _drop_pages(self, ino: int) -> None:
         try:
-            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino, False, limiter=self.limiter)
+            # Not under the reads' limiter: the reads it waits for may need every slot of it.
+            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino, False)
         except Exception:  # the mount goes on; the next open drops the pages anyway
             log.exception("could not drop the cached pages of inode %d", ino)
 

@@ -124,7 +124,8 @@ class OpenFile:
         length = max(0, min(length, self.size - offset))
         if length == 0 or self.ref is None:
             return b""
-        sequential = self._hash is not None and offset >= self._hashed  # in order, or just ahead
+        # in order, or just ahead (the kernel's read-ahead): decompress the next frames too
+        sequential = self._hash is not None and self._hashed <= offset <= self._hashed + HASH_BACKLOG
         until = self.ref.offset + self.size if sequential else 0
         data = self.readers.read(self.ref.band, self.ref.offset + offset, length, until)
         if len(data) != length:

@@ -35,10 +35,11 @@ node is dropped when its count reaches zero, so the node table holds only what
 the kernel holds.
 
 Prepared directories: versions never change, so a version directory's answers are
-made once, at its first listing or lookup: every entry's node and its reply (the
-attributes as fuse_ops hands them to the kernel, `VaultView.reply`), and a name
-index. Later readdirplus and lookups of that directory (the kernel asks again when it
-drops its own cache, and `ls -lR` after `find`) answer from that table without
+made once: each entry's node and its reply (the attributes as fuse_ops hands them to
+the kernel, `VaultView.reply`), at the first listing of the directory or lookup of that
+name (a lookup makes only its own: a directory's link count decodes its subdirectories).
+Later readdirplus and lookups of that directory (the kernel asks again when it drops
+its own cache, and `ls -lR` after `find`) answer from that table without
 decoding the tree or building anything (`Prepared`, an LRU of at most
 `PREPARED_ENTRIES` entries). The root, /.vaultfs/ and the collection directories
 change while mounted and are answered afresh each time.
@@ -151,15 +152,16 @@ class _Listing:
 
 @dataclass(slots=True, eq=False)
 class Prepared:
-    """A version directory's answers, made once (see the module docstring): entry i of its
-    tree, ``entries[i]``, is ``nodes[i]``, whose attributes the kernel gets as
-    ``replies[i]``; ``index`` maps a name to its position."""
+    """A version directory's answers, each made once (see the module docstring): entry i
+    of its tree, ``entries[i]``, is ``nodes[i]``, whose attributes the kernel gets as
+    ``replies[i]`` (both None until first asked for: a lookup of one name makes one);
+    ``index`` maps a name to its position."""
 
     tree: TreeId
     entries: tuple[Entry, ...]
-    nodes: tuple[Node, ...]
-    replies: tuple[Any, ...]
     index: dict[bytes, int]
+    nodes: list[Node | None]
+    replies: list[Any]
 
 
 class VaultView:
@@ -262,7 +264,7 @@ class VaultView:
         pos = table.index.get(name)
         if pos is None:
             raise NotFound(name)
-        return table.nodes[pos], table.replies[pos]
+        return self._answer(parent, table, pos)
 
     def _lookup_in_root(self, name: bytes) -> Node:
         """``.vaultfs`` or a collection."""
@@ -387,8 +389,8 @@ class VaultView:
             yield from _by_inode(items, after)
         elif node.tree is not None:
             table = self.prepared(node)
-            for pos in range(max(after, 0), len(table.nodes)):
-                yield table.entries[pos].name, table.nodes[pos], pos + 1
+            for pos in range(max(after, 0), len(table.entries)):
+                yield table.entries[pos].name, self._answer(node, table, pos)[0], pos + 1
         else:
             raise NotADirectory(node.path)
 
@@ -402,8 +404,12 @@ class VaultView:
             return
         table = self.prepared(node)
         entries, nodes, replies = table.entries, table.nodes, table.replies
-        for pos in range(max(after, 0), len(nodes)):
-            yield entries[pos].name, nodes[pos], replies[pos], pos + 1
+        for pos in range(max(after, 0), len(entries)):
+            made = nodes[pos]
+            if made is None:
+                yield entries[pos].name, *self._answer(node, table, pos), pos + 1
+            else:
+                yield entries[pos].name, made, replies[pos], pos + 1
 
     def prepared(self, directory: Node) -> Prepared:
         """The prepared table of a version directory (made at its first use; LRU)."""
@@ -413,16 +419,23 @@ class VaultView:
             self._prepared.move_to_end(directory.ino)
             return table
         listing = self.listing(directory.tree)
-        nodes = tuple(self._child(directory, e) for e in listing.entries)
-        replies = tuple(self.reply(self.attr(n)) for n in nodes)
-        table = Prepared(directory.tree, listing.entries, nodes, replies, listing.index)
+        n = len(listing.entries)
+        table = Prepared(directory.tree, listing.entries, listing.index, [None] * n, [None] * n)
         old = self._prepared.pop(directory.ino, None)
-        self._prepared_entries += len(nodes) - (len(old.nodes) if old is not None else 0)
+        self._prepared_entries += n - (len(old.entries) if old is not None else 0)
         self._prepared[directory.ino] = table
         while self._prepared_entries > PREPARED_ENTRIES and len(self._prepared) > 1:
             _, dropped = self._prepared.popitem(last=False)
-            self._prepared_entries -= len(dropped.nodes)
+            self._prepared_entries -= len(dropped.entries)
         return table
+
+    def _answer(self, directory: Node, table: Prepared, pos: int) -> tuple[Node, Any]:
+        """Entry `pos` of a prepared directory: its node and reply, made at first use."""
+        node = table.nodes[pos]
+        if node is None:
+            node = table.nodes[pos] = self._child(directory, table.entries[pos])
+            table.replies[pos] = self.reply(self.attr(node))
+        return node, table.replies[pos]
 
     def listing(self, tree: TreeId) -> _Listing:
         """A decoded tree from a bounded LRU (trees are shared between versions)."""
