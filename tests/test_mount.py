@@ -26,6 +26,7 @@ from tests.mounts import alive, as_nobody, is_mounted, mount_log, mount_pid, mou
 from tests.trees import describe, diff_r, make_every_kind, write
 from tests.vaultenv import REPO, VaultEnv
 from vaultfs.catalog import Catalog
+from vaultfs.model import BlobId
 
 SAME_SOCKET = "is a socket while file"  # diff -r reports two sockets as different
 
@@ -231,12 +232,20 @@ def test_a_new_version_appears_while_mounted(file_vault: VaultEnv, tmp_path: Pat
     with mounted(file_vault, tmp_path / "mnt") as mnt:
         assert sorted(os.listdir(mnt / "docs")) == ["latest", "v1"]
         assert (mnt / "docs" / "latest" / "a.txt").read_bytes() == b"alpha\n"
+        # v1's entries, and that it has no c.txt, are cached by the kernel for the mount's life
+        assert not (mnt / "docs" / "latest" / "c.txt").exists()
+        assert subprocess.run(["find", str(mnt / "docs" / "v1")], capture_output=True).returncode == 0
         write(src / "c.txt", b"gamma\n")
         file_vault.run("snapshot")
+        # latest (and the collection directory) are short-lived: they move at once
+        assert os.readlink(mnt / "docs" / "latest") == "v2"
+        assert (mnt / "docs" / "latest" / "c.txt").read_bytes() == b"gamma\n"
         assert sorted(os.listdir(mnt / "docs")) == ["latest", "v1", "v2"]
         assert (mnt / "docs" / "v2" / "c.txt").read_bytes() == b"gamma\n"
         assert not (mnt / "docs" / "v1" / "c.txt").exists()
-        assert os.readlink(mnt / "docs" / "latest") == "v2"
+        assert (
+            os.stat(mnt / "docs" / "latest" / "a.txt").st_ino == os.stat(mnt / "docs" / "v2" / "a.txt").st_ino
+        )
 
 
 def test_collections_show_before_their_first_version(file_vault: VaultEnv, tmp_path: Path) -> None:
@@ -257,7 +266,7 @@ def test_collections_show_before_their_first_version(file_vault: VaultEnv, tmp_p
 
 def test_a_corrupt_band_gives_eio_and_names_the_band(file_vault: VaultEnv, tmp_path: Path) -> None:
     src = file_vault.add_collection("photos")
-    content = os.urandom(3 * 1024 * 1024)
+    content = os.urandom(20 * 1024 * 1024 + 17)  # 6 frames: the mount's frame cache holds 4
     write(src / "big.raw", content)
     file_vault.run("init")
     file_vault.run("snapshot")
@@ -265,11 +274,7 @@ def test_a_corrupt_band_gives_eio_and_names_the_band(file_vault: VaultEnv, tmp_p
     store = Path(file_vault.store_url.removeprefix("file://"))
     band_file = max((store / k for k in bands), key=lambda p: p.stat().st_size)
     band_id = band_file.name.removesuffix(".tar.zst")
-    with open(band_file, "r+b") as f:  # one byte in the middle of big.raw's data frame
-        f.seek(1024 * 1024)
-        byte = f.read(1)
-        f.seek(1024 * 1024)
-        f.write(bytes([byte[0] ^ 0x40]))
+    flip_byte(band_file, 1024 * 1024)  # one byte in the middle of big.raw's data frame
     with mounted(file_vault, tmp_path / "mnt") as mnt:
         proc = subprocess.run(["cat", str(mnt / "photos" / "latest" / "big.raw")], capture_output=True)
         assert proc.returncode != 0
@@ -278,6 +283,91 @@ def test_a_corrupt_band_gives_eio_and_names_the_band(file_vault: VaultEnv, tmp_p
         assert os.stat(mnt / "photos" / "latest" / "big.raw").st_size == len(content)  # still serving
     log = mount_log(file_vault).read_text()
     assert f"band {band_id}" in log and "answered EIO" in log
+
+
+def point_blob_at(env: VaultEnv, content: bytes, other: bytes) -> None:
+    """Corrupt the local catalog: the blob of `content` now points at `other`'s bytes
+    (frames intact, so only the whole-file SHA-256 can tell)."""
+    cat = Catalog(env.state_dir / "catalog.lmdb")
+    try:
+        ref = cat.blob(BlobId(hashlib.sha256(other).digest()))
+        assert ref is not None
+        with cat.writer() as w:
+            w.put_blob(BlobId(hashlib.sha256(content).digest()), ref)
+    finally:
+        cat.close()
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0x40]))
+
+
+def cached_bytes(path: Path) -> int:
+    """Bytes of `path` in the kernel's page cache (fincore opens it: that open keeps or
+    drops the pages, as any open would)."""
+    out = subprocess.run(["fincore", "-b", "-n", "-o", "RES", str(path)], capture_output=True, text=True)
+    return int(out.stdout)
+
+
+def test_the_page_cache_holds_only_verified_bytes(file_vault: VaultEnv, tmp_path: Path) -> None:
+    """Pages of a file not (yet) read whole and verified are dropped at the next open; a
+    file read whole and verified is re-read from the kernel's page cache, even after its
+    band is damaged (those bytes were verified); once those pages are gone the damage is
+    EIO, never bytes. A file that fails its SHA-256 at the end leaves no page behind: the
+    same descriptor then gets EIO, not the cached bytes of the failed read."""
+    photos = file_vault.add_collection("photos")
+    docs = file_vault.add_collection("docs")
+    content = os.urandom(20 * 1024 * 1024 + 17)  # 6 frames: the mount's frame cache holds 4
+    write(photos / "big.raw", content)
+    a, b = os.urandom(300_000), os.urandom(300_000)
+    write(docs / "a.raw", a)
+    write(docs / "b.raw", b)
+    file_vault.run("init")
+    file_vault.run("snapshot")
+    point_blob_at(file_vault, a, b)
+    store = Path(file_vault.store_url.removeprefix("file://"))
+    band_file = max(
+        (store / k for k in file_vault.store_keys("bands/") if k.endswith(".tar.zst")),
+        key=lambda p: p.stat().st_size,
+    )
+    with mounted(file_vault, tmp_path / "mnt") as mnt:
+        big = mnt / "photos" / "latest" / "big.raw"
+
+        with open(big, "rb") as f:
+            assert f.read(65536) == content[:65536]  # in the page cache, but not verified
+        assert cached_bytes(big) == 0
+        assert big.read_bytes() == content  # read whole and verified
+        assert cached_bytes(big) == len(content) + 4096 - len(content) % 4096
+        flip_byte(band_file, 1024 * 1024)  # in big.raw's first frame (no longer in the mount's)
+        assert big.read_bytes() == content  # the verified pages, kept
+        assert cached_bytes(big) > 0
+        with open(big, "rb") as f:
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)  # the kernel drops them
+        proc = subprocess.run(["cat", str(big)], capture_output=True)
+        assert proc.returncode != 0 and b"Input/output error" in proc.stderr
+        assert proc.stdout == b""  # not one byte of the damaged frame
+        fd = os.open(mnt / "docs" / "latest" / "a.raw", os.O_RDONLY)
+        try:
+            with pytest.raises(OSError) as info:
+                while os.read(fd, 1 << 20):
+                    pass
+            assert info.value.errno == errno.EIO
+
+            def refused() -> bool:
+                try:
+                    os.pread(fd, 4096, 0)
+                except OSError as e:
+                    return e.errno == errno.EIO
+                return False  # still in the page cache: the mount drops it after the reply
+
+            wait_for(refused, "the pages of the failed read to be dropped")
+        finally:
+            os.close(fd)
+        assert subprocess.run(["cmp", str(mnt / "docs" / "latest" / "b.raw"), "-"], input=b).returncode == 0
 
 
 def test_an_unexpected_error_is_eio_and_the_mount_goes_on(file_vault: VaultEnv, tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from tests.vaultenv import VaultEnv
 from vaultfs.catalog import Catalog
 from vaultfs.config import load_config
 from vaultfs.errors import CorruptionError
-from vaultfs.model import BandId, BlobId
+from vaultfs.model import KIND_BITS, BandId, BlobId, decode_tree
 from vaultfs.mount import view as vfs
 from vaultfs.mount.fuse_ops import VaultOperations
 from vaultfs.vault import Vault
@@ -363,5 +363,149 @@ def test_streamed_reads_peek_cached_frames_and_still_check_the_sha256(file_vault
         assert isinstance(handle, vfs.OpenFile)
         with pytest.raises(CorruptionError, match="fails SHA-256"):
             read_like_the_mount(handle, len(d))
+    finally:
+        vault.close()
+
+
+# ---- prepared version directories ---------------------------------------------------------
+
+
+def prepared_as_the_tree_says(
+    view: vfs.VaultView, collection: str, number: int
+) -> dict[bytes, tuple[object, ...]]:
+    """Walk every directory of a version through the view's prepared tables (readdirplus's
+    `replies` and lookup's `lookup_reply`) and check each entry against the tree as the
+    catalog decodes it. Returns path → (inode, attributes), to compare views with."""
+    version = view.catalog.version(collection, number)
+    assert version is not None
+    top = walk(view, vfs.ROOT_INO, collection.encode(), f"v{number}".encode())
+    seen: dict[bytes, tuple[object, ...]] = {}
+    todo = [(top, version.root)]
+    while todo:
+        directory, tree = todo.pop()
+        raw = view.catalog.tree_bytes(tree)
+        assert raw is not None
+        entries = decode_tree(raw)
+        answered = list(view.replies(directory.ino))
+        assert [name for name, _, _, _ in answered] == [e.name for e in entries]
+        for (name, node, reply, offset), e in zip(answered, entries, strict=True):
+            path = name if not directory.path else directory.path + b"/" + name
+            identity = e.hardlink if e.hardlink is not None else path
+            assert node.ino == vfs.inode_number("entry", collection, number, identity), path
+            assert node.entry is not None  # a hard link's node is its group's: one inode
+            same = dataclasses.replace(node.entry, name=e.name, hardlink=e.hardlink)
+            assert same == e, path  # every other field: target, xattrs, blob, sparse map …
+            subdirs = 0
+            if e.tree is not None:
+                child = view.catalog.tree_bytes(e.tree)
+                assert child is not None
+                subdirs = sum(1 for c in decode_tree(child) if c.kind == "dir")
+            nlink = 2 + subdirs if e.kind == "dir" else max(1, e.nlink) if e.kind == "file" else 1
+            assert (reply.mode, reply.uid, reply.gid, reply.mtime_ns, reply.rdev, reply.nlink) == (
+                KIND_BITS[e.kind] | e.mode,
+                e.uid,
+                e.gid,
+                e.mtime_ns,
+                e.rdev,
+                nlink,
+            ), path
+            assert reply.size == (e.size if e.kind in ("file", "symlink") else 0), path
+            assert reply.timeout == vfs.IMMUTABLE_TIMEOUT  # versions never change
+            assert view.lookup_reply(directory.ino, name) == (node, reply)
+            assert next(iter(view.replies(directory.ino, offset - 1)))[1] is node  # offsets resume
+            view.remember(node)
+            seen[path] = (node.ino, reply)
+            if e.tree is not None:
+                todo.append((node, e.tree))
+        with pytest.raises(vfs.NotFound):
+            view.lookup_reply(directory.ino, b"no such name")
+        assert view.caches_misses(directory.ino)
+    return seen
+
+
+def test_prepared_directories_answer_what_the_trees_say(file_vault: VaultEnv) -> None:
+    """Every kind of entry, odd names, xattrs; then a version committed while the view is
+    open, and a view over a rebuilt catalog: same answers, same inode numbers."""
+    src = file_vault.add_collection("photos")
+    make_every_kind(src)
+    file_vault.run("init")
+    file_vault.run("snapshot")
+    vault, view = open_view(file_vault)
+    try:
+        v1 = prepared_as_the_tree_says(view, "photos", 1)
+        assert {b"fifo", b"socket", b"null_dev", b"link_dangling", b"nested/hard_b"} <= set(v1)
+        write(src / "plain.txt", b"changed\n")
+        write(src / "nested" / "deeper" / "new.txt", b"new\n")
+        file_vault.run("snapshot", expect=3)  # cold: a modified file is warned about
+        v2 = prepared_as_the_tree_says(view, "photos", 2)
+        assert b"nested/deeper/new.txt" in v2 and b"nested/deeper/new.txt" not in v1
+        assert prepared_as_the_tree_says(view, "photos", 1) == v1  # unchanged by the commit
+        coll = walk(view, vfs.ROOT_INO, b"photos")
+        assert not view.caches_misses(coll.ino) and not view.caches_misses(vfs.ROOT_INO)
+    finally:
+        vault.close()
+    file_vault.run("index", "rebuild")
+    vault, view = open_view(file_vault)
+    try:
+        assert prepared_as_the_tree_says(view, "photos", 1) == v1
+        assert prepared_as_the_tree_says(view, "photos", 2) == v2
+    finally:
+        vault.close()
+
+
+def test_a_missing_name_inside_a_version_is_cached_by_the_kernel(
+    every_kind: tuple[VaultEnv, Path, vfs.VaultView],
+) -> None:
+    """Inside a version a lookup miss is a negative entry (st_ino 0) for the mount's life;
+    above the versions (a version may be committed any moment) it stays ENOENT."""
+    _, _, view = every_kind
+    ops = VaultOperations(view, trio.CapacityLimiter(1))
+    v1 = walk(view, vfs.ROOT_INO, b"photos", b"v1")
+    missing = trio.run(ops.lookup, v1.ino, b"nope", None)
+    assert missing.st_ino == 0 and missing.entry_timeout == vfs.IMMUTABLE_TIMEOUT
+    found = trio.run(ops.lookup, v1.ino, b"plain.txt", None)
+    assert found.st_ino == view.lookup(v1.ino, b"plain.txt").ino and found.st_size == 1200
+    made = [n for n in view.prepared(v1).nodes if n is not None]
+    assert [n.path for n in made] == [b"plain.txt"]  # a lookup makes its one answer, not all
+    coll = walk(view, vfs.ROOT_INO, b"photos")
+    for parent, name in ((coll.ino, b"v2"), (vfs.ROOT_INO, b"nope")):
+        with pytest.raises(pyfuse3.FUSEError) as info:
+            trio.run(ops.lookup, parent, name, None)
+        assert info.value.errno == errno.ENOENT
+    assert trio.run(ops.lookup, coll.ino, b"v1", None).attr_timeout == vfs.LIVE_TIMEOUT
+
+
+def test_reads_out_of_order_are_still_hashed(file_vault: VaultEnv) -> None:
+    """The kernel's read-ahead may deliver reads out of order: the ones ahead are held
+    until the gap is filled, the file is still verified as a whole (and fails as a whole)."""
+    a, b = big_vault(file_vault)
+    vault, view = open_view(file_vault)
+    try:
+        handle = view.open(walk(view, vfs.ROOT_INO, b"photos", b"v1", b"a.raw").ino)
+        assert isinstance(handle, vfs.OpenFile)
+        chunks = [(off, min(64 * 1024, len(a) - off)) for off in range(0, len(a), 64 * 1024)]
+        order = [chunks[1], chunks[0], *chunks[3:], chunks[2]]  # the end arrives before chunk 2
+        got = {off: handle.read(off, n) for off, n in order}
+        assert b"".join(got[off] for off, _ in chunks) == a
+        assert handle.verified
+        handle = view.open(walk(view, vfs.ROOT_INO, b"photos", b"v1", b"a.raw").ino)
+        assert isinstance(handle, vfs.OpenFile)
+        handle.read(100_000, 1000)  # a jump: held, not yet verified
+        assert not handle.verified
+    finally:
+        vault.close()
+    point_blob_at(file_vault, a, b)
+    vault, view = open_view(file_vault)
+    try:
+        handle = view.open(walk(view, vfs.ROOT_INO, b"photos", b"v1", b"a.raw").ino)
+        assert isinstance(handle, vfs.OpenFile)
+        chunks = [(off, min(64 * 1024, len(b) - off)) for off in range(0, len(b), 64 * 1024)]
+        for off, n in chunks[1:]:
+            handle.read(off, n)  # held: the hash cannot end before chunk 0
+        with pytest.raises(CorruptionError, match="fails SHA-256"):
+            handle.read(0, chunks[0][1])  # completes the hash
+        assert not handle.verified
+        with pytest.raises(CorruptionError, match="fails SHA-256"):
+            handle.read(0, 4096)  # this open serves none of those bytes again
     finally:
         vault.close()

@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
-"""The floor of `find` through pyfuse3 + trio: a mount that does no work at all.
+"""The floor of `find` and `ls -lR` through pyfuse3 + trio: a mount that does no work at all.
 
     tools/bench/fuse_floor.py --data DIR [--rounds 5]
 
 Mirrors the shape of DIR (names and kinds only, held in memory with every reply's
 attributes built in advance) as a read-only pyfuse3 filesystem, the way vaultfs's mount
-answers (readdirplus with 1-hour timeouts, opendir/releasedir), then times
-`find MOUNT | wc -l` on fresh mounts. Whatever vaultfs's own handlers cost comes on top
-of this; if the floor alone exceeds a target, no handler work can meet it with this stack.
-Needs the repository's .venv (pyfuse3, trio) and fuse3.
+answers (readdirplus with long timeouts, opendir/releasedir, the same mount options,
+FUSE_POSIX_ACL, and the same xattr answers: "no ACL" (ENODATA), EOPNOTSUPP for
+``security.*``), then times `find MOUNT | wc -l` and `ls -lR MOUNT` on fresh mounts.
+Whatever vaultfs's own handlers cost comes on top of this; if the floor alone exceeds a
+target, no handler work can meet it with this stack. `tools/bench/mount_bench.py` runs
+this mount in the same rounds as vaultfs's (tool "floor"), so their ratio is measured on
+one machine state. Needs the repository's .venv (pyfuse3, trio) and fuse3.
 """
 
 from __future__ import annotations
@@ -61,13 +64,15 @@ def serve(data: Path, mountpoint: Path) -> None:
         a.st_ino = ino
         a.st_mode = (stat.S_IFDIR | 0o755) if is_dir[ino] else (stat.S_IFREG | 0o644)
         a.st_nlink = 1
-        a.entry_timeout = a.attr_timeout = 3600
+        a.entry_timeout = a.attr_timeout = 365 * 86400  # as vaultfs's version trees
         return a
 
     attrs = {ino: attr(ino) for ino in is_dir}
     by_name = {(parent, name): ino for parent, kids in children.items() for name, ino in kids}
 
     class Floor(pyfuse3.Operations):
+        enable_acl = True  # as vaultfs: the kernel asks each node for its ACLs once
+
         async def getattr(self, inode: int, ctx: object = None) -> pyfuse3.EntryAttributes:
             return attrs[inode]
 
@@ -88,11 +93,35 @@ def serve(data: Path, mountpoint: Path) -> None:
         async def releasedir(self, fh: int) -> None:
             return None
 
-    pyfuse3.init(Floor(), str(mountpoint), {"fsname=floor", "ro", "default_permissions"})
+        async def getxattr(self, inode: int, name: bytes, ctx: object = None) -> bytes:
+            # as vaultfs answers a name an entry lacks (`ls -l` asks every entry)
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP if name.startswith(b"security.") else errno.ENODATA)
+
+        async def listxattr(self, inode: int, ctx: object = None) -> list[bytes]:
+            return []
+
+    options = {"fsname=floor", "subtype=floor", "ro", "default_permissions", "nosuid", "nodev"}
+    pyfuse3.init(Floor(), str(mountpoint), options)
     try:
         trio.run(pyfuse3.main)
     finally:
         pyfuse3.close(unmount=True)
+
+
+def timed_on_fresh_mount(data: Path, mnt: Path, command: str) -> tuple[float, str]:
+    """Mount the floor of `data` at `mnt`, time the shell `command`, unmount."""
+    proc = subprocess.Popen([sys.executable, __file__, "--data", str(data), "--serve", str(mnt)])
+    try:
+        while not os.path.ismount(mnt):
+            if proc.poll() is not None:
+                raise SystemExit("the floor mount did not come up")
+            time.sleep(0.05)
+        t0 = time.perf_counter()
+        out = subprocess.run(command, shell=True, check=True, capture_output=True, text=True).stdout
+        return time.perf_counter() - t0, out
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
+        proc.wait(timeout=60)
 
 
 def main() -> int:
@@ -104,29 +133,21 @@ def main() -> int:
     if args.serve:
         serve(args.data, args.serve)
         return 0
-    times = []
+    times, ls_times = [], []
     entries = 0
     with tempfile.TemporaryDirectory(prefix="fuse-floor-") as tmp:
         mnt = Path(tmp)
         for _ in range(args.rounds):
-            proc = subprocess.Popen([sys.executable, __file__, "--data", str(args.data), "--serve", str(mnt)])
-            while not os.path.ismount(mnt):
-                if proc.poll() is not None:
-                    raise SystemExit("the floor mount did not come up")
-                time.sleep(0.05)
-            t0 = time.perf_counter()
-            out = subprocess.run(
-                f"find '{mnt}' | wc -l", shell=True, check=True, capture_output=True, text=True
-            ).stdout
-            times.append(time.perf_counter() - t0)
+            elapsed, out = timed_on_fresh_mount(args.data, mnt, f"find '{mnt}' | wc -l")
+            times.append(elapsed)
             entries = int(out)
-            subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
-            proc.wait(timeout=60)
-    print(
-        f"find over {entries} entries through a do-nothing pyfuse3 mount: median "
-        f"{statistics.median(times):.3f} s (min {min(times):.3f}, max {max(times):.3f}, "
-        f"{len(times)} fresh mounts)"
-    )
+            ls_times.append(timed_on_fresh_mount(args.data, mnt, f"ls -lR '{mnt}' > /dev/null")[0])
+    for what, ts in (("find", times), ("ls -lR", ls_times)):
+        print(
+            f"{what} over {entries} entries through a do-nothing pyfuse3 mount: median "
+            f"{statistics.median(ts):.3f} s (min {min(ts):.3f}, max {max(ts):.3f}, "
+            f"{len(ts)} fresh mounts)"
+        )
     return 0
 
 

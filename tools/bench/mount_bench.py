@@ -1,15 +1,19 @@
 #!/usr/bin/env python3
-"""Browse and read a backup through `vaultfs mount`, `restic mount` and `borg mount` side by side.
+"""Browse and read a backup through `vaultfs mount`, `restic mount` and `borg mount` side by side,
+and against the floor of pyfuse3 + trio.
 
-    tools/bench/mount_bench.py --data DIR --work WORKDIR [--only vaultfs,restic,borg] [--rounds N]
-        [--json out]
+    tools/bench/mount_bench.py --data DIR --work WORKDIR [--only vaultfs,floor,restic,borg]
+        [--rounds N] [--json out]
 
 WORKDIR holds the repositories `tools/bench/run.py --data DIR --work WORKDIR` made (one
 snapshot of DIR each). The benchmark runs N rounds (default 3); each round runs every selected
-tool in the fixed order vaultfs, restic, borg (rounds are interleaved, so slow drift of the
-machine hits all tools alike). Every measurement starts from a fresh mount (cold: nothing in
-the mount's caches, nor in the kernel's dentry/attribute caches for that mount); before each
-mount is started, os.sync() flushes dirty pages (not timed):
+tool in the fixed order vaultfs, floor, restic, borg (rounds are interleaved, so slow drift of
+the machine hits all tools alike). "floor" is `tools/bench/fuse_floor.py`'s mount of DIR's
+shape whose handlers do nothing (find and ls -lR only): vaultfs / floor is the share of the
+time that is vaultfs's own, measured on the same machine state
+(`--only vaultfs,floor --rounds 5` for just that). Every measurement starts from a fresh
+mount (cold: nothing in the mount's caches, nor in the kernel's dentry/attribute caches for
+that mount); before each mount is started, os.sync() flushes dirty pages (not timed):
 
 1. `find VERSION | wc -l`: wall time over one version's tree (and the entry count, which must
    be the same in every round; the output says so when it is not);
@@ -50,13 +54,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import max_of, median_of, min_of
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-TOOLS = ("vaultfs", "restic", "borg")
+TOOLS = ("vaultfs", "floor", "restic", "borg")
+FLOOR = Path(__file__).resolve().with_name("fuse_floor.py")  # run with vaultfs's venv (pyfuse3)
 MB = 1_000_000
 TARGETS = (
     ("find over a version, vaultfs / restic", "find_vs_restic", "≤", 1 / 3),
+    ("find over a version, vaultfs / the do-nothing floor", "find_vs_floor", "≤", 1.5),
+    ("ls -lR, vaultfs / the do-nothing floor", "ls_vs_floor", "≤", 1.5),
     ("ls -lR, vaultfs / borg", "ls_vs_borg", "≤", 0.5),
     ("cat of the largest file (cold), vaultfs / borg", "cat_vs_borg", "≥", 2.5),
     ("cat of the largest file (cold), vaultfs MB/s", "vaultfs_cat_mbs", "≥", 500.0),
+    (
+        "cat of the largest file (warm), vaultfs MB/s (2x issue 18's 1150)",
+        "vaultfs_cat_warm_mbs",
+        "≥",
+        2300.0,
+    ),
+    ("mount peak RSS, vaultfs MiB", "vaultfs_rss_mib", "≤", 100.0),
 )
 
 
@@ -189,6 +203,13 @@ def make_mounts(data: Path, work: Path, mnt: Path, vaultfs: Path) -> dict[str, M
             mnt / "restic",
             mnt / "restic" / "snapshots" / "latest" / rel,
         ),
+        "floor": Mount(
+            "floor",
+            [str(vaultfs.parent / "python"), str(FLOOR), "--data", str(data), "--serve", str(mnt / "floor")],
+            base,
+            mnt / "floor",
+            mnt / "floor",
+        ),
         "borg": Mount(
             "borg",
             ["borg", "mount", "--foreground", str(work / "borg-repo"), str(mnt / "borg")],
@@ -224,6 +245,8 @@ def bench(m: Mount, data: Path, files: tuple[str, str], log: Path, round_no: int
         r.peak_rss_mib = peak_rss_mib(m.proc.pid)
 
     steps: list[tuple[str, Callable[[], None]]] = [("find", find), ("ls -lR", ls), ("read", read)]
+    if m.name == "floor":
+        steps = steps[:2]  # it serves no content
     for label, step in steps:
         print(f"  {m.name}: {label} ...", flush=True)
         try:
@@ -307,16 +330,20 @@ def summarise(rounds: list[Result]) -> Summary:
 
 def ratios(results: dict[str, Summary]) -> dict[str, float | None]:
     """vaultfs against the others, from the medians over rounds."""
-    vf, restic, borg = (results.get(t) for t in TOOLS)
+    vf, floor, restic, borg = (results.get(t) for t in TOOLS)
 
     def ratio(a: float | None, b: float | None) -> float | None:
         return a / b if a is not None and b else None
 
     return {
         "find_vs_restic": ratio(vf.find_s if vf else None, restic.find_s if restic else None),
+        "find_vs_floor": ratio(vf.find_s if vf else None, floor.find_s if floor else None),
+        "ls_vs_floor": ratio(vf.ls_s if vf else None, floor.ls_s if floor else None),
         "ls_vs_borg": ratio(vf.ls_s if vf else None, borg.ls_s if borg else None),
         "cat_vs_borg": ratio(vf.cat_cold_mbs if vf else None, borg.cat_cold_mbs if borg else None),
         "vaultfs_cat_mbs": vf.cat_cold_mbs if vf else None,
+        "vaultfs_cat_warm_mbs": vf.cat_warm_mbs if vf else None,
+        "vaultfs_rss_mib": vf.peak_rss_mib if vf else None,
     }
 
 

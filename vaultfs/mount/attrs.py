@@ -26,7 +26,7 @@ from vaultfs.errors import CorruptionError
 from vaultfs.model import KIND_BITS, BandId, BandInfo, BlobId, BlobRef, Entry
 from vaultfs.mount import xdg
 from vaultfs.mount.errors import NoAttribute, NotFound, Unsupported
-from vaultfs.mount.nodes import Attr, Node
+from vaultfs.mount.nodes import IMMUTABLE_TIMEOUT, Attr, Node
 from vaultfs.mount.status import state_text
 
 if TYPE_CHECKING:
@@ -34,7 +34,9 @@ if TYPE_CHECKING:
     from vaultfs.config import Config
     from vaultfs.mount.view import VaultView
 
-LIVE_TIMEOUT = 1.0  # root, collection directories, `latest`: change when a version commits
+# root, collection directories, `latest`: change when a version commits; a version
+# directory's entry: `vaultfs forget` may remove it while mounted
+LIVE_TIMEOUT = 1.0
 EMPTY_SHA256 = hashlib.sha256().digest()
 
 
@@ -57,12 +59,21 @@ def node_attr(view: VaultView, node: Node) -> Attr:
             size,
             e.mtime_ns,
             e.rdev,
+            # a version directory's own entry: `vaultfs forget` may remove it while mounted
+            timeout=LIVE_TIMEOUT if node.kind == "version" else IMMUTABLE_TIMEOUT,
             allocated=-1 if e.sparse is None else e.blob_size,
         )
     if node.kind == "version":
         assert node.tree is not None
         return Attr(
-            node.ino, stat.S_IFDIR | 0o555, 2 + view.listing(node.tree).subdirs, 0, 0, 0, node.created_ns
+            node.ino,
+            stat.S_IFDIR | 0o555,
+            2 + view.listing(node.tree).subdirs,
+            0,
+            0,
+            0,
+            node.created_ns,
+            timeout=LIVE_TIMEOUT,
         )
     return _live_attr(view, node)
 

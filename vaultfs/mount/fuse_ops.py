@@ -107,6 +107,14 @@ def opener(ctx: Any, file: str) -> Opener:
     return Opener(getattr(ctx, "pid", 0), getattr(ctx, "uid", 0), file)
 
 
+def _missing(timeout: float) -> pyfuse3.EntryAttributes:
+    """A lookup's "no such name" that the kernel keeps for `timeout` (st_ino 0)."""
+    out = pyfuse3.EntryAttributes()
+    out.st_ino = 0
+    out.entry_timeout = timeout
+    return out
+
+
 def _erofs() -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(errno.EROFS)
 
@@ -131,16 +139,22 @@ class VaultOperations(pyfuse3.Operations):
         self.on_unreadable = on_unreadable
         self._handles: dict[int, Handle] = {}
         self.previews = Previews(view.vault.store)  # archived files' preview ranges
+        self._inodes: dict[int, int] = {}  # fh → its file's inode
         self._next_fh = 1
+        view.reply = _entry  # prepared directories keep their entries' replies ready
 
     # ---- browsing: answered from the catalog ---------------------------------------------
 
     @_edge
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
-        node = self.view.lookup(parent_inode, name)
-        attr = _entry(self.view.attr(node))
+        try:
+            node, reply = self.view.lookup_reply(parent_inode, name)
+        except vfs.NotFound:
+            if not self.view.caches_misses(parent_inode):
+                raise
+            return _missing(vfs.IMMUTABLE_TIMEOUT)  # never there: the kernel need not ask again
         self.view.remember(node)
-        return attr
+        return reply  # type: ignore[no-any-return]
 
     @_edge
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
@@ -159,8 +173,8 @@ class VaultOperations(pyfuse3.Operations):
 
     @_edge
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
-        for name, node, offset in self.view.children(fh, start_id):
-            if not pyfuse3.readdir_reply(token, name, _entry(self.view.attr(node)), offset):
+        for name, node, reply, offset in self.view.replies(fh, start_id):
+            if not pyfuse3.readdir_reply(token, name, reply, offset):
                 return
             self.view.remember(node)  # readdirplus: the kernel took a reference
 
@@ -213,23 +227,55 @@ class VaultOperations(pyfuse3.Operations):
             handle = preview  # a read decides (docs/mount.md, "Previews of archived files")
         fh, self._next_fh = self._next_fh, self._next_fh + 1
         self._handles[fh] = handle
-        return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+        if isinstance(handle, vfs.StatusFile | PreviewFile):
+            # A status file is made at each open; a preview's reads must reach the mount one
+            # by one (the kernel's read-ahead would ask for cold bytes): no page cache.
+            return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+        self._inodes[fh] = inode
+        # Through the page cache; the pages the kernel holds are kept only if this file was
+        # read whole and verified (docs/mount.md, "Which bytes are verified when").
+        return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=inode in self.view.verified)
 
     @_edge
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:  # type: ignore[override]
         # pyfuse3's stub says bytes, but it takes any buffer (PyObject_GetBuffer): a view of a
         # cached frame goes to the kernel without a copy.
         handle = self._handles[fh]
-        peek = getattr(handle, "peek", None)
-        data: bytes | memoryview | None = peek(off, size) if peek is not None else None  # cached
-        if data is not None:
-            return data
         try:
-            return await trio.to_thread.run_sync(handle.read_view, off, size, limiter=self.limiter)
+            peek = getattr(handle, "peek", None)
+            data: bytes | memoryview | None = peek(off, size) if peek is not None else None  # cached
+            if data is None:
+                data = await trio.to_thread.run_sync(handle.read_view, off, size, limiter=self.limiter)
         except vfs.Archived as e:
             if isinstance(handle, PreviewFile):  # cold bytes of a preview: as an open was
                 await self._unreadable(e.band, handle.opener)
+            else:
+                self._suspect(fh)
             raise
+        except Exception:
+            self._suspect(fh)
+            raise
+        if getattr(handle, "verified", False):
+            self.view.verified.add(self._inodes[fh])
+        return data
+
+    def _suspect(self, fh: int) -> None:
+        """A read failed: the pages earlier reads of this file left in the kernel's cache
+        were not verified as a whole (the SHA-256 of the file may be what failed). Forget
+        that the file was verified, and have the kernel drop its pages (in a thread, after
+        this reply: the kernel waits for pages still being read)."""
+        ino = self._inodes.get(fh)
+        if ino is None:
+            return
+        self.view.verified.discard(ino)
+        trio.lowlevel.spawn_system_task(self._drop_pages, ino)
+
+    async def _drop_pages(self, ino: int) -> None:
+        try:
+            # Not under the reads' limiter: the reads it waits for may need every slot of it.
+            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino, False)
+        except Exception:  # the mount goes on; the next open drops the pages anyway
+            log.exception("could not drop the cached pages of inode %d", ino)
 
     async def _preview(self, inode: int, e: vfs.Archived, who: Opener) -> PreviewFile | None:
         """A handle on the preview ranges of an archived file, or None (no previews, or
@@ -257,6 +303,7 @@ class VaultOperations(pyfuse3.Operations):
     @_edge
     async def release(self, fh: int) -> None:
         handle = self._handles.pop(fh, None)
+        self._inodes.pop(fh, None)
         if handle is not None and not isinstance(handle, PreviewFile):
             self.view.release(handle)
 

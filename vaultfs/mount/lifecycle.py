@@ -53,6 +53,7 @@ import trio
 
 from vaultfs import testpoints
 from vaultfs.errors import UsageError, VaultError
+from vaultfs.malloc import relax_cycle_collector
 from vaultfs.model import BandId, BandInfo, RestoreAsker
 from vaultfs.mount.askers import Opener, RefusalLog, asker, current_askers, describe, hook_env
 from vaultfs.mount.fuse_ops import VaultOperations
@@ -153,6 +154,7 @@ def _run(open_vault: Callable[[], Vault], mountpoint: Path, opts: MountOptions, 
             _detach()
             _report(report, "ok")
         start_threads(view)  # after the fork: threads do not survive it
+        relax_cycle_collector()  # the node table and prepared directories are long-lived
         return trio.run(serve, mountpoint, service)
     finally:
         if view is not None:

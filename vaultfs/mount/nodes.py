@@ -25,7 +25,9 @@ from vaultfs.model import Entry, TreeId
 
 ROOT_INO = 1
 MAX_INO = (1 << 63) - 1
-IMMUTABLE_TIMEOUT = 3600.0  # attributes inside a version never change
+# Entries and attributes inside a version never change: the kernel may keep them (and
+# that a name is not there) for as long as the mount lives.
+IMMUTABLE_TIMEOUT = 365 * 86400.0
 
 NodeKind = Literal["root", "meta", "status", "restores", "collection", "latest", "version", "entry"]
 

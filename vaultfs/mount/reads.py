@@ -16,7 +16,8 @@ view's listings run on the event loop only.
 Memory bound: at most `READERS` band readers, each with a frame cache of
 max(`FRAME_CACHE_BYTES`, 2 x its largest frame) that also receives the frames
 prefetched for sequential readers (2 prefetch threads, one frame each in flight),
-plus at most `HASH_BACKLOG` served bytes per open file waiting for the hasher.
+plus at most `HASH_BACKLOG` served bytes per open file waiting for the hasher and as
+many held back because they arrived ahead of it (`OpenFile`).
 A read inside one frame returns a view of the cached frame (no copy): that frame
 stays alive until the kernel has taken the reply.
 
@@ -62,11 +63,15 @@ class OpenFile:
 
     Every byte returned has passed its zstd frame's checksum. While a file is read
     sequentially from offset 0, its SHA-256 is also computed over exactly the bytes
-    returned, and the read that reaches the end fails with CorruptionError unless it
-    matches the blob id. Three things overlap for a sequential reader: the band's next
-    frame is decompressed in the background (`BandReaders.read` with ``until``), the
-    bytes already returned are hashed by the hasher thread (in order: it is one thread),
-    and the current frame is served, straight from the event loop when it is cached.
+    returned, and the read that completes it fails with CorruptionError unless it
+    matches the blob id; once it matched, `verified` is true (the mount then lets the
+    kernel keep the file's pages, docs/mount.md). The kernel's read-ahead sends several
+    reads at once and they may finish in any order: a read just ahead of the hash is
+    held (at most HASH_BACKLOG bytes) until the reads before it arrive. Three things
+    overlap for a sequential reader: the band's next frame is decompressed in the
+    background (`BandReaders.read` with ``until``), the bytes already returned are hashed
+    by the hasher thread (in order: it is one thread), and the current frame is served,
+    straight from the event loop when it is cached.
     At most HASH_BACKLOG bytes wait for the hasher (they pin their frames in memory).
     """
 
@@ -89,6 +94,13 @@ class OpenFile:
         self._hashed = 0  # bytes handed to the hasher (from offset 0, in order)
         self._backlog: deque[tuple[Future[None], int]] = deque()  # hasher jobs not done
         self._backlog_bytes = 0
+        # Reads that arrived ahead of `_hashed` (the kernel's read-ahead sends several at
+        # once and worker threads finish them in any order): offset → bytes, at most
+        # HASH_BACKLOG bytes, handed to the hasher once the gap before them is filled.
+        self._ahead: dict[int, bytes | memoryview] = {}
+        self._ahead_bytes = 0
+        self.verified = False  # every byte from 0 to the end was hashed and matched the blob id
+        self._failed: str | None = None  # why the file failed its SHA-256: every read fails now
 
     def read(self, offset: int, length: int) -> bytes:
         return bytes(self.read_view(offset, length))
@@ -99,6 +111,8 @@ class OpenFile:
         and touch no band, data comes from the blob (still hashed when read in order)."""
         if self._fault:
             raise testpoints.InjectedFault("injected fault at read (VAULTFS_TESTPOINTS)")
+        if self._failed is not None:  # bytes known not to be the file's: none of them again
+            raise CorruptionError(self._failed)
         if self.sparse is None:
             return self._blob_view(offset, length)
         length = max(0, min(length, self.file_size - offset))
@@ -110,7 +124,8 @@ class OpenFile:
         length = max(0, min(length, self.size - offset))
         if length == 0 or self.ref is None:
             return b""
-        sequential = self._hash is not None and offset == self._hashed
+        # in order, or just ahead (the kernel's read-ahead): decompress the next frames too
+        sequential = self._hash is not None and self._hashed <= offset <= self._hashed + HASH_BACKLOG
         until = self.ref.offset + self.size if sequential else 0
         data = self.readers.read(self.ref.band, self.ref.offset + offset, length, until)
         if len(data) != length:
@@ -122,7 +137,7 @@ class OpenFile:
         """`read_view` when it needs no waiting: the bytes are in a cached frame, this read
         does not end the file (that one waits for the hash) and the hasher is not too far
         behind. Else None: call `read_view` in a thread."""
-        if self._fault:
+        if self._fault or self._failed is not None:
             return None
         if self.sparse is not None:
             length = max(0, min(length, self.file_size - offset))
@@ -141,8 +156,12 @@ class OpenFile:
         if length <= 0 or offset + length == self.size:
             return None
         with self._lock:
-            if self._hash is not None and (offset != self._hashed or self._backlog_bytes >= HASH_BACKLOG):
-                return None  # not sequential (read_view decides), or let the hasher catch up
+            if self._hash is not None and (
+                offset != self._hashed or self._ahead or self._backlog_bytes >= HASH_BACKLOG
+            ):
+                # not in order (read_view decides), a read that may end the hash (it waits
+                # for it: reads ahead are held), or let the hasher catch up
+                return None
         data = self.readers.peek(self.ref.band, self.ref.offset + offset, length, self.ref.offset + self.size)
         if data is not None:
             self._verify(offset, data, wait=False)
@@ -150,14 +169,16 @@ class OpenFile:
 
     def _verify(self, offset: int, data: bytes | memoryview, *, wait: bool = True) -> None:
         with self._lock:
-            if self._hash is None or offset != self._hashed:
-                self._hash = None  # not sequential: the frame checksums alone vouch for it
-                self._backlog.clear()
+            if self._hash is None:
                 return
-            job = self.readers.hasher.submit(self._hash.update, data)
-            self._backlog.append((job, len(data)))
-            self._backlog_bytes += len(data)
-            self._hashed += len(data)
+            if offset != self._hashed:
+                self._hold(offset, data)  # ahead: hashed once the gap is filled
+                return
+            self._hash_in_order(data)
+            while self._hashed in self._ahead:  # the reads that were waiting for this one
+                held = self._ahead.pop(self._hashed)
+                self._ahead_bytes -= len(held)
+                self._hash_in_order(held)
             done = self._hashed == self.size
             while self._backlog and (
                 self._backlog[0][0].done() or (wait and (done or self._backlog_bytes > HASH_BACKLOG))
@@ -165,11 +186,35 @@ class OpenFile:
                 oldest, n = self._backlog.popleft()
                 oldest.result()  # waits only when the file ends or the backlog is full
                 self._backlog_bytes -= n
-            if done and self._hash.digest() != self.blob:
-                assert self.ref is not None
-                raise CorruptionError(
-                    f"band {self.ref.band}: blob {self.blob.hex()} at {self.ref.offset} fails SHA-256"
-                )
+            if done:
+                if self._hash.digest() != self.blob:
+                    assert self.ref is not None
+                    self._failed = (
+                        f"band {self.ref.band}: blob {self.blob.hex()} at {self.ref.offset} fails SHA-256"
+                    )
+                    raise CorruptionError(self._failed)
+                self.verified = True
+
+    def _hold(self, offset: int, data: bytes | memoryview) -> None:
+        """A read ahead of the hash: keep it for later, or give up on the hash (the frame
+        checksums alone vouch for the bytes) when it overlaps what was hashed or too much
+        is waiting. Called with the lock held."""
+        if offset < self._hashed or offset in self._ahead or self._ahead_bytes + len(data) > HASH_BACKLOG:
+            self._hash = None
+            self._backlog.clear()
+            self._ahead.clear()
+            self._ahead_bytes = 0
+            return
+        self._ahead[offset] = data
+        self._ahead_bytes += len(data)
+
+    def _hash_in_order(self, data: bytes | memoryview) -> None:
+        """Hand the bytes at `_hashed` to the hasher thread. Called with the lock held."""
+        assert self._hash is not None
+        job = self.readers.hasher.submit(self._hash.update, data)
+        self._backlog.append((job, len(data)))
+        self._backlog_bytes += len(data)
+        self._hashed += len(data)
 
 
 class BandReaders:

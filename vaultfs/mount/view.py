@@ -34,9 +34,21 @@ each successful lookup/readdirplus entry, `forget` when the kernel drops them; a
 node is dropped when its count reaches zero, so the node table holds only what
 the kernel holds.
 
-Memory bound: the node table (~0.3 KiB per inode the kernel references) and the
-decoded-tree cache (`TREE_CACHE_BYTES` of encoded trees, ~4x that decoded); the
-band readers are bounded in `vaultfs.mount.reads`.
+Prepared directories: versions never change, so a version directory's answers are
+made once: each entry's node and its reply (the attributes as fuse_ops hands them to
+the kernel, `VaultView.reply`), at the first listing of the directory or lookup of that
+name (a lookup makes only its own: a directory's link count decodes its subdirectories).
+Later readdirplus and lookups of that directory (the kernel asks again when it drops
+its own cache, and `ls -lR` after `find`) answer from that table without
+decoding the tree or building anything (`Prepared`, an LRU of at most
+`PREPARED_ENTRIES` entries). The root, /.vaultfs/ and the collection directories
+change while mounted and are answered afresh each time.
+
+Memory bound: the node table (~0.3 KiB per inode the kernel references), the
+decoded-tree cache (`TREE_CACHE_BYTES` of encoded trees, ~4x that decoded), the
+prepared directories (`PREPARED_ENTRIES` entries, ~1 KiB each with the node and decoded
+entry they keep alive — shared with the node table while the kernel holds the inode:
+≤ 32 MiB); the band readers are bounded in `vaultfs.mount.reads`.
 
 Band states (`vaultfs.archive`): opening a file whose band is not readable now
 (archived, restoring) raises `Archived` naming the band; the caller decides
@@ -52,8 +64,9 @@ from __future__ import annotations
 
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from vaultfs import archive, testpoints
 from vaultfs.errors import CorruptionError
@@ -79,6 +92,7 @@ from vaultfs.mount.errors import (
     VfsError,
 )
 from vaultfs.mount.nodes import (
+    IMMUTABLE_TIMEOUT,
     MAX_INO,
     ROOT_INO,
     Attr,
@@ -95,6 +109,7 @@ from vaultfs.vault import Vault, lost_message
 
 __all__ = [  # this module's own names, and the ones fuse_ops and the tests find here
     "BLKSIZE",
+    "IMMUTABLE_TIMEOUT",
     "LIVE_TIMEOUT",
     "ROOT_INO",
     "TREE_CACHE_BYTES",
@@ -107,6 +122,7 @@ __all__ = [  # this module's own names, and the ones fuse_ops and the tests find
     "NotASymlink",
     "NotFound",
     "OpenFile",
+    "Prepared",
     "ReadOnly",
     "StatusFile",
     "Unsupported",
@@ -119,6 +135,7 @@ __all__ = [  # this module's own names, and the ones fuse_ops and the tests find
 
 BLKSIZE = 1024 * 1024  # st_blksize: cat/cp then read 1 MiB at a time (docs/mount.md)
 TREE_CACHE_BYTES = 16 * 1024 * 1024
+PREPARED_ENTRIES = 32768  # entries of prepared version directories kept (LRU of directories)
 META_DIR = b".vaultfs"
 STATUS = b"status"
 RESTORES = b"restores.json"
@@ -131,6 +148,20 @@ class _Listing:
     index: dict[bytes, int]
     subdirs: int
     cost: int
+
+
+@dataclass(slots=True, eq=False)
+class Prepared:
+    """A version directory's answers, each made once (see the module docstring): entry i
+    of its tree, ``entries[i]``, is ``nodes[i]``, whose attributes the kernel gets as
+    ``replies[i]`` (both None until first asked for: a lookup of one name makes one);
+    ``index`` maps a name to its position."""
+
+    tree: TreeId
+    entries: tuple[Entry, ...]
+    index: dict[bytes, int]
+    nodes: list[Node | None]
+    replies: list[Any]
 
 
 class VaultView:
@@ -150,6 +181,14 @@ class VaultView:
         self._nodes[ROOT_INO] = root
         self._trees: OrderedDict[TreeId, _Listing] = OrderedDict()
         self._tree_bytes = 0
+        self._prepared: OrderedDict[int, Prepared] = OrderedDict()  # directory inode → table
+        self._prepared_entries = 0
+        # How a node's attributes are handed to the kernel (fuse_ops sets its converter):
+        # made once per entry of a prepared directory.
+        self.reply: Callable[[Attr], Any] = lambda a: a
+        # Files whose every byte was read in order and matched their SHA-256 since the
+        # kernel took the inode (fuse_ops lets the kernel keep their pages: docs/mount.md).
+        self.verified: set[int] = set()
         self.readers = BandReaders(vault)
         self.in_use: Counter[BandId] = Counter()  # open handles per band
         self.last_used: dict[BandId, int] = {}  # band → when a file of it was last opened (ns)
@@ -172,6 +211,7 @@ class VaultView:
         if known is None:
             self._nodes[node.ino] = node
             known = node
+            node.refs = 0  # a prepared directory's node the kernel had forgotten
         known.refs += 1
 
     def forget(self, ino: int, count: int) -> None:
@@ -181,6 +221,7 @@ class VaultView:
         node.refs -= count
         if node.refs <= 0:
             del self._nodes[ino]
+            self.verified.discard(ino)
 
     @property
     def inode_count(self) -> int:
@@ -208,13 +249,22 @@ class VaultView:
             return self._lookup_in_meta(name)
         if parent.kind == "collection":
             return self._lookup_in_collection(parent, name)
+        return self.lookup_reply(parent_ino, name)[0]
+
+    def lookup_reply(self, parent_ino: int, name: bytes) -> tuple[Node, Any]:
+        """`lookup` and the node's attributes as the kernel gets them (`reply`); inside a
+        version from the directory's prepared table."""
+        parent = self.node(parent_ino)
         if parent.tree is None:
+            if parent.kind in ("root", "meta", "collection"):
+                node = self.lookup(parent_ino, name)
+                return node, self.reply(self.attr(node))
             raise NotADirectory(parent.path)
-        listing = self.listing(parent.tree)
-        pos = listing.index.get(name)
+        table = self.prepared(parent)
+        pos = table.index.get(name)
         if pos is None:
             raise NotFound(name)
-        return self._child(parent, listing.entries[pos])
+        return self._answer(parent, table, pos)
 
     def _lookup_in_root(self, name: bytes) -> Node:
         """``.vaultfs`` or a collection."""
@@ -256,6 +306,12 @@ class VaultView:
 
     def _collection(self, name: str) -> Node:
         return self._make("collection", ("collection", name), collection=name)
+
+    def caches_misses(self, parent_ino: int) -> bool:
+        """Whether the kernel may remember that a name is not in this directory for as long
+        as it keeps the directory: inside a version (never changes), not above it."""
+        node = self._nodes.get(parent_ino)
+        return node is not None and node.tree is not None
 
     def _version(self, v: VersionInfo) -> Node:
         """A version directory: with the source root's mode, owner, mtime and xattrs when the
@@ -332,11 +388,54 @@ class VaultView:
                 )
             yield from _by_inode(items, after)
         elif node.tree is not None:
-            entries = self.listing(node.tree).entries
-            for pos in range(max(after, 0), len(entries)):
-                yield entries[pos].name, self._child(node, entries[pos]), pos + 1
+            table = self.prepared(node)
+            for pos in range(max(after, 0), len(table.entries)):
+                yield table.entries[pos].name, self._answer(node, table, pos)[0], pos + 1
         else:
             raise NotADirectory(node.path)
+
+    def replies(self, ino: int, after: int = 0) -> Iterator[tuple[bytes, Node, Any, int]]:
+        """`children` with each node's attributes as the kernel gets them (`reply`): what
+        readdirplus answers; inside a version straight from the prepared table."""
+        node = self.node(ino)
+        if node.tree is None:
+            for name, child, offset in self.children(ino, after):
+                yield name, child, self.reply(self.attr(child)), offset
+            return
+        table = self.prepared(node)
+        entries, nodes, replies = table.entries, table.nodes, table.replies
+        for pos in range(max(after, 0), len(entries)):
+            made = nodes[pos]
+            if made is None:
+                yield entries[pos].name, *self._answer(node, table, pos), pos + 1
+            else:
+                yield entries[pos].name, made, replies[pos], pos + 1
+
+    def prepared(self, directory: Node) -> Prepared:
+        """The prepared table of a version directory (made at its first use; LRU)."""
+        assert directory.tree is not None
+        table = self._prepared.get(directory.ino)
+        if table is not None and table.tree == directory.tree:
+            self._prepared.move_to_end(directory.ino)
+            return table
+        listing = self.listing(directory.tree)
+        n = len(listing.entries)
+        table = Prepared(directory.tree, listing.entries, listing.index, [None] * n, [None] * n)
+        old = self._prepared.pop(directory.ino, None)
+        self._prepared_entries += n - (len(old.entries) if old is not None else 0)
+        self._prepared[directory.ino] = table
+        while self._prepared_entries > PREPARED_ENTRIES and len(self._prepared) > 1:
+            _, dropped = self._prepared.popitem(last=False)
+            self._prepared_entries -= len(dropped.entries)
+        return table
+
+    def _answer(self, directory: Node, table: Prepared, pos: int) -> tuple[Node, Any]:
+        """Entry `pos` of a prepared directory: its node and reply, made at first use."""
+        node = table.nodes[pos]
+        if node is None:
+            node = table.nodes[pos] = self._child(directory, table.entries[pos])
+            table.replies[pos] = self.reply(self.attr(node))
+        return node, table.replies[pos]
 
     def listing(self, tree: TreeId) -> _Listing:
         """A decoded tree from a bounded LRU (trees are shared between versions)."""
