@@ -124,8 +124,20 @@ class _Item:
     entry: Entry
 
 
+class Contents(Protocol):
+    """Where a restore reads a version's listings and file contents: the vault itself, or
+    a hub client's session with its hub (`vaultfs.hub.client`). `iter_blob` verifies the
+    SHA-256 before its last chunk and raises CorruptionError when it cannot deliver."""
+
+    def tree(self, tree: TreeId) -> tuple[Entry, ...]: ...
+    def iter_blob(self, blob: BlobId) -> Iterator[bytes]: ...
+    def blob_order(self, blob: BlobId) -> tuple[str, int]: ...
+
+
 class Restorer:
-    def __init__(self, vault: Vault, version: VersionInfo, target: Path, *, overwrite: bool = False) -> None:
+    def __init__(
+        self, vault: Contents, version: VersionInfo, target: Path, *, overwrite: bool = False
+    ) -> None:
         self.vault = vault
         self.version = version
         self.target = target
@@ -238,8 +250,7 @@ class Restorer:
             self._sealing.append(((), lifted))
 
     def _band_order(self, item: _Item) -> tuple[str, int]:
-        ref = self.vault.catalog.blob(item.entry.blob) if item.entry.blob else None
-        return (ref.band, ref.offset) if ref else ("", 0)
+        return self.vault.blob_order(item.entry.blob) if item.entry.blob else ("", 0)
 
     # ---- writing -----------------------------------------------------------------------
 
@@ -681,7 +692,7 @@ def _proc_path(dir_fd: int, name: bytes) -> bytes:
     return b"/proc/self/fd/%d/" % dir_fd + name
 
 
-def _listing(vault: Vault, tree: TreeId) -> dict[bytes, Entry]:
+def _listing(vault: Contents, tree: TreeId) -> dict[bytes, Entry]:
     """A directory's entries by name, every name checked, duplicates refused."""
     out: dict[bytes, Entry] = {}
     for e in vault.tree(tree):
@@ -692,14 +703,14 @@ def _listing(vault: Vault, tree: TreeId) -> dict[bytes, Entry]:
     return out
 
 
-def _walk(vault: Vault, tree: TreeId, prefix: tuple[bytes, ...]) -> Iterator[_Item]:
+def _walk(vault: Contents, tree: TreeId, prefix: tuple[bytes, ...]) -> Iterator[_Item]:
     """Every entry under `tree`, each listing's names checked first (`_listing`)."""
     for parts, e in walk(lambda t: _listing(vault, t).values(), tree, prefix):
         yield _Item(parts, e)
 
 
 def select(
-    vault: Vault,
+    vault: Contents,
     root: TreeId,
     selection: list[tuple[bytes, ...]],
     version: VersionInfo | None = None,

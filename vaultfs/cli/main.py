@@ -99,13 +99,23 @@ def build_parser() -> argparse.ArgumentParser:
     # One module per command group, each owning its commands' code (and --help order).
     from vaultfs.cli import backup as cli_backup
     from vaultfs.cli import explain as cli_explain
+    from vaultfs.cli import hub as cli_hub
     from vaultfs.cli import index as cli_index
     from vaultfs.cli import mount as cli_mount
     from vaultfs.cli import restore as cli_restore
     from vaultfs.cli import retention as cli_retention
     from vaultfs.cli import scrub as cli_scrub
 
-    for group in (cli_backup, cli_explain, cli_restore, cli_mount, cli_index, cli_scrub, cli_retention):
+    for group in (
+        cli_backup,
+        cli_explain,
+        cli_restore,
+        cli_mount,
+        cli_index,
+        cli_scrub,
+        cli_retention,
+        cli_hub,
+    ):
         group.register(sub, add)
     return p
 
@@ -131,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
     try:
         config = replace(load_config(find_config(args.config)), git_excludes_default=git_excludes_default())
+        from vaultfs.cli.hub import refuse_on_client
+
+        refuse_on_client(args, config)
         status = func(args, config)
         sys.stdout.flush()  # a reader that went away fails here, not at exit
         return status

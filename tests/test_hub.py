@@ -1,0 +1,190 @@
+"""The NAS as a hub (issue 14): clients back up to it over SSH's stdin/stdout.
+
+Each client is a real ``vaultfs`` with a ``[hub]`` config whose ``ssh_command`` is a small
+script standing in for ssh: it ignores the host and runs the hub's real ``vaultfs serve
+--stdio --client NAME`` (what an authorized_keys entry forces), so the protocol, the
+client and the vault side are all the real thing. Results are checked with ``diff -r``,
+``getfattr``, ``getfacl``, stat and the hub's own ``vaultfs versions``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from tests.trees import write
+from tests.vaultenv import REPO, VaultEnv
+
+OLD = 1_500_000_000 * 10**9 + 123
+
+
+class Client:
+    """A client machine: its source, its config (``[hub]``), its state directory."""
+
+    def __init__(self, hub: VaultEnv, name: str, collection: str = "home", hub_env: str = "") -> None:
+        self.hub, self.name = hub, name
+        self.dir = hub.tmp / f"client-{name}"
+        self.src = self.dir / collection
+        self.src.mkdir(parents=True, exist_ok=True)
+        self.wrapper = self.dir / "ssh"
+        self.pidfile = self.dir / "serve.pid"
+        self.set_hub_env(hub_env)
+        self.config = self.dir / "vault.toml"
+        self.write_config(collection)
+
+    def set_hub_env(self, hub_env: str) -> None:
+        """The stand-in for ssh; `hub_env` is the hub's VAULTFS_TESTPOINTS (the client's own
+        are not passed on, as ssh does not pass them)."""
+        self.wrapper.write_text(
+            "#!/bin/sh\n"
+            f"echo $$ > {self.pidfile}\n"
+            f"VAULTFS_TESTPOINTS='{hub_env}' exec {sys.executable} -m vaultfs.cli "
+            f"--config {self.hub.config_path} serve --stdio --client {self.name}\n"
+        )
+        self.wrapper.chmod(0o755)
+
+    def write_config(self, *collections: str) -> None:
+        text = textwrap.dedent(f"""\
+            [hub]
+            url = "ssh://vault@nas:2222"
+            ssh_command = "{self.wrapper} -o BatchMode=yes"
+            [vault]
+            state_dir = "{self.dir / "state"}"
+            """)
+        for c in collections:
+            text += f'[collections."{c}"]\npath = "{self.dir / c}"\n'
+        self.config.write_text(text)
+
+    def run(
+        self, *args: str, expect: int | None = 0, testpoints: str = ""
+    ) -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ, VAULTFS_TESTPOINTS=testpoints)
+        env.pop("VAULTFS_CONFIG", None)
+        proc = subprocess.run(
+            [sys.executable, "-m", "vaultfs.cli", "--config", str(self.config), *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=REPO,
+            timeout=120,
+        )
+        if expect is not None:
+            assert proc.returncode == expect, f"{args} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+        return proc
+
+    def snapshot(self, expect: int = 0, testpoints: str = "") -> dict[str, Any]:
+        return dict(json.loads(self.run("snapshot", "--json", expect=expect, testpoints=testpoints).stdout))
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        env = dict(os.environ)
+        env.pop("VAULTFS_CONFIG", None)
+        return subprocess.Popen(
+            [sys.executable, "-m", "vaultfs.cli", "--config", str(self.config), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=REPO,
+        )
+
+
+def hub_versions(hub: VaultEnv, collection: str) -> list[dict[str, Any]]:
+    return list(hub.json("versions", collection)["versions"])
+
+
+def sh(*cmd: str, cwd: Path | None = None) -> str:
+    return subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=cwd).stdout
+
+
+def make_everything(src: Path) -> None:
+    """Every kind of entry and metadata a client's files carry."""
+    write(src / "docs" / "a.txt", b"alpha\n")
+    write(src / "docs" / "deep" / "b.bin", os.urandom(300_000))
+    write(src / "big.bin", os.urandom(2_500_000))
+    os.link(src / "big.bin", src / "big-link.bin")
+    os.symlink("docs/a.txt", src / "link")
+    os.symlink("/nowhere/at/all", src / "dangling")
+    os.mkfifo(src / "fifo")
+    os.mknod(src / "null", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    with open(src / "sparse.img", "wb") as f:
+        f.truncate(20 * 1024 * 1024)
+        f.seek(8 * 1024 * 1024)
+        f.write(b"data in the middle" * 1000)
+    sh("setfattr", "-n", "user.colour", "-v", "blue", str(src / "docs" / "a.txt"))
+    sh("setfacl", "-m", "u:1234:r--,g:5:rw-", str(src / "docs" / "a.txt"))
+    sh("setfacl", "-d", "-m", "u:1234:rwx", str(src / "docs"))
+    os.chown(src / "docs" / "deep" / "b.bin", 1234, 5678)
+    os.chmod(src / "docs" / "deep", 0o750)
+    os.chmod(src / "big.bin", 0o4711)
+    for p in (src / "docs" / "a.txt", src / "docs" / "deep" / "b.bin", src / "docs" / "deep"):
+        os.utime(p, ns=(OLD, OLD))
+    os.chmod(src, 0o700)
+
+
+def metadata(root: Path) -> dict[str, tuple[int, ...]]:
+    """(mode, uid, gid, mtime_ns, rdev) of every entry but the root, and which share an inode."""
+    out: dict[str, tuple[int, ...]] = {}
+    for p in sorted(root.rglob("*")):
+        st = p.lstat()
+        mtime = 0 if stat.S_ISLNK(st.st_mode) else st.st_mtime_ns
+        out[str(p.relative_to(root))] = (st.st_mode, st.st_uid, st.st_gid, mtime, st.st_rdev, st.st_nlink)
+    return out
+
+
+def test_a_client_snapshots_and_fetches_through_the_hub(vault_env: VaultEnv) -> None:
+    hub = vault_env
+    hub.run("init")
+    laptop = Client(hub, "laptop")
+    make_everything(laptop.src)
+
+    first = laptop.snapshot()
+    home = first["collections"][0]
+    assert home["collection"] == "home" and home["version"] == 1
+    # hashes first: four distinct contents (the hard link and the sparse file's data once)
+    assert home["contents_sent"] == 4 and home["files_hashed"] == 4
+    # the hub has it as laptop.home, among its own versions
+    assert [v["version"] for v in hub_versions(hub, "laptop.home")] == [1]
+    assert hub_versions(hub, "laptop.home")[0]["files"] == 5
+
+    again = laptop.snapshot()
+    same = again["collections"][0]
+    # no change: no file read (the client's files cache), no listing, no content: the root's digest
+    assert same["unchanged"] is True and same["files_hashed"] == 0 and same["contents_sent"] == 0
+    assert again["bytes_sent"] < 2000
+    assert len(hub_versions(hub, "laptop.home")[0]["verified"]) == 1
+
+    write(laptop.src / "docs" / "new.txt", b"a new file\n")
+    third = laptop.snapshot()["collections"][0]
+    assert third["version"] == 2 and third["contents_sent"] == 1 and third["files_hashed"] == 1
+
+    listed = json.loads(laptop.run("versions", "home", "--json").stdout)
+    assert [v["version"] for v in listed["versions"]] == [1, 2]
+
+    out = laptop.dir / "restored"
+    laptop.run("restore", "fetch", "home@v2", "--to", str(out))
+    diff = subprocess.run(
+        ["diff", "-r", "--no-dereference", str(laptop.src), str(out)], capture_output=True, text=True
+    )
+    # diff names special files it cannot compare; it finds no difference in content
+    assert "differ" not in diff.stdout and "Only in" not in diff.stdout, diff.stdout
+    assert metadata(out) == metadata(laptop.src)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o700
+    assert sh("getfattr", "-n", "user.colour", "--only-values", str(out / "docs" / "a.txt")) == "blue"
+    assert sh("getfacl", "-n", "-p", "docs/a.txt", "docs", cwd=out) == sh(
+        "getfacl", "-n", "-p", "docs/a.txt", "docs", cwd=laptop.src
+    )
+    assert (out / "big.bin").stat().st_ino == (out / "big-link.bin").stat().st_ino
+    assert (out / "sparse.img").stat().st_blocks * 512 < 1024 * 1024  # its holes came back as holes
+
+    # what only the hub may do
+    for args in (("forget", "home@v1"), ("prune",), ("compact",), ("index", "rebuild")):
+        refused = laptop.run(*args, expect=2)
+        assert "the hub keeps this machine's history; run it on the NAS" in refused.stderr
+    assert [v["version"] for v in hub_versions(hub, "laptop.home")] == [1, 2]
+    hub.run("check")
