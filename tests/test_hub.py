@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -187,4 +188,111 @@ def test_a_client_snapshots_and_fetches_through_the_hub(vault_env: VaultEnv) -> 
         refused = laptop.run(*args, expect=2)
         assert "the hub keeps this machine's history; run it on the NAS" in refused.stderr
     assert [v["version"] for v in hub_versions(hub, "laptop.home")] == [1, 2]
+    hub.run("check")
+
+
+def wait_until(condition: Any, what: str) -> None:
+    """Poll a condition another process makes true (a process stopped at a test point)."""
+    import time
+
+    deadline = time.monotonic() + 60
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def stopped(pidfile: Path) -> bool:
+    try:
+        pid = int(pidfile.read_text())
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+    except (OSError, ValueError):
+        return False
+
+
+def test_two_clients_share_contents_wait_for_each_other_and_stay_apart(tmp_path: Path) -> None:
+    hub = VaultEnv(tmp_path, f"file://{tmp_path / 'store'}")
+    local = tmp_path / "src" / "desk.photos"  # a local collection of the hub named like desk's
+    local.mkdir(parents=True)
+    hub.extra_config = f'[collections."desk.photos"]\npath = "{local}"\n'
+    hub.write_config()
+    hub.run("init")
+    shared = os.urandom(1_500_000)
+    laptop, desk = Client(hub, "laptop"), Client(hub, "desk")
+    write(laptop.src / "holiday.jpg", shared)
+    write(laptop.src / "laptop-only.txt", b"laptop\n")
+    write(desk.src / "copy of holiday.jpg", shared)
+    write(desk.src / "desk-only.txt", b"desk\n")
+
+    # laptop stops at its commit, holding the vault lock; desk waits for it and says so
+    laptop.set_hub_env("before-commit=stop")
+    first = laptop.popen("snapshot", "--json")
+    wait_until(lambda: stopped(laptop.pidfile), "laptop's serve to stop at before-commit")
+    second = desk.popen("snapshot", "--json")
+    assert second.stderr is not None
+    assert "waiting for its commit" in second.stderr.readline()
+    os.kill(int(laptop.pidfile.read_text()), signal.SIGCONT)
+    out1, err1 = first.communicate(timeout=120)
+    out2, err2 = second.communicate(timeout=120)
+    assert first.returncode == 0 and second.returncode == 0, err1 + err2
+    # the same photo on two machines is sent and stored once
+    assert json.loads(out1)["collections"][0]["contents_sent"] == 2
+    assert json.loads(out2)["collections"][0]["contents_sent"] == 1
+    assert hub_versions(hub, "laptop.home")[0]["files"] == 2
+    assert hub_versions(hub, "desk.home")[0]["files"] == 2
+
+    # a client names only its own collections: not another client's, not a local one
+    for name in ("laptop.home", "photos"):
+        (desk.dir / name).mkdir(exist_ok=True)
+        write(desk.dir / name / "x.txt", b"x\n")
+        desk.write_config(name)
+        refused = desk.run("snapshot", expect=2)
+        assert "refused" in refused.stderr
+    log = (hub.state_dir / "hub.log").read_text()
+    assert "client desk: refused: collection 'laptop.home' refused" in log
+    assert "desk.photos is a local collection of the hub" in log
+    desk.write_config("home")
+    fetched = json.loads(desk.run("versions", "--json").stdout)["collections"]
+    assert [d["collection"] for d in fetched] == ["home"]  # laptop's are not listed to desk
+    assert len(hub_versions(hub, "laptop.home")) == 1
+    hub.run("check")
+
+
+def test_nothing_is_committed_from_a_lying_or_vanished_client_and_resume_resends_only_what_is_missing(
+    tmp_path: Path,
+) -> None:
+    hub = VaultEnv(tmp_path, f"file://{tmp_path / 'store'}", band_size="64KiB")
+    hub.write_config()
+    hub.run("init")
+    laptop = Client(hub, "laptop")
+    for i in range(5):  # each content fills a band of its own: resume is at band granularity
+        write(laptop.src / f"f{i}.bin", os.urandom(100_000))
+
+    def committed() -> list[str]:
+        return [c["collection"] for c in hub.json("versions")["collections"] if c["versions"]]
+
+    lied = laptop.run("snapshot", expect=1, testpoints="hub-lie-content=fail")
+    assert "does not match its SHA-256: nothing was committed" in lied.stderr
+    assert committed() == []
+
+    laptop.set_hub_env("band-uploaded#2=kill")  # the hub dies after two bands are stored
+    gone = laptop.run("snapshot", expect=1)
+    assert "closed the connection" in gone.stderr
+    assert committed() == []
+    laptop.set_hub_env("")
+    resumed = laptop.snapshot()
+    assert resumed["collections"][0]["contents_sent"] == 3  # the two stored are not sent again
+    assert resumed["bytes_sent"] < 3 * 100_000 + 10_000
+    assert committed() == ["laptop.home"]
+
+    for i in range(5, 8):
+        write(laptop.src / f"f{i}.bin", os.urandom(100_000))
+    killed = laptop.run("snapshot", expect=None, testpoints="hub-content-sent#2=kill")
+    assert killed.returncode == -9
+    assert len(hub_versions(hub, "laptop.home")) == 1  # the client's death committed nothing
+    again = laptop.snapshot()["collections"][0]
+    assert again["version"] == 2 and 1 <= again["contents_sent"] <= 2  # at least one band was kept
+
+    out = laptop.dir / "restored"
+    laptop.run("restore", "fetch", "home", "--to", str(out))
+    sh("diff", "-r", str(laptop.src), str(out))
     hub.run("check")

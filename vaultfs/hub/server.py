@@ -263,7 +263,7 @@ class ClientIntake:
                 raise VaultError(
                     f"{shown} changed on the client while it was sent: run the snapshot again"
                 ) from None
-            raise Refused(
+            raise VaultError(
                 f"the content the client sent for {shown} does not match its SHA-256: nothing was "
                 "committed (a damaged or dishonest client)"
             ) from None
