@@ -59,6 +59,9 @@ CLIENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
 CLIENT_COLLECTION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # no '.': the prefix is the hub's
 LOG_FILE = "hub.log"  # in the hub's state_dir: one line per refusal and per aborted session
 MAX_ID = 2**64  # sizes, times, ids: what a client may claim
+# What decoding a record a client sent can raise (`model.RECORD_ERRORS`, and a field of the
+# wrong type met by a method: a name that is a number).
+MALFORMED: tuple[type[Exception], ...] = (*RECORD_ERRORS, AttributeError, RecursionError)
 
 
 class Refused(VaultError):
@@ -126,7 +129,7 @@ class Session:
         root = TreeId(_digest(frame.get("root", str), "root"))
         try:
             root_meta = RootMeta.from_json(frame.get("root_meta", dict))
-        except RECORD_ERRORS:
+        except MALFORMED:
             raise ProtocolError("a malformed root_meta") from None
         _check_numbers(root_meta.mode, root_meta.uid, root_meta.gid, abs(root_meta.mtime_ns))
         # The path is never read: the client's intake replaces the scan.
@@ -356,7 +359,7 @@ def _listing(trees: TreeSaver, tid: TreeId, raw: bytes) -> tuple[Entry, ...]:
     Refused when it is not exactly the canonical encoding of safe entries with that id."""
     try:
         entries = decode_tree(raw)
-    except (ValueError, KeyError, TypeError, RecursionError):
+    except MALFORMED:
         raise ProtocolError(f"listing {tid.hex()[:16]} is not a tree encoding") from None
     names: set[bytes] = set()
     for e in entries:
@@ -436,7 +439,7 @@ def hub_log(vault: Vault, client: str, line: str) -> None:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     with open(vault.state_dir / LOG_FILE, "a", encoding="utf-8") as f:
         f.write(f"{stamp} client {client}: {line}\n")
-    log.warning("client %s: %s", client, line)
+    log.info("client %s: %s", client, line)
 
 
 def serve(vault: Vault, client: str, channel: Channel, listing: Listing) -> int:
@@ -449,11 +452,9 @@ def serve(vault: Vault, client: str, channel: Channel, listing: Listing) -> int:
         )
     try:
         Session(vault, client, channel, listing).run()
-    except Disconnected as e:
-        hub_log(vault, client, f"session ended: {e.message}; nothing of it was committed")
-        return 1
     except VaultError as e:
-        hub_log(vault, client, f"{'refused' if isinstance(e, Refused) else 'failed'}: {e.message}")
+        what = "refused" if isinstance(e, Refused) else "gone" if isinstance(e, Disconnected) else "failed"
+        hub_log(vault, client, f"{what}: {e.message}; nothing of the request was committed")
         with contextlib.suppress(OSError):  # the client may be gone already
             channel.send("error", message=e.message, code=e.exit_code)
         return e.exit_code
