@@ -2,7 +2,7 @@
 
 import pytest
 
-pytest_plugins = ["tests.moto_server", "tests.vaultenv"]
+pytest_plugins = ["tests.moto_server", "tests.vaultenv", "tests.sshd"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

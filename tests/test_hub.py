@@ -1,9 +1,9 @@
 """The NAS as a hub (issue 14): clients back up to it over SSH's stdin/stdout.
 
-Each client is a real ``vaultfs`` with a ``[hub]`` config whose ``ssh_command`` is a small
-script standing in for ssh: it ignores the host and runs the hub's real ``vaultfs serve
---stdio --client NAME`` (what an authorized_keys entry forces), so the protocol, the
-client and the vault side are all the real thing. Results are checked with ``diff -r``,
+Each client is a real ``vaultfs`` with a ``[hub]`` config naming a real OpenSSH sshd on
+127.0.0.1 (`tests.sshd`), whose authorized_keys holds the line ``vaultfs clients add``
+printed for the client's own key: sshd forces ``vaultfs serve --stdio --client NAME``.
+The protocol, the client, ssh and the vault side are all the real thing. Results are checked with ``diff -r``,
 ``getfattr``, ``getfacl``, stat and the hub's own ``vaultfs versions``.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import stat
 import subprocess
@@ -19,6 +20,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from tests.sshd import Sshd, vaultfs_command
 from tests.trees import write
 from tests.vaultenv import REPO, VaultEnv
 
@@ -26,35 +28,38 @@ OLD = 1_500_000_000 * 10**9 + 123
 
 
 class Client:
-    """A client machine: its source, its config (``[hub]``), its state directory."""
+    """A client machine: its source, its config (``[hub]`` naming the test's real sshd), its
+    state directory, and its own SSH key, let in on the hub by the line `vaultfs clients add`
+    prints (a forced ``vaultfs serve --stdio --client NAME``)."""
 
-    def __init__(self, hub: VaultEnv, name: str, collection: str = "home", hub_env: str = "") -> None:
-        self.hub, self.name = hub, name
+    def __init__(self, hub: VaultEnv, sshd: Sshd, name: str, collection: str = "home") -> None:
+        self.hub, self.sshd, self.name = hub, sshd, name
         self.dir = hub.tmp / f"client-{name}"
         self.src = self.dir / collection
         self.src.mkdir(parents=True, exist_ok=True)
-        self.wrapper = self.dir / "ssh"
+        self.key = self.dir / "id_ed25519"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key)], check=True)
         self.pidfile = self.dir / "serve.pid"
-        self.set_hub_env(hub_env)
+        self.set_hub_env("")
         self.config = self.dir / "vault.toml"
         self.write_config(collection)
 
-    def set_hub_env(self, hub_env: str) -> None:
-        """The stand-in for ssh; `hub_env` is the hub's VAULTFS_TESTPOINTS (the client's own
-        are not passed on, as ssh does not pass them)."""
-        self.wrapper.write_text(
-            "#!/bin/sh\n"
-            f"echo $$ > {self.pidfile}\n"
-            f"VAULTFS_TESTPOINTS='{hub_env}' exec {sys.executable} -m vaultfs.cli "
-            f"--config {self.hub.config_path} serve --stdio --client {self.name}\n"
-        )
-        self.wrapper.chmod(0o755)
+    def set_hub_env(self, testpoints: str) -> None:
+        """(Re)authorize this client's key; `testpoints`: the hub side's VAULTFS_TESTPOINTS (the
+        client's own are not passed on: ssh passes no environment). The forced command notes
+        the serve process's pid first."""
+        program = f"echo $$ > {self.pidfile}; exec " + vaultfs_command(VAULTFS_TESTPOINTS=testpoints)
+        line = self.hub.run("clients", "add", self.name, f"{self.key}.pub", "--program", program).stdout
+        AUTHORIZED.setdefault(self.sshd.authorized_keys, {})[self.name] = line.strip()
+        self.sshd.authorize("\n".join(AUTHORIZED[self.sshd.authorized_keys].values()))
 
     def write_config(self, *collections: str) -> None:
+        args = [*self.sshd.ssh_args]
+        args[args.index("-i") + 1] = str(self.key)
         text = textwrap.dedent(f"""\
             [hub]
-            url = "ssh://vault@nas:2222"
-            ssh_command = "{self.wrapper} -o BatchMode=yes"
+            url = "{self.sshd.url}"
+            ssh_command = "{shlex.join(args)}"
             [vault]
             state_dir = "{self.dir / "state"}"
             """)
@@ -76,7 +81,9 @@ class Client:
             timeout=120,
         )
         if expect is not None:
-            assert proc.returncode == expect, f"{args} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+            assert proc.returncode == expect, (
+                f"{args} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}\n{self.sshd.log()}"
+            )
         return proc
 
     def snapshot(self, expect: int = 0, testpoints: str = "") -> dict[str, Any]:
@@ -93,6 +100,9 @@ class Client:
             env=env,
             cwd=REPO,
         )
+
+
+AUTHORIZED: dict[Path, dict[str, str]] = {}  # per sshd (its authorized_keys): each client's line
 
 
 def hub_versions(hub: VaultEnv, collection: str) -> list[dict[str, Any]]:
@@ -138,10 +148,10 @@ def metadata(root: Path) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def test_a_client_snapshots_and_fetches_through_the_hub(vault_env: VaultEnv) -> None:
+def test_a_client_snapshots_and_fetches_through_the_hub(vault_env: VaultEnv, sshd: Sshd) -> None:
     hub = vault_env
     hub.run("init")
-    laptop = Client(hub, "laptop")
+    laptop = Client(hub, sshd, "laptop")
     make_everything(laptop.src)
 
     first = laptop.snapshot()
@@ -209,15 +219,16 @@ def stopped(pidfile: Path) -> bool:
         return False
 
 
-def test_two_clients_share_contents_wait_for_each_other_and_stay_apart(tmp_path: Path) -> None:
+def test_two_clients_share_contents_wait_for_each_other_and_stay_apart(tmp_path: Path, sshd: Sshd) -> None:
     hub = VaultEnv(tmp_path, f"file://{tmp_path / 'store'}")
-    local = tmp_path / "src" / "desk.photos"  # a local collection of the hub named like desk's
-    local.mkdir(parents=True)
-    hub.extra_config = f'[collections."desk.photos"]\npath = "{local}"\n'
     hub.write_config()
     hub.run("init")
     shared = os.urandom(1_500_000)
-    laptop, desk = Client(hub, "laptop"), Client(hub, "desk")
+    laptop, desk = Client(hub, sshd, "laptop"), Client(hub, sshd, "desk")
+    local = tmp_path / "src" / "desk.photos"  # a local collection of the hub, added since, named like desk's
+    local.mkdir(parents=True)
+    hub.extra_config = f'[collections."desk.photos"]\npath = "{local}"\n'
+    hub.write_config()
     write(laptop.src / "holiday.jpg", shared)
     write(laptop.src / "laptop-only.txt", b"laptop\n")
     write(desk.src / "copy of holiday.jpg", shared)
@@ -258,12 +269,12 @@ def test_two_clients_share_contents_wait_for_each_other_and_stay_apart(tmp_path:
 
 
 def test_nothing_is_committed_from_a_lying_or_vanished_client_and_resume_resends_only_what_is_missing(
-    tmp_path: Path,
+    tmp_path: Path, sshd: Sshd
 ) -> None:
     hub = VaultEnv(tmp_path, f"file://{tmp_path / 'store'}", band_size="64KiB")
     hub.write_config()
     hub.run("init")
-    laptop = Client(hub, "laptop")
+    laptop = Client(hub, sshd, "laptop")
     for i in range(5):  # each content fills a band of its own: resume is at band granularity
         write(laptop.src / f"f{i}.bin", os.urandom(100_000))
 

@@ -41,6 +41,22 @@ _UNITS = {
     "PIB": 1024**5,
 }
 _COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+CLIENT_NAME_MAX = 32
+
+
+def check_client_name(name: str) -> str:
+    """A hub client's name (docs/hub.md), returned when valid. A client's collection ``home``
+    is the hub's collection ``NAME.home``, so a client name follows the collection-name rules
+    without the dot (the dot ends the prefix: ``a.b`` + ``c`` and ``a`` + ``b.c`` must not meet)
+    and is at most 32 characters, leaving a client's own collection names room within the
+    64 of the hub's."""
+    if len(name) > CLIENT_NAME_MAX or "." in name or not _COLLECTION_NAME.match(name):
+        raise ConfigError(
+            f"client name {name!r}: use letters, digits, '_' and '-' only, starting with a letter "
+            f"or digit, at most {CLIENT_NAME_MAX} characters (its collections become NAME.COLLECTION)"
+        )
+    return name
+
 
 DEFAULT_NO_RESTORE_PROCESSES = (
     "tumblerd",

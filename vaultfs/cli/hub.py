@@ -1,28 +1,127 @@
-"""``vaultfs serve --stdio``, and the commands of a hub's client (docs/hub.md).
+"""The hub's commands (docs/hub.md): a NAS that keeps the snapshots of client machines.
 
 On the hub, ``serve --stdio --client NAME`` is the command an authorized_keys entry
 forces: one client's session over stdin and stdout. On a client (a config with ``[hub]``
 instead of ``[vault].store``) ``snapshot``, ``versions`` and ``restore fetch`` go through
 the hub; every other command that would change or read the vault itself is refused
 (`refuse_on_client`).
+
+``vaultfs clients add`` prints the ``authorized_keys`` line that lets one client machine in:
+its key may only run ``vaultfs serve --stdio --client NAME`` (the forced command), with
+every other SSH feature off (``restrict``). It edits no file: the owner of the hub pastes
+the line where the ``vault`` user's sshd reads it, and sees exactly what is granted.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import os
+import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vaultfs.config import Config
+from vaultfs.config import Config, check_client_name
 from vaultfs.errors import EXIT_ERROR, EXIT_OK, EXIT_WARNINGS, ConfigError, SourceRefused, UsageError
-from vaultfs.output import AddCommand, emit_json, human_bytes, parse_target
+from vaultfs.output import AddCommand, add_subcommand, display_path, emit_json, human_bytes, parse_target
 
 ON_THE_HUB = "the hub keeps this machine's history; run it on the NAS"
 
+# --- vaultfs clients add ---------------------------------------------------------------
+
+SYSTEM_CONFIG = Path("/etc/vaultfs/vault.toml")
+"""The config every user's lookup ends at: a forced command finds it without ``--config``."""
+
+KEY_TYPES = frozenset(
+    {
+        "ssh-ed25519",
+        "ssh-rsa",
+        "ecdsa-sha2-nistp256",
+        "ecdsa-sha2-nistp384",
+        "ecdsa-sha2-nistp521",
+        "sk-ssh-ed25519@openssh.com",
+        "sk-ecdsa-sha2-nistp256@openssh.com",
+    }
+)
+"""The key types OpenSSH accepts in an authorized_keys line without further options (DSA is
+disabled by OpenSSH itself; certificates need a ``cert-authority`` line, not a client's)."""
+
+_MAX_KEY_FILE = 64 * 1024  # an RSA-16384 public key line is under 3 KiB
+
+CLIENTS_DESCRIPTION = """\
+Manage the client machines that send their snapshots to this hub over SSH
+(docs/hub.md). A client machine runs `vaultfs snapshot` with `[hub] url =
+"ssh://vault@nas"`; its SSH key may run only `vaultfs serve --stdio --client NAME`
+on the hub, and its collection `home` is the hub's collection `NAME.home`."""
+
+ADD_DESCRIPTION = """\
+Print the authorized_keys line that lets the client machine NAME in with the SSH
+public key in PUBKEY_FILE (the .pub file `ssh-keygen` wrote on the client):
+
+  command="VAULTFS --config FILE serve --stdio --client NAME",restrict TYPE KEY COMMENT
+
+Append it to the authorized_keys file of the user the clients log in as (e.g.
+~vault/.ssh/authorized_keys); nothing is written by this command. sshd then runs
+that command whatever the client asks for, with the client's request in
+$SSH_ORIGINAL_COMMAND, and `restrict` turns off port, agent and X11 forwarding
+and terminals for the key: the key can do nothing on the hub but talk to vaultfs.
+
+VAULTFS is the absolute path of this vaultfs program (sshd's PATH is minimal):
+the `vaultfs` script when that is what runs, else this Python interpreter with
+`-m vaultfs.cli`; --program replaces it. `--config FILE` names this command's
+configuration (absolute) unless it is /etc/vaultfs/vault.toml, which every
+user's vaultfs finds without being told.
+
+NAME becomes the prefix of the client's collections on the hub (`laptop`'s
+`home` is `laptop.home`): letters, digits, '_' and '-', at most 32 characters,
+no dot, and no collection of this hub's configuration may already start with
+`NAME.`.
+
+Exit status 2: NAME or PUBKEY_FILE is not usable (the message says why: a
+private key, a line that already has options, several keys, not a key)."""
+
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddCommand) -> None:
+    """Add ``vaultfs clients`` and its subcommands, and ``vaultfs serve``."""
+    _register_clients(add)
+    _register_serve(add)
+
+
+def _register_clients(add: AddCommand) -> None:
+    cp = add("clients", "manage the client machines that send snapshots to this hub", CLIENTS_DESCRIPTION)
+    csub = cp.add_subparsers(dest="clients_command", metavar="ACTION")
+    csub.required = True
+    ap = add_subcommand(
+        csub, "add", "print the authorized_keys line that lets a client machine in", ADD_DESCRIPTION
+    )
+    ap.add_argument(
+        "name", metavar="NAME", help="the client's name: the prefix of its collections on the hub"
+    )
+    ap.add_argument("pubkey", metavar="PUBKEY_FILE", help="the client's SSH public key (e.g. id_ed25519.pub)")
+    ap.add_argument(
+        "--program",
+        metavar="COMMAND",
+        help="how sshd starts vaultfs on this hub, as a shell reads it (default: this vaultfs's path)",
+    )
+    ap.set_defaults(func=cmd_clients_add)
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    """One OpenSSH public key: what an authorized_keys line holds after its options."""
+
+    kind: str  # ssh-ed25519, ssh-rsa, ...
+    data: str  # the key, base64 as ssh-keygen writes it
+    comment: str  # "" when there is none
+
+    def line(self) -> str:
+        return " ".join(part for part in (self.kind, self.data, self.comment) if part)
+
+
+def _register_serve(add: AddCommand) -> None:
     sp = add(
         "serve",
         "serve one hub client over stdin/stdout (run by sshd, not by hand)",
@@ -43,6 +142,145 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
     sp.add_argument("--stdio", action="store_true", required=True, help="talk over stdin and stdout")
     sp.add_argument("--client", required=True, metavar="NAME", help="the client this key belongs to")
     sp.set_defaults(func=cmd_serve)
+
+
+def cmd_clients_add(args: argparse.Namespace, config: Config) -> int:
+    name = check_client_name(args.name)
+    taken = [c.name for c in config.collections if c.name.startswith(name + ".")]
+    if taken:
+        raise UsageError(
+            f"client name {name!r}: this hub's config already has collection {taken[0]!r}, and the "
+            f"client's collections would be {name}.COLLECTION too: choose another name"
+        )
+    key = read_public_key(Path(args.pubkey))
+    command = forced_command(name, args.program or this_program(), _config_argument(config))
+    line = authorized_keys_line(command, key)
+    if args.json:
+        emit_json(
+            {
+                "client": name,
+                "command": command,
+                "key_type": key.kind,
+                "comment": key.comment,
+                "authorized_keys_line": line,
+            }
+        )
+        return EXIT_OK
+    print(line)
+    if not args.quiet:
+        print(
+            f"vaultfs: add this line to the authorized_keys of the user client {name!r} logs in as "
+            "(e.g. ~vault/.ssh/authorized_keys; docs/hub.md)",
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
+def this_program() -> str:
+    """How sshd starts this same vaultfs, as a shell command: the absolute path of the
+    ``vaultfs`` script when that is what runs (a symlink such as /usr/local/bin/vaultfs is
+    kept, not resolved: it is the stable name), else this interpreter with ``-m vaultfs.cli``.
+    Absolute, because sshd gives a forced command only a minimal PATH."""
+    argv0 = sys.argv[0]
+    if os.path.basename(argv0) == "vaultfs" and os.access(argv0, os.X_OK):
+        return shlex.quote(os.path.abspath(argv0))
+    return shlex.join([sys.executable, "-m", "vaultfs.cli"])
+
+
+def _config_argument(config: Config) -> Path | None:
+    """The config the forced command must be told of: this command's, made absolute, unless it
+    is the system-wide one (a per-user default depends on whose home the command runs in)."""
+    if config.source is None:
+        return None
+    path = Path(os.path.abspath(config.source))
+    return None if path == SYSTEM_CONFIG else path
+
+
+def forced_command(name: str, program: str, config: Path | None) -> str:
+    """The shell command the client's key may run. `program` is used as given (it may be
+    several words); the rest is quoted for the user's shell, which sshd runs it with."""
+    if not program.strip() or "\n" in program or "\r" in program:
+        raise UsageError("--program: give the command that starts vaultfs on this hub, on one line")
+    options = ["--config", str(config)] if config is not None else []
+    return " ".join([program, shlex.join([*options, "serve", "--stdio", "--client", name])])
+
+
+def authorized_keys_line(command: str, key: PublicKey) -> str:
+    """``command="…",restrict KEY``. Inside sshd's quotes only ``\\"`` is an escape (a
+    backslash before anything else stays a backslash), so escaping each ``"`` is exact."""
+    quoted = command.replace('"', '\\"')
+    return f'command="{quoted}",restrict {key.line()}'
+
+
+def read_public_key(path: Path) -> PublicKey:
+    """The one public key in `path`, or UsageError saying what the file is instead."""
+    shown = display_path(str(path))
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(_MAX_KEY_FILE + 1)
+    except OSError as e:
+        raise UsageError(f"{shown}: {e.strerror or e}: give the client's public key file (KEY.pub)") from e
+    if len(raw) > _MAX_KEY_FILE:
+        raise UsageError(f"{shown}: too large for a public key: give the client's KEY.pub file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(
+            f"{shown}: not an OpenSSH public key (it is not text): give the KEY.pub file"
+        ) from None
+    return parse_public_key(text, shown)
+
+
+def parse_public_key(text: str, shown: str) -> PublicKey:
+    """One ``TYPE BASE64 [COMMENT]`` line, as ssh-keygen writes KEY.pub; blank lines and
+    ``#`` comments around it are allowed. `shown` names the file in errors."""
+    if "PRIVATE KEY-----" in text:
+        raise UsageError(
+            f"{shown}: this is a private key, which never leaves the client: give its public "
+            f"half, the .pub file next to it (or make one: ssh-keygen -y -f {shown} > {shown}.pub)"
+        )
+    if "BEGIN SSH2 PUBLIC KEY" in text:
+        raise UsageError(f"{shown}: an RFC 4716 key: convert it first (ssh-keygen -i -f {shown} > KEY.pub)")
+    lines = [s.strip() for s in text.splitlines() if s.strip() and not s.lstrip().startswith("#")]
+    if not lines:
+        raise UsageError(
+            f"{shown}: holds no public key: give the KEY.pub file ssh-keygen wrote on the client"
+        )
+    if len(lines) > 1:
+        raise UsageError(f"{shown}: holds {len(lines)} lines: give a file with the client's one public key")
+    fields = lines[0].split(None, 2)
+    if fields[0] not in KEY_TYPES:
+        raise UsageError(_not_a_key(fields[0], lines[0], shown))
+    if len(fields) < 2 or not _key_data_matches(fields[0], fields[1]):
+        raise UsageError(f"{shown}: the {fields[0]} key is damaged (not its base64 data): copy KEY.pub again")
+    return PublicKey(fields[0], fields[1], fields[2] if len(fields) == 3 else "")
+
+
+def _not_a_key(first: str, line: str, shown: str) -> str:
+    """Why a line that does not start with a key type is refused."""
+    if first == "ssh-dss":
+        return f"{shown}: a DSA key, which OpenSSH refuses: make an ed25519 key (ssh-keygen -t ed25519)"
+    if first.endswith("-cert-v01@openssh.com"):
+        return f"{shown}: an SSH certificate: give the client's plain public key (KEY.pub)"
+    if any(word in KEY_TYPES for word in line.split()):
+        return (
+            f"{shown}: the key line already has options before its type: give the bare key "
+            "(TYPE KEY COMMENT); clients add writes the options itself"
+        )
+    return f"{shown}: not an OpenSSH public key (expected 'ssh-ed25519 AAAA… comment', as in KEY.pub)"
+
+
+def _key_data_matches(kind: str, data: str) -> bool:
+    """The base64 decodes, and the key inside names the same type (as sshd itself checks)."""
+    try:
+        blob = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    size = int.from_bytes(blob[:4], "big")
+    return len(blob) > 4 + size and blob[4 : 4 + size] == kind.encode()
+
+
+# --- vaultfs serve, and a client's commands through the hub ----------------------------
 
 
 def cmd_serve(args: argparse.Namespace, config: Config) -> int:

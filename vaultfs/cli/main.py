@@ -1,9 +1,9 @@
 """The ``vaultfs`` command line: the parser, config lookup, exit codes.
 
 Each command group lives in its own module of this package (`backup`, `restore`,
-`mount`, `index`, `scrub`, `retention`, `explain`), which registers its subcommands and prints their
-output. This is the only module that reads the environment or decides which config
-file to use. Errors the user can fix (`VaultError`) print one line and exit
+`mount`, `index`, `scrub`, `retention`, `explain`, `hub`), which registers its
+subcommands and prints their output. This is the only module that reads the environment
+or decides which config file to use. Errors the user can fix (`VaultError`) print one line and exit
 with their code; anything else is a bug and shows a traceback with --debug
 (or a one-line "internal error" without it).
 """

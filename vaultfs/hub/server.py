@@ -34,8 +34,8 @@ from typing import Any
 from vaultfs import testpoints
 from vaultfs.band import ContentChanged, MemberMeta
 from vaultfs.catalog import FileCacheLookup
-from vaultfs.config import CollectionConfig
-from vaultfs.errors import EXIT_OK, EXIT_USAGE, CorruptionError, UsageError, VaultError
+from vaultfs.config import CollectionConfig, check_client_name
+from vaultfs.errors import EXIT_OK, EXIT_USAGE, CorruptionError, VaultError
 from vaultfs.hub.protocol import (
     DATA_CHUNK,
     DIGEST,
@@ -55,7 +55,6 @@ from vaultfs.vault import Vault
 
 log = logging.getLogger(__name__)
 
-CLIENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
 CLIENT_COLLECTION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # no '.': the prefix is the hub's
 LOG_FILE = "hub.log"  # in the hub's state_dir: one line per refusal and per aborted session
 MAX_ID = 2**64  # sizes, times, ids: what a client may claim
@@ -446,10 +445,7 @@ def serve(vault: Vault, client: str, channel: Channel, listing: Listing) -> int:
     """Serve one client's session on `channel`; the exit status of ``vaultfs serve``. A
     refusal or failure is sent to the client as an ``error`` frame (its one line and exit
     code) and written to the hub's log."""
-    if not CLIENT_NAME.match(client):
-        raise UsageError(
-            f"--client {client!r}: a client name uses letters, digits, '_' and '-' (no '.'), at most 32"
-        )
+    check_client_name(client)
     try:
         Session(vault, client, channel, listing).run()
     except VaultError as e:
