@@ -272,6 +272,7 @@ def test_nothing_is_committed_from_a_lying_or_vanished_client_and_resume_resends
     tmp_path: Path, sshd: Sshd
 ) -> None:
     hub = VaultEnv(tmp_path, f"file://{tmp_path / 'store'}", band_size="64KiB")
+    hub.extra_config = "[clients.laptop]\nkeep_versions = 1\n"  # the hub's keep rules for laptop.*
     hub.write_config()
     hub.run("init")
     laptop = Client(hub, sshd, "laptop")
@@ -302,6 +303,8 @@ def test_nothing_is_committed_from_a_lying_or_vanished_client_and_resume_resends
     assert len(hub_versions(hub, "laptop.home")) == 1  # the client's death committed nothing
     again = laptop.snapshot()["collections"][0]
     assert again["version"] == 2 and 1 <= again["contents_sent"] <= 2  # at least one band was kept
+    # the hub applies its own keep rules for the client after the snapshot
+    assert again["forgotten"] == [1] and [v["version"] for v in hub_versions(hub, "laptop.home")] == [2]
 
     out = laptop.dir / "restored"
     laptop.run("restore", "fetch", "home", "--to", str(out))

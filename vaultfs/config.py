@@ -360,6 +360,16 @@ class MountSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientSettings:
+    """``[clients.NAME]`` of a hub (docs/hub.md): the keep rules of every collection the
+    client machine NAME sends (``NAME.home``, ...), applied on the hub after each of its
+    snapshots and by ``vaultfs forget``: a client cannot forget versions itself."""
+
+    name: str
+    keep: KeepPolicy = field(default_factory=lambda: KeepPolicy())
+
+
+@dataclass(frozen=True, slots=True)
 class HubSettings:
     """``[hub]``: this machine backs up to a vaultfs hub over SSH (docs/hub.md) instead of
     to a store of its own. `url` is ``ssh://[user@]host[:port]``; `ssh_command` is the
@@ -398,6 +408,14 @@ class Config:
     prices: Prices = field(default_factory=Prices)
     source: Path | None = None  # the file it was read from, for messages
     hub: HubSettings | None = None  # a hub's client: snapshots go to the hub (docs/hub.md)
+    clients: tuple[ClientSettings, ...] = ()  # a hub: its client machines' settings
+
+    def client_keep(self, collection: str) -> KeepPolicy:
+        """The keep rules of a hub client's collection (``laptop.home``: ``[clients.laptop]``);
+        empty when the hub's config says none."""
+        name = collection.split(".", 1)[0]
+        return next((c.keep for c in self.clients if c.name == name), KeepPolicy())
+
     # git's own default for core.excludesFile ($XDG_CONFIG_HOME/git/ignore, else
     # $HOME/.config/git/ignore): not in the file, but the environment, which only
     # `vaultfs.cli.main` reads (`git_excludes_default`); None: no default applies.
@@ -499,6 +517,7 @@ def _build(data: dict[str, Any], source: Path | None) -> Config:
     mount = _Table(top.take("mount", dict, {}), "mount")
     prices = _Table(top.take("prices", dict, {}), "prices")
     collections_raw: dict[str, Any] = top.take("collections", dict, {})
+    clients_raw: dict[str, Any] = top.take("clients", dict, {})
     top.finish()
     if hub is not None and "store" in vault.data:
         raise ConfigError(
@@ -520,6 +539,7 @@ def _build(data: dict[str, Any], source: Path | None) -> Config:
         prices=_prices(prices),
         source=source,
         hub=hub,
+        clients=tuple(_client(name, raw) for name, raw in clients_raw.items()),
     )
 
 
@@ -595,6 +615,20 @@ def _s3_settings(t: _Table) -> S3Settings:
         raise ConfigError(f"{t.key('multipart_chunksize')}: S3 needs parts of at least 5MiB")
     t.finish()
     return settings
+
+
+def _client(name: str, raw: Any) -> ClientSettings:
+    """``[clients.NAME]``: the keep rules of a hub client's collections."""
+    try:
+        check_client_name(name)
+    except ConfigError as e:
+        raise ConfigError(f"[clients.{name}]: {e.message}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"[clients.{name}]: expected a table, not a value")
+    t = _Table(raw, f"clients.{name}")
+    keep = parse_keep_policy({r: t.data.pop(r, None) for r in KEEP_RULES}, {r: t.key(r) for r in KEEP_RULES})
+    t.finish()
+    return ClientSettings(name, keep)
 
 
 def _collection(name: str, raw: Any) -> CollectionConfig:

@@ -154,10 +154,12 @@ def cmd_forget(args: argparse.Namespace, config: Config) -> int:
         rule: "--keep" if rule == "keep_versions" else "--" + rule.replace("_", "-") for rule in KEEP_RULES
     }
     override = parse_keep_policy({rule: getattr(args, rule) for rule in KEEP_RULES}, options)
-    configured = {c.name: c.keep_policy for c in config.collections}
-    policies, skipped = retention.keep_for(args.collections, configured, override)
     vault = Vault.open(config, readonly=args.dry_run)
     try:
+        configured = {c.name: c.keep_policy for c in config.collections}
+        for name in vault.catalog.collections():  # a hub's clients' collections: [clients.NAME]
+            configured.setdefault(name, config.client_keep(name))
+        policies, skipped = retention.keep_for(args.collections, configured, override)
         if args.dry_run:
             results = retention.forget(vault, policies, dry_run=True)
         else:

@@ -28,13 +28,14 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from vaultfs import testpoints
+from vaultfs import retention, testpoints
 from vaultfs.band import ContentChanged, MemberMeta
 from vaultfs.catalog import FileCacheLookup
-from vaultfs.config import CollectionConfig, check_client_name
+from vaultfs.config import KEEP_RULES, CollectionConfig, check_client_name
 from vaultfs.errors import EXIT_OK, EXIT_USAGE, CorruptionError, VaultError
 from vaultfs.hub.protocol import (
     DATA_CHUNK,
@@ -131,12 +132,23 @@ class Session:
         except MALFORMED:
             raise ProtocolError("a malformed root_meta") from None
         _check_numbers(root_meta.mode, root_meta.uid, root_meta.gid, abs(root_meta.mtime_ns))
+        keep = self.vault.config.client_keep(name)
         # The path is never read: the client's intake replaces the scan.
-        collection = CollectionConfig(name, Path("/"), tier)
+        collection = CollectionConfig(
+            name, Path("/"), tier, **{rule: getattr(keep, rule) for rule in KEEP_RULES}
+        )
+        # For this run the collection is one of the config's: its tier chooses the upload
+        # class (warm) and whether its bands go to the archive class (cold).
+        config = self.vault.config
+        self.vault.config = replace(config, collections=(*config.collections, collection))
         intake = ClientIntake(self.channel, root, root_meta)
-        with self.vault.lock(wait=self._say_waiting):
-            result = HubSnapshot(self.vault, collection, intake, now=testpoints.snapshot_clock()).run()
-        self.channel.send("done", **_result_json(result, self.prefix))
+        try:
+            with self.vault.lock(wait=self._say_waiting):
+                result = HubSnapshot(self.vault, collection, intake, now=testpoints.snapshot_clock()).run()
+                forgotten = [] if keep.empty else retention.forget(self.vault, {name: keep})[0].forgotten
+        finally:
+            self.vault.config = config
+        self.channel.send("done", **_result_json(result, self.prefix), forgotten=list(forgotten))
 
     def _say_waiting(self, holder: str) -> None:
         self.channel.send(
