@@ -32,7 +32,9 @@ class Client:
     state directory, and its own SSH key, let in on the hub by the line `vaultfs clients add`
     prints (a forced ``vaultfs serve --stdio --client NAME``)."""
 
-    def __init__(self, hub: VaultEnv, sshd: Sshd, name: str, collection: str = "home") -> None:
+    def __init__(
+        self, hub: VaultEnv, sshd: Sshd, name: str, collection: str = "home", tier: str = "cold"
+    ) -> None:
         self.hub, self.sshd, self.name = hub, sshd, name
         self.dir = hub.tmp / f"client-{name}"
         self.src = self.dir / collection
@@ -42,6 +44,7 @@ class Client:
         self.pidfile = self.dir / "serve.pid"
         self.set_hub_env("")
         self.config = self.dir / "vault.toml"
+        self.tier = tier
         self.write_config(collection)
 
     def set_hub_env(self, testpoints: str) -> None:
@@ -64,7 +67,7 @@ class Client:
             state_dir = "{self.dir / "state"}"
             """)
         for c in collections:
-            text += f'[collections."{c}"]\npath = "{self.dir / c}"\n'
+            text += f'[collections."{c}"]\npath = "{self.dir / c}"\ntier = "{self.tier}"\n'
         self.config.write_text(text)
 
     def run(
@@ -151,7 +154,7 @@ def metadata(root: Path) -> dict[str, tuple[int, ...]]:
 def test_a_client_snapshots_and_fetches_through_the_hub(vault_env: VaultEnv, sshd: Sshd) -> None:
     hub = vault_env
     hub.run("init")
-    laptop = Client(hub, sshd, "laptop")
+    laptop = Client(hub, sshd, "laptop", tier="warm")  # warm: its bands stay readable on S3
     make_everything(laptop.src)
 
     first = laptop.snapshot()

@@ -167,3 +167,32 @@ def test_damaged_or_made_up_sessions_never_crash_the_hub_nor_commit(
         if code != 0:
             assert answers[-1].op == "error"
     assert not any(Path(vault.spool_dir).iterdir())  # no half-written band left behind
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ('[hub]\nurl = "nas"\n', "[hub].url = 'nas': expected \"ssh://[user@]host[:port]\""),
+        ('[hub]\nurl = "ssh://nas"\n[vault]\nstore = "file:///s"\n', "[vault].store and [hub] are both set"),
+        ('[hub]\nurl = "ssh://nas"\nssh_command = "ssh \'-i"\n', "[hub].ssh_command"),
+        ('[vault]\nstore = "file:///s"\n[clients."a.b"]\nkeep_daily = 7\n', "[clients.a.b]: client name"),
+        (
+            '[vault]\nstore = "file:///s"\n[clients.laptop]\nkeep_dayly = 7\n',
+            "unknown key [clients.laptop].keep_dayly",
+        ),
+    ],
+)
+def test_hub_and_client_config_keys_are_checked(text: str, error: str) -> None:
+    from vaultfs.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        parse_config(text)
+    assert error in e.value.message
+
+
+def test_a_client_config_needs_no_store() -> None:
+    config = parse_config('[hub]\nurl = "ssh://vault@nas:2222"\nssh_command = "ssh -i k"\n')
+    assert config.hub is not None and config.store == ""
+    assert config.hub.ssh_argv() == ["ssh", "-i", "k", "-p", "2222", "vault@nas", "vaultfs serve --stdio"]
+    hub = parse_config('[vault]\nstore = "file:///s"\n[clients.laptop]\nkeep_daily = 7\n')
+    assert hub.client_keep("laptop.home").keep_daily == 7 and hub.client_keep("desk.home").empty
