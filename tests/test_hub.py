@@ -313,3 +313,11 @@ def test_nothing_is_committed_from_a_lying_or_vanished_client_and_resume_resends
     laptop.run("restore", "fetch", "home", "--to", str(out))
     sh("diff", "-r", str(laptop.src), str(out))
     hub.run("check")
+
+    # a cold collection's deleted file: the client warns (exit 3); the hub pins the version
+    # holding it, which its keep rule then keeps
+    (laptop.src / "f0.bin").unlink()
+    warned = laptop.run("snapshot", expect=3)
+    assert "cold collection home: 1 file(s) deleted since the previous version" in warned.stderr
+    assert "f0.bin" in warned.stderr and "v2 keeps the old content and is pinned on the hub" in warned.stderr
+    assert [v["version"] for v in hub_versions(hub, "laptop.home")] == [2, 3]

@@ -336,6 +336,7 @@ def snapshot(args: argparse.Namespace, config: Config) -> int:
             done.update(files_hashed=intake.files_read, bytes_hashed=intake.bytes_read)
             done["skipped"] = len(intake.problems)
             docs.append(done)
+            warnings = _print_hub_warnings(done) or warnings
             if not args.json and not args.quiet:
                 print(_summary(done))
         sent = hub.channel.bytes_sent
@@ -350,6 +351,37 @@ def snapshot(args: argparse.Namespace, config: Config) -> int:
             }
         )
     return code
+
+
+def _print_hub_warnings(done: dict[str, Any]) -> bool:
+    """What the hub found worth a warning (exit 3): a cold collection's files modified or
+    deleted (the version before keeps them, pinned on the hub), a mass removal."""
+    name = done["collection"]
+    for kind in ("modified", "deleted"):
+        if done.get(kind):
+            shown = done.get(f"{kind}_paths") or []
+            more = done[kind] - len(shown)
+            print(
+                f"WARNING: cold collection {name}: {done[kind]} file(s) {kind} since the previous "
+                "version (a failing disk or an accident?): "
+                + ", ".join(display_path(p) for p in shown)
+                + (f" and {more} more" if more > 0 else ""),
+                file=sys.stderr,
+            )
+    if done.get("pinned") is not None and (done.get("modified") or done.get("deleted")):
+        print(
+            f"WARNING: {name}: v{done['pinned']} keeps the old content and is pinned on the hub",
+            file=sys.stderr,
+        )
+    m = done.get("mass_removal")
+    if m:
+        print(
+            f"WARNING: {name}: this snapshot removes {m['removed']} of the {m['previous_files']} files "
+            f"of v{m['previous_version']} (more than max_removed = {m['limit']}); the new version is "
+            f"written and v{m['previous_version']} keeps them. Is the volume mounted and healthy?",
+            file=sys.stderr,
+        )
+    return bool(done.get("modified") or done.get("deleted") or m)
 
 
 def _summary(done: dict[str, Any]) -> str:

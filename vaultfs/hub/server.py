@@ -24,6 +24,7 @@ trees, diff, commit, spool, the band packing and the vault lock are the local on
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import re
 import time
@@ -47,7 +48,7 @@ from vaultfs.hub.protocol import (
     Frame,
     ProtocolError,
 )
-from vaultfs.model import RECORD_ERRORS, BlobId, Entry, RootMeta, TreeId, VersionInfo, decode_tree
+from vaultfs.model import RECORD_ERRORS, BlobId, Entry, RootMeta, TreeId, VersionInfo, decode_tree, to_text
 from vaultfs.snapshot import Snapshot, SnapshotResult
 from vaultfs.snapshot.files import FileSaver
 from vaultfs.snapshot.trees import Memos, TreeSaver
@@ -57,6 +58,7 @@ from vaultfs.vault import Vault
 log = logging.getLogger(__name__)
 
 CLIENT_COLLECTION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # no '.': the prefix is the hub's
+PATHS_SENT = 100  # modified or deleted paths of a cold collection named in a snapshot's answer
 LOG_FILE = "hub.log"  # in the hub's state_dir: one line per refusal and per aborted session
 MAX_ID = 2**64  # sizes, times, ids: what a client may claim
 # What decoding a record a client sent can raise (`model.RECORD_ERRORS`, and a field of the
@@ -205,7 +207,8 @@ class Session:
                 for i in range(0, len(chunk), DATA_CHUNK):
                     self.channel.send("data", chunk[i : i + DATA_CHUNK])
         except (CorruptionError, ObjectNotFound, ObjectArchived) as e:
-            self.channel.send("blob-end", ok=False, message=e.message)
+            where = " (on the hub: its owner can restore it there)" if isinstance(e, ObjectArchived) else ""
+            self.channel.send("blob-end", ok=False, message=e.message + where)
             return
         self.channel.send("blob-end", ok=True)
 
@@ -434,8 +437,14 @@ def _result_json(r: SnapshotResult, prefix: str) -> dict[str, Any]:
         "latest": latest,
         "unchanged": r.unchanged,
         "previous": r.previous,
+        # A cold collection's changes (the client warns, exit 3) and a mass removal: counts,
+        # and the first paths of each (a header has a bound; the hub's `versions` has the rest).
         "modified": len(r.modified),
         "deleted": len(r.deleted),
+        "modified_paths": [to_text(p) for p in r.modified[:PATHS_SENT]],
+        "deleted_paths": [to_text(p) for p in r.deleted[:PATHS_SENT]],
+        "pinned": r.pinned,
+        "mass_removal": None if r.mass_removal is None else dataclasses.asdict(r.mass_removal),
         "contents_received": r.files_read,
         "bytes_received": r.bytes_read,
         "bands": r.bands,
