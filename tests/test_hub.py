@@ -264,7 +264,9 @@ def test_two_clients_share_contents_wait_for_each_other_and_stay_apart(tmp_path:
     log = (hub.state_dir / "hub.log").read_text()
     assert "client desk: refused: collection 'laptop.home' refused" in log
     assert "desk.photos is a local collection of the hub" in log
+    desk.tier = "warm"  # a cold collection cannot be made warm by its client (pins would lift)
     desk.write_config("home")
+    assert "home' is cold on the hub: a client cannot make it warm" in desk.run("snapshot", expect=2).stderr
     fetched = json.loads(desk.run("versions", "--json").stdout)["collections"]
     assert [d["collection"] for d in fetched] == ["home"]  # laptop's are not listed to desk
     assert len(hub_versions(hub, "laptop.home")) == 1

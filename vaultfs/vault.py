@@ -53,6 +53,7 @@ from vaultfs.store import ObjectExists, ObjectNotFound, ObjectStore, open_store
 
 VAULT_FORMAT = 1
 READERS_KEPT = 4  # band readers kept open by read_blob/iter_blob (restores)
+TIER_META = "tier:"  # catalog meta: the tier of a hub client's collection (docs/hub.md)
 
 
 class Vault:
@@ -239,8 +240,16 @@ class Vault:
         """The storage class a new band of `collection` is uploaded in: ``[s3].warm_class``
         for a warm collection on an s3:// store, else STANDARD (cold bands move to the
         archive class only after their upload is verified: `vaultfs.archive`)."""
-        warm = any(c.name == collection and c.tier == "warm" for c in self.config.collections)
+        warm = self.collection_tier(collection) == "warm"
         return self.config.s3.warm_class if warm and self.config.store.startswith("s3://") else "STANDARD"
+
+    def collection_tier(self, collection: str) -> str | None:
+        """ "cold" or "warm": the config's, else (a hub client's collection, not in the config)
+        what the hub recorded at its snapshots (`TIER_META`); None when nobody says."""
+        for c in self.config.collections:
+            if c.name == collection:
+                return c.tier
+        return self.catalog.meta(TIER_META + collection)
 
     def commit_version(self, version: VersionInfo) -> None:
         """Write the version record on the store: the commit point of a snapshot."""

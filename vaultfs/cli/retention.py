@@ -247,7 +247,6 @@ def cmd_accept(args: argparse.Namespace, config: Config) -> int:
     from vaultfs.vault import Vault
 
     collection, number = parse_target(args.what)
-    config.collection(collection)
     if "" in args.paths:  # an empty shell variable ("$DIR") would accept the whole collection
         raise UsageError(
             "an empty PATH: give a path inside the collection, "
@@ -256,6 +255,7 @@ def cmd_accept(args: argparse.Namespace, config: Config) -> int:
     paths = [b"/".join(parts) for parts in parse_selection(args.paths)]
     vault = Vault.open(config, readonly=args.dry_run)
     try:
+        vault.check_collection(collection)
         if args.dry_run:
             result = retention.accept(vault, collection, number, paths, by=whoami(), dry_run=True)
         else:

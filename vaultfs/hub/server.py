@@ -29,7 +29,6 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +52,7 @@ from vaultfs.snapshot import Snapshot, SnapshotResult
 from vaultfs.snapshot.files import FileSaver
 from vaultfs.snapshot.trees import Memos, TreeSaver
 from vaultfs.store import ObjectArchived, ObjectNotFound
-from vaultfs.vault import Vault
+from vaultfs.vault import TIER_META, Vault
 
 log = logging.getLogger(__name__)
 
@@ -139,18 +138,27 @@ class Session:
         collection = CollectionConfig(
             name, Path("/"), tier, **{rule: getattr(keep, rule) for rule in KEEP_RULES}
         )
-        # For this run the collection is one of the config's: its tier chooses the upload
-        # class (warm) and whether its bands go to the archive class (cold).
-        config = self.vault.config
-        self.vault.config = replace(config, collections=(*config.collections, collection))
         intake = ClientIntake(self.channel, root, root_meta)
-        try:
-            with self.vault.lock(wait=self._say_waiting):
-                result = HubSnapshot(self.vault, collection, intake, now=testpoints.snapshot_clock()).run()
-                forgotten = [] if keep.empty else retention.forget(self.vault, {name: keep})[0].forgotten
-        finally:
-            self.vault.config = config
+        with self.vault.lock(wait=self._say_waiting):
+            self._record_tier(name, tier)
+            result = HubSnapshot(self.vault, collection, intake, now=testpoints.snapshot_clock()).run()
+            forgotten = [] if keep.empty else retention.forget(self.vault, {name: keep})[0].forgotten
         self.channel.send("done", **_result_json(result, self.prefix), forgotten=list(forgotten))
+
+    def _record_tier(self, name: str, tier: str) -> None:
+        """Remember the collection's tier for what runs outside a session (the upload
+        class, archiving, pins). A client may make its collection cold, never warm again:
+        that would lift the pins that keep the last copies of its changed files."""
+        recorded = self.vault.collection_tier(name)
+        if recorded == tier:
+            return
+        if recorded == "cold":
+            raise Refused(
+                f"collection {name.removeprefix(self.prefix)!r} is cold on the hub: a client cannot "
+                "make it warm (ask the hub's owner)"
+            )
+        with self.vault.catalog.writer() as w:
+            w.set_meta(TIER_META + name, tier)
 
     def _say_waiting(self, holder: str) -> None:
         self.channel.send(
