@@ -201,6 +201,9 @@ def test_a_client_snapshots_and_fetches_through_the_hub(vault_env: VaultEnv, ssh
         refused = laptop.run(*args, expect=2)
         assert "the hub keeps this machine's history; run it on the NAS" in refused.stderr
     assert [v["version"] for v in hub_versions(hub, "laptop.home")] == [1, 2]
+    # the hub's owner can: laptop.home is one of the hub's collections
+    hub.run("forget", "laptop.home", "--keep", "1")
+    assert [v["version"] for v in hub_versions(hub, "laptop.home")] == [2]
     hub.run("check")
 
 
