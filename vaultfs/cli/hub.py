@@ -310,6 +310,7 @@ def refuse_on_client(args: argparse.Namespace, config: Config) -> None:
 
 def snapshot(args: argparse.Namespace, config: Config) -> int:
     from vaultfs.hub.client import Hub, scan, send_snapshot
+    from vaultfs.progress import TerminalProgress
 
     assert config.hub is not None
     names = args.collections or [c.name for c in config.collections]
@@ -322,7 +323,9 @@ def snapshot(args: argparse.Namespace, config: Config) -> int:
     with Hub(config.hub) as hub:
         for coll in selected:
             try:
-                intake = scan(config, coll)
+                with TerminalProgress(coll.name, enabled=None if not args.quiet else False) as prog:
+                    intake = scan(config, coll, prog)
+                    done = send_snapshot(hub, coll, os.fsencode(coll.path), intake, prog)
             except SourceRefused as e:
                 refused.append(e)
                 print(f"vaultfs: error: {e.message}", file=sys.stderr)
@@ -332,7 +335,6 @@ def snapshot(args: argparse.Namespace, config: Config) -> int:
             for kind, count in intake.not_kept.items():
                 print(f"warning: {coll.name}: not kept: {count} {kind}", file=sys.stderr)
             warnings = warnings or bool(intake.problems or intake.not_kept)
-            done = send_snapshot(hub, coll, os.fsencode(coll.path), intake)
             done.update(files_hashed=intake.files_read, bytes_hashed=intake.bytes_read)
             done["skipped"] = len(intake.problems)
             docs.append(done)

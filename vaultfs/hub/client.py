@@ -41,7 +41,7 @@ from vaultfs.hub.protocol import (
 )
 from vaultfs.ignore import Rules
 from vaultfs.model import BlobId, Entry, RootMeta, TreeId, VersionInfo, decode_tree, encode_tree, tree_id
-from vaultfs.snapshot import SMALL_FILE, check_root, source_root_meta
+from vaultfs.snapshot import SMALL_FILE, NoProgress, Progress, check_root, source_root_meta
 from vaultfs.source import (
     READ_CHUNK,
     ChangedWhileReading,
@@ -151,21 +151,26 @@ class Intake:
     bytes_read: int = 0
 
 
-def scan(config: Config, collection: CollectionConfig) -> Intake:
+def scan(config: Config, collection: CollectionConfig, progress: Progress | None = None) -> Intake:
     """Scan the collection, hash what the files cache does not vouch for, encode the trees."""
+    progress = progress or NoProgress()
     check_root(collection)
     root = os.fsencode(collection.path)
     rules = Rules(collection, config.git_excludes_default)
     scanner = Scanner(root, None, rules)
+    progress.stage("scanning")
     top = scanner.scan()
     catalog = _files_cache(config)
     try:
         hasher = _Hasher(root, scanner.problems)
         with catalog.files_reader(collection.name) as cache:
-            for f in scanner.files:
-                if f.link_of is None:
-                    row = cache.get(f.rel)
-                    hasher.blob_of(f, row)
+            rows = [(f, cache.get(f.rel)) for f in scanner.files if f.link_of is None]
+            to_hash = [f for f, row in rows if not _vouched(f, row)]
+            progress.reading(len(to_hash), sum(f.st.st_size for f in to_hash))
+            for f, row in rows:
+                hasher.blob_of(f, row)
+                if f.needs_read:
+                    progress.advance(1, f.st.st_size)
         for f in scanner.files:
             if f.link_of is not None:
                 f.blob, f.sparse, f.skipped = f.link_of.blob, f.link_of.sparse, f.link_of.skipped
@@ -202,6 +207,19 @@ def _save_files_cache(catalog: Catalog, collection: str, files: list[ScannedFile
                 w.delete_file(collection, rel)
 
 
+def _vouched(f: ScannedFile, row: FileCacheRow | None) -> bool:
+    """Whether the files cache vouches for a file's content: same path, device, inode,
+    size, mtime and ctime as when it was hashed."""
+    st = f.st
+    return row is not None and (row.dev, row.ino, row.size, row.mtime_ns, row.ctime_ns) == (
+        st.st_dev,
+        st.st_ino,
+        st.st_size,
+        st.st_mtime_ns,
+        st.st_ctime_ns,
+    )
+
+
 class _Hasher:
     """Gives each scanned file its blob: from its files-cache row when the stat data
     match, else read and hashed (a sparse file's data extents only)."""
@@ -211,21 +229,19 @@ class _Hasher:
         self.files_read = self.bytes_read = 0
 
     def blob_of(self, f: ScannedFile, row: FileCacheRow | None) -> None:
-        st = f.st
-        if row is not None and (row.dev, row.ino, row.size, row.mtime_ns, row.ctime_ns) == (
-            st.st_dev,
-            st.st_ino,
-            st.st_size,
-            st.st_mtime_ns,
-            st.st_ctime_ns,
-        ):
-            f.blob, f.sparse = row.blob, row.sparse
+        if _vouched(f, row):
+            assert row is not None
+            f.blob, f.sparse, f.needs_read = row.blob, row.sparse, False
             return
+        st = f.st
         try:
             fd, before = open_source(self.root + b"/" + f.rel)
-        except (OSError, NotRegularFile) as e:
-            self._skip(f, getattr(e, "reason", None) or f"cannot read ({getattr(e, 'strerror', e)})")
-            return
+        except NotRegularFile as e:
+            return self._skip(f, e.reason)
+        except FileNotFoundError:
+            return self._skip(f, "vanished before it could be read")
+        except OSError as e:
+            return self._skip(f, f"cannot read ({e.strerror})")
         try:
             if (before.st_ino, before.st_dev) != (st.st_ino, st.st_dev):
                 self._skip(f, "was replaced during the snapshot")
@@ -273,9 +289,13 @@ def _build(node: ScannedDir, intake: Intake) -> TreeId:
     return tid
 
 
-def send_snapshot(hub: Hub, collection: CollectionConfig, root: bytes, intake: Intake) -> dict[str, Any]:
+def send_snapshot(
+    hub: Hub, collection: CollectionConfig, root: bytes, intake: Intake, progress: Progress | None = None
+) -> dict[str, Any]:
     """Hashes first: the root, then the listings and the contents the hub asks for. Returns
     the hub's ``done`` (what it committed)."""
+    progress = progress or NoProgress()
+    progress.stage("sending")
     hub.send(
         "snapshot",
         collection=collection.name,
@@ -288,7 +308,11 @@ def send_snapshot(hub: Hub, collection: CollectionConfig, root: bytes, intake: I
         frame = hub.expect("want-trees", "want-blobs", "done")
         if frame.op == "done":
             return {**frame.header, "contents_sent": sent}
-        for digest in digests(frame.payload):
+        wanted = digests(frame.payload)
+        if frame.op == "want-blobs":
+            files = [intake.contents.get(BlobId(d)) for d in wanted]
+            progress.reading(len(wanted), sum(f.st.st_size for f in files if f is not None))
+        for digest in wanted:
             if frame.op == "want-trees":
                 tree = intake.trees.get(TreeId(digest))
                 if tree is None:
@@ -303,6 +327,7 @@ def send_snapshot(hub: Hub, collection: CollectionConfig, root: bytes, intake: I
                         f"the hub asked for content {digest.hex()[:16]}, which this snapshot has not"
                     )
                 _send_content(hub, root, f, BlobId(digest))
+                progress.advance(1, f.st.st_size)
                 sent += 1
                 testpoints.reach("hub-content-sent")
 
