@@ -196,3 +196,30 @@ def test_a_client_config_needs_no_store() -> None:
     assert config.hub.ssh_argv() == ["ssh", "-i", "k", "-p", "2222", "vault@nas", "vaultfs serve --stdio"]
     hub = parse_config('[vault]\nstore = "file:///s"\n[clients.laptop]\nkeep_daily = 7\n')
     assert hub.client_keep("laptop.home").keep_daily == 7 and hub.client_keep("desk.home").empty
+
+
+def test_a_client_reads_back_only_its_own_versions(vault: Vault) -> None:
+    """`mine` committed the tree; `other` knows its ids but can open no version of it, and
+    asking for the listing or the content by id is refused."""
+    assert run(vault, session(), client="mine")[0] == 0
+    hello = encode("hello", protocol=1)
+    for request in (
+        encode("get-tree", id=ROOT.hex()),
+        encode("get-blob", id=BLOB.hex()),
+        encode("open-version", collection="mine.home"),
+    ):
+        code, frames = run(vault, hello + request, client="other")
+        assert code == 2 and "refused" in frames[-1].header["message"], frames[-1]
+    code, frames = run(vault, hello + encode("open-version", collection="home"), client="other")
+    assert code == 2 and "has no versions yet" in frames[-1].header["message"]
+    # its owner gets both, after opening the version
+    code, frames = run(
+        vault,
+        hello
+        + encode("open-version", collection="home")
+        + encode("get-tree", id=ROOT.hex())
+        + encode("get-blob", id=BLOB.hex()),
+        client="mine",
+    )
+    assert code == 0 and [f.op for f in frames] == ["welcome", "version", "tree", "data", "blob-end"]
+    assert frames[2].payload == LISTING and frames[3].payload == CONTENT and frames[4].header["ok"]
