@@ -10,6 +10,12 @@ The package, one thing per module (as restic's archiver: scanner, file saver, tr
 * `spool` — bands between disk and store: the uploader thread, recovery after a crash.
   (The scan itself is `vaultfs.source.Scanner`.)
 
+Steps 2 and 3 are the *intake* (`Snapshot._gather`: where entries and contents come
+from); the rest is the vault side. A hub (`vaultfs.hub.server.HubSnapshot`) replaces
+only the intake: its client scans, hashes and sends listings and contents, which land in
+the same tree saver (`TreeSaver.store`) and file saver (`FileSaver.pack_received`, the
+SHA-256 recomputed), and the same diff, commit, spool and lock follow.
+
 Order of work, and why it is safe to kill at any point:
 
 1. *Recover* the spool: a band finished by an earlier run but not uploaded is
