@@ -319,10 +319,22 @@ def test_nothing_is_committed_from_a_lying_or_vanished_client_and_resume_resends
     sh("diff", "-r", str(laptop.src), str(out))
     hub.run("check")
 
+    # the hub killed at its commit: before the version record, then right after it
+    write(laptop.src / "f8.bin", os.urandom(100_000))
+    laptop.set_hub_env("before-commit=kill")
+    laptop.run("snapshot", expect=1)
+    laptop.set_hub_env("version-record-written=kill")
+    committed_unseen = laptop.run("snapshot", expect=1)  # the record is on the store, not yet known
+    assert "closed the connection" in committed_unseen.stderr
+    laptop.set_hub_env("")
+    adopted = laptop.snapshot()["collections"][0]  # the record on the store is adopted
+    assert adopted["unchanged"] and adopted["latest"]["number"] == 3 and adopted["contents_sent"] == 0
+    assert [v["version"] for v in hub_versions(hub, "laptop.home")] == [3]
+
     # a cold collection's deleted file: the client warns (exit 3); the hub pins the version
     # holding it, which its keep rule then keeps
     (laptop.src / "f0.bin").unlink()
     warned = laptop.run("snapshot", expect=3)
     assert "cold collection home: 1 file(s) deleted since the previous version" in warned.stderr
-    assert "f0.bin" in warned.stderr and "v2 keeps the old content and is pinned on the hub" in warned.stderr
-    assert [v["version"] for v in hub_versions(hub, "laptop.home")] == [2, 3]
+    assert "f0.bin" in warned.stderr and "v3 keeps the old content and is pinned on the hub" in warned.stderr
+    assert [v["version"] for v in hub_versions(hub, "laptop.home")] == [3, 4]
