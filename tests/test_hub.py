@@ -196,6 +196,17 @@ def test_a_client_snapshots_and_fetches_through_the_hub(vault_env: VaultEnv, ssh
     assert (out / "big.bin").stat().st_ino == (out / "big-link.bin").stat().st_ino
     assert (out / "sparse.img").stat().st_blocks * 512 < 1024 * 1024  # its holes came back as holes
 
+    # the bands are plain tar + zstd on the hub's store, with the owners' names
+    members = ""
+    for key in hub.store_keys("bands/"):
+        if key.endswith(".tar.zst"):
+            band = hub.fetch_object(key, laptop.dir / "band.tar.zst")
+            members += subprocess.run(
+                f"zstd -dc {band} | tar -tvf -", shell=True, capture_output=True, text=True, check=True
+            ).stdout
+    assert any("root/root" in m and "laptop.home/docs/a.txt" in m for m in members.splitlines()), members
+    assert any("1234/5678" in m and "laptop.home/docs/deep/b.bin" in m for m in members.splitlines())
+
     # what only the hub may do
     for args in (("forget", "home@v1"), ("prune",), ("compact",), ("index", "rebuild")):
         refused = laptop.run(*args, expect=2)

@@ -31,15 +31,21 @@ ROOT = tree_id(LISTING)
 META = RootMeta(0o700, 0, 0, 7).to_json()
 
 
-def session(collection: str = "home", content: bytes = CONTENT) -> bytes:
-    """A whole snapshot session as a client sends it (the hub's questions are predictable:
-    the root's listing, then the one content)."""
+def session(collection: str = "home", content: bytes = CONTENT, claimed: bytes = CONTENT) -> bytes:
+    """A whole snapshot session as a client sends it for one file holding `content` (the
+    hub's questions are predictable: the root's listing, then the one content), whose
+    listing claims it holds `claimed`."""
+    blob = hashlib.sha256(claimed).digest()
+    entry = Entry(name=b"a.txt", kind="file", size=len(claimed), blob=BlobId(blob), mtime_ns=5)
+    listing = encode_tree([entry])
     return b"".join(
         [
             encode("hello", protocol=1),
-            encode("snapshot", collection=collection, tier="cold", root=ROOT.hex(), root_meta=META),
-            encode("tree", LISTING),
-            encode("blob", id=BLOB.hex()),
+            encode(
+                "snapshot", collection=collection, tier="cold", root=tree_id(listing).hex(), root_meta=META
+            ),
+            encode("tree", listing),
+            encode("blob", id=blob.hex()),
             encode("data", content),
             encode("blob-end", ok=True),
             encode("bye"),
@@ -47,11 +53,14 @@ def session(collection: str = "home", content: bytes = CONTENT) -> bytes:
     )
 
 
+def new_vault(tmp: Path) -> Vault:
+    config = parse_config(f'[vault]\nstore = "file://{tmp / "store"}"\nstate_dir = "{tmp / "state"}"\n')
+    return Vault.create(config)[0]
+
+
 @pytest.fixture(scope="module")
 def vault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vault]:
-    tmp = tmp_path_factory.mktemp("hub")
-    config = parse_config(f'[vault]\nstore = "file://{tmp / "store"}"\nstate_dir = "{tmp / "state"}"\n')
-    vault, _ = Vault.create(config)
+    vault = new_vault(tmp_path_factory.mktemp("hub"))
     yield vault
     vault.close()
 
@@ -74,7 +83,7 @@ def versions(vault: Vault, client: str) -> int:
 
 
 def test_a_valid_session_commits_and_a_wrong_content_does_not(vault: Vault) -> None:
-    code, frames = run(vault, session(content=CONTENT.upper()), client="liar")
+    code, frames = run(vault, session(content=CONTENT.upper()), client="liar")  # same size, other bytes
     assert code == 1 and frames[-1].op == "error"
     assert "does not match its SHA-256" in frames[-1].header["message"]
     assert versions(vault, "liar") == 0
@@ -145,14 +154,15 @@ frames = st.lists(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(
+    content=st.binary(min_size=1, max_size=64),  # a new tree and content each time: the hub asks for both
     damage=st.lists(st.tuples(st.integers(min_value=0), st.integers(min_value=0, max_value=255)), max_size=3),
     cut=st.none() | st.integers(min_value=0),
     made_up=frames,
 )
 def test_damaged_or_made_up_sessions_never_crash_the_hub_nor_commit(
-    vault: Vault, damage: list[tuple[int, int]], cut: int | None, made_up: list[bytes]
+    vault: Vault, content: bytes, damage: list[tuple[int, int]], cut: int | None, made_up: list[bytes]
 ) -> None:
-    data = bytearray(session(collection="fuzzed"))
+    data = bytearray(session(collection="fuzzed", content=content, claimed=content))
     for where, value in damage:
         data[where % len(data)] ^= value or 1
     if cut is not None:
@@ -198,9 +208,10 @@ def test_a_client_config_needs_no_store() -> None:
     assert hub.client_keep("laptop.home").keep_daily == 7 and hub.client_keep("desk.home").empty
 
 
-def test_a_client_reads_back_only_its_own_versions(vault: Vault) -> None:
+def test_a_client_reads_back_only_its_own_versions(tmp_path: Path) -> None:
     """`mine` committed the tree; `other` knows its ids but can open no version of it, and
     asking for the listing or the content by id is refused."""
+    vault = new_vault(tmp_path)
     assert run(vault, session(), client="mine")[0] == 0
     hello = encode("hello", protocol=1)
     for request in (
@@ -223,3 +234,15 @@ def test_a_client_reads_back_only_its_own_versions(vault: Vault) -> None:
     )
     assert code == 0 and [f.op for f in frames] == ["welcome", "version", "tree", "data", "blob-end"]
     assert frames[2].payload == LISTING and frames[3].payload == CONTENT and frames[4].header["ok"]
+
+
+def test_a_restore_gives_owners_by_name_when_recorded_and_known() -> None:
+    """A hub client's entries carry the owners' names (its files may come back on another
+    machine): a known name wins over the number, an unknown one leaves the number."""
+    from vaultfs.extract import owner_ids
+
+    named = Entry(name=b"f", kind="file", uid=4242, gid=4243, uname="root", gname="root")
+    assert owner_ids(named) == (0, 0)
+    unknown = Entry(name=b"f", kind="file", uid=4242, gid=4243, uname="nobody-here-x", gname="none-x")
+    assert owner_ids(unknown) == (4242, 4243)
+    assert owner_ids(Entry(name=b"f", kind="file", uid=7, gid=8)) == (7, 8)

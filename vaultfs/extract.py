@@ -39,7 +39,10 @@ place they are put in, and it is left as it was.
 from __future__ import annotations
 
 import errno
+import functools
+import grp
 import os
+import pwd
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -430,7 +433,7 @@ class Restorer:
         """Owner, xattrs, mode and times of an open file or directory (see the module
         docstring for the order); its +i/+a are noted for the end."""
         if os.geteuid() == 0:
-            os.fchown(fd, e.uid, e.gid)
+            os.fchown(fd, *owner_ids(e))
         self._set_xattrs(fd, e)
         os.fchmod(fd, e.mode)
         os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
@@ -512,7 +515,7 @@ class Restorer:
                     self._problem(item, "device node not restored: needs root")
                     return
             if os.geteuid() == 0:
-                os.chown(name, e.uid, e.gid, dir_fd=dfd, follow_symlinks=False)
+                os.chown(name, *owner_ids(e), dir_fd=dfd, follow_symlinks=False)
             if e.kind != "symlink":
                 self._set_xattrs(_proc_path(dfd, name), e)
                 os.chmod(name, e.mode, dir_fd=dfd)
@@ -552,6 +555,30 @@ class Restorer:
             self._apply_metadata(fd, e, parts)
         finally:
             os.close(fd)
+
+
+def owner_ids(e: Entry) -> tuple[int, int]:
+    """The owner a restore gives an entry: by name when the entry records one (a hub
+    client's entries do) that this machine knows, as tar does; else by number."""
+    uid = _uid_named(e.uname) if e.uname is not None else None
+    gid = _gid_named(e.gname) if e.gname is not None else None
+    return (e.uid if uid is None else uid, e.gid if gid is None else gid)
+
+
+@functools.lru_cache(maxsize=256)
+def _uid_named(name: str) -> int | None:
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return None
+
+
+@functools.lru_cache(maxsize=256)
+def _gid_named(name: str) -> int | None:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return None
 
 
 def _extent_writer(fd: int, extents: Extents | None) -> Callable[[bytes, int], None]:

@@ -14,12 +14,14 @@ subprocess, and the frames (`protocol`) go over its stdin and stdout.
 
 from __future__ import annotations
 
+import grp
 import hashlib
 import os
+import pwd
 import subprocess
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -178,7 +180,7 @@ def scan(config: Config, collection: CollectionConfig, progress: Progress | None
     finally:
         catalog.close()
     intake = Intake(TreeId(b""), source_root_meta(root, top))
-    intake.root = _build(top, intake)
+    intake.root = _build(top, intake, _Names())
     intake.problems = scanner.problems
     intake.not_kept = dict(sorted(scanner.not_kept.items()))
     intake.files_read, intake.bytes_read = hasher.files_read, hasher.bytes_read
@@ -269,21 +271,44 @@ class _Hasher:
         self.problems.append(Problem(f.rel, reason))
 
 
-def _build(node: ScannedDir, intake: Intake) -> TreeId:
-    """A directory's listing, bottom-up, encoded as the vault encodes it; every listing and
-    a file holding each content are kept for the hub's questions."""
+class _Names:
+    """User and group names of ids, each looked up once (a client's entries carry them:
+    its files may come back on another machine, whose ids differ)."""
+
+    def __init__(self) -> None:
+        self.users: dict[int, str | None] = {}
+        self.groups: dict[int, str | None] = {}
+
+    def of(self, e: Entry) -> Entry:
+        if e.uid not in self.users:
+            self.users[e.uid] = _lookup(lambda: pwd.getpwuid(e.uid).pw_name)
+        if e.gid not in self.groups:
+            self.groups[e.gid] = _lookup(lambda: grp.getgrgid(e.gid).gr_name)
+        return replace(e, uname=self.users[e.uid], gname=self.groups[e.gid])
+
+
+def _lookup(name: Callable[[], str]) -> str | None:
+    try:
+        return name()
+    except KeyError:  # an id without a name here: kept by number only
+        return None
+
+
+def _build(node: ScannedDir, intake: Intake, names: _Names) -> TreeId:
+    """A directory's listing, bottom-up, encoded as the vault encodes it (with the owners'
+    names); every listing and a file holding each content are kept for the hub's questions."""
     entries: list[Entry] = []
     for child in node.children:
         if isinstance(child, ScannedDir):
             if not child.unreadable:
-                entries.append(dir_entry(child, _build(child, intake)))
+                entries.append(dir_entry(child, _build(child, intake, names)))
         elif isinstance(child, ScannedFile):
             if not child.skipped and child.blob is not None:
                 entries.append(file_entry(child))
                 intake.contents.setdefault(child.blob, child.link_of or child)
         else:
             entries.append(child)
-    encoded = encode_tree(entries)
+    encoded = encode_tree([names.of(e) for e in entries])
     tid = tree_id(encoded)
     intake.trees[tid] = encoded
     return tid

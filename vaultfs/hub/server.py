@@ -60,6 +60,7 @@ CLIENT_COLLECTION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # no '.': t
 PATHS_SENT = 100  # modified or deleted paths of a cold collection named in a snapshot's answer
 LOG_FILE = "hub.log"  # in the hub's state_dir: one line per refusal and per aborted session
 MAX_ID = 2**64  # sizes, times, ids: what a client may claim
+MAX_OWNER_NAME = 256  # characters of a user or group name
 # What decoding a record a client sent can raise (`model.RECORD_ERRORS`, and a field of the
 # wrong type met by a method: a name that is a number).
 MALFORMED: tuple[type[Exception], ...] = (*RECORD_ERRORS, AttributeError, RecursionError)
@@ -275,6 +276,8 @@ class ClientIntake:
             uid=e.uid,
             gid=e.gid,
             mtime_ns=e.mtime_ns,
+            uname=e.uname or "",
+            gname=e.gname or "",
             xattrs=e.xattrs,
             sparse=None if e.sparse is None else (e.size, e.sparse),
         )
@@ -409,6 +412,9 @@ def _check_entry(e: Entry) -> None:
     if e.kind not in ("file", "dir") and (e.blob is not None or e.tree is not None):
         raise ProtocolError(f"{e.kind} {name!r} with content")
     _check_numbers(e.mode, e.uid, e.gid, abs(e.mtime_ns), e.size, e.rdev, e.nlink, e.flags)
+    for owner in (e.uname, e.gname):
+        if owner is not None and (len(owner) > MAX_OWNER_NAME or "\0" in owner):
+            raise ProtocolError(f"{name!r}: an owner name that is too long or holds NUL")
     if e.mode > 0o7777:
         raise ProtocolError(f"{name!r}: mode {e.mode:o} is more than permission bits")
     if e.sparse is not None:
