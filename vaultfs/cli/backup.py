@@ -50,7 +50,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
         "rot (the version is written; 4 outweighs 3, so a timer that counts 3 as success\n"
         "still fails on it). Its files that could not be read are warnings (3).\n"
         "Exit status 1: a collection was refused (its path is missing, unreadable or\n"
-        "empty: is the volume mounted?); the others are still snapshotted.",
+        "empty: is the volume mounted?); the others are still snapshotted.\n\n"
+        "With [hub] in the config (a client of a vaultfs hub, docs/hub.md) the files are\n"
+        "scanned and hashed here and only what the hub lacks is sent to it over SSH; the\n"
+        "hub keeps the versions.",
     )
     sp.add_argument("collections", nargs="*", metavar="COLLECTION")
     sp.set_defaults(func=cmd_snapshot, via_hub=True)

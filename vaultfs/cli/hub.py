@@ -128,10 +128,12 @@ def _register_serve(add: AddCommand) -> None:
         "Serve one client machine's session over stdin and stdout: the vault side of its\n"
         "snapshots (which listings and contents are new, packing, upload, commit), its\n"
         "`versions` and its `restore fetch`. This is the command an authorized_keys entry\n"
-        "on the hub forces for the client's key (docs/hub.md), as `borg serve` is:\n\n"
-        '  command="vaultfs serve --stdio --client laptop",restrict ssh-ed25519 AAAA...\n\n'
+        "on the hub forces for the client's key (docs/hub.md), as `borg serve` is;\n"
+        "`vaultfs clients add NAME KEY.pub` prints that line:\n\n"
+        '  command="/usr/local/bin/vaultfs serve --stdio --client laptop",restrict ssh-ed25519 AAAA...\n\n'
         "The client's collection `home` is the hub's collection `laptop.home`: listed by\n"
-        "`vaultfs versions`, mounted, kept by the keep rules and archived like any other.\n"
+        "`vaultfs versions`, mounted, restored, archived like any other, and kept by the\n"
+        "keep rules of [clients.laptop] in this config (a client cannot forget).\n"
         "A client reaches only its own collections; a refusal, a content whose SHA-256\n"
         "does not match, a malformed frame or a client gone mid-way commits nothing and\n"
         "is written to <state_dir>/hub.log. Two clients at once: the second waits for the\n"
