@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import grp
 import hashlib
+import json
 import os
 import pwd
 import subprocess
@@ -445,9 +446,12 @@ def versions(hub: Hub, collection: str | None) -> list[dict[str, Any]]:
         hub.send("versions", collection=collection)
     else:
         hub.send("versions")
-    docs = hub.expect("versions").header.get("collections")
+    try:
+        docs = json.loads(hub.expect("versions").payload)
+    except ValueError:
+        docs = None
     if not isinstance(docs, list):
-        raise ProtocolError("a versions answer without collections")
+        raise ProtocolError("a versions answer that is not a list of collections")
     return docs
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import re
 import time
@@ -57,7 +58,7 @@ from vaultfs.vault import TIER_META, Vault
 log = logging.getLogger(__name__)
 
 CLIENT_COLLECTION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # no '.': the prefix is the hub's
-PATHS_SENT = 100  # modified or deleted paths of a cold collection named in a snapshot's answer
+PATHS_SENT = 20  # modified or deleted paths of a cold collection named in a snapshot's answer
 LOG_FILE = "hub.log"  # in the hub's state_dir: one line per refusal and per aborted session
 MAX_ID = 2**64  # sizes, times, ids: what a client may claim
 MAX_OWNER_NAME = 256  # characters of a user or group name
@@ -178,7 +179,7 @@ class Session:
             doc = self.listing(self.vault, full)
             doc["collection"] = full.removeprefix(self.prefix)
             docs.append(doc)
-        self.channel.send("versions", collections=docs)
+        self.channel.send("versions", json.dumps(docs).encode())  # the payload: no header bound
 
     def open_version(self, frame: Frame) -> None:
         full = self.collection(frame)
