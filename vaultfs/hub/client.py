@@ -81,8 +81,12 @@ class Hub:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.channel = Channel(self.proc.stdout, self.proc.stdin)
         self.url = settings.url
-        self.send("hello", protocol=PROTOCOL)
-        self.expect("welcome")
+        try:
+            self.send("hello", protocol=PROTOCOL)
+            self.expect("welcome")
+        except BaseException:
+            self.close()  # ssh is not left behind
+            raise
 
     def __enter__(self) -> Hub:
         return self
