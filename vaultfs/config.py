@@ -368,8 +368,44 @@ class MountSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientSettings:
+    """``[clients.NAME]`` of a hub (docs/hub.md): the keep rules of every collection the
+    client machine NAME sends (``NAME.home``, ...), applied on the hub after each of its
+    snapshots and by ``vaultfs forget``: a client cannot forget versions itself."""
+
+    name: str
+    keep: KeepPolicy = field(default_factory=lambda: KeepPolicy())
+
+
+@dataclass(frozen=True, slots=True)
+class HubSettings:
+    """``[hub]``: this machine backs up to a vaultfs hub over SSH (docs/hub.md) instead of
+    to a store of its own. `url` is ``ssh://[user@]host[:port]``; `ssh_command` is the
+    command that runs ssh (split like a shell command line; BORG_RSH's role)."""
+
+    url: str
+    ssh_command: str = "ssh"
+
+    def ssh_argv(self) -> list[str]:
+        """The command line that reaches the hub: ssh, its options, the port, the host and
+        the remote command (which the hub's authorized_keys entry replaces with its own)."""
+        rest = self.url[len("ssh://") :].rstrip("/")
+        host, _, port = rest.rpartition(":") if _HUB_PORT.search(rest) else (rest, "", "")
+        return [
+            *shlex.split(self.ssh_command),
+            *(["-p", port] if port else []),
+            host,
+            "vaultfs serve --stdio",
+        ]
+
+
+_HUB_URL = re.compile(r"^ssh://([A-Za-z0-9._%+-]+@)?[A-Za-z0-9._-]+(:\d{1,5})?/?$")
+_HUB_PORT = re.compile(r":\d{1,5}/?$")
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
-    store: str
+    store: str  # "" when the config names a hub instead (`hub`)
     state_dir: Path
     band_size: int = 1024**3
     compression_level: int | None = None  # None: the tier's default (`snapshot.files.band_settings`)
@@ -379,6 +415,15 @@ class Config:
     mount: MountSettings = field(default_factory=MountSettings)
     prices: Prices = field(default_factory=Prices)
     source: Path | None = None  # the file it was read from, for messages
+    hub: HubSettings | None = None  # a hub's client: snapshots go to the hub (docs/hub.md)
+    clients: tuple[ClientSettings, ...] = ()  # a hub: its client machines' settings
+
+    def client_keep(self, collection: str) -> KeepPolicy:
+        """The keep rules of a hub client's collection (``laptop.home``: ``[clients.laptop]``);
+        empty when the hub's config says none."""
+        name = collection.split(".", 1)[0]
+        return next((c.keep for c in self.clients if c.name == name), KeepPolicy())
+
     # git's own default for core.excludesFile ($XDG_CONFIG_HOME/git/ignore, else
     # $HOME/.config/git/ignore): not in the file, but the environment, which only
     # `vaultfs.cli.main` reads (`git_excludes_default`); None: no default applies.
@@ -474,13 +519,22 @@ def parse_config(text: str, source: Path | None = None) -> Config:
 
 def _build(data: dict[str, Any], source: Path | None) -> Config:
     top = _Table(data, "")
-    vault = _Table(top.require("vault", dict), "vault")
+    hub = _hub_settings(_Table(top.take("hub", dict), "hub")) if "hub" in top.data else None
+    vault = _Table(top.require("vault", dict) if hub is None else top.take("vault", dict, {}), "vault")
     s3 = _Table(top.take("s3", dict, {}), "s3")
     mount = _Table(top.take("mount", dict, {}), "mount")
     prices = _Table(top.take("prices", dict, {}), "prices")
     collections_raw: dict[str, Any] = top.take("collections", dict, {})
+    clients_raw: dict[str, Any] = top.take("clients", dict, {})
     top.finish()
-    store, state_dir, band_size, level, threads = _vault_settings(vault)
+    if hub is not None and "store" in vault.data:
+        raise ConfigError(
+            "[vault].store and [hub] are both set: a machine backs up either to its own store "
+            "or to a hub; remove one of them"
+        )
+    if hub is not None:
+        vault.data["store"] = ""
+    store, state_dir, band_size, level, threads = _vault_settings(vault, hub is None)
     return Config(
         store=store,
         state_dir=state_dir,
@@ -492,13 +546,36 @@ def _build(data: dict[str, Any], source: Path | None) -> Config:
         mount=_mount_settings(mount),
         prices=_prices(prices),
         source=source,
+        hub=hub,
+        clients=tuple(_client(name, raw) for name, raw in clients_raw.items()),
     )
 
 
-def _vault_settings(t: _Table) -> tuple[str, Path, int, int, int]:
-    """``[vault]``: store, state_dir, band_size, compression_level, threads."""
+def _hub_settings(t: _Table) -> HubSettings:
+    """``[hub]``: url, ssh_command."""
+    url = t.require("url", str)
+    if not _HUB_URL.match(url):
+        raise ConfigError(
+            f'{t.key("url")} = {url!r}: expected "ssh://[user@]host[:port]", e.g. "ssh://vault@nas"'
+        )
+    ssh_command = t.take("ssh_command", str, "ssh")
+    try:
+        words = shlex.split(ssh_command)
+    except ValueError as e:
+        raise ConfigError(
+            f"{t.key('ssh_command')} = {ssh_command!r}: {e}; it is split like a shell command line"
+        ) from None
+    if not words:
+        raise ConfigError(f"{t.key('ssh_command')}: empty; leave it out to run ssh")
+    t.finish()
+    return HubSettings(url, ssh_command)
+
+
+def _vault_settings(t: _Table, own_store: bool = True) -> tuple[str, Path, int, int, int]:
+    """``[vault]``: store, state_dir, band_size, compression_level, threads (a hub's client
+    has no store of its own: `own_store` False)."""
     store = t.require("store", str)
-    if not (store.startswith("s3://") or store.startswith("file://")):
+    if own_store and not (store.startswith("s3://") or store.startswith("file://")):
         raise ConfigError(
             f'{t.key("store")} = {store!r}: expected "s3://bucket/prefix" or "file:///absolute/path"'
         )
@@ -546,6 +623,20 @@ def _s3_settings(t: _Table) -> S3Settings:
         raise ConfigError(f"{t.key('multipart_chunksize')}: S3 needs parts of at least 5MiB")
     t.finish()
     return settings
+
+
+def _client(name: str, raw: Any) -> ClientSettings:
+    """``[clients.NAME]``: the keep rules of a hub client's collections."""
+    try:
+        check_client_name(name)
+    except ConfigError as e:
+        raise ConfigError(f"[clients.{name}]: {e.message}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"[clients.{name}]: expected a table, not a value")
+    t = _Table(raw, f"clients.{name}")
+    keep = parse_keep_policy({r: t.data.pop(r, None) for r in KEEP_RULES}, {r: t.key(r) for r in KEEP_RULES})
+    t.finish()
+    return ClientSettings(name, keep)
 
 
 def _collection(name: str, raw: Any) -> CollectionConfig:

@@ -109,6 +109,11 @@ class Entry:
     flags: int = 0  # kept inode flags (`vaultfs.fsflags`); absent at 0: old tree ids unchanged
     # Sparse files: the data map (vaultfs/sparse.py); the blob is those extents' bytes.
     sparse: Extents | None = None
+    # The owner's user and group names, next to the ids, when the snapshot recorded them (a
+    # hub's client does: its files may come back on another machine; docs/hub.md). Absent
+    # (None) in every local snapshot's entries, so their tree ids are as they were.
+    uname: str | None = None
+    gname: str | None = None
 
     @property
     def blob_size(self) -> int:
@@ -150,6 +155,10 @@ class Entry:
             d["xattrs"] = [[to_text(k), base64.b64encode(v).decode("ascii")] for k, v in self.xattrs]
         if self.flags:
             d["flags"] = self.flags
+        if self.uname is not None:
+            d["uname"] = self.uname
+        if self.gname is not None:
+            d["gname"] = self.gname
         return d
 
     @staticmethod
@@ -179,7 +188,16 @@ class Entry:
             tuple((from_text(k), base64.b64decode(v)) for k, v in xattrs) if xattrs else (),
             int(get("flags", 0)),
             None if sparse is None else tuple((int(o), int(n)) for o, n in sparse),
+            _name_field(d, "uname"),
+            _name_field(d, "gname"),
         )
+
+
+def _name_field(d: dict[str, Any], key: str) -> str | None:
+    value = d.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{key} is not a string")
+    return value
 
 
 def encode_tree(entries: list[Entry] | tuple[Entry, ...]) -> bytes:
@@ -213,6 +231,8 @@ def _entry_json(e: Entry) -> str:  # noqa: C901 - unrolled per field for speed (
         parts.append(f'"flags":{e.flags}')
     if e.gid:
         parts.append(f'"gid":{e.gid}')
+    if e.gname is not None:
+        parts.append('"gname":' + _quote(e.gname))
     if e.hardlink is not None:
         parts.append('"hardlink":' + _quote(to_text(e.hardlink)))
     parts.append('"kind":"' + e.kind + '"')
@@ -235,6 +255,8 @@ def _entry_json(e: Entry) -> str:  # noqa: C901 - unrolled per field for speed (
         parts.append('"tree":"' + e.tree.hex() + '"')
     if e.uid:
         parts.append(f'"uid":{e.uid}')
+    if e.uname is not None:
+        parts.append('"uname":' + _quote(e.uname))
     if e.xattrs:
         parts.append(
             '"xattrs":' + json.dumps(e.to_json()["xattrs"], separators=(",", ":"), ensure_ascii=True)

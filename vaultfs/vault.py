@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ from vaultfs.store import ObjectExists, ObjectNotFound, ObjectStore, open_store
 
 VAULT_FORMAT = 1
 READERS_KEPT = 4  # band readers kept open by read_blob/iter_blob (restores)
+TIER_META = "tier:"  # catalog meta: the tier of a hub client's collection (docs/hub.md)
 
 
 class Vault:
@@ -152,19 +153,23 @@ class Vault:
         self.catalog.close()
 
     @contextmanager
-    def lock(self) -> Iterator[None]:
-        """Exclusive writer lock (one snapshot at a time on this NAS)."""
+    def lock(self, wait: Callable[[str], None] | None = None) -> Iterator[None]:
+        """Exclusive writer lock (one snapshot at a time on this NAS). Held by another
+        process: LockedError, or with `wait`, `wait(holder)` is called (to say so) and the
+        lock is waited for (a hub's second client waits for the first one's commit)."""
         path = self.state_dir / "lock"
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
-                raise LockedError(
-                    f"another vaultfs process is writing to this vault ({holder or 'unknown'}): "
-                    "wait for it to finish"
-                ) from None
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+                if wait is None:
+                    raise LockedError(
+                        f"another vaultfs process is writing to this vault ({holder}): wait for it to finish"
+                    ) from None
+                wait(holder)
+                fcntl.flock(fd, fcntl.LOCK_EX)
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
             yield
@@ -188,6 +193,12 @@ class Vault:
                 f"{collection}@v{number} does not exist: `vaultfs versions {collection}` lists them"
             )
         return version
+
+    def check_collection(self, name: str) -> None:
+        """ConfigError unless `name` is a collection of the config or one whose versions the
+        catalog holds (a hub client's, ``laptop.home``: docs/hub.md)."""
+        if name not in self.catalog.collections():
+            self.config.collection(name)
 
     def tree(self, tree: TreeId) -> tuple[Entry, ...]:
         return self.catalog.tree(tree)
@@ -230,8 +241,16 @@ class Vault:
         """The storage class a new band of `collection` is uploaded in: ``[s3].warm_class``
         for a warm collection on an s3:// store, else STANDARD (cold bands move to the
         archive class only after their upload is verified: `vaultfs.archive`)."""
-        warm = any(c.name == collection and c.tier == "warm" for c in self.config.collections)
+        warm = self.collection_tier(collection) == "warm"
         return self.config.s3.warm_class if warm and self.config.store.startswith("s3://") else "STANDARD"
+
+    def collection_tier(self, collection: str) -> str | None:
+        """ "cold" or "warm": the config's, else (a hub client's collection, not in the config)
+        what the hub recorded at its snapshots (`TIER_META`); None when nobody says."""
+        for c in self.config.collections:
+            if c.name == collection:
+                return c.tier
+        return self.catalog.meta(TIER_META + collection)
 
     def commit_version(self, version: VersionInfo) -> None:
         """Write the version record on the store: the commit point of a snapshot."""
@@ -276,6 +295,12 @@ class Vault:
         """A blob's content in chunks (bounded memory); verified before the last chunk."""
         ref = self._ref(blob)
         return self._reader(ref.band).iter_blob(bandfmt.BlobLocation(blob, ref.offset, ref.size))
+
+    def blob_order(self, blob: BlobId) -> tuple[str, int]:
+        """Where a blob lies (band, offset), to read many in one pass per band; ("", 0)
+        for one the catalog does not place."""
+        ref = self.catalog.blob(blob)
+        return (ref.band, ref.offset) if ref else ("", 0)
 
     def _ref(self, blob: BlobId) -> BlobRef:
         ref = self.catalog.blob(blob)

@@ -50,10 +50,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
         "rot (the version is written; 4 outweighs 3, so a timer that counts 3 as success\n"
         "still fails on it). Its files that could not be read are warnings (3).\n"
         "Exit status 1: a collection was refused (its path is missing, unreadable or\n"
-        "empty: is the volume mounted?); the others are still snapshotted.",
+        "empty: is the volume mounted?); the others are still snapshotted.\n\n"
+        "With [hub] in the config (a client of a vaultfs hub, docs/hub.md) the files are\n"
+        "scanned and hashed here and only what the hub lacks is sent to it over SSH; the\n"
+        "hub keeps the versions.",
     )
     sp.add_argument("collections", nargs="*", metavar="COLLECTION")
-    sp.set_defaults(func=cmd_snapshot)
+    sp.set_defaults(func=cmd_snapshot, via_hub=True)
 
     sp = add(
         "versions",
@@ -68,7 +71,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
         "{collections: [{collection, versions, acceptances}, ...]}.",
     )
     sp.add_argument("collection", metavar="COLLECTION", nargs="?")
-    sp.set_defaults(func=cmd_versions)
+    sp.set_defaults(func=cmd_versions, via_hub=True)
 
 
 def cmd_init(args: argparse.Namespace, config: Config) -> int:
@@ -102,6 +105,10 @@ def cmd_snapshot(args: argparse.Namespace, config: Config) -> int:
     from vaultfs.snapshot import Snapshot
     from vaultfs.vault import Vault
 
+    if config.hub is not None:  # a hub's client: the hub keeps the versions
+        from vaultfs.cli import hub as cli_hub
+
+        return cli_hub.snapshot(args, config)
     tune_for_large_buffers()
     relax_cycle_collector()
     names = args.collections or [c.name for c in config.collections]
@@ -336,10 +343,14 @@ def snapshot_json(r: Any, forgotten: Sequence[int] = ()) -> dict[str, Any]:
 def cmd_versions(args: argparse.Namespace, config: Config) -> int:
     from vaultfs.vault import Vault
 
-    if args.collection:
-        config.collection(args.collection)
+    if config.hub is not None:  # a hub's client: the hub keeps the versions
+        from vaultfs.cli import hub as cli_hub
+
+        return cli_hub.versions(args, config)
     vault = Vault.open(config, readonly=True)
     try:
+        if args.collection:
+            vault.check_collection(args.collection)
         if args.collection:
             names = [args.collection]
         else:  # the config's collections in its order, then any the catalog alone knows
@@ -387,6 +398,25 @@ class _Listing:
             "versions": self.rows,
             "acceptances": [retention.acceptance_json(a) for a in self.acceptances],
         }
+
+
+def listing_json(vault: Vault, collection: str) -> dict[str, Any]:
+    """`versions --json` of one collection (what a hub answers its client's `versions`)."""
+    return _listing(vault, collection).to_json()
+
+
+def print_listing(doc: dict[str, Any], i: int, *, single: bool) -> None:
+    """One collection's versions from their --json form (`listing_json`), as a hub's client
+    prints them."""
+    name, rows = doc["collection"], doc["versions"]
+    if not rows:
+        print(f"{name}: no versions yet (run `vaultfs snapshot {name}`)")
+        return
+    if not single:
+        print(("\n" if i else "") + f"{name}:")
+    _print_versions(rows)
+    if rows[-1]["verified"]:
+        print(f"v{rows[-1]['version']} found unchanged at {rows[-1]['verified'][-1]} (by size and times)")
 
 
 def _listing(vault: Vault, collection: str) -> _Listing:

@@ -141,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
     try:
         config = replace(load_config(find_config(args.config)), git_excludes_default=git_excludes_default())
+        from vaultfs.cli.hub import refuse_on_client
+
+        refuse_on_client(args, config)
         status = func(args, config)
         sys.stdout.flush()  # a reader that went away fails here, not at exit
         return status

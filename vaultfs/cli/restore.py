@@ -118,7 +118,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
         metavar="SECONDS",
         help="seconds between checks with --wait (default 300)",
     )
-    ap.set_defaults(func=cmd_fetch)
+    ap.set_defaults(func=cmd_fetch, via_hub=True)
 
 
 def _open(config: Config, readonly: bool = False, quick: bool = False) -> Any:
@@ -131,7 +131,7 @@ def _selection(vault: Any, args: argparse.Namespace) -> tuple[Any, list[tuple[by
     from vaultfs.extract import parse_selection
 
     collection, number = parse_target(args.what)
-    vault.config.collection(collection)
+    vault.check_collection(collection)
     return vault.resolve_version(collection, number), parse_selection(args.paths)
 
 
@@ -330,6 +330,10 @@ def cmd_fetch(args: argparse.Namespace, config: Config) -> int:
     from vaultfs.extract import bands_needed, fetch
     from vaultfs.progress import TerminalProgress
 
+    if config.hub is not None:  # a hub's client: its versions are on the hub
+        from vaultfs.cli import hub as cli_hub
+
+        return cli_hub.fetch(args, config)
     collection, _ = parse_target(args.what)
     vault = _open(config, quick=True)  # one file back without importing boto3
     try:
@@ -372,6 +376,11 @@ def cmd_fetch(args: argparse.Namespace, config: Config) -> int:
                 raise _target_failed(args, e) from None
     finally:
         vault.close()
+    return report_fetch(args, collection, result)
+
+
+def report_fetch(args: argparse.Namespace, collection: str, result: Any) -> int:
+    """What a fetch left out and did (stderr, then the summary or --json); its exit status."""
     for p in result.problems:
         print(f"warning: {p.display()}", file=sys.stderr)
     for p in result.missing:

@@ -401,6 +401,31 @@ class FileSaver:
             if e.kind == "file" and e.size > SMALL_FILE
         )
 
+    # ---- content from elsewhere (a hub's client) --------------------------------------
+
+    def pack_received(
+        self, rel: bytes, meta: bandfmt.MemberMeta, size: int, read: bandfmt.ReadInto, blob: BlobId
+    ) -> None:
+        """Pack `size` bytes that `read` delivers from elsewhere — a hub's client
+        (`vaultfs.hub.server`) — under the claim that their SHA-256 is `blob`. The hash is
+        recomputed here, while packing: a mismatch (or too few bytes) rolls the member back
+        and raises `bandfmt.ContentChanged`, and the caller aborts the snapshot. A small
+        blob is gathered whole and packed as a small file is (no frame of its own)."""
+        self._make_room(size)
+        assert self.band is not None
+        if size <= SMALL_FILE:
+            view, n = memoryview(bytearray(size)), 0
+            while n < size and (got := read(view[n:], n)):
+                n += got
+            if n != size or hashlib.sha256(view).digest() != blob:
+                raise bandfmt.ContentChanged
+            self.band.add_blob(self._member_prefix + rel, meta, view, blob)
+        else:
+            self.band.add_blob_stream(self._member_prefix + rel, meta, size, read, blob)
+        self.files_read += 1
+        self.bytes_read += size
+        self._blob_added(blob, size)
+
     # ---- blobs and bands ---------------------------------------------------------------
 
     def _is_new(self, blob: BlobId) -> bool:
