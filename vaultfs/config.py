@@ -556,7 +556,7 @@ def _hub_settings(t: _Table) -> HubSettings:
     url = t.require("url", str)
     if not _HUB_URL.match(url):
         raise ConfigError(
-            f'{t.key("url")} = {url!r}: expected "ssh://[user@]host[:port]", e.g. "ssh://vault@nas"'
+            f'{t.key("url")} = {url!r}: expected "ssh://[user@]host[:port]", e.g. "ssh://root@nas"'
         )
     ssh_command = t.take("ssh_command", str, "ssh")
     try:

@@ -54,7 +54,7 @@ _MAX_KEY_FILE = 64 * 1024  # an RSA-16384 public key line is under 3 KiB
 CLIENTS_DESCRIPTION = """\
 Manage the client machines that send their snapshots to this hub over SSH
 (docs/hub.md). A client machine runs `vaultfs snapshot` with `[hub] url =
-"ssh://vault@nas"`; its SSH key may run only `vaultfs serve --stdio --client NAME`
+"ssh://root@nas"`; its SSH key may run only `vaultfs serve --stdio --client NAME`
 on the hub, and its collection `home` is the hub's collection `NAME.home`."""
 
 ADD_DESCRIPTION = """\
