@@ -647,6 +647,7 @@ def test_catalog_is_canonical_json(tmp_path: Path) -> None:
                 for (n, d), loc in zip(blobs, band.blobs, strict=True)
             ],
             "body_sha256": json.loads(band.catalog)["body_sha256"],
+            "frame_levels": [[3, len(band.frames) - 1]],  # every data frame at the default level
             **extra,
         },
         ensure_ascii=True,

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from vaultfs.cli.limits import add_limit_options
 from vaultfs.config import Config
 from vaultfs.errors import EXIT_BITROT, EXIT_ERROR, EXIT_OK, EXIT_WARNINGS, ConfigError, SourceRefused
 from vaultfs.output import AddCommand, display_path, emit_json, format_delta, human_bytes, iso_utc
@@ -53,6 +54,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
         "empty: is the volume mounted?); the others are still snapshotted.",
     )
     sp.add_argument("collections", nargs="*", metavar="COLLECTION")
+    add_limit_options(sp)
     sp.set_defaults(func=cmd_snapshot)
 
     sp = add(
@@ -202,7 +204,8 @@ def _print_summary(r: Any, forgotten: Sequence[int]) -> None:
         print(
             f"{r.collection}: v{r.version.number} created: {s.files} files, "
             f"{human_bytes(s.bytes)}; +{s.added} ~{s.changed} -{s.removed}; {healed}{read}; "
-            f"stored {human_bytes(r.bytes_stored)} in {r.bands} band(s) in {r.seconds:.2f}s"
+            f"stored {human_bytes(r.bytes_stored)} in {r.bands} band(s){_levels(r.levels)} "
+            f"in {r.seconds:.2f}s"
         )
     if (r.now_excluded or r.now_included) and r.previous is not None:
         changed = []
@@ -218,6 +221,14 @@ def _print_summary(r: Any, forgotten: Sequence[int]) -> None:
         if r.now_included:
             changed.append(f"{r.now_included:,} paths now included (v{r.previous} left them out)")
         print(f"{r.collection}: rules changed: {', '.join(changed)}")
+
+
+def _levels(levels: tuple[int, int] | None) -> str:
+    """`` at zstd level 3``, `` at zstd levels 3-9``; nothing when no frame was stored."""
+    if levels is None:
+        return ""
+    lo, hi = levels
+    return f" at zstd level {lo}" if lo == hi else f" at zstd levels {lo} to {hi}"
 
 
 def _print_left_out(r: Any) -> None:
@@ -301,6 +312,8 @@ def snapshot_json(r: Any, forgotten: Sequence[int] = ()) -> dict[str, Any]:
         "dirs": r.dirs,
         "dirs_reused": r.dirs_reused,
         "seconds": round(r.seconds, 3),
+        "upload_seconds": round(r.upload_seconds, 3),  # time spent sending bands
+        "compression_levels": list(r.levels) if r.levels else None,  # [lowest, highest]
         "stats": r.latest.stats.to_json() if r.latest else None,
         "skipped": [{"path": to_text(p.path), "reason": p.reason} for p in r.problems],
         "not_kept": r.not_kept,
@@ -389,6 +402,7 @@ class _Listing:
 def _listing(vault: Vault, collection: str) -> _Listing:
     """The versions of one collection, and a row of figures for each (table and --json)."""
     from vaultfs import retention
+    from vaultfs.model import level_range
 
     versions = vault.versions(collection)
     bands = {b.band: b for b in vault.catalog.bands()}
@@ -402,6 +416,7 @@ def _listing(vault: Vault, collection: str) -> _Listing:
         pin = pins.get(v.number)
         vb = [bands[b] for b in v.bands if b in bands]
         states: list[str] = sorted({b.state for b in vb}) or ["missing"]
+        levels = level_range(vb)
         rows.append(
             {
                 "version": v.number,
@@ -417,6 +432,8 @@ def _listing(vault: Vault, collection: str) -> _Listing:
                 "bytes_added": v.stats.bytes_added,
                 "bands": len(v.bands),
                 "bytes_stored": sum(b.size for b in vb),
+                # [lowest, highest] zstd level of the frames of its bands (None: not recorded)
+                "compression_levels": list(levels) if levels else None,
                 "state": ",".join(states),
                 "verified": [iso_utc(t) for t in v.verified_ns],
                 "lost_files": len(lost[v.number]),  # files whose bytes are gone (see `lost`)

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vaultfs.cli.limits import add_limit_options
 from vaultfs.config import Config
 from vaultfs.errors import EXIT_OK, EXIT_WARNINGS, ConfigError, VaultError
 from vaultfs.model import readable_now
@@ -116,6 +117,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
         metavar="SECONDS",
         help="seconds between checks with --wait (default 300)",
     )
+    add_limit_options(ap)
     ap.set_defaults(func=cmd_fetch)
 
 
