@@ -218,3 +218,16 @@ def test_auto_to_an_unthrottled_local_store_is_level_three(tmp_path: Path) -> No
     assert adaptive["compression_levels"] == [3, 3], adaptive
     assert adaptive["bytes_stored"] == pytest.approx(three["bytes_stored"], rel=0.001)
     assert auto_wall <= 1.2 * three_wall + 0.2, (auto_wall, three_wall)
+
+
+def test_progress_names_the_limit_while_it_is_the_bound() -> None:
+    """The note progress shows: empty while nothing waited, the limit once it held bytes back."""
+    from vaultfs.config import RateSchedule
+    from vaultfs.store.limit import Bandwidth, Limiter
+
+    bandwidth = Bandwidth(Limiter(parse_rate_schedule("4MiB/s", "k")), Limiter(RateSchedule()))
+    assert bandwidth.note() == ""
+    began = time.monotonic()
+    bandwidth.up.take(MiB // 2)  # an eighth of a second at the rate: more than a burst
+    assert time.monotonic() - began >= 0.1
+    assert bandwidth.note() == "upload limit 4MiB/s"

@@ -97,6 +97,7 @@ def cmd_init(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_snapshot(args: argparse.Namespace, config: Config) -> int:
     from vaultfs import testpoints
+    from vaultfs.cli import limits
     from vaultfs.cli import retention as cli_retention
     from vaultfs.cli import scrub as cli_scrub
     from vaultfs.malloc import tune_for_large_buffers
@@ -116,7 +117,8 @@ def cmd_snapshot(args: argparse.Namespace, config: Config) -> int:
         with vault.lock():
             for coll in selected:
                 try:
-                    with TerminalProgress(coll.name, enabled=None if not args.quiet else False) as prog:
+                    enabled = None if not args.quiet else False
+                    with TerminalProgress(coll.name, enabled, note=limits.note(config)) as prog:
                         result = Snapshot(vault, coll, prog, now=testpoints.snapshot_clock()).run()
                 except SourceRefused as e:
                     refused.append(e)

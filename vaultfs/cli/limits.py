@@ -8,6 +8,7 @@ a timetable; docs/config.md) and replace those for this one run (`apply`, called
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import replace
 
 from vaultfs.config import Config, parse_rate_schedule
@@ -36,3 +37,11 @@ def apply(args: argparse.Namespace, config: Config) -> Config:
     if getattr(args, "limit_download", None) is not None:
         config = replace(config, download_limit=parse_rate_schedule(args.limit_download, "--limit-download"))
     return config
+
+
+def note(config: Config) -> Callable[[], str]:
+    """For progress: which limit holds this process's transfers back now ("" if none);
+    the limiters are the ones every store of the process shares (`vaultfs.store.limit`)."""
+    from vaultfs.store.limit import shared
+
+    return shared(config.upload_limit, config.download_limit).note

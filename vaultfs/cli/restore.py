@@ -309,6 +309,7 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_fetch(args: argparse.Namespace, config: Config) -> int:
     from vaultfs import archive
+    from vaultfs.cli import limits
     from vaultfs.extract import bands_needed, fetch
     from vaultfs.progress import TerminalProgress
 
@@ -346,7 +347,7 @@ def cmd_fetch(args: argparse.Namespace, config: Config) -> int:
                 )
             time.sleep(args.interval)
         enabled = None if not args.quiet else False
-        with TerminalProgress(f"restore {args.what}", enabled=enabled) as prog:
+        with TerminalProgress(f"restore {args.what}", enabled=enabled, note=limits.note(config)) as prog:
             try:
                 to, number = Path(args.to), version.number
                 result = fetch(vault, collection, number, args.paths, to, prog, overwrite=args.overwrite)
