@@ -68,9 +68,13 @@ def level_runs(levels: Sequence[int]) -> list[list[int]]:
 def levels_from_catalog(catalog: bytes, label: str) -> tuple[int, ...]:
     """Each data frame's level from a catalog's ``frame_levels`` (``()`` in bands written
     before it was recorded); CorruptionError if it is not a list of runs."""
-    runs = parse_catalog(catalog, label).get("frame_levels", [])
+    return frame_levels(parse_catalog(catalog, label), label)
+
+
+def frame_levels(doc: dict[str, Any], label: str) -> tuple[int, ...]:
+    """Each data frame's level from a parsed catalog (or sidecar) document."""
     try:
-        return tuple(int(level) for level, count in runs for _ in range(int(count)))
+        return tuple(int(level) for level, count in doc.get("frame_levels", []) for _ in range(int(count)))
     except (TypeError, ValueError) as e:
         raise CorruptionError(f"band {label}: bad frame_levels in the catalog: {e}") from e
 
