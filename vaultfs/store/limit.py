@@ -95,6 +95,12 @@ class Limiter:
                 self._waited_at = now + wait
             return wait
 
+    def body(self, data: bytes | memoryview) -> bytes | memoryview | LimitedBody:
+        """An upload's request body: `data` itself when no limit is configured (as before
+        limits existed: botocore sends bytes without ``Expect: 100-continue``), else a
+        `LimitedBody` that charges this limiter as it is read."""
+        return LimitedBody(data, self) if self.schedule.entries else data
+
     def bound(self) -> bool:
         """Whether transfers waited for the limit in the last `BOUND_RECENT` seconds."""
         return time.monotonic() - self._waited_at < BOUND_RECENT

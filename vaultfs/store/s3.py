@@ -41,7 +41,7 @@ from vaultfs.store.base import (
     StoreError,
     StoreRefused,
 )
-from vaultfs.store.limit import Bandwidth, LimitedBody
+from vaultfs.store.limit import Bandwidth
 from vaultfs.store.s3_errors import (
     CREDENTIAL_CODES,
     NO_CREDENTIALS,
@@ -183,7 +183,7 @@ class S3Store:
         args: dict[str, Any] = {
             "Bucket": self.bucket,
             "Key": self._key(key),
-            "Body": LimitedBody(data, self.bandwidth.up),
+            "Body": self.bandwidth.up.body(data),
             "ChecksumAlgorithm": "SHA256",  # some servers (moto) keep the sum only with this
             "ChecksumSHA256": s3_upload.b64(hashlib.sha256(data).digest()),
         }

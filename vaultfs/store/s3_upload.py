@@ -27,7 +27,7 @@ from vaultfs import testpoints
 from vaultfs.config import RateSchedule, S3Settings
 from vaultfs.errors import CorruptionError
 from vaultfs.store.base import ProgressCallback, StoreError, StoreRefused
-from vaultfs.store.limit import LimitedBody, Limiter
+from vaultfs.store.limit import Limiter
 from vaultfs.store.s3_errors import error_code
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ def _put_small(target: Target, path: Path, sha256: bytes, storage_class: str, li
         target.client.put_object(
             Bucket=target.bucket,
             Key=target.s3key,
-            Body=LimitedBody(data, limiter),
+            Body=limiter.body(data),
             ChecksumAlgorithm="SHA256",
             ChecksumSHA256=b64(digest),
             **_class_arg(storage_class),
@@ -171,7 +171,7 @@ def _put_multipart(
                     Key=s3key,
                     UploadId=upload_id,
                     PartNumber=number,
-                    Body=LimitedBody(chunk, limiter),
+                    Body=limiter.body(chunk),
                     ChecksumAlgorithm="SHA256",
                     ChecksumSHA256=part_sum,
                 )
