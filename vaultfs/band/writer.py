@@ -79,7 +79,8 @@ class LevelChooser(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ClosedBand:
-    """A band written, synced and re-checked; ``frame_levels[i]`` is frame i's zstd level."""
+    """A band written, synced and re-checked; ``frame_levels[i]`` is data frame i's zstd
+    level (the catalog frame's is not recorded, as in the catalog's ``frame_levels``)."""
 
     band_id: str
     path: Path
@@ -315,7 +316,7 @@ class BandWriter:
             tuple(self._blobs),
             catalog,
             self._submitted,
-            tuple(self._levels),
+            tuple(self._levels[:-1]),  # the data frames: what the catalog records
         )
         _verify_written(band)
         self._closed = True
