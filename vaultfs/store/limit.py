@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from vaultfs import testpoints
-from vaultfs.config import RateSchedule
+from vaultfs.config import RateSchedule, rate_text
 
 BURST_SECONDS = 0.1  # the bucket's depth, in seconds of the rate
 MIN_PIECE = 16 * 1024  # the smallest piece charged at once (low rates)
@@ -137,8 +137,6 @@ class Bandwidth:
 
     def note(self) -> str:
         """``"upload limit 8MiB/s"`` while a limit holds transfers back, else ``""``."""
-        from vaultfs.config import rate_text
-
         parts = [
             f"{what} limit {rate_text(lim.rate())}"
             for what, lim in (("upload", self.up), ("download", self.down))
