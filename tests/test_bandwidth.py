@@ -231,3 +231,20 @@ def test_progress_names_the_limit_while_it_is_the_bound() -> None:
     bandwidth.up.take(MiB // 2)  # an eighth of a second at the rate: more than a burst
     assert time.monotonic() - began >= 0.1
     assert bandwidth.note() == "upload limit 4MiB/s"
+
+
+def test_the_mount_reads_within_its_download_limit(file_vault: VaultEnv, tmp_path: Path) -> None:
+    """`vaultfs mount --limit-download 1MiB/s`: reading a 3 MiB file through the kernel
+    mount takes about 3 s (the mount's ranged reads share the process's bucket)."""
+    from tests.mounts import mounted
+
+    src = file_vault.add_collection("photos")
+    data = os.urandom(3 * MiB)
+    write(src / "big.raw", data)
+    file_vault.run("init")
+    file_vault.run("snapshot")
+    with mounted(file_vault, tmp_path / "mnt", "--limit-download", "1MiB/s") as mnt:
+        began = time.monotonic()
+        assert (mnt / "photos" / "latest" / "big.raw").read_bytes() == data
+        took = time.monotonic() - began
+    assert 2.7 <= took <= 3 / 0.9 + 1.5, took
