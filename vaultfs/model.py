@@ -21,7 +21,7 @@ import base64
 import hashlib
 import json
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, NewType, TypeVar
 
@@ -478,6 +478,7 @@ class BandInfo:
     archived_ns: int = 0  # when it moved to the archive class (0: never)
     restore: RestoreInfo | None = None  # the latest restore request, while it matters
     cached: bool = False  # the whole band is in <state_dir>/cache
+    levels: tuple[int, int] | None = None  # lowest and highest zstd level of its data frames
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -498,6 +499,8 @@ class BandInfo:
             d["restore"] = self.restore.to_json()
         if self.cached:
             d["cached"] = True
+        if self.levels is not None:
+            d["levels"] = list(self.levels)
         return d
 
     @staticmethod
@@ -517,7 +520,16 @@ class BandInfo:
             archived_ns=d.get("archived_ns", 0),
             restore=RestoreInfo.from_json(d["restore"]) if d.get("restore") else None,
             cached=bool(d.get("cached", False)),
+            levels=(int(d["levels"][0]), int(d["levels"][1])) if d.get("levels") else None,
         )
+
+
+def level_range(bands: Iterable[BandInfo]) -> tuple[int, int] | None:
+    """The lowest and highest zstd level of these bands' data frames (None: none recorded)."""
+    ranges = [b.levels for b in bands if b.levels is not None]
+    if not ranges:
+        return None
+    return min(lo for lo, _ in ranges), max(hi for _, hi in ranges)
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,7 +49,7 @@ from vaultfs.model import (
     sidecar_key,
     version_key,
 )
-from vaultfs.store import ObjectExists, ObjectNotFound, ObjectStore, open_store
+from vaultfs.store import ObjectExists, ObjectNotFound, ObjectStore, ProgressCallback, open_store
 
 VAULT_FORMAT = 1
 READERS_KEPT = 4  # band readers kept open by read_blob/iter_blob (restores)
@@ -77,7 +77,7 @@ class Vault:
 
         Returns the vault and whether anything new was created.
         """
-        store = open_store(config.store, config.s3)
+        store = open_store(config.store, config.s3, config.upload_limit, config.download_limit)
         store.check_access()
         # Everything the store can refuse is checked before anything is written locally:
         # a refused init leaves no half-made state directory behind.
@@ -146,7 +146,7 @@ class Vault:
                 f"the state directory {config.state_dir} belongs to store "
                 f"{catalog.meta('store')}, not {config.store}: fix [vault].store or state_dir"
             )
-        store = open_store(config.store, config.s3, quick=quick)
+        store = open_store(config.store, config.s3, config.upload_limit, config.download_limit, quick=quick)
         return Vault(config, store, catalog)
 
     def close(self) -> None:
@@ -205,15 +205,22 @@ class Vault:
 
     # ---- bands -------------------------------------------------------------------------
 
-    def upload_band(self, closed: bandfmt.ClosedBand, collection: str) -> BandInfo:
-        """Put a closed spool band and its sidecar on the store and register its blobs.
+    def upload_band(
+        self, closed: bandfmt.ClosedBand, collection: str, progress: ProgressCallback | None = None
+    ) -> BandInfo:
+        """Put a closed spool band and its sidecar on the store and register its blobs
+        (`progress`: called with the band's bytes as they are sent).
 
         Blobs are registered before any version refers to them: a snapshot that
         dies later leaves bands whose content the next run reuses (resume).
         """
         storage_class = self.upload_class(collection)
         self.store.put_file(
-            band_key(closed.band_id), closed.path, sha256=closed.sha256, storage_class=storage_class
+            band_key(closed.band_id),
+            closed.path,
+            sha256=closed.sha256,
+            progress=progress,
+            storage_class=storage_class,
         )
         self.store.put(
             sidecar_key(closed.band_id),
@@ -230,6 +237,7 @@ class Vault:
             collection=collection,
             blobs=len(closed.blobs),
             created_ns=time.time_ns(),
+            levels=(min(closed.frame_levels), max(closed.frame_levels)) if closed.frame_levels else None,
         )
         with self.catalog.writer() as w:
             w.put_band(info)

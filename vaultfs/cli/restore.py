@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vaultfs.cli.limits import add_limit_options
 from vaultfs.config import Config
 from vaultfs.errors import EXIT_OK, EXIT_WARNINGS, ConfigError, VaultError
 from vaultfs.model import readable_now
@@ -118,6 +119,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
         metavar="SECONDS",
         help="seconds between checks with --wait (default 300)",
     )
+    add_limit_options(ap)
     ap.set_defaults(func=cmd_fetch, via_hub=True)
 
 
@@ -327,6 +329,7 @@ def _print_askers(bands: list[Any], askers: dict[Any, Any]) -> None:
 
 def cmd_fetch(args: argparse.Namespace, config: Config) -> int:
     from vaultfs import archive
+    from vaultfs.cli import limits
     from vaultfs.extract import bands_needed, fetch
     from vaultfs.progress import TerminalProgress
 
@@ -368,7 +371,7 @@ def cmd_fetch(args: argparse.Namespace, config: Config) -> int:
                 )
             time.sleep(args.interval)
         enabled = None if not args.quiet else False
-        with TerminalProgress(f"restore {args.what}", enabled=enabled) as prog:
+        with TerminalProgress(f"restore {args.what}", enabled=enabled, note=limits.note(config)) as prog:
             try:
                 to, number = Path(args.to), version.number
                 result = fetch(vault, collection, number, args.paths, to, prog, overwrite=args.overwrite)

@@ -65,7 +65,7 @@ from vaultfs import archive, heal, index, testpoints  # index: issue 5
 from vaultfs.config import CollectionConfig
 from vaultfs.errors import SourceRefused
 from vaultfs.ignore import Rules
-from vaultfs.model import RootMeta, TreeId, VersionInfo
+from vaultfs.model import RootMeta, TreeId, VersionInfo, level_range
 from vaultfs.snapshot.commit import commit_version, record_unchanged
 from vaultfs.snapshot.diff import Changes, MassRemoval, diff_versions, mass_removal, top_in
 from vaultfs.snapshot.files import FINGERPRINT_PIECE, SMALL_FILE, FileSaver, ReadProgress
@@ -130,6 +130,8 @@ class SnapshotResult:
     dirs: int = 0  # directories in the new tree
     dirs_reused: int = 0  # of them, listings taken over unchanged from the latest version
     seconds: float = 0.0
+    upload_seconds: float = 0.0  # time the uploader spent sending bands
+    levels: tuple[int, int] | None = None  # lowest and highest zstd level of the frames stored
     mass_removal: MassRemoval | None = None  # more files removed than max_removed allows
     lost_bands: list[heal.MissingBand] = field(default_factory=list)  # found gone by this run
     restored_lost: int = 0  # files read whose blob was lost: stored again (healed)
@@ -301,8 +303,11 @@ class Snapshot:
         self._collect_band_stats()
 
     def _collect_band_stats(self) -> None:
-        self.result.bands = len(self._uploader.uploaded)
-        self.result.bytes_stored = sum(b.size for b in self._uploader.uploaded)
+        uploaded = self._uploader.uploaded
+        self.result.bands = len(uploaded)
+        self.result.bytes_stored = sum(b.size for b in uploaded)
+        self.result.upload_seconds = self._uploader.busy_seconds
+        self.result.levels = level_range(uploaded)
 
 
 def check_root(collection: CollectionConfig, done: str = "snapshotted") -> None:
