@@ -125,7 +125,9 @@ class FileSaver:
         self._ahead = _ReadAhead(b"", [])
         # Cold collections on an archiving store: each band's preview ranges (snapshot/previews.py).
         self.previews = (
-            PreviewSpool(vault, collection.preview_head) if keeps_previews(vault.config, collection) else None
+            PreviewSpool(vault, collection.preview_head, collection.preview_small_files)
+            if keeps_previews(vault.config, collection)
+            else None
         )
 
     # ---- the read loop -----------------------------------------------------------------
