@@ -9,6 +9,7 @@ The protocol, the client, ssh and the vault side are all the real thing. Results
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shlex
@@ -20,9 +21,11 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from tests.moto_server import S3Bucket
 from tests.sshd import Sshd, vaultfs_command
 from tests.trees import write
 from tests.vaultenv import REPO, VaultEnv
+from vaultfs.band.preview import TRAILER, parse_index, parse_trailer
 
 OLD = 1_500_000_000 * 10**9 + 123
 
@@ -349,3 +352,29 @@ def test_nothing_is_committed_from_a_lying_or_vanished_client_and_resume_resends
     assert "cold collection home: 1 file(s) deleted since the previous version" in warned.stderr
     assert "f0.bin" in warned.stderr and "v3 keeps the old content and is pinned on the hub" in warned.stderr
     assert [v["version"] for v in hub_versions(hub, "laptop.home")] == [3, 4]
+
+
+def test_a_cold_clients_files_get_previews_on_an_archiving_hub(
+    s3_bucket: S3Bucket, tmp_path: Path, sshd: Sshd
+) -> None:
+    """A hub on S3 with an archive class keeps the heads of a cold client's files hot, as a
+    local cold collection's (a streamed content's head is kept as it passes)."""
+    hub = VaultEnv.on_s3(tmp_path, s3_bucket, band_size="16MiB")
+    hub.write_config()
+    hub.run("init")
+    laptop = Client(hub, sshd, "laptop", tier="cold")
+    big = os.urandom(3_000_000)  # streamed to the hub in pieces
+    write(laptop.src / "video.bin", big)
+    write(laptop.src / "small.txt", b"small: no previews by default\n")
+    laptop.snapshot()
+    (key,) = [k for k in hub.store_keys("bands/") if k.endswith(".preview")]
+    obj = hub.fetch_object(key, tmp_path / "band.preview").read_bytes()
+    band = key.split("/")[1].removesuffix(".preview")
+    length, digest = parse_trailer(obj, len(obj), band)
+    end = len(obj) - TRAILER.size
+    index = parse_index(obj[end - length : end], digest, end - length, band)
+    (ranges,) = index.values()  # the large file's only
+    assert list(index) == [hashlib.sha256(big).digest()]
+    (head,) = ranges
+    assert (head.file_offset, head.length) == (0, 64 * 1024)
+    assert obj[head.data_offset : head.data_offset + head.length] == big[: 64 * 1024]

@@ -289,3 +289,45 @@ def test_preview_objects_live_and_go_with_their_bands(s3_bucket: S3Bucket, tmp_p
     left = env.store_keys("bands/")
     assert not [k for k in left if old in k] and len([k for k in left if k.endswith(".preview")]) == 1
     env.run("check")
+
+
+def test_small_files_kept_whole_copy_without_a_restore(s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    """With ``preview_small_files``, a file no larger than ``preview_head`` is kept whole:
+    `cp` of it from an archived band gets its bytes and asks for no restore; a larger
+    file still keeps only its head."""
+    env = VaultEnv.on_s3(tmp_path, s3_bucket, band_size="16MiB")
+    src = env.add_collection("media", tier="cold")
+    files = {
+        "tiny.txt": b"no larger than the head: kept whole\n",
+        "empty.txt": b"",
+        "big.bin": os.urandom(2_000_000),  # bands under 1 MiB stay in STANDARD
+    }
+    for name, data in files.items():
+        write(src / name, data)
+    env.extra_config = f'preview_head = "{HEAD // 1024}KiB"\npreview_small_files = true\n'
+    env.write_config()
+    env.run("init")
+    snap = env.json("snapshot")["collections"][0]
+    assert snap["archived"] == 1
+    assert snap["preview_bytes"] == len(files["tiny.txt"]) + HEAD
+    proxy = CountingProxy(s3_bucket.endpoint_url)
+    env.s3_endpoint = proxy.url
+    env.extra_config += "[mount]\npoll_interval = 3600\n"
+    env.write_config()
+    try:
+        with mounted(env, tmp_path / "mnt") as mnt:
+            v1 = mnt / "media" / "v1"
+            assert state(v1 / "tiny.txt") == "archived"
+            for name in ("tiny.txt", "empty.txt"):
+                copy = subprocess.run(["cp", str(v1 / name), str(tmp_path / name)], capture_output=True)
+                assert copy.returncode == 0, copy.stderr
+                assert (tmp_path / name).read_bytes() == files[name]
+            assert proxy.restores == []
+            got = dd("dd", v1 / "big.bin", 0, HEAD)
+            assert got.returncode == 0 and got.stdout == files["big.bin"][:HEAD]
+            got = dd("dd", v1 / "big.bin", HEAD, 512)  # beyond the head: cold
+            assert got.returncode == 1 and b"No data available" in got.stderr
+            assert len(proxy.restores) == 1
+    finally:
+        release_restores(s3_bucket)
+        proxy.close()

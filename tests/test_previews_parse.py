@@ -80,6 +80,15 @@ def test_hostile_structures() -> None:
     assert check_bounded(mp4) == [(0, HEAD), (moov_at, len(mp4) - moov_at)]
 
 
+def test_small_files_are_kept_whole_only_when_asked() -> None:
+    small = b"x" * HEAD
+    assert find_ranges(small, len(small), HEAD) == []
+    assert find_ranges(small, len(small), HEAD, small_files=True) == [(0, HEAD)]
+    assert find_ranges(b"", 0, HEAD, small_files=True) == []  # nothing to keep
+    big = b"y" * (HEAD + 1)
+    assert find_ranges(big, len(big), HEAD, small_files=True) == [(0, HEAD)]  # a head, as before
+
+
 def test_preview_head_is_checked(file_vault: VaultEnv) -> None:
     """On a warm collection (never archived) the key would be a setting that never applies."""
     file_vault.add_collection("code", tier="warm")
@@ -99,3 +108,8 @@ def test_preview_head_is_checked(file_vault: VaultEnv) -> None:
     file_vault.extra_config = "preview_head = 0\n"
     file_vault.write_config()
     file_vault.run("versions")
+    file_vault.collections["code"] = (file_vault.collections["code"][0], "warm")
+    file_vault.extra_config = "preview_small_files = true\n"
+    file_vault.write_config()
+    proc = file_vault.run("versions", expect=2)
+    assert "[collections.code].preview_small_files: only for cold collections" in proc.stderr

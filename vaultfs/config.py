@@ -437,6 +437,8 @@ class CollectionConfig:
     keep_yearly: int | None = None
     # Cold only: bytes of each file's head kept hot in the band's preview object (0: none).
     preview_head: int = PREVIEW_HEAD_DEFAULT
+    # Cold only: files no larger than preview_head are kept whole there too (stored twice).
+    preview_small_files: bool = False
 
     @property
     def uses_gitignore(self) -> bool:
@@ -788,7 +790,7 @@ def _collection(name: str, raw: Any) -> CollectionConfig:
     max_removed = t.take_removal_limit("max_removed")
     scrub_days, share = _scrub_keys(t, tier)
     rules = _exclusion_rules(t, tier)
-    preview_head = _preview_head(t, tier)
+    preview_head, preview_small_files = _preview_keys(t, tier)
     t.finish()
     return CollectionConfig(
         name,
@@ -804,20 +806,23 @@ def _collection(name: str, raw: Any) -> CollectionConfig:
         **rules,
         **{r: getattr(keep, r) for r in KEEP_RULES if r != "keep_versions"},
         preview_head=preview_head,
+        preview_small_files=preview_small_files,
     )
 
 
-def _preview_head(t: _Table, tier: str) -> int:
-    """``preview_head`` of a collection: cold only (warm bands are never archived)."""
-    if "preview_head" in t.data and tier != "cold":
-        raise ConfigError(
-            f"{t.key('preview_head')}: only for cold collections (a warm collection is never "
-            'archived); remove it or set tier = "cold"'
-        )
+def _preview_keys(t: _Table, tier: str) -> tuple[int, bool]:
+    """``preview_head`` and ``preview_small_files`` of a collection: cold only (warm bands
+    are never archived)."""
+    for key in ("preview_head", "preview_small_files"):
+        if key in t.data and tier != "cold":
+            raise ConfigError(
+                f"{t.key(key)}: only for cold collections (a warm collection is never "
+                'archived); remove it or set tier = "cold"'
+            )
     head = t.take_size("preview_head", PREVIEW_HEAD_DEFAULT if tier == "cold" else 0)
     if head > PREVIEW_HEAD_MAX:
         raise ConfigError(f"{t.key('preview_head')} = {head}: at most 1MiB (0 keeps no previews)")
-    return head
+    return head, t.take("preview_small_files", bool, False)
 
 
 def _scrub_keys(t: _Table, tier: str) -> tuple[int, float | None]:

@@ -125,7 +125,9 @@ class FileSaver:
         self._ahead = _ReadAhead(b"", [])
         # Cold collections on an archiving store: each band's preview ranges (snapshot/previews.py).
         self.previews = (
-            PreviewSpool(vault, collection.preview_head) if keeps_previews(vault.config, collection) else None
+            PreviewSpool(vault, collection.preview_head, collection.preview_small_files)
+            if keeps_previews(vault.config, collection)
+            else None
         )
 
     # ---- the read loop -----------------------------------------------------------------
@@ -425,7 +427,8 @@ class FileSaver:
         (`vaultfs.hub.server`) — under the claim that their SHA-256 is `blob`. The hash is
         recomputed here, while packing: a mismatch (or too few bytes) rolls the member back
         and raises `bandfmt.ContentChanged`, and the caller aborts the snapshot. A small
-        blob is gathered whole and packed as a small file is (no frame of its own)."""
+        blob is gathered whole and packed as a small file is (no frame of its own). Of a
+        cold collection's previews only the head is kept (the stream is read once)."""
         self._make_room(size)
         assert self.band is not None
         if size <= SMALL_FILE:
@@ -435,8 +438,21 @@ class FileSaver:
             if n != size or hashlib.sha256(view).digest() != blob:
                 raise bandfmt.ContentChanged
             self.band.add_blob(self._member_prefix + rel, meta, view, blob)
+            if self.previews is not None:
+                self.previews.add(blob, size, view, None)
         else:
-            self.band.add_blob_stream(self._member_prefix + rel, meta, size, read, blob)
+            head = bytearray()  # a stream cannot be read again: its head is kept as it passes
+            limit = self.previews.head_limit if self.previews is not None else 0
+
+            def read_keeping_head(into: memoryview, offset: int) -> int:
+                got = read(into, offset)
+                if offset == len(head) < limit:
+                    head.extend(into[: min(got, limit - offset)])
+                return got
+
+            self.band.add_blob_stream(self._member_prefix + rel, meta, size, read_keeping_head, blob)
+            if self.previews is not None:  # the head only: other ranges would need reads
+                self.previews.add(blob, size, head, None)
         self.files_read += 1
         self.bytes_read += size
         self._blob_added(blob, size)

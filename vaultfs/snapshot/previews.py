@@ -5,7 +5,9 @@ saver keeps, in the band's preview object (`vaultfs.band.preview`, uploaded to S
 beside the band; docs/band-format.md):
 
 * the head: the first ``preview_head`` bytes (MIME sniffing reads the first bytes) of
-  every file larger than that (a smaller one would be stored twice: none);
+  every file larger than that; a smaller file is kept whole only with
+  ``preview_small_files`` (it is then stored twice: on a tree of many small files that
+  costs far more than the heads of the large ones, docs/band-format.md);
 * MP4/MOV (top-level boxes, ``ftyp`` first): the ``moov`` box when it is not in the head
   (cameras write it after ``mdat``; players and thumbnailers read it first);
 * JPEG: the Exif APP1 segment (at most 64 KiB by the format: its IFDs and the thumbnail
@@ -98,13 +100,19 @@ class _Reader:
 
 
 def find_ranges(
-    head: bytes | memoryview, size: int, head_limit: int, pread: Read | None = None
+    head: bytes | memoryview,
+    size: int,
+    head_limit: int,
+    pread: Read | None = None,
+    *,
+    small_files: bool = False,
 ) -> list[Range]:
-    """The ranges of a file of `size` bytes to keep, sorted and merged; none for a file
-    no larger than `head_limit`. `head` holds at least the file's first `head_limit`
-    bytes (more is used for parsing)."""
+    """The ranges of a file of `size` bytes to keep, sorted and merged. A file no larger
+    than `head_limit` gets all of it with `small_files`, else none (kept whole it is
+    stored twice: docs/band-format.md, "Preview objects"). `head` holds at least the
+    file's first `head_limit` bytes (more is used for parsing)."""
     if size <= head_limit:
-        return []  # kept whole it would be stored twice (docs/band-format.md, "Preview objects")
+        return [(0, size)] if small_files and size > 0 else []
     ranges = [(0, head_limit)]
     read = _Reader(head, size, pread)
     extra: list[Range] = []
@@ -267,9 +275,10 @@ class PreviewSpool:
     which deletes ``.part`` files (such a band then has no previews).
     """
 
-    def __init__(self, vault: Vault, head_limit: int) -> None:
+    def __init__(self, vault: Vault, head_limit: int, small_files: bool = False) -> None:
         self.spool_dir = vault.spool_dir
         self.head_limit = head_limit
+        self.small_files = small_files
         self.writer: PreviewWriter | None = None
         self.bytes_kept = 0  # range bytes of this run's preview objects
 
@@ -293,7 +302,8 @@ class PreviewSpool:
         if writer is None:
             return
         try:
-            kept = _range_bytes(find_ranges(head, size, self.head_limit, pread), head, pread)
+            ranges = find_ranges(head, size, self.head_limit, pread, small_files=self.small_files)
+            kept = _range_bytes(ranges, head, pread)
             if not kept or (unchanged is not None and not unchanged()):
                 return
         except OSError:
