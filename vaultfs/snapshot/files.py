@@ -452,7 +452,7 @@ class FileSaver:
 
             self.band.add_blob_stream(self._member_prefix + rel, meta, size, read_keeping_head, blob)
             if self.previews is not None:  # the head only: other ranges would need reads
-                self.previews.add(blob, size, head, None)
+                self.previews.add(blob, size, bytes(head), None)
         self.files_read += 1
         self.bytes_read += size
         self._blob_added(blob, size)
