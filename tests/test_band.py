@@ -563,7 +563,9 @@ def test_incompressible_frames_use_the_cheap_level(tmp_path: Path) -> None:
     band = write_band(tmp_path / "b", blobs, frame_size=fs, level=5)
     assert band.frame_levels[:2] == (B.CHEAP_LEVEL, B.CHEAP_LEVEL)
     assert band.frame_levels[3] == 5
-    assert len(band.frame_levels) == len(band.frames)
+    assert len(band.frame_levels) == len(band.frames) - 1  # every frame but the catalog's
+    assert json.loads(band.catalog)["frame_levels"] == B.level_runs(band.frame_levels)
+    assert B.reopen_closed(tmp_path / "b").frame_levels == band.frame_levels
     assert B.is_incompressible(os.urandom(fs)) and not B.is_incompressible(text[:fs])
     reader = open_reader(tmp_path / "b")
     assert [reader.read_blob(b) for b in band.blobs] == [d for _, d in blobs]
@@ -647,6 +649,7 @@ def test_catalog_is_canonical_json(tmp_path: Path) -> None:
                 for (n, d), loc in zip(blobs, band.blobs, strict=True)
             ],
             "body_sha256": json.loads(band.catalog)["body_sha256"],
+            "frame_levels": [[3, len(band.frames) - 1]],  # every data frame at the default level
             **extra,
         },
         ensure_ascii=True,

@@ -51,6 +51,8 @@ CASES = [
     ("vaultfs/snapshot/brand_new.py", "import boto3", "boto3 only under vaultfs.store"),
     ("vaultfs/band/__init__.py", "from vaultfs import vault", "layers point down"),
     ("vaultfs/brand_new_module.py", "from vaultfs import errors", "layers point down"),
+    ("vaultfs/hub/client.py", "from vaultfs.hub import server", "the hub's client runs the intake only"),
+    ("vaultfs/hub/server.py", "from vaultfs import mount", "layers point down"),
 ]
 
 

@@ -142,6 +142,9 @@ def test_rebuild_into_an_empty_state_dir(vault_env: VaultEnv, tmp_path: Path, ru
     assert out["versions"] == ["photos@v1", "photos@v2"]
     assert [v["version"] for v in nas.versions("photos")] == [1, 2]
     assert [v["files"] for v in nas.versions("photos")] == [v["files"] for v in vault_env.versions("photos")]
+    # Each band's zstd levels come back too (from the index, or its catalog's frame_levels).
+    levels = [v["compression_levels"] for v in vault_env.versions("photos")]
+    assert levels[0] is not None and [v["compression_levels"] for v in nas.versions("photos")] == levels
     nas.run("check")
     restored = tmp_path / "v2"
     nas.run("restore", "fetch", "photos@v2", "--to", str(restored))

@@ -69,11 +69,15 @@ def archive_pending(vault: Vault, now: int | None = None) -> list[BandInfo]:
     store = _archive_store(vault)
     if store is None:
         return []
-    cold = {c.name for c in vault.config.collections if c.tier == "cold"}
     target = vault.config.s3.archive_class
     moved = []
+    tiers: dict[str, str | None] = {}
     for band in list(vault.catalog.bands()):
-        if band.state != "standard" or band.collection not in cold or band.size < MIN_ARCHIVE_SIZE:
+        if band.state != "standard" or band.size < MIN_ARCHIVE_SIZE:
+            continue
+        if band.collection not in tiers:  # the config's, or a hub client's recorded one
+            tiers[band.collection] = vault.collection_tier(band.collection)
+        if tiers[band.collection] != "cold":
             continue
         key = band_key(band.band)
         info = store.head(key)

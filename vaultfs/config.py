@@ -16,7 +16,7 @@ import shlex
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from vaultfs.errors import ConfigError
 
@@ -90,6 +90,99 @@ def parse_size(value: object, key: str) -> int:
         if m and m.group(2) is None:
             return int(float(m.group(1)))
     raise ConfigError(f'{key} = {value!r}: expected a size such as "1GiB", "4MiB" or a byte count')
+
+
+AUTO: Literal["auto"] = "auto"
+Level = int | Literal["auto"]  # a zstd level, or "auto": chosen per frame (docs/snapshots.md)
+AUTO_MIN, AUTO_MAX = 3, 19  # the default bounds of "auto"
+_LEVEL_RANGE = (-7, 22)
+_RATE_FORMS = 'expected a rate such as "8MiB/s", "off", or a timetable such as "08:00,1MiB/s 23:00,off"'
+_TIME_RE = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+
+
+@dataclass(frozen=True, slots=True)
+class RateSchedule:
+    """A bandwidth limit: one rate all day, or a timetable like rclone's ``--bwlimit``.
+
+    ``entries`` are (second of the local day, bytes per second or None for no limit),
+    sorted by time; each applies from its time until the next one, and the last one also
+    before the first (the timetable wraps around midnight). ``()``: no limit at all.
+    """
+
+    entries: tuple[tuple[int, int | None], ...] = ()
+
+    def rate_at(self, second_of_day: float) -> int | None:
+        """Bytes per second at this second of the local day; None: unlimited."""
+        rate = self.entries[-1][1] if self.entries else None
+        for start, value in self.entries:
+            if start <= second_of_day:
+                rate = value
+        return rate
+
+    def __str__(self) -> str:
+        if not self.entries:
+            return "off"
+        if len(self.entries) == 1 and self.entries[0][0] == 0:
+            return rate_text(self.entries[0][1])
+        return " ".join(f"{t // 3600:02d}:{t // 60 % 60:02d},{rate_text(r)}" for t, r in self.entries)
+
+
+def rate_text(rate: int | None) -> str:
+    """``1048576`` → ``"1MiB/s"``; None → ``"off"`` (the config's own spelling)."""
+    if rate is None:
+        return "off"
+    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if rate % size == 0:
+            return f"{rate // size}{unit}/s"
+    return f"{rate}B/s"
+
+
+def _parse_rate_value(text: str, key: str, whole: object) -> int | None:
+    if text.lower() == "off":
+        return None
+    try:
+        rate = parse_size(text.removesuffix("/s"), key)
+    except ConfigError:
+        raise ConfigError(f"{key} = {whole!r}: {_RATE_FORMS}") from None
+    if rate <= 0:
+        raise ConfigError(f'{key} = {whole!r}: a rate must be more than 0 (write "off" for no limit)')
+    return rate
+
+
+def parse_rate_schedule(value: object, key: str) -> RateSchedule:
+    """``"8MiB/s"``, ``"off"`` or ``"08:00,1MiB/s 23:00,off"`` (times of the local day,
+    increasing); ConfigError in one line for anything else."""
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{key} = {value!r}: {_RATE_FORMS}")
+    items = value.split()
+    if len(items) == 1 and "," not in items[0]:
+        rate = _parse_rate_value(items[0], key, value)
+        return RateSchedule(() if rate is None else ((0, rate),))
+    entries: list[tuple[int, int | None]] = []
+    for item in items:
+        when, comma, rate_part = item.partition(",")
+        m = _TIME_RE.match(when)
+        if not comma or m is None:
+            raise ConfigError(f"{key} = {value!r}: {item!r} is not HH:MM,RATE; {_RATE_FORMS}")
+        start = int(m.group(1)) * 3600 + int(m.group(2)) * 60
+        if entries and start <= entries[-1][0]:
+            raise ConfigError(f"{key} = {value!r}: the times of a timetable must increase ({when})")
+        entries.append((start, _parse_rate_value(rate_part, key, value)))
+    if all(rate is None for _, rate in entries):
+        return RateSchedule()
+    return RateSchedule(tuple(entries))
+
+
+def parse_level(value: object, key: str) -> Level:
+    """A zstd level (-7 to 22) or ``"auto"``."""
+    if value == AUTO:
+        return AUTO
+    lo, hi = _LEVEL_RANGE
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f'{key} = {value!r}: expected a zstd level ({lo} to {hi}) or "auto"')
+    if not lo <= value <= hi:
+        raise ConfigError(f"{key} = {value}: zstd levels run from {lo} to {hi}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,7 +418,7 @@ class CollectionConfig:
     tier: str = "cold"
     keep_versions: int | None = None  # the keep rules (KeepPolicy): keep_versions ... keep_yearly
     frame_size: int | None = None  # None: the tier's default
-    compression_level: int | None = None
+    compression_level: Level | None = None  # None: [vault]'s, else the tier's
     allow_empty: bool = False  # an empty root is refused unless this says it is meant to be
     max_removed: RemovalLimit = field(default_factory=RemovalLimit)
     scrub_days: int = 30  # a nightly `vaultfs scrub` re-reads every file once in this many days
@@ -368,17 +461,66 @@ class MountSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientSettings:
+    """``[clients.NAME]`` of a hub (docs/hub.md): the keep rules of every collection the
+    client machine NAME sends (``NAME.home``, ...), applied on the hub after each of its
+    snapshots and by ``vaultfs forget``: a client cannot forget versions itself."""
+
+    name: str
+    keep: KeepPolicy = field(default_factory=lambda: KeepPolicy())
+
+
+@dataclass(frozen=True, slots=True)
+class HubSettings:
+    """``[hub]``: this machine backs up to a vaultfs hub over SSH (docs/hub.md) instead of
+    to a store of its own. `url` is ``ssh://[user@]host[:port]``; `ssh_command` is the
+    command that runs ssh (split like a shell command line; BORG_RSH's role)."""
+
+    url: str
+    ssh_command: str = "ssh"
+
+    def ssh_argv(self) -> list[str]:
+        """The command line that reaches the hub: ssh, its options, the port, the host and
+        the remote command (which the hub's authorized_keys entry replaces with its own)."""
+        rest = self.url[len("ssh://") :].rstrip("/")
+        host, _, port = rest.rpartition(":") if _HUB_PORT.search(rest) else (rest, "", "")
+        return [
+            *shlex.split(self.ssh_command),
+            *(["-p", port] if port else []),
+            host,
+            "vaultfs serve --stdio",
+        ]
+
+
+_HUB_URL = re.compile(r"^ssh://([A-Za-z0-9._%+-]+@)?[A-Za-z0-9._-]+(:\d{1,5})?/?$")
+_HUB_PORT = re.compile(r":\d{1,5}/?$")
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
-    store: str
+    store: str  # "" when the config names a hub instead (`hub`)
     state_dir: Path
     band_size: int = 1024**3
-    compression_level: int | None = None  # None: the tier's default (`snapshot.files.band_settings`)
+    compression_level: Level | None = None  # None: the tier's default (`snapshot.files.band_settings`)
     threads: int = 2
+    auto_min: int = AUTO_MIN  # the bounds of compression_level = "auto"
+    auto_max: int = AUTO_MAX
+    upload_limit: RateSchedule = field(default_factory=RateSchedule)  # every store, every command
+    download_limit: RateSchedule = field(default_factory=RateSchedule)
     s3: S3Settings = field(default_factory=S3Settings)
     collections: tuple[CollectionConfig, ...] = ()
     mount: MountSettings = field(default_factory=MountSettings)
     prices: Prices = field(default_factory=Prices)
     source: Path | None = None  # the file it was read from, for messages
+    hub: HubSettings | None = None  # a hub's client: snapshots go to the hub (docs/hub.md)
+    clients: tuple[ClientSettings, ...] = ()  # a hub: its client machines' settings
+
+    def client_keep(self, collection: str) -> KeepPolicy:
+        """The keep rules of a hub client's collection (``laptop.home``: ``[clients.laptop]``);
+        empty when the hub's config says none."""
+        name = collection.split(".", 1)[0]
+        return next((c.keep for c in self.clients if c.name == name), KeepPolicy())
+
     # git's own default for core.excludesFile ($XDG_CONFIG_HOME/git/ignore, else
     # $HOME/.config/git/ignore): not in the file, but the environment, which only
     # `vaultfs.cli.main` reads (`git_excludes_default`); None: no default applies.
@@ -474,31 +616,58 @@ def parse_config(text: str, source: Path | None = None) -> Config:
 
 def _build(data: dict[str, Any], source: Path | None) -> Config:
     top = _Table(data, "")
-    vault = _Table(top.require("vault", dict), "vault")
+    hub = _hub_settings(_Table(top.take("hub", dict), "hub")) if "hub" in top.data else None
+    vault = _Table(top.require("vault", dict) if hub is None else top.take("vault", dict, {}), "vault")
     s3 = _Table(top.take("s3", dict, {}), "s3")
     mount = _Table(top.take("mount", dict, {}), "mount")
     prices = _Table(top.take("prices", dict, {}), "prices")
     collections_raw: dict[str, Any] = top.take("collections", dict, {})
+    clients_raw: dict[str, Any] = top.take("clients", dict, {})
     top.finish()
-    store, state_dir, band_size, level, threads = _vault_settings(vault)
+    if hub is not None and "store" in vault.data:
+        raise ConfigError(
+            "[vault].store and [hub] are both set: a machine backs up either to its own store "
+            "or to a hub; remove one of them"
+        )
+    if hub is not None:
+        vault.data["store"] = ""
     return Config(
-        store=store,
-        state_dir=state_dir,
-        band_size=band_size,
-        compression_level=level,
-        threads=threads,
+        **_vault_settings(vault, hub is None),
         s3=_s3_settings(s3),
         collections=tuple(_collection(name, raw) for name, raw in collections_raw.items()),
         mount=_mount_settings(mount),
         prices=_prices(prices),
         source=source,
+        hub=hub,
+        clients=tuple(_client(name, raw) for name, raw in clients_raw.items()),
     )
 
 
-def _vault_settings(t: _Table) -> tuple[str, Path, int, int, int]:
-    """``[vault]``: store, state_dir, band_size, compression_level, threads."""
+def _hub_settings(t: _Table) -> HubSettings:
+    """``[hub]``: url, ssh_command."""
+    url = t.require("url", str)
+    if not _HUB_URL.match(url):
+        raise ConfigError(
+            f'{t.key("url")} = {url!r}: expected "ssh://[user@]host[:port]", e.g. "ssh://root@nas"'
+        )
+    ssh_command = t.take("ssh_command", str, "ssh")
+    try:
+        words = shlex.split(ssh_command)
+    except ValueError as e:
+        raise ConfigError(
+            f"{t.key('ssh_command')} = {ssh_command!r}: {e}; it is split like a shell command line"
+        ) from None
+    if not words:
+        raise ConfigError(f"{t.key('ssh_command')}: empty; leave it out to run ssh")
+    t.finish()
+    return HubSettings(url, ssh_command)
+
+
+def _vault_settings(t: _Table, own_store: bool = True) -> dict[str, Any]:
+    """``[vault]``: store, state_dir, band_size, compression levels, threads, limits (a hub's
+    client has no store of its own: `own_store` False)."""
     store = t.require("store", str)
-    if not (store.startswith("s3://") or store.startswith("file://")):
+    if own_store and not (store.startswith("s3://") or store.startswith("file://")):
         raise ConfigError(
             f'{t.key("store")} = {store!r}: expected "s3://bucket/prefix" or "file:///absolute/path"'
         )
@@ -511,14 +680,43 @@ def _vault_settings(t: _Table) -> tuple[str, Path, int, int, int]:
     band_size = t.take_size("band_size", 1024**3)
     if band_size < 64 * 1024:
         raise ConfigError(f"{t.key('band_size')} = {band_size}: must be at least 64KiB")
-    level = t.take("compression_level", int)
-    if level is not None and not -7 <= level <= 22:
-        raise ConfigError(f"{t.key('compression_level')} = {level}: zstd levels run from -7 to 22")
     threads = t.take("threads", int, max(1, min(4, os.cpu_count() or 1)))
     if threads < 1:
         raise ConfigError(f"{t.key('threads')} = {threads}: must be at least 1")
+    settings: dict[str, Any] = {
+        "store": store,
+        "state_dir": state_dir,
+        "band_size": band_size,
+        "threads": threads,
+        **_level_settings(t),
+    }
+    for name in ("upload_limit", "download_limit"):
+        if name in t.data:
+            settings[name] = parse_rate_schedule(t.data.pop(name), t.key(name))
     t.finish()
-    return store, state_dir, band_size, level, threads
+    return settings
+
+
+def _level_settings(t: _Table) -> dict[str, Any]:
+    """``compression_level`` (a level or "auto"), ``auto_min`` and ``auto_max``."""
+    level = (
+        None
+        if "compression_level" not in t.data
+        else parse_level(t.data.pop("compression_level"), t.key("compression_level"))
+    )
+    bounds = {
+        name: t.take(name, int, default) for name, default in (("auto_min", AUTO_MIN), ("auto_max", AUTO_MAX))
+    }
+    for name, value in bounds.items():
+        if not 1 <= value <= _LEVEL_RANGE[1]:
+            raise ConfigError(
+                f'{t.key(name)} = {value}: the bounds of "auto" run from 1 to {_LEVEL_RANGE[1]}'
+            )
+    if bounds["auto_min"] > bounds["auto_max"]:
+        raise ConfigError(
+            f"{t.key('auto_min')} = {bounds['auto_min']}: must not be above auto_max ({bounds['auto_max']})"
+        )
+    return {"compression_level": level, **bounds}
 
 
 def _s3_settings(t: _Table) -> S3Settings:
@@ -548,6 +746,20 @@ def _s3_settings(t: _Table) -> S3Settings:
     return settings
 
 
+def _client(name: str, raw: Any) -> ClientSettings:
+    """``[clients.NAME]``: the keep rules of a hub client's collections."""
+    try:
+        check_client_name(name)
+    except ConfigError as e:
+        raise ConfigError(f"[clients.{name}]: {e.message}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"[clients.{name}]: expected a table, not a value")
+    t = _Table(raw, f"clients.{name}")
+    keep = parse_keep_policy({r: t.data.pop(r, None) for r in KEEP_RULES}, {r: t.key(r) for r in KEEP_RULES})
+    t.finish()
+    return ClientSettings(name, keep)
+
+
 def _collection(name: str, raw: Any) -> CollectionConfig:
     """``[collections.NAME]``."""
     if not _COLLECTION_NAME.match(name):
@@ -567,7 +779,11 @@ def _collection(name: str, raw: Any) -> CollectionConfig:
     frame = t.take_size("frame_size", 0) or None
     if frame is not None and not 64 * 1024 <= frame <= 1024**3:
         raise ConfigError(f"{t.key('frame_size')}: must be between 64KiB and 1GiB")
-    clevel = t.take("compression_level", int)
+    clevel = (
+        None
+        if "compression_level" not in t.data
+        else parse_level(t.data.pop("compression_level"), t.key("compression_level"))
+    )
     allow_empty = t.take("allow_empty", bool, False)
     max_removed = t.take_removal_limit("max_removed")
     scrub_days, share = _scrub_keys(t, tier)

@@ -39,7 +39,10 @@ place they are put in, and it is left as it was.
 from __future__ import annotations
 
 import errno
+import functools
+import grp
 import os
+import pwd
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -124,8 +127,20 @@ class _Item:
     entry: Entry
 
 
+class Contents(Protocol):
+    """Where a restore reads a version's listings and file contents: the vault itself, or
+    a hub client's session with its hub (`vaultfs.hub.client`). `iter_blob` verifies the
+    SHA-256 before its last chunk and raises CorruptionError when it cannot deliver."""
+
+    def tree(self, tree: TreeId) -> tuple[Entry, ...]: ...
+    def iter_blob(self, blob: BlobId) -> Iterator[bytes]: ...
+    def blob_order(self, blob: BlobId) -> tuple[str, int]: ...
+
+
 class Restorer:
-    def __init__(self, vault: Vault, version: VersionInfo, target: Path, *, overwrite: bool = False) -> None:
+    def __init__(
+        self, vault: Contents, version: VersionInfo, target: Path, *, overwrite: bool = False
+    ) -> None:
         self.vault = vault
         self.version = version
         self.target = target
@@ -238,8 +253,7 @@ class Restorer:
             self._sealing.append(((), lifted))
 
     def _band_order(self, item: _Item) -> tuple[str, int]:
-        ref = self.vault.catalog.blob(item.entry.blob) if item.entry.blob else None
-        return (ref.band, ref.offset) if ref else ("", 0)
+        return self.vault.blob_order(item.entry.blob) if item.entry.blob else ("", 0)
 
     # ---- writing -----------------------------------------------------------------------
 
@@ -419,7 +433,7 @@ class Restorer:
         """Owner, xattrs, mode and times of an open file or directory (see the module
         docstring for the order); its +i/+a are noted for the end."""
         if os.geteuid() == 0:
-            os.fchown(fd, e.uid, e.gid)
+            os.fchown(fd, *owner_ids(e))
         self._set_xattrs(fd, e)
         os.fchmod(fd, e.mode)
         os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
@@ -501,7 +515,7 @@ class Restorer:
                     self._problem(item, "device node not restored: needs root")
                     return
             if os.geteuid() == 0:
-                os.chown(name, e.uid, e.gid, dir_fd=dfd, follow_symlinks=False)
+                os.chown(name, *owner_ids(e), dir_fd=dfd, follow_symlinks=False)
             if e.kind != "symlink":
                 self._set_xattrs(_proc_path(dfd, name), e)
                 os.chmod(name, e.mode, dir_fd=dfd)
@@ -541,6 +555,30 @@ class Restorer:
             self._apply_metadata(fd, e, parts)
         finally:
             os.close(fd)
+
+
+def owner_ids(e: Entry) -> tuple[int, int]:
+    """The owner a restore gives an entry: by name when the entry records one (a hub
+    client's entries do) that this machine knows, as tar does; else by number."""
+    uid = _uid_named(e.uname) if e.uname is not None else None
+    gid = _gid_named(e.gname) if e.gname is not None else None
+    return (e.uid if uid is None else uid, e.gid if gid is None else gid)
+
+
+@functools.lru_cache(maxsize=256)
+def _uid_named(name: str) -> int | None:
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return None
+
+
+@functools.lru_cache(maxsize=256)
+def _gid_named(name: str) -> int | None:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return None
 
 
 def _extent_writer(fd: int, extents: Extents | None) -> Callable[[bytes, int], None]:
@@ -681,7 +719,7 @@ def _proc_path(dir_fd: int, name: bytes) -> bytes:
     return b"/proc/self/fd/%d/" % dir_fd + name
 
 
-def _listing(vault: Vault, tree: TreeId) -> dict[bytes, Entry]:
+def _listing(vault: Contents, tree: TreeId) -> dict[bytes, Entry]:
     """A directory's entries by name, every name checked, duplicates refused."""
     out: dict[bytes, Entry] = {}
     for e in vault.tree(tree):
@@ -692,14 +730,14 @@ def _listing(vault: Vault, tree: TreeId) -> dict[bytes, Entry]:
     return out
 
 
-def _walk(vault: Vault, tree: TreeId, prefix: tuple[bytes, ...]) -> Iterator[_Item]:
+def _walk(vault: Contents, tree: TreeId, prefix: tuple[bytes, ...]) -> Iterator[_Item]:
     """Every entry under `tree`, each listing's names checked first (`_listing`)."""
     for parts, e in walk(lambda t: _listing(vault, t).values(), tree, prefix):
         yield _Item(parts, e)
 
 
 def select(
-    vault: Vault,
+    vault: Contents,
     root: TreeId,
     selection: list[tuple[bytes, ...]],
     version: VersionInfo | None = None,

@@ -21,7 +21,7 @@ import base64
 import hashlib
 import json
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, NewType, TypeVar
 
@@ -109,6 +109,11 @@ class Entry:
     flags: int = 0  # kept inode flags (`vaultfs.fsflags`); absent at 0: old tree ids unchanged
     # Sparse files: the data map (vaultfs/sparse.py); the blob is those extents' bytes.
     sparse: Extents | None = None
+    # The owner's user and group names, next to the ids, when the snapshot recorded them (a
+    # hub's client does: its files may come back on another machine; docs/hub.md). Absent
+    # (None) in every local snapshot's entries, so their tree ids are as they were.
+    uname: str | None = None
+    gname: str | None = None
 
     @property
     def blob_size(self) -> int:
@@ -150,6 +155,10 @@ class Entry:
             d["xattrs"] = [[to_text(k), base64.b64encode(v).decode("ascii")] for k, v in self.xattrs]
         if self.flags:
             d["flags"] = self.flags
+        if self.uname is not None:
+            d["uname"] = self.uname
+        if self.gname is not None:
+            d["gname"] = self.gname
         return d
 
     @staticmethod
@@ -179,7 +188,16 @@ class Entry:
             tuple((from_text(k), base64.b64decode(v)) for k, v in xattrs) if xattrs else (),
             int(get("flags", 0)),
             None if sparse is None else tuple((int(o), int(n)) for o, n in sparse),
+            _name_field(d, "uname"),
+            _name_field(d, "gname"),
         )
+
+
+def _name_field(d: dict[str, Any], key: str) -> str | None:
+    value = d.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{key} is not a string")
+    return value
 
 
 def encode_tree(entries: list[Entry] | tuple[Entry, ...]) -> bytes:
@@ -213,6 +231,8 @@ def _entry_json(e: Entry) -> str:  # noqa: C901 - unrolled per field for speed (
         parts.append(f'"flags":{e.flags}')
     if e.gid:
         parts.append(f'"gid":{e.gid}')
+    if e.gname is not None:
+        parts.append('"gname":' + _quote(e.gname))
     if e.hardlink is not None:
         parts.append('"hardlink":' + _quote(to_text(e.hardlink)))
     parts.append('"kind":"' + e.kind + '"')
@@ -235,6 +255,8 @@ def _entry_json(e: Entry) -> str:  # noqa: C901 - unrolled per field for speed (
         parts.append('"tree":"' + e.tree.hex() + '"')
     if e.uid:
         parts.append(f'"uid":{e.uid}')
+    if e.uname is not None:
+        parts.append('"uname":' + _quote(e.uname))
     if e.xattrs:
         parts.append(
             '"xattrs":' + json.dumps(e.to_json()["xattrs"], separators=(",", ":"), ensure_ascii=True)
@@ -467,6 +489,7 @@ class BandInfo:
     archived_ns: int = 0  # when it moved to the archive class (0: never)
     restore: RestoreInfo | None = None  # the latest restore request, while it matters
     cached: bool = False  # the whole band is in <state_dir>/cache
+    levels: tuple[int, int] | None = None  # lowest and highest zstd level of its data frames
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -487,6 +510,8 @@ class BandInfo:
             d["restore"] = self.restore.to_json()
         if self.cached:
             d["cached"] = True
+        if self.levels is not None:
+            d["levels"] = list(self.levels)
         return d
 
     @staticmethod
@@ -506,7 +531,16 @@ class BandInfo:
             archived_ns=d.get("archived_ns", 0),
             restore=RestoreInfo.from_json(d["restore"]) if d.get("restore") else None,
             cached=bool(d.get("cached", False)),
+            levels=(int(d["levels"][0]), int(d["levels"][1])) if d.get("levels") else None,
         )
+
+
+def level_range(bands: Iterable[BandInfo]) -> tuple[int, int] | None:
+    """The lowest and highest zstd level of these bands' data frames (None: none recorded)."""
+    ranges = [b.levels for b in bands if b.levels is not None]
+    if not ranges:
+        return None
+    return min(lo for lo, _ in ranges), max(hi for _, hi in ranges)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ pipes). The snapshot and restore engines only call the `Progress` methods.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -17,9 +18,14 @@ if TYPE_CHECKING:
 class TerminalProgress:
     """Implements snapshot.Progress and restore.RestoreProgress."""
 
-    def __init__(self, label: str, enabled: bool | None = None) -> None:
+    def __init__(
+        self, label: str, enabled: bool | None = None, note: Callable[[], str] | None = None
+    ) -> None:
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
         self.label = label
+        # What bounds the work now, if not the work itself (`store.limit.Bandwidth.note`:
+        # "upload limit 8MiB/s" while the limit holds transfers back), shown after the files.
+        self.note = note
         self._progress: Progress | None = None
         self._bytes: TaskID | None = None
         self._files_total = 0
@@ -79,7 +85,8 @@ class TerminalProgress:
         self._progress.update(self._bytes, description=self._describe(), total=bytes_total, completed=0)
 
     def _describe(self) -> str:
-        return f"{self.label}: {self._files_done}/{self._files_total} files"
+        note = self.note() if self.note is not None else ""
+        return f"{self.label}: {self._files_done}/{self._files_total} files" + (f" ({note})" if note else "")
 
     def advance(self, files: int, size: int) -> None:
         if self._progress is not None and self._bytes is not None:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from vaultfs import fsflags
 from vaultfs.fsutil import kind_of
-from vaultfs.model import BlobId, Entry, Kind, to_text
+from vaultfs.model import BlobId, Entry, Kind, TreeId, to_text
 from vaultfs.output import display_path  # re-exported: the one escaping of names
 from vaultfs.sparse import BlobPlaces, Extents, data_size, holes, tidy
 
@@ -274,6 +274,42 @@ class Scanner:
             )
             xattrs = read_xattrs(full, self.problems, rel, self.not_kept)
             node.children.append(_entry(name, kind, st, xattrs=xattrs))
+
+
+def file_entry(f: ScannedFile) -> Entry:
+    """The entry of a file the scan found and the file saver (or a files cache) gave a blob."""
+    st = f.st
+    return Entry(
+        name=f.name,
+        kind="file",
+        mode=st.st_mode & 0o7777,
+        uid=st.st_uid,
+        gid=st.st_gid,
+        mtime_ns=st.st_mtime_ns,
+        size=st.st_size,
+        blob=f.blob,
+        nlink=st.st_nlink,
+        hardlink=f.link_of.rel if f.link_of is not None else None,
+        xattrs=f.xattrs,
+        flags=f.flags,
+        sparse=f.sparse,
+    )
+
+
+def dir_entry(d: ScannedDir, sub: TreeId) -> Entry:
+    """The entry of a scanned directory whose listing has the id `sub`."""
+    st = d.st
+    return Entry(
+        name=d.name,
+        kind="dir",
+        mode=st.st_mode & 0o7777,
+        uid=st.st_uid,
+        gid=st.st_gid,
+        mtime_ns=st.st_mtime_ns,
+        tree=sub,
+        xattrs=d.xattrs,
+        flags=d.flags,
+    )
 
 
 def kept_files(root: bytes, rules: Rules, unlisted: list[bytes]) -> Iterator[tuple[bytes, bytes]]:
@@ -642,7 +678,9 @@ __all__ = [
     "ScannedFile",
     "Scanner",
     "data_map",
+    "dir_entry",
     "display_path",
+    "file_entry",
     "has_holes",
     "hash_extents",
     "hash_stream",

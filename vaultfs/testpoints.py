@@ -24,11 +24,15 @@ places; nothing happens unless the command line was given ``VAULTFS_TESTPOINTS``
   created then. A test builds a history of versions at chosen times this way, one
   ``vaultfs snapshot`` per instant, for the keep rules of ``forget``
   (`vaultfs.retention.policy`), which go by the versions' creation times. Only the
-  snapshot's clock: band ages, markers and prune still read the real one.
+  snapshot's clock: band ages, markers and prune still read the real one;
 * ``mount-clock=PATH``: the mount's log of refused opens (one line per process and
   band per minute, `vaultfs.mount.askers.RefusalLog`) reads the time from the file
   PATH (``YYYY-MM-DDTHH:MM:SSZ``, read at every call: `mount_clock`), so a test moves
-  that clock on by rewriting the file instead of sleeping for a minute.
+  that clock on by rewriting the file instead of sleeping for a minute;
+* ``limit-clock=2024-03-04T07:59:58Z`` (UTC): the bandwidth limiter's timetable
+  (`vaultfs.store.limit`) reads a clock that starts at this instant when the hook is
+  read and then runs as real time does (`limit_clock`), so a test sees the timetable
+  switch during a real transfer.
 
 Never set it outside tests. The state is per process and survives the mount's fork.
 """
@@ -46,12 +50,14 @@ ACTIONS = ("kill", "stop", "fail")
 STORE_FAULTS = "store-faults"
 SNAPSHOT_CLOCK = "snapshot-clock"
 MOUNT_CLOCK = "mount-clock"
+LIMIT_CLOCK = "limit-clock"
 
 _actions: dict[str, str] = {}
 _seen: Counter[str] = Counter()
 _store_faults: tuple[float, int] | None = None
 _snapshot_clock: int | None = None  # ns since the epoch
 _mount_clock: str | None = None  # a file holding the time
+_limit_clock: tuple[float, float] | None = None  # (instant, time.monotonic() when read)
 
 
 class InjectedFault(RuntimeError):
@@ -62,12 +68,13 @@ def configure(spec: str) -> None:
     """Parse ``NAME[#N]=ACTION,...``, ``store-faults=RATE:SEED`` and ``snapshot-clock=TIME``;
     ValueError (with the variable's name) for anything else, so a mistyped hook never
     silently tests nothing."""
-    global _store_faults, _snapshot_clock, _mount_clock
+    global _store_faults, _snapshot_clock, _mount_clock, _limit_clock
     _actions.clear()
     _seen.clear()
     _store_faults = None
     _snapshot_clock = None
     _mount_clock = None
+    _limit_clock = None
     for item in filter(None, (s.strip() for s in spec.split(","))):
         name, _, action = item.partition("=")
         if name == STORE_FAULTS:
@@ -76,12 +83,15 @@ def configure(spec: str) -> None:
             _snapshot_clock = _parse_clock(action, item)
         elif name == MOUNT_CLOCK and action:
             _mount_clock = action
+        elif name == LIMIT_CLOCK:
+            _limit_clock = (_parse_clock(action, item) / 1e9, time.monotonic())
         elif action in ACTIONS and name:
             _actions[name] = action
         else:
             raise ValueError(
                 f"VAULTFS_TESTPOINTS: {item!r} is not NAME=kill|stop|fail, {STORE_FAULTS}=RATE:SEED, "
-                f"{SNAPSHOT_CLOCK}=YYYY-MM-DDTHH:MM:SSZ or {MOUNT_CLOCK}=PATH"
+                f"{SNAPSHOT_CLOCK}=YYYY-MM-DDTHH:MM:SSZ, {LIMIT_CLOCK}=YYYY-MM-DDTHH:MM:SSZ "
+                f"or {MOUNT_CLOCK}=PATH"
             )
 
 
@@ -98,13 +108,15 @@ def _parse_faults(value: str, item: str) -> tuple[float, int]:
     return parsed
 
 
-def _parse_clock(value: str, item: str, name: str = SNAPSHOT_CLOCK) -> int:
+def _parse_clock(value: str, item: str) -> int:
     try:
         when = datetime.fromisoformat(value)
     except ValueError:
         when = None
     if when is None or when.utcoffset() is None or when.utcoffset():
-        raise ValueError(f"VAULTFS_TESTPOINTS: {item!r}: expected {name}=YYYY-MM-DDTHH:MM:SSZ (UTC)")
+        raise ValueError(
+            f"VAULTFS_TESTPOINTS: {item!r}: expected {item.partition('=')[0]}=YYYY-MM-DDTHH:MM:SSZ (UTC)"
+        )
     return int(when.timestamp()) * 10**9 + when.microsecond * 1000
 
 
@@ -150,6 +162,16 @@ def mount_clock() -> Callable[[], int]:
 
     def read() -> int:
         with open(path) as f:
-            return _parse_clock(f.read().strip(), f"{MOUNT_CLOCK}={path}", MOUNT_CLOCK)
+            return _parse_clock(f.read().strip(), f"{MOUNT_CLOCK}={path}")
 
     return read
+
+
+def limit_clock() -> Callable[[], float]:
+    """The wall clock the bandwidth timetable reads (seconds since the epoch): the
+    system's, or one that started at the instant of ``limit-clock`` and runs from there."""
+    start = _limit_clock
+    if start is None:
+        return time.time
+    instant, since = start
+    return lambda: instant + (time.monotonic() - since)

@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -49,10 +49,11 @@ from vaultfs.model import (
     sidecar_key,
     version_key,
 )
-from vaultfs.store import ObjectExists, ObjectNotFound, ObjectStore, open_store
+from vaultfs.store import ObjectExists, ObjectNotFound, ObjectStore, ProgressCallback, open_store
 
 VAULT_FORMAT = 1
 READERS_KEPT = 4  # band readers kept open by read_blob/iter_blob (restores)
+TIER_META = "tier:"  # catalog meta: the tier of a hub client's collection (docs/hub.md)
 
 
 class Vault:
@@ -76,7 +77,7 @@ class Vault:
 
         Returns the vault and whether anything new was created.
         """
-        store = open_store(config.store, config.s3)
+        store = open_store(config.store, config.s3, config.upload_limit, config.download_limit)
         store.check_access()
         # Everything the store can refuse is checked before anything is written locally:
         # a refused init leaves no half-made state directory behind.
@@ -145,26 +146,30 @@ class Vault:
                 f"the state directory {config.state_dir} belongs to store "
                 f"{catalog.meta('store')}, not {config.store}: fix [vault].store or state_dir"
             )
-        store = open_store(config.store, config.s3, quick=quick)
+        store = open_store(config.store, config.s3, config.upload_limit, config.download_limit, quick=quick)
         return Vault(config, store, catalog)
 
     def close(self) -> None:
         self.catalog.close()
 
     @contextmanager
-    def lock(self) -> Iterator[None]:
-        """Exclusive writer lock (one snapshot at a time on this NAS)."""
+    def lock(self, wait: Callable[[str], None] | None = None) -> Iterator[None]:
+        """Exclusive writer lock (one snapshot at a time on this NAS). Held by another
+        process: LockedError, or with `wait`, `wait(holder)` is called (to say so) and the
+        lock is waited for (a hub's second client waits for the first one's commit)."""
         path = self.state_dir / "lock"
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
-                raise LockedError(
-                    f"another vaultfs process is writing to this vault ({holder or 'unknown'}): "
-                    "wait for it to finish"
-                ) from None
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+                if wait is None:
+                    raise LockedError(
+                        f"another vaultfs process is writing to this vault ({holder}): wait for it to finish"
+                    ) from None
+                wait(holder)
+                fcntl.flock(fd, fcntl.LOCK_EX)
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
             yield
@@ -189,20 +194,33 @@ class Vault:
             )
         return version
 
+    def check_collection(self, name: str) -> None:
+        """ConfigError unless `name` is a collection of the config or one whose versions the
+        catalog holds (a hub client's, ``laptop.home``: docs/hub.md)."""
+        if name not in self.catalog.collections():
+            self.config.collection(name)
+
     def tree(self, tree: TreeId) -> tuple[Entry, ...]:
         return self.catalog.tree(tree)
 
     # ---- bands -------------------------------------------------------------------------
 
-    def upload_band(self, closed: bandfmt.ClosedBand, collection: str) -> BandInfo:
-        """Put a closed spool band and its sidecar on the store and register its blobs.
+    def upload_band(
+        self, closed: bandfmt.ClosedBand, collection: str, progress: ProgressCallback | None = None
+    ) -> BandInfo:
+        """Put a closed spool band and its sidecar on the store and register its blobs
+        (`progress`: called with the band's bytes as they are sent).
 
         Blobs are registered before any version refers to them: a snapshot that
         dies later leaves bands whose content the next run reuses (resume).
         """
         storage_class = self.upload_class(collection)
         self.store.put_file(
-            band_key(closed.band_id), closed.path, sha256=closed.sha256, storage_class=storage_class
+            band_key(closed.band_id),
+            closed.path,
+            sha256=closed.sha256,
+            progress=progress,
+            storage_class=storage_class,
         )
         self.store.put(
             sidecar_key(closed.band_id),
@@ -219,6 +237,7 @@ class Vault:
             collection=collection,
             blobs=len(closed.blobs),
             created_ns=time.time_ns(),
+            levels=(min(closed.frame_levels), max(closed.frame_levels)) if closed.frame_levels else None,
         )
         with self.catalog.writer() as w:
             w.put_band(info)
@@ -230,8 +249,16 @@ class Vault:
         """The storage class a new band of `collection` is uploaded in: ``[s3].warm_class``
         for a warm collection on an s3:// store, else STANDARD (cold bands move to the
         archive class only after their upload is verified: `vaultfs.archive`)."""
-        warm = any(c.name == collection and c.tier == "warm" for c in self.config.collections)
+        warm = self.collection_tier(collection) == "warm"
         return self.config.s3.warm_class if warm and self.config.store.startswith("s3://") else "STANDARD"
+
+    def collection_tier(self, collection: str) -> str | None:
+        """ "cold" or "warm": the config's, else (a hub client's collection, not in the config)
+        what the hub recorded at its snapshots (`TIER_META`); None when nobody says."""
+        for c in self.config.collections:
+            if c.name == collection:
+                return c.tier
+        return self.catalog.meta(TIER_META + collection)
 
     def commit_version(self, version: VersionInfo) -> None:
         """Write the version record on the store: the commit point of a snapshot."""
@@ -276,6 +303,12 @@ class Vault:
         """A blob's content in chunks (bounded memory); verified before the last chunk."""
         ref = self._ref(blob)
         return self._reader(ref.band).iter_blob(bandfmt.BlobLocation(blob, ref.offset, ref.size))
+
+    def blob_order(self, blob: BlobId) -> tuple[str, int]:
+        """Where a blob lies (band, offset), to read many in one pass per band; ("", 0)
+        for one the catalog does not place."""
+        ref = self.catalog.blob(blob)
+        return (ref.band, ref.offset) if ref else ("", 0)
 
     def _ref(self, blob: BlobId) -> BlobRef:
         ref = self.catalog.blob(blob)

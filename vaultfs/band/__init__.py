@@ -30,7 +30,15 @@ blob, then the member ``.vaultfs/catalog.json`` and tar's end of archive, so
 Callers use the names re-exported here (``from vaultfs import band as bandfmt``).
 """
 
-from vaultfs.band.catalog import CATALOG_FORMAT, CATALOG_MEMBER, BlobLocation, new_band_id
+from vaultfs.band.catalog import (
+    CATALOG_FORMAT,
+    CATALOG_MEMBER,
+    BlobLocation,
+    frame_levels,
+    level_runs,
+    levels_from_catalog,
+    new_band_id,
+)
 from vaultfs.band.compression import (
     CHEAP_LEVEL,
     DEFAULT_LEVEL,
@@ -113,9 +121,12 @@ __all__ = [
     "decompress_frames",
     "encode_seek_table",
     "encode_sidecar",
+    "frame_levels",
     "frames_for_range",
     "frames_from_sizes",
     "is_incompressible",
+    "level_runs",
+    "levels_from_catalog",
     "member_header",
     "new_band_id",
     "probe_ratio",

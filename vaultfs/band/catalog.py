@@ -5,7 +5,9 @@ form the band's single last frame, which begins on a fresh frame; so reading the
 a band gives its whole table of contents. The JSON is canonical (``ensure_ascii``, sorted
 keys, no spaces), ``{"format": 1, "band": <id>, "blobs": [{"name", "offset", "sha256",
 "size"}, ...], "body_sha256": <hex of every compressed byte before this frame>}`` plus the
-caller's extra keys (a snapshot's last band adds ``version`` and ``trees``).
+caller's extra keys (a snapshot's last band adds ``version`` and ``trees``), and
+``"frame_levels"``: the zstd level of each data frame, as runs ``[[level, frames], ...]``
+in frame order (`level_runs`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from vaultfs.errors import CorruptionError
 
 CATALOG_MEMBER = ".vaultfs/catalog.json"
 CATALOG_FORMAT = 1
-BAND_KEYS = frozenset({"format", "band", "blobs", "body_sha256"})  # not the caller's to set
+BAND_KEYS = frozenset({"format", "band", "blobs", "body_sha256", "frame_levels"})  # not the caller's
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +51,32 @@ def check_extra_keys(extra: dict[str, Any]) -> None:
     clash = BAND_KEYS & extra.keys()
     if clash:
         raise ValueError(f"extra keys clash with band keys: {sorted(clash)}")
+
+
+def level_runs(levels: Sequence[int]) -> list[list[int]]:
+    """``[3, 3, 3, -1, 5]`` → ``[[3, 3], [-1, 1], [5, 1]]``: each data frame's level, as
+    runs of equal levels in frame order (a band of 256 frames at one level: one run)."""
+    runs: list[list[int]] = []
+    for level in levels:
+        if runs and runs[-1][0] == level:
+            runs[-1][1] += 1
+        else:
+            runs.append([level, 1])
+    return runs
+
+
+def levels_from_catalog(catalog: bytes, label: str) -> tuple[int, ...]:
+    """Each data frame's level from a catalog's ``frame_levels`` (``()`` in bands written
+    before it was recorded); CorruptionError if it is not a list of runs."""
+    return frame_levels(parse_catalog(catalog, label), label)
+
+
+def frame_levels(doc: dict[str, Any], label: str) -> tuple[int, ...]:
+    """Each data frame's level from a parsed catalog (or sidecar) document."""
+    try:
+        return tuple(int(level) for level, count in doc.get("frame_levels", []) for _ in range(int(count)))
+    except (TypeError, ValueError) as e:
+        raise CorruptionError(f"band {label}: bad frame_levels in the catalog: {e}") from e
 
 
 def catalog_json(

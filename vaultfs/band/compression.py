@@ -8,7 +8,10 @@ Per frame, `compress_frame` probes the data (`probe_ratio`: SAMPLE_SLICES slices
 * at the default level, for partly compressible binary frames (probe ratio above
   ``TEXT_LIKE_RATIO``), the single-table ``fast`` match finder (`binary_compressor`):
   level 3's ratio ~30 % faster;
-* otherwise the configured level.
+* otherwise the configured level; with ``fixed_window`` (levels chosen per frame by
+  ``compression_level = "auto"``), a level above ``DEFAULT_LEVEL`` keeps level 3's
+  window (`capped_compressor`), so no frame needs more memory to decompress than a
+  level-3 frame does, whatever level it got.
 
 docs/band-format.md has the measurements behind each threshold. Compressor and
 decompressor objects are kept per thread (zstd contexts are not thread-safe, and making
@@ -27,6 +30,7 @@ CHEAP_LEVEL = -1  # for incompressible frames; see docs/band-format.md for the m
 SAMPLE_SLICES, SAMPLE_SLICE = 4, 16 * 1024  # incompressibility probe: 4 x 16 KiB at level 1
 INCOMPRESSIBLE_RATIO = 0.97  # probe must shrink by more than 3 % to use the configured level
 TEXT_LIKE_RATIO = 0.5  # probe ratio below this: text-like, zstd's own level 3 compresses best
+FIXED_WINDOW_LOG = 21  # level 3's window (2 MiB): every level of "auto" keeps it
 
 _local = threading.local()
 
@@ -88,7 +92,28 @@ def binary_compressor() -> zstandard.ZstdCompressor:
     return c
 
 
-def compress_frame(data: bytes | bytearray | memoryview, level: int) -> tuple[bytes, int]:
+def capped_compressor(level: int) -> zstandard.ZstdCompressor:
+    """This thread's compressor for `level` with level 3's window (``FIXED_WINDOW_LOG``):
+    the level's search (strategy, search depth, match lengths) on a window that does not
+    grow, its tables no larger than that window needs."""
+    cache: dict[int, zstandard.ZstdCompressor] = _local.__dict__.setdefault("capped", {})
+    if level not in cache:
+        base = zstandard.ZstdCompressionParameters.from_level(level)
+        params = zstandard.ZstdCompressionParameters.from_level(
+            level,
+            window_log=FIXED_WINDOW_LOG,
+            chain_log=min(base.chain_log, FIXED_WINDOW_LOG + 1),
+            hash_log=min(base.hash_log, FIXED_WINDOW_LOG + 1),
+            write_checksum=1,
+            write_content_size=1,
+        )
+        cache[level] = zstandard.ZstdCompressor(compression_params=params)
+    return cache[level]
+
+
+def compress_frame(
+    data: bytes | bytearray | memoryview, level: int, *, fixed_window: bool = False
+) -> tuple[bytes, int]:
     """One frame compressed as the policy above says: (zstd frame, level it was given)."""
     if level > CHEAP_LEVEL:
         ratio = probe_ratio(data)
@@ -96,4 +121,6 @@ def compress_frame(data: bytes | bytearray | memoryview, level: int) -> tuple[by
             level = CHEAP_LEVEL
         elif level == DEFAULT_LEVEL and ratio is not None and ratio > TEXT_LIKE_RATIO:
             return binary_compressor().compress(data), level
+    if fixed_window and level > DEFAULT_LEVEL:
+        return capped_compressor(level).compress(data), level
     return compressor(level).compress(data), level

@@ -26,11 +26,12 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from vaultfs.band.catalog import (
     CATALOG_MEMBER,
@@ -38,6 +39,8 @@ from vaultfs.band.catalog import (
     catalog_frame,
     catalog_json,
     check_extra_keys,
+    level_runs,
+    levels_from_catalog,
 )
 from vaultfs.band.compression import FRAME_SIZE_DEFAULT, compress_frame
 from vaultfs.band.direct_file import BandFile
@@ -62,9 +65,22 @@ ReadInto = Callable[[memoryview, int], int]
 """Fill a view with content from an offset; return the byte count (0: end of content)."""
 
 
+class LevelChooser(Protocol):
+    """What chooses each frame's level (`vaultfs.snapshot.autolevel.AutoLevel`)."""
+
+    def next_level(self) -> int:
+        """The level of the frame handed over now (the owner's thread)."""
+        ...
+
+    def compressed(self, level: int, compressed_size: int, seconds: float) -> None:
+        """A frame came out `compressed_size` bytes after `seconds` at `level` (a pool thread)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class ClosedBand:
-    """A band written, synced and re-checked; ``frame_levels[i]`` is frame i's zstd level."""
+    """A band written, synced and re-checked; ``frame_levels[i]`` is data frame i's zstd
+    level (the catalog frame's is not recorded, as in the catalog's ``frame_levels``)."""
 
     band_id: str
     path: Path
@@ -161,6 +177,10 @@ class BandWriter:
         self.on_stall: Callable[[], bool] | None = None
         """Called instead of waiting while compression is behind; returns whether it did
         some work (False: nothing to do, so wait). It must not use this writer."""
+        self.auto: LevelChooser | None = None
+        """Set: asked for each data frame's level as the frame is handed over (``level``
+        stays the catalog frame's), told how long each took, and levels above 3 keep
+        level 3's window (``compression_level = "auto"``, `vaultfs.snapshot.autolevel`)."""
         self._open = True
         self._closed = False  # close() succeeded: the file is a finished band
 
@@ -168,6 +188,13 @@ class BandWriter:
     def uncompressed_size(self) -> int:
         """Tar bytes written so far."""
         return self._submitted + self._fill
+
+    @property
+    def uncompressed_written(self) -> int:
+        """Tar bytes whose frames are compressed and in the file (behind `uncompressed_size`
+        by the frames in flight)."""
+        frames = self._frames
+        return frames[-1].uncompressed_offset + frames[-1].uncompressed_size if frames else 0
 
     def add_blob(
         self, name: bytes, meta: MemberMeta, data: bytes | memoryview, sha256: bytes
@@ -266,9 +293,10 @@ class BandWriter:
         self._flush()
         self._drain()
         self._buf, self._spare = bytearray(), []  # frame buffers are not needed any more
+        extra = {**extra, "frame_levels": level_runs(self._levels)}
         catalog = catalog_json(self.band_id, self._hasher.hexdigest(), self._blobs, self._names, extra)
         last = catalog_frame(catalog)
-        self._submit(last, len(last))
+        self._submit(last, len(last), self.level)
         self._drain()
         self._writes.shutdown()
         table = encode_seek_table(self._frames)
@@ -288,7 +316,7 @@ class BandWriter:
             tuple(self._blobs),
             catalog,
             self._submitted,
-            tuple(self._levels),
+            tuple(self._levels[:-1]),  # the data frames: what the catalog records
         )
         _verify_written(band)
         self._closed = True
@@ -352,10 +380,12 @@ class BandWriter:
         buf, n = self._buf, self._fill
         self._buf = self._spare.pop() if self._spare else bytearray(self.frame_size)
         self._fill = 0
-        self._submit(buf, n, recycle=True)
+        level = self.level if self.auto is None else self.auto.next_level()
+        self._submit(buf, n, level, recycle=True)
 
-    def _submit(self, buf: bytearray, n: int, *, recycle: bool = False) -> None:
-        """Compress ``buf[:n]`` in the pool as the next frame; the writer thread writes it."""
+    def _submit(self, buf: bytearray, n: int, level: int, *, recycle: bool = False) -> None:
+        """Compress ``buf[:n]`` at `level` in the pool as the next frame; the writer thread
+        writes it."""
         self._raise_writer_error()
         # The slots bound the frames between here and the disk. While none is free
         # (zstd is behind), the caller may do other work instead of waiting.
@@ -363,15 +393,22 @@ class BandWriter:
             if self.on_stall is None or not self.on_stall():
                 self._slots.acquire()
                 break
-        fut = self._pool.submit(self._compress, buf, n, recycle)
+        fut = self._pool.submit(self._compress, buf, n, level, recycle)
         self._last_write = self._writes.submit(self._write_frame, fut, self._submitted, n)
         self._submitted += n
         self._frames_submitted += 1
 
-    def _compress(self, buf: bytearray, n: int, recycle: bool) -> tuple[bytes, int]:
+    def _compress(self, buf: bytearray, n: int, level: int, recycle: bool) -> tuple[bytes, int]:
         """A pool thread: compress one frame, then give its buffer back for reuse."""
         try:
-            return compress_frame(memoryview(buf)[:n], self.level)
+            auto = self.auto
+            if auto is None:
+                return compress_frame(memoryview(buf)[:n], level)
+            began = time.perf_counter()
+            data, used = compress_frame(memoryview(buf)[:n], level, fixed_window=True)
+            if used == level:  # not an incompressible frame sent at the cheapest level
+                auto.compressed(level, len(data), time.perf_counter() - began)
+            return data, used
         finally:
             if recycle and self._open:
                 self._spare.append(buf)
@@ -469,4 +506,5 @@ def reopen_closed(path: Path) -> ClosedBand:
             blobs=blobs,
             catalog=reader.catalog_bytes,
             uncompressed_size=reader.uncompressed_size,
+            frame_levels=levels_from_catalog(reader.catalog_bytes, band_id),
         )

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from vaultfs.cli.limits import add_limit_options
 from vaultfs.config import Config
 from vaultfs.errors import EXIT_BITROT, EXIT_ERROR, EXIT_OK, EXIT_WARNINGS, ConfigError, SourceRefused
 from vaultfs.output import AddCommand, display_path, emit_json, format_delta, human_bytes, iso_utc
@@ -50,10 +51,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
         "rot (the version is written; 4 outweighs 3, so a timer that counts 3 as success\n"
         "still fails on it). Its files that could not be read are warnings (3).\n"
         "Exit status 1: a collection was refused (its path is missing, unreadable or\n"
-        "empty: is the volume mounted?); the others are still snapshotted.",
+        "empty: is the volume mounted?); the others are still snapshotted.\n\n"
+        "With [hub] in the config (a client of a vaultfs hub, docs/hub.md) the files are\n"
+        "scanned and hashed here and only what the hub lacks is sent to it over SSH; the\n"
+        "hub keeps the versions.",
     )
     sp.add_argument("collections", nargs="*", metavar="COLLECTION")
-    sp.set_defaults(func=cmd_snapshot)
+    add_limit_options(sp)
+    sp.set_defaults(func=cmd_snapshot, via_hub=True)
 
     sp = add(
         "versions",
@@ -68,7 +73,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
         "{collections: [{collection, versions, acceptances}, ...]}.",
     )
     sp.add_argument("collection", metavar="COLLECTION", nargs="?")
-    sp.set_defaults(func=cmd_versions)
+    sp.set_defaults(func=cmd_versions, via_hub=True)
 
 
 def cmd_init(args: argparse.Namespace, config: Config) -> int:
@@ -95,6 +100,7 @@ def cmd_init(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_snapshot(args: argparse.Namespace, config: Config) -> int:
     from vaultfs import testpoints
+    from vaultfs.cli import limits
     from vaultfs.cli import retention as cli_retention
     from vaultfs.cli import scrub as cli_scrub
     from vaultfs.malloc import relax_cycle_collector, tune_for_large_buffers
@@ -102,6 +108,10 @@ def cmd_snapshot(args: argparse.Namespace, config: Config) -> int:
     from vaultfs.snapshot import Snapshot
     from vaultfs.vault import Vault
 
+    if config.hub is not None:  # a hub's client: the hub keeps the versions
+        from vaultfs.cli import hub as cli_hub
+
+        return cli_hub.snapshot(args, config)
     tune_for_large_buffers()
     relax_cycle_collector()
     names = args.collections or [c.name for c in config.collections]
@@ -115,7 +125,8 @@ def cmd_snapshot(args: argparse.Namespace, config: Config) -> int:
         with vault.lock():
             for coll in selected:
                 try:
-                    with TerminalProgress(coll.name, enabled=None if not args.quiet else False) as prog:
+                    enabled = None if not args.quiet else False
+                    with TerminalProgress(coll.name, enabled, note=limits.note(config)) as prog:
                         result = Snapshot(vault, coll, prog, now=testpoints.snapshot_clock()).run()
                 except SourceRefused as e:
                     refused.append(e)
@@ -203,7 +214,8 @@ def _print_summary(r: Any, forgotten: Sequence[int]) -> None:
         print(
             f"{r.collection}: v{r.version.number} created: {s.files} files, "
             f"{human_bytes(s.bytes)}; +{s.added} ~{s.changed} -{s.removed}; {healed}{read}; "
-            f"stored {human_bytes(r.bytes_stored)} in {r.bands} band(s) in {r.seconds:.2f}s"
+            f"stored {human_bytes(r.bytes_stored)} in {r.bands} band(s){_levels(r.levels)} "
+            f"in {r.seconds:.2f}s"
             + (f"; kept {human_bytes(r.preview_bytes)} of previews hot" if r.preview_bytes else "")
         )
     if (r.now_excluded or r.now_included) and r.previous is not None:
@@ -220,6 +232,14 @@ def _print_summary(r: Any, forgotten: Sequence[int]) -> None:
         if r.now_included:
             changed.append(f"{r.now_included:,} paths now included (v{r.previous} left them out)")
         print(f"{r.collection}: rules changed: {', '.join(changed)}")
+
+
+def _levels(levels: tuple[int, int] | None) -> str:
+    """`` at zstd level 3``, `` at zstd levels 3-9``; nothing when no frame was stored."""
+    if levels is None:
+        return ""
+    lo, hi = levels
+    return f" at zstd level {lo}" if lo == hi else f" at zstd levels {lo} to {hi}"
 
 
 def _print_left_out(r: Any) -> None:
@@ -303,6 +323,8 @@ def snapshot_json(r: Any, forgotten: Sequence[int] = ()) -> dict[str, Any]:
         "dirs": r.dirs,
         "dirs_reused": r.dirs_reused,
         "seconds": round(r.seconds, 3),
+        "upload_seconds": round(r.upload_seconds, 3),  # time spent sending bands
+        "compression_levels": list(r.levels) if r.levels else None,  # [lowest, highest]
         "stats": r.latest.stats.to_json() if r.latest else None,
         "skipped": [{"path": to_text(p.path), "reason": p.reason} for p in r.problems],
         "not_kept": r.not_kept,
@@ -336,10 +358,14 @@ def snapshot_json(r: Any, forgotten: Sequence[int] = ()) -> dict[str, Any]:
 def cmd_versions(args: argparse.Namespace, config: Config) -> int:
     from vaultfs.vault import Vault
 
-    if args.collection:
-        config.collection(args.collection)
+    if config.hub is not None:  # a hub's client: the hub keeps the versions
+        from vaultfs.cli import hub as cli_hub
+
+        return cli_hub.versions(args, config)
     vault = Vault.open(config, readonly=True)
     try:
+        if args.collection:
+            vault.check_collection(args.collection)
         if args.collection:
             names = [args.collection]
         else:  # the config's collections in its order, then any the catalog alone knows
@@ -389,9 +415,29 @@ class _Listing:
         }
 
 
+def listing_json(vault: Vault, collection: str) -> dict[str, Any]:
+    """`versions --json` of one collection (what a hub answers its client's `versions`)."""
+    return _listing(vault, collection).to_json()
+
+
+def print_listing(doc: dict[str, Any], i: int, *, single: bool) -> None:
+    """One collection's versions from their --json form (`listing_json`), as a hub's client
+    prints them."""
+    name, rows = doc["collection"], doc["versions"]
+    if not rows:
+        print(f"{name}: no versions yet (run `vaultfs snapshot {name}`)")
+        return
+    if not single:
+        print(("\n" if i else "") + f"{name}:")
+    _print_versions(rows)
+    if rows[-1]["verified"]:
+        print(f"v{rows[-1]['version']} found unchanged at {rows[-1]['verified'][-1]} (by size and times)")
+
+
 def _listing(vault: Vault, collection: str) -> _Listing:
     """The versions of one collection, and a row of figures for each (table and --json)."""
     from vaultfs import retention
+    from vaultfs.model import level_range
 
     versions = vault.versions(collection)
     bands = {b.band: b for b in vault.catalog.bands()}
@@ -405,6 +451,7 @@ def _listing(vault: Vault, collection: str) -> _Listing:
         pin = pins.get(v.number)
         vb = [bands[b] for b in v.bands if b in bands]
         states: list[str] = sorted({b.state for b in vb}) or ["missing"]
+        levels = level_range(vb)
         rows.append(
             {
                 "version": v.number,
@@ -420,6 +467,8 @@ def _listing(vault: Vault, collection: str) -> _Listing:
                 "bytes_added": v.stats.bytes_added,
                 "bands": len(v.bands),
                 "bytes_stored": sum(b.size for b in vb),
+                # [lowest, highest] zstd level of the frames of its bands (None: not recorded)
+                "compression_levels": list(levels) if levels else None,
                 "state": ",".join(states),
                 "verified": [iso_utc(t) for t in v.verified_ns],
                 "lost_files": len(lost[v.number]),  # files whose bytes are gone (see `lost`)

@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
     )
     sp.add_argument("collection", metavar="COLLECTION")
     sp.add_argument("paths", nargs="+", metavar="PATH")
-    sp.set_defaults(func=cmd_explain)
+    sp.set_defaults(func=cmd_explain, via_hub=True)  # the rules are the client's own
 
 
 def cmd_explain(args: argparse.Namespace, config: Config) -> int:

@@ -85,7 +85,7 @@ def cmd_index_rebuild(args: argparse.Namespace, config: Config) -> int:
     from vaultfs.index import rebuild
     from vaultfs.store import open_store
 
-    store = open_store(config.store, config.s3)
+    store = open_store(config.store, config.s3, config.upload_limit, config.download_limit)
     store.check_access()
 
     def confirm(plan: list[str]) -> bool:

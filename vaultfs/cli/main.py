@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from vaultfs import __version__, logsafe
+from vaultfs.cli import limits
 from vaultfs.config import Config, load_config
 from vaultfs.errors import (
     EXIT_ERROR,
@@ -141,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
     try:
         config = replace(load_config(find_config(args.config)), git_excludes_default=git_excludes_default())
+        from vaultfs.cli.hub import refuse_on_client
+
+        refuse_on_client(args, config)
+        config = limits.apply(args, config)
         status = func(args, config)
         sys.stdout.flush()  # a reader that went away fails here, not at exit
         return status

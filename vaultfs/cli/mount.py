@@ -10,6 +10,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from vaultfs.cli.limits import add_limit_options
 from vaultfs.config import Config
 from vaultfs.errors import UsageError
 from vaultfs.output import AddCommand
@@ -38,6 +39,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
         help="let other users (and Samba) browse; permissions are still enforced",
     )
     sp.add_argument("--log", metavar="FILE", type=Path, help="log file in the background")
+    add_limit_options(sp)
     sp.set_defaults(func=cmd_mount)
 
     sp = add(

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vaultfs.cli.limits import add_limit_options
 from vaultfs.config import Config
 from vaultfs.errors import EXIT_OK, EXIT_WARNINGS, ConfigError, VaultError
 from vaultfs.model import readable_now
@@ -118,7 +119,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
         metavar="SECONDS",
         help="seconds between checks with --wait (default 300)",
     )
-    ap.set_defaults(func=cmd_fetch)
+    add_limit_options(ap)
+    ap.set_defaults(func=cmd_fetch, via_hub=True)
 
 
 def _open(config: Config, readonly: bool = False, quick: bool = False) -> Any:
@@ -131,7 +133,7 @@ def _selection(vault: Any, args: argparse.Namespace) -> tuple[Any, list[tuple[by
     from vaultfs.extract import parse_selection
 
     collection, number = parse_target(args.what)
-    vault.config.collection(collection)
+    vault.check_collection(collection)
     return vault.resolve_version(collection, number), parse_selection(args.paths)
 
 
@@ -327,9 +329,14 @@ def _print_askers(bands: list[Any], askers: dict[Any, Any]) -> None:
 
 def cmd_fetch(args: argparse.Namespace, config: Config) -> int:
     from vaultfs import archive
+    from vaultfs.cli import limits
     from vaultfs.extract import bands_needed, fetch
     from vaultfs.progress import TerminalProgress
 
+    if config.hub is not None:  # a hub's client: its versions are on the hub
+        from vaultfs.cli import hub as cli_hub
+
+        return cli_hub.fetch(args, config)
     collection, _ = parse_target(args.what)
     vault = _open(config, quick=True)  # one file back without importing boto3
     try:
@@ -364,7 +371,7 @@ def cmd_fetch(args: argparse.Namespace, config: Config) -> int:
                 )
             time.sleep(args.interval)
         enabled = None if not args.quiet else False
-        with TerminalProgress(f"restore {args.what}", enabled=enabled) as prog:
+        with TerminalProgress(f"restore {args.what}", enabled=enabled, note=limits.note(config)) as prog:
             try:
                 to, number = Path(args.to), version.number
                 result = fetch(vault, collection, number, args.paths, to, prog, overwrite=args.overwrite)
@@ -372,6 +379,11 @@ def cmd_fetch(args: argparse.Namespace, config: Config) -> int:
                 raise _target_failed(args, e) from None
     finally:
         vault.close()
+    return report_fetch(args, collection, result)
+
+
+def report_fetch(args: argparse.Namespace, collection: str, result: Any) -> int:
+    """What a fetch left out and did (stderr, then the summary or --json); its exit status."""
     for p in result.problems:
         print(f"warning: {p.display()}", file=sys.stderr)
     for p in result.missing:

@@ -14,7 +14,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from vaultfs.config import KEEP_RULES, CollectionConfig, Config, parse_keep_policy
+from vaultfs.config import KEEP_RULES, CollectionConfig, Config, KeepPolicy, parse_keep_policy
 from vaultfs.errors import EXIT_OK, EXIT_WARNINGS, UsageError
 from vaultfs.output import AddCommand, display_path, emit_json, human_bytes, iso_utc, parse_target
 
@@ -155,6 +155,8 @@ def cmd_forget(args: argparse.Namespace, config: Config) -> int:
     }
     override = parse_keep_policy({rule: getattr(args, rule) for rule in KEEP_RULES}, options)
     configured = {c.name: c.keep_policy for c in config.collections}
+    if config.clients or any(n not in configured for n in args.collections):
+        configured.update(_client_collections(config, configured))
     policies, skipped = retention.keep_for(args.collections, configured, override)
     vault = Vault.open(config, readonly=args.dry_run)
     try:
@@ -186,6 +188,19 @@ def cmd_forget(args: argparse.Namespace, config: Config) -> int:
         if any(r.forgotten for r in results) and not args.dry_run:
             print("run `vaultfs prune` to delete the data only forgotten versions used")
     return EXIT_OK
+
+
+def _client_collections(config: Config, configured: dict[str, KeepPolicy]) -> dict[str, KeepPolicy]:
+    """The collections of a hub's clients (in the catalog, not in the config) and their keep
+    rules (``[clients.NAME]``; docs/hub.md)."""
+    from vaultfs.vault import Vault
+
+    vault = Vault.open(config, readonly=True)
+    try:
+        names = [n for n in vault.catalog.collections() if n not in configured]
+    finally:
+        vault.close()
+    return {name: config.client_keep(name) for name in names}
 
 
 def describe_forget(r: retention.ForgetResult) -> str:
@@ -245,7 +260,6 @@ def cmd_accept(args: argparse.Namespace, config: Config) -> int:
     from vaultfs.vault import Vault
 
     collection, number = parse_target(args.what)
-    config.collection(collection)
     if "" in args.paths:  # an empty shell variable ("$DIR") would accept the whole collection
         raise UsageError(
             "an empty PATH: give a path inside the collection, "
@@ -254,6 +268,7 @@ def cmd_accept(args: argparse.Namespace, config: Config) -> int:
     paths = [b"/".join(parts) for parts in parse_selection(args.paths)]
     vault = Vault.open(config, readonly=args.dry_run)
     try:
+        vault.check_collection(collection)
         if args.dry_run:
             result = retention.accept(vault, collection, number, paths, by=whoami(), dry_run=True)
         else:

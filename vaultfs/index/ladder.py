@@ -346,6 +346,7 @@ def _band_info(
 ) -> BandInfo:
     if obj is not None and obj.size != size:
         raise CorruptionError(f"band {band} is {obj.size} bytes on the store, its catalog says {size}")
+    levels = bandfmt.frame_levels(doc, band)
     return BandInfo(
         band=band,
         state=band_state(obj) if obj is not None else "standard",
@@ -357,6 +358,7 @@ def _band_info(
         collection=str(doc.get("collection", "")),
         blobs=blobs,
         created_ns=_band_time(band),
+        levels=(min(levels), max(levels)) if levels else None,
     )
 
 

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from vaultfs.acceptance import Acceptance, under
-from vaultfs.config import Config
 from vaultfs.errors import UsageError
 from vaultfs.model import VersionInfo, to_text
 from vaultfs.output import display_path
@@ -75,9 +74,10 @@ def _files(n: int) -> str:
     return f"{n} file" if n == 1 else f"{n} files"
 
 
-def is_cold(config: Config, collection: str) -> bool:
-    """Whether `collection` is pinned as cold: not configured warm (unknown: cold, the safe side)."""
-    return all(c.tier != "warm" for c in config.collections if c.name == collection)
+def is_cold(vault: Vault, collection: str) -> bool:
+    """Whether `collection` is pinned as cold: not warm by the config or, for a hub client's
+    collection, by what the hub recorded (unknown: cold, the safe side)."""
+    return vault.collection_tier(collection) != "warm"
 
 
 def pins(
@@ -88,7 +88,7 @@ def pins(
 ) -> dict[int, Pin]:
     """The pinned versions of `collection` by number, among `versions` (default: the ones
     the catalog lists) under `acceptances` (default: the catalog's)."""
-    if not is_cold(vault.config, collection):
+    if not is_cold(vault, collection):
         return {}
     listed = vault.catalog.versions(collection) if versions is None else list(versions)
     accepted = vault.catalog.acceptances(collection) if acceptances is None else list(acceptances)
@@ -178,7 +178,7 @@ def accept(
     pinned file lies. Nothing pinned up to that version: nothing is recorded. Not
     ``dry_run``: the caller holds the vault lock.
     """
-    if not is_cold(vault.config, collection):
+    if not is_cold(vault, collection):
         raise UsageError(f"collection {collection} is warm: its versions are never pinned; nothing to accept")
     if not dry_run:
         vault.sync_acceptances()  # an accept killed between its two writes left one behind

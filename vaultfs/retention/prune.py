@@ -427,7 +427,7 @@ def _write_carrier(vault: Vault, trees: dict[TreeId, bytes], replaces: list[Band
     writer = bandfmt.BandWriter(
         part,
         band_id,
-        level=bandfmt.DEFAULT_LEVEL if level is None else level,
+        level=bandfmt.DEFAULT_LEVEL if level is None or level == "auto" else level,
         threads=vault.config.threads,
     )
     try:

@@ -10,6 +10,12 @@ The package, one thing per module (as restic's archiver: scanner, file saver, tr
 * `spool` — bands between disk and store: the uploader thread, recovery after a crash.
   (The scan itself is `vaultfs.source.Scanner`.)
 
+Steps 2 and 3 are the *intake* (`Snapshot._gather`: where entries and contents come
+from); the rest is the vault side. A hub (`vaultfs.hub.server.HubSnapshot`) replaces
+only the intake: its client scans, hashes and sends listings and contents, which land in
+the same tree saver (`TreeSaver.store`) and file saver (`FileSaver.pack_received`, the
+SHA-256 recomputed), and the same diff, commit, spool and lock follow.
+
 Order of work, and why it is safe to kill at any point:
 
 1. *Recover* the spool: a band finished by an earlier run but not uploaded is
@@ -59,7 +65,7 @@ from vaultfs import archive, heal, index, testpoints  # index: issue 5
 from vaultfs.config import CollectionConfig
 from vaultfs.errors import SourceRefused
 from vaultfs.ignore import Rules
-from vaultfs.model import RootMeta, TreeId, VersionInfo
+from vaultfs.model import RootMeta, TreeId, VersionInfo, level_range
 from vaultfs.snapshot.commit import commit_version, record_unchanged
 from vaultfs.snapshot.diff import Changes, MassRemoval, diff_versions, mass_removal, top_in
 from vaultfs.snapshot.files import FINGERPRINT_PIECE, SMALL_FILE, FileSaver, ReadProgress
@@ -77,6 +83,7 @@ __all__ = [
     "Snapshot",
     "SnapshotResult",
     "check_root",
+    "source_root_meta",
 ]
 
 
@@ -123,6 +130,8 @@ class SnapshotResult:
     dirs: int = 0  # directories in the new tree
     dirs_reused: int = 0  # of them, listings taken over unchanged from the latest version
     seconds: float = 0.0
+    upload_seconds: float = 0.0  # time the uploader spent sending bands
+    levels: tuple[int, int] | None = None  # lowest and highest zstd level of the frames stored
     mass_removal: MassRemoval | None = None  # more files removed than max_removed allows
     lost_bands: list[heal.MissingBand] = field(default_factory=list)  # found gone by this run
     restored_lost: int = 0  # files read whose blob was lost: stored again (healed)
@@ -170,7 +179,7 @@ class Snapshot:
     def run(self) -> SnapshotResult:
         started = time.monotonic()
         root = os.fsencode(self.collection.path)
-        check_root(self.collection)
+        self._check_source()
         self.progress.stage("recovering")
         recover_spool(self.vault)
         index.adopt_committed(self.vault, self.collection.name)  # issue 5: with their bands
@@ -195,9 +204,30 @@ class Snapshot:
         self.result.seconds = time.monotonic() - started
         return self.result
 
+    def _check_source(self) -> None:
+        """Refuse a source that failed as a whole, before anything else is done."""
+        check_root(self.collection)
+
     def _scan_read_commit(self, root: bytes) -> None:
-        self.progress.stage("scanning")
         latest = self.vault.catalog.latest_version(self.collection.name)
+        root_id, trees = self._gather(root, latest)
+        self.result.dirs, self.result.dirs_reused = trees.dirs, trees.reused
+        # The root's own mode or owner is in no listing: compared on its own.
+        if latest is not None and root_id == latest.root and self._root_meta == latest.root_meta:
+            self._finish_unchanged(latest, trees)
+        else:
+            left_out = self._left_out_before if latest is not None else frozenset()
+            changes = diff_versions(
+                self.vault, latest.root if latest else None, root_id, trees.listings, left_out
+            )
+            self._commit(root_id, latest, trees, changes)
+
+    def _gather(self, root: bytes, latest: VersionInfo | None) -> tuple[TreeId, TreeSaver]:
+        """The intake: where the new version's entries and contents come from. Here, the
+        scan of the source and the file saver's reads; a hub's session feeds the same vault
+        side from a client instead (`vaultfs.hub.server`). Returns the root tree and the
+        tree saver holding the listings for the diff and the commit; sets `_root_meta`."""
+        self.progress.stage("scanning")
         with self.vault.catalog.files_reader(self.collection.name) as cache:
             memos = Memos(cache, latest)
             rules = Rules(self.collection, self.vault.config.git_excludes_default)
@@ -212,7 +242,7 @@ class Snapshot:
             self.result.excluded = len(scanner.excluded)
             self._excluded = set(scanner.excluded)
             self._left_out_before = cache.left_out()
-            self._root_meta = _root_meta(root, top)
+            self._root_meta = source_root_meta(root, top)
             testpoints.reach("after-scan")
             self._uploader.start()
             self.files.read_files(root, scanner.files, cache, scanner.problems)
@@ -221,17 +251,7 @@ class Snapshot:
         self.result.preview_bytes = self.files.previews.bytes_kept if self.files.previews else 0
         self.progress.stage("writing trees")
         trees = TreeSaver(self.vault, memos)
-        root_id = trees.build(top)
-        self.result.dirs, self.result.dirs_reused = trees.dirs, trees.reused
-        # The root's own mode or owner is in no listing: compared on its own.
-        if latest is not None and root_id == latest.root and self._root_meta == latest.root_meta:
-            self._finish_unchanged(latest, trees)
-        else:
-            left_out = self._left_out_before if latest is not None else frozenset()
-            changes = diff_versions(
-                self.vault, latest.root if latest else None, root_id, trees.listings, left_out
-            )
-            self._commit(root_id, latest, trees, changes)
+        return trees.build(top), trees
 
     def _left_out_rows(self) -> set[bytes] | None:
         """What this run left out, for the catalog's left-out rows; None when the rows
@@ -283,8 +303,11 @@ class Snapshot:
         self._collect_band_stats()
 
     def _collect_band_stats(self) -> None:
-        self.result.bands = len(self._uploader.uploaded)
-        self.result.bytes_stored = sum(b.size for b in self._uploader.uploaded)
+        uploaded = self._uploader.uploaded
+        self.result.bands = len(uploaded)
+        self.result.bytes_stored = sum(b.size for b in uploaded)
+        self.result.upload_seconds = self._uploader.busy_seconds
+        self.result.levels = level_range(uploaded)
 
 
 def check_root(collection: CollectionConfig, done: str = "snapshotted") -> None:
@@ -328,7 +351,7 @@ def _unreadable_root(collection: CollectionConfig, e: OSError, done: str = "snap
     )
 
 
-def _root_meta(root: bytes, top: ScannedDir) -> RootMeta:
+def source_root_meta(root: bytes, top: ScannedDir) -> RootMeta:
     """The collection root's mode, owner, mtime and xattrs (of the directory a symlinked
     root points to: its own mode, not the link's 0777, is what guards the files)."""
     st = top.st if not stat.S_ISLNK(top.st.st_mode) else os.stat(root)

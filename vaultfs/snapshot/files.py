@@ -22,8 +22,9 @@ from typing import Protocol
 from vaultfs import band as bandfmt
 from vaultfs import testpoints
 from vaultfs.catalog import FileCacheLookup, FileCacheRow
-from vaultfs.config import CollectionConfig, Config
+from vaultfs.config import AUTO, CollectionConfig, Config, Level
 from vaultfs.model import BandId, BlobId, TreeId
+from vaultfs.snapshot.autolevel import AutoLevel
 from vaultfs.snapshot.previews import PreviewSpool, keeps_previews, pread_of
 from vaultfs.snapshot.spool import Uploader
 from vaultfs.source import (
@@ -67,18 +68,26 @@ class ReadProgress(Protocol):
 def band_settings(config: Config, collection: CollectionConfig) -> tuple[int, int, bool]:
     """The frame size, zstd level and frame-cut policy of `collection`'s bands: the tier's
     default frame size unless the collection sets one; the collection's level, else the
-    vault's, else the tier's (cold: `bandfmt.DEFAULT_LEVEL`, warm: `WARM_LEVEL`);
-    ``whole_members`` for warm bands, whose files are read one at a time (restore fetch,
-    cat in the mount), so a small one never straddles two frames (cold bands are read
-    whole once restored)."""
+    vault's, else the tier's (cold: "auto", warm: `WARM_LEVEL`) — for "auto" the level
+    given is ``auto_min``, where `auto_levels` starts; ``whole_members`` for warm bands,
+    whose files are read one at a time (restore fetch, cat in the mount), so a small one
+    never straddles two frames (cold bands are read whole once restored)."""
     cold = collection.tier == "cold"
     frame_size = collection.frame_size or (bandfmt.FRAME_SIZE_DEFAULT if cold else WARM_FRAME_SIZE)
-    level = collection.compression_level
-    if level is None:
-        level = config.compression_level
-    if level is None:
-        level = bandfmt.DEFAULT_LEVEL if cold else WARM_LEVEL
-    return frame_size, level, not cold
+    level = _level(config, collection)
+    return frame_size, config.auto_min if level == AUTO else level, not cold
+
+
+def auto_levels(config: Config, collection: CollectionConfig) -> tuple[int, int] | None:
+    """(``auto_min``, ``auto_max``) when `collection`'s level is "auto", else None."""
+    return (config.auto_min, config.auto_max) if _level(config, collection) == AUTO else None
+
+
+def _level(config: Config, collection: CollectionConfig) -> Level:
+    for level in (collection.compression_level, config.compression_level):
+        if level is not None:
+            return level
+    return AUTO if collection.tier == "cold" else WARM_LEVEL
 
 
 class FileSaver:
@@ -94,6 +103,12 @@ class FileSaver:
         self.frame_size, self.level, self.whole_members = band_settings(vault.config, collection)
         self.band_size = vault.config.band_size
         self.band: bandfmt.BandWriter | None = None
+        bounds = auto_levels(vault.config, collection)
+        self.auto = (
+            None
+            if bounds is None
+            else AutoLevel(*bounds, vault.config.threads, self._backlog, uploader.link_rate)
+        )
         self.band_ids: list[BandId] = []  # every band this run opened, in order
         self.cache_rows: list[tuple[bytes, FileCacheRow]] = []  # files read: their new rows
         self.bytes_added = 0  # content of the blobs this run stored
@@ -401,6 +416,31 @@ class FileSaver:
             if e.kind == "file" and e.size > SMALL_FILE
         )
 
+    # ---- content from elsewhere (a hub's client) --------------------------------------
+
+    def pack_received(
+        self, rel: bytes, meta: bandfmt.MemberMeta, size: int, read: bandfmt.ReadInto, blob: BlobId
+    ) -> None:
+        """Pack `size` bytes that `read` delivers from elsewhere — a hub's client
+        (`vaultfs.hub.server`) — under the claim that their SHA-256 is `blob`. The hash is
+        recomputed here, while packing: a mismatch (or too few bytes) rolls the member back
+        and raises `bandfmt.ContentChanged`, and the caller aborts the snapshot. A small
+        blob is gathered whole and packed as a small file is (no frame of its own)."""
+        self._make_room(size)
+        assert self.band is not None
+        if size <= SMALL_FILE:
+            view, n = memoryview(bytearray(size)), 0
+            while n < size and (got := read(view[n:], n)):
+                n += got
+            if n != size or hashlib.sha256(view).digest() != blob:
+                raise bandfmt.ContentChanged
+            self.band.add_blob(self._member_prefix + rel, meta, view, blob)
+        else:
+            self.band.add_blob_stream(self._member_prefix + rel, meta, size, read, blob)
+        self.files_read += 1
+        self.bytes_read += size
+        self._blob_added(blob, size)
+
     # ---- blobs and bands ---------------------------------------------------------------
 
     def _is_new(self, blob: BlobId) -> bool:
@@ -437,10 +477,19 @@ class FileSaver:
             whole_members=self.whole_members,
         )
         self.band.on_stall = self._read_ahead
+        if self.auto is not None:
+            self.band.auto = self.auto
         self.band_ids.append(BandId(band_id))
         if self.previews is not None:
             self.previews.open_band(band_id)
         return self.band
+
+    def _backlog(self) -> float:
+        """Bands in the spool not yet sent, the one being filled counted by how much of it is
+        compressed and written: the "auto" level's signal."""
+        band = self.band
+        filling = band.uncompressed_written / self.band_size if band is not None else 0.0
+        return self.uploader.unsent_bands() + filling
 
     def close_band(self, final_extra: dict[str, object] | None) -> bandfmt.ClosedBand | None:
         """Close the band being filled (if any) and queue it for the uploader; the last band

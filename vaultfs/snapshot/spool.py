@@ -13,7 +13,9 @@ import logging
 import os
 import queue
 import threading
+import time
 from dataclasses import replace
+from functools import partial
 from types import TracebackType
 
 from vaultfs import band as bandfmt
@@ -58,6 +60,34 @@ class Uploader:
         self._thread: threading.Thread | None = None
         self._abort = threading.Event()
         self._stop_sent = False  # the thread was told to stop (a second None would block)
+        # Bands queued or in flight: [bytes not yet sent, size] by band id (the "auto"
+        # level's backlog, `unsent_bands`); the store's progress reports what was sent.
+        self._unsent: dict[str, list[int]] = {}
+        self._unsent_lock = threading.Lock()
+        self.busy_seconds = 0.0  # time spent uploading bands (the summary's upload rate)
+        self._sent_bytes = 0  # band bytes the store reported sent
+        self._began: float | None = None  # monotonic start of the upload in flight
+
+    def link_rate(self) -> float | None:
+        """Band bytes sent per second of uploading so far (None: nothing sent yet)."""
+        with self._unsent_lock:
+            busy = self.busy_seconds + (time.monotonic() - self._began if self._began is not None else 0.0)
+            return self._sent_bytes / busy if self._sent_bytes and busy > 0 else None
+
+    def unsent_bands(self) -> float:
+        """Closed bands not yet on the store, in bands: each counts the share of its bytes
+        not yet sent (one queued and half of one in flight: 1.5)."""
+        with self._unsent_lock:
+            return sum(unsent / size for unsent, size in self._unsent.values() if size)
+
+    def _sent(self, band: str, n: int | None) -> None:
+        """`n` more bytes of `band` sent (None: all of them, or given up on)."""
+        with self._unsent_lock:
+            if n is None:
+                self._unsent.pop(band, None)
+            elif band in self._unsent:
+                self._unsent[band][0] -= n
+                self._sent_bytes += n
 
     def __enter__(self) -> Uploader:
         return self
@@ -77,6 +107,8 @@ class Uploader:
 
     def put(self, closed: bandfmt.ClosedBand) -> None:
         self._raise()
+        with self._unsent_lock:
+            self._unsent[closed.band_id] = [closed.size, closed.size]
         self.queue.put(closed)
 
     def drain(self) -> None:
@@ -114,8 +146,17 @@ class Uploader:
                     continue
                 closed = finish_spool_file(closed)
                 testpoints.reach("band-closed")
-                upload_preview(self.vault, closed.band_id)  # before the band: no band without it
-                info = self.vault.upload_band(closed, self.collection)
+                band = closed.band_id
+                with self._unsent_lock:
+                    self._began = time.monotonic()
+                try:
+                    upload_preview(self.vault, band)  # before the band: no band without it
+                    info = self.vault.upload_band(closed, self.collection, partial(self._sent, band))
+                finally:
+                    self._sent(band, None)  # on the store, or given up: not waiting any more
+                    with self._unsent_lock:
+                        self.busy_seconds += time.monotonic() - (self._began or 0.0)
+                        self._began = None
                 self.uploaded.append(info)
                 testpoints.reach("band-uploaded")
                 closed.path.unlink(missing_ok=True)

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from vaultfs.catalog import DirMemo, FileCacheLookup
 from vaultfs.model import Entry, TreeId, VersionInfo, encode_tree, tree_id
-from vaultfs.source import ScannedDir, ScannedFile
+from vaultfs.source import ScannedDir, ScannedFile, dir_entry, file_entry
 from vaultfs.vault import Vault
 
 
@@ -77,10 +77,10 @@ class TreeSaver:
                 else:
                     sub = self.build(child)
                     subtrees.append((child.name, sub))
-                    entries.append(_dir_entry(child, sub))
+                    entries.append(dir_entry(child, sub))
             elif isinstance(child, ScannedFile):
                 if not child.skipped and child.blob is not None:
-                    entries.append(_file_entry(child))
+                    entries.append(file_entry(child))
                     files += 1
                     size += child.st.st_size
                 else:
@@ -89,7 +89,7 @@ class TreeSaver:
                 entries.append(child)
         self.files += files
         self.size += size
-        tid = self._store(entries)
+        tid = self.store(entries)
         if complete and node.signature is not None:
             self.memo_rows.append((node.rel, DirMemo(node.signature, tid, files, size, tuple(subtrees))))
         return tid
@@ -119,50 +119,19 @@ class TreeSaver:
                     continue  # unreadable this time: left out, as a rebuilt listing would
                 e = replace(e, tree=sub)
             entries.append(e)
-        tid = self._store(entries)
+        tid = self.store(entries)
         if all(sub is not None for _, sub in subtrees):
             complete = tuple((name, sub) for name, sub in subtrees if sub is not None)
             self.memo_rows.append((node.rel, replace(memo, tree=tid, subtrees=complete)))
         return tid
 
-    def _store(self, entries: list[Entry]) -> TreeId:
+    def store(self, entries: list[Entry]) -> TreeId:
+        """Encode one listing (canonically: `model.encode_tree`) and keep it for the diff,
+        and for the commit when the catalog lacks it; its id. A hub stores the listings its
+        client sends through this, so each is re-encoded and its id recomputed here."""
         encoded = encode_tree(entries)
         tid = tree_id(encoded)
         self.listings[tid] = entries
         if tid not in self.new and not self.vault.catalog.has_tree(tid):
             self.new[tid] = encoded
         return tid
-
-
-def _file_entry(f: ScannedFile) -> Entry:
-    st = f.st
-    return Entry(
-        name=f.name,
-        kind="file",
-        mode=st.st_mode & 0o7777,
-        uid=st.st_uid,
-        gid=st.st_gid,
-        mtime_ns=st.st_mtime_ns,
-        size=st.st_size,
-        blob=f.blob,
-        nlink=st.st_nlink,
-        hardlink=f.link_of.rel if f.link_of is not None else None,
-        xattrs=f.xattrs,
-        flags=f.flags,
-        sparse=f.sparse,
-    )
-
-
-def _dir_entry(d: ScannedDir, sub: TreeId) -> Entry:
-    st = d.st
-    return Entry(
-        name=d.name,
-        kind="dir",
-        mode=st.st_mode & 0o7777,
-        uid=st.st_uid,
-        gid=st.st_gid,
-        mtime_ns=st.st_mtime_ns,
-        tree=sub,
-        xattrs=d.xattrs,
-        flags=d.flags,
-    )

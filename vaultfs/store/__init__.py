@@ -12,7 +12,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from vaultfs import testpoints
-from vaultfs.config import S3Settings
+from vaultfs.config import RateSchedule, S3Settings
 from vaultfs.errors import ConfigError
 from vaultfs.store.base import (
     ArchiveStore,
@@ -25,11 +25,13 @@ from vaultfs.store.base import (
     StoreError,
     StoreRefused,
 )
+from vaultfs.store.limit import Bandwidth, shared
 from vaultfs.store.local import LocalStore
 from vaultfs.store.retry import RetryingStore
 
 __all__ = [
     "ArchiveStore",
+    "Bandwidth",
     "LocalStore",
     "ObjectArchived",
     "ObjectExists",
@@ -46,20 +48,30 @@ __all__ = [
 _FORMS = "expected file:///absolute/path or s3://bucket/prefix"
 
 
-def open_store(url: str, s3: S3Settings, *, quick: bool = False) -> ArchiveStore:
+def open_store(
+    url: str,
+    s3: S3Settings,
+    upload_limit: RateSchedule | None = None,
+    download_limit: RateSchedule | None = None,
+    *,
+    quick: bool = False,
+) -> ArchiveStore:
     """The store named by ``url``, wrapped in RetryingStore. ConfigError for a bad URL.
 
-    Nothing is contacted here; call ``check_access()`` to find setup problems. ``quick``
-    (short commands that mostly read: ``restore fetch``): an S3 store's ranged GETs are
-    signed without importing boto3 (`vaultfs.store.s3_quick`), ~0.25 s less start-up.
+    Its transfers keep to the limits, with one bucket per direction shared by every
+    store of the process (`vaultfs.store.limit`). Nothing is contacted here; call
+    ``check_access()`` to find setup problems. ``quick`` (short commands that mostly
+    read: ``restore fetch``): an S3 store's ranged GETs are signed without importing
+    boto3 (`vaultfs.store.s3_quick`), ~0.25 s less start-up.
     """
+    bandwidth = shared(upload_limit or RateSchedule(), download_limit or RateSchedule())
     parts = urlsplit(url)
     if parts.query or parts.fragment:
         raise ConfigError(f"[vault].store = {url!r}: {_FORMS} (no ?query or #fragment)")
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
             raise ConfigError(f"[vault].store = {url!r}: {_FORMS} (three slashes for file://)")
-        inner: ArchiveStore = LocalStore(Path(unquote(parts.path)))
+        inner: ArchiveStore = LocalStore(Path(unquote(parts.path)), bandwidth)
     elif parts.scheme == "s3":
         if not parts.netloc:
             raise ConfigError(f"[vault].store = {url!r}: {_FORMS} (the bucket name is missing)")
@@ -67,11 +79,11 @@ def open_store(url: str, s3: S3Settings, *, quick: bool = False) -> ArchiveStore
         if quick:
             from vaultfs.store.s3_quick import QuickS3Store
 
-            inner = QuickS3Store(bucket, prefix, s3, os.environ)
+            inner = QuickS3Store(bucket, prefix, s3, os.environ, bandwidth)
         else:
             from vaultfs.store.s3 import S3Store  # lazy: boto3 costs ~0.3 s to import
 
-            inner = S3Store(bucket, prefix, s3)
+            inner = S3Store(bucket, prefix, s3, bandwidth=bandwidth)
     else:
         raise ConfigError(f"[vault].store = {url!r}: {_FORMS}")
     faults = testpoints.store_faults()  # tests only: VAULTFS_TESTPOINTS="store-faults=…"

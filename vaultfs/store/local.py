@@ -38,18 +38,21 @@ from vaultfs.store.base import (
     ProgressCallback,
     StoreError,
 )
+from vaultfs.store.limit import Bandwidth, Limiter
 
 TEMP_PREFIX = ".vaultfs-tmp-"
 _CHUNK = 4 * 1024 * 1024
+_LIMITED_CHUNK = 256 * 1024  # pieces of a copy that keeps to a bandwidth limit
 
 
 class LocalStore:
     """Objects as files under ``root``; key ``a/b`` is the file ``root/a/b``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, bandwidth: Bandwidth | None = None) -> None:
         if not root.is_absolute():
             raise StoreSetupError(f"store directory {root} is not absolute: use file:///abs/path")
         self.root = root
+        self.bandwidth = bandwidth or Bandwidth()  # copies keep to the limits; links move nothing
         self.url = f"file://{root}"
 
     # -- paths --------------------------------------------------------------
@@ -105,6 +108,7 @@ class LocalStore:
         """Atomically store ``data``; ObjectExists if ``if_none_match`` and the key exists."""
         final = self._path(key)
         with _os_errors(key, self.url):
+            self.bandwidth.up.take(len(data))
             tmp, _ = self._write_temp(final, iter((data,)))
             self._publish(tmp, final, if_none_match=if_none_match, key=key)
 
@@ -128,11 +132,11 @@ class LocalStore:
             return
         # The source is opened outside _os_errors: a missing source is not a missing object.
         with open(path, "rb") as src, _os_errors(key, self.url):
-            tmp, _ = self._write_temp(final, _read_chunks(src, progress))
+            tmp, _ = self._write_temp(final, _read_chunks(src, progress, self.bandwidth.up))
             try:
                 digest = hashlib.sha256()
                 with open(tmp, "rb") as f:
-                    for chunk in _read_chunks(f, None):
+                    for chunk in _read_chunks(f, None, None):
                         digest.update(chunk)
                 if digest.digest() != sha256:
                     raise CorruptionError(
@@ -178,7 +182,9 @@ class LocalStore:
     def get(self, key: str) -> bytes:
         """Whole object. ObjectNotFound."""
         with _os_errors(key, self.url):
-            return self._path(key).read_bytes()
+            data = self._path(key).read_bytes()
+        self.bandwidth.down.take(len(data))
+        return data
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
         """``length`` bytes from ``start``; fewer at the end, ``b""`` at or past it."""
@@ -190,9 +196,10 @@ class LocalStore:
                 parts: list[bytes] = []
                 done = 0
                 while done < length:
-                    chunk = os.pread(fd, length - done, start + done)
+                    chunk = os.pread(fd, min(length - done, _CHUNK), start + done)
                     if not chunk:
                         break
+                    self.bandwidth.down.take(len(chunk))
                     parts.append(chunk)
                     done += len(chunk)
                 return b"".join(parts)
@@ -207,7 +214,7 @@ class LocalStore:
             tmp = path.parent / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
             try:
                 with open_private(tmp) as dst:
-                    for chunk in _read_chunks(src, progress):
+                    for chunk in _read_chunks(src, progress, self.bandwidth.down):
                         dst.write(chunk)
                     dst.flush()
                     os.fsync(dst.fileno())
@@ -327,8 +334,12 @@ class LocalStore:
         return f"LocalStore({str(self.root)!r})"
 
 
-def _read_chunks(f: BinaryIO, progress: ProgressCallback | None) -> Iterator[bytes]:
-    while chunk := f.read(_CHUNK):
+def _read_chunks(f: BinaryIO, progress: ProgressCallback | None, limiter: Limiter | None) -> Iterator[bytes]:
+    """`f` in pieces, each charged to `limiter` (if any) before it is handed on."""
+    size = _LIMITED_CHUNK if limiter is not None and limiter.schedule.entries else _CHUNK
+    while chunk := f.read(size):
+        if limiter is not None:
+            limiter.take(len(chunk))
         yield chunk
         if progress is not None:
             progress(len(chunk))

@@ -41,6 +41,7 @@ from vaultfs.store.base import (
     StoreError,
     StoreRefused,
 )
+from vaultfs.store.limit import Bandwidth
 from vaultfs.store.s3_errors import (
     CREDENTIAL_CODES,
     NO_CREDENTIALS,
@@ -73,8 +74,10 @@ class S3Store:
         max_attempts: int = 5,
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
+        bandwidth: Bandwidth | None = None,
     ) -> None:
         self.bucket = bucket
+        self.bandwidth = bandwidth or Bandwidth()
         self.prefix = prefix.strip("/")
         self.settings = settings
         self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
@@ -180,7 +183,7 @@ class S3Store:
         args: dict[str, Any] = {
             "Bucket": self.bucket,
             "Key": self._key(key),
-            "Body": data,
+            "Body": self.bandwidth.up.body(data),
             "ChecksumAlgorithm": "SHA256",  # some servers (moto) keep the sum only with this
             "ChecksumSHA256": s3_upload.b64(hashlib.sha256(data).digest()),
         }
@@ -208,13 +211,15 @@ class S3Store:
         is aborted. After completion the object's size, checksum and storage class
         are checked with HEAD (`s3_upload`).
         """
-        s3_upload.put_file(self._target(key), path, self.settings, sha256, progress, storage_class)
+        s3_upload.put_file(
+            self._target(key), path, self.settings, sha256, progress, storage_class, self.bandwidth.up
+        )
 
     def get(self, key: str) -> bytes:
         """Whole object. ObjectNotFound, ObjectArchived."""
         try:
             answer = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
-            return bytes(answer["Body"].read())
+            return self._receive(answer["Body"])
         except (bex.ClientError, bex.BotoCoreError, OSError) as e:
             raise self._error(e, "GET", key) from e
 
@@ -229,7 +234,7 @@ class S3Store:
             answer = self._client.get_object(
                 Bucket=self.bucket, Key=self._key(key), Range=f"bytes={start}-{start + length - 1}"
             )
-            return bytes(answer["Body"].read())
+            return self._receive(answer["Body"])
         except bex.ClientError as e:
             if error_code(e) == "InvalidRange":
                 return b""
@@ -245,6 +250,7 @@ class S3Store:
             answer = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
             with open_private(tmp) as f:
                 for chunk in answer["Body"].iter_chunks(MiB):
+                    self.bandwidth.down.take(len(chunk))
                     f.write(chunk)
                     if progress is not None:
                         progress(len(chunk))
@@ -255,6 +261,17 @@ class S3Store:
             raise self._error(e, "GET", key) from e
         finally:
             tmp.unlink(missing_ok=True)
+
+    def _receive(self, body: Any) -> bytes:
+        """A response body read whole, in pieces charged to the download limit (a piece
+        not yet read is held back by TCP's flow control)."""
+        if not self.bandwidth.down.schedule.entries:
+            return bytes(body.read())
+        pieces = []
+        for chunk in body.iter_chunks(256 * 1024):
+            self.bandwidth.down.take(len(chunk))
+            pieces.append(chunk)
+        return b"".join(pieces)
 
     def head(self, key: str) -> ObjectInfo:
         """HeadObject: size, storage class (absent means STANDARD), ``x-amz-restore``."""

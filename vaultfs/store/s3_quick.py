@@ -48,6 +48,7 @@ from urllib.parse import quote, urlsplit
 
 from vaultfs.config import S3Settings
 from vaultfs.store.base import ObjectInfo, ProgressCallback
+from vaultfs.store.limit import Bandwidth
 
 if TYPE_CHECKING:
     from vaultfs.store.s3 import S3Store
@@ -179,10 +180,18 @@ class QuickS3Store:
     is that store's.
     """
 
-    def __init__(self, bucket: str, prefix: str, settings: S3Settings, environ: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str,
+        settings: S3Settings,
+        environ: Mapping[str, str],
+        bandwidth: Bandwidth | None = None,
+    ) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.settings = settings
+        self.bandwidth = bandwidth or Bandwidth()
         self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
         setup = static_setup(settings, environ)
         self._setup = setup
@@ -197,7 +206,7 @@ class QuickS3Store:
             if self._real is None:
                 from vaultfs.store.s3 import S3Store  # the import this class exists to defer
 
-                self._real = S3Store(self.bucket, self.prefix, self.settings)
+                self._real = S3Store(self.bucket, self.prefix, self.settings, bandwidth=self.bandwidth)
             return self._real
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
@@ -229,6 +238,7 @@ class QuickS3Store:
             return b""
         if status != 206 or not content_range.startswith(f"bytes {start}-") or len(body) > length:
             return None
+        self.bandwidth.down.take(len(body))  # after the fact: the next transfer waits for it
         return body
 
     def _send(self, path: str, headers: dict[str, str]) -> tuple[int, str, bytes]:

@@ -24,9 +24,10 @@ from typing import Any
 import botocore.exceptions as bex
 
 from vaultfs import testpoints
-from vaultfs.config import S3Settings
+from vaultfs.config import RateSchedule, S3Settings
 from vaultfs.errors import CorruptionError
 from vaultfs.store.base import ProgressCallback, StoreError, StoreRefused
+from vaultfs.store.limit import Limiter
 from vaultfs.store.s3_errors import error_code
 
 log = logging.getLogger(__name__)
@@ -61,18 +62,20 @@ def put_file(
     sha256: bytes,
     progress: ProgressCallback | None,
     storage_class: str = "STANDARD",
+    limiter: Limiter | None = None,
 ) -> None:
     """`S3Store.put_file`: upload ``path`` into ``storage_class``, then check what S3 stored
-    (see the module)."""
+    (see the module); the bytes sent are charged to `limiter`."""
+    limiter = limiter or Limiter(RateSchedule())
     size = path.stat().st_size
     threshold = min(settings.multipart_threshold, MAX_SINGLE_PUT)
     if size < threshold or size == 0:  # a multipart upload needs a part
-        _put_small(target, path, sha256, storage_class)
+        _put_small(target, path, sha256, storage_class, limiter)
         expected = b64(sha256)
         if progress is not None:
             progress(size)
     else:
-        expected = _put_multipart(target, path, size, sha256, settings, progress, storage_class)
+        expected = _put_multipart(target, path, size, sha256, settings, progress, storage_class, limiter)
     _verify_stored(target, path, size, expected, storage_class)
 
 
@@ -113,7 +116,7 @@ def _class_arg(storage_class: str) -> dict[str, str]:
     return {} if storage_class == "STANDARD" else {"StorageClass": storage_class}
 
 
-def _put_small(target: Target, path: Path, sha256: bytes, storage_class: str) -> None:
+def _put_small(target: Target, path: Path, sha256: bytes, storage_class: str, limiter: Limiter) -> None:
     data = path.read_bytes()
     digest = hashlib.sha256(data).digest()
     if digest != sha256:
@@ -122,7 +125,7 @@ def _put_small(target: Target, path: Path, sha256: bytes, storage_class: str) ->
         target.client.put_object(
             Bucket=target.bucket,
             Key=target.s3key,
-            Body=data,
+            Body=limiter.body(data),
             ChecksumAlgorithm="SHA256",
             ChecksumSHA256=b64(digest),
             **_class_arg(storage_class),
@@ -143,6 +146,7 @@ def _put_multipart(
     settings: S3Settings,
     progress: ProgressCallback | None,
     storage_class: str,
+    limiter: Limiter,
 ) -> str:
     """Upload in parts; return the composite checksum S3 should report."""
     part_size = _part_size(settings, size)
@@ -167,7 +171,7 @@ def _put_multipart(
                     Key=s3key,
                     UploadId=upload_id,
                     PartNumber=number,
-                    Body=chunk,
+                    Body=limiter.body(chunk),
                     ChecksumAlgorithm="SHA256",
                     ChecksumSHA256=part_sum,
                 )
