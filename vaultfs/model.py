@@ -269,10 +269,21 @@ def tree_id(encoded: bytes) -> TreeId:
 
 
 def decode_tree(encoded: bytes) -> tuple[Entry, ...]:
+    return tuple(Entry.from_json(e) for e in tree_rows(encoded))
+
+
+def tree_rows(encoded: bytes) -> list[dict[str, Any]]:
+    """A tree's entries as their JSON objects, format and kinds checked (`Entry.from_json`
+    makes one an `Entry`). For a reader that needs a few fields of most entries and the
+    whole entry of few (the mount's listings): making every `Entry` costs 3x the parse."""
     doc = json.loads(encoded)
     if doc.get("format") != TREE_FORMAT:
         raise ValueError(f"unknown tree format {doc.get('format')!r}")
-    return tuple(Entry.from_json(e) for e in doc["entries"])
+    rows: list[dict[str, Any]] = doc["entries"]
+    for row in rows:
+        if row["kind"] not in KINDS:
+            raise ValueError(f"unknown entry kind {row['kind']!r}")
+    return rows
 
 
 @dataclass(frozen=True, slots=True)

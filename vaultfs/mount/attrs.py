@@ -17,10 +17,11 @@ Files also answer ``user.vaultfs.state`` (their band's state in words,
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import stat
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from vaultfs.errors import CorruptionError
 from vaultfs.model import KIND_BITS, BandId, BandInfo, BlobId, BlobRef, Entry
@@ -28,6 +29,7 @@ from vaultfs.mount import xdg
 from vaultfs.mount.errors import NoAttribute, NotFound, Unsupported
 from vaultfs.mount.nodes import IMMUTABLE_TIMEOUT, Attr, Node
 from vaultfs.mount.status import state_text
+from vaultfs.sparse import data_size
 
 if TYPE_CHECKING:
     from vaultfs.catalog import Catalog
@@ -38,31 +40,17 @@ if TYPE_CHECKING:
 # directory's entry: `vaultfs forget` may remove it while mounted
 LIVE_TIMEOUT = 1.0
 EMPTY_SHA256 = hashlib.sha256().digest()
+# `Entry`'s defaults, which its encoding leaves out (read from the rows of trees)
+_MODE, _NLINK = (next(f.default for f in dataclasses.fields(Entry) if f.name == n) for n in ("mode", "nlink"))
 
 
 def node_attr(view: VaultView, node: Node) -> Attr:
     """stat(2) of a node, from the catalog only."""
-    e = node.entry
-    if e is not None:  # inside a version (most nodes): checked first
-        if e.kind == "dir":
-            assert e.tree is not None
-            nlink = 2 + view.listing(e.tree).subdirs
-        else:
-            nlink = max(1, e.nlink) if e.kind == "file" else 1
-        size = e.size if e.kind in ("file", "symlink") else 0
-        return Attr(
-            node.ino,
-            KIND_BITS[e.kind] | (e.mode & 0o7777),
-            nlink,
-            e.uid,
-            e.gid,
-            size,
-            e.mtime_ns,
-            e.rdev,
-            # a version directory's own entry: `vaultfs forget` may remove it while mounted
-            timeout=LIVE_TIMEOUT if node.kind == "version" else IMMUTABLE_TIMEOUT,
-            allocated=-1 if e.sparse is None else e.blob_size,
-        )
+    row = node.row
+    if row is None and node.decoded is not None:  # a version directory: its source root's
+        row = node.decoded.to_json()
+    if row is not None:  # inside a version (most nodes): checked first
+        return _entry_attr(view, node, row)
     if node.kind == "version":
         assert node.tree is not None
         return Attr(
@@ -76,6 +64,33 @@ def node_attr(view: VaultView, node: Node) -> Attr:
             timeout=LIVE_TIMEOUT,
         )
     return _live_attr(view, node)
+
+
+def _entry_attr(view: VaultView, node: Node, row: dict[str, Any]) -> Attr:
+    """stat(2) of an entry, straight from its tree's encoding (`Node.row`; the defaults of
+    `Entry` for the fields left out): a listing makes one for every entry, and making
+    each `Entry` first would cost more than the rest of the listing."""
+    kind = row["kind"]
+    get = row.get
+    if kind == "dir":
+        assert node.tree is not None
+        nlink = 2 + view.listing(node.tree).subdirs
+    else:
+        nlink = max(1, get("nlink", _NLINK)) if kind == "file" else 1
+    sparse = get("sparse")
+    return Attr(
+        node.ino,
+        KIND_BITS[kind] | (get("mode", _MODE) & 0o7777),
+        nlink,
+        get("uid", 0),
+        get("gid", 0),
+        get("size", 0) if kind in ("file", "symlink") else 0,
+        get("mtime_ns", 0),
+        get("rdev", 0),
+        # a version directory's own entry: `vaultfs forget` may remove it while mounted
+        LIVE_TIMEOUT if node.kind == "version" else IMMUTABLE_TIMEOUT,
+        -1 if sparse is None else data_size(sparse),  # a sparse file's data only
+    )
 
 
 def _live_attr(view: VaultView, node: Node) -> Attr:
@@ -155,11 +170,15 @@ def xattr(catalog: Catalog, node: Node, name: bytes, config: Config | None = Non
     whole mount (see `Unsupported`). Missing ACLs must be ENODATA ("no ACL"): the kernel
     would refuse access to the node on any other error.
     """
+    ours = name.startswith(b"user.vaultfs.") or name in xdg.NAMES
+    if not ours and node.row is not None and "xattrs" not in node.row:
+        # `ls -l` asks every entry for its ACLs: answered without making its `Entry`
+        raise Unsupported(name) if name.startswith(b"security.") else NoAttribute(name)
     e = node.entry
     for key, value in e.xattrs if e is not None else ():
         if key == name:
             return value
-    if e is None or not (e.kind == "file" and (name.startswith(b"user.vaultfs.") or name in xdg.NAMES)):
+    if e is None or not (e.kind == "file" and ours):
         raise Unsupported(name) if name.startswith(b"security.") else NoAttribute(name)
     # Only our own names reach the catalog: ls -l asks every file for ACLs and labels.
     if name in xdg.NAMES:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from vaultfs.model import Entry, TreeId
 
@@ -58,7 +58,13 @@ class Attr(NamedTuple):
 
 @dataclass(slots=True, eq=False)
 class Node:
-    """One inode. ``path`` is relative to the version root ('/'-separated, b"" for it)."""
+    """One inode. ``path`` is relative to the version root ('/'-separated, b"" for it).
+
+    A node inside a version keeps its entry as the JSON object of its tree's encoding
+    (``row``), made an `Entry` only when something asks for it (`entry`: reading, a
+    symlink's target, its xattrs): a listing needs only a few fields of each, which
+    `vaultfs.mount.attrs` reads from the row.
+    """
 
     ino: int
     kind: NodeKind
@@ -66,10 +72,18 @@ class Node:
     collection: str = ""
     version: int = 0
     path: bytes = b""
-    entry: Entry | None = None
+    decoded: Entry | None = None  # `entry` once made (a version directory's: given)
     tree: TreeId | None = None
     refs: int = 0
     created_ns: int = 0  # version directories: snapshot time
+    row: dict[str, Any] | None = None  # the entry in its tree's encoding (`tree_rows`)
+
+    @property
+    def entry(self) -> Entry | None:
+        """The node's entry in its version (None above the versions)."""
+        if self.decoded is None and self.row is not None:
+            self.decoded = Entry.from_json(self.row)
+        return self.decoded
 
 
 def inode_number(*key: object) -> int:

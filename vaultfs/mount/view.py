@@ -74,11 +74,12 @@ from vaultfs.model import (
     BandId,
     BandInfo,
     BlobId,
-    Entry,
     TreeId,
     VersionInfo,
+    from_text,
     readable_now,
     to_text,
+    tree_rows,
 )
 from vaultfs.mount.attrs import EMPTY_SHA256, LIVE_TIMEOUT, band_info, blob_ref, node_attr, xattr, xattr_names
 from vaultfs.mount.errors import (
@@ -144,7 +145,12 @@ LATEST = b"latest"
 
 @dataclass(slots=True)
 class _Listing:
-    entries: tuple[Entry, ...]
+    """A tree as the mount uses it, made once per tree id (`VaultView.listing`): its
+    entries' names and JSON objects (`tree_rows`; an `Entry` is made from one only when a
+    node's `entry` is asked for), where each name is, and how many are directories."""
+
+    names: list[bytes]
+    rows: list[dict[str, Any]]
     index: dict[bytes, int]
     subdirs: int
     cost: int
@@ -153,13 +159,12 @@ class _Listing:
 @dataclass(slots=True, eq=False)
 class Prepared:
     """A version directory's answers, each made once (see the module docstring): entry i
-    of its tree, ``entries[i]``, is ``nodes[i]``, whose attributes the kernel gets as
-    ``replies[i]`` (both None until first asked for: a lookup of one name makes one);
-    ``index`` maps a name to its position."""
+    of its tree (``listing.names[i]``, ``listing.rows[i]``) is ``nodes[i]``, whose
+    attributes the kernel gets as ``replies[i]`` (both None until first asked for: a
+    lookup of one name makes one)."""
 
     tree: TreeId
-    entries: tuple[Entry, ...]
-    index: dict[bytes, int]
+    listing: _Listing
     nodes: list[Node | None]
     replies: list[Any]
 
@@ -261,7 +266,7 @@ class VaultView:
                 return node, self.reply(self.attr(node))
             raise NotADirectory(parent.path)
         table = self.prepared(parent)
-        pos = table.index.get(name)
+        pos = table.listing.index.get(name)
         if pos is None:
             raise NotFound(name)
         return self._answer(parent, table, pos)
@@ -324,38 +329,27 @@ class VaultView:
             version=v.number,
             tree=v.root,
             created_ns=v.created_ns,
-            entry=root,
+            decoded=root,
         )
 
-    def _child(self, parent: Node, e: Entry) -> Node:
-        """The node of entry `e` of directory `parent` (called for every entry listed)."""
-        path = e.name if not parent.path else parent.path + b"/" + e.name
-        identity = e.hardlink if e.kind == "file" and e.hardlink is not None else path
+    def _child(self, parent: Node, name: bytes, row: dict[str, Any]) -> Node:
+        """The node of entry `name` (`row`: its JSON object) of directory `parent` (called
+        for every entry listed)."""
+        path = name if not parent.path else parent.path + b"/" + name
+        kind = row["kind"]
+        hardlink = row.get("hardlink") if kind == "file" else None
+        identity = path if hardlink is None else from_text(hardlink)
         key = ("entry", parent.collection, parent.version, identity)
+        tree = TreeId(bytes.fromhex(row["tree"])) if kind == "dir" else None
         # inode_number(*key), without re-encoding the collection and version for each entry
         ino = hashed_ino(entry_prefix(parent.collection, parent.version) + identity)
         known = self._nodes.get(ino)
         if known is None:
-            return Node(
-                ino,
-                "entry",
-                key,
-                parent.collection,
-                parent.version,
-                path,
-                e,
-                e.tree if e.kind == "dir" else None,
-            )
+            return Node(ino, "entry", key, parent.collection, parent.version, path, None, tree, 0, 0, row)
         if known.key == key:
             return known
         return self._make(
-            "entry",
-            key,
-            collection=parent.collection,
-            version=parent.version,
-            path=path,
-            entry=e,
-            tree=e.tree if e.kind == "dir" else None,
+            "entry", key, collection=parent.collection, version=parent.version, path=path, tree=tree, row=row
         )
 
     # ---- listing --------------------------------------------------------------------------
@@ -389,8 +383,9 @@ class VaultView:
             yield from _by_inode(items, after)
         elif node.tree is not None:
             table = self.prepared(node)
-            for pos in range(max(after, 0), len(table.entries)):
-                yield table.entries[pos].name, self._answer(node, table, pos)[0], pos + 1
+            names = table.listing.names
+            for pos in range(max(after, 0), len(names)):
+                yield names[pos], self._answer(node, table, pos)[0], pos + 1
         else:
             raise NotADirectory(node.path)
 
@@ -403,13 +398,13 @@ class VaultView:
                 yield name, child, self.reply(self.attr(child)), offset
             return
         table = self.prepared(node)
-        entries, nodes, replies = table.entries, table.nodes, table.replies
-        for pos in range(max(after, 0), len(entries)):
+        names, nodes, replies = table.listing.names, table.nodes, table.replies
+        for pos in range(max(after, 0), len(names)):
             made = nodes[pos]
             if made is None:
-                yield entries[pos].name, *self._answer(node, table, pos), pos + 1
+                yield names[pos], *self._answer(node, table, pos), pos + 1
             else:
-                yield entries[pos].name, made, replies[pos], pos + 1
+                yield names[pos], made, replies[pos], pos + 1
 
     def prepared(self, directory: Node) -> Prepared:
         """The prepared table of a version directory (made at its first use; LRU)."""
@@ -419,21 +414,22 @@ class VaultView:
             self._prepared.move_to_end(directory.ino)
             return table
         listing = self.listing(directory.tree)
-        n = len(listing.entries)
-        table = Prepared(directory.tree, listing.entries, listing.index, [None] * n, [None] * n)
+        n = len(listing.names)
+        table = Prepared(directory.tree, listing, [None] * n, [None] * n)
         old = self._prepared.pop(directory.ino, None)
-        self._prepared_entries += n - (len(old.entries) if old is not None else 0)
+        self._prepared_entries += n - (len(old.nodes) if old is not None else 0)
         self._prepared[directory.ino] = table
         while self._prepared_entries > PREPARED_ENTRIES and len(self._prepared) > 1:
             _, dropped = self._prepared.popitem(last=False)
-            self._prepared_entries -= len(dropped.entries)
+            self._prepared_entries -= len(dropped.nodes)
         return table
 
     def _answer(self, directory: Node, table: Prepared, pos: int) -> tuple[Node, Any]:
         """Entry `pos` of a prepared directory: its node and reply, made at first use."""
         node = table.nodes[pos]
         if node is None:
-            node = table.nodes[pos] = self._child(directory, table.entries[pos])
+            listing = table.listing
+            node = table.nodes[pos] = self._child(directory, listing.names[pos], listing.rows[pos])
             table.replies[pos] = self.reply(self.attr(node))
         return node, table.replies[pos]
 
@@ -448,15 +444,10 @@ class VaultView:
             raise CorruptionError(
                 f"tree {tree.hex()[:16]} is missing from the local catalog: run `vaultfs index rebuild`"
             )
-        from vaultfs.model import decode_tree
-
-        entries = decode_tree(raw)
-        listing = _Listing(
-            entries,
-            {e.name: i for i, e in enumerate(entries)},
-            sum(1 for e in entries if e.kind == "dir"),
-            len(raw),
-        )
+        rows = tree_rows(raw)
+        names = [from_text(row["name"]) for row in rows]
+        subdirs = sum(1 for row in rows if row["kind"] == "dir")
+        listing = _Listing(names, rows, {name: i for i, name in enumerate(names)}, subdirs, len(raw))
         self._trees[tree] = listing
         self._tree_bytes += listing.cost
         while self._tree_bytes > TREE_CACHE_BYTES and len(self._trees) > 1:
