@@ -94,7 +94,7 @@ on the store. A mount reading a version forgotten meanwhile may find its
 trees gone (EIO there); it never sees wrong bytes.
 """
 
-from vaultfs.retention.compact import MIN_GARBAGE, Chosen, CompactResult, compact
+from vaultfs.retention.compact import MIN_GARBAGE, CompactResult, compact
 from vaultfs.retention.forget import ForgetResult, finish_forgets, forget, keep_for
 from vaultfs.retention.pins import AcceptResult, Pin, accept, acceptance_json, forgettable, is_cold, pins
 from vaultfs.retention.policy import Reason, kept_by_rules
@@ -107,6 +107,8 @@ from vaultfs.retention.prune import (
     live_set,
     prune,
 )
+from vaultfs.retention.recompress import MIN_LOW_SHARE, Recompressed, RecompressResult, recompress
+from vaultfs.retention.rewrite import Chosen, Rewrite, RewriteResult
 from vaultfs.retention.terms import (
     MIN_DAYS,
     NS_PER_DAY,
@@ -119,6 +121,7 @@ from vaultfs.retention.terms import (
 __all__ = [
     "MIN_DAYS",
     "MIN_GARBAGE",
+    "MIN_LOW_SHARE",
     "NS_PER_DAY",
     "PENDING_META",
     "UNKNOWN_MIN_DAYS",
@@ -132,6 +135,10 @@ __all__ = [
     "Pin",
     "PruneResult",
     "Reason",
+    "RecompressResult",
+    "Recompressed",
+    "Rewrite",
+    "RewriteResult",
     "accept",
     "acceptance_json",
     "compact",
@@ -147,4 +154,5 @@ __all__ = [
     "monthly_cost",
     "pins",
     "prune",
+    "recompress",
 ]
