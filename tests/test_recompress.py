@@ -37,12 +37,13 @@ MiB = 1024 * 1024
 LEVEL = 9  # the vault's auto_max in these tests: level 19 would take seconds per frame
 
 
-def low_level_vault(env: VaultEnv, tmp: Path, name: str = "docs", level: int = 1) -> dict[int, Path]:
-    """A cold collection written at `level`, with auto_max = LEVEL: v1 holds log text (one
+def low_level_vault(env: VaultEnv, tmp: Path, name: str = "docs", level: int | str = 1) -> dict[int, Path]:
+    """A cold collection written at `level` ("auto": auto_min, 3, as a local store gets it),
+    with auto_max = LEVEL: v1 holds log text (one
     file streamed, the others small), a random file with an xattr and a small text file;
     v2 adds more text. Frames of 1 MiB, bands of 4 MiB: one band per version, each the
     last band of a kept version. Returns a copy of the source as each version saw it."""
-    env.vault_extra = f"compression_level = {level}\nauto_max = {LEVEL}\n"
+    env.vault_extra = f"compression_level = {json.dumps(level)}\nauto_max = {LEVEL}\n"
     src = env.add_collection(name, tier="cold")
     env.extra_config = 'frame_size = "1MiB"\n'  # the last collection's table: this one's
     env.write_config()
@@ -189,8 +190,9 @@ def test_recompress_a_low_level_cold_vault(vault_env: VaultEnv, tmp_path: Path) 
     ],
 )
 def test_kill_at_each_point_then_finish(file_vault: VaultEnv, tmp_path: Path, point: str, then: str) -> None:
-    seen = low_level_vault(file_vault, tmp_path)
+    seen = low_level_vault(file_vault, tmp_path, level="auto")  # level 3: the store is local
     old = bands_of(file_vault)
+    assert [v["compression_levels"] for v in file_vault.versions("docs")] == [[3, 3], [3, 3]]
     proc = file_vault.run("recompress", expect=None, env=file_vault.env(VAULTFS_TESTPOINTS=f"{point}=kill"))
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     all_restore(file_vault, tmp_path, seen)  # readable whatever the point

@@ -259,7 +259,7 @@ def _write_group(
 ) -> None:
     first = group[0]
     ids = [c.band for c in group]
-    previews = _old_previews(vault, first, result) if policy.per_band else None
+    previews = _old_previews(vault, first, result) if policy.per_band and first.live else None
     out = NewBands(
         vault,
         first.plan.collection,
