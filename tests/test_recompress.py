@@ -266,8 +266,8 @@ def test_archived_bands_are_never_touched_and_previews_are_carried(s3_bucket: An
     assert result["archived"] == 1
     assert {k: v for k, v in band_objects(env).items() if photos_band in k or misc_band in k} == untouched
     text = env.run("recompress").stdout
-    assert text.startswith("nothing to recompress")
-    assert f"{photos_band}  photos: archived in DEEP_ARCHIVE" in text
+    assert text.startswith("nothing to recompress") and "already at it or incompressible, 1 archived)" in text
+    assert f"{misc_band}  misc: the store holds it in GLACIER" in text and photos_band not in text
 
     # The new band has the old one's preview ranges, under its own id.
     [new] = result["new_bands"]

@@ -21,6 +21,7 @@ from vaultfs.output import AddCommand, display_path, emit_json, human_bytes, iso
 
 if TYPE_CHECKING:  # imported lazily: every command pays for cli's imports
     from vaultfs import retention
+    from vaultfs.model import BandId, BandInfo
     from vaultfs.vault import Vault
 
 # The periods of forget's --keep-daily ... --keep-yearly, in words (for --help).
@@ -640,26 +641,13 @@ def describe_recompress(r: retention.RecompressResult) -> list[str]:
             f"dropped {len(finished)} band(s) already copied, deleted {r.deletions_resumed} band(s)"
         )
     new = {b.band: b for b in r.new_bands}
-    for c in rewritten:
-        p = c.plan
-        levels = f"levels {min(c.levels)}-{max(c.levels)}" if c.levels else "no data frames"
-        if not c.levels_known:
-            levels = "levels not recorded (counted as 3)"
-        if c.kept:
-            after = "kept: a file could not be read"
-        elif r.dry_run:
-            after = f"about {human_bytes(c.estimate or 0)}"
-        elif c.new_band in new:
-            after = f"{human_bytes(new[c.new_band].size)} in {c.new_band}"
-        else:
-            after = "not rewritten (the run stopped)"
-        out.append(
-            f"  {p.band}  {p.collection}  {human_bytes(p.size)}  {levels}, "
-            f"{c.low_share:.0%} below {r.level} -> {after}"
-        )
+    out += [_recompress_line(r, c, new) for c in rewritten]
     if r.dry_run and finished:
         out.append(f"  and {len(finished)} band(s) an interrupted run already copied, to be dropped")
-    left = [(p, why) for p, why in r.skipped]
+    # Archived bands are counted, not listed (a vault that archives has thousands): --json lists them.
+    left = [(p, why) for p, why in r.skipped if p.storage_class == "STANDARD"]
+    if r.archived and rewritten:  # else the summary says it
+        out.append(f"left {r.archived} archived band(s) below level {r.level}: recompress never touches them")
     if left:
         out.append(f"left {len(left)} band(s) below level {r.level}:")
         for p, why in left[:_LEFT_SHOWN]:
@@ -670,6 +658,26 @@ def describe_recompress(r: retention.RecompressResult) -> list[str]:
 
 
 _LEFT_SHOWN = 20
+
+
+def _recompress_line(
+    r: retention.RecompressResult, c: retention.Recompressed, new: dict[BandId, BandInfo]
+) -> str:
+    """One band: its size, levels and share below the target; its copy (or the estimate)."""
+    p = c.plan
+    levels = f"levels {min(c.levels)}-{max(c.levels)}" if c.levels else "no data frames"
+    if not c.levels_known:
+        levels = "levels not recorded (counted as 3)"
+    if c.kept:
+        after = "kept: a file could not be read"
+    elif r.dry_run:
+        after = f"about {human_bytes(c.estimate or 0)}"
+    elif c.new_band in new:
+        after = f"{human_bytes(new[c.new_band].size)} in {c.new_band}"
+    else:
+        after = "not rewritten (the run stopped)"
+    share = f"{c.low_share:.0%} below {r.level}"
+    return f"  {p.band}  {p.collection}  {human_bytes(p.size)}  {levels}, {share} -> {after}"
 
 
 def _recompress_summary(r: retention.RecompressResult, rewritten: list[retention.Recompressed]) -> str:

@@ -77,7 +77,7 @@ class Recompressed(Chosen):
 class RecompressResult(RewriteResult):
     level: int = bandfmt.DEFAULT_LEVEL  # the target
     at_target: int = 0  # readable cold bands already at the target (or incompressible)
-    archived: int = 0  # cold bands below the target that are archived (never touched)
+    archived: int = 0  # cold bands below the target in an archive class (never touched)
     sampled_frames: int = 0
     bands: list[Recompressed] = field(default_factory=list)  # `chosen`, typed
 
@@ -192,7 +192,7 @@ def _choose(vault: Vault, live: LiveSet, result: RecompressResult, only: set[str
         try:
             sidecar, names = inspect(vault, plan, live, "recompress")
         except Left as e:
-            if info.state != "standard" or info.storage_class != "STANDARD":
+            if info.storage_class != "STANDARD":
                 result.archived += 1
             result.skipped.append((plan, e.why))
             continue
