@@ -490,6 +490,11 @@ class BandInfo:
     restore: RestoreInfo | None = None  # the latest restore request, while it matters
     cached: bool = False  # the whole band is in <state_dir>/cache
     levels: tuple[int, int] | None = None  # lowest and highest zstd level of its data frames
+    # A band `vaultfs recompress` wrote: the bands whose live content it holds whole (the
+    # one it was rewritten from first, then that one's own `replaces`); its catalog's
+    # ``recompressed_from``. Versions keep naming the band their snapshot wrote: see
+    # `band_successors`.
+    replaces: tuple[BandId, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -512,6 +517,8 @@ class BandInfo:
             d["cached"] = True
         if self.levels is not None:
             d["levels"] = list(self.levels)
+        if self.replaces:
+            d["replaces"] = list(self.replaces)
         return d
 
     @staticmethod
@@ -532,7 +539,21 @@ class BandInfo:
             restore=RestoreInfo.from_json(d["restore"]) if d.get("restore") else None,
             cached=bool(d.get("cached", False)),
             levels=(int(d["levels"][0]), int(d["levels"][1])) if d.get("levels") else None,
+            replaces=tuple(parse_band_id(b, where) for b in d.get("replaces", ())),
         )
+
+
+def band_successors(bands: Iterable[BandInfo]) -> dict[BandId, BandId]:
+    """For each band a recompressed band replaces, the band that holds its content now (of
+    two that replace it — a run killed after uploading its copy, then a later one — the
+    newer). A version record keeps naming the bands its snapshot wrote (it is committed
+    once, and its copy in its last band's catalog must match it): the band that holds its
+    record copy and trees now is ``successors.get(band, band)``."""
+    out: dict[BandId, BandId] = {}
+    for b in sorted(bands, key=lambda b: b.band):  # ids sort by creation time
+        for old in b.replaces:
+            out[old] = b.band
+    return out
 
 
 def level_range(bands: Iterable[BandInfo]) -> tuple[int, int] | None:

@@ -206,10 +206,15 @@ class Vault:
     # ---- bands -------------------------------------------------------------------------
 
     def upload_band(
-        self, closed: bandfmt.ClosedBand, collection: str, progress: ProgressCallback | None = None
+        self,
+        closed: bandfmt.ClosedBand,
+        collection: str,
+        progress: ProgressCallback | None = None,
+        replaces: tuple[BandId, ...] = (),
     ) -> BandInfo:
         """Put a closed spool band and its sidecar on the store and register its blobs
-        (`progress`: called with the band's bytes as they are sent).
+        (`progress`: called with the band's bytes as they are sent; `replaces`: the bands a
+        recompressed band replaces, its catalog's ``recompressed_from``).
 
         Blobs are registered before any version refers to them: a snapshot that
         dies later leaves bands whose content the next run reuses (resume).
@@ -238,6 +243,7 @@ class Vault:
             blobs=len(closed.blobs),
             created_ns=time.time_ns(),
             levels=(min(closed.frame_levels), max(closed.frame_levels)) if closed.frame_levels else None,
+            replaces=replaces,
         )
         with self.catalog.writer() as w:
             w.put_band(info)

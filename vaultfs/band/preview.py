@@ -130,3 +130,15 @@ def parse_index(
     except (ValueError, TypeError, KeyError, AttributeError) as e:
         raise CorruptionError(f"preview object of band {label}: bad index: {e}") from e
     return out
+
+
+def read_preview_index(f: BinaryIO, size: int, label: str) -> dict[bytes, tuple[PreviewRange, ...]]:
+    """The verified index of the whole preview object open as `f` (`size` bytes), read from
+    its tail (`vaultfs recompress` copies a band's ranges so). CorruptionError if damaged."""
+    if size < TRAILER.size:
+        raise CorruptionError(f"preview object of band {label}: too short")
+    f.seek(size - TRAILER.size)
+    length, digest = parse_trailer(f.read(TRAILER.size), size, label)
+    end = size - TRAILER.size
+    f.seek(end - length)
+    return parse_index(f.read(length), digest, end - length, label)

@@ -142,6 +142,7 @@ class BandWriter:
         frame_size: int = FRAME_SIZE_DEFAULT,
         threads: int = 2,
         whole_members: bool = False,
+        fixed_window: bool = False,
     ) -> None:
         if not 0 < frame_size <= FRAME_SIZE_MAX:
             raise ValueError(f"frame_size must be in (0, {FRAME_SIZE_MAX}]")
@@ -150,6 +151,9 @@ class BandWriter:
         # frame straddle two (the warm tier: one small file = one ranged GET of one frame
         # and one decompression; docs/band-format.md, "Frames").
         self.whole_members = whole_members
+        # Levels above 3 keep level 3's window, as with "auto" (`vaultfs recompress`: its
+        # bands need no more memory to read than the snapshot's).
+        self.fixed_window = fixed_window
         self._file = BandFile(path)  # owned until close/abort; O_DIRECT where possible
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="band-zstd")
         # Frames compressed but not yet written are bounded (memory); a writer thread
@@ -403,7 +407,7 @@ class BandWriter:
         try:
             auto = self.auto
             if auto is None:
-                return compress_frame(memoryview(buf)[:n], level)
+                return compress_frame(memoryview(buf)[:n], level, fixed_window=self.fixed_window)
             began = time.perf_counter()
             data, used = compress_frame(memoryview(buf)[:n], level, fixed_window=True)
             if used == level:  # not an incompressible frame sent at the cheapest level

@@ -437,10 +437,11 @@ def print_listing(doc: dict[str, Any], i: int, *, single: bool) -> None:
 def _listing(vault: Vault, collection: str) -> _Listing:
     """The versions of one collection, and a row of figures for each (table and --json)."""
     from vaultfs import retention
-    from vaultfs.model import level_range
+    from vaultfs.model import band_successors, level_range
 
     versions = vault.versions(collection)
     bands = {b.band: b for b in vault.catalog.bands()}
+    successors = band_successors(bands.values())  # recompressed since: their copies
     lost_blobs = vault.catalog.lost_blobs()  # empty: no walk, `versions` stays fast
     memo: dict[TreeId, list[tuple[bytes, BlobId]]] = {}
     lost = {v.number: vault.lost_files(v.root, lost_blobs, memo) if lost_blobs else [] for v in versions}
@@ -449,7 +450,7 @@ def _listing(vault: Vault, collection: str) -> _Listing:
     rows: list[dict[str, Any]] = []
     for v in versions:
         pin = pins.get(v.number)
-        vb = [bands[b] for b in v.bands if b in bands]
+        vb = [bands[b] for b in dict.fromkeys(successors.get(b, b) for b in v.bands) if b in bands]
         states: list[str] = sorted({b.state for b in vb}) or ["missing"]
         levels = level_range(vb)
         rows.append(

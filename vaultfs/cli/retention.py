@@ -1,4 +1,5 @@
-"""``vaultfs forget``, ``accept``, ``prune`` and ``compact``: the command line of `vaultfs.retention`.
+"""``vaultfs forget``, ``accept``, ``prune``, ``compact`` and ``recompress``: the command line
+of `vaultfs.retention`.
 
 Also `after_snapshot`, which ``vaultfs snapshot`` calls for each collection it
 snapshotted (holding the vault lock) to apply the collection's keep rules.
@@ -20,6 +21,7 @@ from vaultfs.output import AddCommand, display_path, emit_json, human_bytes, iso
 
 if TYPE_CHECKING:  # imported lazily: every command pays for cli's imports
     from vaultfs import retention
+    from vaultfs.model import BandId, BandInfo
     from vaultfs.vault import Vault
 
 # The periods of forget's --keep-daily ... --keep-yearly, in words (for --help).
@@ -141,6 +143,48 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
         help="rewrite bands with at least this share of garbage bytes (default 50%%; 0.5 works too)",
     )
     sp.set_defaults(func=cmd_compact)
+
+    sp = add(
+        "recompress",
+        "rewrite cold bands written at a low zstd level, before they are archived",
+        "A backup to a fast store (a local disk, a NAS on the LAN) leaves compression_level =\n"
+        '"auto" at its lowest level (auto_min, 3): the store never waits, so no frame is worth\n'
+        "more CPU. Cold data is written once and kept for years; recompress spends idle CPU to\n"
+        "store it smaller. It copies the live files of each band that qualifies into a new band\n"
+        "at the target level (--level, default [vault].auto_max, 19), checking each file's\n"
+        "SHA-256 as it is read, then deletes the old band.\n\n"
+        "A band qualifies when it belongs to a cold collection, is in the STANDARD class (in\n"
+        "the local catalog and on the store: an archived band is never touched, reading it\n"
+        "would need a restore) and at least 10% of its data is in compressible frames below\n"
+        "the target (the levels its catalog records; a band written before levels were\n"
+        "recorded counts as level 3). Frames that do not compress stay at the cheapest level,\n"
+        "so photos and videos cost little. The band a version's snapshot wrote is rewritten\n"
+        "too: its new band carries the version's record and directory listings, and `vaultfs\n"
+        "versions`, `check` and `index rebuild` find it.\n\n"
+        "Slow on purpose: level 19 compresses 2-4 MB/s per core. Run it when the NAS is idle\n"
+        "(nice -n 19 vaultfs recompress). Safe to interrupt at any point: the next recompress\n"
+        "finishes what was left. --dry-run compresses a sample of each band's frames at the\n"
+        "target level and prints the estimated saving; it changes nothing.\n\n"
+        "Examples:\n"
+        "  vaultfs recompress --dry-run               which bands, and about how much smaller\n"
+        "  vaultfs recompress --collection photos     only the bands of photos\n"
+        "  vaultfs recompress --level 12              a lower target: several times quicker",
+    )
+    sp.add_argument("--dry-run", action="store_true", help="estimate the saving; change nothing")
+    sp.add_argument(
+        "--level",
+        type=zstd_level,
+        metavar="N",
+        help="the zstd level to rewrite at, 1 to 22 (default: [vault].auto_max, 19)",
+    )
+    sp.add_argument(
+        "--collection",
+        action="append",
+        default=[],
+        metavar="C",
+        help="only the bands of this collection (repeat for more; default: every cold collection)",
+    )
+    sp.set_defaults(func=cmd_recompress)
 
 
 # ---- forget ------------------------------------------------------------------------------
@@ -526,6 +570,136 @@ def describe_compact(r: retention.CompactResult) -> list[str]:
         for p, why in r.skipped:
             out.append(f"  {p.band}  {p.collection}  garbage {p.garbage_fraction:.0%}: {why}")
     return out
+
+
+# ---- recompress ---------------------------------------------------------------------------
+
+
+def zstd_level(text: str) -> int:
+    """``--level``: a zstd level, 1 to 22 (argparse type)."""
+    try:
+        level = int(text)
+    except ValueError:
+        level = 0
+    if not 1 <= level <= 22:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a zstd level from 1 to 22, e.g. 19")
+    return level
+
+
+def cmd_recompress(args: argparse.Namespace, config: Config) -> int:
+    from vaultfs import retention
+    from vaultfs.progress import TerminalProgress
+    from vaultfs.vault import Vault
+
+    level = args.level if args.level is not None else config.auto_max
+    names = [c.name for c in config.collections]
+    vault = Vault.open(config, readonly=args.dry_run)
+    try:
+        known = set(names) | set(vault.catalog.collections())
+        unknown = [c for c in args.collection if c not in known]
+        if unknown:
+            raise UsageError(
+                f"--collection {unknown[0]}: no such collection (known: {', '.join(sorted(known)) or 'none'})"
+            )
+        if args.dry_run:
+            result = retention.recompress(
+                vault, level=level, dry_run=True, only=args.collection, collections=names
+            )
+        else:
+            enabled = None if not args.quiet else False
+            with vault.lock(), TerminalProgress("recompress", enabled=enabled) as prog:
+                result = retention.recompress(
+                    vault, level=level, only=args.collection, progress=prog, collections=names
+                )
+    finally:
+        vault.close()
+    code = EXIT_WARNINGS if result.problems else EXIT_OK
+    if args.json:
+        emit_json({**result.to_json(), "exit_code": code})
+        return code
+    for problem in result.problems:
+        print(f"vaultfs: warning: {problem}", file=sys.stderr)
+    if not args.quiet:
+        for line in describe_recompress(result):
+            print(line)
+    return code
+
+
+def describe_recompress(r: retention.RecompressResult) -> list[str]:
+    """The human report: one summary line, then each band and each band left."""
+    finished = [c for c in r.bands if c.replaced_by is not None]
+    rewritten = [c for c in r.bands if c.replaced_by is None]
+    out: list[str] = [_recompress_summary(r, rewritten)]
+    if r.unadopted_versions:
+        out.append(
+            f"note: {r.unadopted_versions} version(s) are committed on the store but not yet in "
+            "the local catalog; the real recompress adopts them first, which may change the plan"
+        )
+    if r.spool_recovered or r.deletions_resumed or (finished and not r.dry_run):
+        out.append(
+            f"finished what an interrupted run left: uploaded {r.spool_recovered} band(s), "
+            f"dropped {len(finished)} band(s) already copied, deleted {r.deletions_resumed} band(s)"
+        )
+    new = {b.band: b for b in r.new_bands}
+    out += [_recompress_line(r, c, new) for c in rewritten]
+    if r.dry_run and finished:
+        out.append(f"  and {len(finished)} band(s) an interrupted run already copied, to be dropped")
+    # Archived bands are counted, not listed (a vault that archives has thousands): --json lists them.
+    left = [(p, why) for p, why in r.skipped if p.storage_class == "STANDARD"]
+    if r.archived and rewritten:  # else the summary says it
+        out.append(f"left {r.archived} archived band(s) below level {r.level}: recompress never touches them")
+    if left:
+        out.append(f"left {len(left)} band(s) below level {r.level}:")
+        for p, why in left[:_LEFT_SHOWN]:
+            out.append(f"  {p.band}  {p.collection}: {why}")
+        if len(left) > _LEFT_SHOWN:
+            out.append(f"  … and {len(left) - _LEFT_SHOWN} more (--json lists all)")
+    return out
+
+
+_LEFT_SHOWN = 20
+
+
+def _recompress_line(
+    r: retention.RecompressResult, c: retention.Recompressed, new: dict[BandId, BandInfo]
+) -> str:
+    """One band: its size, levels and share below the target; its copy (or the estimate)."""
+    p = c.plan
+    levels = f"levels {min(c.levels)}-{max(c.levels)}" if c.levels else "no data frames"
+    if not c.levels_known:
+        levels = "levels not recorded (counted as 3)"
+    if c.kept:
+        after = "kept: a file could not be read"
+    elif r.dry_run:
+        after = f"about {human_bytes(c.estimate or 0)}"
+    elif c.new_band in new:
+        after = f"{human_bytes(new[c.new_band].size)} in {c.new_band}"
+    else:
+        after = "not rewritten (the run stopped)"
+    share = f"{c.low_share:.0%} below {r.level}"
+    return f"  {p.band}  {p.collection}  {human_bytes(p.size)}  {levels}, {share} -> {after}"
+
+
+def _recompress_summary(r: retention.RecompressResult, rewritten: list[retention.Recompressed]) -> str:
+    if not rewritten:
+        tail = f"{r.at_target} cold band(s) already at it or incompressible"
+        if r.archived:
+            tail += f", {r.archived} archived"
+        what = "nothing to recompress" if not r.chosen else "no band to rewrite"
+        return f"{what}: no readable cold band has enough data below zstd level {r.level} ({tail})"
+    share = f" ({r.bytes_saved / r.old_bytes:.0%})" if r.old_bytes else ""
+    before, after, saved = human_bytes(r.old_bytes), human_bytes(r.new_bytes), human_bytes(r.bytes_saved)
+    if r.dry_run:
+        return (
+            f"would recompress {len(rewritten)} band(s) to zstd level {r.level}: {before} -> about "
+            f"{after} on the store, saving about {saved}{share} (estimated from {r.sampled_frames} "
+            f"sampled frame(s))"
+        )
+    done = sum(1 for c in rewritten if c.new_band is not None)
+    return (
+        f"recompressed {done} band(s) to zstd level {r.level}: {before} -> {after} on the store, "
+        f"saved {saved}{share}"
+    )
 
 
 # ---- output ------------------------------------------------------------------------------

@@ -359,6 +359,9 @@ def _band_info(
         blobs=blobs,
         created_ns=_band_time(band),
         levels=(min(levels), max(levels)) if levels else None,
+        replaces=tuple(
+            parse_band_id(b, f"the catalog of band {band}") for b in doc.get("recompressed_from") or ()
+        ),
     )
 
 

@@ -1,5 +1,6 @@
 """Retention: ``forget`` old versions, ``prune`` the bands no kept version needs,
-``compact`` the warm bands that are mostly garbage.
+``compact`` the warm bands that are mostly garbage, ``recompress`` the cold bands written
+at a low zstd level (the last two share `rewrite`).
 
 **forget** keeps, of each collection, the union of (docs/retention.md, "The keep rules"):
 
@@ -88,13 +89,29 @@ next run), old bands that hold less (rewritten by the next compact, or deleted b
 prune once unused), or pending deletions (done by the next compact or prune,
 after publishing the index). docs/retention.md has the table.
 
+**recompress** (`recompress`) rewrites a band of a cold collection that is readable now
+(as for compact), whose compressible frames below the target level (``auto_max`` or
+``--level``) hold at least `MIN_LOW_SHARE` of its data bytes (the catalog's
+``frame_levels``; a band written before they were recorded counts each frame that did
+not shrink by 3 % as incompressible, every other one as level 3), and that holds live
+blobs — also a band a kept version lists. After the same catching up as compact, each
+such band gets one new band (same members and order, the target level with level 3's
+window, its live trees, its catalog's ``version`` copy when that version is kept,
+``recompressed_from``, its preview object's ranges in a new preview object renamed into
+place in the spool just before the band); uploading it registers its blobs and records
+``BandInfo.replaces``, which makes the old band *replaced*: a version listing it is taken
+to list its copy (`model.band_successors`: `vaultfs versions`, prune's listed bands), and
+the next recompress drops a replaced band a killed run left. Every ``COMMIT_EVERY`` bands
+(and at the end) the old bands are committed, published and deleted as compact does.
+Version records are never rewritten. docs/retention.md has the table of test points.
+
 Concurrency: a caller that changes anything (not ``dry_run``) holds the vault
 lock (`Vault.lock`); a dry run needs no lock and changes nothing, locally or
 on the store. A mount reading a version forgotten meanwhile may find its
 trees gone (EIO there); it never sees wrong bytes.
 """
 
-from vaultfs.retention.compact import MIN_GARBAGE, Chosen, CompactResult, compact
+from vaultfs.retention.compact import MIN_GARBAGE, CompactResult, compact
 from vaultfs.retention.forget import ForgetResult, finish_forgets, forget, keep_for
 from vaultfs.retention.pins import AcceptResult, Pin, accept, acceptance_json, forgettable, is_cold, pins
 from vaultfs.retention.policy import Reason, kept_by_rules
@@ -107,6 +124,8 @@ from vaultfs.retention.prune import (
     live_set,
     prune,
 )
+from vaultfs.retention.recompress import MIN_LOW_SHARE, Recompressed, RecompressResult, recompress
+from vaultfs.retention.rewrite import Chosen, Rewrite, RewriteResult
 from vaultfs.retention.terms import (
     MIN_DAYS,
     NS_PER_DAY,
@@ -119,6 +138,7 @@ from vaultfs.retention.terms import (
 __all__ = [
     "MIN_DAYS",
     "MIN_GARBAGE",
+    "MIN_LOW_SHARE",
     "NS_PER_DAY",
     "PENDING_META",
     "UNKNOWN_MIN_DAYS",
@@ -132,6 +152,10 @@ __all__ = [
     "Pin",
     "PruneResult",
     "Reason",
+    "RecompressResult",
+    "Recompressed",
+    "Rewrite",
+    "RewriteResult",
     "accept",
     "acceptance_json",
     "compact",
@@ -147,4 +171,5 @@ __all__ = [
     "monthly_cost",
     "pins",
     "prune",
+    "recompress",
 ]

@@ -25,6 +25,7 @@ from vaultfs.model import (
     TreeId,
     VersionInfo,
     band_key,
+    band_successors,
     parse_band_id,
     sidecar_key,
     to_text,
@@ -327,6 +328,7 @@ def band_usage(vault: Vault, live: LiveSet, now_ns: int, verb: str = "pruned") -
 
     CorruptionError when a blob kept versions need is not in the catalog (nor known lost).
     """
+    infos = list(vault.catalog.bands())
     plans = {
         b.band: BandPlan(
             band=b.band,
@@ -338,9 +340,12 @@ def band_usage(vault: Vault, live: LiveSet, now_ns: int, verb: str = "pruned") -
             # copy onto the same key, so an archived band's clock starts at archived_ns.
             age_days=max(0.0, (now_ns - (b.archived_ns or b.created_ns)) / NS_PER_DAY),
         )
-        for b in vault.catalog.bands()
+        for b in infos
     }
-    listed: set[BandId] = {band for v in live.versions for band in v.bands}
+    # A band recompressed since its version was committed: its copy holds the version's
+    # record copy and trees now, and the old one (if a killed run left it) is not needed.
+    successors = band_successors(infos)
+    listed: set[BandId] = {successors.get(band, band) for v in live.versions for band in v.bands}
     needed = set(listed)
     found: set[BlobId] = set()
     for blob, ref in vault.catalog.blob_refs():

@@ -348,20 +348,29 @@ def _range_bytes(
     return out
 
 
+PREVIEW_SUFFIX = ".preview"  # a finished preview object in the spool (`vaultfs recompress`)
+
+
 def spool_path(spool_dir: Path, band: str) -> Path:
-    return spool_dir / f"{band}.preview.part"
+    return spool_dir / f"{band}{PREVIEW_SUFFIX}.part"
 
 
 def upload_preview(vault: Vault, band: str) -> None:
     """The uploader thread, before the band: put the band's finished preview object on the
-    store (STANDARD: it is never archived) and delete it from the spool."""
+    store and delete it from the spool."""
     path = spool_path(vault.spool_dir, band)
     if not path.exists():
         return
+    put_preview(vault, band, path)
+    path.unlink()
+
+
+def put_preview(vault: Vault, band: str, path: Path) -> None:
+    """Put the preview object at `path` on the store as `band`'s (STANDARD: it is never
+    archived)."""
     with path.open("rb") as f:
         sha256 = hashlib.file_digest(f, "sha256").digest()  # the store checks the upload with it
     vault.store.put_file(preview_key(band), path, sha256=sha256, storage_class="STANDARD")
-    path.unlink()
 
 
 def pread_of(fd: int) -> Read:

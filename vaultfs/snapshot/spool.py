@@ -23,7 +23,7 @@ from vaultfs import testpoints
 from vaultfs.errors import CorruptionError
 from vaultfs.fsutil import fsync_path
 from vaultfs.model import BandInfo, parse_band_id
-from vaultfs.snapshot.previews import upload_preview
+from vaultfs.snapshot.previews import PREVIEW_SUFFIX, put_preview, upload_preview
 from vaultfs.vault import Vault
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,10 @@ class Uploader:
 
 
 def recover_spool(vault: Vault) -> list[str]:
-    """Finish what a killed snapshot left: upload complete bands, drop partial ones.
+    """Finish what a killed snapshot (or compact, or recompress) left: upload complete
+    bands, drop partial ones. A complete band's finished preview object (``<id>.preview``,
+    which `vaultfs recompress` renames into place just before its band) goes up first, as
+    it would have; one whose band is not complete is dropped.
 
     Returns the ids of the bands uploaded now.
     """
@@ -177,6 +180,10 @@ def recover_spool(vault: Vault) -> list[str]:
         if name.endswith(".part"):
             path.unlink()
             continue
+        if name.endswith(PREVIEW_SUFFIX):
+            if not path.with_name(name.removesuffix(PREVIEW_SUFFIX) + ".tar.zst").exists():
+                path.unlink()  # its band was not complete: it is gone too
+            continue
         if not name.endswith(".tar.zst"):
             continue
         try:
@@ -184,11 +191,19 @@ def recover_spool(vault: Vault) -> list[str]:
         except CorruptionError as e:  # not ours: leave it for the owner to look at
             log.warning("%s", e.message)
             continue
+        preview = path.with_name(band_id + PREVIEW_SUFFIX)
         if vault.catalog.band(band_id) is None:
+            if preview.exists():
+                put_preview(vault, band_id, preview)
             closed = bandfmt.reopen_closed(path)
-            collection = str(json.loads(closed.catalog).get("collection", ""))
-            vault.upload_band(closed, collection)
+            doc = json.loads(closed.catalog)
+            replaces = tuple(
+                parse_band_id(b, f"the catalog of spool band {band_id}")
+                for b in doc.get("recompressed_from", ())
+            )
+            vault.upload_band(closed, str(doc.get("collection", "")), replaces=replaces)
             recovered.append(band_id)
+        preview.unlink(missing_ok=True)
         path.unlink()
     vault.store.abort_incomplete_uploads("bands/")
     return recovered
