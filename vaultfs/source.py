@@ -276,8 +276,9 @@ class Scanner:
             node.children.append(_entry(name, kind, st, xattrs=xattrs))
 
 
-def file_entry(f: ScannedFile) -> Entry:
-    """The entry of a file the scan found and the file saver (or a files cache) gave a blob."""
+def file_entry(f: ScannedFile, uname: str | None = None, gname: str | None = None) -> Entry:
+    """The entry of a file the scan found and the file saver (or a files cache) gave a blob
+    (`uname`, `gname`: the owners' names, which a hub's client records)."""
     st = f.st
     return Entry(
         name=f.name,
@@ -293,11 +294,14 @@ def file_entry(f: ScannedFile) -> Entry:
         xattrs=f.xattrs,
         flags=f.flags,
         sparse=f.sparse,
+        uname=uname,
+        gname=gname,
     )
 
 
-def dir_entry(d: ScannedDir, sub: TreeId) -> Entry:
-    """The entry of a scanned directory whose listing has the id `sub`."""
+def dir_entry(d: ScannedDir, sub: TreeId, uname: str | None = None, gname: str | None = None) -> Entry:
+    """The entry of a scanned directory whose listing has the id `sub` (`uname`, `gname`: as
+    for `file_entry`)."""
     st = d.st
     return Entry(
         name=d.name,
@@ -309,6 +313,8 @@ def dir_entry(d: ScannedDir, sub: TreeId) -> Entry:
         tree=sub,
         xattrs=d.xattrs,
         flags=d.flags,
+        uname=uname,
+        gname=gname,
     )
 
 

@@ -48,6 +48,7 @@ from vaultfs.snapshot import SMALL_FILE, NoProgress, Progress, check_root, sourc
 from vaultfs.source import (
     READ_CHUNK,
     ChangedWhileReading,
+    FileStat,
     NotRegularFile,
     Problem,
     ScannedDir,
@@ -173,6 +174,7 @@ def scan(config: Config, collection: CollectionConfig, progress: Progress | None
         with catalog.files_reader(collection.name) as cache:
             rows = [(f, cache.get(f.rel)) for f in scanner.files if f.link_of is None]
             to_hash = [f for f, row in rows if not _vouched(f, row)]
+            cached = {f.rel for f, row in rows if row is not None and _vouched(f, row)}
             progress.reading(len(to_hash), sum(f.st.st_size for f in to_hash))
             for f, row in rows:
                 hasher.blob_of(f, row)
@@ -181,7 +183,7 @@ def scan(config: Config, collection: CollectionConfig, progress: Progress | None
         for f in scanner.files:
             if f.link_of is not None:
                 f.blob, f.sparse, f.skipped = f.link_of.blob, f.link_of.sparse, f.link_of.skipped
-        _save_files_cache(catalog, collection.name, scanner.files)
+        _save_files_cache(catalog, collection.name, scanner.files, cached)
     finally:
         catalog.close()
     intake = Intake(TreeId(b""), source_root_meta(root, top))
@@ -197,18 +199,23 @@ def _files_cache(config: Config) -> Catalog:
     return Catalog(config.state_dir / FILES_CACHE)
 
 
-def _save_files_cache(catalog: Catalog, collection: str, files: list[ScannedFile]) -> None:
-    """Rows for every file hashed or vouched for; rows of paths gone are dropped."""
+def _save_files_cache(
+    catalog: Catalog, collection: str, files: list[ScannedFile], cached: set[bytes]
+) -> None:
+    """Rows for every file hashed (those whose row vouched for them, `cached`, stay as they
+    are: a no-change snapshot writes nothing); rows of paths gone are dropped."""
     seen = set()
     with catalog.writer() as w:
         for f in files:
             if f.link_of is None and f.blob is not None and not f.skipped:
+                seen.add(f.rel)
+                if f.rel in cached:
+                    continue
                 st = f.st
                 row = FileCacheRow(
                     st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, f.blob, f.sparse
                 )
                 w.put_file(collection, f.rel, row)
-                seen.add(f.rel)
         for rel in list(catalog.file_paths(collection)):
             if rel not in seen:
                 w.delete_file(collection, rel)
@@ -284,7 +291,17 @@ class _Names:
         self.users: dict[int, str | None] = {}
         self.groups: dict[int, str | None] = {}
 
-    def of(self, e: Entry) -> Entry:
+    def of(self, st: FileStat | os.stat_result) -> tuple[str | None, str | None]:
+        """(user name, group name) of a scanned entry's owners."""
+        uid, gid = st.st_uid, st.st_gid
+        if uid not in self.users:
+            self.users[uid] = _lookup(lambda: pwd.getpwuid(uid).pw_name)
+        if gid not in self.groups:
+            self.groups[gid] = _lookup(lambda: grp.getgrgid(gid).gr_name)
+        return self.users[uid], self.groups[gid]
+
+    def of_entry(self, e: Entry) -> Entry:
+        """`e` (a symlink or special file, made by the scan) with its owners' names."""
         if e.uid not in self.users:
             self.users[e.uid] = _lookup(lambda: pwd.getpwuid(e.uid).pw_name)
         if e.gid not in self.groups:
@@ -306,14 +323,14 @@ def _build(node: ScannedDir, intake: Intake, names: _Names) -> TreeId:
     for child in node.children:
         if isinstance(child, ScannedDir):
             if not child.unreadable:
-                entries.append(dir_entry(child, _build(child, intake, names)))
+                entries.append(dir_entry(child, _build(child, intake, names), *names.of(child.st)))
         elif isinstance(child, ScannedFile):
             if not child.skipped and child.blob is not None:
-                entries.append(file_entry(child))
+                entries.append(file_entry(child, *names.of(child.st)))
                 intake.contents.setdefault(child.blob, child.link_of or child)
         else:
-            entries.append(child)
-    encoded = encode_tree([names.of(e) for e in entries])
+            entries.append(names.of_entry(child))
+    encoded = encode_tree(entries)
     tid = tree_id(encoded)
     intake.trees[tid] = encoded
     return tid
