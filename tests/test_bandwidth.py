@@ -31,6 +31,8 @@ from tests.vaultenv import VaultEnv
 from vaultfs.band import read_seek_table
 from vaultfs.band.compression import FIXED_WINDOW_LOG
 from vaultfs.config import parse_rate_schedule
+from vaultfs.snapshot.autolevel import RETRY_AFTER, AutoLevel
+from vaultfs.snapshot.files import limited_band_size
 
 MiB = 1024 * 1024
 
@@ -248,3 +250,27 @@ def test_the_mount_reads_within_its_download_limit(file_vault: VaultEnv, tmp_pat
         assert (mnt / "photos" / "latest" / "big.raw").read_bytes() == data
         took = time.monotonic() - began
     assert 2.7 <= took <= 3 / 0.9 + 1.5, took
+
+
+def test_bands_behind_a_limit_are_cut_to_what_the_link_sends() -> None:
+    """A first band of 5 s of the link, the others 30 s, never above band_size."""
+    mib, gib = 1024**2, 1024**3
+    assert limited_band_size(gib, 10 * mib, first=True) == 50 * mib
+    assert limited_band_size(gib, 10 * mib, first=False) == 300 * mib
+    assert limited_band_size(gib, 100 * mib, first=False) == gib
+    assert limited_band_size(gib, 1024, first=True) == 16 * mib  # a floor for crawling links
+    assert limited_band_size(2 * mib, 1024, first=False) == 2 * mib  # never above band_size
+
+
+def test_a_level_measured_too_slow_is_tried_again_and_short_frames_do_not_count() -> None:
+    link = 100.0
+    auto = AutoLevel(3, 19, 1, lambda: 2.0, lambda: link)  # a backlog of 2 bands: may rise
+    auto.compressed(3, 1000, 1000, 1.0)  # level 3 turns out 10x the link
+    auto.compressed(4, 1000, 10, 1.0)  # level 4 measured far below it
+    assert [auto.next_level() for _ in range(RETRY_AFTER)] == [3] * RETRY_AFTER
+    assert auto.next_level() == 4  # measured long ago: tried again
+
+    fresh = AutoLevel(3, 19, 1, lambda: 2.0, lambda: link)
+    fresh.compressed(3, 1000, 1000, 1.0)
+    fresh.compressed(4, 100, 1, 1.0)  # a band's short last frame: not a measure of level 4
+    assert fresh.next_level() == 4

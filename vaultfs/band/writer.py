@@ -72,8 +72,9 @@ class LevelChooser(Protocol):
         """The level of the frame handed over now (the owner's thread)."""
         ...
 
-    def compressed(self, level: int, compressed_size: int, seconds: float) -> None:
-        """A frame came out `compressed_size` bytes after `seconds` at `level` (a pool thread)."""
+    def compressed(self, level: int, size: int, compressed_size: int, seconds: float) -> None:
+        """A frame of `size` bytes came out `compressed_size` bytes after `seconds` at `level`
+        (a pool thread)."""
         ...
 
 
@@ -411,7 +412,7 @@ class BandWriter:
             began = time.perf_counter()
             data, used = compress_frame(memoryview(buf)[:n], level, fixed_window=True)
             if used == level:  # not an incompressible frame sent at the cheapest level
-                auto.compressed(level, len(data), time.perf_counter() - began)
+                auto.compressed(level, n, len(data), time.perf_counter() - began)
             return data, used
         finally:
             if recycle and self._open:

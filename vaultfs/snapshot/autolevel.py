@@ -51,6 +51,7 @@ LOWER_AT = 1.0  # bands of backlog below which it goes down
 RAISE_AT = 1.5  # bands of backlog above which it may go up
 HEADROOM = 1.25  # raise only while this level turns out this much more than the link takes
 SMOOTHING = 0.3  # weight of a new frame in a level's moving average
+RETRY_AFTER = 64  # frames after which a level measured too slow may be tried again
 
 
 class AutoLevel:
@@ -69,14 +70,25 @@ class AutoLevel:
         self._backlog = backlog
         self._link_rate = link_rate
         self._speed: dict[int, float] = {}  # level → compressed bytes per second of one thread
+        self._measured_at: dict[int, int] = {}  # level → `_frames` when it was last measured
+        self._frames = 0  # data frames asked for so far
+        self._full_frame = 0  # the largest frame measured: the band's frame size
         self._lock = threading.Lock()
 
-    def compressed(self, level: int, compressed_size: int, seconds: float) -> None:
-        """A pool thread: one frame at `level` made `compressed_size` bytes in `seconds`."""
+    def compressed(self, level: int, size: int, compressed_size: int, seconds: float) -> None:
+        """A pool thread: one frame of `size` bytes at `level` made `compressed_size` bytes in
+        `seconds`. A frame under half the size of the largest seen (a band's last) does
+        not count: the fixed cost of a
+        compression at a high level would make that level look many times slower than it is,
+        and a level too slow is not tried again for `RETRY_AFTER` frames."""
         rate = compressed_size / max(seconds, 1e-6)
         with self._lock:
+            self._full_frame = max(self._full_frame, size)
+            if size < self._full_frame // 2:
+                return
             old = self._speed.get(level)
             self._speed[level] = rate if old is None else old + (rate - old) * SMOOTHING
+            self._measured_at[level] = self._frames
 
     def output(self, level: int) -> float | None:
         """Compressed bytes per second the threads turn out at `level` (None: not measured)."""
@@ -86,6 +98,7 @@ class AutoLevel:
 
     def next_level(self) -> int:
         """Called by the band writer for each data frame (the caller's thread)."""
+        self._frames += 1
         backlog = self._backlog()
         link = self._link_rate()
         here = self.output(self.level)
@@ -101,4 +114,6 @@ class AutoLevel:
         if self.level >= self.highest or here is None or here < link * HEADROOM:
             return False
         above = self.output(self.level + 1)
-        return above is None or above >= link
+        with self._lock:
+            stale = self._frames - self._measured_at.get(self.level + 1, 0) > RETRY_AFTER
+        return above is None or above >= link or stale

@@ -43,6 +43,7 @@ from vaultfs.source import (
     same_file_state,
 )
 from vaultfs.sparse import data_size
+from vaultfs.store.limit import shared
 from vaultfs.vault import Vault
 from vaultfs.walk import walk
 
@@ -78,6 +79,24 @@ def band_settings(config: Config, collection: CollectionConfig) -> tuple[int, in
     return frame_size, config.auto_min if level == AUTO else level, not cold
 
 
+LIMITED_BAND_SECONDS = 30  # "auto" behind an upload limit: a band is what the link sends in this
+FIRST_BAND_SECONDS = 5  # ... and the first band of a run this: the link starts at once
+MIN_LIMITED_BAND = 16 * 1024 * 1024
+
+
+def limited_band_size(band_size: int, rate: int, *, first: bool) -> int:
+    """The size at which a band is closed when "auto" runs behind an upload limit of `rate`
+    bytes per second: what the link sends in `LIMITED_BAND_SECONDS` (`FIRST_BAND_SECONDS`
+    for the run's first band), at least `MIN_LIMITED_BAND`, at most `band_size`.
+
+    The uploader sends closed bands only: a band of `band_size` (1 GiB) behind a slow
+    link is filled long before it is sent, so the whole of a small backup sits compressed
+    at the lowest level before the level could rise, and the link idles until the first
+    band is closed (docs/snapshots.md, "The compression level auto")."""
+    seconds = FIRST_BAND_SECONDS if first else LIMITED_BAND_SECONDS
+    return min(band_size, max(MIN_LIMITED_BAND, rate * seconds))
+
+
 def auto_levels(config: Config, collection: CollectionConfig) -> tuple[int, int] | None:
     """(``auto_min``, ``auto_max``) when `collection`'s level is "auto", else None."""
     return (config.auto_min, config.auto_max) if _level(config, collection) == AUTO else None
@@ -101,13 +120,20 @@ class FileSaver:
         self.progress = progress
         self.uploader = uploader
         self.frame_size, self.level, self.whole_members = band_settings(vault.config, collection)
-        self.band_size = vault.config.band_size
         self.band: bandfmt.BandWriter | None = None
         bounds = auto_levels(vault.config, collection)
+        # "auto" behind an upload limit: bands cut to the link (`limited_band_size`), and the
+        # limit is the link's rate until the first band has been sent
+        self.upload_rate = (
+            None
+            if bounds is None
+            else shared(vault.config.upload_limit, vault.config.download_limit).up.rate()
+        )
+        self.band_size = self.full_band_size = vault.config.band_size
         self.auto = (
             None
             if bounds is None
-            else AutoLevel(*bounds, vault.config.threads, self._backlog, uploader.link_rate)
+            else AutoLevel(*bounds, vault.config.threads, self._backlog, self._link_rate)
         )
         self.band_ids: list[BandId] = []  # every band this run opened, in order
         self.cache_rows: list[tuple[bytes, FileCacheRow]] = []  # files read: their new rows
@@ -495,10 +521,17 @@ class FileSaver:
         self.band.on_stall = self._read_ahead
         if self.auto is not None:
             self.band.auto = self.auto
+        if self.upload_rate is not None:
+            self.band_size = limited_band_size(self.full_band_size, self.upload_rate, first=not self.band_ids)
         self.band_ids.append(BandId(band_id))
         if self.previews is not None:
             self.previews.open_band(band_id)
         return self.band
+
+    def _link_rate(self) -> float | None:
+        """The link's rate for "auto": measured once a band was sent, until then the limit."""
+        measured = self.uploader.link_rate()
+        return measured if measured is not None else self.upload_rate
 
     def _backlog(self) -> float:
         """Bands in the spool not yet sent, the one being filled counted by how much of it is
