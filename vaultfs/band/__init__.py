@@ -27,64 +27,71 @@ blob, then the member ``.vaultfs/catalog.json`` and tar's end of archive, so
   salvaging for the rebuild ladder; built on `salvage`.
 * `direct_file`: `BandFile`, appending a band to disk with ``O_DIRECT`` where possible.
 
-Callers use the names re-exported here (``from vaultfs import band as bandfmt``).
+Callers use the names re-exported here (``from vaultfs import band as bandfmt``); each is
+imported from its module on first use, so a reader does not load the writer.
 """
 
-from vaultfs.band.catalog import (
-    CATALOG_FORMAT,
-    CATALOG_MEMBER,
-    BlobLocation,
-    frame_levels,
-    level_runs,
-    levels_from_catalog,
-    new_band_id,
-)
-from vaultfs.band.compression import (
-    CHEAP_LEVEL,
-    DEFAULT_LEVEL,
-    FRAME_SIZE_DEFAULT,
-    INCOMPRESSIBLE_RATIO,
-    SAMPLE_SLICE,
-    SAMPLE_SLICES,
-    TEXT_LIKE_RATIO,
-    is_incompressible,
-    probe_ratio,
-)
-from vaultfs.band.frames import (
-    FRAME_SIZE_MAX,
-    SEEKABLE_MAGIC,
-    SKIPPABLE_MAGIC,
-    Frame,
-    decompress_frames,
-    encode_seek_table,
-    frames_for_range,
-    frames_from_sizes,
-    read_seek_table,
-    seek_table_length,
-)
-from vaultfs.band.reader import FRAME_CACHE_BYTES, PREFETCH_THREADS, TAIL_READ, BandReader, ReadAhead
-from vaultfs.band.salvage import (
-    ZSTD_MAGIC,
-    SalvagedMember,
-    salvage_frame_prefix,
-    salvage_frames,
-    salvage_members,
-    zstd_frame_size,
-)
-from vaultfs.band.scan import ScannedBand, scan_band_file
-from vaultfs.band.sidecar import decode_sidecar, encode_sidecar, sidecar_blobs, sidecar_frames
-from vaultfs.band.tar import MemberMeta, member_header
-from vaultfs.band.writer import (
-    FRAMES_AHEAD,
-    TRIM_EVERY_FRAMES,
-    BandWriter,
-    ClosedBand,
-    ContentChanged,
-    ReadInto,
-    check_member_name,
-    reopen_closed,
-    sync_band,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # at run time the names are imported on first use (`__getattr__`)
+    from vaultfs.band.catalog import (
+        CATALOG_FORMAT,
+        CATALOG_MEMBER,
+        BlobLocation,
+        frame_levels,
+        level_runs,
+        levels_from_catalog,
+        new_band_id,
+    )
+    from vaultfs.band.compression import (
+        CHEAP_LEVEL,
+        DEFAULT_LEVEL,
+        FRAME_SIZE_DEFAULT,
+        INCOMPRESSIBLE_RATIO,
+        SAMPLE_SLICE,
+        SAMPLE_SLICES,
+        TEXT_LIKE_RATIO,
+        is_incompressible,
+        probe_ratio,
+    )
+    from vaultfs.band.frames import (
+        FRAME_SIZE_MAX,
+        SEEKABLE_MAGIC,
+        SKIPPABLE_MAGIC,
+        Frame,
+        decompress_frames,
+        encode_seek_table,
+        frames_for_range,
+        frames_from_sizes,
+        read_seek_table,
+        seek_table_length,
+    )
+    from vaultfs.band.reader import FRAME_CACHE_BYTES, PREFETCH_THREADS, TAIL_READ, BandReader, ReadAhead
+    from vaultfs.band.salvage import (
+        ZSTD_MAGIC,
+        SalvagedMember,
+        salvage_frame_prefix,
+        salvage_frames,
+        salvage_members,
+        zstd_frame_size,
+    )
+    from vaultfs.band.scan import ScannedBand, scan_band_file
+    from vaultfs.band.sidecar import decode_sidecar, encode_sidecar, sidecar_blobs, sidecar_frames
+    from vaultfs.band.tar import MemberMeta, member_header
+    from vaultfs.band.writer import (
+        FRAMES_AHEAD,
+        TRIM_EVERY_FRAMES,
+        BandWriter,
+        ClosedBand,
+        ContentChanged,
+        ReadInto,
+        check_member_name,
+        reopen_closed,
+        sync_band,
+    )
 
 __all__ = [
     "CATALOG_FORMAT",
@@ -142,3 +149,75 @@ __all__ = [
     "sync_band",
     "zstd_frame_size",
 ]
+
+# Where each name lives. A name's module is imported when the name is first asked for, not
+# with the package: `restore fetch` reads bands and needs neither the writer (its threads,
+# ctypes, the malloc tuning) nor the salvaging scanner, ~15 ms of its start-up.
+_NAMES = {
+    "catalog": (
+        "CATALOG_FORMAT",
+        "CATALOG_MEMBER",
+        "BlobLocation",
+        "frame_levels",
+        "level_runs",
+        "levels_from_catalog",
+        "new_band_id",
+    ),
+    "compression": (
+        "CHEAP_LEVEL",
+        "DEFAULT_LEVEL",
+        "FRAME_SIZE_DEFAULT",
+        "INCOMPRESSIBLE_RATIO",
+        "SAMPLE_SLICE",
+        "SAMPLE_SLICES",
+        "TEXT_LIKE_RATIO",
+        "is_incompressible",
+        "probe_ratio",
+    ),
+    "frames": (
+        "FRAME_SIZE_MAX",
+        "SEEKABLE_MAGIC",
+        "SKIPPABLE_MAGIC",
+        "Frame",
+        "decompress_frames",
+        "encode_seek_table",
+        "frames_for_range",
+        "frames_from_sizes",
+        "read_seek_table",
+        "seek_table_length",
+    ),
+    "reader": ("FRAME_CACHE_BYTES", "PREFETCH_THREADS", "TAIL_READ", "BandReader", "ReadAhead"),
+    "salvage": (
+        "ZSTD_MAGIC",
+        "SalvagedMember",
+        "salvage_frame_prefix",
+        "salvage_frames",
+        "salvage_members",
+        "zstd_frame_size",
+    ),
+    "scan": ("ScannedBand", "scan_band_file"),
+    "sidecar": ("decode_sidecar", "encode_sidecar", "sidecar_blobs", "sidecar_frames"),
+    "tar": ("MemberMeta", "member_header"),
+    "writer": (
+        "FRAMES_AHEAD",
+        "TRIM_EVERY_FRAMES",
+        "BandWriter",
+        "ClosedBand",
+        "ContentChanged",
+        "ReadInto",
+        "check_member_name",
+        "reopen_closed",
+        "sync_band",
+    ),
+}
+_HOME = {name: module for module, names in _NAMES.items() for name in names}
+
+if not TYPE_CHECKING:  # for mypy the names are the imports above; a typo stays an error
+
+    def __getattr__(name: str) -> object:
+        module = _HOME.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+        globals()[name] = value  # the next lookup is a plain attribute
+        return value

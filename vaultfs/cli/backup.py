@@ -6,16 +6,15 @@ import argparse
 import shlex
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from vaultfs.cli.limits import add_limit_options
-from vaultfs.config import Config
 from vaultfs.errors import EXIT_BITROT, EXIT_ERROR, EXIT_OK, EXIT_WARNINGS, ConfigError, SourceRefused
 from vaultfs.output import AddCommand, display_path, emit_json, format_delta, human_bytes, iso_utc
 
 if TYPE_CHECKING:  # imported when a command runs (startup time)
     from vaultfs.acceptance import Acceptance
+    from vaultfs.config import Config
     from vaultfs.model import BlobId, TreeId, VersionInfo
     from vaultfs.retention.pins import Pin
     from vaultfs.vault import Vault
@@ -395,9 +394,10 @@ def cmd_versions(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
-@dataclass(slots=True)
-class _Listing:
-    """One collection's versions, a row of figures for each, and its pins and acceptances."""
+class _Listing(NamedTuple):
+    """One collection's versions, a row of figures for each, and its pins and acceptances.
+    (A NamedTuple, not a dataclass: the module is imported by every command to build the
+    parser, and a dataclass costs ~1 ms of start-up there.)"""
 
     collection: str
     versions: list[VersionInfo]

@@ -7,11 +7,13 @@ import argparse
 import os
 import stat
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vaultfs.config import Config
 from vaultfs.errors import EXIT_OK, EXIT_USAGE
 from vaultfs.output import AddCommand, display_path, emit_json
+
+if TYPE_CHECKING:  # imported when a command runs (startup time)
+    from vaultfs.config import Config
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddCommand) -> None:

@@ -20,13 +20,14 @@ import binascii
 import os
 import shlex
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from vaultfs.config import Config, check_client_name
 from vaultfs.errors import EXIT_ERROR, EXIT_OK, EXIT_WARNINGS, ConfigError, SourceRefused, UsageError
 from vaultfs.output import AddCommand, add_subcommand, display_path, emit_json, human_bytes, parse_target
+
+if TYPE_CHECKING:  # imported when a command runs (startup time)
+    from vaultfs.config import Config
 
 ON_THE_HUB = "the hub keeps this machine's history; run it on the NAS"
 
@@ -109,9 +110,10 @@ def _register_clients(add: AddCommand) -> None:
     ap.set_defaults(func=cmd_clients_add)
 
 
-@dataclass(frozen=True)
-class PublicKey:
-    """One OpenSSH public key: what an authorized_keys line holds after its options."""
+class PublicKey(NamedTuple):
+    """One OpenSSH public key: what an authorized_keys line holds after its options. (A
+    NamedTuple, not a frozen dataclass: this module is imported by every command to build
+    the parser, and a dataclass costs ~1 ms of start-up there.)"""
 
     kind: str  # ssh-ed25519, ssh-rsa, ...
     data: str  # the key, base64 as ssh-keygen writes it
@@ -147,6 +149,8 @@ def _register_serve(add: AddCommand) -> None:
 
 
 def cmd_clients_add(args: argparse.Namespace, config: Config) -> int:
+    from vaultfs.config import check_client_name
+
     name = check_client_name(args.name)
     taken = [c.name for c in config.collections if c.name.startswith(name + ".")]
     if taken:

@@ -7,12 +7,12 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from vaultfs.config import Config
 from vaultfs.errors import EXIT_ERROR, EXIT_OK, EXIT_WARNINGS, CorruptionError, VaultError
 from vaultfs.output import AddCommand, add_output_options, human_bytes
 
 if TYPE_CHECKING:  # imported when a command runs (startup time)
     from vaultfs.check.report import CheckReport
+    from vaultfs.config import Config
     from vaultfs.index import RebuildReport
 
 RUNG_NAMES = {

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from dataclasses import replace
+from typing import TYPE_CHECKING
 
-from vaultfs.config import Config, parse_rate_schedule
+if TYPE_CHECKING:  # imported when a command runs (startup time)
+    from vaultfs.config import Config
 
 _FORMS = 'RATE such as "8MiB/s", "off", or a timetable such as "08:00,1MiB/s 23:00,off"'
 
@@ -32,6 +33,10 @@ def add_limit_options(parser: argparse.ArgumentParser) -> None:
 
 def apply(args: argparse.Namespace, config: Config) -> Config:
     """`config` with the limits the command line gives (ConfigError naming the option)."""
+    from dataclasses import replace
+
+    from vaultfs.config import parse_rate_schedule
+
     if getattr(args, "limit_upload", None) is not None:
         config = replace(config, upload_limit=parse_rate_schedule(args.limit_upload, "--limit-upload"))
     if getattr(args, "limit_download", None) is not None:

@@ -11,16 +11,14 @@ with their code; anything else is a bug and shows a traceback with --debug
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from vaultfs import __version__, logsafe
+from vaultfs import __version__
 from vaultfs.cli import limits
-from vaultfs.config import Config, load_config
 from vaultfs.errors import (
     EXIT_ERROR,
     EXIT_READER_GONE,
@@ -29,6 +27,9 @@ from vaultfs.errors import (
     VaultError,
 )
 from vaultfs.output import add_output_options, add_subcommand
+
+if TYPE_CHECKING:  # imported once the command line is parsed (startup time)
+    from vaultfs.config import Config
 
 DESCRIPTION = """\
 vaultfs backs up collections of files (photos, media, source code) from a NAS
@@ -126,6 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra:
         _trailing_paths(parser, args, extra)
+    # Imported only now: --version, --help and usage errors exit without them (start-up time).
+    import logging
+    from dataclasses import replace
+
+    from vaultfs import logsafe
+    from vaultfs.config import load_config
+
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="vaultfs: %(levelname)s: %(message)s",

@@ -7,13 +7,15 @@ command works on a machine without libfuse.
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vaultfs.cli.limits import add_limit_options
-from vaultfs.config import Config
 from vaultfs.errors import UsageError
 from vaultfs.output import AddCommand
+
+if TYPE_CHECKING:  # imported when a command runs (startup time)
+    from vaultfs.config import Config
 
 MOUNT_EXTRA = ("pyfuse3", "trio")  # what `pip install 'vaultfs[mount]'` adds
 
@@ -76,6 +78,8 @@ def cmd_mount(args: argparse.Namespace, config: Config) -> int:
         log_file=args.log.absolute() if args.log else None,
     )
     if args.foreground:
+        import logging  # loaded by main already; not at import: the parser's modules stay light
+
         logging.getLogger("vaultfs.mount").setLevel(logging.DEBUG if args.debug else logging.INFO)
     Vault.open(config, readonly=True).close()  # a clear error now, before forking
     # Writable: the mount records restore requests, their progress and the band cache.

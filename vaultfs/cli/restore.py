@@ -11,15 +11,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vaultfs.cli.limits import add_limit_options
-from vaultfs.config import Config
 from vaultfs.errors import EXIT_OK, EXIT_WARNINGS, ConfigError, VaultError
-from vaultfs.model import readable_now
 from vaultfs.output import AddCommand, add_subcommand, emit_json, human_bytes, iso_utc, parse_target
 
 TIERS = ("Bulk", "Standard")
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported when a command runs (startup time)
     from vaultfs.archive import Plan
+    from vaultfs.config import Config
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddCommand) -> None:
@@ -219,6 +218,7 @@ def _print_plan(doc: dict[str, Any], plan: Plan, args: argparse.Namespace) -> No
 def cmd_start(args: argparse.Namespace, config: Config) -> int:
     from vaultfs import archive
     from vaultfs.extract import bands_needed
+    from vaultfs.model import readable_now
 
     tier = args.tier or config.s3.restore_tier
     days = args.days if args.days is not None else config.s3.restore_days
@@ -328,9 +328,9 @@ def _print_askers(bands: list[Any], askers: dict[Any, Any]) -> None:
 
 
 def cmd_fetch(args: argparse.Namespace, config: Config) -> int:
-    from vaultfs import archive
     from vaultfs.cli import limits
     from vaultfs.extract import bands_needed, fetch
+    from vaultfs.model import readable_now
     from vaultfs.progress import TerminalProgress
 
     if config.hub is not None:  # a hub's client: its versions are on the hub
@@ -344,8 +344,12 @@ def cmd_fetch(args: argparse.Namespace, config: Config) -> int:
         needed = bands_needed(vault, version.root, selection, skip_unknown=True)
         while True:
             bands = [b for b in (vault.catalog.band(i) for i in needed) if b is not None]
-            blocked = [archive.refresh(vault, b) for b in bands if not readable_now(b)]
-            blocked = [b for b in blocked if not readable_now(b)]
+            stale = [b for b in bands if not readable_now(b)]
+            if stale:  # archived bands only: warm data's fetch does without vaultfs.archive
+                from vaultfs import archive
+
+                stale = [archive.refresh(vault, b) for b in stale]
+            blocked = [b for b in stale if not readable_now(b)]
             if not blocked:
                 break
             unasked = [b for b in blocked if b.state != "restoring"]

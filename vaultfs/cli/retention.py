@@ -10,17 +10,16 @@ from __future__ import annotations
 import argparse
 import os
 import pwd
-import socket
 import sys
 import time
 from typing import TYPE_CHECKING
 
-from vaultfs.config import KEEP_RULES, CollectionConfig, Config, KeepPolicy, parse_keep_policy
 from vaultfs.errors import EXIT_OK, EXIT_WARNINGS, UsageError
 from vaultfs.output import AddCommand, display_path, emit_json, human_bytes, iso_utc, parse_target
 
 if TYPE_CHECKING:  # imported lazily: every command pays for cli's imports
     from vaultfs import retention
+    from vaultfs.config import CollectionConfig, Config, KeepPolicy
     from vaultfs.model import BandId, BandInfo
     from vaultfs.vault import Vault
 
@@ -192,6 +191,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
 
 def cmd_forget(args: argparse.Namespace, config: Config) -> int:
     from vaultfs import retention
+    from vaultfs.config import KEEP_RULES, parse_keep_policy
     from vaultfs.vault import Vault
 
     options = {
@@ -330,6 +330,8 @@ def cmd_accept(args: argparse.Namespace, config: Config) -> int:
 
 def whoami() -> str:
     """``user@host`` of this process (its effective uid; the uid when it has no name)."""
+    import socket  # here: the module is ~5 ms of every command's start-up
+
     try:
         user = pwd.getpwuid(os.geteuid()).pw_name
     except KeyError:

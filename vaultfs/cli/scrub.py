@@ -7,12 +7,12 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from vaultfs.config import CollectionConfig, Config, parse_duration, parse_size
 from vaultfs.errors import EXIT_BITROT, EXIT_OK, ConfigError, UsageError
 from vaultfs.output import AddCommand, display_path, emit_json, human_bytes
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported when a command runs (startup time)
     from vaultfs.check.scrub import ScrubReport
+    from vaultfs.config import CollectionConfig, Config
     from vaultfs.vault import Vault
 
 LIST_LIMIT = 20  # changed or missing files named before "… and N more"
@@ -55,6 +55,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: AddC
 
 
 def _size(text: str) -> int:
+    from vaultfs.config import parse_size
+
     try:
         return parse_size(text, "--max-bytes")
     except ConfigError as e:
@@ -62,6 +64,8 @@ def _size(text: str) -> int:
 
 
 def _duration(text: str) -> float:
+    from vaultfs.config import parse_duration
+
     try:
         return parse_duration(text, "--max-time")
     except ConfigError as e:

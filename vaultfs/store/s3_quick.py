@@ -31,7 +31,6 @@ server with signature checks on.
 
 from __future__ import annotations
 
-import configparser
 import hashlib
 import hmac
 import http.client
@@ -97,9 +96,14 @@ def _profile_sections(environ: Mapping[str, str], profile: str) -> tuple[dict[st
 
 
 def _read_ini(path: str) -> dict[str, dict[str, str]]:
+    path = os.path.expanduser(path)
+    if not os.path.isfile(path):  # usual with credentials in the environment: nothing to parse
+        return {}
+    import configparser  # here: ~3 ms of start-up that most fetches do not need
+
     parser = configparser.RawConfigParser()
     try:
-        parser.read(os.path.expanduser(path))
+        parser.read(path)
     except (configparser.Error, OSError, UnicodeDecodeError):
         return {}
     return {name: dict(parser.items(name)) for name in parser.sections()}
