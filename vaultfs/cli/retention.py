@@ -520,6 +520,14 @@ def cmd_compact(args: argparse.Namespace, config: Config) -> int:
                 )
     finally:
         vault.close()
+    return _report(args, result, describe_compact(result))
+
+
+def _report(
+    args: argparse.Namespace, result: retention.CompactResult | retention.RecompressResult, lines: list[str]
+) -> int:
+    """What compact and recompress print (their --json, or warnings and `lines`) and their exit
+    status: 3 when something was left with a problem."""
     code = EXIT_WARNINGS if result.problems else EXIT_OK
     if args.json:
         emit_json({**result.to_json(), "exit_code": code})
@@ -527,7 +535,7 @@ def cmd_compact(args: argparse.Namespace, config: Config) -> int:
     for problem in result.problems:
         print(f"vaultfs: warning: {problem}", file=sys.stderr)
     if not args.quiet:
-        for line in describe_compact(result):
+        for line in lines:
             print(line)
     return code
 
@@ -615,16 +623,7 @@ def cmd_recompress(args: argparse.Namespace, config: Config) -> int:
                 )
     finally:
         vault.close()
-    code = EXIT_WARNINGS if result.problems else EXIT_OK
-    if args.json:
-        emit_json({**result.to_json(), "exit_code": code})
-        return code
-    for problem in result.problems:
-        print(f"vaultfs: warning: {problem}", file=sys.stderr)
-    if not args.quiet:
-        for line in describe_recompress(result):
-            print(line)
-    return code
+    return _report(args, result, describe_recompress(result))
 
 
 def describe_recompress(r: retention.RecompressResult) -> list[str]:
